@@ -1,0 +1,410 @@
+package raftlog
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/storage"
+)
+
+// InitialIndex is the log index (and term) a bootstrapped replica starts at.
+// Starting above zero lets a replica created empty (to receive a snapshot)
+// be told apart from one bootstrapped with a configuration.
+const InitialIndex = 5
+
+// ErrNotBootstrapped is returned by Load for a shard that has no Raft state.
+var ErrNotBootstrapped = errors.New("raftlog: replica has no raft state")
+
+// DefaultCacheBytes is the default bound of a Storage's entry cache.
+const DefaultCacheBytes = 1 << 20
+
+// Storage is the raft.Storage of one replica. Its raft.Storage methods are
+// called by the replica's Raft goroutine; the write methods by the same
+// goroutine; Snapshot of state by anyone (they lock).
+type Storage struct {
+	eng   *storage.Engine
+	shard uint64
+
+	mu struct {
+		sync.Mutex
+		hardState *raftpb.HardState
+		applied   *shoalpb.AppliedState
+		truncated *shoalpb.TruncatedState
+		lastIndex uint64
+		lastTerm  uint64
+		cache     entryCache
+	}
+}
+
+var _ raft.Storage = (*Storage)(nil)
+
+// Bootstrap stages in b the initial Raft state of a new replica of shard
+// whose group starts with configuration cs: an empty log truncated at
+// InitialIndex, and matching HardState and applied state.
+func Bootstrap(b *storage.Batch, shard uint64, cs *raftpb.ConfState) error {
+	ts := &shoalpb.TruncatedState{Index: InitialIndex, Term: InitialIndex}
+	hs := &raftpb.HardState{Term: new(uint64(InitialIndex)), Commit: new(uint64(InitialIndex))}
+	as := &shoalpb.AppliedState{Index: InitialIndex, Term: InitialIndex, ConfState: cs}
+	if err := b.SetProto(keys.TruncatedStateKey(shard), ts); err != nil {
+		return err
+	}
+	if err := b.SetProto(keys.HardStateKey(shard), hs); err != nil {
+		return err
+	}
+	return b.SetProto(keys.AppliedStateKey(shard), as)
+}
+
+// Load reads the Raft state of shard from eng.
+func Load(eng *storage.Engine, shard uint64, cacheBytes int) (*Storage, error) {
+	if cacheBytes <= 0 {
+		cacheBytes = DefaultCacheBytes
+	}
+	s := &Storage{eng: eng, shard: shard}
+	s.mu.cache.maxBytes = cacheBytes
+	r := eng.Reader()
+	s.mu.truncated = &shoalpb.TruncatedState{}
+	ok, err := storage.GetProto(r, keys.TruncatedStateKey(shard), s.mu.truncated)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: shard %d", ErrNotBootstrapped, shard)
+	}
+	s.mu.hardState = &raftpb.HardState{}
+	if _, err := storage.GetProto(r, keys.HardStateKey(shard), s.mu.hardState); err != nil {
+		return nil, err
+	}
+	s.mu.applied = &shoalpb.AppliedState{}
+	if _, err := storage.GetProto(r, keys.AppliedStateKey(shard), s.mu.applied); err != nil {
+		return nil, err
+	}
+	// The last index is the last log key, or the truncation point if the log
+	// is empty.
+	s.mu.lastIndex, s.mu.lastTerm = s.mu.truncated.Index, s.mu.truncated.Term
+	it, err := eng.NewIter(keys.RaftLogSpan(shard, 0, ^uint64(0)))
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	if it.Last() {
+		_, idx, err := keys.DecodeRaftLogKey(it.Key())
+		if err != nil {
+			return nil, err
+		}
+		var e raftpb.Entry
+		if err := proto.Unmarshal(it.Value(), &e); err != nil {
+			return nil, fmt.Errorf("raftlog: shard %d: decode entry %d: %w", shard, idx, err)
+		}
+		s.mu.lastIndex, s.mu.lastTerm = idx, e.GetTerm()
+	}
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("raftlog: shard %d: %w", shard, err)
+	}
+	if s.mu.applied.Index > s.mu.lastIndex {
+		return nil, fmt.Errorf("raftlog: shard %d: applied index %d ahead of last index %d: the log lost synced entries",
+			shard, s.mu.applied.Index, s.mu.lastIndex)
+	}
+	return s, nil
+}
+
+// Shard returns the shard whose log this is.
+func (s *Storage) Shard() uint64 { return s.shard }
+
+// InitialState implements raft.Storage.
+func (s *Storage) InitialState() (*raftpb.HardState, *raftpb.ConfState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	hs := proto.Clone(s.mu.hardState).(*raftpb.HardState)
+	if hs.GetCommit() < s.mu.applied.Index {
+		// The applied state reached the disk but the HardState recording its
+		// commit index did not; the entries were committed, so say so.
+		hs.Commit = new(s.mu.applied.Index)
+	}
+	cs := s.mu.applied.GetConfState()
+	if cs == nil {
+		cs = &raftpb.ConfState{}
+	}
+	return hs, proto.Clone(cs).(*raftpb.ConfState), nil
+}
+
+// Applied returns the applied state as last written or loaded.
+func (s *Storage) Applied() *shoalpb.AppliedState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return proto.Clone(s.mu.applied).(*shoalpb.AppliedState)
+}
+
+// AppliedIndex returns the applied index as last written or loaded.
+func (s *Storage) AppliedIndex() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.applied.Index
+}
+
+// FirstIndex implements raft.Storage.
+func (s *Storage) FirstIndex() (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.truncated.Index + 1, nil
+}
+
+// LastIndex implements raft.Storage.
+func (s *Storage) LastIndex() (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.lastIndex, nil
+}
+
+// Truncated returns the truncated state.
+func (s *Storage) Truncated() *shoalpb.TruncatedState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return proto.Clone(s.mu.truncated).(*shoalpb.TruncatedState)
+}
+
+// Term implements raft.Storage.
+func (s *Storage) Term(i uint64) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case i == s.mu.truncated.Index:
+		return s.mu.truncated.Term, nil
+	case i < s.mu.truncated.Index:
+		return 0, raft.ErrCompacted
+	case i > s.mu.lastIndex:
+		return 0, raft.ErrUnavailable
+	case i == s.mu.lastIndex:
+		return s.mu.lastTerm, nil
+	}
+	if e := s.mu.cache.get(i); e != nil {
+		return e.GetTerm(), nil
+	}
+	e, err := s.readEntry(i)
+	if err != nil {
+		return 0, err
+	}
+	return e.GetTerm(), nil
+}
+
+func (s *Storage) readEntry(i uint64) (*raftpb.Entry, error) {
+	var e raftpb.Entry
+	ok, err := storage.GetProto(s.eng.Reader(), keys.RaftLogKey(s.shard, i), &e)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("raftlog: shard %d: entry %d missing in [%d, %d]: %w",
+			s.shard, i, s.mu.truncated.Index+1, s.mu.lastIndex, raft.ErrUnavailable)
+	}
+	return &e, nil
+}
+
+// Entries implements raft.Storage.
+func (s *Storage) Entries(lo, hi, maxSize uint64) ([]*raftpb.Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if lo <= s.mu.truncated.Index {
+		return nil, raft.ErrCompacted
+	}
+	if hi > s.mu.lastIndex+1 {
+		return nil, fmt.Errorf("raftlog: shard %d: entries [%d, %d) beyond last index %d: %w",
+			s.shard, lo, hi, s.mu.lastIndex, raft.ErrUnavailable)
+	}
+	if lo >= hi {
+		return nil, nil
+	}
+	out := make([]*raftpb.Entry, 0, min(hi-lo, 64))
+	var size uint64
+	add := func(e *raftpb.Entry) bool {
+		es := uint64(proto.Size(e))
+		if len(out) > 0 && size+es > maxSize {
+			return false
+		}
+		size += es
+		out = append(out, e)
+		return true
+	}
+	// Entries below the cache come from Pebble.
+	next := lo
+	if cf := s.mu.cache.first(); cf == 0 || next < cf {
+		end := hi
+		if cf != 0 && cf < end {
+			end = cf
+		}
+		it, err := s.eng.NewIter(keys.RaftLogSpan(s.shard, next, end))
+		if err != nil {
+			return nil, err
+		}
+		full := false
+		for ok := it.First(); ok; ok = it.Next() {
+			_, idx, err := keys.DecodeRaftLogKey(it.Key())
+			if err != nil {
+				it.Close()
+				return nil, err
+			}
+			if idx != next {
+				it.Close()
+				return nil, fmt.Errorf("raftlog: shard %d: gap in log at %d (found %d): %w", s.shard, next, idx, raft.ErrUnavailable)
+			}
+			e := &raftpb.Entry{}
+			if err := proto.Unmarshal(it.Value(), e); err != nil {
+				it.Close()
+				return nil, fmt.Errorf("raftlog: shard %d: decode entry %d: %w", s.shard, idx, err)
+			}
+			if !add(e) {
+				full = true
+				break
+			}
+			next++
+		}
+		err = it.Error()
+		it.Close()
+		if err != nil {
+			return nil, fmt.Errorf("raftlog: shard %d: %w", s.shard, err)
+		}
+		if full {
+			return out, nil
+		}
+		if next != end {
+			return nil, fmt.Errorf("raftlog: shard %d: log ends at %d, want %d: %w", s.shard, next, end, raft.ErrUnavailable)
+		}
+	}
+	for ; next < hi; next++ {
+		e := s.mu.cache.get(next)
+		if e == nil {
+			return nil, fmt.Errorf("raftlog: shard %d: entry %d not cached: %w", s.shard, next, raft.ErrUnavailable)
+		}
+		if !add(e) {
+			break
+		}
+	}
+	return out, nil
+}
+
+// Snapshot implements raft.Storage. Snapshots are produced by the replica
+// store, not here; until one is ready Raft is told to wait.
+func (s *Storage) Snapshot() (*raftpb.Snapshot, error) {
+	return nil, raft.ErrSnapshotTemporarilyUnavailable
+}
+
+// Append stages ents in b, replacing any conflicting suffix of the log.
+func (s *Storage) Append(b *storage.Batch, ents []*raftpb.Entry) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first := ents[0].GetIndex()
+	if first <= s.mu.truncated.Index {
+		// Entries already truncated are committed and identical; skip them.
+		skip := s.mu.truncated.Index + 1 - first
+		if skip >= uint64(len(ents)) {
+			return nil
+		}
+		ents = ents[skip:]
+		first = ents[0].GetIndex()
+	}
+	if first > s.mu.lastIndex+1 {
+		return fmt.Errorf("raftlog: shard %d: append at %d leaves a gap after %d", s.shard, first, s.mu.lastIndex)
+	}
+	last := ents[len(ents)-1]
+	buf := make([]byte, 0, 256)
+	for _, e := range ents {
+		var err error
+		buf, err = proto.MarshalOptions{}.MarshalAppend(buf[:0], e)
+		if err != nil {
+			return fmt.Errorf("raftlog: encode entry: %w", err)
+		}
+		if err := b.Set(keys.RaftLogKey(s.shard, e.GetIndex()), buf, nil); err != nil {
+			return err
+		}
+	}
+	if li := last.GetIndex(); li < s.mu.lastIndex {
+		// The new entries end before the old log did: drop the old tail.
+		if err := b.DeleteSpan(keys.RaftLogSpan(s.shard, li+1, s.mu.lastIndex+1)); err != nil {
+			return err
+		}
+	}
+	s.mu.cache.append(ents)
+	s.mu.lastIndex, s.mu.lastTerm = last.GetIndex(), last.GetTerm()
+	return nil
+}
+
+// SetHardState stages hs in b.
+func (s *Storage) SetHardState(b *storage.Batch, hs *raftpb.HardState) error {
+	if err := b.SetProto(keys.HardStateKey(s.shard), hs); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.mu.hardState = proto.Clone(hs).(*raftpb.HardState)
+	s.mu.Unlock()
+	return nil
+}
+
+// HardState returns the HardState as last written or loaded.
+func (s *Storage) HardState() *raftpb.HardState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return proto.Clone(s.mu.hardState).(*raftpb.HardState)
+}
+
+// SetApplied stages the applied state in b. It must go in the same batch as
+// the state machine changes of the entries up to as.Index.
+func (s *Storage) SetApplied(b *storage.Batch, as *shoalpb.AppliedState) error {
+	if err := b.SetProto(keys.AppliedStateKey(s.shard), as); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.mu.applied = as
+	s.mu.Unlock()
+	return nil
+}
+
+// Truncate stages in b the removal of every entry up to and including index,
+// which must be applied. It is a no-op if the log is already truncated there.
+func (s *Storage) Truncate(b *storage.Batch, index uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if index <= s.mu.truncated.Index {
+		return nil
+	}
+	if index > s.mu.applied.Index {
+		return fmt.Errorf("raftlog: shard %d: truncate at %d beyond applied %d", s.shard, index, s.mu.applied.Index)
+	}
+	var term uint64
+	if e := s.mu.cache.get(index); e != nil {
+		term = e.GetTerm()
+	} else if index == s.mu.lastIndex {
+		term = s.mu.lastTerm
+	} else {
+		e, err := s.readEntry(index)
+		if err != nil {
+			return err
+		}
+		term = e.GetTerm()
+	}
+	if err := b.DeleteSpan(keys.RaftLogSpan(s.shard, s.mu.truncated.Index+1, index+1)); err != nil {
+		return err
+	}
+	ts := &shoalpb.TruncatedState{Index: index, Term: term}
+	if err := b.SetProto(keys.TruncatedStateKey(s.shard), ts); err != nil {
+		return err
+	}
+	s.mu.truncated = ts
+	s.mu.cache.truncateFront(index + 1)
+	return nil
+}
+
+// CacheStats reports the entry cache's size in entries and bytes.
+func (s *Storage) CacheStats() (entries int, bytes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.mu.cache.ents), s.mu.cache.bytes
+}

@@ -1,0 +1,63 @@
+package raftstore
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors of the store. Typed errors below wrap them, so callers test
+// with errors.Is and extract details with errors.As.
+var (
+	// ErrNotLeader: this replica is not the shard's leader. The command was
+	// not applied; retry at the leader (NotLeaderError carries a hint).
+	ErrNotLeader = errors.New("raftstore: not leader")
+	// ErrNoLeader: the shard has no known leader (an election is under way).
+	// Nothing was applied; retry after a short backoff.
+	ErrNoLeader = errors.New("raftstore: no leader")
+	// ErrShardNotFound: this node has no replica of the shard.
+	ErrShardNotFound = errors.New("raftstore: shard not found on this node")
+	// ErrShardRemoved: the replica was removed while the request waited. The
+	// outcome of a write is unknown.
+	ErrShardRemoved = errors.New("raftstore: replica removed")
+	// ErrOverloaded: too many proposals are in flight for the shard or the
+	// node; nothing was applied. Retry later.
+	ErrOverloaded = errors.New("raftstore: overloaded")
+	// ErrLeadershipLost: the leader that accepted the proposal lost its
+	// leadership before the entry committed, and the entry was replaced in the
+	// log. It was definitely not applied; it is safe to retry.
+	ErrLeadershipLost = errors.New("raftstore: leadership lost, proposal dropped")
+	// ErrTimeout: the caller's context ended before the outcome was known. A
+	// write may or may not have been applied.
+	ErrTimeout = errors.New("raftstore: timed out, outcome unknown")
+	// ErrStopped: the store is stopping or stopped. The outcome of a write
+	// that was already proposed is unknown.
+	ErrStopped = errors.New("raftstore: store stopped")
+	// ErrEntryTooLarge: the command is larger than the store accepts in one
+	// Raft entry. Nothing was applied.
+	ErrEntryTooLarge = errors.New("raftstore: command too large")
+)
+
+// NotLeaderError is returned instead of a bare ErrNotLeader when the store
+// knows who leads.
+type NotLeaderError struct {
+	Shard uint64
+	// LeaderReplica and LeaderNode are 0 when unknown.
+	LeaderReplica uint64
+	LeaderNode    uint64
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.LeaderNode == 0 {
+		return fmt.Sprintf("raftstore: shard %d: not leader, leader unknown", e.Shard)
+	}
+	return fmt.Sprintf("raftstore: shard %d: not leader, leader is replica %d on node %d",
+		e.Shard, e.LeaderReplica, e.LeaderNode)
+}
+
+// Is makes errors.Is(err, ErrNotLeader) hold.
+func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
+
+// timeoutError wraps a context error as ErrTimeout while keeping the cause.
+func timeoutError(cause error) error {
+	return fmt.Errorf("%w: %w", ErrTimeout, cause)
+}

@@ -1,0 +1,128 @@
+package raftstore
+
+import (
+	"errors"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/storage"
+)
+
+// Options configure a Store. Zero values take the documented defaults.
+type Options struct {
+	// NodeID is this node's ID, never 0. Required.
+	NodeID uint64
+	// Engine is the node's database. Required. The Store does not close it.
+	Engine *storage.Engine
+	// Transport sends Raft messages to other nodes. Required.
+	Transport Transport
+	// NewStateMachine creates the state machine of a replica. Required.
+	NewStateMachine func(desc *shoalpb.ShardDescriptor) StateMachine
+
+	// Workers is the size of the worker pool that processes replicas.
+	// Default max(2, GOMAXPROCS).
+	Workers int
+	// TickInterval is the Raft tick. Default 100ms.
+	TickInterval time.Duration
+	// ElectionTicks is the election timeout in ticks. Default 10.
+	ElectionTicks int
+	// HeartbeatTicks is the heartbeat interval in ticks. Default 1.
+	HeartbeatTicks int
+	// MaxSizePerMsg bounds the entries in one append message. Default 1 MiB.
+	MaxSizePerMsg uint64
+	// MaxInflightMsgs bounds append messages in flight to one follower.
+	// Default 256.
+	MaxInflightMsgs int
+	// MaxUncommittedBytes bounds the uncommitted log of one shard; proposals
+	// beyond it fail with ErrOverloaded. Default 32 MiB.
+	MaxUncommittedBytes uint64
+	// MaxEntryBytes bounds one command. Default 16 MiB.
+	MaxEntryBytes int
+	// MaxQueuedProposals bounds proposals waiting to be handed to Raft, per
+	// shard. Default 10000.
+	MaxQueuedProposals int
+	// MaxQueuedMessages bounds incoming Raft messages waiting for a replica;
+	// more are dropped (Raft retransmits). Default 10000.
+	MaxQueuedMessages int
+	// EntryCacheBytes bounds each replica's cache of recent log entries.
+	// Default 1 MiB.
+	EntryCacheBytes int
+	// ReadRetryTicks: a ReadIndex request not answered within this many
+	// ticks is sent again. Default ElectionTicks.
+	ReadRetryTicks int
+	// Logger receives the store's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Knobs are test hooks; nil in production.
+	Knobs *Knobs
+}
+
+// Knobs are hooks for tests. Every field is optional.
+type Knobs struct {
+	// AfterLogSync is called after each group commit of log writes with the
+	// number of replicas whose writes it carried.
+	AfterLogSync func(replicas int)
+	// DisableCampaignOnBootstrap stops the first replica of a bootstrapped
+	// shard from campaigning at once.
+	DisableCampaignOnBootstrap bool
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.NodeID == 0:
+		return errors.New("raftstore: Options.NodeID is required")
+	case o.Engine == nil:
+		return errors.New("raftstore: Options.Engine is required")
+	case o.Transport == nil:
+		return errors.New("raftstore: Options.Transport is required")
+	case o.NewStateMachine == nil:
+		return errors.New("raftstore: Options.NewStateMachine is required")
+	}
+	if o.Workers <= 0 {
+		o.Workers = max(2, runtime.GOMAXPROCS(0))
+	}
+	if o.TickInterval <= 0 {
+		o.TickInterval = 100 * time.Millisecond
+	}
+	if o.ElectionTicks <= 0 {
+		o.ElectionTicks = 10
+	}
+	if o.HeartbeatTicks <= 0 {
+		o.HeartbeatTicks = 1
+	}
+	if o.HeartbeatTicks >= o.ElectionTicks {
+		return errors.New("raftstore: HeartbeatTicks must be below ElectionTicks")
+	}
+	if o.MaxSizePerMsg == 0 {
+		o.MaxSizePerMsg = 1 << 20
+	}
+	if o.MaxInflightMsgs <= 0 {
+		o.MaxInflightMsgs = 256
+	}
+	if o.MaxUncommittedBytes == 0 {
+		o.MaxUncommittedBytes = 32 << 20
+	}
+	if o.MaxEntryBytes <= 0 {
+		o.MaxEntryBytes = 16 << 20
+	}
+	if o.MaxQueuedProposals <= 0 {
+		o.MaxQueuedProposals = 10000
+	}
+	if o.MaxQueuedMessages <= 0 {
+		o.MaxQueuedMessages = 10000
+	}
+	if o.EntryCacheBytes <= 0 {
+		o.EntryCacheBytes = 1 << 20
+	}
+	if o.ReadRetryTicks <= 0 {
+		o.ReadRetryTicks = o.ElectionTicks
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Knobs == nil {
+		o.Knobs = &Knobs{}
+	}
+	return nil
+}

@@ -1,0 +1,584 @@
+package raftstore
+
+import (
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/raftlog"
+	"github.com/shoaldb/shoal/internal/storage"
+)
+
+// Replica is one node's member of one shard's Raft group.
+//
+// Fields under "worker-owned" are touched only by the worker that processes
+// the replica; the scheduler guarantees that is one goroutine at a time.
+// Other goroutines hand it work through mu and read it through status.
+type Replica struct {
+	store     *Store
+	shardID   uint64
+	replicaID uint64
+	log       *slog.Logger
+
+	// queued is guarded by store.sched.mu.
+	queued      bool
+	tickPending atomic.Bool
+	campaign    atomic.Bool
+
+	mu struct {
+		sync.Mutex
+		msgs        []*raftpb.Message
+		props       []*proposal
+		reads       []*readRequest
+		unreachable []uint64
+	}
+
+	// Worker-owned.
+	raw       *raft.RawNode
+	storage   *raftlog.Storage
+	sm        StateMachine
+	desc      *shoalpb.ShardDescriptor
+	confState *raftpb.ConfState
+	leader    uint64
+	state     raft.StateType
+	term      uint64
+	ticks     int
+	applied   uint64
+	// proposals are the proposals in the log that have not been applied,
+	// by ID and by log index.
+	proposals map[proposalID]*proposal
+	byIndex   map[uint64]*proposal
+	// Reads wait in pendingReads for the next ReadIndex round, in
+	// readBatches for its answer, in waitingReads for the apply.
+	pendingReads []*readRequest
+	readBatches  map[uint64]*readBatch
+	waitingReads []*readRequest
+	rd           raft.Ready
+	hasReady     bool
+	sentEarly    bool
+
+	status atomic.Pointer[ReplicaStatus]
+}
+
+func (s *Store) newReplica(st *shoalpb.LocalReplicaState) (*Replica, error) {
+	desc := st.Shard
+	rs, err := raftlog.Load(s.eng, desc.ShardId, s.opts.EntryCacheBytes)
+	if err != nil {
+		return nil, err
+	}
+	applied := rs.Applied()
+	r := &Replica{
+		store:       s,
+		shardID:     desc.ShardId,
+		replicaID:   st.ReplicaId,
+		log:         s.log.With("shard", desc.ShardId, "replica", st.ReplicaId),
+		storage:     rs,
+		sm:          s.opts.NewStateMachine(desc),
+		desc:        desc,
+		confState:   applied.GetConfState(),
+		applied:     applied.Index,
+		proposals:   map[proposalID]*proposal{},
+		byIndex:     map[uint64]*proposal{},
+		readBatches: map[uint64]*readBatch{},
+	}
+	o := &s.opts
+	raw, err := raft.NewRawNode(&raft.Config{
+		ID:                        st.ReplicaId,
+		ElectionTick:              o.ElectionTicks,
+		HeartbeatTick:             o.HeartbeatTicks,
+		Storage:                   rs,
+		Applied:                   applied.Index,
+		MaxSizePerMsg:             o.MaxSizePerMsg,
+		MaxCommittedSizePerReady:  4 * o.MaxSizePerMsg,
+		MaxUncommittedEntriesSize: o.MaxUncommittedBytes,
+		MaxInflightMsgs:           o.MaxInflightMsgs,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		ReadOnlyOption:            raft.ReadOnlySafe,
+		DisableProposalForwarding: true,
+		StepDownOnRemoval:         true,
+		Logger:                    raftLogger{r.log},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("raftstore: shard %d: %w", desc.ShardId, err)
+	}
+	r.raw = raw
+	r.term = rs.HardState().GetTerm()
+	r.publishStatus()
+	return r, nil
+}
+
+// Status returns a snapshot of the replica's state.
+func (r *Replica) Status() ReplicaStatus { return *r.status.Load() }
+
+func (r *Replica) publishStatus() {
+	st := &ReplicaStatus{
+		ShardID:       r.shardID,
+		ReplicaID:     r.replicaID,
+		Role:          roleOf(r.state),
+		Term:          r.term,
+		LeaderReplica: r.leader,
+		LeaderNode:    r.nodeOf(r.leader),
+		Applied:       r.applied,
+		Descriptor:    r.desc,
+	}
+	r.status.Store(st)
+}
+
+func roleOf(s raft.StateType) Role {
+	switch s {
+	case raft.StateLeader:
+		return RoleLeader
+	case raft.StateCandidate:
+		return RoleCandidate
+	case raft.StatePreCandidate:
+		return RolePreCandidate
+	}
+	return RoleFollower
+}
+
+// nodeOf returns the node of a replica of this shard, 0 if unknown.
+func (r *Replica) nodeOf(replicaID uint64) uint64 { return nodeOf(r.desc, replicaID) }
+
+func nodeOf(desc *shoalpb.ShardDescriptor, replicaID uint64) uint64 {
+	if replicaID == 0 {
+		return 0
+	}
+	for _, rd := range desc.Replicas {
+		if rd.ReplicaId == replicaID {
+			return rd.NodeId
+		}
+	}
+	return 0
+}
+
+// notLeader returns the error for a request that needs the leader.
+func (r *Replica) notLeader(leader uint64) error { return notLeaderError(r.desc, leader) }
+
+func notLeaderError(desc *shoalpb.ShardDescriptor, leader uint64) error {
+	if leader == 0 {
+		return fmt.Errorf("%w: shard %d", ErrNoLeader, desc.ShardId)
+	}
+	return &NotLeaderError{Shard: desc.ShardId, LeaderReplica: leader, LeaderNode: nodeOf(desc, leader)}
+}
+
+func (r *Replica) enqueueProposal(p *proposal) error {
+	// Fail fast when this replica is known not to lead; the worker checks
+	// again with authority before proposing.
+	if st := r.status.Load(); st.Role != RoleLeader {
+		return notLeaderError(st.Descriptor, st.LeaderReplica)
+	}
+	r.mu.Lock()
+	if len(r.mu.props) >= r.store.opts.MaxQueuedProposals {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: shard %d has %d proposals queued", ErrOverloaded, r.shardID, len(r.mu.props))
+	}
+	r.mu.props = append(r.mu.props, p)
+	r.mu.Unlock()
+	r.store.sched.enqueue(r)
+	return nil
+}
+
+func (r *Replica) enqueueRead(rr *readRequest) error {
+	r.mu.Lock()
+	if len(r.mu.reads) >= r.store.opts.MaxQueuedProposals {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: shard %d has %d reads queued", ErrOverloaded, r.shardID, len(r.mu.reads))
+	}
+	r.mu.reads = append(r.mu.reads, rr)
+	r.mu.Unlock()
+	r.store.sched.enqueue(r)
+	return nil
+}
+
+func (r *Replica) enqueueMessage(m *raftpb.Message) bool {
+	r.mu.Lock()
+	if len(r.mu.msgs) >= r.store.opts.MaxQueuedMessages {
+		r.mu.Unlock()
+		return false
+	}
+	r.mu.msgs = append(r.mu.msgs, m)
+	r.mu.Unlock()
+	r.store.sched.enqueue(r)
+	return true
+}
+
+func (r *Replica) reportUnreachable(replicaID uint64) {
+	r.mu.Lock()
+	r.mu.unreachable = append(r.mu.unreachable, replicaID)
+	r.mu.Unlock()
+	r.store.sched.enqueue(r)
+}
+
+func (r *Replica) reportUnreachableNode(node uint64) {
+	st := r.status.Load()
+	if st.Role != RoleLeader {
+		return
+	}
+	for _, rd := range st.Descriptor.Replicas {
+		if rd.NodeId == node {
+			r.reportUnreachable(rd.ReplicaId)
+		}
+	}
+}
+
+// phase1 does everything up to the group commit; see Store.
+func (r *Replica) phase1(w *worker) error {
+	r.hasReady, r.sentEarly = false, false
+	r.mu.Lock()
+	msgs, props, reads, unreachable := r.mu.msgs, r.mu.props, r.mu.reads, r.mu.unreachable
+	r.mu.msgs, r.mu.props, r.mu.reads, r.mu.unreachable = nil, nil, nil, nil
+	r.mu.Unlock()
+
+	for _, m := range msgs {
+		// Errors are messages from peers Raft no longer knows; drop them.
+		_ = r.raw.Step(m)
+	}
+	for _, id := range unreachable {
+		r.raw.ReportUnreachable(id)
+	}
+	if r.tickPending.Swap(false) {
+		r.raw.Tick()
+		r.ticks++
+		r.retryReads()
+	}
+	if r.campaign.Swap(false) {
+		_ = r.raw.Campaign()
+	}
+	// Leadership changes from the steps above become visible to proposals
+	// and reads only through Ready's SoftState, so look at the raw status.
+	bs := r.raw.BasicStatus()
+	r.leader, r.state = bs.Lead, bs.RaftState
+	r.propose(props)
+	r.pendingReads = append(r.pendingReads, reads...)
+	r.issueReads()
+
+	if !r.raw.HasReady() {
+		return nil
+	}
+	rd := r.raw.Ready()
+	r.rd, r.hasReady = rd, true
+	if rd.SoftState != nil {
+		r.onSoftState(rd.SoftState)
+	}
+	if rd.HardState != nil {
+		r.term = rd.HardState.GetTerm()
+	}
+	r.indexProposals(rd.Entries)
+	if r.state == raft.StateLeader {
+		w.send(r, rd.Messages)
+		r.sentEarly = true
+	}
+	if len(rd.Entries) > 0 || rd.HardState != nil {
+		err := r.store.stageLog(rd.MustSync, func(b *storage.Batch) error {
+			if err := r.storage.Append(b, rd.Entries); err != nil {
+				return err
+			}
+			if rd.HardState != nil {
+				return r.storage.SetHardState(b, rd.HardState)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("raftstore: shard %d: stage log: %w", r.shardID, err)
+		}
+	}
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		return fmt.Errorf("raftstore: shard %d: snapshots are not supported yet (index %d)",
+			r.shardID, rd.Snapshot.GetMetadata().GetIndex())
+	}
+	for _, rs := range rd.ReadStates {
+		r.onReadState(rs)
+	}
+	if err := r.apply(w, rd.CommittedEntries); err != nil {
+		return err
+	}
+	if len(rd.ReadStates) > 0 || len(rd.CommittedEntries) > 0 {
+		w.applied = append(w.applied, r)
+	}
+	return nil
+}
+
+// phase3 runs after the group commit: the entries and HardState of this
+// Ready are durable.
+func (r *Replica) phase3(w *worker) {
+	if !r.hasReady {
+		r.publishStatus()
+		if r.hasInput() {
+			r.store.sched.enqueue(r)
+		}
+		return
+	}
+	if !r.sentEarly {
+		w.send(r, r.rd.Messages)
+	}
+	r.raw.Advance(r.rd)
+	r.rd, r.hasReady = raft.Ready{}, false
+	r.publishStatus()
+	if r.raw.HasReady() || r.hasInput() {
+		r.store.sched.enqueue(r)
+	}
+}
+
+// hasInput reports whether reads are waiting to be issued again.
+func (r *Replica) hasInput() bool { return len(r.pendingReads) > 0 }
+
+func (r *Replica) onSoftState(ss *raft.SoftState) {
+	wasLeader := r.state == raft.StateLeader
+	r.leader, r.state = ss.Lead, ss.RaftState
+	if wasLeader != (ss.RaftState == raft.StateLeader) || len(r.readBatches) > 0 {
+		// Reads in flight were addressed to a leader that may be gone; ask
+		// again.
+		for id, b := range r.readBatches {
+			r.pendingReads = append(r.pendingReads, b.reads...)
+			delete(r.readBatches, id)
+		}
+	}
+	r.log.Debug("raft state", "role", roleOf(ss.RaftState), "leader", ss.Lead)
+}
+
+func (r *Replica) propose(props []*proposal) {
+	for _, p := range props {
+		if err := p.ctx.Err(); err != nil {
+			p.finish(result{err: timeoutError(err)})
+			continue
+		}
+		if r.state != raft.StateLeader {
+			p.finish(result{err: r.notLeader(r.leader)})
+			continue
+		}
+		if err := r.raw.Propose(p.data); err != nil {
+			if t := r.raw.BasicStatus().LeadTransferee; t != 0 {
+				p.finish(result{err: r.notLeader(t)})
+			} else {
+				p.finish(result{err: fmt.Errorf("%w: shard %d: %v", ErrOverloaded, r.shardID, err)})
+			}
+			continue
+		}
+		r.proposals[p.id] = p
+		r.store.stats.proposals.Add(1)
+	}
+}
+
+// indexProposals records the log position of this node's new proposals.
+func (r *Replica) indexProposals(ents []*raftpb.Entry) {
+	if len(r.proposals) == 0 {
+		return
+	}
+	for _, e := range ents {
+		id, _, ok := decodeEntry(e.GetData())
+		if !ok || e.GetType() != raftpb.EntryNormal {
+			continue
+		}
+		if p := r.proposals[id]; p != nil && p.index == 0 {
+			p.index, p.term = e.GetIndex(), e.GetTerm()
+			r.byIndex[p.index] = p
+		}
+	}
+}
+
+// apply applies committed entries into the worker's apply batch and queues
+// the proposers' results for delivery after the batch commits.
+func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	b := w.applyBatch()
+	cmds, owners := w.cmds[:0], w.owners[:0]
+	flush := func() error {
+		if len(cmds) == 0 {
+			return nil
+		}
+		res, err := r.sm.Apply(b, cmds)
+		if err != nil {
+			return fmt.Errorf("raftstore: shard %d: apply: %w", r.shardID, err)
+		}
+		if len(res) != len(cmds) {
+			return fmt.Errorf("raftstore: shard %d: state machine returned %d results for %d commands", r.shardID, len(res), len(cmds))
+		}
+		for i, p := range owners {
+			if p != nil {
+				w.results = append(w.results, delivery{p: p, r: result{value: res[i]}})
+			}
+		}
+		clear(cmds)
+		clear(owners)
+		cmds, owners = cmds[:0], owners[:0]
+		return nil
+	}
+	for _, e := range ents {
+		idx := e.GetIndex()
+		id, cmd, isProposal := decodeEntry(e.GetData())
+		var owner *proposal
+		if p := r.byIndex[idx]; p != nil {
+			delete(r.byIndex, idx)
+			delete(r.proposals, p.id)
+			if isProposal && p.id == id && p.term == e.GetTerm() {
+				owner = p
+			} else {
+				w.results = append(w.results, delivery{p: p, r: result{err: fmt.Errorf(
+					"%w: shard %d index %d", ErrLeadershipLost, r.shardID, idx)}})
+			}
+		}
+		switch e.GetType() {
+		case raftpb.EntryNormal:
+			if isProposal {
+				cmds = append(cmds, Command{Index: idx, Term: e.GetTerm(), Data: cmd})
+				owners = append(owners, owner)
+			}
+		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := r.applyConfChange(e); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	w.cmds, w.owners = cmds, owners
+	last := ents[len(ents)-1]
+	r.applied = last.GetIndex()
+	r.store.stats.applied.Add(uint64(len(ents)))
+	return r.storage.SetApplied(b, &shoalpb.AppliedState{
+		Index:     last.GetIndex(),
+		Term:      last.GetTerm(),
+		ConfState: r.confState,
+	})
+}
+
+func (r *Replica) applyConfChange(e *raftpb.Entry) error {
+	var cc raftpb.ConfChangeI
+	if e.GetType() == raftpb.EntryConfChange {
+		var c raftpb.ConfChange
+		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
+			return fmt.Errorf("raftstore: shard %d: conf change at %d: %w", r.shardID, e.GetIndex(), err)
+		}
+		cc = &c
+	} else {
+		var c raftpb.ConfChangeV2
+		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
+			return fmt.Errorf("raftstore: shard %d: conf change at %d: %w", r.shardID, e.GetIndex(), err)
+		}
+		cc = &c
+	}
+	r.confState = r.raw.ApplyConfChange(cc)
+	return nil
+}
+
+// issueReads starts a ReadIndex round for the reads waiting for one.
+func (r *Replica) issueReads() {
+	if len(r.pendingReads) == 0 {
+		return
+	}
+	if r.leader == 0 {
+		err := r.notLeader(0)
+		for _, rr := range r.pendingReads {
+			rr.finish(err)
+		}
+		clear(r.pendingReads)
+		r.pendingReads = r.pendingReads[:0]
+		return
+	}
+	live := r.pendingReads[:0]
+	for _, rr := range r.pendingReads {
+		if err := rr.ctx.Err(); err != nil {
+			rr.finish(timeoutError(err))
+			continue
+		}
+		live = append(live, rr)
+	}
+	r.pendingReads = nil
+	if len(live) == 0 {
+		return
+	}
+	id := r.store.proposalSeq.Add(1)
+	r.readBatches[id] = &readBatch{reads: live, issued: r.ticks}
+	r.raw.ReadIndex(binary.BigEndian.AppendUint64(nil, id))
+}
+
+// retryReads re-issues ReadIndex rounds that got no answer in time (the
+// request or its answer was lost, or the leader changed).
+func (r *Replica) retryReads() {
+	for id, b := range r.readBatches {
+		if r.ticks-b.issued >= r.store.opts.ReadRetryTicks {
+			r.pendingReads = append(r.pendingReads, b.reads...)
+			delete(r.readBatches, id)
+		}
+	}
+}
+
+func (r *Replica) onReadState(rs raft.ReadState) {
+	if len(rs.RequestCtx) != 8 {
+		return
+	}
+	id := binary.BigEndian.Uint64(rs.RequestCtx)
+	b := r.readBatches[id]
+	if b == nil {
+		return
+	}
+	delete(r.readBatches, id)
+	for _, rr := range b.reads {
+		rr.index = rs.Index
+	}
+	r.waitingReads = append(r.waitingReads, b.reads...)
+}
+
+// serveReads completes the reads whose index has been applied (and
+// committed to the engine: the caller runs after the apply batch commits).
+func (r *Replica) serveReads() {
+	keep := r.waitingReads[:0]
+	for _, rr := range r.waitingReads {
+		if rr.index <= r.applied {
+			rr.finish(nil)
+		} else {
+			keep = append(keep, rr)
+		}
+	}
+	clear(r.waitingReads[len(keep):])
+	r.waitingReads = keep
+}
+
+// failAll completes every waiter with err. Only called once the loop has
+// stopped.
+func (r *Replica) failAll(err error) {
+	err = fmt.Errorf("%w: shard %d", err, r.shardID)
+	r.mu.Lock()
+	props, reads := r.mu.props, r.mu.reads
+	r.mu.props, r.mu.reads = nil, nil
+	r.mu.Unlock()
+	for _, p := range props {
+		p.finish(result{err: err})
+	}
+	for _, p := range r.proposals {
+		p.finish(result{err: err})
+	}
+	clear(r.proposals)
+	clear(r.byIndex)
+	for _, rr := range reads {
+		rr.finish(err)
+	}
+	for _, rr := range r.pendingReads {
+		rr.finish(err)
+	}
+	r.pendingReads = nil
+	for id, b := range r.readBatches {
+		for _, rr := range b.reads {
+			rr.finish(err)
+		}
+		delete(r.readBatches, id)
+	}
+	for _, rr := range r.waitingReads {
+		rr.finish(err)
+	}
+	r.waitingReads = nil
+}

@@ -1,0 +1,648 @@
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/raftlog"
+	"github.com/shoaldb/shoal/internal/storage"
+)
+
+// Transport sends Raft messages to other nodes. Implementations must not
+// block: they queue and return.
+type Transport interface {
+	// Send queues msgs, all addressed to node to. An error means the messages
+	// were dropped (queue full, node unknown or unreachable); the store then
+	// reports the destination replicas unreachable to Raft.
+	Send(to uint64, msgs []*shoalpb.RaftMessage) error
+}
+
+// Command is one committed command handed to a StateMachine.
+type Command struct {
+	Index, Term uint64
+	Data        []byte
+}
+
+// StateMachine is the replicated state of one replica. The store calls it
+// from the replica's worker only, one call at a time.
+type StateMachine interface {
+	// Apply applies committed commands in log order, staging their effects in
+	// b, an indexed batch that may also hold other replicas' writes (read
+	// through b to see earlier commands). It returns one result per command;
+	// the store hands each to its proposer once b is committed. An error
+	// means the replica can no longer apply (a storage failure) and stops the
+	// store; a command that fails by its own rules reports that in its result.
+	Apply(b *storage.Batch, cmds []Command) ([]any, error)
+}
+
+// Role is a replica's Raft role.
+type Role string
+
+// Roles of a replica.
+const (
+	RoleFollower     Role = "follower"
+	RoleCandidate    Role = "candidate"
+	RolePreCandidate Role = "pre-candidate"
+	RoleLeader       Role = "leader"
+)
+
+// ReplicaStatus is a snapshot of one replica's state.
+type ReplicaStatus struct {
+	ShardID, ReplicaID uint64
+	Role               Role
+	Term               uint64
+	// LeaderReplica and LeaderNode are 0 when no leader is known.
+	LeaderReplica, LeaderNode uint64
+	// Applied is the applied index.
+	Applied uint64
+	// Descriptor is the replica's view of the shard. Do not modify.
+	Descriptor *shoalpb.ShardDescriptor
+}
+
+// Stats are cumulative counters of a Store.
+type Stats struct {
+	// Iterations counts loop iterations; LogSyncs the group commits that
+	// synced; LogSyncReplicas the replicas whose log writes those carried.
+	Iterations, LogSyncs, LogSyncReplicas uint64
+	// Proposals counts commands accepted by Raft; Applied counts entries
+	// applied.
+	Proposals, Applied uint64
+	// MessagesSent and MessagesDropped count outgoing Raft messages;
+	// MessagesReceived incoming ones handed to replicas.
+	MessagesSent, MessagesDropped, MessagesReceived uint64
+}
+
+// Store hosts every replica of one node and drives their Raft groups.
+//
+// One loop goroutine runs iterations; each takes every replica with work and
+// processes them on a fixed worker pool in three phases:
+//
+//  1. per replica, in parallel: step incoming messages, tick, hand new
+//     proposals and read requests to Raft, take a Ready; send a leader's
+//     messages at once (a leader may send in parallel with its own fsync);
+//     stage new entries and HardState in the shared log batch; apply the
+//     committed entries (stable already) in the worker's apply batch, commit
+//     it without sync and complete their proposals and reads;
+//  2. once: commit the shared log batch with one sync (group commit);
+//  3. per replica, in parallel: send the remaining messages (a follower's
+//     acknowledgements only after its entries are durable) and Advance.
+//
+// Outgoing messages are batched per destination node and handed to the
+// Transport once per phase.
+type Store struct {
+	opts  Options
+	log   *slog.Logger
+	eng   *storage.Engine
+	sched *scheduler
+	pool  *pool
+
+	mu struct {
+		sync.RWMutex
+		replicas map[uint64]*Replica
+		// slots maps each slot to the shard of the local replica that owns
+		// it, 0 if none.
+		slots [keys.SlotCount]uint64
+	}
+
+	// logMu guards the shared batch of phase 1 log writes.
+	logMu       sync.Mutex
+	logBatch    *storage.Batch
+	logMustSync bool
+	logReplicas int
+
+	proposalSeq atomic.Uint64
+	started     atomic.Bool
+	stopOnce    sync.Once
+	stopC       chan struct{}
+	done        sync.WaitGroup
+	failure     atomic.Pointer[error]
+
+	stats struct {
+		iterations, logSyncs, logSyncReplicas atomic.Uint64
+		proposals, applied                    atomic.Uint64
+		sent, dropped, received               atomic.Uint64
+	}
+}
+
+// NewStore loads every replica the engine holds. Call Start to run it.
+func NewStore(opts Options) (*Store, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	s := &Store{
+		opts:  opts,
+		log:   opts.Logger.With("node", opts.NodeID),
+		eng:   opts.Engine,
+		sched: newScheduler(),
+		stopC: make(chan struct{}),
+	}
+	s.mu.replicas = map[uint64]*Replica{}
+	s.proposalSeq.Store(uint64(time.Now().UnixNano()))
+	if err := s.loadReplicas(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) loadReplicas() error {
+	it, err := s.eng.NewIter(keys.ReplicaStateSpan())
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		shard, err := keys.DecodeReplicaStateKey(it.Key())
+		if err != nil {
+			return err
+		}
+		st := &shoalpb.LocalReplicaState{}
+		if err := unmarshal(it.Value(), st); err != nil {
+			return fmt.Errorf("raftstore: shard %d: replica state: %w", shard, err)
+		}
+		if st.Tombstone {
+			continue
+		}
+		r, err := s.newReplica(st)
+		if err != nil {
+			return err
+		}
+		s.addReplicaLocked(r)
+	}
+	return it.Error()
+}
+
+// Start runs the store's loop, workers and ticker.
+func (s *Store) Start() {
+	if s.started.Swap(true) {
+		return
+	}
+	s.pool = newPool(s, s.opts.Workers)
+	s.done.Add(2)
+	go s.loop()
+	go s.ticker()
+	s.sched.enqueueAll(s.replicaList())
+	s.log.Info("store started", "replicas", len(s.replicaList()), "workers", s.opts.Workers)
+}
+
+// Stop stops the store: the loop finishes its iteration, then every waiting
+// proposal and read fails with ErrStopped. It does not close the engine.
+func (s *Store) Stop() {
+	s.stopOnce.Do(func() {
+		close(s.stopC)
+		s.sched.stop()
+		s.done.Wait()
+		if s.pool != nil {
+			s.pool.stop()
+		}
+		for _, r := range s.replicaList() {
+			r.failAll(ErrStopped)
+		}
+		s.log.Info("store stopped")
+	})
+}
+
+// Err returns the error that stopped the store, if it failed.
+func (s *Store) Err() error {
+	if p := s.failure.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// fatal records a failure that the store cannot continue past (a storage
+// error) and stops it.
+func (s *Store) fatal(err error) {
+	if s.failure.CompareAndSwap(nil, &err) {
+		s.log.Error("store failed, stopping", "err", err)
+		go s.Stop()
+	}
+}
+
+// NodeID returns the node's ID.
+func (s *Store) NodeID() uint64 { return s.opts.NodeID }
+
+// Engine returns the node's engine.
+func (s *Store) Engine() *storage.Engine { return s.eng }
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Iterations:       s.stats.iterations.Load(),
+		LogSyncs:         s.stats.logSyncs.Load(),
+		LogSyncReplicas:  s.stats.logSyncReplicas.Load(),
+		Proposals:        s.stats.proposals.Load(),
+		Applied:          s.stats.applied.Load(),
+		MessagesSent:     s.stats.sent.Load(),
+		MessagesDropped:  s.stats.dropped.Load(),
+		MessagesReceived: s.stats.received.Load(),
+	}
+}
+
+func (s *Store) replica(shard uint64) (*Replica, error) {
+	s.mu.RLock()
+	r := s.mu.replicas[shard]
+	s.mu.RUnlock()
+	if r == nil {
+		return nil, fmt.Errorf("%w: shard %d on node %d", ErrShardNotFound, shard, s.opts.NodeID)
+	}
+	return r, nil
+}
+
+func (s *Store) addReplicaLocked(r *Replica) {
+	s.mu.replicas[r.shardID] = r
+	for slot := r.desc.StartSlot; slot < r.desc.EndSlot && slot < keys.SlotCount; slot++ {
+		s.mu.slots[slot] = r.shardID
+	}
+}
+
+// ShardBySlot returns the shard of the local replica that owns slot, or
+// ErrShardNotFound if this node holds no replica of it.
+func (s *Store) ShardBySlot(slot uint16) (uint64, error) {
+	s.mu.RLock()
+	var shard uint64
+	if int(slot) < keys.SlotCount {
+		shard = s.mu.slots[slot]
+	}
+	s.mu.RUnlock()
+	if shard == 0 {
+		return 0, fmt.Errorf("%w: no local shard owns slot %d", ErrShardNotFound, slot)
+	}
+	return shard, nil
+}
+
+func (s *Store) replicaList() []*Replica {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*Replica, 0, len(s.mu.replicas))
+	for _, r := range s.mu.replicas {
+		out = append(out, r)
+	}
+	return out
+}
+
+// BootstrapReplica creates this node's replica of a new shard whose initial
+// members are desc.Replicas, all starting from the same empty state. It is
+// idempotent for the same descriptor.
+func (s *Store) BootstrapReplica(desc *shoalpb.ShardDescriptor) error {
+	var me *shoalpb.ReplicaDescriptor
+	cs := &raftpb.ConfState{}
+	for _, rd := range desc.Replicas {
+		if rd.NodeId == s.opts.NodeID {
+			me = rd
+		}
+		if rd.Role == shoalpb.ReplicaRole_REPLICA_ROLE_LEARNER {
+			cs.Learners = append(cs.Learners, rd.ReplicaId)
+		} else {
+			cs.Voters = append(cs.Voters, rd.ReplicaId)
+		}
+	}
+	if me == nil {
+		return fmt.Errorf("raftstore: shard %d has no replica on node %d", desc.ShardId, s.opts.NodeID)
+	}
+	if desc.ShardId == 0 || desc.ShardId > keys.MaxShardID {
+		return fmt.Errorf("raftstore: shard ID %d out of range", desc.ShardId)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.mu.replicas[desc.ShardId]; r != nil {
+		if r.replicaID == me.ReplicaId {
+			return nil
+		}
+		return fmt.Errorf("raftstore: shard %d already has replica %d here", desc.ShardId, r.replicaID)
+	}
+	var old shoalpb.LocalReplicaState
+	if ok, err := storage.GetProto(s.eng.Reader(), keys.ReplicaStateKey(desc.ShardId), &old); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("raftstore: shard %d: replica state exists (replica %d, tombstone %v)",
+			desc.ShardId, old.ReplicaId, old.Tombstone)
+	}
+	st := &shoalpb.LocalReplicaState{ReplicaId: me.ReplicaId, Shard: desc}
+	b := s.eng.NewBatch()
+	defer b.Close()
+	if err := b.SetProto(keys.ReplicaStateKey(desc.ShardId), st); err != nil {
+		return err
+	}
+	if err := raftlog.Bootstrap(b, desc.ShardId, cs); err != nil {
+		return err
+	}
+	if err := b.Commit(true); err != nil {
+		return err
+	}
+	r, err := s.newReplica(st)
+	if err != nil {
+		return err
+	}
+	if desc.Replicas[0].NodeId == s.opts.NodeID && !s.opts.Knobs.DisableCampaignOnBootstrap {
+		r.campaign.Store(true)
+	}
+	s.addReplicaLocked(r)
+	if s.started.Load() {
+		s.sched.enqueue(r)
+	}
+	return nil
+}
+
+// Propose replicates cmd through the shard's Raft log and returns the state
+// machine's result once the entry is applied on this node. It must be called
+// on the leader; otherwise it fails with a NotLeaderError or ErrNoLeader
+// without proposing. See the sentinel errors for what each failure means for
+// the command.
+func (s *Store) Propose(ctx context.Context, shard uint64, cmd []byte) (any, error) {
+	r, err := s.replica(shard)
+	if err != nil {
+		return nil, err
+	}
+	if len(cmd)+entryHeaderSize > s.opts.MaxEntryBytes {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrEntryTooLarge, len(cmd), s.opts.MaxEntryBytes)
+	}
+	p := &proposal{
+		id:   proposalID{node: s.opts.NodeID, seq: s.proposalSeq.Add(1)},
+		ctx:  ctx,
+		done: make(chan result, 1),
+	}
+	p.data = encodeEntry(p.id, cmd)
+	if err := r.enqueueProposal(p); err != nil {
+		return nil, err
+	}
+	select {
+	case res := <-p.done:
+		return res.value, res.err
+	case <-ctx.Done():
+		return nil, timeoutError(ctx.Err())
+	}
+}
+
+// ReadIndex returns once this replica has applied every write that was
+// committed when ReadIndex was called: reading its state afterwards is
+// linearizable. It works on leaders and followers.
+func (s *Store) ReadIndex(ctx context.Context, shard uint64) error {
+	r, err := s.replica(shard)
+	if err != nil {
+		return err
+	}
+	rr := &readRequest{ctx: ctx, done: make(chan error, 1)}
+	if err := r.enqueueRead(rr); err != nil {
+		return err
+	}
+	select {
+	case err := <-rr.done:
+		return err
+	case <-ctx.Done():
+		return timeoutError(ctx.Err())
+	}
+}
+
+// Status returns the status of this node's replica of shard.
+func (s *Store) Status(shard uint64) (ReplicaStatus, error) {
+	r, err := s.replica(shard)
+	if err != nil {
+		return ReplicaStatus{}, err
+	}
+	return r.Status(), nil
+}
+
+// Replicas returns the status of every replica, ordered by shard.
+func (s *Store) Replicas() []ReplicaStatus {
+	rs := s.replicaList()
+	out := make([]ReplicaStatus, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, r.Status())
+	}
+	slices.SortFunc(out, func(a, b ReplicaStatus) int { return cmpUint(a.ShardID, b.ShardID) })
+	return out
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// HandleRaftBatch hands received messages to their replicas. Messages for
+// unknown shards or other replica IDs are dropped.
+func (s *Store) HandleRaftBatch(msgs []*shoalpb.RaftMessage) {
+	for _, m := range msgs {
+		r, err := s.replica(m.ShardId)
+		if err != nil || m.Message == nil || m.Message.GetTo() != r.replicaID {
+			s.stats.dropped.Add(1)
+			continue
+		}
+		if r.enqueueMessage(m.Message) {
+			s.stats.received.Add(1)
+		} else {
+			s.stats.dropped.Add(1)
+		}
+	}
+}
+
+// HandleUnreachable tells every replica that node cannot be reached, so Raft
+// stops pipelining to its replicas until they answer.
+func (s *Store) HandleUnreachable(node uint64) {
+	for _, r := range s.replicaList() {
+		r.reportUnreachableNode(node)
+	}
+}
+
+func (s *Store) ticker() {
+	defer s.done.Done()
+	t := time.NewTicker(s.opts.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopC:
+			return
+		case <-t.C:
+			rs := s.replicaList()
+			for _, r := range rs {
+				r.tickPending.Store(true)
+			}
+			s.sched.enqueueAll(rs)
+		}
+	}
+}
+
+func (s *Store) loop() {
+	defer s.done.Done()
+	var batch []*Replica
+	for {
+		batch = s.sched.take(batch[:0])
+		if batch == nil {
+			return
+		}
+		if err := s.iterate(batch); err != nil {
+			s.fatal(err)
+			return
+		}
+		clear(batch)
+	}
+}
+
+// iterate processes one batch of replicas; see Store for the phases.
+func (s *Store) iterate(rs []*Replica) error {
+	s.stats.iterations.Add(1)
+	var phaseErr atomic.Pointer[error]
+	fail := func(err error) { phaseErr.CompareAndSwap(nil, &err) }
+
+	s.pool.run(len(rs), func(w *worker, i int) {
+		if err := rs[i].phase1(w); err != nil {
+			fail(err)
+		}
+	}, func(w *worker) {
+		if err := w.finishApply(); err != nil {
+			fail(err)
+		}
+	})
+	if p := phaseErr.Load(); p != nil {
+		return *p
+	}
+	s.flushOutboxes()
+
+	if err := s.commitLog(); err != nil {
+		return err
+	}
+
+	s.pool.run(len(rs), func(w *worker, i int) { rs[i].phase3(w) }, nil)
+	s.flushOutboxes()
+	return nil
+}
+
+// stageLog runs fn with the shared log batch.
+func (s *Store) stageLog(mustSync bool, fn func(b *storage.Batch) error) error {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	if s.logBatch == nil {
+		s.logBatch = s.eng.NewBatch()
+	}
+	s.logMustSync = s.logMustSync || mustSync
+	s.logReplicas++
+	return fn(s.logBatch)
+}
+
+// commitLog commits the shared log batch: one sync for every replica's
+// entries and HardState of this iteration.
+func (s *Store) commitLog() error {
+	b, sync, n := s.logBatch, s.logMustSync, s.logReplicas
+	s.logBatch, s.logMustSync, s.logReplicas = nil, false, 0
+	if b == nil {
+		return nil
+	}
+	defer b.Close()
+	if err := b.Commit(sync); err != nil {
+		return fmt.Errorf("raftstore: log commit: %w", err)
+	}
+	if sync {
+		s.stats.logSyncs.Add(1)
+		s.stats.logSyncReplicas.Add(uint64(n))
+		if f := s.opts.Knobs.AfterLogSync; f != nil {
+			f(n)
+		}
+	}
+	return nil
+}
+
+// flushOutboxes hands every worker's outgoing messages to the transport, one
+// batch per destination node.
+func (s *Store) flushOutboxes() {
+	var merged map[uint64][]*shoalpb.RaftMessage
+	for _, w := range s.pool.workers {
+		if len(w.outbox) == 0 {
+			continue
+		}
+		if merged == nil {
+			merged = w.outbox
+			w.outbox = map[uint64][]*shoalpb.RaftMessage{}
+			continue
+		}
+		for to, msgs := range w.outbox {
+			merged[to] = append(merged[to], msgs...)
+		}
+		clear(w.outbox)
+	}
+	for to, msgs := range merged {
+		if err := s.opts.Transport.Send(to, msgs); err != nil {
+			s.stats.dropped.Add(uint64(len(msgs)))
+			s.reportUnreachable(msgs)
+			continue
+		}
+		s.stats.sent.Add(uint64(len(msgs)))
+	}
+}
+
+// reportUnreachable tells the senders of dropped messages that their peers
+// are unreachable.
+func (s *Store) reportUnreachable(msgs []*shoalpb.RaftMessage) {
+	for _, m := range msgs {
+		if r, err := s.replica(m.ShardId); err == nil {
+			r.reportUnreachable(m.Message.GetTo())
+		}
+	}
+}
+
+// finishApply commits the worker's apply batch, then completes the
+// proposals and reads it unblocked.
+func (w *worker) finishApply() error {
+	if w.apply != nil {
+		b := w.apply
+		w.apply = nil
+		err := b.Commit(false)
+		b.Close()
+		if err != nil {
+			return fmt.Errorf("raftstore: apply commit: %w", err)
+		}
+	}
+	for i, d := range w.results {
+		d.p.finish(d.r)
+		w.results[i] = delivery{}
+	}
+	w.results = w.results[:0]
+	for i, r := range w.applied {
+		r.serveReads()
+		w.applied[i] = nil
+	}
+	w.applied = w.applied[:0]
+	return nil
+}
+
+func (w *worker) applyBatch() *storage.Batch {
+	if w.apply == nil {
+		w.apply = w.store.eng.NewIndexedBatch()
+	}
+	return w.apply
+}
+
+func (w *worker) send(r *Replica, msgs []*raftpb.Message) {
+	for _, m := range msgs {
+		to := r.nodeOf(m.GetTo())
+		if to == 0 {
+			w.store.stats.dropped.Add(1)
+			continue
+		}
+		w.outbox[to] = append(w.outbox[to], &shoalpb.RaftMessage{
+			ShardId:  r.shardID,
+			FromNode: w.store.opts.NodeID,
+			ToNode:   to,
+			Epoch:    r.desc.Epoch,
+			Message:  m,
+		})
+	}
+}
+
+var errAlreadyFailed = errors.New("raftstore: replica failed")
+
+func unmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }

@@ -1,0 +1,237 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/internal/keys"
+)
+
+// ErrClosed is returned by operations on a closed Engine.
+var ErrClosed = errors.New("storage: engine closed")
+
+// Options configure an Engine. The zero value of every field is replaced by
+// its documented default.
+type Options struct {
+	// Dir is the database directory. Required.
+	Dir string
+	// FS is the filesystem. Default vfs.Default; tests pass vfs.NewMem() or
+	// vfs.NewCrashableMem().
+	FS vfs.FS
+	// CacheBytes is the block cache size. Default 128 MiB.
+	CacheBytes int64
+	// MemTableBytes is the size of one memtable. Default 64 MiB.
+	MemTableBytes uint64
+	// Logger receives Pebble's logs and events. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) ensureDefaults() {
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.CacheBytes == 0 {
+		o.CacheBytes = 128 << 20
+	}
+	if o.MemTableBytes == 0 {
+		o.MemTableBytes = 64 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Engine is a node's Pebble database.
+type Engine struct {
+	db     *pebble.DB
+	fs     vfs.FS
+	dir    string
+	log    *slog.Logger
+	closed atomic.Bool
+
+	syncs   atomic.Uint64
+	commits atomic.Uint64
+}
+
+// Stats are cumulative counters of an Engine.
+type Stats struct {
+	// Commits counts committed batches; Syncs counts those committed with sync.
+	Commits, Syncs uint64
+}
+
+// Open opens (creating if needed) the database in opts.Dir.
+func Open(opts Options) (*Engine, error) {
+	opts.ensureDefaults()
+	if opts.Dir == "" {
+		return nil, errors.New("storage: Options.Dir is required")
+	}
+	cache := pebble.NewCache(opts.CacheBytes)
+	defer cache.Unref()
+	e := &Engine{fs: opts.FS, dir: opts.Dir, log: opts.Logger.With("component", "pebble")}
+	po := &pebble.Options{
+		FS:                 opts.FS,
+		Cache:              cache,
+		MemTableSize:       opts.MemTableBytes,
+		FormatMajorVersion: pebble.FormatNewest,
+		Logger:             pebbleLogger{e.log},
+		EventListener:      e.eventListener(),
+	}
+	db, err := pebble.Open(opts.Dir, po)
+	if err != nil {
+		return nil, fmt.Errorf("storage: open %s: %w", opts.Dir, err)
+	}
+	e.db = db
+	return e, nil
+}
+
+// Close closes the database. Unsynced writes may be lost only by a crash, not
+// by Close.
+func (e *Engine) Close() error {
+	if e.closed.Swap(true) {
+		return nil
+	}
+	return e.db.Close()
+}
+
+// Dir returns the database directory.
+func (e *Engine) Dir() string { return e.dir }
+
+// FS returns the filesystem the database lives on.
+func (e *Engine) FS() vfs.FS { return e.fs }
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats {
+	return Stats{Commits: e.commits.Load(), Syncs: e.syncs.Load()}
+}
+
+// Metrics returns Pebble's own metrics.
+func (e *Engine) Metrics() *pebble.Metrics { return e.db.Metrics() }
+
+// Reader is what reads need: the Engine, a Batch (indexed) or a Snapshot.
+type Reader = pebble.Reader
+
+// DB returns the engine itself as a Reader.
+func (e *Engine) Reader() Reader { return e.db }
+
+// Get returns a copy of the value of key, and whether it exists.
+func (e *Engine) Get(key []byte) ([]byte, bool, error) { return Get(e.db, key) }
+
+// Get returns a copy of the value of key in r, and whether it exists.
+func Get(r Reader, key []byte) ([]byte, bool, error) {
+	v, closer, err := r.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("storage: get: %w", err)
+	}
+	out := make([]byte, len(v))
+	copy(out, v)
+	closer.Close()
+	return out, true, nil
+}
+
+// GetProto reads key from r into m and reports whether it exists.
+func GetProto(r Reader, key []byte, m proto.Message) (bool, error) {
+	v, closer, err := r.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("storage: get: %w", err)
+	}
+	defer closer.Close()
+	if err := proto.Unmarshal(v, m); err != nil {
+		return false, fmt.Errorf("storage: decode %q: %w", key, err)
+	}
+	return true, nil
+}
+
+// NewIter returns an iterator over span of r. The caller must close it.
+func NewIter(r Reader, span keys.Span) (*pebble.Iterator, error) {
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: span.Start, UpperBound: span.End})
+	if err != nil {
+		return nil, fmt.Errorf("storage: iterator: %w", err)
+	}
+	return it, nil
+}
+
+// NewIter returns an iterator over span of the engine.
+func (e *Engine) NewIter(span keys.Span) (*pebble.Iterator, error) { return NewIter(e.db, span) }
+
+// Snapshot is a consistent read-only view of the engine.
+type Snapshot = pebble.Snapshot
+
+// NewSnapshot returns a point-in-time view; the caller must close it.
+func (e *Engine) NewSnapshot() *Snapshot { return e.db.NewSnapshot() }
+
+// Batch is a set of writes committed atomically.
+type Batch struct {
+	*pebble.Batch
+	eng *Engine
+}
+
+// NewBatch returns a write-only batch.
+func (e *Engine) NewBatch() *Batch { return &Batch{Batch: e.db.NewBatch(), eng: e} }
+
+// NewIndexedBatch returns a batch that can also be read through, seeing its
+// own writes on top of the engine.
+func (e *Engine) NewIndexedBatch() *Batch { return &Batch{Batch: e.db.NewIndexedBatch(), eng: e} }
+
+// Commit commits the batch; with sync it returns only once the batch and
+// every earlier one is durable. The batch may not be used afterwards except
+// for Close.
+func (b *Batch) Commit(sync bool) error {
+	if b.eng.closed.Load() {
+		return ErrClosed
+	}
+	opts := pebble.NoSync
+	if sync {
+		opts = pebble.Sync
+	}
+	if err := b.Batch.Commit(opts); err != nil {
+		return fmt.Errorf("storage: commit: %w", err)
+	}
+	b.eng.commits.Add(1)
+	if sync {
+		b.eng.syncs.Add(1)
+	}
+	return nil
+}
+
+// SetProto marshals m and sets it at key.
+func (b *Batch) SetProto(key []byte, m proto.Message) error {
+	v, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("storage: encode: %w", err)
+	}
+	return b.Set(key, v, nil)
+}
+
+// DeleteSpan deletes every key in span.
+func (b *Batch) DeleteSpan(span keys.Span) error {
+	return b.DeleteRange(span.Start, span.End, nil)
+}
+
+// Close releases the batch.
+func (b *Batch) Close() error { return b.Batch.Close() }
+
+// Write commits one key-value pair with sync; a convenience for rare writes
+// such as node identity.
+func (e *Engine) Write(key, value []byte) error {
+	b := e.NewBatch()
+	defer b.Close()
+	if err := b.Set(key, value, nil); err != nil {
+		return err
+	}
+	return b.Commit(true)
+}
+
+var _ io.Closer = (*Engine)(nil)
