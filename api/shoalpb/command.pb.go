@@ -568,12 +568,18 @@ func (x *ExpiredKey) GetExpireAtMs() int64 {
 }
 
 // DeleteExpiredOp is proposed by the leader's expiry sweeper. A key is
-// deleted only if it still has exactly the expiry the sweeper saw.
+// deleted only if it still has exactly the expiry the sweeper saw and that
+// expiry is not after the command's now_ms.
 type DeleteExpiredOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Keys          []*ExpiredKey          `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Keys  []*ExpiredKey          `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Client sessions the sweeper found idle. Each is removed only if its
+	// record's last_active_ms is still below sessions_idle_before_ms, so a
+	// session that became active again in the meantime survives.
+	IdleSessions         []uint64 `protobuf:"varint,2,rep,packed,name=idle_sessions,json=idleSessions,proto3" json:"idle_sessions,omitempty"`
+	SessionsIdleBeforeMs int64    `protobuf:"varint,3,opt,name=sessions_idle_before_ms,json=sessionsIdleBeforeMs,proto3" json:"sessions_idle_before_ms,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *DeleteExpiredOp) Reset() {
@@ -611,6 +617,20 @@ func (x *DeleteExpiredOp) GetKeys() []*ExpiredKey {
 		return x.Keys
 	}
 	return nil
+}
+
+func (x *DeleteExpiredOp) GetIdleSessions() []uint64 {
+	if x != nil {
+		return x.IdleSessions
+	}
+	return nil
+}
+
+func (x *DeleteExpiredOp) GetSessionsIdleBeforeMs() int64 {
+	if x != nil {
+		return x.SessionsIdleBeforeMs
+	}
+	return 0
 }
 
 type KVOp struct {
@@ -1111,9 +1131,11 @@ const file_shoalpb_command_proto_rawDesc = "" +
 	"ExpiredKey\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12 \n" +
 	"\fexpire_at_ms\x18\x02 \x01(\x03R\n" +
-	"expireAtMs\";\n" +
+	"expireAtMs\"\x97\x01\n" +
 	"\x0fDeleteExpiredOp\x12(\n" +
-	"\x04keys\x18\x01 \x03(\v2\x14.shoal.v1.ExpiredKeyR\x04keys\"\xf3\x02\n" +
+	"\x04keys\x18\x01 \x03(\v2\x14.shoal.v1.ExpiredKeyR\x04keys\x12#\n" +
+	"\ridle_sessions\x18\x02 \x03(\x04R\fidleSessions\x125\n" +
+	"\x17sessions_idle_before_ms\x18\x03 \x01(\x03R\x14sessionsIdleBeforeMs\"\xf3\x02\n" +
 	"\x04KVOp\x12#\n" +
 	"\x03put\x18\x01 \x01(\v2\x0f.shoal.v1.PutOpH\x00R\x03put\x12,\n" +
 	"\x06delete\x18\x02 \x01(\v2\x12.shoal.v1.DeleteOpH\x00R\x06delete\x12C\n" +

@@ -54,9 +54,9 @@ func AppendDataKey(dst []byte, slot uint16, k []byte) []byte {
 }
 
 // DecodeDataKey splits a data key into its slot and user key. The user key
-// aliases b.
+// aliases b. A slot outside [0, SlotCount) is malformed.
 func DecodeDataKey(b []byte) (slot uint16, k []byte, err error) {
-	if len(b) < 3 || b[0] != DataPrefix {
+	if len(b) < 3 || b[0] != DataPrefix || binary.BigEndian.Uint16(b[1:]) >= SlotCount {
 		return 0, nil, fmt.Errorf("%w: %q is not a data key", ErrMalformed, b)
 	}
 	return binary.BigEndian.Uint16(b[1:]), b[3:], nil
@@ -78,9 +78,10 @@ func ExpiryKey(slot uint16, expireAtMs uint64, k []byte) []byte {
 	return b
 }
 
-// DecodeExpiryKey splits an expiry-index key. The user key aliases b.
+// DecodeExpiryKey splits an expiry-index key. The user key aliases b. A
+// slot outside [0, SlotCount) is malformed.
 func DecodeExpiryKey(b []byte) (slot uint16, expireAtMs uint64, k []byte, err error) {
-	if len(b) < 11 || b[0] != ExpiryPrefix {
+	if len(b) < 11 || b[0] != ExpiryPrefix || binary.BigEndian.Uint16(b[1:]) >= SlotCount {
 		return 0, 0, nil, fmt.Errorf("%w: %q is not an expiry key", ErrMalformed, b)
 	}
 	return binary.BigEndian.Uint16(b[1:]), binary.BigEndian.Uint64(b[3:]), b[11:], nil
@@ -89,12 +90,6 @@ func DecodeExpiryKey(b []byte) (slot uint16, expireAtMs uint64, k []byte, err er
 // ExpirySpan returns the range of expiry-index keys of the slots in [start, end).
 func ExpirySpan(start, end uint32) Span {
 	return slotSpan(ExpiryPrefix, start, end)
-}
-
-// ExpiredBefore returns the range of expiry-index keys in one slot whose
-// expiry time is before nowMs.
-func ExpiredBefore(slot uint16, nowMs uint64) Span {
-	return Span{Start: ExpiryKey(slot, 0, nil), End: ExpiryKey(slot, nowMs, nil)}
 }
 
 func slotSpan(prefix byte, start, end uint32) Span {

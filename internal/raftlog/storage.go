@@ -111,6 +111,20 @@ func Load(eng *storage.Engine, shard uint64, cacheBytes int) (*Storage, error) {
 		return nil, fmt.Errorf("raftlog: shard %d: applied index %d ahead of last index %d: the log lost synced entries",
 			shard, s.mu.applied.Index, s.mu.lastIndex)
 	}
+	// The applied state must name an entry of the log. If the log holds a
+	// different entry there, an apply batch reached the disk without the log
+	// batch that wrote the entries it applied, and the state machine has
+	// diverged from the log.
+	if a := s.mu.applied; a.Index >= s.mu.truncated.Index {
+		term, err := s.Term(a.Index)
+		if err != nil {
+			return nil, err
+		}
+		if term != a.Term {
+			return nil, fmt.Errorf("raftlog: shard %d: applied state %d/%d but the log has term %d at %d: the log lost synced entries",
+				shard, a.Index, a.Term, term, a.Index)
+		}
+	}
 	return s, nil
 }
 

@@ -16,8 +16,8 @@ var (
 	ErrNoLeader = errors.New("raftstore: no leader")
 	// ErrShardNotFound: this node has no replica of the shard.
 	ErrShardNotFound = errors.New("raftstore: shard not found on this node")
-	// ErrShardRemoved: the replica was removed while the request waited. The
-	// outcome of a write is unknown.
+	// ErrShardRemoved: the replica was removed while the request waited. A
+	// write that was already proposed also matches ErrAmbiguous.
 	ErrShardRemoved = errors.New("raftstore: replica removed")
 	// ErrOverloaded: too many proposals are in flight for the shard or the
 	// node; nothing was applied. Retry later.
@@ -27,11 +27,16 @@ var (
 	// log. It was definitely not applied; it is safe to retry.
 	ErrLeadershipLost = errors.New("raftstore: leadership lost, proposal dropped")
 	// ErrTimeout: the caller's context ended before the outcome was known. A
-	// write may or may not have been applied.
-	ErrTimeout = errors.New("raftstore: timed out, outcome unknown")
-	// ErrStopped: the store is stopping or stopped. The outcome of a write
-	// that was already proposed is unknown.
+	// write also matches ErrAmbiguous.
+	ErrTimeout = errors.New("raftstore: timed out")
+	// ErrStopped: the store is stopping or stopped. Alone it means the request
+	// was refused; a write that was already proposed also matches
+	// ErrAmbiguous.
 	ErrStopped = errors.New("raftstore: store stopped")
+	// ErrAmbiguous: the write was proposed but its outcome is unknown: it may
+	// or may not have been applied. Retrying it is safe only with a client
+	// session (which makes the retry apply at most once).
+	ErrAmbiguous = errors.New("raftstore: outcome unknown")
 	// ErrEntryTooLarge: the command is larger than the store accepts in one
 	// Raft entry. Nothing was applied.
 	ErrEntryTooLarge = errors.New("raftstore: command too large")
@@ -60,4 +65,9 @@ func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
 // timeoutError wraps a context error as ErrTimeout while keeping the cause.
 func timeoutError(cause error) error {
 	return fmt.Errorf("%w: %w", ErrTimeout, cause)
+}
+
+// ambiguous marks err as leaving a proposed write's outcome unknown.
+func ambiguous(err error) error {
+	return fmt.Errorf("%w (%w)", err, ErrAmbiguous)
 }

@@ -52,7 +52,8 @@ type Options struct {
 	// ReadRetryTicks: a ReadIndex request not answered within this many
 	// ticks is sent again. Default ElectionTicks.
 	ReadRetryTicks int
-	// Logger receives the store's logs. Default slog.Default().
+	// Logger receives the store's logs; the caller adds the node's
+	// attributes. Default: discarded.
 	Logger *slog.Logger
 	// Knobs are test hooks; nil in production.
 	Knobs *Knobs
@@ -64,7 +65,7 @@ type Knobs struct {
 	// number of replicas whose writes it carried.
 	AfterLogSync func(replicas int)
 	// DisableCampaignOnBootstrap stops the first replica of a bootstrapped
-	// shard from campaigning at once.
+	// shard from campaigning two ticks after it is created.
 	DisableCampaignOnBootstrap bool
 }
 
@@ -119,7 +120,7 @@ func (o *Options) validate() error {
 		o.ReadRetryTicks = o.ElectionTicks
 	}
 	if o.Logger == nil {
-		o.Logger = slog.Default()
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Knobs == nil {
 		o.Knobs = &Knobs{}

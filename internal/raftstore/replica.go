@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -30,7 +31,6 @@ type Replica struct {
 	// queued is guarded by store.sched.mu.
 	queued      bool
 	tickPending atomic.Bool
-	campaign    atomic.Bool
 
 	mu struct {
 		sync.Mutex
@@ -50,7 +50,11 @@ type Replica struct {
 	state     raft.StateType
 	term      uint64
 	ticks     int
-	applied   uint64
+	// campaignAt, when positive, is the tick at which a freshly bootstrapped
+	// replica campaigns, so the shard gets the leader its placement names
+	// instead of waiting for a randomized election timeout.
+	campaignAt int
+	applied    uint64
 	// proposals are the proposals in the log that have not been applied,
 	// by ID and by log index.
 	proposals map[proposalID]*proposal
@@ -63,6 +67,9 @@ type Replica struct {
 	rd           raft.Ready
 	hasReady     bool
 	sentEarly    bool
+	// applyAfterSync are committed entries of rd that rd itself appends;
+	// they are applied in phase 3, once durable.
+	applyAfterSync []*raftpb.Entry
 
 	status atomic.Pointer[ReplicaStatus]
 }
@@ -176,6 +183,10 @@ func (r *Replica) enqueueProposal(p *proposal) error {
 		return notLeaderError(st.Descriptor, st.LeaderReplica)
 	}
 	r.mu.Lock()
+	if r.store.stopping.Load() {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: shard %d", ErrStopped, r.shardID)
+	}
 	if len(r.mu.props) >= r.store.opts.MaxQueuedProposals {
 		r.mu.Unlock()
 		return fmt.Errorf("%w: shard %d has %d proposals queued", ErrOverloaded, r.shardID, len(r.mu.props))
@@ -188,6 +199,10 @@ func (r *Replica) enqueueProposal(p *proposal) error {
 
 func (r *Replica) enqueueRead(rr *readRequest) error {
 	r.mu.Lock()
+	if r.store.stopping.Load() {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: shard %d", ErrStopped, r.shardID)
+	}
 	if len(r.mu.reads) >= r.store.opts.MaxQueuedProposals {
 		r.mu.Unlock()
 		return fmt.Errorf("%w: shard %d has %d reads queued", ErrOverloaded, r.shardID, len(r.mu.reads))
@@ -212,7 +227,9 @@ func (r *Replica) enqueueMessage(m *raftpb.Message) bool {
 
 func (r *Replica) reportUnreachable(replicaID uint64) {
 	r.mu.Lock()
-	r.mu.unreachable = append(r.mu.unreachable, replicaID)
+	if !slices.Contains(r.mu.unreachable, replicaID) {
+		r.mu.unreachable = append(r.mu.unreachable, replicaID)
+	}
 	r.mu.Unlock()
 	r.store.sched.enqueue(r)
 }
@@ -248,14 +265,19 @@ func (r *Replica) phase1(w *worker) error {
 		r.raw.Tick()
 		r.ticks++
 		r.retryReads()
+		if r.campaignAt > 0 && r.ticks >= r.campaignAt {
+			r.campaignAt = 0
+			if r.raw.BasicStatus().Lead == 0 {
+				_ = r.raw.Campaign()
+			}
+		}
 	}
-	if r.campaign.Swap(false) {
-		_ = r.raw.Campaign()
+	if len(props) > 0 || len(reads) > 0 {
+		// The steps above may have changed the leader; proposals and reads
+		// must see that now, not at the next Ready's SoftState.
+		bs := r.raw.BasicStatus()
+		r.leader, r.state = bs.Lead, bs.RaftState
 	}
-	// Leadership changes from the steps above become visible to proposals
-	// and reads only through Ready's SoftState, so look at the raw status.
-	bs := r.raw.BasicStatus()
-	r.leader, r.state = bs.Lead, bs.RaftState
 	r.propose(props)
 	r.pendingReads = append(r.pendingReads, reads...)
 	r.issueReads()
@@ -272,6 +294,7 @@ func (r *Replica) phase1(w *worker) error {
 		r.term = rd.HardState.GetTerm()
 	}
 	r.indexProposals(rd.Entries)
+	r.dropOverwritten(rd.Entries)
 	if r.state == raft.StateLeader {
 		w.send(r, rd.Messages)
 		r.sentEarly = true
@@ -297,10 +320,27 @@ func (r *Replica) phase1(w *worker) error {
 	for _, rs := range rd.ReadStates {
 		r.onReadState(rs)
 	}
-	if err := r.apply(w, rd.CommittedEntries); err != nil {
+	// In synchronous-storage mode Raft may hand out committed entries that
+	// this same Ready is appending (a follower learns entries and their
+	// commit in one message). Those may be applied only after the group
+	// commit has made them durable, in phase 3; everything before the new
+	// entries was synced in an earlier iteration and is applied now.
+	committed := rd.CommittedEntries
+	if len(rd.Entries) > 0 {
+		first := rd.Entries[0].GetIndex()
+		split := len(committed)
+		for i, e := range committed {
+			if e.GetIndex() >= first {
+				split = i
+				break
+			}
+		}
+		committed, r.applyAfterSync = committed[:split], committed[split:]
+	}
+	if err := r.apply(w, committed); err != nil {
 		return err
 	}
-	if len(rd.ReadStates) > 0 || len(rd.CommittedEntries) > 0 {
+	if len(rd.ReadStates) > 0 || len(committed) > 0 {
 		w.applied = append(w.applied, r)
 	}
 	return nil
@@ -308,16 +348,24 @@ func (r *Replica) phase1(w *worker) error {
 
 // phase3 runs after the group commit: the entries and HardState of this
 // Ready are durable.
-func (r *Replica) phase3(w *worker) {
+func (r *Replica) phase3(w *worker) error {
 	if !r.hasReady {
 		r.publishStatus()
 		if r.hasInput() {
 			r.store.sched.enqueue(r)
 		}
-		return
+		return nil
 	}
 	if !r.sentEarly {
 		w.send(r, r.rd.Messages)
+	}
+	if len(r.applyAfterSync) > 0 {
+		err := r.apply(w, r.applyAfterSync)
+		r.applyAfterSync = nil
+		if err != nil {
+			return err
+		}
+		w.applied = append(w.applied, r)
 	}
 	r.raw.Advance(r.rd)
 	r.rd, r.hasReady = raft.Ready{}, false
@@ -325,6 +373,7 @@ func (r *Replica) phase3(w *worker) {
 	if r.raw.HasReady() || r.hasInput() {
 		r.store.sched.enqueue(r)
 	}
+	return nil
 }
 
 // hasInput reports whether reads are waiting to be issued again.
@@ -381,6 +430,30 @@ func (r *Replica) indexProposals(ents []*raftpb.Entry) {
 			p.index, p.term = e.GetIndex(), e.GetTerm()
 			r.byIndex[p.index] = p
 		}
+	}
+}
+
+// dropOverwritten fails the proposals whose entries ents replace: a new
+// leader's entries that conflict with this replica's log truncate it from
+// their first index, so an entry of ours at or after it can never commit.
+func (r *Replica) dropOverwritten(ents []*raftpb.Entry) {
+	if len(ents) == 0 || len(r.byIndex) == 0 {
+		return
+	}
+	first := ents[0].GetIndex()
+	if last, _ := r.storage.LastIndex(); first > last {
+		return
+	}
+	for idx, p := range r.byIndex {
+		if idx < first {
+			continue
+		}
+		if i := idx - first; i < uint64(len(ents)) && ents[i].GetTerm() == p.term {
+			continue
+		}
+		delete(r.byIndex, idx)
+		delete(r.proposals, p.id)
+		p.finish(result{err: fmt.Errorf("%w: shard %d index %d replaced", ErrLeadershipLost, r.shardID, idx)})
 	}
 }
 
@@ -560,7 +633,7 @@ func (r *Replica) failAll(err error) {
 		p.finish(result{err: err})
 	}
 	for _, p := range r.proposals {
-		p.finish(result{err: err})
+		p.finish(result{err: ambiguous(err)})
 	}
 	clear(r.proposals)
 	clear(r.byIndex)

@@ -92,11 +92,13 @@ type Stats struct {
 //     proposals and read requests to Raft, take a Ready; send a leader's
 //     messages at once (a leader may send in parallel with its own fsync);
 //     stage new entries and HardState in the shared log batch; apply the
-//     committed entries (stable already) in the worker's apply batch, commit
-//     it without sync and complete their proposals and reads;
+//     committed entries that were already durable in the worker's apply
+//     batch, commit it without sync and complete their proposals and reads;
 //  2. once: commit the shared log batch with one sync (group commit);
 //  3. per replica, in parallel: send the remaining messages (a follower's
-//     acknowledgements only after its entries are durable) and Advance.
+//     acknowledgements only after its entries are durable), apply the
+//     committed entries that this iteration's sync made durable, and
+//     Advance.
 //
 // Outgoing messages are batched per destination node and handed to the
 // Transport once per phase.
@@ -123,10 +125,13 @@ type Store struct {
 
 	proposalSeq atomic.Uint64
 	started     atomic.Bool
-	stopOnce    sync.Once
-	stopC       chan struct{}
-	done        sync.WaitGroup
-	failure     atomic.Pointer[error]
+	// stopping is set before waiters are failed on Stop; replicas refuse new
+	// work once it is set (checked under each replica's mu).
+	stopping atomic.Bool
+	stopOnce sync.Once
+	stopC    chan struct{}
+	done     sync.WaitGroup
+	failure  atomic.Pointer[error]
 
 	stats struct {
 		iterations, logSyncs, logSyncReplicas atomic.Uint64
@@ -142,7 +147,7 @@ func NewStore(opts Options) (*Store, error) {
 	}
 	s := &Store{
 		opts:  opts,
-		log:   opts.Logger.With("node", opts.NodeID),
+		log:   opts.Logger,
 		eng:   opts.Engine,
 		sched: newScheduler(),
 		stopC: make(chan struct{}),
@@ -199,6 +204,7 @@ func (s *Store) Start() {
 // proposal and read fails with ErrStopped. It does not close the engine.
 func (s *Store) Stop() {
 	s.stopOnce.Do(func() {
+		s.stopping.Store(true)
 		close(s.stopC)
 		s.sched.stop()
 		s.done.Wait()
@@ -345,7 +351,9 @@ func (s *Store) BootstrapReplica(desc *shoalpb.ShardDescriptor) error {
 		return err
 	}
 	if desc.Replicas[0].NodeId == s.opts.NodeID && !s.opts.Knobs.DisableCampaignOnBootstrap {
-		r.campaign.Store(true)
+		// Campaign two ticks from now: the peers bootstrapped at about the
+		// same time are up by then.
+		r.campaignAt = 2
 	}
 	s.addReplicaLocked(r)
 	if s.started.Load() {
@@ -380,7 +388,7 @@ func (s *Store) Propose(ctx context.Context, shard uint64, cmd []byte) (any, err
 	case res := <-p.done:
 		return res.value, res.err
 	case <-ctx.Done():
-		return nil, timeoutError(ctx.Err())
+		return nil, ambiguous(timeoutError(ctx.Err()))
 	}
 }
 
@@ -517,7 +525,18 @@ func (s *Store) iterate(rs []*Replica) error {
 		return err
 	}
 
-	s.pool.run(len(rs), func(w *worker, i int) { rs[i].phase3(w) }, nil)
+	s.pool.run(len(rs), func(w *worker, i int) {
+		if err := rs[i].phase3(w); err != nil {
+			fail(err)
+		}
+	}, func(w *worker) {
+		if err := w.finishApply(); err != nil {
+			fail(err)
+		}
+	})
+	if p := phaseErr.Load(); p != nil {
+		return *p
+	}
 	s.flushOutboxes()
 	return nil
 }

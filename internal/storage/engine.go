@@ -29,7 +29,7 @@ type Options struct {
 	CacheBytes int64
 	// MemTableBytes is the size of one memtable. Default 64 MiB.
 	MemTableBytes uint64
-	// Logger receives Pebble's logs and events. Default slog.Default().
+	// Logger receives Pebble's logs and events. Default: discarded.
 	Logger *slog.Logger
 }
 
@@ -44,7 +44,7 @@ func (o *Options) ensureDefaults() {
 		o.MemTableBytes = 64 << 20
 	}
 	if o.Logger == nil {
-		o.Logger = slog.Default()
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 }
 
@@ -117,7 +117,7 @@ func (e *Engine) Metrics() *pebble.Metrics { return e.db.Metrics() }
 // Reader is what reads need: the Engine, a Batch (indexed) or a Snapshot.
 type Reader = pebble.Reader
 
-// DB returns the engine itself as a Reader.
+// Reader returns the engine itself as a Reader.
 func (e *Engine) Reader() Reader { return e.db }
 
 // Get returns a copy of the value of key, and whether it exists.
@@ -208,7 +208,7 @@ func (b *Batch) Commit(sync bool) error {
 
 // SetProto marshals m and sets it at key.
 func (b *Batch) SetProto(key []byte, m proto.Message) error {
-	v, err := proto.Marshal(m)
+	v, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("storage: encode: %w", err)
 	}

@@ -1,0 +1,59 @@
+# Shoal's developer targets. `go test ./...` alone must pass on a fresh
+# machine; these targets add the race detector, lint and code generation.
+
+GO        ?= go
+PKGS      ?= ./...
+RAFT_DIR   = $(shell $(GO) list -m -f '{{.Dir}}' go.etcd.io/raft/v3)
+PROTOC_GEN_GO_VERSION      = v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION = v1.6.2
+BENCHTIME ?= 5s
+
+.PHONY: all build test race lint proto proto-check tools bench fuzz clean
+
+all: build lint test
+
+build:
+	CGO_ENABLED=0 $(GO) build -o shoal ./cmd/shoal
+
+test:
+	$(GO) test $(PKGS)
+
+race:
+	$(GO) test -race -timeout 20m $(PKGS)
+
+# gofmt, go vet, and the lint tests (import direction, banned calls).
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 ./internal/lint/
+
+tools:
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+# Regenerate the protobuf code (needs protoc from Debian's protobuf-compiler
+# and `make tools`).
+proto:
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc -I api -I $(RAFT_DIR)/raftpb \
+		--go_out=api --go_opt=paths=source_relative \
+		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
+		api/shoalpb/*.proto
+
+# Fails if the committed generated code is not what `make proto` produces.
+proto-check: proto
+	@git diff --exit-code -- api/ || (echo "generated code is stale: run make proto and commit"; exit 1)
+
+# Benchmarks; numbers go to docs/benchmarks.md with this command.
+bench:
+	$(GO) test -run '^$$' -bench 'BenchmarkReplicatedWrites' -benchtime $(BENCHTIME) ./internal/node/
+
+# A short fuzzing pass over every fuzz target.
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 15s $$pkg || exit 1; \
+		done; \
+	done
+
+clean:
+	rm -f shoal

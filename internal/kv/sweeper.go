@@ -1,0 +1,221 @@
+package kv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/raftstore"
+	"github.com/shoaldb/shoal/internal/storage"
+)
+
+const (
+	// sweepProposeTimeout bounds one sweep proposal, so that a shard that
+	// lost its quorum does not hold up the sweep of the others.
+	sweepProposeTimeout = 5 * time.Second
+	// maxSweepRounds bounds the batches one shard proposes per interval
+	// when it has a backlog of expired keys.
+	maxSweepRounds = 8
+	// sessionSweepsPerTTL is how many times per SessionTTL idle sessions are
+	// looked for, rather than at every sweep: it reads every session record.
+	// An idle session so outlives SessionTTL by at most SessionTTL/16 plus
+	// one SweepInterval.
+	sessionSweepsPerTTL = 16
+)
+
+// sweeper is the state of the DB's one sweeper goroutine.
+type sweeper struct {
+	d *DB
+	// lastSessionSweep is when idle sessions were last looked for, by the
+	// DB's clock.
+	lastSessionSweep time.Time
+}
+
+func (d *DB) runSweeper(ctx context.Context) {
+	defer close(d.sweeperDone)
+	s := &sweeper{d: d}
+	t := time.NewTicker(d.opts.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.sweep(ctx)
+		}
+	}
+}
+
+// sweep sweeps every shard this node leads.
+func (s *sweeper) sweep(ctx context.Context) {
+	now := s.d.opts.Clock()
+	sessions := now.Sub(s.lastSessionSweep) >= s.d.opts.SessionTTL/sessionSweepsPerTTL
+	if sessions {
+		s.lastSessionSweep = now
+	}
+	for _, st := range s.d.store.Replicas() {
+		if ctx.Err() != nil {
+			return
+		}
+		if st.Role != raftstore.RoleLeader {
+			continue
+		}
+		if err := s.sweepShard(ctx, st.Descriptor, sessions); err != nil {
+			s.report(st.ShardID, err)
+		}
+	}
+}
+
+// report logs a failed sweep: quietly when the failure is an expected part
+// of running a cluster (leadership moved, the node is stopping).
+func (s *sweeper) report(shard uint64, err error) {
+	expected := []error{
+		raftstore.ErrNotLeader, raftstore.ErrNoLeader, raftstore.ErrLeadershipLost,
+		raftstore.ErrStopped, raftstore.ErrTimeout, raftstore.ErrShardNotFound,
+		raftstore.ErrShardRemoved, raftstore.ErrOverloaded, context.Canceled,
+	}
+	for _, e := range expected {
+		if errors.Is(err, e) {
+			s.d.log.Debug("expiry sweep skipped", "shard", shard, "err", err)
+			return
+		}
+	}
+	s.d.log.Warn("expiry sweep failed", "shard", shard, "err", err)
+}
+
+// sweepShard proposes deletes of the shard's expired keys, in batches of
+// up to SweepBatch, and of its idle sessions when asked to.
+func (s *sweeper) sweepShard(ctx context.Context, desc *shoalpb.ShardDescriptor, sessions bool) error {
+	limit := s.d.opts.SweepBatch
+	for round := 0; round < maxSweepRounds; round++ {
+		nowMs := s.d.nowMs()
+		op, err := s.collect(desc, nowMs, sessions && round == 0)
+		if err != nil {
+			return err
+		}
+		if len(op.Keys) == 0 && len(op.IdleSessions) == 0 {
+			return nil
+		}
+		cmd := &shoalpb.KVCommand{NowMs: nowMs, Ops: []*shoalpb.KVOp{
+			{Op: &shoalpb.KVOp_DeleteExpired{DeleteExpired: op}},
+		}}
+		pctx, cancel := context.WithTimeout(ctx, sweepProposeTimeout)
+		_, err = s.d.propose(pctx, desc.ShardId, cmd, nil)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if len(op.Keys) < limit {
+			return nil
+		}
+	}
+	return nil
+}
+
+// collect finds, on a snapshot of the engine, up to SweepBatch keys of the
+// shard that expired at or before nowMs, and its sessions idle for longer
+// than SessionTTL when withSessions is set.
+func (s *sweeper) collect(desc *shoalpb.ShardDescriptor, nowMs int64, withSessions bool) (*shoalpb.DeleteExpiredOp, error) {
+	snap := s.d.store.Engine().NewSnapshot()
+	defer snap.Close()
+	op := &shoalpb.DeleteExpiredOp{}
+	var err error
+	if op.Keys, err = s.expiredKeys(snap, desc, nowMs); err != nil {
+		return nil, err
+	}
+	if withSessions {
+		op.SessionsIdleBeforeMs = nowMs - s.d.opts.SessionTTL.Milliseconds()
+		if op.IdleSessions, err = s.idleSessions(snap, desc.ShardId, op.SessionsIdleBeforeMs); err != nil {
+			return nil, err
+		}
+	}
+	return op, nil
+}
+
+// expiredKeys scans the shard's expiry index. Entries are ordered by slot,
+// then expiry, so the scan skips to the next slot at the first entry of a
+// slot that has not expired yet.
+func (s *sweeper) expiredKeys(r storage.Reader, desc *shoalpb.ShardDescriptor, nowMs int64) ([]*shoalpb.ExpiredKey, error) {
+	it, err := storage.NewIter(r, keys.ExpirySpan(desc.StartSlot, desc.EndSlot))
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []*shoalpb.ExpiredKey
+	for ok := it.First(); ok && len(out) < s.d.opts.SweepBatch; {
+		slot, at, key, err := keys.DecodeExpiryKey(it.Key())
+		if err != nil {
+			return nil, err
+		}
+		if int64(at) > nowMs {
+			if uint32(slot)+1 >= desc.EndSlot {
+				break
+			}
+			ok = it.SeekGE(keys.ExpiryKey(slot+1, 0, nil))
+			continue
+		}
+		if err := s.checkIndexed(r, slot, key, int64(at)); err != nil {
+			// An orphaned entry: list it anyway, the state machine
+			// removes it.
+			s.d.log.Warn("expiry index out of step with data", "shard", desc.ShardId, "err", err)
+		}
+		out = append(out, &shoalpb.ExpiredKey{Key: bytes.Clone(key), ExpireAtMs: int64(at)})
+		ok = it.Next()
+	}
+	return out, it.Error()
+}
+
+// checkIndexed verifies that key's data record carries the expiry its index
+// entry names.
+func (s *sweeper) checkIndexed(r storage.Reader, slot uint16, key []byte, at int64) error {
+	raw, ok, err := storage.Get(r, keys.DataKey(slot, key))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("key %q expiring at %d has no data record", key, at)
+	}
+	_, stored, err := DecodeValue(raw)
+	if err != nil {
+		return fmt.Errorf("key %q: %w", key, err)
+	}
+	if stored != at {
+		return fmt.Errorf("key %q is indexed at %d but expires at %d", key, at, stored)
+	}
+	return nil
+}
+
+// idleSessions returns up to SweepBatch sessions of shard last active
+// before idleBeforeMs.
+func (s *sweeper) idleSessions(r storage.Reader, shard uint64, idleBeforeMs int64) ([]uint64, error) {
+	it, err := storage.NewIter(r, keys.SessionSpan(shard))
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []uint64
+	for ok := it.First(); ok && len(out) < s.d.opts.SweepBatch; ok = it.Next() {
+		_, id, err := keys.DecodeSessionKey(it.Key())
+		if err != nil {
+			return nil, err
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, err
+		}
+		var rec shoalpb.SessionRecord
+		if err := proto.Unmarshal(v, &rec); err != nil {
+			return nil, fmt.Errorf("session %d: %w", id, err)
+		}
+		if rec.LastActiveMs < idleBeforeMs {
+			out = append(out, id)
+		}
+	}
+	return out, it.Error()
+}

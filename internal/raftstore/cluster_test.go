@@ -1,0 +1,534 @@
+package raftstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/raftstore"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
+)
+
+// keyInShard returns a key that lives in shard (of c's static layout).
+func keyInShard(c *tc.Cluster, shard uint64, prefix string) []byte {
+	for i := 0; ; i++ {
+		k := []byte(fmt.Sprintf("%s-%d", prefix, i))
+		if c.ShardOf(k) == shard {
+			return k
+		}
+	}
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// readAt reads key on node n with a linearizable ReadIndex barrier.
+func readAt(ctx context.Context, n *tc.Node, shard uint64, key []byte) (string, bool, error) {
+	if err := n.Store().ReadIndex(ctx, shard); err != nil {
+		return "", false, err
+	}
+	return tc.ReadKey(n.Engine().Reader(), key)
+}
+
+func TestClusterWritesAndReadsEveryShard(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 64, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 30*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range c.Shards {
+		k := keyInShard(c, d.ShardId, "k")
+		if _, err := c.Propose(ctx, d.ShardId, tc.PutCmd(k, []byte("v1"))); err != nil {
+			t.Fatalf("shard %d: %v", d.ShardId, err)
+		}
+		old, err := c.Propose(ctx, d.ShardId, tc.PutCmd(k, []byte("v2")))
+		if err != nil {
+			t.Fatalf("shard %d: %v", d.ShardId, err)
+		}
+		if old != "v1" {
+			t.Fatalf("shard %d: previous value %q, want v1", d.ShardId, old)
+		}
+		// Every replica, leader or follower, reads the write after ReadIndex.
+		for _, r := range d.Replicas {
+			v, ok, err := readAt(ctx, c.Node(r.NodeId), d.ShardId, k)
+			if err != nil || !ok || v != "v2" {
+				t.Fatalf("shard %d on node %d: read %q, %v, %v; want v2", d.ShardId, r.NodeId, v, ok, err)
+			}
+		}
+	}
+	// Leaders are spread: the bootstrap campaign puts one third on each node.
+	counts := map[uint64]int{}
+	for _, d := range c.Shards {
+		n, err := c.Leader(d.ShardId)
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[n.ID]++
+	}
+	t.Logf("leaders per node: %v", counts)
+	if len(counts) != 3 {
+		t.Errorf("leaders on %d nodes, want all 3: %v", len(counts), counts)
+	}
+}
+
+func TestProposeOnFollowerFailsWithHint(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 4, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 30*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shard := c.Shards[0].ShardId
+	leader, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		if n == leader {
+			continue
+		}
+		// The follower may not have heard from the leader yet; wait until it
+		// names it, then check the error says so.
+		err := tc.WaitFor(ctx, func() error {
+			_, err := n.Store().Propose(ctx, shard, tc.PutCmd([]byte("x"), []byte("y")))
+			var nl *raftstore.NotLeaderError
+			if !errors.As(err, &nl) {
+				return fmt.Errorf("got %v, want NotLeaderError", err)
+			}
+			if nl.LeaderNode != leader.ID {
+				return fmt.Errorf("hint names node %d, leader is %d", nl.LeaderNode, leader.ID)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("node %d: %v", n.ID, err)
+		}
+	}
+	if _, err := leader.Store().Propose(ctx, 999, nil); !errors.Is(err, raftstore.ErrShardNotFound) {
+		t.Fatalf("unknown shard: got %v, want ErrShardNotFound", err)
+	}
+}
+
+// TestLeaderFailover stops the node that leads the most shards and measures
+// how long each of its shards takes to accept a write again.
+func TestLeaderFailover(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 64, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	led := map[uint64][]uint64{}
+	for _, d := range c.Shards {
+		n, err := c.Leader(d.ShardId)
+		if err != nil {
+			t.Fatal(err)
+		}
+		led[n.ID] = append(led[n.ID], d.ShardId)
+	}
+	victim := uint64(1)
+	for id, shards := range led {
+		if len(shards) > len(led[victim]) {
+			victim = id
+		}
+	}
+	shards := led[victim]
+	stopped := time.Now()
+	c.Node(victim).Stop()
+
+	var mu sync.Mutex
+	took := map[uint64]time.Duration{}
+	var wg sync.WaitGroup
+	for _, shard := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k := keyInShard(c, shard, "failover")
+			if _, err := c.Propose(ctx, shard, tc.PutCmd(k, []byte("after"))); err != nil {
+				t.Errorf("shard %d: %v", shard, err)
+				return
+			}
+			mu.Lock()
+			took[shard] = time.Since(stopped)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	var slowest time.Duration
+	var slowShard uint64
+	for s, d := range took {
+		if d > slowest {
+			slowest, slowShard = d, s
+		}
+	}
+	t.Logf("stopped node %d leading %d shards; slowest shard %d accepted a write after %v", victim, len(shards), slowShard, slowest)
+	if slowest > 3*time.Second {
+		t.Errorf("slowest failover %v, want <= 3s", slowest)
+	}
+	for _, shard := range shards {
+		n, err := c.Leader(shard)
+		if err != nil || n.ID == victim {
+			t.Errorf("shard %d: leader %v, %v", shard, n, err)
+		}
+	}
+}
+
+// TestPartitionedLeaderStepsDown cuts a leader off from the majority: once
+// CheckQuorum steps it down it serves neither reads nor writes, while the
+// majority elects a new leader and goes on; after healing it catches up.
+func TestPartitionedLeaderStepsDown(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 8, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shard := c.Shards[0].ShardId
+	k := keyInShard(c, shard, "part")
+	if _, err := c.Propose(ctx, shard, tc.PutCmd(k, []byte("before"))); err != nil {
+		t.Fatal(err)
+	}
+	old, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Net.Isolate(old.ID, c.NodeIDs())
+
+	// The old leader steps down by itself (CheckQuorum), without hearing
+	// from anyone.
+	if err := tc.WaitFor(ctx, func() error {
+		st, _ := old.Store().Status(shard)
+		if st.Role == raftstore.RoleLeader {
+			return errors.New("still leader")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The majority elects a new leader and takes a write.
+	if _, err := c.Propose(ctx, shard, tc.PutCmd(k, []byte("after"))); err != nil {
+		t.Fatal(err)
+	}
+	newLeader, err := c.Leader(shard)
+	if err != nil || newLeader.ID == old.ID {
+		t.Fatalf("new leader %v, %v", newLeader, err)
+	}
+	// The isolated node serves neither writes nor linearizable reads.
+	if _, err := old.Store().Propose(ctx, shard, tc.PutCmd(k, []byte("minority"))); !errors.Is(err, raftstore.ErrNotLeader) && !errors.Is(err, raftstore.ErrNoLeader) {
+		t.Fatalf("write on isolated node: got %v, want not leader / no leader", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err = old.Store().ReadIndex(rctx, shard)
+	cancel()
+	if err == nil {
+		v, _, _ := tc.ReadKey(old.Engine().Reader(), k)
+		t.Fatalf("read on isolated node succeeded (value %q); want an error", v)
+	}
+	t.Logf("isolated node refuses reads: %v", err)
+
+	c.Net.Heal()
+	if err := tc.WaitFor(ctx, func() error {
+		v, ok, err := readAt(ctx, old, shard, k)
+		if err != nil {
+			return err
+		}
+		if !ok || v != "after" {
+			return fmt.Errorf("read %q", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRestartCatchesUpFromLog stops a node, writes on the majority, restarts
+// it from its directory and checks it applies everything it missed.
+func TestRestartCatchesUpFromLog(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 16, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	down := c.Node(3)
+	down.Stop()
+	want := map[string]string{}
+	for i := range 200 {
+		k := []byte(fmt.Sprintf("restart-%d", i))
+		v := fmt.Sprintf("v%d", i)
+		if _, err := c.Propose(ctx, c.ShardOf(k), tc.PutCmd(k, []byte(v))); err != nil {
+			t.Fatal(err)
+		}
+		want[string(k)] = v
+	}
+	if err := down.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range want {
+		shard := c.ShardOf([]byte(k))
+		if err := tc.WaitFor(ctx, func() error {
+			got, ok, err := readAt(ctx, down, shard, []byte(k))
+			if err != nil {
+				return err
+			}
+			if !ok || got != v {
+				return fmt.Errorf("%s = %q, want %q", k, got, v)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// writer appends unique tokens to its own key and remembers which were
+// acknowledged and which have an unknown outcome.
+type writer struct {
+	key      []byte
+	acked    []string
+	unknown  map[string]bool
+	failures int
+}
+
+func runWriters(ctx context.Context, c *tc.Cluster, ws []*writer, perWriter int, stop <-chan struct{}) {
+	var wg sync.WaitGroup
+	for wi, w := range ws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			shard := c.ShardOf(w.key)
+			for i := 0; perWriter <= 0 || i < perWriter; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				tok := fmt.Sprintf("%d.%d;", wi, i)
+				opCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err := c.Propose(opCtx, shard, tc.AppendCmd(w.key, []byte(tok)))
+				cancel()
+				switch {
+				case err == nil:
+					w.acked = append(w.acked, tok)
+				case tc.Retryable(err):
+					w.failures++
+				default:
+					w.unknown[tok] = true
+				}
+				if ctx.Err() != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// checkWriters reads every writer's key through the shard leader and checks
+// that every acknowledged token is present exactly once, in order, and that
+// nothing else is there but tokens with an unknown outcome.
+func checkWriters(ctx context.Context, t *testing.T, c *tc.Cluster, ws []*writer) (acked int) {
+	t.Helper()
+	for _, w := range ws {
+		shard := c.ShardOf(w.key)
+		var got string
+		if err := tc.WaitFor(ctx, func() error {
+			n, err := c.Leader(shard)
+			if err != nil {
+				return err
+			}
+			got, _, err = readAt(ctx, n, shard, w.key)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		toks := strings.SplitAfter(got, ";")
+		toks = toks[:len(toks)-1]
+		seen := map[string]bool{}
+		var order []string
+		for _, tok := range toks {
+			if seen[tok] {
+				t.Fatalf("key %s: token %s applied twice", w.key, tok)
+			}
+			seen[tok] = true
+			if !w.unknown[tok] {
+				order = append(order, tok)
+			}
+		}
+		for _, tok := range w.acked {
+			if !seen[tok] {
+				t.Fatalf("key %s: acknowledged token %s lost", w.key, tok)
+			}
+		}
+		if !slices.Equal(order, w.acked) {
+			t.Fatalf("key %s: applied %v, acknowledged %v", w.key, order, w.acked)
+		}
+		acked += len(w.acked)
+	}
+	return acked
+}
+
+// checkReplicasAgree compares the applied state of every replica of every
+// shard, once each has caught up with its leader.
+func checkReplicasAgree(ctx context.Context, t *testing.T, c *tc.Cluster, ws []*writer) {
+	t.Helper()
+	for _, w := range ws {
+		shard := c.ShardOf(w.key)
+		var vals []string
+		for _, n := range c.Nodes {
+			if _, err := n.Store().Status(shard); err != nil {
+				continue
+			}
+			var v string
+			if err := tc.WaitFor(ctx, func() error {
+				var err error
+				v, _, err = readAt(ctx, n, shard, w.key)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			vals = append(vals, v)
+		}
+		for _, v := range vals[1:] {
+			if v != vals[0] {
+				t.Fatalf("key %s: replicas disagree: %q", w.key, vals)
+			}
+		}
+	}
+}
+
+func newWriters(n int) []*writer {
+	ws := make([]*writer, n)
+	for i := range ws {
+		ws[i] = &writer{key: []byte(fmt.Sprintf("writer-%d", i)), unknown: map[string]bool{}}
+	}
+	return ws
+}
+
+// TestConcurrentWriters runs 1000 writers over 64 shards: no acknowledged
+// write is lost, none is applied twice, and replicas agree.
+func TestConcurrentWriters(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 64, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 120*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ws := newWriters(1000)
+	start := time.Now()
+	runWriters(ctx, c, ws, 10, nil)
+	elapsed := time.Since(start)
+	acked := checkWriters(ctx, t, c, ws)
+	if acked != 1000*10 {
+		t.Errorf("acknowledged %d writes, want %d (no faults were injected)", acked, 1000*10)
+	}
+	checkReplicasAgree(ctx, t, c, ws)
+	var syncs, replicas uint64
+	for _, n := range c.Nodes {
+		st := n.Store().Stats()
+		syncs += st.LogSyncs
+		replicas += st.LogSyncReplicas
+	}
+	t.Logf("%d writes in %v (%.0f/s); %d log syncs on 3 nodes (%.1f per 1000 writes), %.1f replicas per sync",
+		acked, elapsed, float64(acked)/elapsed.Seconds(), syncs, float64(syncs)*1000/float64(acked), float64(replicas)/float64(syncs))
+}
+
+// TestCrashAllNodesKeepsAcknowledgedWrites runs writers on a cluster whose
+// engines live on crashable filesystems, cuts the power of every node at
+// once (unsynced writes are lost), restarts them, and checks that every
+// acknowledged write survived exactly once.
+func TestCrashAllNodesKeepsAcknowledgedWrites(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 16, Replicas: 3, CrashableFS: true, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 120*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ws := newWriters(64)
+	stop := make(chan struct{})
+	var acked atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		runWriters(ctx, c, ws, 0, stop)
+		close(done)
+	}()
+	// Crash while writes are in flight: wait until some are acknowledged.
+	if err := tc.WaitFor(ctx, func() error {
+		n := int64(0)
+		for _, n2 := range c.Nodes {
+			n += int64(n2.Store().Stats().Applied)
+		}
+		acked.Store(n)
+		if n < 3000 {
+			return fmt.Errorf("only %d applied", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		n.Crash()
+	}
+	close(stop)
+	<-done
+	for _, n := range c.Nodes {
+		if err := n.Restart(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	total := checkWriters(ctx, t, c, ws)
+	if total == 0 {
+		t.Fatal("no write was acknowledged before the crash")
+	}
+	checkReplicasAgree(ctx, t, c, ws)
+	t.Logf("%d acknowledged writes survived a crash of every node", total)
+}
+
+// TestCrashOneNodeUnderLoad crashes one node while writers run, restarts it
+// and checks it catches up to the same state as the others.
+func TestCrashOneNodeUnderLoad(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 16, Replicas: 3, CrashableFS: true, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 120*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ws := newWriters(64)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		runWriters(ctx, c, ws, 0, stop)
+		close(done)
+	}()
+	waitApplied := func(min uint64) {
+		t.Helper()
+		if err := tc.WaitFor(ctx, func() error {
+			if a := c.Node(1).Store().Stats().Applied; a < min {
+				return fmt.Errorf("applied %d", a)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitApplied(1000)
+	c.Node(2).Crash()
+	base := c.Node(1).Store().Stats().Applied
+	waitApplied(base + 1000)
+	if err := c.Node(2).Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitApplied(c.Node(1).Store().Stats().Applied + 1000)
+	close(stop)
+	<-done
+	checkWriters(ctx, t, c, ws)
+	checkReplicasAgree(ctx, t, c, ws)
+}
+
+var _ = keys.Slot

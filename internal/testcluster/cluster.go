@@ -1,0 +1,376 @@
+package testcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/kv"
+	"github.com/shoaldb/shoal/internal/node"
+	"github.com/shoaldb/shoal/internal/raftstore"
+	"github.com/shoaldb/shoal/internal/storage"
+	"github.com/shoaldb/shoal/internal/transport"
+)
+
+// Options configure a Cluster. Zero values take the documented defaults.
+type Options struct {
+	// Nodes is the number of stores. Default 3.
+	Nodes int
+	// Shards is the number of shards, a power of two. Default 64.
+	Shards int
+	// Replicas is the replication factor. Default 3 (at most Nodes).
+	Replicas int
+	// NewStateMachine builds each replica's state machine. Default: the
+	// key-value state machine (internal/kv); NewRegisterSM is a minimal one
+	// for tests about replication alone.
+	NewStateMachine func(desc *shoalpb.ShardDescriptor) raftstore.StateMachine
+	// KV configures each node's key-value layer.
+	KV kv.Options
+	// StoreOptions, if set, adjusts each node's store options.
+	StoreOptions func(node uint64, o *raftstore.Options)
+	// CrashableFS puts every node's engine on vfs.NewCrashableMem instead of
+	// a temporary directory, so CrashNode can drop unsynced writes.
+	CrashableFS bool
+	// Logger receives every node's logs. Default: errors only, to stderr.
+	Logger *slog.Logger
+}
+
+// Cluster is a set of in-process nodes with statically placed shards.
+type Cluster struct {
+	t      testing.TB
+	opts   Options
+	Net    *transport.Network
+	Shards []*shoalpb.ShardDescriptor
+	Nodes  []*Node
+
+	mu    sync.Mutex
+	addrs map[uint64]string
+}
+
+// Node is one storage node of the cluster, running or down. Its data
+// survives Stop and Crash for Restart.
+type Node struct {
+	ID   uint64
+	Addr string
+	c    *Cluster
+	dir  string
+	fs   vfs.FS
+
+	mu      sync.Mutex
+	running bool
+	// n is the current node, or the last one while down (its calls then fail
+	// with raftstore.ErrStopped).
+	n *node.Node
+}
+
+// Start starts a cluster whose shards are placed statically: shard i's
+// replicas go on nodes i, i+1, ... (mod Nodes), so leaders spread evenly.
+// It is stopped by t.Cleanup.
+func Start(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	if opts.Nodes <= 0 {
+		opts.Nodes = 3
+	}
+	if opts.Shards <= 0 {
+		opts.Shards = 64
+	}
+	if opts.Replicas <= 0 {
+		opts.Replicas = min(3, opts.Nodes)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	}
+	c := &Cluster{t: t, opts: opts, Net: transport.NewNetwork(), addrs: map[uint64]string{}}
+	base := t.TempDir()
+	for i := range opts.Nodes {
+		n := &Node{ID: uint64(i + 1), c: c, dir: filepath.Join(base, fmt.Sprintf("node%d", i+1))}
+		if opts.CrashableFS {
+			n.fs = vfs.NewCrashableMem()
+		} else {
+			n.fs = vfs.Default
+		}
+		c.Nodes = append(c.Nodes, n)
+	}
+	replicaID := uint64(0)
+	for i := range opts.Shards {
+		start, end := keys.ShardSlots(i, opts.Shards)
+		d := &shoalpb.ShardDescriptor{ShardId: uint64(i + 1), StartSlot: uint32(start), EndSlot: uint32(end), Epoch: 1}
+		for j := range opts.Replicas {
+			replicaID++
+			d.Replicas = append(d.Replicas, &shoalpb.ReplicaDescriptor{
+				NodeId: uint64((i+j)%opts.Nodes + 1), ReplicaId: replicaID,
+			})
+		}
+		c.Shards = append(c.Shards, d)
+	}
+	t.Cleanup(c.Stop)
+	for _, n := range c.Nodes {
+		if err := n.start(); err != nil {
+			t.Fatalf("start node %d: %v", n.ID, err)
+		}
+	}
+	return c
+}
+
+// Stop stops every running node.
+func (c *Cluster) Stop() {
+	for _, n := range c.Nodes {
+		n.Stop()
+	}
+}
+
+func (c *Cluster) resolve(node uint64) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a, ok := c.addrs[node]; ok {
+		return a, nil
+	}
+	return "", fmt.Errorf("testcluster: no address for node %d", node)
+}
+
+// Node returns the node with id.
+func (c *Cluster) Node(id uint64) *Node { return c.Nodes[id-1] }
+
+// NodeIDs returns every node's ID.
+func (c *Cluster) NodeIDs() []uint64 {
+	ids := make([]uint64, len(c.Nodes))
+	for i, n := range c.Nodes {
+		ids[i] = n.ID
+	}
+	return ids
+}
+
+// ShardOf returns the shard that owns key.
+func (c *Cluster) ShardOf(key []byte) uint64 {
+	slot := uint32(keys.Slot(key))
+	for _, d := range c.Shards {
+		if slot >= d.StartSlot && slot < d.EndSlot {
+			return d.ShardId
+		}
+	}
+	panic("testcluster: slot not covered")
+}
+
+func (n *Node) start() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.running {
+		return nil
+	}
+	c := n.c
+	// Reuse the node's address across restarts so peers find it again.
+	addr := n.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	n.Addr = lis.Addr().String()
+	c.mu.Lock()
+	c.addrs[n.ID] = n.Addr
+	c.mu.Unlock()
+	cfg := node.Config{
+		NodeID:          n.ID,
+		ClusterID:       "testcluster",
+		DataDir:         n.dir,
+		FS:              n.fs,
+		Listener:        lis,
+		Resolve:         c.resolve,
+		Shards:          c.Shards,
+		CacheBytes:      8 << 20,
+		MemTableBytes:   4 << 20,
+		NewStateMachine: c.opts.NewStateMachine,
+		KV:              c.opts.KV,
+		WrapTransport:   func(s transport.Sender) transport.Sender { return c.Net.Wrap(n.ID, s) },
+		Logger:          c.opts.Logger,
+	}
+	if c.opts.StoreOptions != nil {
+		id := n.ID
+		cfg.Store = func(o *raftstore.Options) { c.opts.StoreOptions(id, o) }
+	}
+	nd, err := node.Start(context.Background(), cfg)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	n.n, n.running = nd, true
+	return nil
+}
+
+func (n *Node) current() *node.Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.n
+}
+
+// Store returns the node's most recent store. Once the node is down its
+// calls fail with raftstore.ErrStopped.
+func (n *Node) Store() *raftstore.Store { return n.current().Store() }
+
+// KV returns the node's most recent key-value layer.
+func (n *Node) KV() *kv.DB { return n.current().KV() }
+
+// Engine returns the node's most recent engine.
+func (n *Node) Engine() *storage.Engine { return n.current().Engine() }
+
+// Running reports whether the node is up.
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.running
+}
+
+// Stop shuts the node down cleanly; its data stays for Restart.
+func (n *Node) Stop() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.running {
+		return
+	}
+	n.running = false
+	if err := n.n.Stop(); err != nil {
+		n.c.t.Errorf("node %d failed: %v", n.ID, err)
+	}
+}
+
+// Crash simulates a power loss: the node stops at once and loses every
+// write that was not synced. It needs Options.CrashableFS.
+func (n *Node) Crash() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.running {
+		return
+	}
+	mem, ok := n.fs.(*vfs.MemFS)
+	if !ok {
+		n.c.t.Fatalf("testcluster: Crash needs Options.CrashableFS")
+	}
+	// The crash point: from here nothing the node sends reaches its peers
+	// (it could acknowledge writes it syncs after the image below), and the
+	// post-crash image holds only what was synced before it.
+	n.c.Net.Freeze(n.ID)
+	n.fs = mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	n.running = false
+	_ = n.n.Stop()
+}
+
+// Restart starts a stopped or crashed node from its data.
+func (n *Node) Restart() error {
+	if err := n.start(); err != nil {
+		return err
+	}
+	n.c.Net.Thaw(n.ID)
+	return nil
+}
+
+// WaitFor polls cond every few milliseconds until it returns nil or ctx
+// ends, and returns cond's last error then.
+func WaitFor(ctx context.Context, cond func() error) error {
+	delay := time.Millisecond
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last: %w)", ctx.Err(), err)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 20*time.Millisecond)
+	}
+}
+
+// Leader returns the node whose replica leads shard, as that replica sees
+// it, or an error if no running node leads it.
+func (c *Cluster) Leader(shard uint64) (*Node, error) {
+	var found *Node
+	var term uint64
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			continue
+		}
+		st, err := n.Store().Status(shard)
+		if err != nil {
+			continue
+		}
+		if st.Role == raftstore.RoleLeader && st.Term >= term {
+			found, term = n, st.Term
+		}
+	}
+	if found == nil {
+		return nil, fmt.Errorf("shard %d has no leader", shard)
+	}
+	return found, nil
+}
+
+// WaitForLeaders waits until every shard has a leader among running nodes.
+func (c *Cluster) WaitForLeaders(ctx context.Context) error {
+	return WaitFor(ctx, func() error {
+		for _, d := range c.Shards {
+			if _, err := c.Leader(d.ShardId); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Retryable reports whether err means "try again, maybe elsewhere" and the
+// command was certainly not applied.
+func Retryable(err error) bool {
+	if errors.Is(err, raftstore.ErrAmbiguous) {
+		return false
+	}
+	return errors.Is(err, raftstore.ErrNotLeader) || errors.Is(err, raftstore.ErrNoLeader) ||
+		errors.Is(err, raftstore.ErrLeadershipLost) || errors.Is(err, raftstore.ErrShardNotFound) ||
+		errors.Is(err, raftstore.ErrOverloaded) || errors.Is(err, raftstore.ErrStopped)
+}
+
+// Propose proposes cmd to shard at its leader, following NotLeader hints and
+// retrying while there is no leader, until ctx ends. Errors that leave the
+// outcome unknown (timeouts, a store stopping) are returned, not retried.
+func (c *Cluster) Propose(ctx context.Context, shard uint64, cmd []byte) (any, error) {
+	target := uint64(0)
+	backoff := time.Millisecond
+	for {
+		if target == 0 || !c.Node(target).Running() {
+			if n, err := c.Leader(shard); err == nil {
+				target = n.ID
+			} else {
+				target = c.Nodes[rand.N(len(c.Nodes))].ID
+			}
+		}
+		n := c.Node(target)
+		res, err := n.Store().Propose(ctx, shard, cmd)
+		if err == nil || !Retryable(err) {
+			return res, err
+		}
+		var nl *raftstore.NotLeaderError
+		if errors.As(err, &nl) && nl.LeaderNode != 0 && nl.LeaderNode != target {
+			target = nl.LeaderNode
+			continue
+		}
+		target = 0
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (last: %w)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 50*time.Millisecond)
+	}
+}

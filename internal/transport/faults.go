@@ -1,0 +1,152 @@
+package transport
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// Network injects faults into the Raft traffic of a set of in-process nodes.
+// Each node's sender is wrapped with Wrap; the Network then decides, per
+// batch, whether it is delivered, delayed or silently dropped, as a network
+// partition would (no error: the sender learns nothing, as with a black
+// hole). Rules are directional: a link from a to b is independent of b to a.
+type Network struct {
+	mu      sync.RWMutex
+	blocked map[link]bool
+	delay   map[link]time.Duration
+	frozen  map[uint64]bool
+	dropped atomic.Uint64
+}
+
+type link struct{ from, to uint64 }
+
+// NewNetwork returns a Network that delivers everything.
+func NewNetwork() *Network {
+	return &Network{blocked: map[link]bool{}, delay: map[link]time.Duration{}, frozen: map[uint64]bool{}}
+}
+
+// Wrap returns the sender of node that goes through n.
+func (n *Network) Wrap(node uint64, s Sender) Sender {
+	return &faultySender{net: n, node: node, inner: s}
+}
+
+// Block drops everything from node from to node to.
+func (n *Network) Block(from, to uint64) {
+	n.mu.Lock()
+	n.blocked[link{from, to}] = true
+	n.mu.Unlock()
+}
+
+// Unblock undoes Block.
+func (n *Network) Unblock(from, to uint64) {
+	n.mu.Lock()
+	delete(n.blocked, link{from, to})
+	n.mu.Unlock()
+}
+
+// Delay holds everything from node from to node to for d before delivering.
+// Zero removes the delay.
+func (n *Network) Delay(from, to uint64, d time.Duration) {
+	n.mu.Lock()
+	if d <= 0 {
+		delete(n.delay, link{from, to})
+	} else {
+		n.delay[link{from, to}] = d
+	}
+	n.mu.Unlock()
+}
+
+// Partition splits the nodes into groups that cannot reach each other in
+// either direction; links inside a group are untouched. Nodes not named in
+// any group keep their links.
+func (n *Network) Partition(groups ...[]uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i, g := range groups {
+		for j, h := range groups {
+			if i == j {
+				continue
+			}
+			for _, a := range g {
+				for _, b := range h {
+					n.blocked[link{a, b}] = true
+				}
+			}
+		}
+	}
+}
+
+// Isolate cuts node off from every node in others, both ways.
+func (n *Network) Isolate(node uint64, others []uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, o := range others {
+		if o != node {
+			n.blocked[link{node, o}] = true
+			n.blocked[link{o, node}] = true
+		}
+	}
+}
+
+// Freeze drops everything node sends from now on, whatever the other rules
+// say, until Thaw. A message that passed the check before Freeze returned
+// was produced before it, which is what a simulated crash needs: nothing the
+// node does after the crash point may reach its peers.
+func (n *Network) Freeze(node uint64) {
+	n.mu.Lock()
+	n.frozen[node] = true
+	n.mu.Unlock()
+}
+
+// Thaw undoes Freeze.
+func (n *Network) Thaw(node uint64) {
+	n.mu.Lock()
+	delete(n.frozen, node)
+	n.mu.Unlock()
+}
+
+// Heal removes every rule except freezes.
+func (n *Network) Heal() {
+	n.mu.Lock()
+	clear(n.blocked)
+	clear(n.delay)
+	n.mu.Unlock()
+}
+
+// Dropped returns how many messages the Network dropped.
+func (n *Network) Dropped() uint64 { return n.dropped.Load() }
+
+func (n *Network) rule(from, to uint64) (blocked bool, delay time.Duration) {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.blocked[link{from, to}] || n.frozen[from], n.delay[link{from, to}]
+}
+
+type faultySender struct {
+	net   *Network
+	node  uint64
+	inner Sender
+}
+
+func (f *faultySender) Send(to uint64, msgs []*shoalpb.RaftMessage) error {
+	blocked, delay := f.net.rule(f.node, to)
+	switch {
+	case blocked:
+		f.net.dropped.Add(uint64(len(msgs)))
+		return nil
+	case delay > 0:
+		time.AfterFunc(delay, func() {
+			// The delayed batch meets the rules in force on arrival.
+			if b, _ := f.net.rule(f.node, to); b {
+				f.net.dropped.Add(uint64(len(msgs)))
+				return
+			}
+			_ = f.inner.Send(to, msgs)
+		})
+		return nil
+	}
+	return f.inner.Send(to, msgs)
+}

@@ -1,0 +1,432 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// Errors returned by Send.
+var (
+	// ErrQueueFull: the destination's queue is full; the messages were dropped.
+	ErrQueueFull = errors.New("transport: send queue full")
+	// ErrUnreachable: the destination could not be reached recently; the
+	// messages were dropped.
+	ErrUnreachable = errors.New("transport: node unreachable")
+	// ErrClosed: the transport is closed.
+	ErrClosed = errors.New("transport: closed")
+)
+
+// MaxMessageBytes is the gRPC message limit on Raft streams, above the
+// largest batch the sender builds.
+const MaxMessageBytes = 64 << 20
+
+// Handler receives what arrives from, or is learned about, other nodes.
+// *raftstore.Store implements it.
+type Handler interface {
+	HandleRaftBatch(msgs []*shoalpb.RaftMessage)
+	HandleUnreachable(node uint64)
+}
+
+// Sender is what a store needs from a transport; it matches
+// raftstore.Transport.
+type Sender interface {
+	Send(to uint64, msgs []*shoalpb.RaftMessage) error
+}
+
+// Options configure a Transport. Zero values take the documented defaults.
+type Options struct {
+	// NodeID is the local node. Required.
+	NodeID uint64
+	// ClusterID is checked on every incoming stream. Required.
+	ClusterID string
+	// Resolve returns the gRPC address of a node. Required.
+	Resolve func(node uint64) (string, error)
+	// Handler receives incoming messages. It may be set after New with
+	// SetHandler, before the first message arrives.
+	Handler Handler
+	// QueueBatches bounds the batches queued per destination. Default 4096.
+	QueueBatches int
+	// MaxBatchMessages bounds the Raft messages coalesced into one stream
+	// message. Default 4096.
+	MaxBatchMessages int
+	// MaxBatchBytes bounds the entry bytes coalesced into one stream message.
+	// Default 16 MiB.
+	MaxBatchBytes int
+	// BackoffMin and BackoffMax bound the wait between reconnection attempts.
+	// Defaults 50ms and 2s.
+	BackoffMin, BackoffMax time.Duration
+	// Dialer opens connections; tests and multi-address deployments use it to
+	// dial from a chosen local address. Default: the system dialer.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// Logger receives the transport's logs. Default: discarded.
+	Logger *slog.Logger
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.NodeID == 0:
+		return errors.New("transport: Options.NodeID is required")
+	case o.ClusterID == "":
+		return errors.New("transport: Options.ClusterID is required")
+	case o.Resolve == nil:
+		return errors.New("transport: Options.Resolve is required")
+	}
+	if o.QueueBatches <= 0 {
+		o.QueueBatches = 4096
+	}
+	if o.MaxBatchMessages <= 0 {
+		o.MaxBatchMessages = 4096
+	}
+	if o.MaxBatchBytes <= 0 {
+		o.MaxBatchBytes = 16 << 20
+	}
+	if o.BackoffMin <= 0 {
+		o.BackoffMin = 50 * time.Millisecond
+	}
+	if o.BackoffMax <= 0 {
+		o.BackoffMax = 2 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Stats are cumulative counters of a Transport.
+type Stats struct {
+	// BatchesSent counts stream messages sent; MessagesSent the Raft
+	// messages in them; MessagesDropped those dropped before sending.
+	BatchesSent, MessagesSent, MessagesDropped uint64
+	// BatchesReceived and MessagesReceived count what arrived.
+	BatchesReceived, MessagesReceived uint64
+	// Connects counts streams opened; StreamErrors streams that failed.
+	Connects, StreamErrors uint64
+}
+
+// Transport is a node's Raft transport: the client side towards every peer
+// and the RaftTransport service for incoming streams.
+type Transport struct {
+	shoalpb.UnimplementedRaftTransportServer
+	opts    Options
+	log     *slog.Logger
+	handler atomic.Pointer[Handler]
+
+	mu struct {
+		sync.Mutex
+		peers  map[uint64]*peer
+		closed bool
+	}
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	stats struct {
+		batchesSent, sent, dropped, batchesRecv, recv, connects, streamErrs atomic.Uint64
+	}
+}
+
+// New returns a Transport. Register it on a gRPC server to receive.
+func New(opts Options) (*Transport, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	t := &Transport{opts: opts, log: opts.Logger.With("component", "transport")}
+	t.mu.peers = map[uint64]*peer{}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	if opts.Handler != nil {
+		t.SetHandler(opts.Handler)
+	}
+	return t, nil
+}
+
+// SetHandler sets the receiver of incoming messages.
+func (t *Transport) SetHandler(h Handler) { t.handler.Store(&h) }
+
+// Register adds the RaftTransport service to srv.
+func (t *Transport) Register(srv *grpc.Server) { shoalpb.RegisterRaftTransportServer(srv, t) }
+
+// ServerOptions are the gRPC server options Raft streams need: message
+// limits and keepalive enforcement that admits the client's pings.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.MaxSendMsgSize(MaxMessageBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Second, Timeout: 2 * time.Second}),
+	}
+}
+
+// Stats returns the transport's counters.
+func (t *Transport) Stats() Stats {
+	return Stats{
+		BatchesSent:      t.stats.batchesSent.Load(),
+		MessagesSent:     t.stats.sent.Load(),
+		MessagesDropped:  t.stats.dropped.Load(),
+		BatchesReceived:  t.stats.batchesRecv.Load(),
+		MessagesReceived: t.stats.recv.Load(),
+		Connects:         t.stats.connects.Load(),
+		StreamErrors:     t.stats.streamErrs.Load(),
+	}
+}
+
+// Close stops every sender and closes their connections.
+func (t *Transport) Close() {
+	t.mu.Lock()
+	if t.mu.closed {
+		t.mu.Unlock()
+		return
+	}
+	t.mu.closed = true
+	t.mu.Unlock()
+	t.cancel()
+	t.wg.Wait()
+}
+
+// Send implements Sender: it queues msgs for node to without blocking.
+func (t *Transport) Send(to uint64, msgs []*shoalpb.RaftMessage) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	p, err := t.peer(to)
+	if err != nil {
+		t.stats.dropped.Add(uint64(len(msgs)))
+		return err
+	}
+	if err := p.enqueue(msgs); err != nil {
+		t.stats.dropped.Add(uint64(len(msgs)))
+		return fmt.Errorf("transport: to node %d: %w", to, err)
+	}
+	return nil
+}
+
+func (t *Transport) peer(to uint64) (*peer, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.mu.closed {
+		return nil, ErrClosed
+	}
+	p := t.mu.peers[to]
+	if p == nil {
+		p = &peer{t: t, to: to, queue: make(chan []*shoalpb.RaftMessage, t.opts.QueueBatches)}
+		t.mu.peers[to] = p
+		t.wg.Add(1)
+		go p.run()
+	}
+	return p, nil
+}
+
+// RaftStream implements the receiving side of shoalpb.RaftTransportServer.
+func (t *Transport) RaftStream(stream shoalpb.RaftTransport_RaftStreamServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if first.ClusterId != t.opts.ClusterID {
+		return status.Errorf(codes.FailedPrecondition,
+			"transport: stream from node %d is for cluster %q, this is cluster %q", first.FromNode, first.ClusterId, t.opts.ClusterID)
+	}
+	if first.ToNode != t.opts.NodeID {
+		return status.Errorf(codes.FailedPrecondition,
+			"transport: stream from node %d is for node %d, this is node %d", first.FromNode, first.ToNode, t.opts.NodeID)
+	}
+	hp := t.handler.Load()
+	if hp == nil {
+		return status.Error(codes.Unavailable, "transport: not ready")
+	}
+	h := *hp
+	for b := first; ; {
+		t.stats.batchesRecv.Add(1)
+		t.stats.recv.Add(uint64(len(b.Messages)))
+		h.HandleRaftBatch(b.Messages)
+		if b, err = stream.Recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// peer owns the stream to one destination node.
+type peer struct {
+	t     *Transport
+	to    uint64
+	queue chan []*shoalpb.RaftMessage
+	// downUntil is the UnixNano time before which Send fails fast, set
+	// while the peer is unreachable.
+	downUntil atomic.Int64
+}
+
+func (p *peer) enqueue(msgs []*shoalpb.RaftMessage) error {
+	if time.Now().UnixNano() < p.downUntil.Load() {
+		return ErrUnreachable
+	}
+	select {
+	case p.queue <- msgs:
+		return nil
+	default:
+		return ErrQueueFull
+	}
+}
+
+func (p *peer) run() {
+	defer p.t.wg.Done()
+	log := p.t.log.With("peer", p.to)
+	backoff := p.t.opts.BackoffMin
+	for {
+		err := p.connectAndSend(log)
+		if p.t.ctx.Err() != nil {
+			return
+		}
+		p.t.stats.streamErrs.Add(1)
+		log.Debug("raft stream to peer failed", "err", err, "retry_in", backoff)
+		// Fail sends fast while down, drop what is queued, and tell the
+		// store so Raft stops pipelining to the peer.
+		wait := backoff/2 + rand.N(backoff/2+1)
+		p.downUntil.Store(time.Now().Add(wait).UnixNano())
+		p.drain()
+		if hp := p.t.handler.Load(); hp != nil {
+			(*hp).HandleUnreachable(p.to)
+		}
+		select {
+		case <-p.t.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, p.t.opts.BackoffMax)
+		if err == nil {
+			backoff = p.t.opts.BackoffMin
+		}
+	}
+}
+
+func (p *peer) drain() {
+	for {
+		select {
+		case msgs := <-p.queue:
+			p.t.stats.dropped.Add(uint64(len(msgs)))
+		default:
+			return
+		}
+	}
+}
+
+// connectAndSend dials the peer, opens a stream and sends queued batches
+// until the stream fails or the transport closes. A nil error means the
+// stream worked for a while before ending, so backoff restarts.
+func (p *peer) connectAndSend(log *slog.Logger) error {
+	addr, err := p.t.opts.Resolve(p.to)
+	if err != nil {
+		return fmt.Errorf("resolve node %d: %w", p.to, err)
+	}
+	dopts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}),
+	}
+	if d := p.t.opts.Dialer; d != nil {
+		dopts = append(dopts, grpc.WithContextDialer(d))
+	}
+	conn, err := grpc.NewClient(addr, dopts...)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(p.t.ctx)
+	defer cancel()
+	stream, err := shoalpb.NewRaftTransportClient(conn).RaftStream(ctx)
+	if err != nil {
+		return fmt.Errorf("open stream to %s: %w", addr, err)
+	}
+	// The receiver only ever ends the stream; watch for that.
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := stream.Recv(); err != nil {
+				recvErr <- err
+				cancel()
+				return
+			}
+		}
+	}()
+	p.t.stats.connects.Add(1)
+	log.Debug("raft stream open", "addr", addr)
+	first := true
+	worked := false
+	for {
+		var msgs []*shoalpb.RaftMessage
+		select {
+		case <-ctx.Done():
+			select {
+			case err := <-recvErr:
+				return fmt.Errorf("stream to %s ended: %w", addr, err)
+			default:
+			}
+			if worked {
+				return nil
+			}
+			return ctx.Err()
+		case msgs = <-p.queue:
+		}
+		b := p.coalesce(msgs)
+		if first {
+			b.ClusterId, b.FromNode, b.ToNode = p.t.opts.ClusterID, p.t.opts.NodeID, p.to
+		}
+		if err := stream.Send(b); err != nil {
+			p.t.stats.dropped.Add(uint64(len(b.Messages)))
+			select {
+			case rerr := <-recvErr:
+				err = rerr
+			default:
+			}
+			return fmt.Errorf("send to %s: %w", addr, err)
+		}
+		first, worked = false, true
+		p.t.stats.batchesSent.Add(1)
+		p.t.stats.sent.Add(uint64(len(b.Messages)))
+	}
+}
+
+// coalesce builds one stream message from msgs and whatever else is queued,
+// within the batch bounds.
+func (p *peer) coalesce(msgs []*shoalpb.RaftMessage) *shoalpb.RaftMessageBatch {
+	b := &shoalpb.RaftMessageBatch{Messages: msgs}
+	size := entryBytes(msgs)
+	for len(b.Messages) < p.t.opts.MaxBatchMessages && size < p.t.opts.MaxBatchBytes {
+		select {
+		case more := <-p.queue:
+			b.Messages = append(b.Messages, more...)
+			size += entryBytes(more)
+		default:
+			return b
+		}
+	}
+	return b
+}
+
+func entryBytes(msgs []*shoalpb.RaftMessage) int {
+	n := 0
+	for _, m := range msgs {
+		for _, e := range m.GetMessage().GetEntries() {
+			n += len(e.GetData())
+		}
+		n += len(m.GetMessage().GetSnapshot().GetData())
+	}
+	return n
+}

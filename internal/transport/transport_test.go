@@ -1,0 +1,278 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// recorder is a Handler that records what it receives.
+type recorder struct {
+	mu          sync.Mutex
+	msgs        []*shoalpb.RaftMessage
+	unreachable map[uint64]int
+}
+
+func newRecorder() *recorder { return &recorder{unreachable: map[uint64]int{}} }
+
+func (r *recorder) HandleRaftBatch(msgs []*shoalpb.RaftMessage) {
+	r.mu.Lock()
+	r.msgs = append(r.msgs, msgs...)
+	r.mu.Unlock()
+}
+
+func (r *recorder) HandleUnreachable(node uint64) {
+	r.mu.Lock()
+	r.unreachable[node]++
+	r.mu.Unlock()
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.msgs)
+}
+
+func (r *recorder) unreachableCount(node uint64) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.unreachable[node]
+}
+
+// endpoint is one node: a transport, its server and its recorder.
+type endpoint struct {
+	t    *Transport
+	rec  *recorder
+	srv  *grpc.Server
+	addr string
+}
+
+type book struct {
+	mu    sync.Mutex
+	addrs map[uint64]string
+}
+
+func (b *book) resolve(n uint64) (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if a, ok := b.addrs[n]; ok {
+		return a, nil
+	}
+	return "", fmt.Errorf("unknown node %d", n)
+}
+
+func (b *book) set(n uint64, a string) {
+	b.mu.Lock()
+	b.addrs[n] = a
+	b.mu.Unlock()
+}
+
+func startEndpoint(t *testing.T, bk *book, id uint64, cluster, addr string) *endpoint {
+	t.Helper()
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	tr, err := New(Options{NodeID: id, ClusterID: cluster, Resolve: bk.resolve, Handler: rec,
+		BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(ServerOptions()...)
+	tr.Register(srv)
+	go srv.Serve(lis)
+	e := &endpoint{t: tr, rec: rec, srv: srv, addr: lis.Addr().String()}
+	bk.set(id, e.addr)
+	t.Cleanup(e.stop)
+	return e
+}
+
+func (e *endpoint) stop() {
+	e.srv.Stop()
+	e.t.Close()
+}
+
+func msg(shard, from, to uint64, i int) *shoalpb.RaftMessage {
+	return &shoalpb.RaftMessage{ShardId: shard, FromNode: from, ToNode: to, Message: &raftpb.Message{
+		Type: raftpb.MsgApp.Enum(), Index: new(uint64(i)),
+		Entries: []*raftpb.Entry{{Index: new(uint64(i)), Data: []byte("payload")}},
+	}}
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(err)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+func TestDeliversInOrderAndCoalesces(t *testing.T) {
+	bk := &book{addrs: map[uint64]string{}}
+	a := startEndpoint(t, bk, 1, "c", "")
+	b := startEndpoint(t, bk, 2, "c", "")
+	const n = 2000
+	for i := range n {
+		if err := a.t.Send(2, []*shoalpb.RaftMessage{msg(7, 1, 2, i)}); err != nil {
+			// The first sends race the dial; the queue is large enough.
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if c := b.rec.count(); c != n {
+			return fmt.Errorf("received %d of %d", c, n)
+		}
+		return nil
+	})
+	b.rec.mu.Lock()
+	for i, m := range b.rec.msgs {
+		if got := m.GetMessage().GetIndex(); got != uint64(i) {
+			t.Fatalf("message %d has index %d: out of order", i, got)
+		}
+	}
+	b.rec.mu.Unlock()
+	st := a.t.Stats()
+	if st.MessagesSent != n || st.MessagesDropped != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if st.BatchesSent >= n {
+		t.Errorf("%d stream messages for %d batches: nothing was coalesced", st.BatchesSent, n)
+	}
+	t.Logf("%d batches sent as %d stream messages", n, st.BatchesSent)
+	if got := b.t.Stats().MessagesReceived; got != n {
+		t.Errorf("receiver counted %d messages", got)
+	}
+}
+
+func TestRefusesWrongClusterAndWrongNode(t *testing.T) {
+	for _, tc := range []struct {
+		name, cluster string
+		to            uint64
+	}{
+		{"wrong cluster", "other", 2},
+		{"wrong node", "c", 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bk := &book{addrs: map[uint64]string{}}
+			a := startEndpoint(t, bk, 1, tc.cluster, "")
+			b := startEndpoint(t, bk, 2, "c", "")
+			// Node 3's address is node 2's: a node replaced on the same
+			// address must not get its predecessor's messages.
+			bk.set(3, b.addr)
+			waitFor(t, 10*time.Second, func() error {
+				_ = a.t.Send(tc.to, []*shoalpb.RaftMessage{msg(1, 1, tc.to, 1)})
+				if a.rec.unreachableCount(tc.to) == 0 {
+					return errors.New("sender not told the peer is unreachable")
+				}
+				return nil
+			})
+			if c := b.rec.count(); c != 0 {
+				t.Fatalf("receiver accepted %d messages from a refused stream", c)
+			}
+			if st := a.t.Stats(); st.StreamErrors == 0 {
+				t.Fatalf("no stream error counted: %+v", st)
+			}
+		})
+	}
+}
+
+func TestReconnectsAfterPeerRestart(t *testing.T) {
+	bk := &book{addrs: map[uint64]string{}}
+	a := startEndpoint(t, bk, 1, "c", "")
+	b := startEndpoint(t, bk, 2, "c", "")
+	send := func(i int) error { return a.t.Send(2, []*shoalpb.RaftMessage{msg(1, 1, 2, i)}) }
+	waitFor(t, 10*time.Second, func() error {
+		_ = send(0)
+		if b.rec.count() == 0 {
+			return errors.New("nothing received")
+		}
+		return nil
+	})
+	addr := b.addr
+	b.stop()
+	// While the peer is down, sends fail (fast, after the stream breaks)
+	// and the store hears the peer is unreachable.
+	waitFor(t, 10*time.Second, func() error {
+		err := send(1)
+		if err == nil {
+			return errors.New("send to a stopped peer succeeded")
+		}
+		if !errors.Is(err, ErrUnreachable) && !errors.Is(err, ErrQueueFull) {
+			return fmt.Errorf("unexpected error %v", err)
+		}
+		if a.rec.unreachableCount(2) == 0 {
+			return errors.New("not reported unreachable")
+		}
+		return nil
+	})
+	b2 := startEndpoint(t, bk, 2, "c", addr)
+	waitFor(t, 10*time.Second, func() error {
+		_ = send(2)
+		if b2.rec.count() == 0 {
+			return errors.New("nothing received after restart")
+		}
+		return nil
+	})
+}
+
+func TestQueueFull(t *testing.T) {
+	bk := &book{addrs: map[uint64]string{2: "127.0.0.1:1"}} // nothing listens there
+	tr, err := New(Options{NodeID: 1, ClusterID: "c", Resolve: bk.resolve, QueueBatches: 4,
+		BackoffMin: time.Hour, BackoffMax: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	var full, other int
+	for i := range 100 {
+		switch err := tr.Send(2, []*shoalpb.RaftMessage{msg(1, 1, 2, i)}); {
+		case err == nil:
+		case errors.Is(err, ErrQueueFull):
+			full++
+		case errors.Is(err, ErrUnreachable):
+			other++
+		default:
+			t.Fatalf("unexpected error %v", err)
+		}
+	}
+	if full+other == 0 {
+		t.Fatal("100 sends to a dead peer with a queue of 4 all succeeded")
+	}
+	if tr.Stats().MessagesDropped == 0 {
+		t.Fatal("drops not counted")
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	for _, o := range []Options{
+		{ClusterID: "c", Resolve: (&book{}).resolve},
+		{NodeID: 1, Resolve: (&book{}).resolve},
+		{NodeID: 1, ClusterID: "c"},
+	} {
+		if _, err := New(o); err == nil {
+			t.Errorf("New(%+v) succeeded", o)
+		}
+	}
+}
