@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -63,7 +64,7 @@ directory is first used.`,
 	fl.IntVar(&f.replicas, "replicas", 3, "replicas per shard (1..7, at most --nodes)")
 	fl.StringVar(&f.dataDir, "data-dir", envOr("SHOAL_DATA_DIR", "./shoal-data"), "directory for every node's data (env SHOAL_DATA_DIR)")
 	fl.StringVar(&f.host, "host", "127.0.0.1", "address to listen on")
-	fl.IntVar(&f.basePort, "base-port", 7100, "node i's gRPC port is base-port+i")
+	fl.IntVar(&f.basePort, "base-port", 7100, "node i's gRPC port is base-port+i; 0 picks free ports")
 	fl.DurationVar(&f.readyTimeout, "ready-timeout", 30*time.Second, "how long to wait for every shard to elect a leader")
 	return cmd
 }
@@ -137,12 +138,35 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	addr := func(id uint64) string { return f.host + ":" + strconv.Itoa(f.basePort+int(id)) }
-	resolve := func(id uint64) (string, error) {
-		if id < 1 || id > uint64(f.nodes) {
-			return "", fmt.Errorf("no node %d", id)
+	// Listen for every node first, so that the address book is complete
+	// before any node starts (and --base-port 0 picks free ports).
+	lis := make([]net.Listener, f.nodes)
+	defer func() {
+		for _, l := range lis {
+			if l != nil {
+				l.Close()
+			}
 		}
-		return addr(id), nil
+	}()
+	addrs := map[uint64]string{}
+	for i := range f.nodes {
+		port := 0
+		if f.basePort != 0 {
+			port = f.basePort + i + 1
+		}
+		var lc net.ListenConfig
+		l, err := lc.Listen(ctx, "tcp", net.JoinHostPort(f.host, strconv.Itoa(port)))
+		if err != nil {
+			return fmt.Errorf("node %d: %w", i+1, err)
+		}
+		lis[i] = l
+		addrs[uint64(i+1)] = l.Addr().String()
+	}
+	resolve := func(id uint64) (string, error) {
+		if a, ok := addrs[id]; ok {
+			return a, nil
+		}
+		return "", fmt.Errorf("no node %d", id)
 	}
 	shards := staticShards(l)
 	var nodes []*node.Node
@@ -156,17 +180,18 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 	for i := range f.nodes {
 		id := uint64(i + 1)
 		n, err := node.Start(ctx, node.Config{
-			NodeID:     id,
-			ClusterID:  "playground",
-			DataDir:    filepath.Join(f.dataDir, fmt.Sprintf("node%d", id)),
-			ListenAddr: addr(id),
-			Resolve:    resolve,
-			Shards:     shards,
-			Logger:     log,
+			NodeID:    id,
+			ClusterID: "playground",
+			DataDir:   filepath.Join(f.dataDir, fmt.Sprintf("node%d", id)),
+			Listener:  lis[i],
+			Resolve:   resolve,
+			Shards:    shards,
+			Logger:    log,
 		})
 		if err != nil {
 			return fmt.Errorf("node %d: %w", id, err)
 		}
+		lis[i] = nil // the node owns it now
 		nodes = append(nodes, n)
 	}
 

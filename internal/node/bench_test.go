@@ -34,8 +34,10 @@ func (r *router) put(ctx context.Context, key, value []byte) error {
 		if id == 0 {
 			n, err := r.c.Leader(shard)
 			if err != nil {
-				if ctx.Err() != nil {
+				select {
+				case <-ctx.Done():
 					return err
+				case <-time.After(5 * time.Millisecond):
 				}
 				continue
 			}
