@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"slices"
 	"strings"
 	"sync"
@@ -531,4 +532,72 @@ func TestCrashOneNodeUnderLoad(t *testing.T) {
 	checkReplicasAgree(ctx, t, c, ws)
 }
 
-var _ = keys.Slot
+
+// TestCrashBeforeLogCommitOnCatchUp targets the window between applying and
+// syncing in one iteration. A follower that was cut off catches up with
+// entries and a commit index covering them in the same message, so Raft
+// hands it entries to apply that the same iteration is appending. The test
+// crashes that follower just before the group commit, after forcing
+// everything already written (its applies included) to disk: the applied
+// index must still not be ahead of its durable log, so it restarts and
+// catches up.
+func TestCrashBeforeLogCommitOnCatchUp(t *testing.T) {
+	var c *tc.Cluster
+	var armed atomic.Bool
+	images := make(chan *vfs.MemFS, 1)
+	c = tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, CrashableFS: true, NewStateMachine: tc.NewRegisterSM,
+		StoreOptions: func(id uint64, o *raftstore.Options) {
+			if id != 3 {
+				return
+			}
+			o.Knobs = &raftstore.Knobs{BeforeLogCommit: func() {
+				if !armed.CompareAndSwap(true, false) {
+					return
+				}
+				// The crash point: nothing sent after it may reach peers.
+				// A synced write makes every earlier write durable, as
+				// another shard's sync or a large batch would.
+				c.Net.Freeze(3)
+				if err := c.Node(3).Engine().Write(keys.IdentityKey("crash-test"), nil); err != nil {
+					t.Error(err)
+				}
+				images <- c.Node(3).CrashImage()
+			}}
+		}})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Net.Isolate(3, c.NodeIDs())
+	for i := range 200 {
+		k := fmt.Appendf(nil, "catchup-%d", i)
+		if _, err := c.Propose(ctx, 1, tc.PutCmd(k, []byte("v"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	armed.Store(true)
+	c.Net.Heal()
+	var img *vfs.MemFS
+	select {
+	case img = <-images:
+	case <-ctx.Done():
+		t.Fatal("node 3 never committed a log batch after healing")
+	}
+	c.Node(3).CrashTo(img)
+	if err := c.Node(3).Restart(); err != nil {
+		t.Fatalf("restart after a crash before the log commit: %v", err)
+	}
+	n3 := c.Node(3)
+	if err := tc.WaitFor(ctx, func() error {
+		v, ok, err := readAt(ctx, n3, 1, []byte("catchup-199"))
+		if err != nil {
+			return err
+		}
+		if !ok || v != "v" {
+			return fmt.Errorf("catchup-199 = %q", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -64,6 +64,11 @@ type Knobs struct {
 	// AfterLogSync is called after each group commit of log writes with the
 	// number of replicas whose writes it carried.
 	AfterLogSync func(replicas int)
+	// BeforeLogCommit is called on the loop goroutine after phase 1, just
+	// before the group commit of an iteration that has log writes: the
+	// moment a crash would lose this iteration's log but not what phase 1
+	// applied.
+	BeforeLogCommit func()
 	// DisableCampaignOnBootstrap stops the first replica of a bootstrapped
 	// shard from campaigning two ticks after it is created.
 	DisableCampaignOnBootstrap bool

@@ -521,6 +521,9 @@ func (s *Store) iterate(rs []*Replica) error {
 	}
 	s.flushOutboxes()
 
+	if f := s.opts.Knobs.BeforeLogCommit; f != nil && s.logBatch != nil {
+		f()
+	}
 	if err := s.commitLog(); err != nil {
 		return err
 	}

@@ -268,6 +268,31 @@ func (n *Node) Crash() {
 	_ = n.n.Stop()
 }
 
+// CrashImage returns what the node's filesystem would hold after a power
+// loss now: exactly what was synced. It needs Options.CrashableFS. Freeze
+// the node's network first if the image must not lag what peers heard.
+func (n *Node) CrashImage() *vfs.MemFS {
+	mem, ok := n.fs.(*vfs.MemFS)
+	if !ok {
+		n.c.t.Fatalf("testcluster: CrashImage needs Options.CrashableFS")
+	}
+	return mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+}
+
+// CrashTo stops the node as if it had crashed at the moment img was taken
+// (see CrashImage); Restart brings it back on img. The node's network stays
+// frozen until then.
+func (n *Node) CrashTo(img *vfs.MemFS) {
+	n.c.Net.Freeze(n.ID)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.running {
+		n.running = false
+		_ = n.n.Stop()
+	}
+	n.fs = img
+}
+
 // Restart starts a stopped or crashed node from its data.
 func (n *Node) Restart() error {
 	if err := n.start(); err != nil {
