@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/cockroachdb/pebble/v2/vfs"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/raftstore"
@@ -531,7 +532,6 @@ func TestCrashOneNodeUnderLoad(t *testing.T) {
 	checkWriters(ctx, t, c, ws)
 	checkReplicasAgree(ctx, t, c, ws)
 }
-
 
 // TestCrashBeforeLogCommitOnCatchUp targets the window between applying and
 // syncing in one iteration. A follower that was cut off catches up with
