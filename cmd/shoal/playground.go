@@ -107,22 +107,6 @@ func loadLayout(dir string, want layout) error {
 	return nil
 }
 
-// staticShards places shard i's replicas on nodes i, i+1, ... (mod n).
-func staticShards(l layout) []*shoalpb.ShardDescriptor {
-	var out []*shoalpb.ShardDescriptor
-	replicaID := uint64(0)
-	for i := range l.Shards {
-		start, end := keys.ShardSlots(i, l.Shards)
-		d := &shoalpb.ShardDescriptor{ShardId: uint64(i + 1), StartSlot: uint32(start), EndSlot: uint32(end), Epoch: 1}
-		for j := range l.Replicas {
-			replicaID++
-			d.Replicas = append(d.Replicas, &shoalpb.ReplicaDescriptor{NodeId: uint64((i+j)%l.Nodes + 1), ReplicaId: replicaID})
-		}
-		out = append(out, d)
-	}
-	return out
-}
-
 func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdout, stderr io.Writer) error {
 	if err := f.validate(); err != nil {
 		return err
@@ -168,7 +152,7 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 		}
 		return "", fmt.Errorf("no node %d", id)
 	}
-	shards := staticShards(l)
+	shards := node.StaticPlacement(l.Nodes, l.Shards, l.Replicas)
 	var nodes []*node.Node
 	defer func() {
 		for i := len(nodes) - 1; i >= 0; i-- {

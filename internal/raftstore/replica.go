@@ -182,32 +182,26 @@ func (r *Replica) enqueueProposal(p *proposal) error {
 	if st := r.status.Load(); st.Role != RoleLeader {
 		return notLeaderError(st.Descriptor, st.LeaderReplica)
 	}
-	r.mu.Lock()
-	if r.store.stopping.Load() {
-		r.mu.Unlock()
-		return fmt.Errorf("%w: shard %d", ErrStopped, r.shardID)
-	}
-	if len(r.mu.props) >= r.store.opts.MaxQueuedProposals {
-		r.mu.Unlock()
-		return fmt.Errorf("%w: shard %d has %d proposals queued", ErrOverloaded, r.shardID, len(r.mu.props))
-	}
-	r.mu.props = append(r.mu.props, p)
-	r.mu.Unlock()
-	r.store.sched.enqueue(r)
-	return nil
+	return enqueue(r, &r.mu.props, p, "proposals")
 }
 
 func (r *Replica) enqueueRead(rr *readRequest) error {
+	return enqueue(r, &r.mu.reads, rr, "reads")
+}
+
+// enqueue appends v to the queue q (a field under r.mu), refusing when the
+// store is stopping or the queue is at its bound, and schedules r.
+func enqueue[T any](r *Replica, q *[]T, v T, what string) error {
 	r.mu.Lock()
 	if r.store.stopping.Load() {
 		r.mu.Unlock()
 		return fmt.Errorf("%w: shard %d", ErrStopped, r.shardID)
 	}
-	if len(r.mu.reads) >= r.store.opts.MaxQueuedProposals {
+	if n := len(*q); n >= r.store.opts.MaxQueuedProposals {
 		r.mu.Unlock()
-		return fmt.Errorf("%w: shard %d has %d reads queued", ErrOverloaded, r.shardID, len(r.mu.reads))
+		return fmt.Errorf("%w: shard %d has %d %s queued", ErrOverloaded, r.shardID, n, what)
 	}
-	r.mu.reads = append(r.mu.reads, rr)
+	*q = append(*q, v)
 	r.mu.Unlock()
 	r.store.sched.enqueue(r)
 	return nil

@@ -504,32 +504,31 @@ func (s *Store) loop() {
 // iterate processes one batch of replicas; see Store for the phases.
 func (s *Store) iterate(rs []*Replica) error {
 	s.stats.iterations.Add(1)
-	var phaseErr atomic.Pointer[error]
-	fail := func(err error) { phaseErr.CompareAndSwap(nil, &err) }
-
-	s.pool.run(len(rs), func(w *worker, i int) {
-		if err := rs[i].phase1(w); err != nil {
-			fail(err)
-		}
-	}, func(w *worker) {
-		if err := w.finishApply(); err != nil {
-			fail(err)
-		}
-	})
-	if p := phaseErr.Load(); p != nil {
-		return *p
+	if err := s.runPhase(rs, (*Replica).phase1); err != nil {
+		return err
 	}
 	s.flushOutboxes()
-
 	if f := s.opts.Knobs.BeforeLogCommit; f != nil && s.logBatch != nil {
 		f()
 	}
 	if err := s.commitLog(); err != nil {
 		return err
 	}
+	if err := s.runPhase(rs, (*Replica).phase3); err != nil {
+		return err
+	}
+	s.flushOutboxes()
+	return nil
+}
 
+// runPhase runs phase on every replica over the pool; each worker then
+// commits what it applied and completes the waiters that unblocked. It
+// returns the first error, which is fatal for the store.
+func (s *Store) runPhase(rs []*Replica, phase func(*Replica, *worker) error) error {
+	var first atomic.Pointer[error]
+	fail := func(err error) { first.CompareAndSwap(nil, &err) }
 	s.pool.run(len(rs), func(w *worker, i int) {
-		if err := rs[i].phase3(w); err != nil {
+		if err := phase(rs[i], w); err != nil {
 			fail(err)
 		}
 	}, func(w *worker) {
@@ -537,10 +536,9 @@ func (s *Store) iterate(rs []*Replica) error {
 			fail(err)
 		}
 	})
-	if p := phaseErr.Load(); p != nil {
+	if p := first.Load(); p != nil {
 		return *p
 	}
-	s.flushOutboxes()
 	return nil
 }
 

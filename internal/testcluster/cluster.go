@@ -103,18 +103,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
-	replicaID := uint64(0)
-	for i := range opts.Shards {
-		start, end := keys.ShardSlots(i, opts.Shards)
-		d := &shoalpb.ShardDescriptor{ShardId: uint64(i + 1), StartSlot: uint32(start), EndSlot: uint32(end), Epoch: 1}
-		for j := range opts.Replicas {
-			replicaID++
-			d.Replicas = append(d.Replicas, &shoalpb.ReplicaDescriptor{
-				NodeId: uint64((i+j)%opts.Nodes + 1), ReplicaId: replicaID,
-			})
-		}
-		c.Shards = append(c.Shards, d)
-	}
+	c.Shards = node.StaticPlacement(opts.Nodes, opts.Shards, opts.Replicas)
 	t.Cleanup(c.Stop)
 	for _, n := range c.Nodes {
 		if err := n.start(); err != nil {
