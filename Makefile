@@ -6,6 +6,7 @@ PKGS      ?= ./...
 RAFT_DIR   = $(shell $(GO) list -m -f '{{.Dir}}' go.etcd.io/raft/v3)
 PROTOC_GEN_GO_VERSION      = v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION = v1.6.2
+STATICCHECK_VERSION        = 2026.2.2
 BENCHTIME ?= 5s
 
 .PHONY: all build test race lint proto proto-check tools bench fuzz clean
@@ -21,15 +22,18 @@ test:
 race:
 	$(GO) test -race -timeout 20m $(PKGS)
 
-# gofmt, go vet, and the lint tests (import direction, banned calls).
+# gofmt, go vet, staticcheck (if installed: `make tools`), and the lint
+# tests (import direction, banned calls).
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	@sc="$$($(GO) env GOPATH)/bin/staticcheck"; if [ -x "$$sc" ]; then echo staticcheck; "$$sc" $(PKGS); else echo "staticcheck not installed (make tools): skipped"; fi
 	$(GO) test -count=1 ./internal/lint/
 
 tools:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 # Regenerate the protobuf code (needs protoc from Debian's protobuf-compiler
 # and `make tools`).

@@ -91,7 +91,6 @@ type Node struct {
 	server    *grpc.Server
 
 	stopOnce sync.Once
-	serveErr chan error
 }
 
 // Start starts a node; Stop releases everything it holds.
@@ -99,7 +98,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), serveErr: make(chan error, 1)}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID)}
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -175,7 +174,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	n.server = grpc.NewServer(transport.ServerOptions()...)
 	n.transport.Register(n.server)
-	go func() { n.serveErr <- n.server.Serve(lis) }()
+	go func() {
+		if err := n.server.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			n.log.Error("grpc server failed", "err", err)
+		}
+	}()
 
 	kvOpts := cfg.KV
 	if kvOpts.Logger == nil {

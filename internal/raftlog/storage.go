@@ -416,6 +416,16 @@ func (s *Storage) Truncate(b *storage.Batch, index uint64) error {
 	return nil
 }
 
+// TrimCache drops cached entries below index: entries that neither the
+// local apply nor any follower will ask for again. The cache holds only the
+// window still in flight, so its memory follows the write rate, not the
+// number of replicas times its bound.
+func (s *Storage) TrimCache(index uint64) {
+	s.mu.Lock()
+	s.mu.cache.truncateFront(index)
+	s.mu.Unlock()
+}
+
 // CacheStats reports the entry cache's size in entries and bytes.
 func (s *Storage) CacheStats() (entries int, bytes int) {
 	s.mu.Lock()

@@ -10,6 +10,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
@@ -259,6 +260,7 @@ func (r *Replica) phase1(w *worker) error {
 		r.raw.Tick()
 		r.ticks++
 		r.retryReads()
+		r.trimEntryCache()
 		if r.campaignAt > 0 && r.ticks >= r.campaignAt {
 			r.campaignAt = 0
 			if r.raw.BasicStatus().Lead == 0 {
@@ -540,6 +542,20 @@ func (r *Replica) applyConfChange(e *raftpb.Entry) error {
 	}
 	r.confState = r.raw.ApplyConfChange(cc)
 	return nil
+}
+
+// trimEntryCache drops cached log entries nobody needs any more: applied
+// here and, on a leader, acknowledged by every follower.
+func (r *Replica) trimEntryCache() {
+	upTo := r.applied
+	if r.state == raft.StateLeader {
+		r.raw.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+			if id != r.replicaID {
+				upTo = min(upTo, pr.Match)
+			}
+		})
+	}
+	r.storage.TrimCache(upTo + 1)
 }
 
 // issueReads starts a ReadIndex round for the reads waiting for one.

@@ -2,7 +2,6 @@ package raftstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -81,6 +80,8 @@ type Stats struct {
 	// MessagesSent and MessagesDropped count outgoing Raft messages;
 	// MessagesReceived incoming ones handed to replicas.
 	MessagesSent, MessagesDropped, MessagesReceived uint64
+	// EntryCacheBytes is the memory the replicas' log entry caches hold now.
+	EntryCacheBytes int
 }
 
 // Store hosts every replica of one node and drives their Raft groups.
@@ -243,7 +244,13 @@ func (s *Store) Engine() *storage.Engine { return s.eng }
 
 // Stats returns the store's counters.
 func (s *Store) Stats() Stats {
+	cached := 0
+	for _, r := range s.replicaList() {
+		_, b := r.storage.CacheStats()
+		cached += b
+	}
 	return Stats{
+		EntryCacheBytes:  cached,
 		Iterations:       s.stats.iterations.Load(),
 		LogSyncs:         s.stats.logSyncs.Load(),
 		LogSyncReplicas:  s.stats.logSyncReplicas.Load(),
@@ -662,7 +669,5 @@ func (w *worker) send(r *Replica, msgs []*raftpb.Message) {
 		})
 	}
 }
-
-var errAlreadyFailed = errors.New("raftstore: replica failed")
 
 func unmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }
