@@ -31,6 +31,14 @@ type ReplicaRole int32
 const (
 	ReplicaRole_REPLICA_ROLE_VOTER   ReplicaRole = 0
 	ReplicaRole_REPLICA_ROLE_LEARNER ReplicaRole = 1
+	// In a joint configuration: a voter of the incoming configuration only.
+	ReplicaRole_REPLICA_ROLE_VOTER_INCOMING ReplicaRole = 2
+	// In a joint configuration: a voter of the outgoing configuration only,
+	// removed when the joint configuration is left.
+	ReplicaRole_REPLICA_ROLE_VOTER_OUTGOING ReplicaRole = 3
+	// In a joint configuration: a voter of the outgoing configuration that
+	// becomes a learner when the joint configuration is left.
+	ReplicaRole_REPLICA_ROLE_VOTER_DEMOTING ReplicaRole = 4
 )
 
 // Enum value maps for ReplicaRole.
@@ -38,10 +46,16 @@ var (
 	ReplicaRole_name = map[int32]string{
 		0: "REPLICA_ROLE_VOTER",
 		1: "REPLICA_ROLE_LEARNER",
+		2: "REPLICA_ROLE_VOTER_INCOMING",
+		3: "REPLICA_ROLE_VOTER_OUTGOING",
+		4: "REPLICA_ROLE_VOTER_DEMOTING",
 	}
 	ReplicaRole_value = map[string]int32{
-		"REPLICA_ROLE_VOTER":   0,
-		"REPLICA_ROLE_LEARNER": 1,
+		"REPLICA_ROLE_VOTER":          0,
+		"REPLICA_ROLE_LEARNER":        1,
+		"REPLICA_ROLE_VOTER_INCOMING": 2,
+		"REPLICA_ROLE_VOTER_OUTGOING": 3,
+		"REPLICA_ROLE_VOTER_DEMOTING": 4,
 	}
 )
 
@@ -407,8 +421,12 @@ type RaftMessage struct {
 	FromNode uint64                 `protobuf:"varint,2,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
 	ToNode   uint64                 `protobuf:"varint,3,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
 	// epoch is the sender's descriptor epoch for the shard.
-	Epoch         uint64          `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Message       *raftpb.Message `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	Epoch   uint64          `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Message *raftpb.Message `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	// removed tells the replica message.to that the shard's configuration at
+	// epoch no longer has it: it must destroy itself. message carries only
+	// to and from.
+	Removed       bool `protobuf:"varint,6,opt,name=removed,proto3" json:"removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -478,6 +496,215 @@ func (x *RaftMessage) GetMessage() *raftpb.Message {
 	return nil
 }
 
+func (x *RaftMessage) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
+// SnapshotData is the Data of a raftpb.Snapshot that Shoal sends: what the
+// receiver needs besides the key-value pairs.
+type SnapshotData struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shard as of the snapshot's index.
+	Shard *ShardDescriptor `protobuf:"bytes,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// A unique ID of this snapshot, for logs and progress.
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotData) Reset() {
+	*x = SnapshotData{}
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotData) ProtoMessage() {}
+
+func (x *SnapshotData) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotData.ProtoReflect.Descriptor instead.
+func (*SnapshotData) Descriptor() ([]byte, []int) {
+	return file_shoalpb_raftmsg_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SnapshotData) GetShard() *ShardDescriptor {
+	if x != nil {
+		return x.Shard
+	}
+	return nil
+}
+
+func (x *SnapshotData) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// SnapshotChunk is one message of a snapshot stream. The first carries the
+// header (the MsgSnap and the sender's estimate of the size); the following
+// carry key-value pairs in key order; the last has done set and the
+// checksum of everything sent.
+type SnapshotChunk struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Header         *RaftMessage           `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	EstimatedBytes uint64                 `protobuf:"varint,2,opt,name=estimated_bytes,json=estimatedBytes,proto3" json:"estimated_bytes,omitempty"`
+	// Keys and values, pairwise: keys[i] holds values[i].
+	Keys   [][]byte `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
+	Values [][]byte `protobuf:"bytes,4,rep,name=values,proto3" json:"values,omitempty"`
+	Done   bool     `protobuf:"varint,5,opt,name=done,proto3" json:"done,omitempty"`
+	// CRC-32C (Castagnoli) over every key and value in order, on the last
+	// chunk.
+	Checksum      uint32 `protobuf:"varint,6,opt,name=checksum,proto3" json:"checksum,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_shoalpb_raftmsg_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SnapshotChunk) GetHeader() *RaftMessage {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetEstimatedBytes() uint64 {
+	if x != nil {
+		return x.EstimatedBytes
+	}
+	return 0
+}
+
+func (x *SnapshotChunk) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetValues() [][]byte {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+func (x *SnapshotChunk) GetChecksum() uint32 {
+	if x != nil {
+		return x.Checksum
+	}
+	return 0
+}
+
+// SnapshotResponse ends a snapshot stream.
+type SnapshotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// accepted: the receiver has the whole snapshot and handed it to Raft.
+	Accepted bool `protobuf:"varint,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	// Why it was refused (accepted false).
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotResponse) Reset() {
+	*x = SnapshotResponse{}
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotResponse) ProtoMessage() {}
+
+func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
+func (*SnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_shoalpb_raftmsg_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SnapshotResponse) GetAccepted() bool {
+	if x != nil {
+		return x.Accepted
+	}
+	return false
+}
+
+func (x *SnapshotResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // RaftMessageBatch is the unit sent on a Raft stream: every message for one
 // destination node produced in one loop iteration of the sender.
 type RaftMessageBatch struct {
@@ -493,7 +720,7 @@ type RaftMessageBatch struct {
 
 func (x *RaftMessageBatch) Reset() {
 	*x = RaftMessageBatch{}
-	mi := &file_shoalpb_raftmsg_proto_msgTypes[6]
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +732,7 @@ func (x *RaftMessageBatch) String() string {
 func (*RaftMessageBatch) ProtoMessage() {}
 
 func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_raftmsg_proto_msgTypes[6]
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +745,7 @@ func (x *RaftMessageBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftMessageBatch.ProtoReflect.Descriptor instead.
 func (*RaftMessageBatch) Descriptor() ([]byte, []int) {
-	return file_shoalpb_raftmsg_proto_rawDescGZIP(), []int{6}
+	return file_shoalpb_raftmsg_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RaftMessageBatch) GetClusterId() string {
@@ -560,7 +787,7 @@ type RaftStreamResponse struct {
 
 func (x *RaftStreamResponse) Reset() {
 	*x = RaftStreamResponse{}
-	mi := &file_shoalpb_raftmsg_proto_msgTypes[7]
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +799,7 @@ func (x *RaftStreamResponse) String() string {
 func (*RaftStreamResponse) ProtoMessage() {}
 
 func (x *RaftStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_raftmsg_proto_msgTypes[7]
+	mi := &file_shoalpb_raftmsg_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +812,7 @@ func (x *RaftStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftStreamResponse.ProtoReflect.Descriptor instead.
 func (*RaftStreamResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_raftmsg_proto_rawDescGZIP(), []int{7}
+	return file_shoalpb_raftmsg_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RaftStreamResponse) GetBatchesReceived() uint64 {
@@ -626,13 +853,27 @@ const file_shoalpb_raftmsg_proto_rawDesc = "" +
 	"conf_state\x18\x03 \x01(\v2\x11.raftpb.ConfStateR\tconfState\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
-	"\x04term\x18\x02 \x01(\x04R\x04term\"\x9f\x01\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"\xb9\x01\n" +
 	"\vRaftMessage\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1b\n" +
 	"\tfrom_node\x18\x02 \x01(\x04R\bfromNode\x12\x17\n" +
 	"\ato_node\x18\x03 \x01(\x04R\x06toNode\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12)\n" +
-	"\amessage\x18\x05 \x01(\v2\x0f.raftpb.MessageR\amessage\"\x9a\x01\n" +
+	"\amessage\x18\x05 \x01(\v2\x0f.raftpb.MessageR\amessage\x12\x18\n" +
+	"\aremoved\x18\x06 \x01(\bR\aremoved\"O\n" +
+	"\fSnapshotData\x12/\n" +
+	"\x05shard\x18\x01 \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\xc3\x01\n" +
+	"\rSnapshotChunk\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.shoal.v1.RaftMessageR\x06header\x12'\n" +
+	"\x0festimated_bytes\x18\x02 \x01(\x04R\x0eestimatedBytes\x12\x12\n" +
+	"\x04keys\x18\x03 \x03(\fR\x04keys\x12\x16\n" +
+	"\x06values\x18\x04 \x03(\fR\x06values\x12\x12\n" +
+	"\x04done\x18\x05 \x01(\bR\x04done\x12\x1a\n" +
+	"\bchecksum\x18\x06 \x01(\rR\bchecksum\"F\n" +
+	"\x10SnapshotResponse\x12\x1a\n" +
+	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x9a\x01\n" +
 	"\x10RaftMessageBatch\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1b\n" +
@@ -640,13 +881,17 @@ const file_shoalpb_raftmsg_proto_rawDesc = "" +
 	"\ato_node\x18\x03 \x01(\x04R\x06toNode\x121\n" +
 	"\bmessages\x18\x04 \x03(\v2\x15.shoal.v1.RaftMessageR\bmessages\"?\n" +
 	"\x12RaftStreamResponse\x12)\n" +
-	"\x10batches_received\x18\x01 \x01(\x04R\x0fbatchesReceived*?\n" +
+	"\x10batches_received\x18\x01 \x01(\x04R\x0fbatchesReceived*\xa2\x01\n" +
 	"\vReplicaRole\x12\x16\n" +
 	"\x12REPLICA_ROLE_VOTER\x10\x00\x12\x18\n" +
-	"\x14REPLICA_ROLE_LEARNER\x10\x012[\n" +
+	"\x14REPLICA_ROLE_LEARNER\x10\x01\x12\x1f\n" +
+	"\x1bREPLICA_ROLE_VOTER_INCOMING\x10\x02\x12\x1f\n" +
+	"\x1bREPLICA_ROLE_VOTER_OUTGOING\x10\x03\x12\x1f\n" +
+	"\x1bREPLICA_ROLE_VOTER_DEMOTING\x10\x042\x9e\x01\n" +
 	"\rRaftTransport\x12J\n" +
 	"\n" +
-	"RaftStream\x12\x1a.shoal.v1.RaftMessageBatch\x1a\x1c.shoal.v1.RaftStreamResponse(\x010\x01B&Z$github.com/shoaldb/shoal/api/shoalpbb\x06proto3"
+	"RaftStream\x12\x1a.shoal.v1.RaftMessageBatch\x1a\x1c.shoal.v1.RaftStreamResponse(\x010\x01\x12A\n" +
+	"\bSnapshot\x12\x17.shoal.v1.SnapshotChunk\x1a\x1a.shoal.v1.SnapshotResponse(\x01B&Z$github.com/shoaldb/shoal/api/shoalpbb\x06proto3"
 
 var (
 	file_shoalpb_raftmsg_proto_rawDescOnce sync.Once
@@ -661,7 +906,7 @@ func file_shoalpb_raftmsg_proto_rawDescGZIP() []byte {
 }
 
 var file_shoalpb_raftmsg_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shoalpb_raftmsg_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_shoalpb_raftmsg_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_shoalpb_raftmsg_proto_goTypes = []any{
 	(ReplicaRole)(0),           // 0: shoal.v1.ReplicaRole
 	(*ReplicaDescriptor)(nil),  // 1: shoal.v1.ReplicaDescriptor
@@ -670,25 +915,32 @@ var file_shoalpb_raftmsg_proto_goTypes = []any{
 	(*AppliedState)(nil),       // 4: shoal.v1.AppliedState
 	(*TruncatedState)(nil),     // 5: shoal.v1.TruncatedState
 	(*RaftMessage)(nil),        // 6: shoal.v1.RaftMessage
-	(*RaftMessageBatch)(nil),   // 7: shoal.v1.RaftMessageBatch
-	(*RaftStreamResponse)(nil), // 8: shoal.v1.RaftStreamResponse
-	(*raftpb.ConfState)(nil),   // 9: raftpb.ConfState
-	(*raftpb.Message)(nil),     // 10: raftpb.Message
+	(*SnapshotData)(nil),       // 7: shoal.v1.SnapshotData
+	(*SnapshotChunk)(nil),      // 8: shoal.v1.SnapshotChunk
+	(*SnapshotResponse)(nil),   // 9: shoal.v1.SnapshotResponse
+	(*RaftMessageBatch)(nil),   // 10: shoal.v1.RaftMessageBatch
+	(*RaftStreamResponse)(nil), // 11: shoal.v1.RaftStreamResponse
+	(*raftpb.ConfState)(nil),   // 12: raftpb.ConfState
+	(*raftpb.Message)(nil),     // 13: raftpb.Message
 }
 var file_shoalpb_raftmsg_proto_depIdxs = []int32{
 	0,  // 0: shoal.v1.ReplicaDescriptor.role:type_name -> shoal.v1.ReplicaRole
 	1,  // 1: shoal.v1.ShardDescriptor.replicas:type_name -> shoal.v1.ReplicaDescriptor
 	2,  // 2: shoal.v1.LocalReplicaState.shard:type_name -> shoal.v1.ShardDescriptor
-	9,  // 3: shoal.v1.AppliedState.conf_state:type_name -> raftpb.ConfState
-	10, // 4: shoal.v1.RaftMessage.message:type_name -> raftpb.Message
-	6,  // 5: shoal.v1.RaftMessageBatch.messages:type_name -> shoal.v1.RaftMessage
-	7,  // 6: shoal.v1.RaftTransport.RaftStream:input_type -> shoal.v1.RaftMessageBatch
-	8,  // 7: shoal.v1.RaftTransport.RaftStream:output_type -> shoal.v1.RaftStreamResponse
-	7,  // [7:8] is the sub-list for method output_type
-	6,  // [6:7] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	12, // 3: shoal.v1.AppliedState.conf_state:type_name -> raftpb.ConfState
+	13, // 4: shoal.v1.RaftMessage.message:type_name -> raftpb.Message
+	2,  // 5: shoal.v1.SnapshotData.shard:type_name -> shoal.v1.ShardDescriptor
+	6,  // 6: shoal.v1.SnapshotChunk.header:type_name -> shoal.v1.RaftMessage
+	6,  // 7: shoal.v1.RaftMessageBatch.messages:type_name -> shoal.v1.RaftMessage
+	10, // 8: shoal.v1.RaftTransport.RaftStream:input_type -> shoal.v1.RaftMessageBatch
+	8,  // 9: shoal.v1.RaftTransport.Snapshot:input_type -> shoal.v1.SnapshotChunk
+	11, // 10: shoal.v1.RaftTransport.RaftStream:output_type -> shoal.v1.RaftStreamResponse
+	9,  // 11: shoal.v1.RaftTransport.Snapshot:output_type -> shoal.v1.SnapshotResponse
+	10, // [10:12] is the sub-list for method output_type
+	8,  // [8:10] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_raftmsg_proto_init() }
@@ -702,7 +954,7 @@ func file_shoalpb_raftmsg_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shoalpb_raftmsg_proto_rawDesc), len(file_shoalpb_raftmsg_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

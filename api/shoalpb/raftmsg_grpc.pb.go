@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	RaftTransport_RaftStream_FullMethodName = "/shoal.v1.RaftTransport/RaftStream"
+	RaftTransport_Snapshot_FullMethodName   = "/shoal.v1.RaftTransport/Snapshot"
 )
 
 // RaftTransportClient is the client API for RaftTransport service.
@@ -34,6 +35,8 @@ type RaftTransportClient interface {
 	// RaftStream is opened by a sender to a receiver; there is one per ordered
 	// pair of nodes, carrying every shard's messages in batches.
 	RaftStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RaftMessageBatch, RaftStreamResponse], error)
+	// Snapshot streams one shard snapshot to the node that needs it.
+	Snapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotChunk, SnapshotResponse], error)
 }
 
 type raftTransportClient struct {
@@ -57,6 +60,19 @@ func (c *raftTransportClient) RaftStream(ctx context.Context, opts ...grpc.CallO
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RaftTransport_RaftStreamClient = grpc.BidiStreamingClient[RaftMessageBatch, RaftStreamResponse]
 
+func (c *raftTransportClient) Snapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotChunk, SnapshotResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RaftTransport_ServiceDesc.Streams[1], RaftTransport_Snapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SnapshotChunk, SnapshotResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RaftTransport_SnapshotClient = grpc.ClientStreamingClient[SnapshotChunk, SnapshotResponse]
+
 // RaftTransportServer is the server API for RaftTransport service.
 // All implementations must embed UnimplementedRaftTransportServer
 // for forward compatibility.
@@ -66,6 +82,8 @@ type RaftTransportServer interface {
 	// RaftStream is opened by a sender to a receiver; there is one per ordered
 	// pair of nodes, carrying every shard's messages in batches.
 	RaftStream(grpc.BidiStreamingServer[RaftMessageBatch, RaftStreamResponse]) error
+	// Snapshot streams one shard snapshot to the node that needs it.
+	Snapshot(grpc.ClientStreamingServer[SnapshotChunk, SnapshotResponse]) error
 	mustEmbedUnimplementedRaftTransportServer()
 }
 
@@ -78,6 +96,9 @@ type UnimplementedRaftTransportServer struct{}
 
 func (UnimplementedRaftTransportServer) RaftStream(grpc.BidiStreamingServer[RaftMessageBatch, RaftStreamResponse]) error {
 	return status.Error(codes.Unimplemented, "method RaftStream not implemented")
+}
+func (UnimplementedRaftTransportServer) Snapshot(grpc.ClientStreamingServer[SnapshotChunk, SnapshotResponse]) error {
+	return status.Error(codes.Unimplemented, "method Snapshot not implemented")
 }
 func (UnimplementedRaftTransportServer) mustEmbedUnimplementedRaftTransportServer() {}
 func (UnimplementedRaftTransportServer) testEmbeddedByValue()                       {}
@@ -107,6 +128,13 @@ func _RaftTransport_RaftStream_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RaftTransport_RaftStreamServer = grpc.BidiStreamingServer[RaftMessageBatch, RaftStreamResponse]
 
+func _RaftTransport_Snapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(RaftTransportServer).Snapshot(&grpc.GenericServerStream[SnapshotChunk, SnapshotResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RaftTransport_SnapshotServer = grpc.ClientStreamingServer[SnapshotChunk, SnapshotResponse]
+
 // RaftTransport_ServiceDesc is the grpc.ServiceDesc for RaftTransport service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -119,6 +147,11 @@ var RaftTransport_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "RaftStream",
 			Handler:       _RaftTransport_RaftStream_Handler,
 			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Snapshot",
+			Handler:       _RaftTransport_Snapshot_Handler,
 			ClientStreams: true,
 		},
 	},

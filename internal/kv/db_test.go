@@ -25,6 +25,10 @@ type nopTransport struct{}
 
 func (nopTransport) Send(uint64, []*shoalpb.RaftMessage) error { return nil }
 
+func (nopTransport) SendSnapshot(context.Context, uint64, *shoalpb.SnapshotChunk, func() (*shoalpb.SnapshotChunk, error)) error {
+	return errors.New("single-node store: no snapshots")
+}
+
 // fakeClock is a clock tests move by hand.
 type fakeClock struct {
 	mu  sync.Mutex

@@ -39,8 +39,14 @@ type Storage struct {
 		truncated *shoalpb.TruncatedState
 		lastIndex uint64
 		lastTerm  uint64
-		cache     entryCache
+		// logBytes approximates the encoded size of the entries in
+		// [first, last]: exact sums on append, proportional estimates when
+		// entries are overwritten or truncated.
+		logBytes uint64
+		cache    entryCache
 	}
+	// snapshot produces raft snapshots for this replica; see SetSnapshotter.
+	snapshot func() (*raftpb.Snapshot, error)
 }
 
 var _ raft.Storage = (*Storage)(nil)
@@ -86,14 +92,23 @@ func Load(eng *storage.Engine, shard uint64, cacheBytes int) (*Storage, error) {
 		return nil, err
 	}
 	// The last index is the last log key, or the truncation point if the log
-	// is empty.
+	// is empty. The log is bounded by truncation, so reading it through to
+	// size it is cheap.
 	s.mu.lastIndex, s.mu.lastTerm = s.mu.truncated.Index, s.mu.truncated.Term
 	it, err := eng.NewIter(keys.RaftLogSpan(shard, 0, ^uint64(0)))
 	if err != nil {
 		return nil, err
 	}
 	defer it.Close()
-	if it.Last() {
+	var last []byte
+	for ok := it.First(); ok; ok = it.Next() {
+		s.mu.logBytes += uint64(len(it.Value()))
+		last = append(last[:0], it.Key()...)
+	}
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("raftlog: shard %d: %w", shard, err)
+	}
+	if last != nil && it.Last() {
 		_, idx, err := keys.DecodeRaftLogKey(it.Key())
 		if err != nil {
 			return nil, err
@@ -126,6 +141,54 @@ func Load(eng *storage.Engine, shard uint64, cacheBytes int) (*Storage, error) {
 		}
 	}
 	return s, nil
+}
+
+// NewEmpty returns the Storage of a replica that has no state yet: one
+// created to receive its first snapshot. Its log is empty at index 0, and
+// it has no configuration, so it cannot campaign.
+func NewEmpty(eng *storage.Engine, shard uint64, cacheBytes int) *Storage {
+	if cacheBytes <= 0 {
+		cacheBytes = DefaultCacheBytes
+	}
+	s := &Storage{eng: eng, shard: shard}
+	s.mu.cache.maxBytes = cacheBytes
+	s.mu.truncated = &shoalpb.TruncatedState{}
+	s.mu.hardState = &raftpb.HardState{}
+	s.mu.applied = &shoalpb.AppliedState{}
+	return s
+}
+
+// SetSnapshotter sets the function that Snapshot calls. Snapshots carry the
+// state machine, which this package does not know, so the replica store
+// provides them.
+func (s *Storage) SetSnapshotter(f func() (*raftpb.Snapshot, error)) { s.snapshot = f }
+
+// ResetToSnapshot makes the in-memory picture match a snapshot that was
+// just ingested: the log is empty and truncated at the snapshot's index,
+// and the applied state is as.
+func (s *Storage) ResetToSnapshot(as *shoalpb.AppliedState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mu.truncated = &shoalpb.TruncatedState{Index: as.Index, Term: as.Term}
+	s.mu.applied = as
+	s.mu.lastIndex, s.mu.lastTerm = as.Index, as.Term
+	s.mu.logBytes = 0
+	s.mu.cache.reset()
+}
+
+// LogSize returns how many entries the log holds and about how many bytes.
+func (s *Storage) LogSize() (entries, bytes uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.lastIndex - s.mu.truncated.Index, s.mu.logBytes
+}
+
+// shrinkLocked scales logBytes down for the entries that remain out of n.
+func (s *Storage) shrinkLocked(remain, n uint64) {
+	if n == 0 || remain >= n {
+		return
+	}
+	s.mu.logBytes = s.mu.logBytes * remain / n
 }
 
 // Shard returns the shard whose log this is.
@@ -302,10 +365,13 @@ func (s *Storage) Entries(lo, hi, maxSize uint64) ([]*raftpb.Entry, error) {
 	return out, nil
 }
 
-// Snapshot implements raft.Storage. Snapshots are produced by the replica
-// store, not here; until one is ready Raft is told to wait.
+// Snapshot implements raft.Storage with the function SetSnapshotter set;
+// without one Raft is told to wait.
 func (s *Storage) Snapshot() (*raftpb.Snapshot, error) {
-	return nil, raft.ErrSnapshotTemporarilyUnavailable
+	if s.snapshot == nil {
+		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	}
+	return s.snapshot()
 }
 
 // Append stages ents in b, replacing any conflicting suffix of the log.
@@ -329,6 +395,11 @@ func (s *Storage) Append(b *storage.Batch, ents []*raftpb.Entry) error {
 		return fmt.Errorf("raftlog: shard %d: append at %d leaves a gap after %d", s.shard, first, s.mu.lastIndex)
 	}
 	last := ents[len(ents)-1]
+	if first <= s.mu.lastIndex {
+		// The entries from first on are replaced.
+		n := s.mu.lastIndex - s.mu.truncated.Index
+		s.shrinkLocked(first-1-s.mu.truncated.Index, n)
+	}
 	buf := make([]byte, 0, 256)
 	for _, e := range ents {
 		var err error
@@ -339,6 +410,7 @@ func (s *Storage) Append(b *storage.Batch, ents []*raftpb.Entry) error {
 		if err := b.Set(keys.RaftLogKey(s.shard, e.GetIndex()), buf, nil); err != nil {
 			return err
 		}
+		s.mu.logBytes += uint64(len(buf))
 	}
 	if li := last.GetIndex(); li < s.mu.lastIndex {
 		// The new entries end before the old log did: drop the old tail.
@@ -411,6 +483,8 @@ func (s *Storage) Truncate(b *storage.Batch, index uint64) error {
 	if err := b.SetProto(keys.TruncatedStateKey(s.shard), ts); err != nil {
 		return err
 	}
+	n := s.mu.lastIndex - s.mu.truncated.Index
+	s.shrinkLocked(s.mu.lastIndex-index, n)
 	s.mu.truncated = ts
 	s.mu.cache.truncateFront(index + 1)
 	return nil

@@ -3,6 +3,8 @@ package raftstore
 import (
 	"errors"
 	"fmt"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
 )
 
 // Sentinel errors of the store. Typed errors below wrap them, so callers test
@@ -71,3 +73,32 @@ func timeoutError(cause error) error {
 func ambiguous(err error) error {
 	return fmt.Errorf("%w (%w)", err, ErrAmbiguous)
 }
+
+// More sentinel errors, for membership changes.
+var (
+	// ErrEpochMismatch: the shard's descriptor changed since the caller read
+	// it; EpochMismatchError carries the current one. Nothing was changed.
+	ErrEpochMismatch = errors.New("raftstore: epoch mismatch")
+	// ErrConfChangeInProgress: another membership change has not finished
+	// (the shard is in a joint configuration, or Raft has one pending).
+	// Nothing was changed; retry later.
+	ErrConfChangeInProgress = errors.New("raftstore: membership change in progress")
+	// ErrInvalidChange: the requested membership change does not apply to
+	// the shard's current configuration.
+	ErrInvalidChange = errors.New("raftstore: invalid membership change")
+	// ErrTransferFailed: leadership did not move to the requested replica.
+	ErrTransferFailed = errors.New("raftstore: leadership transfer failed")
+)
+
+// EpochMismatchError is returned when a request names an older (or newer)
+// descriptor than the shard has.
+type EpochMismatchError struct {
+	Current *shoalpb.ShardDescriptor
+}
+
+func (e *EpochMismatchError) Error() string {
+	return fmt.Sprintf("raftstore: shard %d is at epoch %d", e.Current.GetShardId(), e.Current.GetEpoch())
+}
+
+// Is makes errors.Is(err, ErrEpochMismatch) hold.
+func (e *EpochMismatchError) Is(target error) bool { return target == ErrEpochMismatch }

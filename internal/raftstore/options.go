@@ -52,6 +52,22 @@ type Options struct {
 	// ReadRetryTicks: a ReadIndex request not answered within this many
 	// ticks is sent again. Default ElectionTicks.
 	ReadRetryTicks int
+	// MaxLogEntries and MaxLogBytes bound each replica's Raft log: beyond
+	// either, it is truncated (see maybeTruncateLog). Defaults 10000 entries
+	// and 64 MiB.
+	MaxLogEntries int
+	MaxLogBytes   uint64
+	// SnapshotBytesPerSec throttles the snapshots this node sends, all
+	// together. Default 128 MiB/s; negative means unlimited.
+	SnapshotBytesPerSec int64
+	// MaxSnapshotSends and MaxSnapshotReceives bound the snapshots this node
+	// sends (more wait) and receives (more are refused, and their senders
+	// retry later) at once. Defaults 2 and 2.
+	MaxSnapshotSends    int
+	MaxSnapshotReceives int
+	// SnapshotChunkBytes is the size of one snapshot stream message.
+	// Default 1 MiB.
+	SnapshotChunkBytes int
 	// Logger receives the store's logs; the caller adds the node's
 	// attributes. Default: discarded.
 	Logger *slog.Logger
@@ -123,6 +139,24 @@ func (o *Options) validate() error {
 	}
 	if o.ReadRetryTicks <= 0 {
 		o.ReadRetryTicks = o.ElectionTicks
+	}
+	if o.MaxLogEntries <= 0 {
+		o.MaxLogEntries = 10000
+	}
+	if o.MaxLogBytes == 0 {
+		o.MaxLogBytes = 64 << 20
+	}
+	if o.SnapshotBytesPerSec == 0 {
+		o.SnapshotBytesPerSec = 128 << 20
+	}
+	if o.MaxSnapshotSends <= 0 {
+		o.MaxSnapshotSends = 2
+	}
+	if o.MaxSnapshotReceives <= 0 {
+		o.MaxSnapshotReceives = 2
+	}
+	if o.SnapshotChunkBytes <= 0 {
+		o.SnapshotChunkBytes = 1 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

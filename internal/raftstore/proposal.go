@@ -3,6 +3,8 @@ package raftstore
 import (
 	"context"
 	"encoding/binary"
+
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 // Entry data of a proposed command: a version byte, the proposal ID (the
@@ -48,6 +50,8 @@ type proposal struct {
 	id   proposalID
 	ctx  context.Context
 	data []byte
+	// cc is set instead of data for a configuration change.
+	cc *raftpb.ConfChangeV2
 	// index and term are set once the entry is in the leader's log.
 	index, term uint64
 	// done receives exactly one result; it is buffered so the worker never

@@ -35,14 +35,34 @@ type Replica struct {
 
 	mu struct {
 		sync.Mutex
-		msgs        []*raftpb.Message
+		msgs        []*shoalpb.RaftMessage
 		props       []*proposal
 		reads       []*readRequest
 		unreachable []uint64
+		// snaps are received snapshots to hand to Raft.
+		snaps []*incomingSnapshot
+		// snapReports are outcomes of snapshots this replica sent.
+		snapReports []snapReport
+		// transfers are leadership transfers requested (target replicas).
+		transfers []uint64
+		// removedAt is the highest epoch at which a peer said this replica
+		// was removed from the shard (0: none).
+		removedAt uint64
+		// gone is set when the replica is destroyed; it takes no more work.
+		gone bool
+		// checksums wait for a consistent view of the replica.
+		checksums []*checksumRequest
 	}
 
 	// Worker-owned.
-	raw       *raft.RawNode
+	//
+	// initialized is false for a replica created empty to receive its first
+	// snapshot: it has no descriptor range, no state machine data and no
+	// configuration yet. destroyed is set once the replica was removed; a
+	// destroyed replica is never processed again.
+	initialized bool
+	destroyed   bool
+	raw         *raft.RawNode
 	storage   *raftlog.Storage
 	sm        StateMachine
 	desc      *shoalpb.ShardDescriptor
@@ -71,6 +91,19 @@ type Replica struct {
 	// applyAfterSync are committed entries of rd that rd itself appends;
 	// they are applied in phase 3, once durable.
 	applyAfterSync []*raftpb.Entry
+	// justProposed are the proposals handed to Raft in this phase; each
+	// must get an index from this Ready or has been dropped by Raft.
+	justProposed []*proposal
+	// pendingSnaps are received snapshots stepped into Raft, waiting for
+	// the Ready that restores one.
+	pendingSnaps []*incomingSnapshot
+	// removeAfterApply is set when an applied configuration no longer has
+	// this replica; it is destroyed once the apply batch is committed.
+	removeAfterApply bool
+	// progress is the leader's view of its followers, refreshed on ticks.
+	progress map[uint64]Progress
+	// senders maps replicas that sent messages here to their nodes.
+	senders map[uint64]uint64
 
 	status atomic.Pointer[ReplicaStatus]
 }
@@ -81,28 +114,53 @@ func (s *Store) newReplica(st *shoalpb.LocalReplicaState) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
+	r := s.makeReplica(desc.ShardId, st.ReplicaId, rs)
+	r.initialized = true
+	r.desc = desc
+	r.sm = s.opts.NewStateMachine(desc)
+	if err := r.startRaft(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// newEmptyReplica returns an uninitialized replica that waits for the
+// snapshot a leader will send it. It has no state on disk until then.
+func (s *Store) newEmptyReplica(shard, replicaID uint64) (*Replica, error) {
+	r := s.makeReplica(shard, replicaID, raftlog.NewEmpty(s.eng, shard, s.opts.EntryCacheBytes))
+	r.desc = &shoalpb.ShardDescriptor{ShardId: shard}
+	if err := r.startRaft(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (s *Store) makeReplica(shard, replicaID uint64, rs *raftlog.Storage) *Replica {
 	applied := rs.Applied()
 	r := &Replica{
 		store:       s,
-		shardID:     desc.ShardId,
-		replicaID:   st.ReplicaId,
-		log:         s.log.With("shard", desc.ShardId, "replica", st.ReplicaId),
+		shardID:     shard,
+		replicaID:   replicaID,
+		log:         s.log.With("shard", shard, "replica", replicaID),
 		storage:     rs,
-		sm:          s.opts.NewStateMachine(desc),
-		desc:        desc,
 		confState:   applied.GetConfState(),
 		applied:     applied.Index,
 		proposals:   map[proposalID]*proposal{},
 		byIndex:     map[uint64]*proposal{},
 		readBatches: map[uint64]*readBatch{},
 	}
-	o := &s.opts
+	rs.SetSnapshotter(r.raftSnapshot)
+	return r
+}
+
+func (r *Replica) startRaft() error {
+	o := &r.store.opts
 	raw, err := raft.NewRawNode(&raft.Config{
-		ID:                        st.ReplicaId,
+		ID:                        r.replicaID,
 		ElectionTick:              o.ElectionTicks,
 		HeartbeatTick:             o.HeartbeatTicks,
-		Storage:                   rs,
-		Applied:                   applied.Index,
+		Storage:                   r.storage,
+		Applied:                   r.applied,
 		MaxSizePerMsg:             o.MaxSizePerMsg,
 		MaxCommittedSizePerReady:  4 * o.MaxSizePerMsg,
 		MaxUncommittedEntriesSize: o.MaxUncommittedBytes,
@@ -115,12 +173,12 @@ func (s *Store) newReplica(st *shoalpb.LocalReplicaState) (*Replica, error) {
 		Logger:                    raftLogger{r.log},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("raftstore: shard %d: %w", desc.ShardId, err)
+		return fmt.Errorf("raftstore: shard %d: %w", r.shardID, err)
 	}
 	r.raw = raw
-	r.term = rs.HardState().GetTerm()
+	r.term = r.storage.HardState().GetTerm()
 	r.publishStatus()
-	return r, nil
+	return nil
 }
 
 // Status returns a snapshot of the replica's state.
@@ -135,9 +193,24 @@ func (r *Replica) publishStatus() {
 		LeaderReplica: r.leader,
 		LeaderNode:    r.nodeOf(r.leader),
 		Applied:       r.applied,
+		Initialized:   r.initialized,
+		Removed:       r.destroyed,
 		Descriptor:    r.desc,
 	}
+	if r.state == raft.StateLeader {
+		st.Progress = r.progress
+	}
 	r.status.Store(st)
+}
+
+// refreshProgress takes a fresh copy of the leader's view of its followers
+// for Status.
+func (r *Replica) refreshProgress() {
+	p := make(map[uint64]Progress, len(r.desc.Replicas))
+	r.raw.WithProgress(func(id uint64, typ raft.ProgressType, pr tracker.Progress) {
+		p[id] = Progress{Match: pr.Match, State: pr.State.String(), Learner: typ == raft.ProgressTypeLearner}
+	})
+	r.progress = p
 }
 
 func roleOf(s raft.StateType) Role {
@@ -152,8 +225,15 @@ func roleOf(s raft.StateType) Role {
 	return RoleFollower
 }
 
-// nodeOf returns the node of a replica of this shard, 0 if unknown.
-func (r *Replica) nodeOf(replicaID uint64) uint64 { return nodeOf(r.desc, replicaID) }
+// nodeOf returns the node of a replica of this shard, 0 if unknown: from
+// the descriptor, or for a replica not in it (an empty replica knows no
+// descriptor yet) from the messages received from it.
+func (r *Replica) nodeOf(replicaID uint64) uint64 {
+	if n := nodeOf(r.desc, replicaID); n != 0 {
+		return n
+	}
+	return r.senders[replicaID]
+}
 
 func nodeOf(desc *shoalpb.ShardDescriptor, replicaID uint64) uint64 {
 	if replicaID == 0 {
@@ -198,6 +278,10 @@ func enqueue[T any](r *Replica, q *[]T, v T, what string) error {
 		r.mu.Unlock()
 		return fmt.Errorf("%w: shard %d", ErrStopped, r.shardID)
 	}
+	if r.mu.gone {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: shard %d on node %d (replica removed)", ErrShardNotFound, r.shardID, r.store.opts.NodeID)
+	}
 	if n := len(*q); n >= r.store.opts.MaxQueuedProposals {
 		r.mu.Unlock()
 		return fmt.Errorf("%w: shard %d has %d %s queued", ErrOverloaded, r.shardID, n, what)
@@ -208,9 +292,9 @@ func enqueue[T any](r *Replica, q *[]T, v T, what string) error {
 	return nil
 }
 
-func (r *Replica) enqueueMessage(m *raftpb.Message) bool {
+func (r *Replica) enqueueMessage(m *shoalpb.RaftMessage) bool {
 	r.mu.Lock()
-	if len(r.mu.msgs) >= r.store.opts.MaxQueuedMessages {
+	if r.mu.gone || len(r.mu.msgs) >= r.store.opts.MaxQueuedMessages {
 		r.mu.Unlock()
 		return false
 	}
@@ -218,6 +302,14 @@ func (r *Replica) enqueueMessage(m *raftpb.Message) bool {
 	r.mu.Unlock()
 	r.store.sched.enqueue(r)
 	return true
+}
+
+// enqueueRemoved records that a peer at epoch said this replica was removed.
+func (r *Replica) enqueueRemoved(epoch uint64) {
+	r.mu.Lock()
+	r.mu.removedAt = max(r.mu.removedAt, epoch)
+	r.mu.Unlock()
+	r.store.sched.enqueue(r)
 }
 
 func (r *Replica) reportUnreachable(replicaID uint64) {
@@ -244,29 +336,49 @@ func (r *Replica) reportUnreachableNode(node uint64) {
 // phase1 does everything up to the group commit; see Store.
 func (r *Replica) phase1(w *worker) error {
 	r.hasReady, r.sentEarly = false, false
+	if r.destroyed {
+		return nil
+	}
 	r.mu.Lock()
 	msgs, props, reads, unreachable := r.mu.msgs, r.mu.props, r.mu.reads, r.mu.unreachable
+	snaps, reports, transfers, removedAt := r.mu.snaps, r.mu.snapReports, r.mu.transfers, r.mu.removedAt
+	checksums := r.mu.checksums
 	r.mu.msgs, r.mu.props, r.mu.reads, r.mu.unreachable = nil, nil, nil, nil
+	r.mu.snaps, r.mu.snapReports, r.mu.transfers, r.mu.removedAt = nil, nil, nil, 0
+	r.mu.checksums = nil
 	r.mu.Unlock()
+	r.takeChecksums(checksums)
 
+	if removedAt > 0 && r.initialized && removedAt > r.desc.Epoch && !r.inDescriptor(r.replicaID) {
+		// A peer holds a newer configuration without this replica, and
+		// this replica has not applied it: it can never catch up.
+		r.log.Info("removed from the shard by a newer configuration", "epoch", r.desc.Epoch, "peer_epoch", removedAt)
+		return r.destroy(fmt.Errorf("%w: removed from the shard", ErrShardRemoved))
+	}
+	if removedAt > 0 && r.initialized && removedAt > r.desc.Epoch {
+		r.log.Debug("a peer says this replica was removed; waiting to apply that", "peer_epoch", removedAt)
+	}
 	for _, m := range msgs {
-		// Errors are messages from peers Raft no longer knows; drop them.
-		_ = r.raw.Step(m)
+		r.step(w, m)
+	}
+	for _, sn := range snaps {
+		r.stepSnapshot(sn)
+	}
+	for _, rep := range reports {
+		status := raft.SnapshotFinish
+		if rep.failed {
+			status = raft.SnapshotFailure
+		}
+		r.raw.ReportSnapshot(rep.to, status)
 	}
 	for _, id := range unreachable {
 		r.raw.ReportUnreachable(id)
 	}
+	for _, to := range transfers {
+		r.raw.TransferLeader(to)
+	}
 	if r.tickPending.Swap(false) {
-		r.raw.Tick()
-		r.ticks++
-		r.retryReads()
-		r.trimEntryCache()
-		if r.campaignAt > 0 && r.ticks >= r.campaignAt {
-			r.campaignAt = 0
-			if r.raw.BasicStatus().Lead == 0 {
-				_ = r.raw.Campaign()
-			}
-		}
+		r.tick()
 	}
 	if len(props) > 0 || len(reads) > 0 {
 		// The steps above may have changed the leader; proposals and reads
@@ -290,7 +402,15 @@ func (r *Replica) phase1(w *worker) error {
 		r.term = rd.HardState.GetTerm()
 	}
 	r.indexProposals(rd.Entries)
+	r.dropUnindexed()
 	r.dropOverwritten(rd.Entries)
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		// Etcd raft's order: the snapshot is persisted before the entries
+		// and HardState that follow it.
+		if err := r.applySnapshot(rd.Snapshot); err != nil {
+			return err
+		}
+	}
 	if r.state == raft.StateLeader {
 		w.send(r, rd.Messages)
 		r.sentEarly = true
@@ -308,10 +428,6 @@ func (r *Replica) phase1(w *worker) error {
 		if err != nil {
 			return fmt.Errorf("raftstore: shard %d: stage log: %w", r.shardID, err)
 		}
-	}
-	if !raft.IsEmptySnap(rd.Snapshot) {
-		return fmt.Errorf("raftstore: shard %d: snapshots are not supported yet (index %d)",
-			r.shardID, rd.Snapshot.GetMetadata().GetIndex())
 	}
 	for _, rs := range rd.ReadStates {
 		r.onReadState(rs)
@@ -336,15 +452,71 @@ func (r *Replica) phase1(w *worker) error {
 	if err := r.apply(w, committed); err != nil {
 		return err
 	}
-	if len(rd.ReadStates) > 0 || len(committed) > 0 {
+	if len(rd.ReadStates) > 0 || len(committed) > 0 || !raft.IsEmptySnap(rd.Snapshot) {
 		w.applied = append(w.applied, r)
 	}
+	if len(r.pendingSnaps) > 0 {
+		r.discardSnapshots(r.applied)
+	}
 	return nil
+}
+
+// step hands one received message to Raft, after checking it is meant for
+// this incarnation of the replica and comes from a current member.
+func (r *Replica) step(w *worker, m *shoalpb.RaftMessage) {
+	from := m.Message.GetFrom()
+	if r.initialized && m.Epoch < r.desc.Epoch && !r.inDescriptor(from) {
+		// The sender was removed in a configuration it has not applied
+		// (it was down or cut off): tell it, so it destroys itself instead
+		// of campaigning forever.
+		w.sendRemoved(r, m.FromNode, from)
+		return
+	}
+	if from != 0 && m.FromNode != 0 && r.senders[from] != m.FromNode {
+		if r.senders == nil {
+			r.senders = map[uint64]uint64{}
+		}
+		r.senders[from] = m.FromNode
+	}
+	// Errors are messages from peers Raft no longer knows; drop them.
+	_ = r.raw.Step(m.Message)
+}
+
+func (r *Replica) inDescriptor(replicaID uint64) bool {
+	for _, rd := range r.desc.Replicas {
+		if rd.ReplicaId == replicaID {
+			return true
+		}
+	}
+	return false
+}
+
+// tick advances Raft's clock and runs the periodic work of the replica.
+func (r *Replica) tick() {
+	r.raw.Tick()
+	r.ticks++
+	r.retryReads()
+	r.trimEntryCache()
+	if r.state == raft.StateLeader {
+		r.refreshProgress()
+	}
+	if r.ticks%truncateEveryTicks == 0 {
+		r.maybeTruncateLog()
+	}
+	if r.campaignAt > 0 && r.ticks >= r.campaignAt {
+		r.campaignAt = 0
+		if r.raw.BasicStatus().Lead == 0 {
+			_ = r.raw.Campaign()
+		}
+	}
 }
 
 // phase3 runs after the group commit: the entries and HardState of this
 // Ready are durable.
 func (r *Replica) phase3(w *worker) error {
+	if r.destroyed {
+		return nil
+	}
 	if !r.hasReady {
 		r.publishStatus()
 		if r.hasInput() {
@@ -362,6 +534,13 @@ func (r *Replica) phase3(w *worker) error {
 			return err
 		}
 		w.applied = append(w.applied, r)
+	}
+	if r.removeAfterApply {
+		// Everything this replica wrote in this iteration is committed by
+		// the end of the phase; destroy it then.
+		w.destroy = append(w.destroy, r)
+		r.rd, r.hasReady = raft.Ready{}, false
+		return nil
 	}
 	r.raw.Advance(r.rd)
 	r.rd, r.hasReady = raft.Ready{}, false
@@ -399,7 +578,13 @@ func (r *Replica) propose(props []*proposal) {
 			p.finish(result{err: r.notLeader(r.leader)})
 			continue
 		}
-		if err := r.raw.Propose(p.data); err != nil {
+		var err error
+		if p.cc != nil {
+			err = r.raw.ProposeConfChange(p.cc)
+		} else {
+			err = r.raw.Propose(p.data)
+		}
+		if err != nil {
 			if t := r.raw.BasicStatus().LeadTransferee; t != 0 {
 				p.finish(result{err: r.notLeader(t)})
 			} else {
@@ -408,18 +593,37 @@ func (r *Replica) propose(props []*proposal) {
 			continue
 		}
 		r.proposals[p.id] = p
+		r.justProposed = append(r.justProposed, p)
 		r.store.stats.proposals.Add(1)
 	}
 }
 
+// entryProposal returns the proposal ID an entry carries, if any, and for
+// normal entries the command.
+func entryProposal(e *raftpb.Entry) (id proposalID, cmd []byte, cc *raftpb.ConfChangeV2, ok bool) {
+	switch e.GetType() {
+	case raftpb.EntryNormal:
+		id, cmd, ok = decodeEntry(e.GetData())
+		return id, cmd, nil, ok
+	case raftpb.EntryConfChangeV2:
+		cc = &raftpb.ConfChangeV2{}
+		if err := proto.Unmarshal(e.GetData(), cc); err != nil {
+			return proposalID{}, nil, nil, false
+		}
+		id, _, ok = decodeEntry(cc.GetContext())
+		return id, nil, cc, ok
+	}
+	return proposalID{}, nil, nil, false
+}
+
 // indexProposals records the log position of this node's new proposals.
 func (r *Replica) indexProposals(ents []*raftpb.Entry) {
-	if len(r.proposals) == 0 {
+	if len(r.justProposed) == 0 {
 		return
 	}
 	for _, e := range ents {
-		id, _, ok := decodeEntry(e.GetData())
-		if !ok || e.GetType() != raftpb.EntryNormal {
+		id, _, _, ok := entryProposal(e)
+		if !ok {
 			continue
 		}
 		if p := r.proposals[id]; p != nil && p.index == 0 {
@@ -427,6 +631,21 @@ func (r *Replica) indexProposals(ents []*raftpb.Entry) {
 			r.byIndex[p.index] = p
 		}
 	}
+}
+
+// dropUnindexed fails the proposals Raft accepted in this phase whose
+// entries are not in the Ready: Raft replaced them with empty entries (it
+// does so with a configuration change while another is pending), so they
+// will never apply.
+func (r *Replica) dropUnindexed() {
+	for i, p := range r.justProposed {
+		if p.index == 0 {
+			delete(r.proposals, p.id)
+			p.finish(result{err: fmt.Errorf("%w: shard %d: the leader dropped the proposal", ErrConfChangeInProgress, r.shardID)})
+		}
+		r.justProposed[i] = nil
+	}
+	r.justProposed = r.justProposed[:0]
 }
 
 // dropOverwritten fails the proposals whose entries ents replace: a new
@@ -484,7 +703,7 @@ func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
 	}
 	for _, e := range ents {
 		idx := e.GetIndex()
-		id, cmd, isProposal := decodeEntry(e.GetData())
+		id, cmd, cc, isProposal := entryProposal(e)
 		var owner *proposal
 		if p := r.byIndex[idx]; p != nil {
 			delete(r.byIndex, idx)
@@ -502,12 +721,24 @@ func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
 				cmds = append(cmds, Command{Index: idx, Term: e.GetTerm(), Data: cmd})
 				owners = append(owners, owner)
 			}
-		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+		case raftpb.EntryConfChange:
+			return fmt.Errorf("raftstore: shard %d: unexpected v1 configuration change at %d", r.shardID, idx)
+		case raftpb.EntryConfChangeV2:
 			if err := flush(); err != nil {
 				return err
 			}
-			if err := r.applyConfChange(e); err != nil {
+			if cc == nil {
+				cc = &raftpb.ConfChangeV2{}
+				if err := proto.Unmarshal(e.GetData(), cc); err != nil {
+					return fmt.Errorf("raftstore: shard %d: configuration change at %d: %w", r.shardID, idx, err)
+				}
+			}
+			res, err := r.applyConfChange(b, idx, cc)
+			if err != nil {
 				return err
+			}
+			if owner != nil {
+				w.results = append(w.results, delivery{p: owner, r: res})
 			}
 		}
 	}
@@ -523,25 +754,6 @@ func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
 		Term:      last.GetTerm(),
 		ConfState: r.confState,
 	})
-}
-
-func (r *Replica) applyConfChange(e *raftpb.Entry) error {
-	var cc raftpb.ConfChangeI
-	if e.GetType() == raftpb.EntryConfChange {
-		var c raftpb.ConfChange
-		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
-			return fmt.Errorf("raftstore: shard %d: conf change at %d: %w", r.shardID, e.GetIndex(), err)
-		}
-		cc = &c
-	} else {
-		var c raftpb.ConfChangeV2
-		if err := proto.Unmarshal(e.GetData(), &c); err != nil {
-			return fmt.Errorf("raftstore: shard %d: conf change at %d: %w", r.shardID, e.GetIndex(), err)
-		}
-		cc = &c
-	}
-	r.confState = r.raw.ApplyConfChange(cc)
-	return nil
 }
 
 // trimEntryCache drops cached log entries nobody needs any more: applied
@@ -636,9 +848,15 @@ func (r *Replica) serveReads() {
 func (r *Replica) failAll(err error) {
 	err = fmt.Errorf("%w: shard %d", err, r.shardID)
 	r.mu.Lock()
-	props, reads := r.mu.props, r.mu.reads
-	r.mu.props, r.mu.reads = nil, nil
+	props, reads, checksums, snaps := r.mu.props, r.mu.reads, r.mu.checksums, r.mu.snaps
+	r.mu.props, r.mu.reads, r.mu.checksums, r.mu.snaps = nil, nil, nil, nil
 	r.mu.Unlock()
+	for _, c := range checksums {
+		close(c.done)
+	}
+	for _, in := range snaps {
+		r.store.removeAll(in.dir)
+	}
 	for _, p := range props {
 		p.finish(result{err: err})
 	}

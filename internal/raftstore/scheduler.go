@@ -90,6 +90,8 @@ type worker struct {
 	// applied are the replicas that applied entries or learned read indexes
 	// in this phase; their reads are served after apply is committed.
 	applied []*Replica
+	// destroy are replicas to destroy after the phase 3 apply commit.
+	destroy []*Replica
 	// outbox holds outgoing messages by destination node.
 	outbox map[uint64][]*shoalpb.RaftMessage
 	// cmds is scratch space for Apply.

@@ -18,13 +18,17 @@ import (
 	"github.com/shoaldb/shoal/internal/storage"
 )
 
-// Transport sends Raft messages to other nodes. Implementations must not
-// block: they queue and return.
+// Transport sends Raft messages to other nodes.
 type Transport interface {
-	// Send queues msgs, all addressed to node to. An error means the messages
-	// were dropped (queue full, node unknown or unreachable); the store then
-	// reports the destination replicas unreachable to Raft.
+	// Send queues msgs, all addressed to node to, without blocking. An error
+	// means the messages were dropped (queue full, node unknown or
+	// unreachable); the store then reports the destination replicas
+	// unreachable to Raft.
 	Send(to uint64, msgs []*shoalpb.RaftMessage) error
+	// SendSnapshot streams a snapshot to node to: first, then every chunk
+	// next returns until io.EOF. It blocks until the receiver accepted the
+	// whole snapshot or the stream failed.
+	SendSnapshot(ctx context.Context, to uint64, first *shoalpb.SnapshotChunk, next func() (*shoalpb.SnapshotChunk, error)) error
 }
 
 // Command is one committed command handed to a StateMachine.
@@ -65,8 +69,26 @@ type ReplicaStatus struct {
 	LeaderReplica, LeaderNode uint64
 	// Applied is the applied index.
 	Applied uint64
+	// Initialized is false for a replica created empty that has not received
+	// its first snapshot yet.
+	Initialized bool
+	// Removed is true once the replica has been removed from this node.
+	Removed bool
 	// Descriptor is the replica's view of the shard. Do not modify.
 	Descriptor *shoalpb.ShardDescriptor
+	// Progress is, on a leader, its view of every member's log (refreshed
+	// every tick); nil elsewhere. Do not modify.
+	Progress map[uint64]Progress
+}
+
+// Progress is a leader's view of one member's log.
+type Progress struct {
+	// Match is the highest index known to be in the member's log.
+	Match uint64
+	// State is "probe", "replicate" or "snapshot".
+	State string
+	// Learner is true for a learner.
+	Learner bool
 }
 
 // Stats are cumulative counters of a Store.
@@ -82,6 +104,13 @@ type Stats struct {
 	MessagesSent, MessagesDropped, MessagesReceived uint64
 	// EntryCacheBytes is the memory the replicas' log entry caches hold now.
 	EntryCacheBytes int
+	// SnapshotsSent, SnapshotsReceived and SnapshotsFailed count snapshot
+	// streams; SnapshotsApplied the snapshots restored; Truncations the log
+	// truncations.
+	SnapshotsSent, SnapshotsReceived, SnapshotsFailed, SnapshotsApplied, Truncations uint64
+	// ReplicasCreated and ReplicasRemoved count replicas created empty for a
+	// snapshot and replicas destroyed.
+	ReplicasCreated, ReplicasRemoved uint64
 }
 
 // Store hosts every replica of one node and drives their Raft groups.
@@ -134,10 +163,17 @@ type Store struct {
 	done     sync.WaitGroup
 	failure  atomic.Pointer[error]
 
+	snaps     snapshotTracker
+	sendSlots chan struct{}
+	recvSlots chan struct{}
+	snapLimit *byteLimiter
+
 	stats struct {
 		iterations, logSyncs, logSyncReplicas atomic.Uint64
 		proposals, applied                    atomic.Uint64
 		sent, dropped, received               atomic.Uint64
+		snapshotsApplied, truncations         atomic.Uint64
+		created, removed                      atomic.Uint64
 	}
 }
 
@@ -147,18 +183,65 @@ func NewStore(opts Options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		opts:  opts,
-		log:   opts.Logger,
-		eng:   opts.Engine,
-		sched: newScheduler(),
-		stopC: make(chan struct{}),
+		opts:      opts,
+		log:       opts.Logger,
+		eng:       opts.Engine,
+		sched:     newScheduler(),
+		stopC:     make(chan struct{}),
+		sendSlots: make(chan struct{}, opts.MaxSnapshotSends),
+		recvSlots: make(chan struct{}, opts.MaxSnapshotReceives),
+		snapLimit: newByteLimiter(max(opts.SnapshotBytesPerSec, 0)),
 	}
 	s.mu.replicas = map[uint64]*Replica{}
 	s.proposalSeq.Store(uint64(time.Now().UnixNano()))
+	// Snapshots half received when the node stopped are garbage.
+	if err := s.eng.FS().RemoveAll(s.eng.FS().PathJoin(s.eng.Dir(), snapshotDir)); err != nil {
+		return nil, fmt.Errorf("raftstore: clear snapshot directory: %w", err)
+	}
 	if err := s.loadReplicas(); err != nil {
 		return nil, err
 	}
+	if err := s.removeOrphanRaftState(); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// removeOrphanRaftState deletes Raft state without a replica: what a replica
+// created empty wrote (a HardState) before the node stopped, before any
+// snapshot made it a replica with state.
+func (s *Store) removeOrphanRaftState() error {
+	it, err := s.eng.NewIter(keys.Span{Start: []byte{keys.RaftPrefix}, End: []byte{keys.RaftPrefix + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	b := s.eng.NewBatch()
+	defer b.Close()
+	n := 0
+	for ok := it.First(); ok; {
+		k := it.Key()
+		if len(k) < 5 {
+			return fmt.Errorf("raftstore: malformed raft key %q", k)
+		}
+		shard := uint64(k[1])<<24 | uint64(k[2])<<16 | uint64(k[3])<<8 | uint64(k[4])
+		span := keys.ShardRaftSpan(shard)
+		if s.mu.replicas[shard] == nil {
+			if err := b.DeleteSpan(span); err != nil {
+				return err
+			}
+			n++
+		}
+		ok = it.SeekGE(span.End)
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	s.log.Info("removed raft state of replicas that never received a snapshot", "replicas", n)
+	return b.Commit(true)
 }
 
 func (s *Store) loadReplicas() error {
@@ -250,7 +333,14 @@ func (s *Store) Stats() Stats {
 		cached += b
 	}
 	return Stats{
-		EntryCacheBytes:  cached,
+		EntryCacheBytes:   cached,
+		SnapshotsSent:     s.snaps.sent.Load(),
+		SnapshotsReceived: s.snaps.recv.Load(),
+		SnapshotsFailed:   s.snaps.failed.Load(),
+		SnapshotsApplied:  s.stats.snapshotsApplied.Load(),
+		Truncations:       s.stats.truncations.Load(),
+		ReplicasCreated:   s.stats.created.Load(),
+		ReplicasRemoved:   s.stats.removed.Load(),
 		Iterations:       s.stats.iterations.Load(),
 		LogSyncs:         s.stats.logSyncs.Load(),
 		LogSyncReplicas:  s.stats.logSyncReplicas.Load(),
@@ -277,6 +367,78 @@ func (s *Store) addReplicaLocked(r *Replica) {
 	for slot := r.desc.StartSlot; slot < r.desc.EndSlot && slot < keys.SlotCount; slot++ {
 		s.mu.slots[slot] = r.shardID
 	}
+}
+
+// setSlots records the slots of a replica that just got its range (from
+// its first snapshot).
+func (s *Store) setSlots(r *Replica) {
+	s.mu.Lock()
+	if s.mu.replicas[r.shardID] == r {
+		s.addReplicaLocked(r)
+	}
+	s.mu.Unlock()
+}
+
+// removeReplica forgets a destroyed replica.
+func (s *Store) removeReplica(r *Replica) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.replicas[r.shardID] != r {
+		return
+	}
+	delete(s.mu.replicas, r.shardID)
+	for slot := r.desc.StartSlot; slot < r.desc.EndSlot && slot < keys.SlotCount; slot++ {
+		if s.mu.slots[slot] == r.shardID {
+			s.mu.slots[slot] = 0
+		}
+	}
+	s.stats.removed.Add(1)
+}
+
+// admitReplica checks that this node may hold replica replicaID of shard:
+// a tombstone refuses that replica and every older one.
+func (s *Store) admitReplica(shard, replicaID, epoch uint64) error {
+	var st shoalpb.LocalReplicaState
+	ok, err := storage.GetProto(s.eng.Reader(), keys.ReplicaStateKey(shard), &st)
+	if err != nil {
+		return err
+	}
+	if ok && st.Tombstone && replicaID <= st.TombstoneReplicaId {
+		return fmt.Errorf("%w: replica %d of shard %d was removed from node %d (tombstone for replica %d)",
+			ErrShardRemoved, replicaID, shard, s.opts.NodeID, st.TombstoneReplicaId)
+	}
+	if r, err := s.replica(shard); err == nil && r.replicaID > replicaID {
+		return fmt.Errorf("%w: node %d has the newer replica %d of shard %d", ErrShardRemoved, s.opts.NodeID, r.replicaID, shard)
+	}
+	return nil
+}
+
+// replicaForSnapshot returns the replica replicaID of shard, creating it
+// empty if this node has none.
+func (s *Store) replicaForSnapshot(shard, replicaID uint64) (*Replica, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.mu.replicas[shard]; r != nil {
+		if r.replicaID != replicaID {
+			return nil, fmt.Errorf("%w: node %d has replica %d of shard %d, not %d",
+				ErrShardRemoved, s.opts.NodeID, r.replicaID, shard, replicaID)
+		}
+		return r, nil
+	}
+	if s.stopping.Load() {
+		return nil, ErrStopped
+	}
+	r, err := s.newEmptyReplica(shard, replicaID)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.replicas[shard] = r
+	s.stats.created.Add(1)
+	s.log.Info("created an empty replica to receive a snapshot", "shard", shard, "replica", replicaID)
+	if s.started.Load() {
+		s.sched.enqueue(r)
+	}
+	return r, nil
 }
 
 // ShardBySlot returns the shard of the local replica that owns slot, or
@@ -449,21 +611,57 @@ func cmpUint(a, b uint64) int {
 	return 0
 }
 
-// HandleRaftBatch hands received messages to their replicas. Messages for
-// unknown shards or other replica IDs are dropped.
+// HandleRaftBatch hands received messages to their replicas. A message for
+// a replica this node does not have creates it empty when it comes from a
+// leader (append, heartbeat) to a replica ID newer than any tombstone: that
+// is how a learner joins. Other messages for unknown replicas are dropped.
 func (s *Store) HandleRaftBatch(msgs []*shoalpb.RaftMessage) {
 	for _, m := range msgs {
+		to := m.Message.GetTo()
 		r, err := s.replica(m.ShardId)
-		if err != nil || m.Message == nil || m.Message.GetTo() != r.replicaID {
-			s.stats.dropped.Add(1)
+		switch {
+		case m.Message == nil || to == 0:
+			r = nil
+		case m.Removed:
+			if err == nil && r.replicaID == to {
+				r.enqueueRemoved(m.Epoch)
+			}
 			continue
+		case err != nil:
+			r = s.createForMessage(m)
+		case r.replicaID != to:
+			if to > r.replicaID {
+				// This node's replica was removed and a newer one added
+				// while it was away: the old one must go.
+				r.enqueueRemoved(m.Epoch)
+			}
+			r = nil
 		}
-		if r.enqueueMessage(m.Message) {
+		if r != nil && r.enqueueMessage(m) {
 			s.stats.received.Add(1)
 		} else {
 			s.stats.dropped.Add(1)
 		}
 	}
+}
+
+func (s *Store) createForMessage(m *shoalpb.RaftMessage) *Replica {
+	switch m.Message.GetType() {
+	case raftpb.MsgApp, raftpb.MsgHeartbeat:
+	default:
+		return nil
+	}
+	if m.ShardId == 0 || m.ShardId > keys.MaxShardID {
+		return nil
+	}
+	if err := s.admitReplica(m.ShardId, m.Message.GetTo(), m.Epoch); err != nil {
+		return nil
+	}
+	r, err := s.replicaForSnapshot(m.ShardId, m.Message.GetTo())
+	if err != nil {
+		return nil
+	}
+	return r
 }
 
 // HandleUnreachable tells every replica that node cannot be reached, so Raft
@@ -643,6 +841,15 @@ func (w *worker) finishApply() error {
 		w.applied[i] = nil
 	}
 	w.applied = w.applied[:0]
+	// Replicas whose removal was applied go once nothing more will be
+	// written for them.
+	for i, r := range w.destroy {
+		w.destroy[i] = nil
+		if err := r.destroy(fmt.Errorf("%w: removed from the shard", ErrShardRemoved)); err != nil {
+			return err
+		}
+	}
+	w.destroy = w.destroy[:0]
 	return nil
 }
 
@@ -658,6 +865,10 @@ func (w *worker) send(r *Replica, msgs []*raftpb.Message) {
 		to := r.nodeOf(m.GetTo())
 		if to == 0 {
 			w.store.stats.dropped.Add(1)
+			continue
+		}
+		if m.GetType() == raftpb.MsgSnap {
+			r.sendSnapshot(m, to)
 			continue
 		}
 		w.outbox[to] = append(w.outbox[to], &shoalpb.RaftMessage{

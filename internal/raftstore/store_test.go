@@ -34,6 +34,10 @@ func (c *countingTransport) Send(to uint64, msgs []*shoalpb.RaftMessage) error {
 	return nil
 }
 
+func (c *countingTransport) SendSnapshot(context.Context, uint64, *shoalpb.SnapshotChunk, func() (*shoalpb.SnapshotChunk, error)) error {
+	return errors.New("countingTransport sends no snapshots")
+}
+
 // openSingle opens a store of one node whose shards have one replica each.
 func openSingle(t *testing.T, shards int, mod func(*raftstore.Options)) *raftstore.Store {
 	t.Helper()

@@ -51,6 +51,7 @@ func (o *Options) ensureDefaults() {
 // Engine is a node's Pebble database.
 type Engine struct {
 	db     *pebble.DB
+	po     *pebble.Options
 	fs     vfs.FS
 	dir    string
 	log    *slog.Logger
@@ -83,11 +84,13 @@ func Open(opts Options) (*Engine, error) {
 		Logger:             pebbleLogger{e.log},
 		EventListener:      e.eventListener(),
 	}
+	// Filled in here so that SST writers get the same options as the DB.
+	po.EnsureDefaults()
 	db, err := pebble.Open(opts.Dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", opts.Dir, err)
 	}
-	e.db = db
+	e.db, e.po = db, po
 	return e, nil
 }
 
@@ -153,6 +156,9 @@ func GetProto(r Reader, key []byte, m proto.Message) (bool, error) {
 	}
 	return true, nil
 }
+
+// Iterator walks a key range; see pebble.Iterator.
+type Iterator = pebble.Iterator
 
 // NewIter returns an iterator over span of r. The caller must close it.
 func NewIter(r Reader, span keys.Span) (*pebble.Iterator, error) {

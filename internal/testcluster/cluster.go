@@ -55,8 +55,9 @@ type Cluster struct {
 	Shards []*shoalpb.ShardDescriptor
 	Nodes  []*Node
 
-	mu    sync.Mutex
-	addrs map[uint64]string
+	mu         sync.Mutex
+	addrs      map[uint64]string
+	replicaSeq uint64
 }
 
 // Node is one storage node of the cluster, running or down. Its data

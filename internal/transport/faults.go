@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,6 +125,20 @@ func (n *Network) rule(from, to uint64) (blocked bool, delay time.Duration) {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	return n.blocked[link{from, to}] || n.frozen[from], n.delay[link{from, to}]
+}
+
+// SendSnapshot streams through unless the link is blocked, in which case it
+// fails as a stream into a black hole would, only sooner.
+func (f *faultySender) SendSnapshot(ctx context.Context, to uint64, first *shoalpb.SnapshotChunk, next func() (*shoalpb.SnapshotChunk, error)) error {
+	if blocked, _ := f.net.rule(f.node, to); blocked {
+		return fmt.Errorf("transport: snapshot to node %d: %w", to, ErrUnreachable)
+	}
+	return f.inner.SendSnapshot(ctx, to, first, func() (*shoalpb.SnapshotChunk, error) {
+		if blocked, _ := f.net.rule(f.node, to); blocked {
+			return nil, fmt.Errorf("transport: snapshot to node %d cut off: %w", to, ErrUnreachable)
+		}
+		return next()
+	})
 }
 
 type faultySender struct {

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +21,10 @@ func (s *sink) Send(to uint64, msgs []*shoalpb.RaftMessage) error {
 	for range msgs {
 		s.got[to] = append(s.got[to], time.Now())
 	}
+	return nil
+}
+
+func (s *sink) SendSnapshot(context.Context, uint64, *shoalpb.SnapshotChunk, func() (*shoalpb.SnapshotChunk, error)) error {
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
@@ -41,13 +42,27 @@ const MaxMessageBytes = 64 << 20
 type Handler interface {
 	HandleRaftBatch(msgs []*shoalpb.RaftMessage)
 	HandleUnreachable(node uint64)
+	// HandleSnapshot receives one snapshot stream: first is its header
+	// chunk, recv returns the following chunks and io.EOF after the last.
+	// A nil return accepts the snapshot; an error refuses it, with a reason
+	// the sender sees.
+	HandleSnapshot(ctx context.Context, first *shoalpb.SnapshotChunk, recv func() (*shoalpb.SnapshotChunk, error)) error
 }
 
 // Sender is what a store needs from a transport; it matches
 // raftstore.Transport.
 type Sender interface {
 	Send(to uint64, msgs []*shoalpb.RaftMessage) error
+	SendSnapshot(ctx context.Context, to uint64, first *shoalpb.SnapshotChunk, next func() (*shoalpb.SnapshotChunk, error)) error
 }
+
+// ErrSnapshotRefused is returned by SendSnapshot when the receiver refused
+// the snapshot; the error text says why.
+var ErrSnapshotRefused = errors.New("transport: snapshot refused")
+
+// clusterMD is the gRPC metadata key carrying the sender's cluster ID on
+// snapshot streams.
+const clusterMD = "shoal-cluster-id"
 
 // Options configure a Transport. Zero values take the documented defaults.
 type Options struct {
@@ -263,6 +278,85 @@ func (t *Transport) RaftStream(stream shoalpb.RaftTransport_RaftStreamServer) er
 	}
 }
 
+// SendSnapshot streams a snapshot to node to on its own gRPC stream: first,
+// then every chunk next returns until it returns io.EOF. It returns once the
+// receiver accepted the whole snapshot, or with the error that ended it.
+func (t *Transport) SendSnapshot(ctx context.Context, to uint64, first *shoalpb.SnapshotChunk, next func() (*shoalpb.SnapshotChunk, error)) error {
+	addr, err := t.opts.Resolve(to)
+	if err != nil {
+		return fmt.Errorf("transport: snapshot to node %d: %w", to, err)
+	}
+	conn, err := grpc.NewClient(addr, t.dialOptions()...)
+	if err != nil {
+		return fmt.Errorf("transport: snapshot to node %d: dial %s: %w", to, addr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, clusterMD, t.opts.ClusterID))
+	defer cancel()
+	stream, err := shoalpb.NewRaftTransportClient(conn).Snapshot(ctx)
+	if err != nil {
+		return fmt.Errorf("transport: snapshot to node %d: %w", to, err)
+	}
+	for c := first; ; {
+		if err := stream.Send(c); err != nil {
+			// The receiver's status says why it stopped reading.
+			if _, rerr := stream.CloseAndRecv(); rerr != nil {
+				err = rerr
+			}
+			return fmt.Errorf("transport: snapshot to node %d: %w", to, err)
+		}
+		if c, err = next(); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return err
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return fmt.Errorf("transport: snapshot to node %d: %w", to, err)
+	}
+	if !resp.Accepted {
+		return fmt.Errorf("%w by node %d: %s", ErrSnapshotRefused, to, resp.Reason)
+	}
+	return nil
+}
+
+// Snapshot implements the receiving side of snapshot streams.
+func (t *Transport) Snapshot(stream shoalpb.RaftTransport_SnapshotServer) error {
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	if got := md.Get(clusterMD); len(got) != 1 || got[0] != t.opts.ClusterID {
+		return status.Errorf(codes.FailedPrecondition, "transport: snapshot for cluster %q, this is cluster %q", got, t.opts.ClusterID)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if h := first.GetHeader(); h == nil || h.ToNode != t.opts.NodeID {
+		return status.Errorf(codes.FailedPrecondition, "transport: snapshot for node %d, this is node %d", first.GetHeader().GetToNode(), t.opts.NodeID)
+	}
+	hp := t.handler.Load()
+	if hp == nil {
+		return status.Error(codes.Unavailable, "transport: not ready")
+	}
+	recv := func() (*shoalpb.SnapshotChunk, error) { return stream.Recv() }
+	if err := (*hp).HandleSnapshot(stream.Context(), first, recv); err != nil {
+		return stream.SendAndClose(&shoalpb.SnapshotResponse{Reason: err.Error()})
+	}
+	return stream.SendAndClose(&shoalpb.SnapshotResponse{Accepted: true})
+}
+
+func (t *Transport) dialOptions() []grpc.DialOption {
+	dopts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}),
+	}
+	if d := t.opts.Dialer; d != nil {
+		dopts = append(dopts, grpc.WithContextDialer(d))
+	}
+	return dopts
+}
+
 // peer owns the stream to one destination node.
 type peer struct {
 	t     *Transport
@@ -335,15 +429,7 @@ func (p *peer) connectAndSend(log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("resolve node %d: %w", p.to, err)
 	}
-	dopts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}),
-	}
-	if d := p.t.opts.Dialer; d != nil {
-		dopts = append(dopts, grpc.WithContextDialer(d))
-	}
-	conn, err := grpc.NewClient(addr, dopts...)
+	conn, err := grpc.NewClient(addr, p.t.dialOptions()...)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +22,33 @@ type recorder struct {
 	mu          sync.Mutex
 	msgs        []*shoalpb.RaftMessage
 	unreachable map[uint64]int
+	// snapshots records the keys of every accepted snapshot stream;
+	// refuse makes HandleSnapshot refuse.
+	snapshots [][]string
+	refuse    error
+}
+
+func (r *recorder) HandleSnapshot(_ context.Context, first *shoalpb.SnapshotChunk, recv func() (*shoalpb.SnapshotChunk, error)) error {
+	var got []string
+	for c := first; ; {
+		for _, k := range c.Keys {
+			got = append(got, string(k))
+		}
+		if c.Done {
+			break
+		}
+		var err error
+		if c, err = recv(); err != nil {
+			return err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.refuse != nil {
+		return r.refuse
+	}
+	r.snapshots = append(r.snapshots, got)
+	return nil
 }
 
 func newRecorder() *recorder { return &recorder{unreachable: map[uint64]int{}} }
@@ -274,5 +303,57 @@ func TestOptionsValidate(t *testing.T) {
 		if _, err := New(o); err == nil {
 			t.Errorf("New(%+v) succeeded", o)
 		}
+	}
+}
+
+func snapshotChunks(n int) (*shoalpb.SnapshotChunk, func() (*shoalpb.SnapshotChunk, error)) {
+	first := &shoalpb.SnapshotChunk{Header: &shoalpb.RaftMessage{ShardId: 1, FromNode: 1, ToNode: 2}}
+	i := 0
+	return first, func() (*shoalpb.SnapshotChunk, error) {
+		if i == n {
+			return nil, io.EOF
+		}
+		i++
+		return &shoalpb.SnapshotChunk{Keys: [][]byte{fmt.Appendf(nil, "k%03d", i)}, Values: [][]byte{[]byte("v")}, Done: i == n}, nil
+	}
+}
+
+func TestSnapshotStream(t *testing.T) {
+	bk := &book{addrs: map[uint64]string{}}
+	a := startEndpoint(t, bk, 1, "c", "")
+	b := startEndpoint(t, bk, 2, "c", "")
+	ctx := context.Background()
+	first, next := snapshotChunks(100)
+	if err := a.t.SendSnapshot(ctx, 2, first, next); err != nil {
+		t.Fatal(err)
+	}
+	b.rec.mu.Lock()
+	if len(b.rec.snapshots) != 1 || len(b.rec.snapshots[0]) != 100 || b.rec.snapshots[0][99] != "k100" {
+		t.Fatalf("received %v", b.rec.snapshots)
+	}
+	b.rec.refuse = errors.New("busy")
+	b.rec.mu.Unlock()
+
+	first, next = snapshotChunks(3)
+	err := a.t.SendSnapshot(ctx, 2, first, next)
+	if !errors.Is(err, ErrSnapshotRefused) || !strings.Contains(err.Error(), "busy") {
+		t.Fatalf("refused snapshot: %v", err)
+	}
+	// A sender of another cluster, or one aiming at another node, is
+	// refused before the handler sees anything.
+	other := startEndpoint(t, bk, 3, "other", "")
+	first, next = snapshotChunks(3)
+	if err := other.t.SendSnapshot(ctx, 2, first, next); err == nil {
+		t.Fatal("snapshot from another cluster accepted")
+	}
+	first, next = snapshotChunks(3)
+	first.Header.ToNode = 9
+	if err := a.t.SendSnapshot(ctx, 2, first, next); err == nil {
+		t.Fatal("snapshot for another node accepted")
+	}
+	b.rec.mu.Lock()
+	defer b.rec.mu.Unlock()
+	if len(b.rec.snapshots) != 1 {
+		t.Fatalf("handler accepted %d snapshots, want 1", len(b.rec.snapshots))
 	}
 }
