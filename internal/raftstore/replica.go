@@ -63,14 +63,14 @@ type Replica struct {
 	initialized bool
 	destroyed   bool
 	raw         *raft.RawNode
-	storage   *raftlog.Storage
-	sm        StateMachine
-	desc      *shoalpb.ShardDescriptor
-	confState *raftpb.ConfState
-	leader    uint64
-	state     raft.StateType
-	term      uint64
-	ticks     int
+	storage     *raftlog.Storage
+	sm          StateMachine
+	desc        *shoalpb.ShardDescriptor
+	confState   *raftpb.ConfState
+	leader      uint64
+	state       raft.StateType
+	term        uint64
+	ticks       int
 	// campaignAt, when positive, is the tick at which a freshly bootstrapped
 	// replica campaigns, so the shard gets the leader its placement names
 	// instead of waiting for a randomized election timeout.

@@ -341,14 +341,14 @@ func (s *Store) Stats() Stats {
 		Truncations:       s.stats.truncations.Load(),
 		ReplicasCreated:   s.stats.created.Load(),
 		ReplicasRemoved:   s.stats.removed.Load(),
-		Iterations:       s.stats.iterations.Load(),
-		LogSyncs:         s.stats.logSyncs.Load(),
-		LogSyncReplicas:  s.stats.logSyncReplicas.Load(),
-		Proposals:        s.stats.proposals.Load(),
-		Applied:          s.stats.applied.Load(),
-		MessagesSent:     s.stats.sent.Load(),
-		MessagesDropped:  s.stats.dropped.Load(),
-		MessagesReceived: s.stats.received.Load(),
+		Iterations:        s.stats.iterations.Load(),
+		LogSyncs:          s.stats.logSyncs.Load(),
+		LogSyncReplicas:   s.stats.logSyncReplicas.Load(),
+		Proposals:         s.stats.proposals.Load(),
+		Applied:           s.stats.applied.Load(),
+		MessagesSent:      s.stats.sent.Load(),
+		MessagesDropped:   s.stats.dropped.Load(),
+		MessagesReceived:  s.stats.received.Load(),
 	}
 }
 
