@@ -560,13 +560,13 @@ func (x *SnapshotData) GetId() string {
 }
 
 // SnapshotChunk is one message of a snapshot stream. The first carries the
-// header (the MsgSnap and the sender's estimate of the size); the following
-// carry key-value pairs in key order; the last has done set and the
-// checksum of everything sent.
+// header (the MsgSnap, and the total size of the keys and values to come);
+// the following carry key-value pairs in key order; the last has done set
+// and the checksum of everything sent.
 type SnapshotChunk struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	Header         *RaftMessage           `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	EstimatedBytes uint64                 `protobuf:"varint,2,opt,name=estimated_bytes,json=estimatedBytes,proto3" json:"estimated_bytes,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Header     *RaftMessage           `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	TotalBytes uint64                 `protobuf:"varint,2,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
 	// Keys and values, pairwise: keys[i] holds values[i].
 	Keys   [][]byte `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
 	Values [][]byte `protobuf:"bytes,4,rep,name=values,proto3" json:"values,omitempty"`
@@ -615,9 +615,9 @@ func (x *SnapshotChunk) GetHeader() *RaftMessage {
 	return nil
 }
 
-func (x *SnapshotChunk) GetEstimatedBytes() uint64 {
+func (x *SnapshotChunk) GetTotalBytes() uint64 {
 	if x != nil {
-		return x.EstimatedBytes
+		return x.TotalBytes
 	}
 	return 0
 }
@@ -863,10 +863,11 @@ const file_shoalpb_raftmsg_proto_rawDesc = "" +
 	"\aremoved\x18\x06 \x01(\bR\aremoved\"O\n" +
 	"\fSnapshotData\x12/\n" +
 	"\x05shard\x18\x01 \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"\xc3\x01\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\xbb\x01\n" +
 	"\rSnapshotChunk\x12-\n" +
-	"\x06header\x18\x01 \x01(\v2\x15.shoal.v1.RaftMessageR\x06header\x12'\n" +
-	"\x0festimated_bytes\x18\x02 \x01(\x04R\x0eestimatedBytes\x12\x12\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.shoal.v1.RaftMessageR\x06header\x12\x1f\n" +
+	"\vtotal_bytes\x18\x02 \x01(\x04R\n" +
+	"totalBytes\x12\x12\n" +
 	"\x04keys\x18\x03 \x03(\fR\x04keys\x12\x16\n" +
 	"\x06values\x18\x04 \x03(\fR\x06values\x12\x12\n" +
 	"\x04done\x18\x05 \x01(\bR\x04done\x12\x1a\n" +

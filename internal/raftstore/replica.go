@@ -200,6 +200,7 @@ func (r *Replica) publishStatus() {
 	if r.state == raft.StateLeader {
 		st.Progress = r.progress
 	}
+	st.LogEntries, st.LogBytes = r.storage.LogSize()
 	r.status.Store(st)
 }
 
@@ -349,14 +350,13 @@ func (r *Replica) phase1(w *worker) error {
 	r.mu.Unlock()
 	r.takeChecksums(checksums)
 
-	if removedAt > 0 && r.initialized && removedAt > r.desc.Epoch && !r.inDescriptor(r.replicaID) {
-		// A peer holds a newer configuration without this replica, and
-		// this replica has not applied it: it can never catch up.
+	if removedAt > r.desc.Epoch {
+		// A peer has applied a newer configuration without this replica.
+		// Replica IDs are never reused, so this replica can never be a
+		// member again; it missed its removal (it was down or cut off) and
+		// would otherwise campaign forever.
 		r.log.Info("removed from the shard by a newer configuration", "epoch", r.desc.Epoch, "peer_epoch", removedAt)
 		return r.destroy(fmt.Errorf("%w: removed from the shard", ErrShardRemoved))
-	}
-	if removedAt > 0 && r.initialized && removedAt > r.desc.Epoch {
-		r.log.Debug("a peer says this replica was removed; waiting to apply that", "peer_epoch", removedAt)
 	}
 	for _, m := range msgs {
 		r.step(w, m)

@@ -69,10 +69,10 @@ type SnapshotProgress struct {
 	ToNode   uint64
 	// Sending is true on the sender, false on the receiver.
 	Sending bool
-	// Bytes of keys and values so far, of about EstimatedBytes in all (an
-	// estimate from the sender's disk usage).
-	Bytes, EstimatedBytes int64
-	Started               time.Time
+	// Bytes of keys and values so far, of TotalBytes in all (0 until the
+	// sender has counted them).
+	Bytes, TotalBytes int64
+	Started           time.Time
 }
 
 type snapshotTracker struct {
@@ -84,6 +84,7 @@ type snapshotTracker struct {
 }
 
 type trackedSnapshot struct {
+	mu sync.Mutex // guards SnapshotProgress.TotalBytes
 	SnapshotProgress
 	bytes atomic.Int64
 }
@@ -127,7 +128,9 @@ func (s *Store) Snapshots() []SnapshotProgress {
 	defer s.snaps.mu.Unlock()
 	out := make([]SnapshotProgress, 0, len(s.snaps.active))
 	for _, ts := range s.snaps.active {
+		ts.mu.Lock()
 		p := ts.SnapshotProgress
+		ts.mu.Unlock()
 		p.Bytes = ts.bytes.Load()
 		out = append(out, p)
 	}
@@ -172,21 +175,13 @@ func (r *Replica) sendSnapshot(m *raftpb.Message, toNode uint64) {
 		keys.SessionSpan(r.shardID),
 		keys.ExpirySpan(r.desc.StartSlot, r.desc.EndSlot),
 	}
-	var estimate uint64
-	for _, sp := range spans {
-		if n, err := s.eng.EstimateDiskUsage(sp); err == nil {
-			estimate += n
-		}
-	}
 	header := &shoalpb.SnapshotChunk{
 		Header: &shoalpb.RaftMessage{
 			ShardId: r.shardID, FromNode: s.opts.NodeID, ToNode: toNode, Epoch: r.desc.Epoch, Message: m,
 		},
-		EstimatedBytes: estimate,
 	}
 	ts := s.snaps.start(SnapshotProgress{
-		ID: data.Id, Shard: r.shardID, FromNode: s.opts.NodeID, ToNode: toNode,
-		Sending: true, EstimatedBytes: int64(estimate), Started: time.Now(),
+		ID: data.Id, Shard: r.shardID, FromNode: s.opts.NodeID, ToNode: toNode, Sending: true, Started: time.Now(),
 	})
 	to := m.GetTo()
 	log := r.log.With("snapshot", data.Id, "to_node", toNode)
@@ -230,6 +225,17 @@ func (s *Store) streamSnapshot(header *shoalpb.SnapshotChunk, snap *storage.Snap
 	case <-ctx.Done():
 		return ErrStopped
 	}
+	// Count what will be sent, so that both ends can show progress against
+	// an exact total. Reading is much faster than sending; this costs a
+	// fraction of the stream's time.
+	total, err := countSpans(snap, spans)
+	if err != nil {
+		return err
+	}
+	header.TotalBytes = uint64(total)
+	ts.mu.Lock()
+	ts.TotalBytes = total
+	ts.mu.Unlock()
 	var (
 		span int
 		it   *storageIter
@@ -280,6 +286,28 @@ func (s *Store) streamSnapshot(header *shoalpb.SnapshotChunk, snap *storage.Snap
 		return c, nil
 	}
 	return s.opts.Transport.SendSnapshot(ctx, header.Header.ToNode, header, next)
+}
+
+// countSpans returns the total size of the keys and values in spans.
+func countSpans(r storage.Reader, spans []keys.Span) (int64, error) {
+	var n int64
+	for _, sp := range spans {
+		it, err := storage.NewIter(r, sp)
+		if err != nil {
+			return 0, err
+		}
+		for ok := it.First(); ok; ok = it.Next() {
+			n += int64(len(it.Key()) + len(it.Value()))
+		}
+		err = it.Error()
+		if cerr := it.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }
 
 // storageIter walks one span of a snapshot, copying keys and values.
@@ -348,7 +376,7 @@ func (s *Store) HandleSnapshot(ctx context.Context, first *shoalpb.SnapshotChunk
 	}
 	ts := s.snaps.start(SnapshotProgress{
 		ID: data.Id, Shard: h.ShardId, FromNode: h.FromNode, ToNode: s.opts.NodeID,
-		EstimatedBytes: int64(first.EstimatedBytes), Started: time.Now(),
+		TotalBytes: int64(first.TotalBytes), Started: time.Now(),
 	})
 	defer func() { s.snaps.finish(ts, err) }()
 
@@ -593,7 +621,9 @@ func (l *byteLimiter) wait(ctx context.Context, n int) error {
 	}
 	l.mu.Lock()
 	now := time.Now()
-	l.tokens = min(l.rate, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	// The bucket holds at most an eighth of a second of sending, so a
+	// snapshot cannot start with a long burst.
+	l.tokens = min(l.rate/8, l.tokens+now.Sub(l.last).Seconds()*l.rate)
 	l.last = now
 	l.tokens -= float64(n)
 	var d time.Duration

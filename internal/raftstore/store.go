@@ -72,6 +72,9 @@ type ReplicaStatus struct {
 	// Initialized is false for a replica created empty that has not received
 	// its first snapshot yet.
 	Initialized bool
+	// LogEntries and LogBytes are the size of the Raft log (bytes
+	// approximate).
+	LogEntries, LogBytes uint64
 	// Removed is true once the replica has been removed from this node.
 	Removed bool
 	// Descriptor is the replica's view of the shard. Do not modify.
