@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"google.golang.org/grpc"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/client"
 	"github.com/shoaldb/shoal/internal/kv"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/storage"
@@ -19,11 +21,34 @@ import (
 )
 
 // Config configures a node. Zero values take the documented defaults.
+//
+// A node runs in one of two modes. With Masters set it joins a cluster run
+// by masters: it registers (getting its node ID and the cluster ID, which it
+// keeps in its database), heartbeats, creates the replicas the master
+// places on it and learns other nodes' addresses from the route table;
+// NodeID, ClusterID, Resolve and Shards must be empty. Without Masters its
+// identity, peers and shards are static (tests, and clusters without a
+// master).
 type Config struct {
-	// NodeID is this node's ID, never 0. Required.
+	// Masters are the masters' gRPC addresses.
+	Masters []string
+	// Zone and Weight are what the node registers with (master mode).
+	// Weight defaults to 1.
+	Zone   string
+	Weight float64
+	// AdvertiseAddr is the gRPC address other nodes and clients use.
+	// Default: the address it listens on.
+	AdvertiseAddr string
+	// RESPAddr and HTTPAddr are advertised to the master for clients.
+	RESPAddr, HTTPAddr string
+	// HeartbeatInterval is how often the node heartbeats the master.
+	// Default 1s.
+	HeartbeatInterval time.Duration
+
+	// NodeID is this node's ID, never 0 (static mode).
 	NodeID uint64
 	// ClusterID names the cluster; Raft streams from other clusters are
-	// refused. Required.
+	// refused (static mode).
 	ClusterID string
 	// DataDir holds the node's database. Required.
 	DataDir string
@@ -34,7 +59,7 @@ type Config struct {
 	ListenAddr string
 	// Listener, if set, is used instead of listening on ListenAddr.
 	Listener net.Listener
-	// Resolve returns the gRPC address of another node. Required.
+	// Resolve returns the gRPC address of another node (static mode).
 	Resolve func(node uint64) (string, error)
 	// Shards are the shards placed on the cluster; the node bootstraps its
 	// replicas of those it does not hold yet.
@@ -50,22 +75,39 @@ type Config struct {
 	// NewStateMachine replaces the key-value state machine; tests about
 	// replication use it. Default: kv.NewStateMachine.
 	NewStateMachine func(desc *shoalpb.ShardDescriptor) raftstore.StateMachine
-	// WrapTransport, if set, wraps the Raft sender; tests inject faults here.
-	WrapTransport func(transport.Sender) transport.Sender
+	// WrapTransport, if set, wraps the Raft sender of the node with the
+	// given ID; tests inject faults here.
+	WrapTransport func(nodeID uint64, s transport.Sender) transport.Sender
 	// Logger receives the node's logs. Default: discarded.
 	Logger *slog.Logger
 }
 
 func (c *Config) validate() error {
-	switch {
-	case c.NodeID == 0:
-		return errors.New("node: Config.NodeID is required")
-	case c.ClusterID == "":
-		return errors.New("node: Config.ClusterID is required")
-	case c.DataDir == "":
+	if c.DataDir == "" {
 		return errors.New("node: Config.DataDir is required")
-	case c.Resolve == nil:
-		return errors.New("node: Config.Resolve is required")
+	}
+	if len(c.Masters) > 0 {
+		if c.NodeID != 0 || c.ClusterID != "" || c.Resolve != nil || len(c.Shards) > 0 {
+			return errors.New("node: with Masters, the node's ID, cluster, peers and shards come from the masters")
+		}
+		if c.Weight == 0 {
+			c.Weight = 1
+		}
+		if c.Weight < 0 {
+			return fmt.Errorf("node: weight %v: want > 0", c.Weight)
+		}
+	} else {
+		switch {
+		case c.NodeID == 0:
+			return errors.New("node: Config.NodeID is required without Masters")
+		case c.ClusterID == "":
+			return errors.New("node: Config.ClusterID is required without Masters")
+		case c.Resolve == nil:
+			return errors.New("node: Config.Resolve is required without Masters")
+		}
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = time.Second
 	}
 	if c.FS == nil {
 		c.FS = vfs.Default
@@ -90,6 +132,12 @@ type Node struct {
 	kv        *kv.DB
 	server    *grpc.Server
 
+	// Master mode.
+	masters *client.MasterConn
+	routes  *routeCache
+	stopC   chan struct{}
+	wg      sync.WaitGroup
+
 	stopOnce sync.Once
 }
 
@@ -98,7 +146,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID)}
+	n := &Node{cfg: cfg, log: cfg.Logger, stopC: make(chan struct{}), routes: newRouteCache()}
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -126,9 +174,25 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	cleanups = append(cleanups, func() { lis.Close() })
 	n.addr = lis.Addr().String()
+	if cfg.AdvertiseAddr == "" {
+		n.cfg.AdvertiseAddr = n.addr
+	}
+
+	resolve := cfg.Resolve
+	if len(cfg.Masters) > 0 {
+		if n.masters, err = client.DialMasters(cfg.Masters); err != nil {
+			return nil, err
+		}
+		cleanups = append(cleanups, func() { n.masters.Close() })
+		if err := n.join(ctx); err != nil {
+			return nil, err
+		}
+		resolve = n.routes.resolve
+	}
+	n.log = n.log.With("node", n.cfg.NodeID)
 
 	n.transport, err = transport.New(transport.Options{
-		NodeID: cfg.NodeID, ClusterID: cfg.ClusterID, Resolve: cfg.Resolve, Logger: n.log,
+		NodeID: n.cfg.NodeID, ClusterID: n.cfg.ClusterID, Resolve: resolve, Logger: n.log,
 	})
 	if err != nil {
 		return nil, err
@@ -136,7 +200,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	cleanups = append(cleanups, n.transport.Close)
 	var sender transport.Sender = n.transport
 	if cfg.WrapTransport != nil {
-		sender = cfg.WrapTransport(sender)
+		sender = cfg.WrapTransport(n.cfg.NodeID, sender)
 	}
 
 	newSM := cfg.NewStateMachine
@@ -145,7 +209,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		newSM = func(desc *shoalpb.ShardDescriptor) raftstore.StateMachine { return kv.NewStateMachine(desc, smOpts) }
 	}
 	so := raftstore.Options{
-		NodeID:          cfg.NodeID,
+		NodeID:          n.cfg.NodeID,
 		Engine:          n.engine,
 		Transport:       sender,
 		NewStateMachine: newSM,
@@ -186,7 +250,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.store.Start()
 	n.kv = kv.New(n.store, kvOpts)
-	n.log.Info("node started", "addr", n.addr, "replicas", len(n.store.Replicas()))
+	if n.masters != nil {
+		n.wg.Add(1)
+		go n.heartbeatLoop()
+	}
+	n.log.Info("node started", "addr", n.addr, "cluster", n.cfg.ClusterID, "replicas", len(n.store.Replicas()))
 	return n, nil
 }
 
@@ -201,6 +269,9 @@ func placedOn(d *shoalpb.ShardDescriptor, node uint64) bool {
 
 // ID returns the node's ID.
 func (n *Node) ID() uint64 { return n.cfg.NodeID }
+
+// ClusterID returns the ID of the node's cluster.
+func (n *Node) ClusterID() string { return n.cfg.ClusterID }
 
 // Addr returns the gRPC address the node listens on.
 func (n *Node) Addr() string { return n.addr }
@@ -219,6 +290,8 @@ func (n *Node) Engine() *storage.Engine { return n.engine }
 func (n *Node) Stop() error {
 	var err error
 	n.stopOnce.Do(func() {
+		close(n.stopC)
+		n.wg.Wait()
 		n.server.Stop()
 		n.transport.Close()
 		n.kv.Close()
@@ -226,6 +299,9 @@ func (n *Node) Stop() error {
 		err = n.store.Err()
 		if cerr := n.engine.Close(); err == nil {
 			err = cerr
+		}
+		if n.masters != nil {
+			n.masters.Close()
 		}
 		n.log.Info("node stopped")
 	})

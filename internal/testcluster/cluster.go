@@ -18,6 +18,7 @@ import (
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/kv"
+	"github.com/shoaldb/shoal/internal/master"
 	"github.com/shoaldb/shoal/internal/node"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/storage"
@@ -43,6 +44,20 @@ type Options struct {
 	// CrashableFS puts every node's engine on vfs.NewCrashableMem instead of
 	// a temporary directory, so CrashNode can drop unsynced writes.
 	CrashableFS bool
+	// Masters, when positive, runs that many masters (1, 3 or 5): nodes
+	// register with them, and the master places the shards (the static
+	// placement is not used). Node IDs are then assigned at registration,
+	// in the order nodes start.
+	Masters int
+	// Master adjusts every master's configuration.
+	Master func(cfg *master.Config)
+	// Zones and Weights give node i (0-based) its zone and weight in master
+	// mode, when long enough.
+	Zones   []string
+	Weights []float64
+	// HeartbeatInterval is the nodes' heartbeat interval in master mode.
+	// Default 200ms.
+	HeartbeatInterval time.Duration
 	// Logger receives every node's logs. Default: errors only, to stderr.
 	Logger *slog.Logger
 }
@@ -54,11 +69,37 @@ type Cluster struct {
 	Net    *transport.Network
 	Shards []*shoalpb.ShardDescriptor
 	Nodes  []*Node
+	// Masters are the masters in master mode.
+	Masters []*Master
 
 	mu         sync.Mutex
 	addrs      map[uint64]string
 	replicaSeq uint64
+	base       string
 }
+
+// AddNode starts one more node (master mode: it registers and gets its ID).
+// It is safe to call concurrently.
+func (c *Cluster) AddNode() (*Node, error) {
+	c.mu.Lock()
+	i := len(c.Nodes)
+	n := &Node{ID: uint64(i + 1), c: c, dir: filepath.Join(c.base, fmt.Sprintf("node%d", i+1)), fs: vfs.Default}
+	if c.opts.CrashableFS {
+		n.fs = vfs.NewCrashableMem()
+	}
+	c.Nodes = append(c.Nodes, n)
+	c.mu.Unlock()
+	if err := n.start(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Node returns the running node (or the last one).
+func (n *Node) Node() *node.Node { return n.current() }
+
+// Dir returns the node's data directory.
+func (n *Node) Dir() string { return n.dir }
 
 // Node is one storage node of the cluster, running or down. Its data
 // survives Stop and Crash for Restart.
@@ -81,20 +122,24 @@ type Node struct {
 // It is stopped by t.Cleanup.
 func Start(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	if opts.Nodes <= 0 {
+	if opts.Nodes <= 0 && opts.Masters == 0 {
 		opts.Nodes = 3
 	}
 	if opts.Shards <= 0 {
 		opts.Shards = 64
 	}
 	if opts.Replicas <= 0 {
-		opts.Replicas = min(3, opts.Nodes)
+		opts.Replicas = 3
+		if opts.Masters == 0 {
+			opts.Replicas = min(3, opts.Nodes)
+		}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	}
 	c := &Cluster{t: t, opts: opts, Net: transport.NewNetwork(), addrs: map[uint64]string{}}
 	base := t.TempDir()
+	c.base = base
 	for i := range opts.Nodes {
 		n := &Node{ID: uint64(i + 1), c: c, dir: filepath.Join(base, fmt.Sprintf("node%d", i+1))}
 		if opts.CrashableFS {
@@ -104,8 +149,13 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
-	c.Shards = node.StaticPlacement(opts.Nodes, opts.Shards, opts.Replicas)
+	if opts.Masters == 0 {
+		c.Shards = node.StaticPlacement(opts.Nodes, opts.Shards, opts.Replicas)
+	}
 	t.Cleanup(c.Stop)
+	if opts.Masters > 0 {
+		c.startMasters(base)
+	}
 	for _, n := range c.Nodes {
 		if err := n.start(); err != nil {
 			t.Fatalf("start node %d: %v", n.ID, err)
@@ -114,10 +164,13 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-// Stop stops every running node.
+// Stop stops every running node and master.
 func (c *Cluster) Stop() {
 	for _, n := range c.Nodes {
 		n.Stop()
+	}
+	for _, m := range c.Masters {
+		m.Stop()
 	}
 }
 
@@ -174,31 +227,62 @@ func (n *Node) start() error {
 	c.addrs[n.ID] = n.Addr
 	c.mu.Unlock()
 	cfg := node.Config{
-		NodeID:          n.ID,
-		ClusterID:       "testcluster",
 		DataDir:         n.dir,
 		FS:              n.fs,
 		Listener:        lis,
-		Resolve:         c.resolve,
-		Shards:          c.Shards,
 		CacheBytes:      8 << 20,
 		MemTableBytes:   4 << 20,
 		NewStateMachine: c.opts.NewStateMachine,
 		KV:              c.opts.KV,
-		WrapTransport:   func(s transport.Sender) transport.Sender { return c.Net.Wrap(n.ID, s) },
 		Logger:          c.opts.Logger,
 	}
+	// The fault network and store options are keyed by the node's ID,
+	// which in master mode is known only once it has registered.
+	cfg.WrapTransport = func(id uint64, s transport.Sender) transport.Sender { return c.Net.Wrap(id, s) }
 	if c.opts.StoreOptions != nil {
-		id := n.ID
-		cfg.Store = func(o *raftstore.Options) { c.opts.StoreOptions(id, o) }
+		cfg.Store = func(o *raftstore.Options) { c.opts.StoreOptions(o.NodeID, o) }
 	}
-	nd, err := node.Start(context.Background(), cfg)
+	if c.opts.Masters > 0 {
+		cfg.Masters = c.MasterAddrs()
+		cfg.HeartbeatInterval = c.opts.HeartbeatInterval
+		if cfg.HeartbeatInterval == 0 {
+			cfg.HeartbeatInterval = 200 * time.Millisecond
+		}
+		if i := c.index(n); i < len(c.opts.Zones) {
+			cfg.Zone = c.opts.Zones[i]
+		}
+		if i := c.index(n); i < len(c.opts.Weights) {
+			cfg.Weight = c.opts.Weights[i]
+		}
+	} else {
+		cfg.NodeID, cfg.ClusterID, cfg.Resolve, cfg.Shards = n.ID, "testcluster", c.resolve, c.Shards
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	nd, err := node.Start(ctx, cfg)
 	if err != nil {
 		lis.Close()
 		return err
 	}
+	if c.opts.Masters > 0 {
+		n.ID = nd.ID()
+		c.mu.Lock()
+		c.addrs[n.ID] = n.Addr
+		c.mu.Unlock()
+	}
 	n.n, n.running = nd, true
 	return nil
+}
+
+func (c *Cluster) index(n *Node) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, m := range c.Nodes {
+		if m == n {
+			return i
+		}
+	}
+	return -1
 }
 
 func (n *Node) current() *node.Node {

@@ -1,0 +1,246 @@
+package master
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/master/schedule"
+	"github.com/shoaldb/shoal/internal/raftstore"
+)
+
+// maxTransfersPerHeartbeat bounds the leader transfers one heartbeat reply
+// asks of a node, so that leaders move gradually.
+const maxTransfersPerHeartbeat = 8
+
+// run is the leader's periodic work: the failure detector, the first
+// placement, and proposing the route updates heartbeats brought.
+func (s *Server) run() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.ScheduleInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopC:
+			return
+		case <-t.C:
+		}
+		if !s.leading() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*s.cfg.ScheduleInterval)
+		s.detectFailures(ctx)
+		s.maybePlace(ctx)
+		s.flushRoutes(ctx)
+		cancel()
+	}
+}
+
+// leading reports whether this master leads, and sets up the leader-only
+// memory when it has just become leader.
+func (s *Server) leading() bool {
+	st, err := s.store.Status(MetaShard)
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	if err != nil || st.Role != raftstore.RoleLeader {
+		s.lmu.term = 0
+		return false
+	}
+	if s.lmu.term != st.Term {
+		// A new leadership: every node gets a full NodeDownAfter from now
+		// before it can be declared down, so a failover declares nobody
+		// down by itself.
+		s.lmu.term, s.lmu.since = st.Term, time.Now()
+		s.lmu.lastSeen = map[uint64]time.Time{}
+		s.lmu.hints = map[uint64]*shoalpb.ShardRoute{}
+		for _, n := range s.meta.nodes() {
+			s.lmu.lastSeen[n.Id] = s.lmu.since
+		}
+		s.log.Info("leading the meta group", "term", st.Term)
+	}
+	return true
+}
+
+// detectFailures marks down the up nodes that have not heartbeated for
+// NodeDownAfter.
+func (s *Server) detectFailures(ctx context.Context) {
+	now := time.Now()
+	for _, n := range s.meta.nodes() {
+		if n.State != shoalpb.NodeState_NODE_STATE_UP && n.State != shoalpb.NodeState_NODE_STATE_DRAINING {
+			continue
+		}
+		s.lmu.Lock()
+		seen, ok := s.lmu.lastSeen[n.Id]
+		if !ok {
+			seen = now
+			s.lmu.lastSeen[n.Id] = now
+		}
+		s.lmu.Unlock()
+		if silent := now.Sub(seen); silent > s.cfg.NodeDownAfter {
+			reason := "no heartbeat for " + silent.Round(time.Second).String()
+			if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetNodeState{SetNodeState: &shoalpb.SetNodeStateRequest{
+				NodeId: n.Id, State: shoalpb.NodeState_NODE_STATE_DOWN, Reason: reason,
+			}}}); err != nil {
+				s.log.Warn("cannot mark node down", "node", n.Id, "err", err)
+				continue
+			}
+			s.log.Warn("node down", "node", n.Id, "addr", n.Addr, "reason", reason)
+		}
+	}
+}
+
+// maybePlace places every shard once the cluster is bootstrapped, at least
+// replication-factor nodes are up, and registrations have settled.
+func (s *Server) maybePlace(ctx context.Context) {
+	cl := s.meta.cluster()
+	if cl == nil || s.meta.placed() {
+		return
+	}
+	s.lmu.Lock()
+	settled := time.Since(s.lmu.lastRegistered) >= s.cfg.PlacementDelay
+	s.lmu.Unlock()
+	var up []schedule.Node
+	for _, n := range s.meta.nodes() {
+		if n.State == shoalpb.NodeState_NODE_STATE_UP {
+			up = append(up, schedule.Node{ID: n.Id, Zone: n.Zone, Weight: n.Weight})
+		}
+	}
+	if len(up) < int(cl.Replicas) || !settled {
+		return
+	}
+	shards, err := schedule.PlaceInitial(up, int(cl.Shards), int(cl.Replicas), s.meta.nextReplicaID())
+	if err != nil {
+		s.log.Error("placement failed", "err", err)
+		return
+	}
+	if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_PlaceShards{PlaceShards: &shoalpb.PlaceShards{Shards: shards}}}); err != nil {
+		s.log.Warn("cannot record the placement", "err", err)
+		return
+	}
+	s.log.Info("shards placed", "shards", len(shards), "nodes", len(up), "replicas", cl.Replicas)
+}
+
+// flushRoutes proposes the leader hints and descriptors that heartbeats
+// reported since the last flush, when they change the table.
+func (s *Server) flushRoutes(ctx context.Context) {
+	s.lmu.Lock()
+	hints := s.lmu.hints
+	s.lmu.hints = map[uint64]*shoalpb.ShardRoute{}
+	s.lmu.Unlock()
+	var upd []*shoalpb.ShardRoute
+	for id, h := range hints {
+		cur := s.meta.route(id)
+		if cur == nil {
+			continue
+		}
+		if h.Shard.Epoch > cur.Shard.Epoch || h.LeaderTerm > cur.LeaderTerm ||
+			(h.LeaderTerm == cur.LeaderTerm && h.LeaderReplica != cur.LeaderReplica) {
+			upd = append(upd, h)
+		}
+	}
+	if len(upd) == 0 {
+		return
+	}
+	if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_UpdateRoutes{UpdateRoutes: &shoalpb.UpdateRoutes{Routes: upd}}}); err != nil {
+		s.log.Warn("cannot record route updates", "err", err)
+		// Keep them for the next round.
+		s.lmu.Lock()
+		for _, h := range upd {
+			if _, newer := s.lmu.hints[h.Shard.ShardId]; !newer {
+				s.lmu.hints[h.Shard.ShardId] = h
+			}
+		}
+		s.lmu.Unlock()
+	}
+}
+
+// Heartbeat implements shoalpb.MasterServer: it records that the node is
+// alive and what its replicas say, and answers with work and, when the
+// node's copy is old, the route table.
+func (s *Server) Heartbeat(ctx context.Context, req *shoalpb.HeartbeatRequest) (*shoalpb.HeartbeatResponse, error) {
+	if !s.leading() {
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, "master %d is not the leader", s.cfg.ID))
+	}
+	cl := s.meta.cluster()
+	if cl == nil {
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_NOT_BOOTSTRAPPED, "the cluster is not bootstrapped"))
+	}
+	if req.ClusterId != cl.ClusterId {
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER, "node %d belongs to cluster %s; this is cluster %s",
+			req.NodeId, req.ClusterId, cl.ClusterId))
+	}
+	n := s.meta.node(req.NodeId)
+	if n == nil || n.State == shoalpb.NodeState_NODE_STATE_REMOVED {
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, "cluster %s has no node %d (or it was removed)", cl.ClusterId, req.NodeId))
+	}
+	s.lmu.Lock()
+	s.lmu.lastSeen[n.Id] = time.Now()
+	for _, r := range req.Replicas {
+		if r.Role != string(raftstore.RoleLeader) || r.Shard == nil {
+			continue
+		}
+		h := s.lmu.hints[r.ShardId]
+		if h == nil || r.Term > h.LeaderTerm || r.Epoch > h.Shard.Epoch {
+			s.lmu.hints[r.ShardId] = &shoalpb.ShardRoute{Shard: r.Shard, LeaderReplica: r.ReplicaId, LeaderTerm: r.Term}
+		}
+	}
+	s.lmu.Unlock()
+	if n.State == shoalpb.NodeState_NODE_STATE_DOWN {
+		if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetNodeState{SetNodeState: &shoalpb.SetNodeStateRequest{
+			NodeId: n.Id, State: shoalpb.NodeState_NODE_STATE_UP, Reason: "heartbeats resumed",
+		}}}); err != nil {
+			return nil, s.toStatus(err)
+		}
+		s.log.Info("node up again", "node", n.Id, "reason", "heartbeats resumed")
+	}
+	resp := &shoalpb.HeartbeatResponse{Work: s.workFor(n.Id, req)}
+	if req.RoutesVersion < s.meta.version() {
+		resp.Routes, _ = s.meta.routeTable()
+	}
+	return resp, nil
+}
+
+// workFor decides what node should do: create its replicas of the initial
+// placement that it does not have yet, and hand leaderships it holds to the
+// replica the placement chose to lead, so leaders spread evenly.
+func (s *Server) workFor(node uint64, req *shoalpb.HeartbeatRequest) []*shoalpb.Work {
+	has := map[uint64]*shoalpb.ReplicaReport{}
+	for _, r := range req.Replicas {
+		has[r.ShardId] = r
+	}
+	t, _ := s.meta.routeTable()
+	var work []*shoalpb.Work
+	transfers := 0
+	for _, rt := range t.Shards {
+		d := rt.Shard
+		mine := false
+		for _, r := range d.Replicas {
+			mine = mine || r.NodeId == node
+		}
+		rep := has[d.ShardId]
+		if mine && rep == nil && d.Epoch == 1 {
+			// Only the initial placement is created this way: every replica
+			// of it starts from the same empty state. Replicas added later
+			// join as learners and get a snapshot.
+			work = append(work, &shoalpb.Work{Work: &shoalpb.Work_CreateReplica{CreateReplica: proto.Clone(d).(*shoalpb.ShardDescriptor)}})
+			continue
+		}
+		if rep == nil || rep.Role != string(raftstore.RoleLeader) || transfers >= maxTransfersPerHeartbeat {
+			continue
+		}
+		preferred := d.Replicas[0]
+		if preferred.ReplicaId == rep.ReplicaId || preferred.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
+			continue
+		}
+		if pn := s.meta.node(preferred.NodeId); pn == nil || pn.State != shoalpb.NodeState_NODE_STATE_UP {
+			continue
+		}
+		work = append(work, &shoalpb.Work{Work: &shoalpb.Work_TransferLeader{TransferLeader: &shoalpb.TransferLeaderWork{
+			ShardId: d.ShardId, ToReplica: preferred.ReplicaId,
+		}}})
+		transfers++
+	}
+	return work
+}

@@ -1,0 +1,475 @@
+package master_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/client"
+	"github.com/shoaldb/shoal/internal/master"
+	"github.com/shoaldb/shoal/internal/node"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
+)
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// leadersPerNode counts the shards each node leads.
+func leadersPerNode(c *tc.Cluster) map[uint64]int {
+	out := map[uint64]int{}
+	for _, d := range c.Shards {
+		if n, err := c.Leader(d.ShardId); err == nil {
+			out[n.ID]++
+		}
+	}
+	return out
+}
+
+func TestBootstrapPlacesShardsAndSpreadsLeaders(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 3, Nodes: 5, Shards: 64, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.ClusterState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Cluster.Shards != 64 || st.Cluster.Replicas != 3 || len(st.Cluster.ClusterId) != 16 {
+		t.Fatalf("cluster %v", st.Cluster)
+	}
+	if len(st.Nodes) != 5 {
+		t.Fatalf("%d nodes registered, want 5", len(st.Nodes))
+	}
+	perNode := map[uint64]int{}
+	for _, rt := range st.Routes.Shards {
+		seen := map[uint64]bool{}
+		for _, r := range rt.Shard.Replicas {
+			if seen[r.NodeId] {
+				t.Fatalf("shard %d has two replicas on node %d", rt.Shard.ShardId, r.NodeId)
+			}
+			seen[r.NodeId] = true
+			perNode[r.NodeId]++
+		}
+	}
+	for _, n := range c.Nodes {
+		if perNode[n.ID] < 38 || perNode[n.ID] > 39 {
+			t.Errorf("node %d has %d replicas, want 38-39 of 192", n.ID, perNode[n.ID])
+		}
+		if got := n.Node().ClusterID(); got != st.Cluster.ClusterId {
+			t.Errorf("node %d is in cluster %q, want %q", n.ID, got, st.Cluster.ClusterId)
+		}
+	}
+	// The master moves leaders to the replicas the placement chose, which
+	// spread 64 shards over 5 nodes: 12 or 13 each.
+	if err := tc.WaitFor(ctx, func() error {
+		l := leadersPerNode(c)
+		for _, n := range c.Nodes {
+			if l[n.ID] < 12 || l[n.ID] > 13 {
+				return fmt.Errorf("leaders per node %v", l)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Leader hints reach the route table.
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := c.ClusterState()
+		if err != nil {
+			return err
+		}
+		for _, rt := range st.Routes.Shards {
+			n, err := c.Leader(rt.Shard.ShardId)
+			if err != nil {
+				return err
+			}
+			st, _ := n.Store().Status(rt.Shard.ShardId)
+			if rt.LeaderReplica != st.ReplicaID {
+				return fmt.Errorf("shard %d: hint %d, leader %d", rt.Shard.ShardId, rt.LeaderReplica, st.ReplicaID)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMasterLeaderFailover kills the master leader while nodes register and
+// heartbeat: a new leader serves within 3 s, no registration is lost, and
+// the nodes go on heartbeating without help.
+func TestMasterLeaderFailover(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 3, Nodes: 0, Shards: 16, Replicas: 3})
+	ctx := ctxFor(t, 90*time.Second)
+	var leader *tc.Master
+	if err := tc.WaitFor(ctx, func() error {
+		var err error
+		leader, err = c.MasterLeader()
+		if err != nil {
+			return err
+		}
+		if leader.Server().Cluster() == nil {
+			return errors.New("not bootstrapped")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Start 5 nodes concurrently and kill the leader as they register.
+	nodes := make(chan *tc.Node, 5)
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n, err := c.AddNode()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			nodes <- n
+		}()
+	}
+	killed := time.Now()
+	leader.Stop()
+	var next *tc.Master
+	if err := tc.WaitFor(ctx, func() error {
+		var err error
+		next, err = c.MasterLeader()
+		if err != nil {
+			return err
+		}
+		_, err = next.Server().GetCluster(ctx, &shoalpb.GetClusterRequest{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(killed)
+	t.Logf("master %d took over %v after master %d was killed", next.ID, took.Round(time.Millisecond), leader.ID)
+	if took > 3*time.Second {
+		t.Errorf("new master leader after %v, want <= 3s", took)
+	}
+	wg.Wait()
+	close(nodes)
+	ids := map[uint64]bool{}
+	for n := range nodes {
+		if ids[n.ID] {
+			t.Fatalf("node ID %d given twice", n.ID)
+		}
+		ids[n.ID] = true
+	}
+	if len(ids) != 5 {
+		t.Fatalf("%d nodes started", len(ids))
+	}
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.ClusterState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range st.Nodes {
+		if !ids[n.Id] || n.State != shoalpb.NodeState_NODE_STATE_UP {
+			t.Fatalf("node %d is %v in the new leader's records", n.Id, n.State)
+		}
+	}
+	if len(st.Nodes) != 5 {
+		t.Fatalf("the new leader knows %d nodes, want 5", len(st.Nodes))
+	}
+	// The old leader comes back as a follower with everything.
+	if err := leader.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		got, _ := leader.Server().GetRoutes(ctx, &shoalpb.GetRoutesRequest{})
+		want, _ := next.Server().GetRoutes(ctx, &shoalpb.GetRoutesRequest{})
+		if !proto.Equal(got, want) {
+			return fmt.Errorf("restarted master has version %d, leader %d", got.Version, want.Version)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRestartAllMasters stops every master and starts them again from
+// disk: the same cluster comes back, and the nodes carry on.
+func TestRestartAllMasters(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 3, Nodes: 3, Shards: 8, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before, err := c.ClusterState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range c.Masters {
+		m.Stop()
+	}
+	for _, m := range c.Masters {
+		if err := m.Restart(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var after *shoalpb.ClusterState
+	if err := tc.WaitFor(ctx, func() error {
+		after, err = c.ClusterState()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(before.Cluster, after.Cluster) {
+		t.Fatalf("cluster %v came back as %v", before.Cluster, after.Cluster)
+	}
+	for i, n := range before.Nodes {
+		a := after.Nodes[i]
+		if n.Id != a.Id || n.Addr != a.Addr || n.RegisteredMs != a.RegisteredMs {
+			t.Fatalf("node %v came back as %v", n, a)
+		}
+	}
+	for i, rt := range before.Routes.Shards {
+		if !proto.Equal(rt.Shard, after.Routes.Shards[i].Shard) {
+			t.Fatalf("shard %v came back as %v", rt.Shard, after.Routes.Shards[i].Shard)
+		}
+	}
+	// Nodes heartbeat the new leader: none is declared down.
+	if err := tc.WaitFor(ctx, func() error {
+		m, err := c.MasterLeader()
+		if err != nil {
+			return err
+		}
+		if len(m.Server().Heartbeats()) < 3 {
+			return fmt.Errorf("heartbeats from %v", m.Server().Heartbeats())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFailureDetector: a silent node goes down with a reason, and up again
+// when it heartbeats; an administrator drains and removes nodes; a removed
+// node is refused.
+func TestFailureDetector(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 4, Shards: 8, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	state := func(id uint64) *shoalpb.NodeInfo {
+		st, err := c.ClusterState()
+		if err != nil {
+			return nil
+		}
+		for _, n := range st.Nodes {
+			if n.Id == id {
+				return n
+			}
+		}
+		return nil
+	}
+	waitState := func(id uint64, want shoalpb.NodeState) *shoalpb.NodeInfo {
+		t.Helper()
+		var n *shoalpb.NodeInfo
+		if err := tc.WaitFor(ctx, func() error {
+			if n = state(id); n == nil || n.State != want {
+				return fmt.Errorf("node %d is %v", id, n.GetState())
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	victim := c.Nodes[1]
+	stopped := time.Now()
+	victim.Stop()
+	n := waitState(victim.ID, shoalpb.NodeState_NODE_STATE_DOWN)
+	t.Logf("node down after %v: %q", time.Since(stopped).Round(100*time.Millisecond), n.StateReason)
+	// Its last heartbeat was at most one interval (200ms) before it
+	// stopped; it must have been silent for NodeDownAfter (3s).
+	if time.Since(stopped) < 3*time.Second-200*time.Millisecond {
+		t.Fatalf("node down after %v, before NodeDownAfter (3s)", time.Since(stopped))
+	}
+	if n.StateReason == "" || n.StateSinceMs == 0 {
+		t.Fatalf("down without a reason: %v", n)
+	}
+	if err := victim.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	n = waitState(victim.ID, shoalpb.NodeState_NODE_STATE_UP)
+	t.Logf("node up again: %q", n.StateReason)
+
+	conn, err := client.DialMasters(c.MasterAddrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	set := func(id uint64, s shoalpb.NodeState) error {
+		return conn.Call(ctx, func(ctx context.Context, mc shoalpb.MasterClient) error {
+			_, err := mc.SetNodeState(ctx, &shoalpb.SetNodeStateRequest{NodeId: id, State: s, Reason: "test"})
+			return err
+		})
+	}
+	if err := set(c.Nodes[2].ID, shoalpb.NodeState_NODE_STATE_DRAINING); err != nil {
+		t.Fatal(err)
+	}
+	waitState(c.Nodes[2].ID, shoalpb.NodeState_NODE_STATE_DRAINING)
+	if err := set(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_DOWN); err == nil {
+		t.Fatal("an administrator set a node down")
+	}
+	c.Nodes[3].Stop()
+	if err := set(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_REMOVED); err != nil {
+		t.Fatal(err)
+	}
+	waitState(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_REMOVED)
+	err = c.Nodes[3].Restart()
+	if !errors.Is(err, client.ErrUnknownNode) {
+		t.Fatalf("removed node restarted: %v", err)
+	}
+}
+
+// TestNodeOfAnotherClusterRefused starts a node on the data of another
+// cluster: it is refused with a clear error and its data is left alone.
+func TestNodeOfAnotherClusterRefused(t *testing.T) {
+	a := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: 4, Replicas: 3})
+	b := tc.Start(t, tc.Options{Masters: 1, Nodes: 0, Shards: 4, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := a.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		if m, err := b.MasterLeader(); err != nil || m.Server().Cluster() == nil {
+			return errors.New("cluster b not bootstrapped")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	n := a.Nodes[0]
+	replicas := len(n.Store().Replicas())
+	n.Stop()
+	_, err := node.Start(ctx, node.Config{Masters: b.MasterAddrs(), DataDir: n.Dir(), ListenAddr: "127.0.0.1:0"})
+	if !errors.Is(err, node.ErrWrongCluster) {
+		t.Fatalf("node of cluster a joined cluster b: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if err := n.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(n.Store().Replicas()); got != replicas {
+		t.Fatalf("node came back with %d replicas, had %d", got, replicas)
+	}
+}
+
+// TestBootstrapIsFixed: the shard count and replication factor cannot
+// change once the cluster exists.
+func TestBootstrapIsFixed(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 0, Shards: 16, Replicas: 3})
+	ctx := ctxFor(t, 30*time.Second)
+	m := c.Masters[0]
+	if err := tc.WaitFor(ctx, func() error {
+		if m.Server().Cluster() == nil {
+			return errors.New("not bootstrapped")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(m.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = shoalpb.NewMasterClient(conn).Bootstrap(ctx, &shoalpb.BootstrapRequest{Shards: 32, Replicas: 3})
+	if d := client.Detail(err); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_BOOTSTRAP_MISMATCH {
+		t.Fatalf("bootstrap with other numbers: %v", err)
+	}
+	cl, err := shoalpb.NewMasterClient(conn).Bootstrap(ctx, &shoalpb.BootstrapRequest{Shards: 16, Replicas: 3})
+	if err != nil || cl.ClusterId != m.Server().Cluster().ClusterId {
+		t.Fatalf("bootstrap again with the same numbers: %v, %v", cl, err)
+	}
+	m.Stop()
+	_, err = master.Start(ctx, master.Config{ID: 1, Peers: map[uint64]string{1: "127.0.0.1:0"}, DataDir: m.Dir(), Bootstrap: true, Shards: 64, Replicas: 3})
+	if err == nil {
+		t.Fatal("restarted with --shards 64 over a cluster of 16")
+	}
+	t.Logf("refused: %v", err)
+}
+
+// TestFollowersServeRoutesAndRedirectWrites: a follower answers GetRoutes
+// and WatchRoutes itself and names the leader for writes.
+func TestFollowersServeRoutesAndRedirectWrites(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 3, Nodes: 3, Shards: 8, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.MasterLeader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var follower *tc.Master
+	for _, m := range c.Masters {
+		if m != leader {
+			follower = m
+		}
+	}
+	conn, err := grpc.NewClient(follower.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	mc := shoalpb.NewMasterClient(conn)
+	if err := tc.WaitFor(ctx, func() error {
+		got, err := mc.GetRoutes(ctx, &shoalpb.GetRoutesRequest{})
+		if err != nil {
+			return err
+		}
+		want, _ := leader.Server().GetRoutes(ctx, &shoalpb.GetRoutesRequest{})
+		if got.Version != want.Version || len(got.Shards) != 8 {
+			return fmt.Errorf("follower has version %d, leader %d", got.Version, want.Version)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = mc.RegisterNode(ctx, &shoalpb.RegisterNodeRequest{Addr: "127.0.0.1:1", Weight: 1})
+	d := client.Detail(err)
+	if d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER || d.LeaderAddr != leader.Addr {
+		t.Fatalf("write on a follower: %v (detail %v), want NOT_LEADER naming %s", err, d, leader.Addr)
+	}
+	// A watcher on the follower sees the next version.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := mc.WatchRoutes(wctx, &shoalpb.WatchRoutesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddNode(); err != nil {
+		t.Fatal(err)
+	}
+	next, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Version <= first.Version || len(next.Nodes) != len(first.Nodes)+1 {
+		t.Fatalf("watch: version %d with %d nodes after %d with %d", next.Version, len(next.Nodes), first.Version, len(first.Nodes))
+	}
+}

@@ -1,0 +1,211 @@
+package master
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/raftstore"
+)
+
+var errNoMetaLeader = errors.New("master: the meta group has no leader")
+
+// codedError is a failure with a wire error code: a MetaResult's error, or
+// one a handler decides.
+type codedError struct {
+	code shoalpb.ErrorCode
+	msg  string
+}
+
+func (e *codedError) Error() string { return e.msg }
+
+func coded(code shoalpb.ErrorCode, format string, args ...any) error {
+	return &codedError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// grpcCodes maps wire error codes to gRPC codes. It is the one place where
+// the master's errors become statuses (with toStatus).
+var grpcCodes = map[shoalpb.ErrorCode]codes.Code{
+	shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER:         codes.Unavailable,
+	shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER:      codes.FailedPrecondition,
+	shoalpb.ErrorCode_ERROR_CODE_NOT_BOOTSTRAPPED:   codes.Unavailable,
+	shoalpb.ErrorCode_ERROR_CODE_BOOTSTRAP_MISMATCH: codes.FailedPrecondition,
+	shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE:       codes.NotFound,
+	shoalpb.ErrorCode_ERROR_CODE_INVALID:            codes.InvalidArgument,
+}
+
+// toStatus turns a handler's error into a gRPC status with an ErrorDetail.
+func (s *Server) toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	detail := &shoalpb.ErrorDetail{}
+	var ce *codedError
+	switch {
+	case errors.As(err, &ce):
+		detail.Code = ce.code
+	case errors.Is(err, raftstore.ErrNotLeader), errors.Is(err, raftstore.ErrNoLeader), errors.Is(err, errNoMetaLeader):
+		detail.Code = shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER
+	case errors.Is(err, raftstore.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, raftstore.ErrStopped), errors.Is(err, raftstore.ErrOverloaded):
+		return status.Error(codes.Unavailable, err.Error())
+	default:
+		return status.Error(codes.Internal, err.Error())
+	}
+	if detail.Code == shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER {
+		if st, serr := s.store.Status(MetaShard); serr == nil && st.LeaderReplica != 0 && st.LeaderReplica != s.cfg.ID {
+			detail.LeaderId, detail.LeaderAddr = st.LeaderReplica, s.cfg.Peers[st.LeaderReplica]
+		}
+	}
+	st, serr := status.New(grpcCodes[detail.Code], err.Error()).WithDetails(detail)
+	if serr != nil {
+		return status.Error(grpcCodes[detail.Code], err.Error())
+	}
+	return st.Err()
+}
+
+// fromStatus turns another master's status back into a codedError.
+func fromStatus(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	for _, d := range st.Details() {
+		if ed, ok := d.(*shoalpb.ErrorDetail); ok {
+			return &codedError{code: ed.Code, msg: st.Message()}
+		}
+	}
+	return err
+}
+
+func insecureCreds() credentials.TransportCredentials { return insecure.NewCredentials() }
+
+// requireLeader fails unless this master leads the meta group.
+func (s *Server) requireLeader() error {
+	if !s.IsLeader() {
+		return coded(shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, "master %d is not the leader", s.cfg.ID)
+	}
+	return nil
+}
+
+// Bootstrap implements shoalpb.MasterServer.
+func (s *Server) Bootstrap(ctx context.Context, req *shoalpb.BootstrapRequest) (*shoalpb.ClusterInfo, error) {
+	if err := s.requireLeader(); err != nil {
+		return nil, s.toStatus(err)
+	}
+	cl, err := s.doBootstrap(ctx, req)
+	return cl, s.toStatus(err)
+}
+
+// RegisterNode implements shoalpb.MasterServer.
+func (s *Server) RegisterNode(ctx context.Context, req *shoalpb.RegisterNodeRequest) (*shoalpb.RegisterNodeResponse, error) {
+	if err := s.requireLeader(); err != nil {
+		return nil, s.toStatus(err)
+	}
+	res, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_RegisterNode{RegisterNode: req}})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.lmu.Lock()
+	s.lmu.lastRegistered = time.Now()
+	if s.lmu.lastSeen != nil {
+		s.lmu.lastSeen[res.Node.Id] = time.Now()
+	}
+	s.lmu.Unlock()
+	s.log.Info("node registered", "node", res.Node.Id, "addr", res.Node.Addr, "zone", res.Node.Zone, "weight", res.Node.Weight,
+		"again", req.NodeId != 0)
+	return &shoalpb.RegisterNodeResponse{ClusterId: res.Cluster.ClusterId, Node: res.Node}, nil
+}
+
+// GetRoutes implements shoalpb.MasterServer; followers serve it too.
+func (s *Server) GetRoutes(context.Context, *shoalpb.GetRoutesRequest) (*shoalpb.RouteTable, error) {
+	t, _ := s.meta.routeTable()
+	return t, nil
+}
+
+// WatchRoutes implements shoalpb.MasterServer: the table now if newer than
+// the caller's, then every new version.
+func (s *Server) WatchRoutes(req *shoalpb.WatchRoutesRequest, stream shoalpb.Master_WatchRoutesServer) error {
+	after := req.AfterVersion
+	for {
+		t, changed := s.meta.routeTable()
+		if t.Version > after {
+			if err := stream.Send(t); err != nil {
+				return err
+			}
+			after = t.Version
+		}
+		select {
+		case <-changed:
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		case <-s.stopC:
+			return status.Error(codes.Unavailable, "master stopping")
+		}
+	}
+}
+
+// GetCluster implements shoalpb.MasterServer; followers serve it too.
+func (s *Server) GetCluster(context.Context, *shoalpb.GetClusterRequest) (*shoalpb.ClusterState, error) {
+	return s.clusterState(), nil
+}
+
+func (s *Server) clusterState() *shoalpb.ClusterState {
+	t, _ := s.meta.routeTable()
+	cs := &shoalpb.ClusterState{Cluster: s.meta.cluster(), Nodes: s.meta.nodes(), Routes: t}
+	st, err := s.store.Status(MetaShard)
+	for id, addr := range s.cfg.Peers {
+		leader := err == nil && st.LeaderReplica == id
+		if leader {
+			cs.LeaderMaster = id
+		}
+		cs.Masters = append(cs.Masters, &shoalpb.MasterInfo{Id: id, Addr: addr, Leader: leader})
+	}
+	return cs
+}
+
+// SetNodeState implements shoalpb.MasterServer: administrators set
+// draining and removed (and back to up).
+func (s *Server) SetNodeState(ctx context.Context, req *shoalpb.SetNodeStateRequest) (*shoalpb.SetNodeStateResponse, error) {
+	if err := s.requireLeader(); err != nil {
+		return nil, s.toStatus(err)
+	}
+	switch req.State {
+	case shoalpb.NodeState_NODE_STATE_UP, shoalpb.NodeState_NODE_STATE_DRAINING, shoalpb.NodeState_NODE_STATE_REMOVED:
+	default:
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_INVALID, "an administrator sets up, draining or removed, not %v", req.State))
+	}
+	if req.Reason == "" {
+		req.Reason = "set by an administrator"
+	}
+	res, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetNodeState{SetNodeState: req}})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("node state set", "node", req.NodeId, "state", req.State, "reason", req.Reason)
+	return &shoalpb.SetNodeStateResponse{Node: res.Node}, nil
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(s.clusterState())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	var raw json.RawMessage = b
+	_ = json.NewEncoder(w).Encode(raw)
+}

@@ -1,0 +1,304 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/client"
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/raftstore"
+	"github.com/shoaldb/shoal/internal/storage"
+)
+
+// Identity records in the node's database.
+var (
+	clusterIDKey = keys.IdentityKey("cluster")
+	nodeIDKey    = keys.IdentityKey("node")
+)
+
+// ErrWrongCluster is returned by Start when the node's data belongs to
+// another cluster than the masters'. The data is left as it is.
+var ErrWrongCluster = errors.New("node: the data directory belongs to another cluster")
+
+// join gives the node its identity: the one in its database, confirmed by
+// registering again, or a new one from the masters, kept before the node
+// does anything else. It waits for the masters as long as ctx allows.
+func (n *Node) join(ctx context.Context) error {
+	clusterID, _, err := n.engine.Get(clusterIDKey)
+	if err != nil {
+		return err
+	}
+	var nodeID uint64
+	if b, ok, err := n.engine.Get(nodeIDKey); err != nil {
+		return err
+	} else if ok {
+		var id shoalpb.RegisterNodeResponse
+		if err := proto.Unmarshal(b, &id); err != nil {
+			return fmt.Errorf("node: identity record: %w", err)
+		}
+		nodeID = id.GetNode().GetId()
+	}
+	req := &shoalpb.RegisterNodeRequest{
+		ClusterId: string(clusterID), NodeId: nodeID, Addr: n.cfg.AdvertiseAddr,
+		RespAddr: n.cfg.RESPAddr, HttpAddr: n.cfg.HTTPAddr, Zone: n.cfg.Zone, Weight: n.cfg.Weight,
+	}
+	if nodeID != 0 {
+		n.log.Info("registering again", "node", nodeID, "cluster", string(clusterID))
+	} else {
+		n.log.Info("registering as a new node", "masters", n.cfg.Masters)
+	}
+	var resp *shoalpb.RegisterNodeResponse
+	for {
+		err = n.masters.Call(ctx, func(ctx context.Context, c shoalpb.MasterClient) error {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			var err error
+			resp, err = c.RegisterNode(cctx, req)
+			return err
+		})
+		if !errors.Is(err, client.ErrNotBootstrapped) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node: the cluster was not bootstrapped in time: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	switch {
+	case errors.Is(err, client.ErrWrongCluster):
+		return fmt.Errorf("%w: %s holds node %d of cluster %s, and the masters refuse it: %w",
+			ErrWrongCluster, n.cfg.DataDir, nodeID, clusterID, err)
+	case err != nil:
+		return fmt.Errorf("node: register with the masters: %w", err)
+	}
+	if nodeID == 0 {
+		// Keep the identity before anything else: a node that forgot it
+		// would come back as a stranger.
+		b, err := proto.Marshal(resp)
+		if err != nil {
+			return err
+		}
+		batch := n.engine.NewBatch()
+		defer batch.Close()
+		if err := batch.Set(clusterIDKey, []byte(resp.ClusterId), nil); err != nil {
+			return err
+		}
+		if err := batch.Set(nodeIDKey, b, nil); err != nil {
+			return err
+		}
+		if err := batch.Commit(true); err != nil {
+			return err
+		}
+	}
+	n.cfg.NodeID, n.cfg.ClusterID = resp.Node.Id, resp.ClusterId
+	t, err := n.masters.GetRoutes(ctx)
+	if err != nil {
+		return fmt.Errorf("node: route table: %w", err)
+	}
+	n.routes.update(t)
+	n.log.Info("joined the cluster", "node", n.cfg.NodeID, "cluster", n.cfg.ClusterID)
+	return nil
+}
+
+// routeCache is the node's copy of the route table, for resolving peers.
+type routeCache struct {
+	mu    sync.RWMutex
+	table *shoalpb.RouteTable
+	addrs map[uint64]string
+}
+
+func newRouteCache() *routeCache { return &routeCache{addrs: map[uint64]string{}} }
+
+func (c *routeCache) update(t *shoalpb.RouteTable) {
+	if t == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.table != nil && t.Version <= c.table.Version {
+		return
+	}
+	c.table = t
+	for _, n := range t.Nodes {
+		c.addrs[n.Id] = n.Addr
+	}
+}
+
+func (c *routeCache) version() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.table.GetVersion()
+}
+
+func (c *routeCache) resolve(node uint64) (string, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if a, ok := c.addrs[node]; ok {
+		return a, nil
+	}
+	return "", fmt.Errorf("node: no address for node %d in route table version %d", node, c.table.GetVersion())
+}
+
+// Routes returns the node's copy of the route table (master mode).
+func (n *Node) Routes() *shoalpb.RouteTable {
+	n.routes.mu.RLock()
+	defer n.routes.mu.RUnlock()
+	return n.routes.table
+}
+
+// heartbeatLoop reports to the master every HeartbeatInterval and does the
+// work it answers with. Failures (a master failover, a partition) are
+// logged and retried at the next beat.
+func (n *Node) heartbeatLoop() {
+	defer n.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-n.stopC
+		cancel()
+	}()
+	t := time.NewTicker(n.cfg.HeartbeatInterval)
+	defer t.Stop()
+	stats := newReplicaStats()
+	failing := false
+	for {
+		hctx, hcancel := context.WithTimeout(ctx, 2*n.cfg.HeartbeatInterval)
+		resp, err := n.heartbeat(hctx, stats)
+		hcancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			if !failing {
+				n.log.Warn("heartbeat failed", "err", err)
+			}
+			failing = true
+		case err == nil:
+			if failing {
+				n.log.Info("heartbeats resumed")
+			}
+			failing = false
+			n.routes.update(resp.Routes)
+			n.doWork(ctx, resp.Work)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) heartbeat(ctx context.Context, stats *replicaStats) (*shoalpb.HeartbeatResponse, error) {
+	req := &shoalpb.HeartbeatRequest{
+		ClusterId: n.cfg.ClusterID, NodeId: n.cfg.NodeID, RoutesVersion: n.routes.version(),
+	}
+	now := time.Now()
+	var ops float64
+	for _, st := range n.store.Replicas() {
+		if !st.Initialized {
+			continue
+		}
+		r := &shoalpb.ReplicaReport{
+			ShardId: st.ShardID, ReplicaId: st.ReplicaID, Role: string(st.Role), Term: st.Term,
+			Applied: st.Applied, Epoch: st.Descriptor.GetEpoch(),
+			OpsPerSec: stats.rate(st.ShardID, st.Applied, now),
+			SizeBytes: stats.size(n.engine, st.Descriptor, now),
+		}
+		if st.Role == raftstore.RoleLeader {
+			r.Shard = st.Descriptor
+		}
+		ops += r.OpsPerSec
+		req.Replicas = append(req.Replicas, r)
+	}
+	req.Stats = &shoalpb.NodeStats{OpsPerSec: ops}
+	if du, err := n.engine.FS().GetDiskUsage(n.cfg.DataDir); err == nil {
+		req.Stats.CapacityBytes = du.TotalBytes
+	}
+	req.Stats.UsedBytes = n.engine.Metrics().DiskSpaceUsage()
+	var resp *shoalpb.HeartbeatResponse
+	err := n.masters.Call(ctx, func(ctx context.Context, c shoalpb.MasterClient) error {
+		var err error
+		resp, err = c.Heartbeat(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// doWork carries out what the master asked for.
+func (n *Node) doWork(ctx context.Context, work []*shoalpb.Work) {
+	for _, w := range work {
+		switch w := w.Work.(type) {
+		case *shoalpb.Work_CreateReplica:
+			d := w.CreateReplica
+			if err := n.store.BootstrapReplica(d); err != nil {
+				n.log.Warn("cannot create replica", "shard", d.ShardId, "err", err)
+			}
+		case *shoalpb.Work_TransferLeader:
+			tl := w.TransferLeader
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				if err := n.store.TransferLeader(tctx, tl.ShardId, tl.ToReplica); err != nil && !errors.Is(err, raftstore.ErrNotLeader) {
+					n.log.Debug("leader transfer failed", "shard", tl.ShardId, "to", tl.ToReplica, "err", err)
+				}
+			}()
+		}
+	}
+}
+
+// replicaStats turns cumulative replica counters into rates and caches
+// size estimates, which cost a lookup in Pebble's metadata each.
+type replicaStats struct {
+	applied map[uint64]sample
+	sizes   map[uint64]sizeSample
+}
+
+type sample struct {
+	applied uint64
+	at      time.Time
+}
+
+type sizeSample struct {
+	bytes uint64
+	at    time.Time
+}
+
+func newReplicaStats() *replicaStats {
+	return &replicaStats{applied: map[uint64]sample{}, sizes: map[uint64]sizeSample{}}
+}
+
+func (s *replicaStats) rate(shard, applied uint64, now time.Time) float64 {
+	prev, ok := s.applied[shard]
+	s.applied[shard] = sample{applied, now}
+	if !ok || applied < prev.applied {
+		return 0
+	}
+	d := now.Sub(prev.at).Seconds()
+	if d <= 0 {
+		return 0
+	}
+	return float64(applied-prev.applied) / d
+}
+
+// sizeEvery is how often a replica's size estimate is refreshed.
+const sizeEvery = 10 * time.Second
+
+func (s *replicaStats) size(eng *storage.Engine, d *shoalpb.ShardDescriptor, now time.Time) uint64 {
+	if c, ok := s.sizes[d.ShardId]; ok && now.Sub(c.at) < sizeEvery {
+		return c.bytes
+	}
+	b, err := eng.EstimateDiskUsage(keys.DataSpan(d.StartSlot, d.EndSlot))
+	if err != nil {
+		return s.sizes[d.ShardId].bytes
+	}
+	s.sizes[d.ShardId] = sizeSample{b, now}
+	return b
+}
