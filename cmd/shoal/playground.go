@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/master"
 	"github.com/shoaldb/shoal/internal/node"
 	"github.com/shoaldb/shoal/internal/raftstore"
 )
@@ -27,16 +26,9 @@ type playgroundFlags struct {
 	nodes, shards, replicas int
 	dataDir                 string
 	host                    string
-	basePort                int
+	masterPort, httpPort    int
+	nodeBasePort            int
 	readyTimeout            time.Duration
-}
-
-// layout is what a playground directory was created with; it must not
-// change across restarts, because the shards were bootstrapped from it.
-type layout struct {
-	Nodes    int `json:"nodes"`
-	Shards   int `json:"shards"`
-	Replicas int `json:"replicas"`
 }
 
 func newPlaygroundCmd(g *globalFlags) *cobra.Command {
@@ -44,15 +36,13 @@ func newPlaygroundCmd(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "playground",
 		Short: "Run a whole local cluster in one process",
-		Long: `Start a local Shoal cluster in this process: storage nodes on loopback, every
-shard replicated on --replicas of them, data under --data-dir. Started again
-on the same directory it brings the data back. Ctrl-C stops it cleanly.
+		Long: `Start a local Shoal cluster in this process: one master and --nodes storage
+nodes on loopback, --shards shards each replicated on --replicas nodes, data
+under --data-dir. Started again on the same directory it brings the data
+back. Ctrl-C stops it cleanly.
 
-Node i listens for gRPC on --base-port+i (7101, 7102, ... by default).
-
-Placement is static until the master exists (a later issue): shard i's
-replicas are on nodes i, i+1, ... and that layout is fixed when the
-directory is first used.`,
+Ports: master gRPC 7000 and HTTP 7080; node i gRPC 7100+i. --master-port 0
+picks free ports for everything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPlayground(cmd.Context(), g, f, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -60,12 +50,14 @@ directory is first used.`,
 	}
 	fl := cmd.Flags()
 	fl.IntVar(&f.nodes, "nodes", 3, "number of storage nodes")
-	fl.IntVar(&f.shards, "shards", 64, "number of shards (a power of two, 1..16384)")
-	fl.IntVar(&f.replicas, "replicas", 3, "replicas per shard (1..7, at most --nodes)")
-	fl.StringVar(&f.dataDir, "data-dir", envOr("SHOAL_DATA_DIR", "./shoal-data"), "directory for every node's data (env SHOAL_DATA_DIR)")
+	fl.IntVar(&f.shards, "shards", 64, "number of shards (a power of two, 1..16384), fixed when the directory is first used")
+	fl.IntVar(&f.replicas, "replicas", 3, "replicas per shard (1..7, at most --nodes), fixed when the directory is first used")
+	fl.StringVar(&f.dataDir, "data-dir", envOr("SHOAL_DATA_DIR", "./shoal-data"), "directory for the master's and every node's data (env SHOAL_DATA_DIR)")
 	fl.StringVar(&f.host, "host", "127.0.0.1", "address to listen on")
-	fl.IntVar(&f.basePort, "base-port", 7100, "node i's gRPC port is base-port+i; 0 picks free ports")
-	fl.DurationVar(&f.readyTimeout, "ready-timeout", 30*time.Second, "how long to wait for every shard to elect a leader")
+	fl.IntVar(&f.masterPort, "master-port", 7000, "master gRPC port; 0 picks free ports for everything")
+	fl.IntVar(&f.httpPort, "http-port", 7080, "master HTTP port")
+	fl.IntVar(&f.nodeBasePort, "node-base-port", 7100, "node i's gRPC port is node-base-port+i")
+	fl.DurationVar(&f.readyTimeout, "ready-timeout", time.Minute, "how long to wait for every shard to be placed and led")
 	return cmd
 }
 
@@ -81,30 +73,12 @@ func (f *playgroundFlags) validate() error {
 	return nil
 }
 
-// loadLayout returns the layout a directory was created with, recording
-// the flags' layout if the directory is new, and refusing a changed one.
-func loadLayout(dir string, want layout) error {
-	path := filepath.Join(dir, "playground.json")
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		b, _ := json.MarshalIndent(want, "", "  ")
-		return os.WriteFile(path, append(b, '\n'), 0o644)
+func (f *playgroundFlags) listen(ctx context.Context, port int) (net.Listener, error) {
+	if f.masterPort == 0 {
+		port = 0
 	}
-	if err != nil {
-		return err
-	}
-	var have layout
-	if err := json.Unmarshal(b, &have); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if have != want {
-		return fmt.Errorf("%s was created with --nodes %d --shards %d --replicas %d; start with those, or use another --data-dir",
-			dir, have.Nodes, have.Shards, have.Replicas)
-	}
-	return nil
+	var lc net.ListenConfig
+	return lc.Listen(ctx, "tcp", net.JoinHostPort(f.host, strconv.Itoa(port)))
 }
 
 func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdout, stderr io.Writer) error {
@@ -115,44 +89,33 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 	if err != nil {
 		return err
 	}
-	l := layout{Nodes: f.nodes, Shards: f.shards, Replicas: f.replicas}
-	if err := loadLayout(f.dataDir, l); err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if err := os.MkdirAll(f.dataDir, 0o755); err != nil {
+		return err
+	}
 
-	// Listen for every node first, so that the address book is complete
-	// before any node starts (and --base-port 0 picks free ports).
-	lis := make([]net.Listener, f.nodes)
-	defer func() {
-		for _, l := range lis {
-			if l != nil {
-				l.Close()
-			}
-		}
-	}()
-	addrs := map[uint64]string{}
-	for i := range f.nodes {
-		port := 0
-		if f.basePort != 0 {
-			port = f.basePort + i + 1
-		}
-		var lc net.ListenConfig
-		l, err := lc.Listen(ctx, "tcp", net.JoinHostPort(f.host, strconv.Itoa(port)))
-		if err != nil {
-			return fmt.Errorf("node %d: %w", i+1, err)
-		}
-		lis[i] = l
-		addrs[uint64(i+1)] = l.Addr().String()
+	mlis, err := f.listen(ctx, f.masterPort)
+	if err != nil {
+		return fmt.Errorf("master: %w", err)
 	}
-	resolve := func(id uint64) (string, error) {
-		if a, ok := addrs[id]; ok {
-			return a, nil
-		}
-		return "", fmt.Errorf("no node %d", id)
+	hlis, err := f.listen(ctx, f.httpPort)
+	if err != nil {
+		mlis.Close()
+		return fmt.Errorf("master http: %w", err)
 	}
-	shards := node.StaticPlacement(l.Nodes, l.Shards, l.Replicas)
+	m, err := master.Start(ctx, master.Config{
+		ID: 1, Peers: map[uint64]string{1: mlis.Addr().String()}, Listener: mlis, HTTPListener: hlis,
+		DataDir: filepath.Join(f.dataDir, "master"), Bootstrap: true, Shards: f.shards, Replicas: f.replicas,
+		NodeDownAfter: 10 * time.Second, PlacementDelay: time.Second, Logger: log,
+	})
+	if err != nil {
+		mlis.Close()
+		hlis.Close()
+		return err
+	}
+	defer m.Stop()
+
 	var nodes []*node.Node
 	defer func() {
 		for i := len(nodes) - 1; i >= 0; i-- {
@@ -162,50 +125,63 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 		}
 	}()
 	for i := range f.nodes {
-		id := uint64(i + 1)
+		lis, err := f.listen(ctx, f.nodeBasePort+i+1)
+		if err != nil {
+			return fmt.Errorf("node %d: %w", i+1, err)
+		}
 		n, err := node.Start(ctx, node.Config{
-			NodeID:    id,
-			ClusterID: "playground",
-			DataDir:   filepath.Join(f.dataDir, fmt.Sprintf("node%d", id)),
-			Listener:  lis[i],
-			Resolve:   resolve,
-			Shards:    shards,
-			Logger:    log,
+			Masters:  []string{m.Addr()},
+			DataDir:  filepath.Join(f.dataDir, fmt.Sprintf("node%d", i+1)),
+			Listener: lis,
+			Logger:   log,
 		})
 		if err != nil {
-			return fmt.Errorf("node %d: %w", id, err)
+			lis.Close()
+			return fmt.Errorf("node %d: %w", i+1, err)
 		}
-		lis[i] = nil // the node owns it now
 		nodes = append(nodes, n)
 	}
 
 	readyCtx, cancel := context.WithTimeout(ctx, f.readyTimeout)
 	defer cancel()
-	if err := waitForLeaders(readyCtx, nodes, shards); err != nil {
+	if err := waitReady(readyCtx, m, nodes); err != nil {
 		return fmt.Errorf("cluster did not become ready: %w", err)
 	}
-	printPlayground(stdout, f, nodes, shards)
-	<-ctx.Done()
+	printPlayground(stdout, f, m, hlis.Addr().String(), nodes)
+	select {
+	case <-ctx.Done():
+	case err := <-m.Err():
+		return err
+	}
 	fmt.Fprintln(stdout, "\nstopping...")
 	return nil
 }
 
-func waitForLeaders(ctx context.Context, nodes []*node.Node, shards []*shoalpb.ShardDescriptor) error {
+// waitReady waits until the master has placed every shard and each has a
+// leader.
+func waitReady(ctx context.Context, m *master.Server, nodes []*node.Node) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
-		missing := 0
-		for _, d := range shards {
-			if leaderOf(nodes, d.ShardId) == 0 {
-				missing++
+		st, err := m.GetCluster(ctx, &shoalpb.GetClusterRequest{})
+		missing := -1
+		if err == nil && st.Cluster != nil && len(st.Routes.Shards) == int(st.Cluster.Shards) {
+			missing = 0
+			for _, rt := range st.Routes.Shards {
+				if leaderOf(nodes, rt.Shard.ShardId) == 0 {
+					missing++
+				}
 			}
-		}
-		if missing == 0 {
-			return nil
+			if missing == 0 {
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d of %d shards without a leader: %w", missing, len(shards), ctx.Err())
+			if missing < 0 {
+				return fmt.Errorf("shards not placed: %w", ctx.Err())
+			}
+			return fmt.Errorf("%d shards without a leader: %w", missing, ctx.Err())
 		case <-t.C:
 		}
 	}
@@ -220,13 +196,16 @@ func leaderOf(nodes []*node.Node, shard uint64) uint64 {
 	return 0
 }
 
-func printPlayground(w io.Writer, f *playgroundFlags, nodes []*node.Node, shards []*shoalpb.ShardDescriptor) {
+func printPlayground(w io.Writer, f *playgroundFlags, m *master.Server, httpAddr string, nodes []*node.Node) {
+	cl := m.Cluster()
+	st, _ := m.GetCluster(context.Background(), &shoalpb.GetClusterRequest{})
 	leaders := map[uint64]int{}
-	for _, d := range shards {
-		leaders[leaderOf(nodes, d.ShardId)]++
+	for _, rt := range st.GetRoutes().GetShards() {
+		leaders[leaderOf(nodes, rt.Shard.ShardId)]++
 	}
-	fmt.Fprintf(w, "Shoal playground: %d nodes, %d shards, replication factor %d, data in %s\n\n",
-		f.nodes, f.shards, f.replicas, f.dataDir)
+	fmt.Fprintf(w, "Shoal playground: cluster %s, %d nodes, %d shards, replication factor %d, data in %s\n\n",
+		cl.ClusterId, len(nodes), cl.Shards, cl.Replicas, f.dataDir)
+	fmt.Fprintf(w, "master 1   gRPC %s   HTTP http://%s/status\n\n", m.Addr(), httpAddr)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tGRPC\tREPLICAS\tLEADERS")
 	for _, n := range nodes {

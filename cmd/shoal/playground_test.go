@@ -35,7 +35,7 @@ func runUntilReady(t *testing.T, args ...string) string {
 	defer cancel()
 	out := &syncBuffer{}
 	cmd := newRootCmd(out, &syncBuffer{})
-	cmd.SetArgs(append([]string{"playground", "--base-port", "0", "--log-level", "error"}, args...))
+	cmd.SetArgs(append([]string{"playground", "--master-port", "0", "--log-level", "error"}, args...))
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
 	deadline := time.After(60 * time.Second)
@@ -58,7 +58,7 @@ func runUntilReady(t *testing.T, args ...string) string {
 func TestPlaygroundStartsAndRestarts(t *testing.T) {
 	dir := t.TempDir()
 	out := runUntilReady(t, "--data-dir", dir, "--shards", "8")
-	for _, want := range []string{"3 nodes, 8 shards, replication factor 3", "NODE", "LEADERS", "stopping"} {
+	for _, want := range []string{"3 nodes, 8 shards, replication factor 3", "master 1", "NODE", "LEADERS", "stopping"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -66,9 +66,9 @@ func TestPlaygroundStartsAndRestarts(t *testing.T) {
 	// Started again on the same directory it comes back.
 	runUntilReady(t, "--data-dir", dir, "--shards", "8")
 
-	// A different layout on the same directory is refused.
+	// Another shard count on the same directory is refused.
 	cmd := newRootCmd(&syncBuffer{}, &syncBuffer{})
-	cmd.SetArgs([]string{"playground", "--base-port", "0", "--data-dir", dir, "--shards", "16"})
+	cmd.SetArgs([]string{"playground", "--master-port", "0", "--data-dir", dir, "--shards", "16"})
 	err := cmd.ExecuteContext(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "--shards 8") {
 		t.Fatalf("changed layout: got %v, want an error naming the original flags", err)

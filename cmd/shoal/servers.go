@@ -1,0 +1,188 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shoaldb/shoal/internal/master"
+	"github.com/shoaldb/shoal/internal/node"
+)
+
+// envDuration, envInt, envFloat and envBool read SHOAL_* fallbacks for
+// flags; a malformed value is reported when the flag is parsed.
+func envInt(name string, def int) int {
+	if v, ok := os.LookupEnv(name); ok {
+		if n, err := strconv.Atoi(v); err == nil {
+			return n
+		}
+	}
+	return def
+}
+
+func envFloat(name string, def float64) float64 {
+	if v, ok := os.LookupEnv(name); ok {
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			return f
+		}
+	}
+	return def
+}
+
+func envBool(name string) bool {
+	v, _ := strconv.ParseBool(os.Getenv(name))
+	return v
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, ok := os.LookupEnv(name); ok {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+	}
+	return def
+}
+
+// parsePeers parses "1=host:port,2=host:port".
+func parsePeers(s string) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(part, "=")
+		n, err := strconv.ParseUint(id, 10, 64)
+		if !ok || err != nil || n == 0 || addr == "" {
+			return nil, fmt.Errorf("--peers: %q is not id=host:port", part)
+		}
+		out[n] = addr
+	}
+	return out, nil
+}
+
+func newMasterCmd(g *globalFlags) *cobra.Command {
+	var (
+		cfg   master.Config
+		peers string
+		id    int
+	)
+	cmd := &cobra.Command{
+		Use:   "master",
+		Short: "Run a master (the control server)",
+		Long: `Run one master. Masters form a Raft group of 1, 3 or 5 (--peers lists them
+all, this one included) that keeps the cluster's metadata: the storage nodes
+and their states, the shard table, and the placement decisions.
+
+Start the first time with --bootstrap on one master to fix the shard count and
+the replication factor; they cannot change afterwards.
+
+  shoal master --id 1 --peers 1=127.0.0.1:7000 --bootstrap --shards 64 --replicas 3`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			cfg.ID = uint64(id)
+			if cfg.Peers, err = parsePeers(peers); err != nil {
+				return err
+			}
+			if len(cfg.Peers) == 0 {
+				cfg.Peers = map[uint64]string{cfg.ID: cfg.ListenAddr}
+			}
+			if cfg.DataDir == "" {
+				cfg.DataDir = fmt.Sprintf("./shoal-master-%d", cfg.ID)
+			}
+			cfg.Logger = log
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			srv, err := master.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer srv.Stop()
+			fmt.Fprintf(cmd.OutOrStdout(), "master %d serving gRPC on %s", srv.ID(), srv.Addr())
+			if cfg.HTTPAddr != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), ", HTTP on %s", cfg.HTTPAddr)
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			select {
+			case <-ctx.Done():
+				return nil
+			case err := <-srv.Err():
+				return err
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&id, "id", envInt("SHOAL_MASTER_ID", 1), "this master's ID, one of --peers (env SHOAL_MASTER_ID)")
+	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7000"), "gRPC address (env SHOAL_LISTEN)")
+	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7080"), "HTTP address for /status and /healthz; empty for none (env SHOAL_HTTP)")
+	f.StringVar(&peers, "peers", envOr("SHOAL_PEERS", ""), "every master as id=host:port, comma separated; default: this one alone (env SHOAL_PEERS)")
+	f.StringVar(&cfg.DataDir, "data-dir", envOr("SHOAL_DATA_DIR", ""), "data directory (default ./shoal-master-<id>) (env SHOAL_DATA_DIR)")
+	f.BoolVar(&cfg.Bootstrap, "bootstrap", envBool("SHOAL_BOOTSTRAP"), "bootstrap the cluster with --shards and --replicas (env SHOAL_BOOTSTRAP)")
+	f.IntVar(&cfg.Shards, "shards", envInt("SHOAL_SHARDS", 64), "shards at bootstrap, a power of two (env SHOAL_SHARDS)")
+	f.IntVar(&cfg.Replicas, "replicas", envInt("SHOAL_REPLICAS", 3), "replicas per shard at bootstrap, 1..7 (env SHOAL_REPLICAS)")
+	f.DurationVar(&cfg.NodeDownAfter, "node-down-after", envDuration("SHOAL_NODE_DOWN_AFTER", 30*time.Second), "a node silent this long is down (env SHOAL_NODE_DOWN_AFTER)")
+	return cmd
+}
+
+func newNodeCmd(g *globalFlags) *cobra.Command {
+	var (
+		cfg     node.Config
+		masters string
+	)
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run a storage node",
+		Long: `Run a storage node. It registers with the masters (the first time it gets its
+node ID, which it keeps in --data-dir), heartbeats them every second, and hosts
+the replicas they place on it.
+
+  shoal node --master 127.0.0.1:7000 --listen 127.0.0.1:7101 --data-dir ./node1`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			for _, m := range strings.Split(masters, ",") {
+				if m = strings.TrimSpace(m); m != "" {
+					cfg.Masters = append(cfg.Masters, m)
+				}
+			}
+			if len(cfg.Masters) == 0 {
+				return fmt.Errorf("--master: no master address")
+			}
+			cfg.Logger = log
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			n, err := node.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer n.Stop()
+			fmt.Fprintf(cmd.OutOrStdout(), "node %d of cluster %s serving gRPC on %s\n", n.ID(), n.ClusterID(), n.Addr())
+			<-ctx.Done()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&masters, "master", envOr("SHOAL_MASTER", "127.0.0.1:7000"), "masters' gRPC addresses, comma separated (env SHOAL_MASTER)")
+	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7100"), "gRPC address (env SHOAL_LISTEN)")
+	f.StringVar(&cfg.AdvertiseAddr, "advertise", envOr("SHOAL_ADVERTISE", ""), "gRPC address others use; default --listen (env SHOAL_ADVERTISE)")
+	f.StringVar(&cfg.DataDir, "data-dir", envOr("SHOAL_DATA_DIR", "./shoal-node"), "data directory (env SHOAL_DATA_DIR)")
+	f.StringVar(&cfg.Zone, "zone", envOr("SHOAL_ZONE", ""), "zone (rack, availability zone): replicas spread over zones (env SHOAL_ZONE)")
+	f.Float64Var(&cfg.Weight, "weight", envFloat("SHOAL_WEIGHT", 1), "capacity weight: replicas in proportion to it (env SHOAL_WEIGHT)")
+	f.StringVar(&cfg.RESPAddr, "resp", envOr("SHOAL_RESP", "127.0.0.1:6379"), "Redis protocol address advertised to clients; the Redis front end itself is not served yet (env SHOAL_RESP)")
+	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address advertised (env SHOAL_HTTP)")
+	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
+	return cmd
+}
