@@ -6,7 +6,7 @@ PKGS      ?= ./...
 RAFT_DIR   = $(shell $(GO) list -m -f '{{.Dir}}' go.etcd.io/raft/v3)
 PROTOC_GEN_GO_VERSION      = v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION = v1.6.2
-STATICCHECK_VERSION        = 2026.2.2
+STATICCHECK_VERSION        = v0.8.2
 BENCHTIME ?= 5s
 
 .PHONY: all build test race lint proto proto-check tools bench fuzz clean
