@@ -1,7 +1,20 @@
-// Package client is Shoal's public Go client.
+// Package client is Shoal's Go client.
 //
-// This first part is the connection to the masters (MasterConn): it keeps a
-// gRPC connection to each master, sends calls that change state to the
-// leader, follows NOT_LEADER answers to the leader they name, and tries the
-// next master when one is unreachable, until the caller's context ends.
+// Open connects to the masters, fetches the shard table and keeps it
+// current (a WatchRoutes stream). Each request goes straight to the node that
+// leads the key's shard; the client follows NOT_LEADER answers to the leader
+// they name at once, takes the current descriptor from EPOCH_MISMATCH
+// answers, refreshes the table when a node no longer holds a shard, and backs
+// off briefly while a shard elects a leader — all within the caller's
+// context, whose deadline bounds every call (DefaultTimeout applies when it
+// has none).
+//
+// Writes carry a client session (an ID and a sequence number per write), so
+// a write retried after an ambiguous failure — a timeout, a leader that
+// stopped — applies once. An error that reaches the caller says why: a
+// sentinel to test with errors.Is (ErrNotInteger, ErrTimeout, ...), and
+// ErrAmbiguous when a write's outcome could not be learned.
+//
+// A Client is safe for concurrent use and should be shared: it pools one
+// gRPC connection per node.
 package client

@@ -159,19 +159,8 @@ func (m *MasterConn) Call(ctx context.Context, f func(ctx context.Context, c sho
 	}
 }
 
-// Detail returns the ErrorDetail a master attached to err, or nil.
-func Detail(err error) *shoalpb.ErrorDetail {
-	st, ok := status.FromError(err)
-	if !ok {
-		return nil
-	}
-	for _, d := range st.Details() {
-		if ed, ok := d.(*shoalpb.ErrorDetail); ok {
-			return ed
-		}
-	}
-	return nil
-}
+// Detail returns the ErrorDetail a server attached to err, or nil.
+func Detail(err error) *shoalpb.ErrorDetail { return shoalpb.DetailOf(err) }
 
 func classify(err error, d *shoalpb.ErrorDetail) error {
 	switch d.Code {

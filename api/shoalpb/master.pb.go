@@ -101,18 +101,51 @@ const (
 	ErrorCode_ERROR_CODE_UNKNOWN_NODE ErrorCode = 5
 	// The request is invalid.
 	ErrorCode_ERROR_CODE_INVALID ErrorCode = 6
+	// The shard has no leader right now (an election); retry shortly.
+	ErrorCode_ERROR_CODE_NO_LEADER ErrorCode = 7
+	// The request's route is stale; shard carries the current descriptor.
+	ErrorCode_ERROR_CODE_EPOCH_MISMATCH ErrorCode = 8
+	// This node has no replica of the shard (and was told not to forward).
+	ErrorCode_ERROR_CODE_SHARD_NOT_HERE ErrorCode = 9
+	// The deadline passed before the outcome was known.
+	ErrorCode_ERROR_CODE_TIMEOUT ErrorCode = 10
+	// Too much in flight; nothing was done. Retry later.
+	ErrorCode_ERROR_CODE_OVERLOADED ErrorCode = 11
+	// The value is not an integer.
+	ErrorCode_ERROR_CODE_NOT_INTEGER ErrorCode = 12
+	// An increment would overflow.
+	ErrorCode_ERROR_CODE_OVERFLOW ErrorCode = 13
+	// A key or value is larger than the limit.
+	ErrorCode_ERROR_CODE_TOO_LARGE ErrorCode = 14
+	// The keys of a batch are in more than one shard.
+	ErrorCode_ERROR_CODE_CROSS_SHARD ErrorCode = 15
+	// The session sequence was already acknowledged.
+	ErrorCode_ERROR_CODE_STALE_SEQUENCE ErrorCode = 16
+	// The node is stopping; nothing was done unless ambiguous is set.
+	ErrorCode_ERROR_CODE_UNAVAILABLE ErrorCode = 17
 )
 
 // Enum value maps for ErrorCode.
 var (
 	ErrorCode_name = map[int32]string{
-		0: "ERROR_CODE_UNSPECIFIED",
-		1: "ERROR_CODE_NOT_LEADER",
-		2: "ERROR_CODE_WRONG_CLUSTER",
-		3: "ERROR_CODE_NOT_BOOTSTRAPPED",
-		4: "ERROR_CODE_BOOTSTRAP_MISMATCH",
-		5: "ERROR_CODE_UNKNOWN_NODE",
-		6: "ERROR_CODE_INVALID",
+		0:  "ERROR_CODE_UNSPECIFIED",
+		1:  "ERROR_CODE_NOT_LEADER",
+		2:  "ERROR_CODE_WRONG_CLUSTER",
+		3:  "ERROR_CODE_NOT_BOOTSTRAPPED",
+		4:  "ERROR_CODE_BOOTSTRAP_MISMATCH",
+		5:  "ERROR_CODE_UNKNOWN_NODE",
+		6:  "ERROR_CODE_INVALID",
+		7:  "ERROR_CODE_NO_LEADER",
+		8:  "ERROR_CODE_EPOCH_MISMATCH",
+		9:  "ERROR_CODE_SHARD_NOT_HERE",
+		10: "ERROR_CODE_TIMEOUT",
+		11: "ERROR_CODE_OVERLOADED",
+		12: "ERROR_CODE_NOT_INTEGER",
+		13: "ERROR_CODE_OVERFLOW",
+		14: "ERROR_CODE_TOO_LARGE",
+		15: "ERROR_CODE_CROSS_SHARD",
+		16: "ERROR_CODE_STALE_SEQUENCE",
+		17: "ERROR_CODE_UNAVAILABLE",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":        0,
@@ -122,6 +155,17 @@ var (
 		"ERROR_CODE_BOOTSTRAP_MISMATCH": 4,
 		"ERROR_CODE_UNKNOWN_NODE":       5,
 		"ERROR_CODE_INVALID":            6,
+		"ERROR_CODE_NO_LEADER":          7,
+		"ERROR_CODE_EPOCH_MISMATCH":     8,
+		"ERROR_CODE_SHARD_NOT_HERE":     9,
+		"ERROR_CODE_TIMEOUT":            10,
+		"ERROR_CODE_OVERLOADED":         11,
+		"ERROR_CODE_NOT_INTEGER":        12,
+		"ERROR_CODE_OVERFLOW":           13,
+		"ERROR_CODE_TOO_LARGE":          14,
+		"ERROR_CODE_CROSS_SHARD":        15,
+		"ERROR_CODE_STALE_SEQUENCE":     16,
+		"ERROR_CODE_UNAVAILABLE":        17,
 	}
 )
 
@@ -1773,10 +1817,16 @@ func (x *MetaResult) GetCluster() *ClusterInfo {
 // ErrorDetail is attached to gRPC errors so clients can act on them without
 // parsing messages.
 type ErrorDetail struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=shoal.v1.ErrorCode" json:"code,omitempty"`
-	LeaderId      uint64                 `protobuf:"varint,2,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	LeaderAddr    string                 `protobuf:"bytes,3,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Code  ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=shoal.v1.ErrorCode" json:"code,omitempty"`
+	// The master or node believed to lead, when known.
+	LeaderId   uint64 `protobuf:"varint,2,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderAddr string `protobuf:"bytes,3,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	ShardId    uint64 `protobuf:"varint,4,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	// The shard's current descriptor (EPOCH_MISMATCH).
+	Shard *ShardDescriptor `protobuf:"bytes,5,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The write may or may not have been applied.
+	Ambiguous     bool `protobuf:"varint,6,opt,name=ambiguous,proto3" json:"ambiguous,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1830,6 +1880,27 @@ func (x *ErrorDetail) GetLeaderAddr() string {
 		return x.LeaderAddr
 	}
 	return ""
+}
+
+func (x *ErrorDetail) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *ErrorDetail) GetShard() *ShardDescriptor {
+	if x != nil {
+		return x.Shard
+	}
+	return nil
+}
+
+func (x *ErrorDetail) GetAmbiguous() bool {
+	if x != nil {
+		return x.Ambiguous
+	}
+	return false
 }
 
 // MetaIDs are the meta group's allocators and the route table's version.
@@ -2018,12 +2089,15 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x05error\x18\x01 \x01(\tR\x05error\x12'\n" +
 	"\x04code\x18\x02 \x01(\x0e2\x13.shoal.v1.ErrorCodeR\x04code\x12&\n" +
 	"\x04node\x18\x03 \x01(\v2\x12.shoal.v1.NodeInfoR\x04node\x12/\n" +
-	"\acluster\x18\x04 \x01(\v2\x15.shoal.v1.ClusterInfoR\acluster\"t\n" +
+	"\acluster\x18\x04 \x01(\v2\x15.shoal.v1.ClusterInfoR\acluster\"\xde\x01\n" +
 	"\vErrorDetail\x12'\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x13.shoal.v1.ErrorCodeR\x04code\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\x04R\bleaderId\x12\x1f\n" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
-	"leaderAddr\"n\n" +
+	"leaderAddr\x12\x19\n" +
+	"\bshard_id\x18\x04 \x01(\x04R\ashardId\x12/\n" +
+	"\x05shard\x18\x05 \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\x12\x1c\n" +
+	"\tambiguous\x18\x06 \x01(\bR\tambiguous\"n\n" +
 	"\aMetaIDs\x12\x1b\n" +
 	"\tnext_node\x18\x01 \x01(\x04R\bnextNode\x12!\n" +
 	"\fnext_replica\x18\x02 \x01(\x04R\vnextReplica\x12#\n" +
@@ -2033,7 +2107,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\rNODE_STATE_UP\x10\x01\x12\x13\n" +
 	"\x0fNODE_STATE_DOWN\x10\x02\x12\x17\n" +
 	"\x13NODE_STATE_DRAINING\x10\x03\x12\x16\n" +
-	"\x12NODE_STATE_REMOVED\x10\x04*\xd9\x01\n" +
+	"\x12NODE_STATE_REMOVED\x10\x04*\x8a\x04\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x1c\n" +
@@ -2041,7 +2115,19 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x1bERROR_CODE_NOT_BOOTSTRAPPED\x10\x03\x12!\n" +
 	"\x1dERROR_CODE_BOOTSTRAP_MISMATCH\x10\x04\x12\x1b\n" +
 	"\x17ERROR_CODE_UNKNOWN_NODE\x10\x05\x12\x16\n" +
-	"\x12ERROR_CODE_INVALID\x10\x062\xf3\x03\n" +
+	"\x12ERROR_CODE_INVALID\x10\x06\x12\x18\n" +
+	"\x14ERROR_CODE_NO_LEADER\x10\a\x12\x1d\n" +
+	"\x19ERROR_CODE_EPOCH_MISMATCH\x10\b\x12\x1d\n" +
+	"\x19ERROR_CODE_SHARD_NOT_HERE\x10\t\x12\x16\n" +
+	"\x12ERROR_CODE_TIMEOUT\x10\n" +
+	"\x12\x19\n" +
+	"\x15ERROR_CODE_OVERLOADED\x10\v\x12\x1a\n" +
+	"\x16ERROR_CODE_NOT_INTEGER\x10\f\x12\x17\n" +
+	"\x13ERROR_CODE_OVERFLOW\x10\r\x12\x18\n" +
+	"\x14ERROR_CODE_TOO_LARGE\x10\x0e\x12\x1a\n" +
+	"\x16ERROR_CODE_CROSS_SHARD\x10\x0f\x12\x1d\n" +
+	"\x19ERROR_CODE_STALE_SEQUENCE\x10\x10\x12\x1a\n" +
+	"\x16ERROR_CODE_UNAVAILABLE\x10\x112\xf3\x03\n" +
 	"\x06Master\x12>\n" +
 	"\tBootstrap\x12\x1a.shoal.v1.BootstrapRequest\x1a\x15.shoal.v1.ClusterInfo\x12M\n" +
 	"\fRegisterNode\x12\x1d.shoal.v1.RegisterNodeRequest\x1a\x1e.shoal.v1.RegisterNodeResponse\x12D\n" +
@@ -2127,25 +2213,26 @@ var file_shoalpb_master_proto_depIdxs = []int32{
 	2,  // 26: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
 	3,  // 27: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
 	1,  // 28: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
-	12, // 29: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
-	7,  // 30: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
-	11, // 31: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	16, // 32: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
-	17, // 33: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
-	18, // 34: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	20, // 35: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
-	3,  // 36: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
-	8,  // 37: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
-	15, // 38: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	5,  // 39: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
-	5,  // 40: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
-	19, // 41: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
-	21, // 42: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
-	36, // [36:43] is the sub-list for method output_type
-	29, // [29:36] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	28, // 29: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
+	12, // 30: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
+	7,  // 31: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
+	11, // 32: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	16, // 33: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
+	17, // 34: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
+	18, // 35: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	20, // 36: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
+	3,  // 37: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
+	8,  // 38: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
+	15, // 39: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	5,  // 40: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
+	5,  // 41: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
+	19, // 42: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
+	21, // 43: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
+	37, // [37:44] is the sub-list for method output_type
+	30, // [30:37] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_master_proto_init() }

@@ -212,5 +212,14 @@ func printPlayground(w io.Writer, f *playgroundFlags, m *master.Server, httpAddr
 		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\n", n.ID(), n.Addr(), len(n.Store().Replicas()), leaders[n.ID()])
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\nEvery shard has a leader. Ctrl-C stops the cluster; starting again on the same --data-dir brings the data back.")
+	fmt.Fprintf(w, `
+Every shard has a leader. Try, from another terminal:
+
+  shoal set hello world --master %[1]s
+  shoal get hello --master %[1]s
+  shoal cluster status --master %[1]s
+
+or the Go client: client.Open(ctx, []string{%[1]q}).
+Ctrl-C stops the cluster; starting again on the same --data-dir brings the data back.
+`, m.Addr())
 }

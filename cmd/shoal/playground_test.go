@@ -90,3 +90,74 @@ func TestPlaygroundFlagValidation(t *testing.T) {
 		}
 	}
 }
+
+// run executes a shoal command line and returns its output.
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out := &syncBuffer{}
+	cmd := newRootCmd(out, &syncBuffer{})
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestClientCommandsAgainstPlayground(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &syncBuffer{}
+	cmd := newRootCmd(out, &syncBuffer{})
+	cmd.SetArgs([]string{"playground", "--master-port", "0", "--log-level", "error", "--data-dir", t.TempDir(), "--shards", "8"})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	deadline := time.After(60 * time.Second)
+	for !strings.Contains(out.String(), "Every shard has a leader") {
+		select {
+		case err := <-done:
+			t.Fatalf("playground exited: %v\n%s", err, out)
+		case <-deadline:
+			t.Fatalf("playground not ready:\n%s", out)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	var addr string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if f := strings.Fields(line); len(f) >= 4 && f[0] == "master" && f[2] == "gRPC" {
+			addr = f[3]
+		}
+	}
+	if addr == "" {
+		t.Fatalf("no master address in:\n%s", out)
+	}
+	m := "--master=" + addr
+	for _, step := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"set", "k", "v1", m}, "OK"},
+		{[]string{"set", "k", "v2", "--nx", m}, "not set"},
+		{[]string{"get", "k", m}, "v1"},
+		{[]string{"get", "k", "--json", m}, `"value": "v1"`},
+		{[]string{"incr", "n", "--by", "5", m}, "5"},
+		{[]string{"incr", "n", m}, "6"},
+		{[]string{"scan", m}, "k\tv1"},
+		{[]string{"del", "k", m}, "deleted"},
+		{[]string{"del", "k", m}, "not found"},
+		{[]string{"cluster", "status", m}, "SHARD"},
+		{[]string{"cluster", "status", "--json", m}, `"cluster_id"`},
+	} {
+		got, err := run(t, step.args...)
+		if err != nil || !strings.Contains(got, step.want) {
+			t.Fatalf("shoal %v: %q, %v; want %q", step.args, got, err, step.want)
+		}
+	}
+	if _, err := run(t, "get", "missing", m); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("get of a missing key: %v", err)
+	}
+	if _, err := run(t, "incr", "n", "--by", "x", m); err == nil {
+		t.Fatal("incr --by x accepted")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

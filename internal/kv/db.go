@@ -175,6 +175,9 @@ func (d *DB) Get(ctx context.Context, key []byte, o ReadOptions) (Value, bool, e
 		}
 	}
 	v, at, ok, err := Get(d.store.Engine().Reader(), slot, key, d.nowMs())
+	if err == nil {
+		err = d.store.Serving(shard)
+	}
 	if err != nil || !ok {
 		return Value{}, false, err
 	}

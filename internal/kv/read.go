@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/shoaldb/shoal/internal/keys"
@@ -23,4 +24,87 @@ func Get(r storage.Reader, slot uint16, key []byte, nowMs int64) (value []byte, 
 		return nil, 0, false, nil
 	}
 	return v, at, true, nil
+}
+
+// ScanResult is one page of a scan.
+type ScanResult struct {
+	Keys, Values [][]byte
+	// Cursor resumes the scan after the last key; nil when the range is
+	// done.
+	Cursor []byte
+
+	lastKey []byte
+}
+
+// MaxScanLimit bounds the keys one Scan call returns.
+const MaxScanLimit = 10000
+
+// Scan returns up to limit live keys (and values unless keysOnly) of the
+// local replica of shard whose slots are in [startSlot, endSlot), in slot
+// order then key order, after cursor (from a previous page; nil to start).
+// Like Get it is linearizable unless o.Stale. Expired keys are skipped.
+func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, cursor []byte, limit int, keysOnly bool, o ReadOptions) (ScanResult, error) {
+	st, err := d.store.Status(shard)
+	if err != nil {
+		return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
+	}
+	desc := st.Descriptor
+	startSlot, endSlot = max(startSlot, desc.GetStartSlot()), min(endSlot, desc.GetEndSlot())
+	if startSlot >= endSlot {
+		return ScanResult{}, nil
+	}
+	if limit <= 0 || limit > MaxScanLimit {
+		limit = min(max(limit, 1000), MaxScanLimit)
+	}
+	if !o.Stale {
+		if err := d.store.ReadIndex(ctx, shard); err != nil {
+			return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
+		}
+	}
+	span := keys.DataSpan(startSlot, endSlot)
+	if len(cursor) > 0 {
+		if !span.Contains(cursor) && string(cursor) >= string(span.End) {
+			return ScanResult{}, nil
+		}
+		// Resume strictly after the cursor.
+		if after := append(cursor[:len(cursor):len(cursor)], 0); string(after) > string(span.Start) {
+			span.Start = after
+		}
+	}
+	it, err := d.store.Engine().NewIter(span)
+	if err != nil {
+		return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
+	}
+	defer it.Close()
+	now := d.nowMs()
+	var res ScanResult
+	for ok := it.First(); ok; ok = it.Next() {
+		if len(res.Keys) == limit {
+			res.Cursor = append([]byte(nil), res.lastKey...)
+			break
+		}
+		v, at, err := DecodeValue(it.Value())
+		if err != nil {
+			return ScanResult{}, fmt.Errorf("kv: scan: %q: %w", it.Key(), err)
+		}
+		if expired(at, now) {
+			continue
+		}
+		_, k, err := keys.DecodeDataKey(it.Key())
+		if err != nil {
+			return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
+		}
+		res.Keys = append(res.Keys, append([]byte(nil), k...))
+		if !keysOnly {
+			res.Values = append(res.Values, append([]byte(nil), v...))
+		}
+		res.lastKey = append(res.lastKey[:0], it.Key()...)
+	}
+	if err := it.Error(); err != nil {
+		return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
+	}
+	if err := d.store.Serving(shard); err != nil {
+		return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
+	}
+	return res, nil
 }

@@ -32,17 +32,6 @@ func coded(code shoalpb.ErrorCode, format string, args ...any) error {
 	return &codedError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
-// grpcCodes maps wire error codes to gRPC codes. It is the one place where
-// the master's errors become statuses (with toStatus).
-var grpcCodes = map[shoalpb.ErrorCode]codes.Code{
-	shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER:         codes.Unavailable,
-	shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER:      codes.FailedPrecondition,
-	shoalpb.ErrorCode_ERROR_CODE_NOT_BOOTSTRAPPED:   codes.Unavailable,
-	shoalpb.ErrorCode_ERROR_CODE_BOOTSTRAP_MISMATCH: codes.FailedPrecondition,
-	shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE:       codes.NotFound,
-	shoalpb.ErrorCode_ERROR_CODE_INVALID:            codes.InvalidArgument,
-}
-
 // toStatus turns a handler's error into a gRPC status with an ErrorDetail.
 func (s *Server) toStatus(err error) error {
 	if err == nil {
@@ -69,23 +58,13 @@ func (s *Server) toStatus(err error) error {
 			detail.LeaderId, detail.LeaderAddr = st.LeaderReplica, s.cfg.Peers[st.LeaderReplica]
 		}
 	}
-	st, serr := status.New(grpcCodes[detail.Code], err.Error()).WithDetails(detail)
-	if serr != nil {
-		return status.Error(grpcCodes[detail.Code], err.Error())
-	}
-	return st.Err()
+	return shoalpb.StatusError(detail, err.Error())
 }
 
 // fromStatus turns another master's status back into a codedError.
 func fromStatus(err error) error {
-	st, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
-	for _, d := range st.Details() {
-		if ed, ok := d.(*shoalpb.ErrorDetail); ok {
-			return &codedError{code: ed.Code, msg: st.Message()}
-		}
+	if d := shoalpb.DetailOf(err); d != nil {
+		return &codedError{code: d.Code, msg: status.Convert(err).Message()}
 	}
 	return err
 }

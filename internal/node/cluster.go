@@ -146,6 +146,25 @@ func (c *routeCache) resolve(node uint64) (string, error) {
 	return "", fmt.Errorf("node: no address for node %d in route table version %d", node, c.table.GetVersion())
 }
 
+// leaderOf returns the shard owning slot and its leader node, from the
+// route table (0, 0 when unknown).
+func (c *routeCache) leaderOf(slot uint16) (shard, node uint64) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, rt := range c.table.GetShards() {
+		d := rt.Shard
+		if uint32(slot) >= d.StartSlot && uint32(slot) < d.EndSlot {
+			for _, r := range d.Replicas {
+				if r.ReplicaId == rt.LeaderReplica {
+					return d.ShardId, r.NodeId
+				}
+			}
+			return d.ShardId, 0
+		}
+	}
+	return 0, 0
+}
+
 // Routes returns the node's copy of the route table (master mode).
 func (n *Node) Routes() *shoalpb.RouteTable {
 	n.routes.mu.RLock()

@@ -132,6 +132,8 @@ type Node struct {
 	kv        *kv.DB
 	server    *grpc.Server
 
+	kvsvc *kvService
+
 	// Master mode.
 	masters *client.MasterConn
 	routes  *routeCache
@@ -238,11 +240,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	n.server = grpc.NewServer(transport.ServerOptions()...)
 	n.transport.Register(n.server)
-	go func() {
-		if err := n.server.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			n.log.Error("grpc server failed", "err", err)
-		}
-	}()
+	n.kvsvc = &kvService{n: n, peers: &peerConns{conns: map[string]*grpc.ClientConn{}}}
+	shoalpb.RegisterKVServer(n.server, n.kvsvc)
 
 	kvOpts := cfg.KV
 	if kvOpts.Logger == nil {
@@ -250,6 +249,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.store.Start()
 	n.kv = kv.New(n.store, kvOpts)
+	// Serve only once everything the services use exists.
+	go func() {
+		if err := n.server.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			n.log.Error("grpc server failed", "err", err)
+		}
+	}()
 	if n.masters != nil {
 		n.wg.Add(1)
 		go n.heartbeatLoop()
@@ -293,6 +298,7 @@ func (n *Node) Stop() error {
 		close(n.stopC)
 		n.wg.Wait()
 		n.server.Stop()
+		n.kvsvc.peers.close()
 		n.transport.Close()
 		n.kv.Close()
 		n.store.Stop()

@@ -445,7 +445,11 @@ func (s *Store) TransferLeader(ctx context.Context, shard, target uint64) error 
 // Waiters fail with reason. Runs on the replica's worker, after every
 // batch that wrote for it is committed.
 func (r *Replica) destroy(reason error) error {
+	// Readers that read the engine without the worker check the status
+	// after reading (Store.Serving): publish the removal before the data
+	// goes, so a read that might have seen it gone is told.
 	r.destroyed = true
+	r.publishStatus()
 	b := r.store.eng.NewBatch()
 	defer b.Close()
 	if r.initialized {

@@ -593,6 +593,20 @@ func (s *Store) Status(shard uint64) (ReplicaStatus, error) {
 	return r.Status(), nil
 }
 
+// Serving checks, after a read of the engine, that this node still serves
+// shard: its replica has not been removed (its data may have been deleted
+// under the read). A read must be discarded when it fails.
+func (s *Store) Serving(shard uint64) error {
+	st, err := s.Status(shard)
+	if err != nil {
+		return err
+	}
+	if st.Removed {
+		return fmt.Errorf("%w: shard %d on node %d", ErrShardRemoved, shard, s.opts.NodeID)
+	}
+	return nil
+}
+
 // Replicas returns the status of every replica, ordered by shard.
 func (s *Store) Replicas() []ReplicaStatus {
 	rs := s.replicaList()

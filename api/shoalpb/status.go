@@ -1,0 +1,61 @@
+package shoalpb
+
+import (
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// grpcCodes is the one mapping between Shoal's error codes and gRPC status
+// codes. Servers build errors with StatusError; clients read the code back
+// with DetailOf, never by matching messages.
+var grpcCodes = map[ErrorCode]codes.Code{
+	ErrorCode_ERROR_CODE_NOT_LEADER:         codes.Unavailable,
+	ErrorCode_ERROR_CODE_NO_LEADER:          codes.Unavailable,
+	ErrorCode_ERROR_CODE_UNAVAILABLE:        codes.Unavailable,
+	ErrorCode_ERROR_CODE_NOT_BOOTSTRAPPED:   codes.Unavailable,
+	ErrorCode_ERROR_CODE_WRONG_CLUSTER:      codes.FailedPrecondition,
+	ErrorCode_ERROR_CODE_BOOTSTRAP_MISMATCH: codes.FailedPrecondition,
+	ErrorCode_ERROR_CODE_EPOCH_MISMATCH:     codes.FailedPrecondition,
+	ErrorCode_ERROR_CODE_SHARD_NOT_HERE:     codes.FailedPrecondition,
+	ErrorCode_ERROR_CODE_STALE_SEQUENCE:     codes.FailedPrecondition,
+	ErrorCode_ERROR_CODE_UNKNOWN_NODE:       codes.NotFound,
+	ErrorCode_ERROR_CODE_INVALID:            codes.InvalidArgument,
+	ErrorCode_ERROR_CODE_NOT_INTEGER:        codes.InvalidArgument,
+	ErrorCode_ERROR_CODE_CROSS_SHARD:        codes.InvalidArgument,
+	ErrorCode_ERROR_CODE_TOO_LARGE:          codes.InvalidArgument,
+	ErrorCode_ERROR_CODE_OVERFLOW:           codes.OutOfRange,
+	ErrorCode_ERROR_CODE_TIMEOUT:            codes.DeadlineExceeded,
+	ErrorCode_ERROR_CODE_OVERLOADED:         codes.ResourceExhausted,
+}
+
+// GRPCCode returns the gRPC status code that errors with code c carry.
+func (c ErrorCode) GRPCCode() codes.Code {
+	if g, ok := grpcCodes[c]; ok {
+		return g
+	}
+	return codes.Unknown
+}
+
+// StatusError returns a gRPC error with detail's code and message msg,
+// carrying detail.
+func StatusError(detail *ErrorDetail, msg string) error {
+	st, err := status.New(detail.GetCode().GRPCCode(), msg).WithDetails(detail)
+	if err != nil {
+		return status.Error(detail.GetCode().GRPCCode(), msg)
+	}
+	return st.Err()
+}
+
+// DetailOf returns the ErrorDetail a server attached to err, or nil.
+func DetailOf(err error) *ErrorDetail {
+	st, ok := status.FromError(err)
+	if !ok {
+		return nil
+	}
+	for _, d := range st.Details() {
+		if ed, ok := d.(*ErrorDetail); ok {
+			return ed
+		}
+	}
+	return nil
+}

@@ -1,0 +1,370 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
+)
+
+// Errors a request can end with. They wrap the server's status, so the
+// message says more; test them with errors.Is.
+var (
+	// ErrNotInteger: INCR on a value that is not a 64-bit decimal integer.
+	ErrNotInteger = errors.New("shoal: value is not an integer or out of range")
+	// ErrOverflow: the increment would overflow.
+	ErrOverflow = errors.New("shoal: increment or decrement would overflow")
+	// ErrTooLarge: the key or value is larger than the cluster accepts.
+	ErrTooLarge = errors.New("shoal: key or value too large")
+	// ErrCrossShard: a batch's keys are in more than one shard. Use hash tags
+	// ({...}) to keep keys together.
+	ErrCrossShard = errors.New("shoal: keys in more than one shard")
+	// ErrInvalid: the request is malformed.
+	ErrInvalid = errors.New("shoal: invalid request")
+	// ErrTimeout: the context ended before the request succeeded. For a
+	// write, ErrAmbiguous says whether it may have been applied.
+	ErrTimeout = errors.New("shoal: timed out")
+	// ErrAmbiguous: a write may or may not have been applied, and retrying
+	// could not settle it (no session, or the deadline passed).
+	ErrAmbiguous = errors.New("shoal: outcome unknown")
+	// ErrClosed: the client is closed.
+	ErrClosed = errors.New("shoal: client closed")
+)
+
+// DefaultTimeout bounds a request whose context has no deadline.
+const DefaultTimeout = 10 * time.Second
+
+// Option configures a Client.
+type Option func(*options)
+
+type options struct {
+	dial           []grpc.DialOption
+	defaultTimeout time.Duration
+	maxBackoff     time.Duration
+	stale          bool
+	noSession      bool
+	forward        bool
+	logger         *slog.Logger
+}
+
+// WithDialOptions sets the gRPC dial options for masters and nodes.
+// Default: insecure credentials.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dial = opts }
+}
+
+// WithDefaultTimeout bounds requests whose context has no deadline.
+// Default DefaultTimeout.
+func WithDefaultTimeout(d time.Duration) Option {
+	return func(o *options) { o.defaultTimeout = d }
+}
+
+// WithMaxBackoff caps the wait between retries while a shard has no
+// leader. Default 200ms.
+func WithMaxBackoff(d time.Duration) Option {
+	return func(o *options) { o.maxBackoff = d }
+}
+
+// WithStaleReads makes reads served by any replica without a round trip to
+// the leader: faster, but they may miss recent writes. Default: linearizable
+// reads.
+func WithStaleReads() Option { return func(o *options) { o.stale = true } }
+
+// WithoutSession sends writes without a client session: a write retried
+// after an ambiguous failure could then apply twice, so the client returns
+// ErrAmbiguous instead of retrying it. Default: with a session.
+func WithoutSession() Option { return func(o *options) { o.noSession = true } }
+
+// WithForwarding sends requests to any node and lets it forward them to the
+// leader, instead of routing by the shard table. Default: direct routing.
+func WithForwarding() Option { return func(o *options) { o.forward = true } }
+
+// WithLogger sets the client's logger. Default: discarded.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// Client is a connection to a Shoal cluster.
+type Client struct {
+	opts    options
+	masters *MasterConn
+	routes  *routeCache
+	session *sessionTracker
+
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool
+
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// Open connects to the cluster whose masters are at masterAddrs and waits
+// (within ctx) until it has a shard table with every shard placed.
+func Open(ctx context.Context, masterAddrs []string, opts ...Option) (*Client, error) {
+	o := options{defaultTimeout: DefaultTimeout, maxBackoff: 200 * time.Millisecond, logger: slog.New(slog.DiscardHandler)}
+	for _, f := range opts {
+		f(&o)
+	}
+	if len(o.dial) == 0 {
+		o.dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	m, err := DialMasters(masterAddrs, o.dial...)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{opts: o, masters: m, routes: newRouteCache(), conns: map[string]*grpc.ClientConn{}}
+	if !o.noSession {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		c.session = newSessionTracker(binary.BigEndian.Uint64(b[:]) | 1)
+	}
+	for {
+		t, err := m.GetRoutes(ctx)
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("shoal: open: %w", err)
+		}
+		if complete(t) {
+			c.routes.replace(t)
+			break
+		}
+		select {
+		case <-ctx.Done():
+			m.Close()
+			return nil, fmt.Errorf("shoal: open: the cluster has not placed its shards yet: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	c.stop = cancel
+	c.wg.Add(1)
+	go c.watch(wctx)
+	return c, nil
+}
+
+// complete reports whether t's shards cover every slot.
+func complete(t *shoalpb.RouteTable) bool {
+	covered := 0
+	for _, rt := range t.GetShards() {
+		covered += int(rt.Shard.EndSlot - rt.Shard.StartSlot)
+	}
+	return covered == keys.SlotCount
+}
+
+// Close closes the client's connections.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	c.stop()
+	c.wg.Wait()
+	c.mu.Lock()
+	for a, conn := range c.conns {
+		conn.Close()
+		delete(c.conns, a)
+	}
+	c.mu.Unlock()
+	return c.masters.Close()
+}
+
+// Routes returns the client's copy of the shard table.
+func (c *Client) Routes() *shoalpb.RouteTable { return c.routes.current() }
+
+// watch keeps the shard table current from the masters' WatchRoutes stream.
+func (c *Client) watch(ctx context.Context) {
+	defer c.wg.Done()
+	for ctx.Err() == nil {
+		err := c.masters.Call(ctx, func(ctx context.Context, mc shoalpb.MasterClient) error {
+			w, err := mc.WatchRoutes(ctx, &shoalpb.WatchRoutesRequest{AfterVersion: c.routes.version()})
+			if err != nil {
+				return err
+			}
+			for {
+				t, err := w.Recv()
+				if err != nil {
+					return err
+				}
+				c.routes.replace(t)
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		c.opts.logger.Debug("route watch ended; reconnecting", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Client) kvClient(addr string) (shoalpb.KVClient, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if conn := c.conns[addr]; conn != nil {
+		return shoalpb.NewKVClient(conn), nil
+	}
+	conn, err := grpc.NewClient(addr, c.opts.dial...)
+	if err != nil {
+		return nil, err
+	}
+	c.conns[addr] = conn
+	return shoalpb.NewKVClient(conn), nil
+}
+
+// call is one attempt of a request against one node.
+type call func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error)
+
+// do runs a request for a key in slot until it succeeds, fails for good,
+// or ctx ends; see the package doc for how it retries.
+func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.opts.defaultTimeout)
+		defer cancel()
+	}
+	var sess *shoalpb.Session
+	if write && c.session != nil {
+		seq, acked := c.session.begin()
+		defer c.session.end(seq)
+		sess = &shoalpb.Session{Id: c.session.id, Seq: seq, AckedBelow: acked}
+	}
+	backoff := 2 * time.Millisecond
+	var last error
+	mayHaveApplied := false
+	exclude := map[string]bool{}
+	for {
+		rt, addr, _ := c.routes.target(slot, c.opts.forward, exclude)
+		if addr == "" {
+			// Every node of the shard failed to answer: start over with the
+			// freshest table.
+			clear(exclude)
+			c.refresh(ctx)
+			rt, addr, _ = c.routes.target(slot, c.opts.forward, exclude)
+		}
+		var err error
+		if addr == "" {
+			err = status.Error(codes.Unavailable, fmt.Sprintf("no node known for slot %d", slot))
+		} else {
+			h := &shoalpb.RequestHeader{ShardId: rt.GetShard().GetShardId(), Epoch: rt.GetShard().GetEpoch(),
+				Direct: !c.opts.forward, Session: sess}
+			if c.opts.stale {
+				h.Consistency = shoalpb.ReadConsistency_READ_CONSISTENCY_STALE
+			}
+			var kc shoalpb.KVClient
+			if kc, err = c.kvClient(addr); err == nil {
+				var rh *shoalpb.ResponseHeader
+				if rh, err = f(ctx, kc, h); err == nil {
+					c.routes.learn(h.ShardId, rh)
+					return nil
+				}
+			}
+		}
+		last = err
+		d := shoalpb.DetailOf(err)
+		retryNow := false
+		switch d.GetCode() {
+		case shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER:
+			retryNow = c.routes.setLeader(slot, d.LeaderId, d.LeaderAddr)
+		case shoalpb.ErrorCode_ERROR_CODE_EPOCH_MISMATCH:
+			retryNow = c.routes.setShard(d.Shard)
+		case shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE:
+			exclude[addr] = true
+			c.refresh(ctx)
+		case shoalpb.ErrorCode_ERROR_CODE_NO_LEADER, shoalpb.ErrorCode_ERROR_CODE_OVERLOADED:
+		case shoalpb.ErrorCode_ERROR_CODE_TIMEOUT, shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+			if write && d.Ambiguous {
+				mayHaveApplied = true
+				if sess == nil {
+					return fmt.Errorf("%w: %w", ErrAmbiguous, err)
+				}
+			}
+			exclude[addr] = true
+		case shoalpb.ErrorCode_ERROR_CODE_UNSPECIFIED:
+			// No answer from the node (connection refused, reset, deadline):
+			// try another replica; a write sent may have been applied.
+			if ctx.Err() != nil {
+				break
+			}
+			if code := status.Code(err); code != codes.Unavailable && code != codes.DeadlineExceeded && code != codes.Canceled {
+				return err
+			}
+			if write && status.Code(err) != codes.Unavailable {
+				mayHaveApplied = true
+				if sess == nil {
+					return fmt.Errorf("%w: %w", ErrAmbiguous, err)
+				}
+			}
+			exclude[addr] = true
+			c.routes.forgetLeader(slot)
+			retryNow = true
+		default:
+			return c.final(d, err)
+		}
+		if ctx.Err() != nil {
+			if write && mayHaveApplied {
+				return fmt.Errorf("%w, %w: %w", ErrTimeout, ErrAmbiguous, last)
+			}
+			return fmt.Errorf("%w: %w", ErrTimeout, last)
+		}
+		if retryNow {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, c.opts.maxBackoff)
+	}
+}
+
+// final maps a wire error that retrying cannot fix.
+func (c *Client) final(d *shoalpb.ErrorDetail, err error) error {
+	switch d.Code {
+	case shoalpb.ErrorCode_ERROR_CODE_NOT_INTEGER:
+		return fmt.Errorf("%w: %w", ErrNotInteger, err)
+	case shoalpb.ErrorCode_ERROR_CODE_OVERFLOW:
+		return fmt.Errorf("%w: %w", ErrOverflow, err)
+	case shoalpb.ErrorCode_ERROR_CODE_TOO_LARGE:
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	case shoalpb.ErrorCode_ERROR_CODE_CROSS_SHARD:
+		return fmt.Errorf("%w: %w", ErrCrossShard, err)
+	case shoalpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:
+		// The write's sequence was already settled: it was applied, but its
+		// result is gone.
+		return fmt.Errorf("%w: %w", ErrAmbiguous, err)
+	case shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER:
+		return fmt.Errorf("%w: %w", ErrWrongCluster, err)
+	}
+	return fmt.Errorf("%w: %w", ErrInvalid, err)
+}
+
+// refresh fetches the shard table from the masters now.
+func (c *Client) refresh(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if t, err := c.masters.GetRoutes(rctx); err == nil {
+		c.routes.replace(t)
+	}
+}

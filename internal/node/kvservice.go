@@ -1,0 +1,406 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/kv"
+	"github.com/shoaldb/shoal/internal/raftstore"
+)
+
+// maxHops bounds how many times a request is forwarded between nodes.
+const maxHops = 2
+
+// kvService serves the public KV API. It executes what this node can (writes
+// where it leads, reads where it holds a replica) and forwards the rest to
+// the shard's leader, unless the request asks to be answered directly.
+type kvService struct {
+	shoalpb.UnimplementedKVServer
+	n     *Node
+	peers *peerConns
+}
+
+// peerConns pools gRPC connections to other nodes, for forwarding.
+type peerConns struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func (p *peerConns) get(addr string) (shoalpb.KVClient, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c := p.conns[addr]; c != nil {
+		return shoalpb.NewKVClient(c), nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	p.conns[addr] = c
+	return shoalpb.NewKVClient(c), nil
+}
+
+func (p *peerConns) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a, c := range p.conns {
+		c.Close()
+		delete(p.conns, a)
+	}
+}
+
+// target is where a request for key goes.
+type target struct {
+	shard uint64
+	// local: this node executes it.
+	local bool
+	// forward is the client of the node to forward to (nil: answer err).
+	forward shoalpb.KVClient
+}
+
+// route decides where a request for a key in slot is served. write says
+// whether it needs the leader; reads are served by any replica.
+func (s *kvService) route(h *shoalpb.RequestHeader, slot uint16, write bool) (target, error) {
+	store := s.n.store
+	shard, err := store.ShardBySlot(slot)
+	if err == nil {
+		if h.GetShardId() != 0 && h.GetShardId() != shard {
+			st, _ := store.Status(shard)
+			return target{}, &routeError{detail: &shoalpb.ErrorDetail{
+				Code: shoalpb.ErrorCode_ERROR_CODE_EPOCH_MISMATCH, ShardId: shard, Shard: st.Descriptor,
+			}, msg: fmt.Sprintf("slot %d belongs to shard %d, not %d", slot, shard, h.GetShardId())}
+		}
+		st, err := store.Status(shard)
+		if err == nil && !st.Removed {
+			if !write || st.Role == raftstore.RoleLeader {
+				return target{shard: shard, local: true}, nil
+			}
+			return s.toLeader(h, shard, st.LeaderNode)
+		}
+	}
+	// No replica here: the route table names the leader (master mode).
+	shard, leader := s.n.routes.leaderOf(slot)
+	if shard == 0 || h.GetDirect() || h.GetHops() >= maxHops {
+		return target{}, &routeError{detail: &shoalpb.ErrorDetail{
+			Code: shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE, ShardId: shard, LeaderId: leader, LeaderAddr: s.addrOf(leader),
+		}, msg: fmt.Sprintf("node %d has no replica of slot %d", s.n.cfg.NodeID, slot)}
+	}
+	return s.toLeader(h, shard, leader)
+}
+
+// toLeader forwards to the leader node, or answers NOT_LEADER / NO_LEADER
+// when asked to be direct, when the leader is unknown, or after maxHops.
+func (s *kvService) toLeader(h *shoalpb.RequestHeader, shard, leader uint64) (target, error) {
+	if leader == 0 {
+		return target{}, &routeError{detail: &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NO_LEADER, ShardId: shard},
+			msg: fmt.Sprintf("shard %d has no leader", shard)}
+	}
+	addr := s.addrOf(leader)
+	if h.GetDirect() || h.GetHops() >= maxHops || addr == "" || leader == s.n.cfg.NodeID {
+		return target{}, &routeError{detail: &shoalpb.ErrorDetail{
+			Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, ShardId: shard, LeaderId: leader, LeaderAddr: addr,
+		}, msg: fmt.Sprintf("node %d does not lead shard %d; node %d does", s.n.cfg.NodeID, shard, leader)}
+	}
+	c, err := s.peers.get(addr)
+	if err != nil {
+		return target{}, err
+	}
+	h.Hops++
+	return target{shard: shard, forward: c}, nil
+}
+
+func (s *kvService) addrOf(node uint64) string {
+	if node == 0 {
+		return ""
+	}
+	if s.n.cfg.Resolve != nil && s.n.masters == nil {
+		a, _ := s.n.cfg.Resolve(node)
+		return a
+	}
+	a, _ := s.n.routes.resolve(node)
+	return a
+}
+
+// routeError is a routing answer with its wire detail.
+type routeError struct {
+	detail *shoalpb.ErrorDetail
+	msg    string
+}
+
+func (e *routeError) Error() string { return e.msg }
+
+// header fills the response header: this node, the leader it knows, and
+// the current descriptor when the client's is older.
+func (s *kvService) header(h *shoalpb.RequestHeader, shard uint64) *shoalpb.ResponseHeader {
+	rh := &shoalpb.ResponseHeader{NodeId: s.n.cfg.NodeID}
+	if st, err := s.n.store.Status(shard); err == nil {
+		rh.LeaderNodeId = st.LeaderNode
+		if h.GetEpoch() < st.Descriptor.GetEpoch() {
+			rh.Shard = st.Descriptor
+		}
+	}
+	return rh
+}
+
+func session(h *shoalpb.RequestHeader) *kv.Session {
+	if s := h.GetSession(); s != nil && s.Id != 0 {
+		return &kv.Session{ID: s.Id, Seq: s.Seq, AckedBelow: s.AckedBelow}
+	}
+	return nil
+}
+
+// toStatus maps the errors of routing, the store and the key-value layer to
+// wire errors: the node's half of the one table in shoalpb.
+func (s *kvService) toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	var re *routeError
+	if errors.As(err, &re) {
+		return shoalpb.StatusError(re.detail, re.msg)
+	}
+	d := &shoalpb.ErrorDetail{Ambiguous: errors.Is(err, raftstore.ErrAmbiguous)}
+	var nl *raftstore.NotLeaderError
+	switch {
+	case errors.As(err, &nl):
+		d.Code, d.ShardId, d.LeaderId, d.LeaderAddr = shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, nl.Shard, nl.LeaderNode, s.addrOf(nl.LeaderNode)
+	case errors.Is(err, raftstore.ErrNoLeader):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_NO_LEADER
+	case errors.Is(err, raftstore.ErrLeadershipLost):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER
+	case errors.Is(err, raftstore.ErrShardNotFound), errors.Is(err, raftstore.ErrShardRemoved):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE
+	case errors.Is(err, raftstore.ErrOverloaded):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_OVERLOADED
+	case errors.Is(err, raftstore.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_TIMEOUT
+	case errors.Is(err, raftstore.ErrStopped), errors.Is(err, context.Canceled):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE
+	case errors.Is(err, raftstore.ErrConfChangeInProgress):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_OVERLOADED
+	case errors.Is(err, kv.ErrNotInteger):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_NOT_INTEGER
+	case errors.Is(err, kv.ErrOverflow):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_OVERFLOW
+	case errors.Is(err, kv.ErrTooLarge), errors.Is(err, raftstore.ErrEntryTooLarge):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_TOO_LARGE
+	case errors.Is(err, kv.ErrCrossShard):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_CROSS_SHARD
+	case errors.Is(err, kv.ErrStaleSequence):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE
+	case errors.Is(err, kv.ErrInvalid):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_INVALID
+	default:
+		if shoalpb.DetailOf(err) != nil {
+			return err // a forwarded answer: pass it on as it is
+		}
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE
+		d.Ambiguous = true
+	}
+	return shoalpb.StatusError(d, err.Error())
+}
+
+func ttl(ms int64) time.Duration { return time.Duration(ms) * time.Millisecond }
+
+func expireAt(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
+}
+
+func readOptions(h *shoalpb.RequestHeader) kv.ReadOptions {
+	return kv.ReadOptions{Stale: h.GetConsistency() == shoalpb.ReadConsistency_READ_CONSISTENCY_STALE}
+}
+
+// Get implements shoalpb.KVServer.
+func (s *kvService) Get(ctx context.Context, req *shoalpb.GetRequest) (*shoalpb.GetResponse, error) {
+	h := ensureHeader(&req.Header)
+	t, err := s.route(h, keys.Slot(req.Key), false)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if t.forward != nil {
+		resp, err := t.forward.Get(ctx, req)
+		return resp, s.toStatus(err)
+	}
+	v, found, err := s.n.kv.Get(ctx, req.Key, readOptions(h))
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	resp := &shoalpb.GetResponse{Header: s.header(h, t.shard), Found: found, Value: v.Data}
+	if !v.ExpireAt.IsZero() {
+		resp.ExpireAtMs = v.ExpireAt.UnixMilli()
+	}
+	return resp, nil
+}
+
+// Put implements shoalpb.KVServer.
+func (s *kvService) Put(ctx context.Context, req *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
+	h := ensureHeader(&req.Header)
+	t, err := s.route(h, keys.Slot(req.Key), true)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if t.forward != nil {
+		resp, err := t.forward.Put(ctx, req)
+		return resp, s.toStatus(err)
+	}
+	var cond kv.Condition
+	switch req.Condition {
+	case shoalpb.Condition_CONDITION_NOT_EXISTS:
+		cond = kv.IfNotExists
+	case shoalpb.Condition_CONDITION_EXISTS:
+		cond = kv.IfExists
+	}
+	r, err := s.n.kv.Put(ctx, req.Key, req.Value, kv.PutOptions{
+		Condition: cond, TTL: ttl(req.TtlMs), ExpireAt: expireAt(req.ExpireAtMs), KeepTTL: req.KeepTtl,
+		ReturnOld: req.ReturnOld, Session: session(h),
+	})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &shoalpb.PutResponse{Header: s.header(h, t.shard), Applied: r.Applied, Found: r.Found, Old: r.Old}, nil
+}
+
+// Delete implements shoalpb.KVServer.
+func (s *kvService) Delete(ctx context.Context, req *shoalpb.DeleteRequest) (*shoalpb.DeleteResponse, error) {
+	h := ensureHeader(&req.Header)
+	t, err := s.route(h, keys.Slot(req.Key), true)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if t.forward != nil {
+		resp, err := t.forward.Delete(ctx, req)
+		return resp, s.toStatus(err)
+	}
+	r, err := s.n.kv.Delete(ctx, req.Key, kv.DeleteOptions{ReturnOld: req.ReturnOld, Session: session(h)})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &shoalpb.DeleteResponse{Header: s.header(h, t.shard), Found: r.Found, Old: r.Old}, nil
+}
+
+// CompareAndSet implements shoalpb.KVServer.
+func (s *kvService) CompareAndSet(ctx context.Context, req *shoalpb.CompareAndSetRequest) (*shoalpb.CompareAndSetResponse, error) {
+	h := ensureHeader(&req.Header)
+	t, err := s.route(h, keys.Slot(req.Key), true)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if t.forward != nil {
+		resp, err := t.forward.CompareAndSet(ctx, req)
+		return resp, s.toStatus(err)
+	}
+	expected := req.Expected
+	if req.ExpectAbsent {
+		if len(expected) > 0 {
+			return nil, s.toStatus(fmt.Errorf("%w: expect_absent with an expected value", kv.ErrInvalid))
+		}
+		expected = nil
+	} else if expected == nil {
+		expected = []byte{}
+	}
+	r, err := s.n.kv.CompareAndSet(ctx, req.Key, expected, req.Value, kv.CASOptions{TTL: ttl(req.TtlMs), Session: session(h)})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &shoalpb.CompareAndSetResponse{Header: s.header(h, t.shard), Swapped: r.Swapped, Found: r.Found, Current: r.Current}, nil
+}
+
+// Incr implements shoalpb.KVServer.
+func (s *kvService) Incr(ctx context.Context, req *shoalpb.IncrRequest) (*shoalpb.IncrResponse, error) {
+	h := ensureHeader(&req.Header)
+	t, err := s.route(h, keys.Slot(req.Key), true)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if t.forward != nil {
+		resp, err := t.forward.Incr(ctx, req)
+		return resp, s.toStatus(err)
+	}
+	v, err := s.n.kv.IncrBy(ctx, req.Key, req.Delta, kv.WriteOptions{Session: session(h)})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &shoalpb.IncrResponse{Header: s.header(h, t.shard), Value: v}, nil
+}
+
+// Batch implements shoalpb.KVServer.
+func (s *kvService) Batch(ctx context.Context, req *shoalpb.BatchRequest) (*shoalpb.BatchResponse, error) {
+	h := ensureHeader(&req.Header)
+	if len(req.Ops) == 0 {
+		return nil, s.toStatus(fmt.Errorf("%w: empty batch", kv.ErrInvalid))
+	}
+	key, err := opKey(req.Ops[0])
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	t, err := s.route(h, keys.Slot(key), true)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if t.forward != nil {
+		resp, err := t.forward.Batch(ctx, req)
+		return resp, s.toStatus(err)
+	}
+	res, err := s.n.kv.Exec(ctx, req.Ops, kv.WriteOptions{Session: session(h)})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &shoalpb.BatchResponse{Header: s.header(h, t.shard), Results: res.Results}, nil
+}
+
+func opKey(op *shoalpb.KVOp) ([]byte, error) {
+	switch o := op.GetOp().(type) {
+	case *shoalpb.KVOp_Put:
+		return o.Put.Key, nil
+	case *shoalpb.KVOp_Delete:
+		return o.Delete.Key, nil
+	case *shoalpb.KVOp_CompareAndSet:
+		return o.CompareAndSet.Key, nil
+	case *shoalpb.KVOp_IncrBy:
+		return o.IncrBy.Key, nil
+	case *shoalpb.KVOp_Append:
+		return o.Append.Key, nil
+	case *shoalpb.KVOp_Expire:
+		return o.Expire.Key, nil
+	}
+	return nil, fmt.Errorf("%w: op %T not allowed in a batch", kv.ErrInvalid, op.GetOp())
+}
+
+// Scan implements shoalpb.KVServer.
+func (s *kvService) Scan(ctx context.Context, req *shoalpb.ScanRequest) (*shoalpb.ScanResponse, error) {
+	h := ensureHeader(&req.Header)
+	if req.StartSlot >= req.EndSlot || req.EndSlot > keys.SlotCount {
+		return nil, s.toStatus(fmt.Errorf("%w: slots [%d, %d)", kv.ErrInvalid, req.StartSlot, req.EndSlot))
+	}
+	t, err := s.route(h, uint16(req.StartSlot), false)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if t.forward != nil {
+		resp, err := t.forward.Scan(ctx, req)
+		return resp, s.toStatus(err)
+	}
+	res, err := s.n.kv.Scan(ctx, t.shard, req.StartSlot, req.EndSlot, req.Cursor, int(req.Limit), req.KeysOnly, readOptions(h))
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &shoalpb.ScanResponse{Header: s.header(h, t.shard), Keys: res.Keys, Values: res.Values, Cursor: res.Cursor}, nil
+}
+
+func ensureHeader(h **shoalpb.RequestHeader) *shoalpb.RequestHeader {
+	if *h == nil {
+		*h = &shoalpb.RequestHeader{}
+	}
+	return *h
+}
