@@ -28,6 +28,7 @@ type playgroundFlags struct {
 	host                    string
 	masterPort, httpPort    int
 	nodeBasePort            int
+	nodeHTTPBasePort        int
 	readyTimeout            time.Duration
 }
 
@@ -41,8 +42,8 @@ nodes on loopback, --shards shards each replicated on --replicas nodes, data
 under --data-dir. Started again on the same directory it brings the data
 back. Ctrl-C stops it cleanly.
 
-Ports: master gRPC 7000 and HTTP 7080; node i gRPC 7100+i. --master-port 0
-picks free ports for everything.`,
+Ports: master gRPC 7000 and HTTP 7080; node i gRPC 7100+i and HTTP 7180+i.
+--master-port 0 picks free ports for everything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPlayground(cmd.Context(), g, f, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -57,6 +58,7 @@ picks free ports for everything.`,
 	fl.IntVar(&f.masterPort, "master-port", 7000, "master gRPC port; 0 picks free ports for everything")
 	fl.IntVar(&f.httpPort, "http-port", 7080, "master HTTP port")
 	fl.IntVar(&f.nodeBasePort, "node-base-port", 7100, "node i's gRPC port is node-base-port+i")
+	fl.IntVar(&f.nodeHTTPBasePort, "node-http-base-port", 7180, "node i's HTTP port is node-http-base-port+i")
 	fl.DurationVar(&f.readyTimeout, "ready-timeout", time.Minute, "how long to wait for every shard to be placed and led")
 	return cmd
 }
@@ -129,14 +131,21 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 		if err != nil {
 			return fmt.Errorf("node %d: %w", i+1, err)
 		}
+		hl, err := f.listen(ctx, f.nodeHTTPBasePort+i+1)
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("node %d http: %w", i+1, err)
+		}
 		n, err := node.Start(ctx, node.Config{
-			Masters:  []string{m.Addr()},
-			DataDir:  filepath.Join(f.dataDir, fmt.Sprintf("node%d", i+1)),
-			Listener: lis,
-			Logger:   log,
+			Masters:      []string{m.Addr()},
+			DataDir:      filepath.Join(f.dataDir, fmt.Sprintf("node%d", i+1)),
+			Listener:     lis,
+			HTTPListener: hl,
+			Logger:       log,
 		})
 		if err != nil {
 			lis.Close()
+			hl.Close()
 			return fmt.Errorf("node %d: %w", i+1, err)
 		}
 		nodes = append(nodes, n)
@@ -207,9 +216,9 @@ func printPlayground(w io.Writer, f *playgroundFlags, m *master.Server, httpAddr
 		cl.ClusterId, len(nodes), cl.Shards, cl.Replicas, f.dataDir)
 	fmt.Fprintf(w, "master 1   gRPC %s   HTTP http://%s/status\n\n", m.Addr(), httpAddr)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tGRPC\tREPLICAS\tLEADERS")
+	fmt.Fprintln(tw, "NODE\tGRPC\tHTTP\tREPLICAS\tLEADERS")
 	for _, n := range nodes {
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\n", n.ID(), n.Addr(), len(n.Store().Replicas()), leaders[n.ID()])
+		fmt.Fprintf(tw, "%d\t%s\thttp://%s/status\t%d\t%d\n", n.ID(), n.Addr(), n.HTTPAddr(), len(n.Store().Replicas()), leaders[n.ID()])
 	}
 	tw.Flush()
 	fmt.Fprintf(w, `

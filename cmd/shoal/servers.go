@@ -182,7 +182,7 @@ the replicas they place on it.
 	f.StringVar(&cfg.Zone, "zone", envOr("SHOAL_ZONE", ""), "zone (rack, availability zone): replicas spread over zones (env SHOAL_ZONE)")
 	f.Float64Var(&cfg.Weight, "weight", envFloat("SHOAL_WEIGHT", 1), "capacity weight: replicas in proportion to it (env SHOAL_WEIGHT)")
 	f.StringVar(&cfg.RESPAddr, "resp", envOr("SHOAL_RESP", "127.0.0.1:6379"), "Redis protocol address advertised to clients; the Redis front end itself is not served yet (env SHOAL_RESP)")
-	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address advertised (env SHOAL_HTTP)")
+	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status and /healthz; empty for none (env SHOAL_HTTP)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
 	return cmd
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -39,8 +40,13 @@ type Config struct {
 	// AdvertiseAddr is the gRPC address other nodes and clients use.
 	// Default: the address it listens on.
 	AdvertiseAddr string
-	// RESPAddr and HTTPAddr are advertised to the master for clients.
-	RESPAddr, HTTPAddr string
+	// RESPAddr is advertised to the master for clients.
+	RESPAddr string
+	// HTTPAddr serves /healthz and /status (JSON) and is advertised; ""
+	// serves no HTTP. Ignored when HTTPListener is set (whose address is
+	// advertised instead).
+	HTTPAddr     string
+	HTTPListener net.Listener
 	// HeartbeatInterval is how often the node heartbeats the master.
 	// Default 1s.
 	HeartbeatInterval time.Duration
@@ -134,6 +140,8 @@ type Node struct {
 
 	kvsvc *kvService
 
+	http *http.Server
+
 	// Master mode.
 	masters *client.MasterConn
 	routes  *routeCache
@@ -178,6 +186,17 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.addr = lis.Addr().String()
 	if cfg.AdvertiseAddr == "" {
 		n.cfg.AdvertiseAddr = n.addr
+	}
+
+	if cfg.HTTPListener == nil && cfg.HTTPAddr != "" {
+		var lc net.ListenConfig
+		if n.cfg.HTTPListener, err = lc.Listen(ctx, "tcp", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("node: listen %s: %w", cfg.HTTPAddr, err)
+		}
+	}
+	if n.cfg.HTTPListener != nil {
+		cleanups = append(cleanups, func() { n.cfg.HTTPListener.Close() })
+		n.cfg.HTTPAddr = n.cfg.HTTPListener.Addr().String()
 	}
 
 	resolve := cfg.Resolve
@@ -255,6 +274,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 			n.log.Error("grpc server failed", "err", err)
 		}
 	}()
+	if n.cfg.HTTPListener != nil {
+		n.serveHTTP(n.cfg.HTTPListener)
+	}
 	if n.masters != nil {
 		n.wg.Add(1)
 		go n.heartbeatLoop()
@@ -297,6 +319,9 @@ func (n *Node) Stop() error {
 	n.stopOnce.Do(func() {
 		close(n.stopC)
 		n.wg.Wait()
+		if n.http != nil {
+			n.http.Close()
+		}
 		n.server.Stop()
 		n.kvsvc.peers.close()
 		n.transport.Close()
