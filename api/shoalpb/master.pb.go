@@ -196,6 +196,78 @@ func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 	return file_shoalpb_master_proto_rawDescGZIP(), []int{1}
 }
 
+// OperatorKind says why an operator exists; it orders their priority.
+type OperatorKind int32
+
+const (
+	OperatorKind_OPERATOR_KIND_UNSPECIFIED OperatorKind = 0
+	// Replace replicas on down or removed nodes; add missing replicas.
+	OperatorKind_OPERATOR_KIND_REPAIR OperatorKind = 1
+	// Fix a placement rule (zone spread).
+	OperatorKind_OPERATOR_KIND_PLACEMENT OperatorKind = 2
+	// Move replicas off a draining node.
+	OperatorKind_OPERATOR_KIND_DRAIN OperatorKind = 3
+	// Even out replicas per unit of weight.
+	OperatorKind_OPERATOR_KIND_REPLICA_BALANCE OperatorKind = 4
+	// Even out leaders per unit of weight, or move them off draining nodes.
+	OperatorKind_OPERATOR_KIND_LEADER_BALANCE OperatorKind = 5
+	// Spread the leaders of the busiest shards.
+	OperatorKind_OPERATOR_KIND_HOT_SHARD OperatorKind = 6
+	// Asked for by an administrator (move a replica, transfer a leader).
+	OperatorKind_OPERATOR_KIND_ADMIN OperatorKind = 7
+)
+
+// Enum value maps for OperatorKind.
+var (
+	OperatorKind_name = map[int32]string{
+		0: "OPERATOR_KIND_UNSPECIFIED",
+		1: "OPERATOR_KIND_REPAIR",
+		2: "OPERATOR_KIND_PLACEMENT",
+		3: "OPERATOR_KIND_DRAIN",
+		4: "OPERATOR_KIND_REPLICA_BALANCE",
+		5: "OPERATOR_KIND_LEADER_BALANCE",
+		6: "OPERATOR_KIND_HOT_SHARD",
+		7: "OPERATOR_KIND_ADMIN",
+	}
+	OperatorKind_value = map[string]int32{
+		"OPERATOR_KIND_UNSPECIFIED":     0,
+		"OPERATOR_KIND_REPAIR":          1,
+		"OPERATOR_KIND_PLACEMENT":       2,
+		"OPERATOR_KIND_DRAIN":           3,
+		"OPERATOR_KIND_REPLICA_BALANCE": 4,
+		"OPERATOR_KIND_LEADER_BALANCE":  5,
+		"OPERATOR_KIND_HOT_SHARD":       6,
+		"OPERATOR_KIND_ADMIN":           7,
+	}
+)
+
+func (x OperatorKind) Enum() *OperatorKind {
+	p := new(OperatorKind)
+	*p = x
+	return p
+}
+
+func (x OperatorKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OperatorKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_shoalpb_master_proto_enumTypes[2].Descriptor()
+}
+
+func (OperatorKind) Type() protoreflect.EnumType {
+	return &file_shoalpb_master_proto_enumTypes[2]
+}
+
+func (x OperatorKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OperatorKind.Descriptor instead.
+func (OperatorKind) EnumDescriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{2}
+}
+
 // NodeInfo is one storage node in the master's records.
 type NodeInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1964,6 +2036,460 @@ func (x *MetaIDs) GetRouteVersion() uint64 {
 	return 0
 }
 
+// OperatorStep is one step of an operator, run by the shard's leader node.
+type OperatorStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Step:
+	//
+	//	*OperatorStep_AddLearner
+	//	*OperatorStep_ChangeVoters
+	//	*OperatorStep_TransferLeader
+	//	*OperatorStep_RemoveReplica
+	Step          isOperatorStep_Step `protobuf_oneof:"step"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OperatorStep) Reset() {
+	*x = OperatorStep{}
+	mi := &file_shoalpb_master_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OperatorStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OperatorStep) ProtoMessage() {}
+
+func (x *OperatorStep) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OperatorStep.ProtoReflect.Descriptor instead.
+func (*OperatorStep) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *OperatorStep) GetStep() isOperatorStep_Step {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+func (x *OperatorStep) GetAddLearner() *AddLearnerStep {
+	if x != nil {
+		if x, ok := x.Step.(*OperatorStep_AddLearner); ok {
+			return x.AddLearner
+		}
+	}
+	return nil
+}
+
+func (x *OperatorStep) GetChangeVoters() *ChangeVotersStep {
+	if x != nil {
+		if x, ok := x.Step.(*OperatorStep_ChangeVoters); ok {
+			return x.ChangeVoters
+		}
+	}
+	return nil
+}
+
+func (x *OperatorStep) GetTransferLeader() *TransferLeaderStep {
+	if x != nil {
+		if x, ok := x.Step.(*OperatorStep_TransferLeader); ok {
+			return x.TransferLeader
+		}
+	}
+	return nil
+}
+
+func (x *OperatorStep) GetRemoveReplica() *RemoveReplicaStep {
+	if x != nil {
+		if x, ok := x.Step.(*OperatorStep_RemoveReplica); ok {
+			return x.RemoveReplica
+		}
+	}
+	return nil
+}
+
+type isOperatorStep_Step interface {
+	isOperatorStep_Step()
+}
+
+type OperatorStep_AddLearner struct {
+	// Add a learner replica with a new replica ID on a node.
+	AddLearner *AddLearnerStep `protobuf:"bytes,1,opt,name=add_learner,json=addLearner,proto3,oneof"`
+}
+
+type OperatorStep_ChangeVoters struct {
+	// Promote learners and remove or demote replicas, in one configuration
+	// change (joint consensus when more than one voter changes).
+	ChangeVoters *ChangeVotersStep `protobuf:"bytes,2,opt,name=change_voters,json=changeVoters,proto3,oneof"`
+}
+
+type OperatorStep_TransferLeader struct {
+	// Hand the leadership to a replica.
+	TransferLeader *TransferLeaderStep `protobuf:"bytes,3,opt,name=transfer_leader,json=transferLeader,proto3,oneof"`
+}
+
+type OperatorStep_RemoveReplica struct {
+	// Remove a replica (a learner, or a voter when enough remain).
+	RemoveReplica *RemoveReplicaStep `protobuf:"bytes,4,opt,name=remove_replica,json=removeReplica,proto3,oneof"`
+}
+
+func (*OperatorStep_AddLearner) isOperatorStep_Step() {}
+
+func (*OperatorStep_ChangeVoters) isOperatorStep_Step() {}
+
+func (*OperatorStep_TransferLeader) isOperatorStep_Step() {}
+
+func (*OperatorStep_RemoveReplica) isOperatorStep_Step() {}
+
+type AddLearnerStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	ReplicaId     uint64                 `protobuf:"varint,2,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddLearnerStep) Reset() {
+	*x = AddLearnerStep{}
+	mi := &file_shoalpb_master_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddLearnerStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddLearnerStep) ProtoMessage() {}
+
+func (x *AddLearnerStep) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddLearnerStep.ProtoReflect.Descriptor instead.
+func (*AddLearnerStep) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AddLearnerStep) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *AddLearnerStep) GetReplicaId() uint64 {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return 0
+}
+
+type ChangeVotersStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Learners (by replica ID) that become voters.
+	Promote []uint64 `protobuf:"varint,1,rep,packed,name=promote,proto3" json:"promote,omitempty"`
+	// Voters that leave the shard.
+	Remove        []uint64 `protobuf:"varint,2,rep,packed,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeVotersStep) Reset() {
+	*x = ChangeVotersStep{}
+	mi := &file_shoalpb_master_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeVotersStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeVotersStep) ProtoMessage() {}
+
+func (x *ChangeVotersStep) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeVotersStep.ProtoReflect.Descriptor instead.
+func (*ChangeVotersStep) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ChangeVotersStep) GetPromote() []uint64 {
+	if x != nil {
+		return x.Promote
+	}
+	return nil
+}
+
+func (x *ChangeVotersStep) GetRemove() []uint64 {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+type TransferLeaderStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ToReplica     uint64                 `protobuf:"varint,1,opt,name=to_replica,json=toReplica,proto3" json:"to_replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderStep) Reset() {
+	*x = TransferLeaderStep{}
+	mi := &file_shoalpb_master_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderStep) ProtoMessage() {}
+
+func (x *TransferLeaderStep) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderStep.ProtoReflect.Descriptor instead.
+func (*TransferLeaderStep) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TransferLeaderStep) GetToReplica() uint64 {
+	if x != nil {
+		return x.ToReplica
+	}
+	return 0
+}
+
+type RemoveReplicaStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReplicaId     uint64                 `protobuf:"varint,1,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveReplicaStep) Reset() {
+	*x = RemoveReplicaStep{}
+	mi := &file_shoalpb_master_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveReplicaStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveReplicaStep) ProtoMessage() {}
+
+func (x *RemoveReplicaStep) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveReplicaStep.ProtoReflect.Descriptor instead.
+func (*RemoveReplicaStep) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RemoveReplicaStep) GetReplicaId() uint64 {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return 0
+}
+
+// Operator is a multi-step change of one shard, persisted in the meta group
+// so a new master leader resumes it.
+type Operator struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	ShardId uint64                 `protobuf:"varint,2,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	Kind    OperatorKind           `protobuf:"varint,3,opt,name=kind,proto3,enum=shoal.v1.OperatorKind" json:"kind,omitempty"`
+	// Human-readable reason, e.g. "node 4 down for 10m0s".
+	Reason string          `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Steps  []*OperatorStep `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
+	// Index of the step being run; len(steps) when done.
+	Current uint32 `protobuf:"varint,6,opt,name=current,proto3" json:"current,omitempty"`
+	// The shard's epoch when the operator was created; a step checks the
+	// shard has not changed under it in ways it did not make.
+	Epoch         uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	CreatedMs     int64  `protobuf:"varint,8,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	StepStartedMs int64  `protobuf:"varint,9,opt,name=step_started_ms,json=stepStartedMs,proto3" json:"step_started_ms,omitempty"`
+	// Progress of the current step (snapshot bytes for a learner).
+	ProgressBytes uint64 `protobuf:"varint,10,opt,name=progress_bytes,json=progressBytes,proto3" json:"progress_bytes,omitempty"`
+	TotalBytes    uint64 `protobuf:"varint,11,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// Set when the operator finished, failed or was rolled back.
+	Outcome       string `protobuf:"bytes,12,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Operator) Reset() {
+	*x = Operator{}
+	mi := &file_shoalpb_master_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Operator) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Operator) ProtoMessage() {}
+
+func (x *Operator) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Operator.ProtoReflect.Descriptor instead.
+func (*Operator) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *Operator) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Operator) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *Operator) GetKind() OperatorKind {
+	if x != nil {
+		return x.Kind
+	}
+	return OperatorKind_OPERATOR_KIND_UNSPECIFIED
+}
+
+func (x *Operator) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Operator) GetSteps() []*OperatorStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *Operator) GetCurrent() uint32 {
+	if x != nil {
+		return x.Current
+	}
+	return 0
+}
+
+func (x *Operator) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Operator) GetCreatedMs() int64 {
+	if x != nil {
+		return x.CreatedMs
+	}
+	return 0
+}
+
+func (x *Operator) GetStepStartedMs() int64 {
+	if x != nil {
+		return x.StepStartedMs
+	}
+	return 0
+}
+
+func (x *Operator) GetProgressBytes() uint64 {
+	if x != nil {
+		return x.ProgressBytes
+	}
+	return 0
+}
+
+func (x *Operator) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *Operator) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
 var File_shoalpb_master_proto protoreflect.FileDescriptor
 
 const file_shoalpb_master_proto_rawDesc = "" +
@@ -2101,7 +2627,43 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\aMetaIDs\x12\x1b\n" +
 	"\tnext_node\x18\x01 \x01(\x04R\bnextNode\x12!\n" +
 	"\fnext_replica\x18\x02 \x01(\x04R\vnextReplica\x12#\n" +
-	"\rroute_version\x18\x03 \x01(\x04R\frouteVersion*\x80\x01\n" +
+	"\rroute_version\x18\x03 \x01(\x04R\frouteVersion\"\xa5\x02\n" +
+	"\fOperatorStep\x12;\n" +
+	"\vadd_learner\x18\x01 \x01(\v2\x18.shoal.v1.AddLearnerStepH\x00R\n" +
+	"addLearner\x12A\n" +
+	"\rchange_voters\x18\x02 \x01(\v2\x1a.shoal.v1.ChangeVotersStepH\x00R\fchangeVoters\x12G\n" +
+	"\x0ftransfer_leader\x18\x03 \x01(\v2\x1c.shoal.v1.TransferLeaderStepH\x00R\x0etransferLeader\x12D\n" +
+	"\x0eremove_replica\x18\x04 \x01(\v2\x1b.shoal.v1.RemoveReplicaStepH\x00R\rremoveReplicaB\x06\n" +
+	"\x04step\"H\n" +
+	"\x0eAddLearnerStep\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x02 \x01(\x04R\treplicaId\"D\n" +
+	"\x10ChangeVotersStep\x12\x18\n" +
+	"\apromote\x18\x01 \x03(\x04R\apromote\x12\x16\n" +
+	"\x06remove\x18\x02 \x03(\x04R\x06remove\"3\n" +
+	"\x12TransferLeaderStep\x12\x1d\n" +
+	"\n" +
+	"to_replica\x18\x01 \x01(\x04R\ttoReplica\"2\n" +
+	"\x11RemoveReplicaStep\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\x80\x03\n" +
+	"\bOperator\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
+	"\bshard_id\x18\x02 \x01(\x04R\ashardId\x12*\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x16.shoal.v1.OperatorKindR\x04kind\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12,\n" +
+	"\x05steps\x18\x05 \x03(\v2\x16.shoal.v1.OperatorStepR\x05steps\x12\x18\n" +
+	"\acurrent\x18\x06 \x01(\rR\acurrent\x12\x14\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12\x1d\n" +
+	"\n" +
+	"created_ms\x18\b \x01(\x03R\tcreatedMs\x12&\n" +
+	"\x0fstep_started_ms\x18\t \x01(\x03R\rstepStartedMs\x12%\n" +
+	"\x0eprogress_bytes\x18\n" +
+	" \x01(\x04R\rprogressBytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\v \x01(\x04R\n" +
+	"totalBytes\x12\x18\n" +
+	"\aoutcome\x18\f \x01(\tR\aoutcome*\x80\x01\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rNODE_STATE_UP\x10\x01\x12\x13\n" +
@@ -2127,7 +2689,16 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x14ERROR_CODE_TOO_LARGE\x10\x0e\x12\x1a\n" +
 	"\x16ERROR_CODE_CROSS_SHARD\x10\x0f\x12\x1d\n" +
 	"\x19ERROR_CODE_STALE_SEQUENCE\x10\x10\x12\x1a\n" +
-	"\x16ERROR_CODE_UNAVAILABLE\x10\x112\xf3\x03\n" +
+	"\x16ERROR_CODE_UNAVAILABLE\x10\x11*\xf8\x01\n" +
+	"\fOperatorKind\x12\x1d\n" +
+	"\x19OPERATOR_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14OPERATOR_KIND_REPAIR\x10\x01\x12\x1b\n" +
+	"\x17OPERATOR_KIND_PLACEMENT\x10\x02\x12\x17\n" +
+	"\x13OPERATOR_KIND_DRAIN\x10\x03\x12!\n" +
+	"\x1dOPERATOR_KIND_REPLICA_BALANCE\x10\x04\x12 \n" +
+	"\x1cOPERATOR_KIND_LEADER_BALANCE\x10\x05\x12\x1b\n" +
+	"\x17OPERATOR_KIND_HOT_SHARD\x10\x06\x12\x17\n" +
+	"\x13OPERATOR_KIND_ADMIN\x10\a2\xf3\x03\n" +
 	"\x06Master\x12>\n" +
 	"\tBootstrap\x12\x1a.shoal.v1.BootstrapRequest\x1a\x15.shoal.v1.ClusterInfo\x12M\n" +
 	"\fRegisterNode\x12\x1d.shoal.v1.RegisterNodeRequest\x1a\x1e.shoal.v1.RegisterNodeResponse\x12D\n" +
@@ -2150,89 +2721,102 @@ func file_shoalpb_master_proto_rawDescGZIP() []byte {
 	return file_shoalpb_master_proto_rawDescData
 }
 
-var file_shoalpb_master_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_shoalpb_master_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_shoalpb_master_proto_goTypes = []any{
 	(NodeState)(0),               // 0: shoal.v1.NodeState
 	(ErrorCode)(0),               // 1: shoal.v1.ErrorCode
-	(*NodeInfo)(nil),             // 2: shoal.v1.NodeInfo
-	(*ClusterInfo)(nil),          // 3: shoal.v1.ClusterInfo
-	(*ShardRoute)(nil),           // 4: shoal.v1.ShardRoute
-	(*RouteTable)(nil),           // 5: shoal.v1.RouteTable
-	(*MasterInfo)(nil),           // 6: shoal.v1.MasterInfo
-	(*RegisterNodeRequest)(nil),  // 7: shoal.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil), // 8: shoal.v1.RegisterNodeResponse
-	(*ReplicaReport)(nil),        // 9: shoal.v1.ReplicaReport
-	(*NodeStats)(nil),            // 10: shoal.v1.NodeStats
-	(*HeartbeatRequest)(nil),     // 11: shoal.v1.HeartbeatRequest
-	(*BootstrapRequest)(nil),     // 12: shoal.v1.BootstrapRequest
-	(*Work)(nil),                 // 13: shoal.v1.Work
-	(*TransferLeaderWork)(nil),   // 14: shoal.v1.TransferLeaderWork
-	(*HeartbeatResponse)(nil),    // 15: shoal.v1.HeartbeatResponse
-	(*GetRoutesRequest)(nil),     // 16: shoal.v1.GetRoutesRequest
-	(*WatchRoutesRequest)(nil),   // 17: shoal.v1.WatchRoutesRequest
-	(*GetClusterRequest)(nil),    // 18: shoal.v1.GetClusterRequest
-	(*ClusterState)(nil),         // 19: shoal.v1.ClusterState
-	(*SetNodeStateRequest)(nil),  // 20: shoal.v1.SetNodeStateRequest
-	(*SetNodeStateResponse)(nil), // 21: shoal.v1.SetNodeStateResponse
-	(*MetaCommand)(nil),          // 22: shoal.v1.MetaCommand
-	(*PlaceShards)(nil),          // 23: shoal.v1.PlaceShards
-	(*UpdateRoutes)(nil),         // 24: shoal.v1.UpdateRoutes
-	(*MetaResult)(nil),           // 25: shoal.v1.MetaResult
-	(*ErrorDetail)(nil),          // 26: shoal.v1.ErrorDetail
-	(*MetaIDs)(nil),              // 27: shoal.v1.MetaIDs
-	(*ShardDescriptor)(nil),      // 28: shoal.v1.ShardDescriptor
+	(OperatorKind)(0),            // 2: shoal.v1.OperatorKind
+	(*NodeInfo)(nil),             // 3: shoal.v1.NodeInfo
+	(*ClusterInfo)(nil),          // 4: shoal.v1.ClusterInfo
+	(*ShardRoute)(nil),           // 5: shoal.v1.ShardRoute
+	(*RouteTable)(nil),           // 6: shoal.v1.RouteTable
+	(*MasterInfo)(nil),           // 7: shoal.v1.MasterInfo
+	(*RegisterNodeRequest)(nil),  // 8: shoal.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil), // 9: shoal.v1.RegisterNodeResponse
+	(*ReplicaReport)(nil),        // 10: shoal.v1.ReplicaReport
+	(*NodeStats)(nil),            // 11: shoal.v1.NodeStats
+	(*HeartbeatRequest)(nil),     // 12: shoal.v1.HeartbeatRequest
+	(*BootstrapRequest)(nil),     // 13: shoal.v1.BootstrapRequest
+	(*Work)(nil),                 // 14: shoal.v1.Work
+	(*TransferLeaderWork)(nil),   // 15: shoal.v1.TransferLeaderWork
+	(*HeartbeatResponse)(nil),    // 16: shoal.v1.HeartbeatResponse
+	(*GetRoutesRequest)(nil),     // 17: shoal.v1.GetRoutesRequest
+	(*WatchRoutesRequest)(nil),   // 18: shoal.v1.WatchRoutesRequest
+	(*GetClusterRequest)(nil),    // 19: shoal.v1.GetClusterRequest
+	(*ClusterState)(nil),         // 20: shoal.v1.ClusterState
+	(*SetNodeStateRequest)(nil),  // 21: shoal.v1.SetNodeStateRequest
+	(*SetNodeStateResponse)(nil), // 22: shoal.v1.SetNodeStateResponse
+	(*MetaCommand)(nil),          // 23: shoal.v1.MetaCommand
+	(*PlaceShards)(nil),          // 24: shoal.v1.PlaceShards
+	(*UpdateRoutes)(nil),         // 25: shoal.v1.UpdateRoutes
+	(*MetaResult)(nil),           // 26: shoal.v1.MetaResult
+	(*ErrorDetail)(nil),          // 27: shoal.v1.ErrorDetail
+	(*MetaIDs)(nil),              // 28: shoal.v1.MetaIDs
+	(*OperatorStep)(nil),         // 29: shoal.v1.OperatorStep
+	(*AddLearnerStep)(nil),       // 30: shoal.v1.AddLearnerStep
+	(*ChangeVotersStep)(nil),     // 31: shoal.v1.ChangeVotersStep
+	(*TransferLeaderStep)(nil),   // 32: shoal.v1.TransferLeaderStep
+	(*RemoveReplicaStep)(nil),    // 33: shoal.v1.RemoveReplicaStep
+	(*Operator)(nil),             // 34: shoal.v1.Operator
+	(*ShardDescriptor)(nil),      // 35: shoal.v1.ShardDescriptor
 }
 var file_shoalpb_master_proto_depIdxs = []int32{
 	0,  // 0: shoal.v1.NodeInfo.state:type_name -> shoal.v1.NodeState
-	28, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
-	4,  // 2: shoal.v1.RouteTable.shards:type_name -> shoal.v1.ShardRoute
-	2,  // 3: shoal.v1.RouteTable.nodes:type_name -> shoal.v1.NodeInfo
-	2,  // 4: shoal.v1.RegisterNodeResponse.node:type_name -> shoal.v1.NodeInfo
-	28, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
-	10, // 6: shoal.v1.HeartbeatRequest.stats:type_name -> shoal.v1.NodeStats
-	9,  // 7: shoal.v1.HeartbeatRequest.replicas:type_name -> shoal.v1.ReplicaReport
-	28, // 8: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
-	14, // 9: shoal.v1.Work.transfer_leader:type_name -> shoal.v1.TransferLeaderWork
-	13, // 10: shoal.v1.HeartbeatResponse.work:type_name -> shoal.v1.Work
-	5,  // 11: shoal.v1.HeartbeatResponse.routes:type_name -> shoal.v1.RouteTable
-	3,  // 12: shoal.v1.ClusterState.cluster:type_name -> shoal.v1.ClusterInfo
-	2,  // 13: shoal.v1.ClusterState.nodes:type_name -> shoal.v1.NodeInfo
-	5,  // 14: shoal.v1.ClusterState.routes:type_name -> shoal.v1.RouteTable
-	6,  // 15: shoal.v1.ClusterState.masters:type_name -> shoal.v1.MasterInfo
+	35, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
+	5,  // 2: shoal.v1.RouteTable.shards:type_name -> shoal.v1.ShardRoute
+	3,  // 3: shoal.v1.RouteTable.nodes:type_name -> shoal.v1.NodeInfo
+	3,  // 4: shoal.v1.RegisterNodeResponse.node:type_name -> shoal.v1.NodeInfo
+	35, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
+	11, // 6: shoal.v1.HeartbeatRequest.stats:type_name -> shoal.v1.NodeStats
+	10, // 7: shoal.v1.HeartbeatRequest.replicas:type_name -> shoal.v1.ReplicaReport
+	35, // 8: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
+	15, // 9: shoal.v1.Work.transfer_leader:type_name -> shoal.v1.TransferLeaderWork
+	14, // 10: shoal.v1.HeartbeatResponse.work:type_name -> shoal.v1.Work
+	6,  // 11: shoal.v1.HeartbeatResponse.routes:type_name -> shoal.v1.RouteTable
+	4,  // 12: shoal.v1.ClusterState.cluster:type_name -> shoal.v1.ClusterInfo
+	3,  // 13: shoal.v1.ClusterState.nodes:type_name -> shoal.v1.NodeInfo
+	6,  // 14: shoal.v1.ClusterState.routes:type_name -> shoal.v1.RouteTable
+	7,  // 15: shoal.v1.ClusterState.masters:type_name -> shoal.v1.MasterInfo
 	0,  // 16: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
-	2,  // 17: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
-	3,  // 18: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
-	7,  // 19: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
-	20, // 20: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
-	23, // 21: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
-	24, // 22: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
-	28, // 23: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
-	4,  // 24: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
+	3,  // 17: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
+	4,  // 18: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
+	8,  // 19: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
+	21, // 20: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
+	24, // 21: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
+	25, // 22: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
+	35, // 23: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
+	5,  // 24: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
 	1,  // 25: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
-	2,  // 26: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
-	3,  // 27: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
+	3,  // 26: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
+	4,  // 27: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
 	1,  // 28: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
-	28, // 29: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
-	12, // 30: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
-	7,  // 31: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
-	11, // 32: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	16, // 33: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
-	17, // 34: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
-	18, // 35: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	20, // 36: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
-	3,  // 37: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
-	8,  // 38: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
-	15, // 39: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	5,  // 40: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
-	5,  // 41: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
-	19, // 42: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
-	21, // 43: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
-	37, // [37:44] is the sub-list for method output_type
-	30, // [30:37] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	35, // 29: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
+	30, // 30: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
+	31, // 31: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
+	32, // 32: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
+	33, // 33: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
+	2,  // 34: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
+	29, // 35: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
+	13, // 36: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
+	8,  // 37: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
+	12, // 38: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	17, // 39: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
+	18, // 40: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
+	19, // 41: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	21, // 42: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
+	4,  // 43: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
+	9,  // 44: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
+	16, // 45: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	6,  // 46: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
+	6,  // 47: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
+	20, // 48: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
+	22, // 49: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
+	43, // [43:50] is the sub-list for method output_type
+	36, // [36:43] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_master_proto_init() }
@@ -2252,13 +2836,19 @@ func file_shoalpb_master_proto_init() {
 		(*MetaCommand_PlaceShards)(nil),
 		(*MetaCommand_UpdateRoutes)(nil),
 	}
+	file_shoalpb_master_proto_msgTypes[26].OneofWrappers = []any{
+		(*OperatorStep_AddLearner)(nil),
+		(*OperatorStep_ChangeVoters)(nil),
+		(*OperatorStep_TransferLeader)(nil),
+		(*OperatorStep_RemoveReplica)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shoalpb_master_proto_rawDesc), len(file_shoalpb_master_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   26,
+			NumEnums:      3,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
