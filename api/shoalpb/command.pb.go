@@ -76,6 +76,68 @@ func (Condition) EnumDescriptor() ([]byte, []int) {
 	return file_shoalpb_command_proto_rawDescGZIP(), []int{0}
 }
 
+// ExpireCondition restricts an ExpireOp, as Redis 7's EXPIRE options do.
+type ExpireCondition int32
+
+const (
+	ExpireCondition_EXPIRE_CONDITION_NONE ExpireCondition = 0
+	// Only if the key has no expiry (NX).
+	ExpireCondition_EXPIRE_CONDITION_NO_TTL ExpireCondition = 1
+	// Only if the key has an expiry (XX).
+	ExpireCondition_EXPIRE_CONDITION_HAS_TTL ExpireCondition = 2
+	// Only if the new expiry is later than the current one; a key without
+	// one counts as expiring never (GT).
+	ExpireCondition_EXPIRE_CONDITION_GREATER ExpireCondition = 3
+	// Only if the new expiry is earlier (LT); a key without one counts as
+	// expiring never.
+	ExpireCondition_EXPIRE_CONDITION_LESS ExpireCondition = 4
+)
+
+// Enum value maps for ExpireCondition.
+var (
+	ExpireCondition_name = map[int32]string{
+		0: "EXPIRE_CONDITION_NONE",
+		1: "EXPIRE_CONDITION_NO_TTL",
+		2: "EXPIRE_CONDITION_HAS_TTL",
+		3: "EXPIRE_CONDITION_GREATER",
+		4: "EXPIRE_CONDITION_LESS",
+	}
+	ExpireCondition_value = map[string]int32{
+		"EXPIRE_CONDITION_NONE":    0,
+		"EXPIRE_CONDITION_NO_TTL":  1,
+		"EXPIRE_CONDITION_HAS_TTL": 2,
+		"EXPIRE_CONDITION_GREATER": 3,
+		"EXPIRE_CONDITION_LESS":    4,
+	}
+)
+
+func (x ExpireCondition) Enum() *ExpireCondition {
+	p := new(ExpireCondition)
+	*p = x
+	return p
+}
+
+func (x ExpireCondition) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ExpireCondition) Descriptor() protoreflect.EnumDescriptor {
+	return file_shoalpb_command_proto_enumTypes[1].Descriptor()
+}
+
+func (ExpireCondition) Type() protoreflect.EnumType {
+	return &file_shoalpb_command_proto_enumTypes[1]
+}
+
+func (x ExpireCondition) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ExpireCondition.Descriptor instead.
+func (ExpireCondition) EnumDescriptor() ([]byte, []int) {
+	return file_shoalpb_command_proto_rawDescGZIP(), []int{1}
+}
+
 // KVErrorCode says why a command was not applied.
 type KVErrorCode int32
 
@@ -124,11 +186,11 @@ func (x KVErrorCode) String() string {
 }
 
 func (KVErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_shoalpb_command_proto_enumTypes[1].Descriptor()
+	return file_shoalpb_command_proto_enumTypes[2].Descriptor()
 }
 
 func (KVErrorCode) Type() protoreflect.EnumType {
-	return &file_shoalpb_command_proto_enumTypes[1]
+	return &file_shoalpb_command_proto_enumTypes[2]
 }
 
 func (x KVErrorCode) Number() protoreflect.EnumNumber {
@@ -137,7 +199,7 @@ func (x KVErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KVErrorCode.Descriptor instead.
 func (KVErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_shoalpb_command_proto_rawDescGZIP(), []int{1}
+	return file_shoalpb_command_proto_rawDescGZIP(), []int{2}
 }
 
 type PutOp struct {
@@ -461,11 +523,15 @@ func (x *AppendOp) GetValue() []byte {
 	return nil
 }
 
-// ExpireOp sets (expire_at_ms > 0) or removes (0) a key's expiry.
+// ExpireOp sets (expire_at_ms > 0) or removes (0) a key's expiry; a time
+// not after the command's now deletes the key.
 type ExpireOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	ExpireAtMs    int64                  `protobuf:"varint,2,opt,name=expire_at_ms,json=expireAtMs,proto3" json:"expire_at_ms,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Key        []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	ExpireAtMs int64                  `protobuf:"varint,2,opt,name=expire_at_ms,json=expireAtMs,proto3" json:"expire_at_ms,omitempty"`
+	Condition  ExpireCondition        `protobuf:"varint,3,opt,name=condition,proto3,enum=shoal.v1.ExpireCondition" json:"condition,omitempty"`
+	// Return the key's value in the result (GETEX).
+	ReturnValue   bool `protobuf:"varint,4,opt,name=return_value,json=returnValue,proto3" json:"return_value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -512,6 +578,20 @@ func (x *ExpireOp) GetExpireAtMs() int64 {
 		return x.ExpireAtMs
 	}
 	return 0
+}
+
+func (x *ExpireOp) GetCondition() ExpireCondition {
+	if x != nil {
+		return x.Condition
+	}
+	return ExpireCondition_EXPIRE_CONDITION_NONE
+}
+
+func (x *ExpireOp) GetReturnValue() bool {
+	if x != nil {
+		return x.ReturnValue
+	}
+	return false
 }
 
 // ExpiredKey names a key the sweeper found expired, with the expiry it saw.
@@ -1122,11 +1202,13 @@ const file_shoalpb_command_proto_rawDesc = "" +
 	"\x05delta\x18\x02 \x01(\x03R\x05delta\"2\n" +
 	"\bAppendOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\">\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"\x9a\x01\n" +
 	"\bExpireOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12 \n" +
 	"\fexpire_at_ms\x18\x02 \x01(\x03R\n" +
-	"expireAtMs\"@\n" +
+	"expireAtMs\x127\n" +
+	"\tcondition\x18\x03 \x01(\x0e2\x19.shoal.v1.ExpireConditionR\tcondition\x12!\n" +
+	"\freturn_value\x18\x04 \x01(\bR\vreturnValue\"@\n" +
 	"\n" +
 	"ExpiredKey\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12 \n" +
@@ -1176,7 +1258,13 @@ const file_shoalpb_command_proto_rawDesc = "" +
 	"\tCondition\x12\x12\n" +
 	"\x0eCONDITION_NONE\x10\x00\x12\x18\n" +
 	"\x14CONDITION_NOT_EXISTS\x10\x01\x12\x14\n" +
-	"\x10CONDITION_EXISTS\x10\x02*\x9c\x01\n" +
+	"\x10CONDITION_EXISTS\x10\x02*\xa0\x01\n" +
+	"\x0fExpireCondition\x12\x19\n" +
+	"\x15EXPIRE_CONDITION_NONE\x10\x00\x12\x1b\n" +
+	"\x17EXPIRE_CONDITION_NO_TTL\x10\x01\x12\x1c\n" +
+	"\x18EXPIRE_CONDITION_HAS_TTL\x10\x02\x12\x1c\n" +
+	"\x18EXPIRE_CONDITION_GREATER\x10\x03\x12\x19\n" +
+	"\x15EXPIRE_CONDITION_LESS\x10\x04*\x9c\x01\n" +
 	"\vKVErrorCode\x12\x11\n" +
 	"\rKV_ERROR_NONE\x10\x00\x12\x18\n" +
 	"\x14KV_ERROR_NOT_INTEGER\x10\x01\x12\x15\n" +
@@ -1197,46 +1285,48 @@ func file_shoalpb_command_proto_rawDescGZIP() []byte {
 	return file_shoalpb_command_proto_rawDescData
 }
 
-var file_shoalpb_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_shoalpb_command_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_shoalpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_shoalpb_command_proto_goTypes = []any{
 	(Condition)(0),          // 0: shoal.v1.Condition
-	(KVErrorCode)(0),        // 1: shoal.v1.KVErrorCode
-	(*PutOp)(nil),           // 2: shoal.v1.PutOp
-	(*DeleteOp)(nil),        // 3: shoal.v1.DeleteOp
-	(*CompareAndSetOp)(nil), // 4: shoal.v1.CompareAndSetOp
-	(*IncrByOp)(nil),        // 5: shoal.v1.IncrByOp
-	(*AppendOp)(nil),        // 6: shoal.v1.AppendOp
-	(*ExpireOp)(nil),        // 7: shoal.v1.ExpireOp
-	(*ExpiredKey)(nil),      // 8: shoal.v1.ExpiredKey
-	(*DeleteExpiredOp)(nil), // 9: shoal.v1.DeleteExpiredOp
-	(*KVOp)(nil),            // 10: shoal.v1.KVOp
-	(*KVCommand)(nil),       // 11: shoal.v1.KVCommand
-	(*KVOpResult)(nil),      // 12: shoal.v1.KVOpResult
-	(*KVCommandResult)(nil), // 13: shoal.v1.KVCommandResult
-	(*SessionRecord)(nil),   // 14: shoal.v1.SessionRecord
-	nil,                     // 15: shoal.v1.SessionRecord.ResultsEntry
+	(ExpireCondition)(0),    // 1: shoal.v1.ExpireCondition
+	(KVErrorCode)(0),        // 2: shoal.v1.KVErrorCode
+	(*PutOp)(nil),           // 3: shoal.v1.PutOp
+	(*DeleteOp)(nil),        // 4: shoal.v1.DeleteOp
+	(*CompareAndSetOp)(nil), // 5: shoal.v1.CompareAndSetOp
+	(*IncrByOp)(nil),        // 6: shoal.v1.IncrByOp
+	(*AppendOp)(nil),        // 7: shoal.v1.AppendOp
+	(*ExpireOp)(nil),        // 8: shoal.v1.ExpireOp
+	(*ExpiredKey)(nil),      // 9: shoal.v1.ExpiredKey
+	(*DeleteExpiredOp)(nil), // 10: shoal.v1.DeleteExpiredOp
+	(*KVOp)(nil),            // 11: shoal.v1.KVOp
+	(*KVCommand)(nil),       // 12: shoal.v1.KVCommand
+	(*KVOpResult)(nil),      // 13: shoal.v1.KVOpResult
+	(*KVCommandResult)(nil), // 14: shoal.v1.KVCommandResult
+	(*SessionRecord)(nil),   // 15: shoal.v1.SessionRecord
+	nil,                     // 16: shoal.v1.SessionRecord.ResultsEntry
 }
 var file_shoalpb_command_proto_depIdxs = []int32{
 	0,  // 0: shoal.v1.PutOp.condition:type_name -> shoal.v1.Condition
-	8,  // 1: shoal.v1.DeleteExpiredOp.keys:type_name -> shoal.v1.ExpiredKey
-	2,  // 2: shoal.v1.KVOp.put:type_name -> shoal.v1.PutOp
-	3,  // 3: shoal.v1.KVOp.delete:type_name -> shoal.v1.DeleteOp
-	4,  // 4: shoal.v1.KVOp.compare_and_set:type_name -> shoal.v1.CompareAndSetOp
-	5,  // 5: shoal.v1.KVOp.incr_by:type_name -> shoal.v1.IncrByOp
-	6,  // 6: shoal.v1.KVOp.append:type_name -> shoal.v1.AppendOp
-	7,  // 7: shoal.v1.KVOp.expire:type_name -> shoal.v1.ExpireOp
-	9,  // 8: shoal.v1.KVOp.delete_expired:type_name -> shoal.v1.DeleteExpiredOp
-	10, // 9: shoal.v1.KVCommand.ops:type_name -> shoal.v1.KVOp
-	1,  // 10: shoal.v1.KVCommandResult.error:type_name -> shoal.v1.KVErrorCode
-	12, // 11: shoal.v1.KVCommandResult.results:type_name -> shoal.v1.KVOpResult
-	15, // 12: shoal.v1.SessionRecord.results:type_name -> shoal.v1.SessionRecord.ResultsEntry
-	13, // 13: shoal.v1.SessionRecord.ResultsEntry.value:type_name -> shoal.v1.KVCommandResult
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	1,  // 1: shoal.v1.ExpireOp.condition:type_name -> shoal.v1.ExpireCondition
+	9,  // 2: shoal.v1.DeleteExpiredOp.keys:type_name -> shoal.v1.ExpiredKey
+	3,  // 3: shoal.v1.KVOp.put:type_name -> shoal.v1.PutOp
+	4,  // 4: shoal.v1.KVOp.delete:type_name -> shoal.v1.DeleteOp
+	5,  // 5: shoal.v1.KVOp.compare_and_set:type_name -> shoal.v1.CompareAndSetOp
+	6,  // 6: shoal.v1.KVOp.incr_by:type_name -> shoal.v1.IncrByOp
+	7,  // 7: shoal.v1.KVOp.append:type_name -> shoal.v1.AppendOp
+	8,  // 8: shoal.v1.KVOp.expire:type_name -> shoal.v1.ExpireOp
+	10, // 9: shoal.v1.KVOp.delete_expired:type_name -> shoal.v1.DeleteExpiredOp
+	11, // 10: shoal.v1.KVCommand.ops:type_name -> shoal.v1.KVOp
+	2,  // 11: shoal.v1.KVCommandResult.error:type_name -> shoal.v1.KVErrorCode
+	13, // 12: shoal.v1.KVCommandResult.results:type_name -> shoal.v1.KVOpResult
+	16, // 13: shoal.v1.SessionRecord.results:type_name -> shoal.v1.SessionRecord.ResultsEntry
+	14, // 14: shoal.v1.SessionRecord.ResultsEntry.value:type_name -> shoal.v1.KVCommandResult
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_command_proto_init() }
@@ -1258,7 +1348,7 @@ func file_shoalpb_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shoalpb_command_proto_rawDesc), len(file_shoalpb_command_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -412,6 +412,127 @@ func (x *GetResponse) GetExpireAtMs() int64 {
 	return 0
 }
 
+// MultiGetRequest reads keys of one shard as of one moment.
+type MultiGetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Keys          [][]byte               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MultiGetRequest) Reset() {
+	*x = MultiGetRequest{}
+	mi := &file_shoalpb_kv_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MultiGetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MultiGetRequest) ProtoMessage() {}
+
+func (x *MultiGetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_kv_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MultiGetRequest.ProtoReflect.Descriptor instead.
+func (*MultiGetRequest) Descriptor() ([]byte, []int) {
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MultiGetRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *MultiGetRequest) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type MultiGetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Found         []bool                 `protobuf:"varint,2,rep,packed,name=found,proto3" json:"found,omitempty"`
+	Values        [][]byte               `protobuf:"bytes,3,rep,name=values,proto3" json:"values,omitempty"`
+	ExpireAtMs    []int64                `protobuf:"varint,4,rep,packed,name=expire_at_ms,json=expireAtMs,proto3" json:"expire_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MultiGetResponse) Reset() {
+	*x = MultiGetResponse{}
+	mi := &file_shoalpb_kv_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MultiGetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MultiGetResponse) ProtoMessage() {}
+
+func (x *MultiGetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_kv_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MultiGetResponse.ProtoReflect.Descriptor instead.
+func (*MultiGetResponse) Descriptor() ([]byte, []int) {
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *MultiGetResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *MultiGetResponse) GetFound() []bool {
+	if x != nil {
+		return x.Found
+	}
+	return nil
+}
+
+func (x *MultiGetResponse) GetValues() [][]byte {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *MultiGetResponse) GetExpireAtMs() []int64 {
+	if x != nil {
+		return x.ExpireAtMs
+	}
+	return nil
+}
+
 type PutRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Header    *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -430,7 +551,7 @@ type PutRequest struct {
 
 func (x *PutRequest) Reset() {
 	*x = PutRequest{}
-	mi := &file_shoalpb_kv_proto_msgTypes[5]
+	mi := &file_shoalpb_kv_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +563,7 @@ func (x *PutRequest) String() string {
 func (*PutRequest) ProtoMessage() {}
 
 func (x *PutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[5]
+	mi := &file_shoalpb_kv_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +576,7 @@ func (x *PutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutRequest.ProtoReflect.Descriptor instead.
 func (*PutRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{5}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PutRequest) GetHeader() *RequestHeader {
@@ -527,7 +648,7 @@ type PutResponse struct {
 
 func (x *PutResponse) Reset() {
 	*x = PutResponse{}
-	mi := &file_shoalpb_kv_proto_msgTypes[6]
+	mi := &file_shoalpb_kv_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +660,7 @@ func (x *PutResponse) String() string {
 func (*PutResponse) ProtoMessage() {}
 
 func (x *PutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[6]
+	mi := &file_shoalpb_kv_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +673,7 @@ func (x *PutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResponse.ProtoReflect.Descriptor instead.
 func (*PutResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{6}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PutResponse) GetHeader() *ResponseHeader {
@@ -594,7 +715,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_shoalpb_kv_proto_msgTypes[7]
+	mi := &file_shoalpb_kv_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +727,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[7]
+	mi := &file_shoalpb_kv_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +740,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{7}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteRequest) GetHeader() *RequestHeader {
@@ -654,7 +775,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_shoalpb_kv_proto_msgTypes[8]
+	mi := &file_shoalpb_kv_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +787,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[8]
+	mi := &file_shoalpb_kv_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +800,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{8}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteResponse) GetHeader() *ResponseHeader {
@@ -719,7 +840,7 @@ type CompareAndSetRequest struct {
 
 func (x *CompareAndSetRequest) Reset() {
 	*x = CompareAndSetRequest{}
-	mi := &file_shoalpb_kv_proto_msgTypes[9]
+	mi := &file_shoalpb_kv_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +852,7 @@ func (x *CompareAndSetRequest) String() string {
 func (*CompareAndSetRequest) ProtoMessage() {}
 
 func (x *CompareAndSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[9]
+	mi := &file_shoalpb_kv_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +865,7 @@ func (x *CompareAndSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSetRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSetRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{9}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CompareAndSetRequest) GetHeader() *RequestHeader {
@@ -802,7 +923,7 @@ type CompareAndSetResponse struct {
 
 func (x *CompareAndSetResponse) Reset() {
 	*x = CompareAndSetResponse{}
-	mi := &file_shoalpb_kv_proto_msgTypes[10]
+	mi := &file_shoalpb_kv_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +935,7 @@ func (x *CompareAndSetResponse) String() string {
 func (*CompareAndSetResponse) ProtoMessage() {}
 
 func (x *CompareAndSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[10]
+	mi := &file_shoalpb_kv_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +948,7 @@ func (x *CompareAndSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSetResponse.ProtoReflect.Descriptor instead.
 func (*CompareAndSetResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{10}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CompareAndSetResponse) GetHeader() *ResponseHeader {
@@ -869,7 +990,7 @@ type IncrRequest struct {
 
 func (x *IncrRequest) Reset() {
 	*x = IncrRequest{}
-	mi := &file_shoalpb_kv_proto_msgTypes[11]
+	mi := &file_shoalpb_kv_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +1002,7 @@ func (x *IncrRequest) String() string {
 func (*IncrRequest) ProtoMessage() {}
 
 func (x *IncrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[11]
+	mi := &file_shoalpb_kv_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +1015,7 @@ func (x *IncrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IncrRequest.ProtoReflect.Descriptor instead.
 func (*IncrRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{11}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *IncrRequest) GetHeader() *RequestHeader {
@@ -928,7 +1049,7 @@ type IncrResponse struct {
 
 func (x *IncrResponse) Reset() {
 	*x = IncrResponse{}
-	mi := &file_shoalpb_kv_proto_msgTypes[12]
+	mi := &file_shoalpb_kv_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1061,7 @@ func (x *IncrResponse) String() string {
 func (*IncrResponse) ProtoMessage() {}
 
 func (x *IncrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[12]
+	mi := &file_shoalpb_kv_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1074,7 @@ func (x *IncrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IncrResponse.ProtoReflect.Descriptor instead.
 func (*IncrResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{12}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *IncrResponse) GetHeader() *ResponseHeader {
@@ -981,7 +1102,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_shoalpb_kv_proto_msgTypes[13]
+	mi := &file_shoalpb_kv_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1114,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[13]
+	mi := &file_shoalpb_kv_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1127,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{13}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BatchRequest) GetHeader() *RequestHeader {
@@ -1033,7 +1154,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_shoalpb_kv_proto_msgTypes[14]
+	mi := &file_shoalpb_kv_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1166,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[14]
+	mi := &file_shoalpb_kv_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1179,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{14}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BatchResponse) GetHeader() *ResponseHeader {
@@ -1094,7 +1215,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_shoalpb_kv_proto_msgTypes[15]
+	mi := &file_shoalpb_kv_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1227,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[15]
+	mi := &file_shoalpb_kv_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1240,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{15}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ScanRequest) GetHeader() *RequestHeader {
@@ -1177,7 +1298,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_shoalpb_kv_proto_msgTypes[16]
+	mi := &file_shoalpb_kv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1310,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_kv_proto_msgTypes[16]
+	mi := &file_shoalpb_kv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1323,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_kv_proto_rawDescGZIP(), []int{16}
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ScanResponse) GetHeader() *ResponseHeader {
@@ -1263,6 +1384,15 @@ const file_shoalpb_kv_proto_rawDesc = "" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12 \n" +
 	"\fexpire_at_ms\x18\x04 \x01(\x03R\n" +
+	"expireAtMs\"V\n" +
+	"\x0fMultiGetRequest\x12/\n" +
+	"\x06header\x18\x01 \x01(\v2\x17.shoal.v1.RequestHeaderR\x06header\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\fR\x04keys\"\x94\x01\n" +
+	"\x10MultiGetResponse\x120\n" +
+	"\x06header\x18\x01 \x01(\v2\x18.shoal.v1.ResponseHeaderR\x06header\x12\x14\n" +
+	"\x05found\x18\x02 \x03(\bR\x05found\x12\x16\n" +
+	"\x06values\x18\x03 \x03(\fR\x06values\x12 \n" +
+	"\fexpire_at_ms\x18\x04 \x03(\x03R\n" +
 	"expireAtMs\"\x8b\x02\n" +
 	"\n" +
 	"PutRequest\x12/\n" +
@@ -1330,9 +1460,10 @@ const file_shoalpb_kv_proto_rawDesc = "" +
 	"\x06cursor\x18\x04 \x01(\fR\x06cursor*P\n" +
 	"\x0fReadConsistency\x12!\n" +
 	"\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n" +
-	"\x16READ_CONSISTENCY_STALE\x10\x012\xa3\x03\n" +
+	"\x16READ_CONSISTENCY_STALE\x10\x012\xe6\x03\n" +
 	"\x02KV\x122\n" +
-	"\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetResponse\x122\n" +
+	"\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetResponse\x12A\n" +
+	"\bMultiGet\x12\x19.shoal.v1.MultiGetRequest\x1a\x1a.shoal.v1.MultiGetResponse\x122\n" +
 	"\x03Put\x12\x14.shoal.v1.PutRequest\x1a\x15.shoal.v1.PutResponse\x12;\n" +
 	"\x06Delete\x12\x17.shoal.v1.DeleteRequest\x1a\x18.shoal.v1.DeleteResponse\x12P\n" +
 	"\rCompareAndSet\x12\x1e.shoal.v1.CompareAndSetRequest\x1a\x1f.shoal.v1.CompareAndSetResponse\x125\n" +
@@ -1353,7 +1484,7 @@ func file_shoalpb_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_shoalpb_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shoalpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_shoalpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_shoalpb_kv_proto_goTypes = []any{
 	(ReadConsistency)(0),          // 0: shoal.v1.ReadConsistency
 	(*Session)(nil),               // 1: shoal.v1.Session
@@ -1361,63 +1492,69 @@ var file_shoalpb_kv_proto_goTypes = []any{
 	(*ResponseHeader)(nil),        // 3: shoal.v1.ResponseHeader
 	(*GetRequest)(nil),            // 4: shoal.v1.GetRequest
 	(*GetResponse)(nil),           // 5: shoal.v1.GetResponse
-	(*PutRequest)(nil),            // 6: shoal.v1.PutRequest
-	(*PutResponse)(nil),           // 7: shoal.v1.PutResponse
-	(*DeleteRequest)(nil),         // 8: shoal.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 9: shoal.v1.DeleteResponse
-	(*CompareAndSetRequest)(nil),  // 10: shoal.v1.CompareAndSetRequest
-	(*CompareAndSetResponse)(nil), // 11: shoal.v1.CompareAndSetResponse
-	(*IncrRequest)(nil),           // 12: shoal.v1.IncrRequest
-	(*IncrResponse)(nil),          // 13: shoal.v1.IncrResponse
-	(*BatchRequest)(nil),          // 14: shoal.v1.BatchRequest
-	(*BatchResponse)(nil),         // 15: shoal.v1.BatchResponse
-	(*ScanRequest)(nil),           // 16: shoal.v1.ScanRequest
-	(*ScanResponse)(nil),          // 17: shoal.v1.ScanResponse
-	(*ShardDescriptor)(nil),       // 18: shoal.v1.ShardDescriptor
-	(Condition)(0),                // 19: shoal.v1.Condition
-	(*KVOp)(nil),                  // 20: shoal.v1.KVOp
-	(*KVOpResult)(nil),            // 21: shoal.v1.KVOpResult
+	(*MultiGetRequest)(nil),       // 6: shoal.v1.MultiGetRequest
+	(*MultiGetResponse)(nil),      // 7: shoal.v1.MultiGetResponse
+	(*PutRequest)(nil),            // 8: shoal.v1.PutRequest
+	(*PutResponse)(nil),           // 9: shoal.v1.PutResponse
+	(*DeleteRequest)(nil),         // 10: shoal.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 11: shoal.v1.DeleteResponse
+	(*CompareAndSetRequest)(nil),  // 12: shoal.v1.CompareAndSetRequest
+	(*CompareAndSetResponse)(nil), // 13: shoal.v1.CompareAndSetResponse
+	(*IncrRequest)(nil),           // 14: shoal.v1.IncrRequest
+	(*IncrResponse)(nil),          // 15: shoal.v1.IncrResponse
+	(*BatchRequest)(nil),          // 16: shoal.v1.BatchRequest
+	(*BatchResponse)(nil),         // 17: shoal.v1.BatchResponse
+	(*ScanRequest)(nil),           // 18: shoal.v1.ScanRequest
+	(*ScanResponse)(nil),          // 19: shoal.v1.ScanResponse
+	(*ShardDescriptor)(nil),       // 20: shoal.v1.ShardDescriptor
+	(Condition)(0),                // 21: shoal.v1.Condition
+	(*KVOp)(nil),                  // 22: shoal.v1.KVOp
+	(*KVOpResult)(nil),            // 23: shoal.v1.KVOpResult
 }
 var file_shoalpb_kv_proto_depIdxs = []int32{
 	1,  // 0: shoal.v1.RequestHeader.session:type_name -> shoal.v1.Session
 	0,  // 1: shoal.v1.RequestHeader.consistency:type_name -> shoal.v1.ReadConsistency
-	18, // 2: shoal.v1.ResponseHeader.shard:type_name -> shoal.v1.ShardDescriptor
+	20, // 2: shoal.v1.ResponseHeader.shard:type_name -> shoal.v1.ShardDescriptor
 	2,  // 3: shoal.v1.GetRequest.header:type_name -> shoal.v1.RequestHeader
 	3,  // 4: shoal.v1.GetResponse.header:type_name -> shoal.v1.ResponseHeader
-	2,  // 5: shoal.v1.PutRequest.header:type_name -> shoal.v1.RequestHeader
-	19, // 6: shoal.v1.PutRequest.condition:type_name -> shoal.v1.Condition
-	3,  // 7: shoal.v1.PutResponse.header:type_name -> shoal.v1.ResponseHeader
-	2,  // 8: shoal.v1.DeleteRequest.header:type_name -> shoal.v1.RequestHeader
-	3,  // 9: shoal.v1.DeleteResponse.header:type_name -> shoal.v1.ResponseHeader
-	2,  // 10: shoal.v1.CompareAndSetRequest.header:type_name -> shoal.v1.RequestHeader
-	3,  // 11: shoal.v1.CompareAndSetResponse.header:type_name -> shoal.v1.ResponseHeader
-	2,  // 12: shoal.v1.IncrRequest.header:type_name -> shoal.v1.RequestHeader
-	3,  // 13: shoal.v1.IncrResponse.header:type_name -> shoal.v1.ResponseHeader
-	2,  // 14: shoal.v1.BatchRequest.header:type_name -> shoal.v1.RequestHeader
-	20, // 15: shoal.v1.BatchRequest.ops:type_name -> shoal.v1.KVOp
-	3,  // 16: shoal.v1.BatchResponse.header:type_name -> shoal.v1.ResponseHeader
-	21, // 17: shoal.v1.BatchResponse.results:type_name -> shoal.v1.KVOpResult
-	2,  // 18: shoal.v1.ScanRequest.header:type_name -> shoal.v1.RequestHeader
-	3,  // 19: shoal.v1.ScanResponse.header:type_name -> shoal.v1.ResponseHeader
-	4,  // 20: shoal.v1.KV.Get:input_type -> shoal.v1.GetRequest
-	6,  // 21: shoal.v1.KV.Put:input_type -> shoal.v1.PutRequest
-	8,  // 22: shoal.v1.KV.Delete:input_type -> shoal.v1.DeleteRequest
-	10, // 23: shoal.v1.KV.CompareAndSet:input_type -> shoal.v1.CompareAndSetRequest
-	12, // 24: shoal.v1.KV.Incr:input_type -> shoal.v1.IncrRequest
-	14, // 25: shoal.v1.KV.Batch:input_type -> shoal.v1.BatchRequest
-	16, // 26: shoal.v1.KV.Scan:input_type -> shoal.v1.ScanRequest
-	5,  // 27: shoal.v1.KV.Get:output_type -> shoal.v1.GetResponse
-	7,  // 28: shoal.v1.KV.Put:output_type -> shoal.v1.PutResponse
-	9,  // 29: shoal.v1.KV.Delete:output_type -> shoal.v1.DeleteResponse
-	11, // 30: shoal.v1.KV.CompareAndSet:output_type -> shoal.v1.CompareAndSetResponse
-	13, // 31: shoal.v1.KV.Incr:output_type -> shoal.v1.IncrResponse
-	15, // 32: shoal.v1.KV.Batch:output_type -> shoal.v1.BatchResponse
-	17, // 33: shoal.v1.KV.Scan:output_type -> shoal.v1.ScanResponse
-	27, // [27:34] is the sub-list for method output_type
-	20, // [20:27] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	2,  // 5: shoal.v1.MultiGetRequest.header:type_name -> shoal.v1.RequestHeader
+	3,  // 6: shoal.v1.MultiGetResponse.header:type_name -> shoal.v1.ResponseHeader
+	2,  // 7: shoal.v1.PutRequest.header:type_name -> shoal.v1.RequestHeader
+	21, // 8: shoal.v1.PutRequest.condition:type_name -> shoal.v1.Condition
+	3,  // 9: shoal.v1.PutResponse.header:type_name -> shoal.v1.ResponseHeader
+	2,  // 10: shoal.v1.DeleteRequest.header:type_name -> shoal.v1.RequestHeader
+	3,  // 11: shoal.v1.DeleteResponse.header:type_name -> shoal.v1.ResponseHeader
+	2,  // 12: shoal.v1.CompareAndSetRequest.header:type_name -> shoal.v1.RequestHeader
+	3,  // 13: shoal.v1.CompareAndSetResponse.header:type_name -> shoal.v1.ResponseHeader
+	2,  // 14: shoal.v1.IncrRequest.header:type_name -> shoal.v1.RequestHeader
+	3,  // 15: shoal.v1.IncrResponse.header:type_name -> shoal.v1.ResponseHeader
+	2,  // 16: shoal.v1.BatchRequest.header:type_name -> shoal.v1.RequestHeader
+	22, // 17: shoal.v1.BatchRequest.ops:type_name -> shoal.v1.KVOp
+	3,  // 18: shoal.v1.BatchResponse.header:type_name -> shoal.v1.ResponseHeader
+	23, // 19: shoal.v1.BatchResponse.results:type_name -> shoal.v1.KVOpResult
+	2,  // 20: shoal.v1.ScanRequest.header:type_name -> shoal.v1.RequestHeader
+	3,  // 21: shoal.v1.ScanResponse.header:type_name -> shoal.v1.ResponseHeader
+	4,  // 22: shoal.v1.KV.Get:input_type -> shoal.v1.GetRequest
+	6,  // 23: shoal.v1.KV.MultiGet:input_type -> shoal.v1.MultiGetRequest
+	8,  // 24: shoal.v1.KV.Put:input_type -> shoal.v1.PutRequest
+	10, // 25: shoal.v1.KV.Delete:input_type -> shoal.v1.DeleteRequest
+	12, // 26: shoal.v1.KV.CompareAndSet:input_type -> shoal.v1.CompareAndSetRequest
+	14, // 27: shoal.v1.KV.Incr:input_type -> shoal.v1.IncrRequest
+	16, // 28: shoal.v1.KV.Batch:input_type -> shoal.v1.BatchRequest
+	18, // 29: shoal.v1.KV.Scan:input_type -> shoal.v1.ScanRequest
+	5,  // 30: shoal.v1.KV.Get:output_type -> shoal.v1.GetResponse
+	7,  // 31: shoal.v1.KV.MultiGet:output_type -> shoal.v1.MultiGetResponse
+	9,  // 32: shoal.v1.KV.Put:output_type -> shoal.v1.PutResponse
+	11, // 33: shoal.v1.KV.Delete:output_type -> shoal.v1.DeleteResponse
+	13, // 34: shoal.v1.KV.CompareAndSet:output_type -> shoal.v1.CompareAndSetResponse
+	15, // 35: shoal.v1.KV.Incr:output_type -> shoal.v1.IncrResponse
+	17, // 36: shoal.v1.KV.Batch:output_type -> shoal.v1.BatchResponse
+	19, // 37: shoal.v1.KV.Scan:output_type -> shoal.v1.ScanResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_kv_proto_init() }
@@ -1433,7 +1570,7 @@ func file_shoalpb_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shoalpb_kv_proto_rawDesc), len(file_shoalpb_kv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -191,6 +191,12 @@ func (sm *stateMachine) expire(b *storage.Batch, now int64, op *shoalpb.ExpireOp
 	if !rec.exists {
 		return res, nil
 	}
+	if op.ReturnValue {
+		res.Value = append([]byte(nil), rec.value...)
+	}
+	if !expireAllowed(op.Condition, rec.expireAt, op.ExpireAtMs) {
+		return res, nil
+	}
 	switch {
 	case op.ExpireAtMs == 0:
 		if rec.expireAt != 0 {
@@ -205,6 +211,30 @@ func (sm *stateMachine) expire(b *storage.Batch, now int64, op *shoalpb.ExpireOp
 		res.Applied = true
 	}
 	return res, nil
+}
+
+// expireAllowed applies an ExpireCondition to a key whose expiry is cur
+// (0: none) and the requested next one.
+func expireAllowed(c shoalpb.ExpireCondition, cur, next int64) bool {
+	// A key without an expiry counts as expiring never.
+	const never = int64(^uint64(0) >> 1)
+	if cur == 0 {
+		cur = never
+	}
+	if next == 0 {
+		next = never
+	}
+	switch c {
+	case shoalpb.ExpireCondition_EXPIRE_CONDITION_NO_TTL:
+		return cur == never
+	case shoalpb.ExpireCondition_EXPIRE_CONDITION_HAS_TTL:
+		return cur != never
+	case shoalpb.ExpireCondition_EXPIRE_CONDITION_GREATER:
+		return next > cur
+	case shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS:
+		return next < cur
+	}
+	return true
 }
 
 // deleteExpired is the sweeper's op. A key is deleted only if its record

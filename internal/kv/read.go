@@ -3,6 +3,7 @@ package kv
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/storage"
@@ -107,4 +108,46 @@ func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, 
 		return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
 	}
 	return res, nil
+}
+
+// MultiGet reads several keys of one shard as of one moment: after one
+// ReadIndex barrier (unless o.Stale), from one engine snapshot, so a
+// command that wrote several of them is seen whole or not at all. Keys in
+// different shards fail with ErrCrossShard.
+func (d *DB) MultiGet(ctx context.Context, ks [][]byte, o ReadOptions) ([]Value, []bool, error) {
+	if len(ks) == 0 {
+		return nil, nil, nil
+	}
+	shard, err := d.store.ShardBySlot(keys.Slot(ks[0]))
+	if err != nil {
+		return nil, nil, fmt.Errorf("kv: mget: %w", err)
+	}
+	for _, k := range ks[1:] {
+		if s, err := d.store.ShardBySlot(keys.Slot(k)); err != nil || s != shard {
+			return nil, nil, fmt.Errorf("kv: mget: %w", ErrCrossShard)
+		}
+	}
+	if !o.Stale {
+		if err := d.store.ReadIndex(ctx, shard); err != nil {
+			return nil, nil, fmt.Errorf("kv: mget: %w", err)
+		}
+	}
+	snap := d.store.Engine().NewSnapshot()
+	defer snap.Close()
+	now := d.nowMs()
+	vals, found := make([]Value, len(ks)), make([]bool, len(ks))
+	for i, k := range ks {
+		v, at, ok, err := Get(snap, keys.Slot(k), k, now)
+		if err != nil {
+			return nil, nil, fmt.Errorf("kv: mget: %w", err)
+		}
+		vals[i], found[i] = Value{Data: v}, ok
+		if at != 0 {
+			vals[i].ExpireAt = time.UnixMilli(at)
+		}
+	}
+	if err := d.store.Serving(shard); err != nil {
+		return nil, nil, fmt.Errorf("kv: mget: %w", err)
+	}
+	return vals, found, nil
 }

@@ -32,7 +32,7 @@ var allowed = map[string][]string{
 	"internal/raftstore":       {"api/shoalpb", "internal/keys", "internal/storage", "internal/raftlog"},
 	"internal/transport":       {"api/shoalpb"},
 	"internal/kv":              {"api/shoalpb", "internal/keys", "internal/storage", "internal/raftstore"},
-	"internal/node":            {"api/shoalpb", "client", "internal/keys", "internal/storage", "internal/raftlog", "internal/raftstore", "internal/transport", "internal/kv"},
+	"internal/node":            {"api/shoalpb", "client", "internal/resp", "internal/keys", "internal/storage", "internal/raftlog", "internal/raftstore", "internal/transport", "internal/kv"},
 	"internal/master":          {"api/shoalpb", "internal/keys", "internal/storage", "internal/raftlog", "internal/raftstore", "internal/transport", "internal/master/schedule"},
 	"internal/master/schedule": {"api/shoalpb"},
 	"internal/resp":            {"api/shoalpb", "internal/keys", "client"},

@@ -404,3 +404,34 @@ func ensureHeader(h **shoalpb.RequestHeader) *shoalpb.RequestHeader {
 	}
 	return *h
 }
+
+// MultiGet implements shoalpb.KVServer.
+func (s *kvService) MultiGet(ctx context.Context, req *shoalpb.MultiGetRequest) (*shoalpb.MultiGetResponse, error) {
+	h := ensureHeader(&req.Header)
+	if len(req.Keys) == 0 {
+		return &shoalpb.MultiGetResponse{Header: &shoalpb.ResponseHeader{NodeId: s.n.cfg.NodeID}}, nil
+	}
+	// Keys in other shards than the first's fail where the keys are read.
+	t, err := s.route(h, keys.Slot(req.Keys[0]), false)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if t.forward != nil {
+		resp, err := t.forward.MultiGet(ctx, req)
+		return resp, s.toStatus(err)
+	}
+	vals, found, err := s.n.kv.MultiGet(ctx, req.Keys, readOptions(h))
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	resp := &shoalpb.MultiGetResponse{Header: s.header(h, t.shard), Found: found}
+	for _, v := range vals {
+		resp.Values = append(resp.Values, v.Data)
+		at := int64(0)
+		if !v.ExpireAt.IsZero() {
+			at = v.ExpireAt.UnixMilli()
+		}
+		resp.ExpireAtMs = append(resp.ExpireAtMs, at)
+	}
+	return resp, nil
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/shoaldb/shoal/client"
 	"github.com/shoaldb/shoal/internal/kv"
 	"github.com/shoaldb/shoal/internal/raftstore"
+	"github.com/shoaldb/shoal/internal/resp"
 	"github.com/shoaldb/shoal/internal/storage"
 	"github.com/shoaldb/shoal/internal/transport"
 )
@@ -40,8 +41,14 @@ type Config struct {
 	// AdvertiseAddr is the gRPC address other nodes and clients use.
 	// Default: the address it listens on.
 	AdvertiseAddr string
-	// RESPAddr is advertised to the master for clients.
-	RESPAddr string
+	// RESPAddr is where the node serves the Redis protocol, and what it
+	// advertises; "" serves none. Ignored when RESPListener is set (whose
+	// address is used instead).
+	RESPAddr     string
+	RESPListener net.Listener
+	// RESP configures the Redis protocol server (password, proxy mode,
+	// limits).
+	RESP resp.Options
 	// HTTPAddr serves /healthz and /status (JSON) and is advertised; ""
 	// serves no HTTP. Ignored when HTTPListener is set (whose address is
 	// advertised instead).
@@ -141,6 +148,7 @@ type Node struct {
 	kvsvc *kvService
 
 	http *http.Server
+	resp *resp.Server
 
 	// Master mode.
 	masters *client.MasterConn
@@ -197,6 +205,16 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if n.cfg.HTTPListener != nil {
 		cleanups = append(cleanups, func() { n.cfg.HTTPListener.Close() })
 		n.cfg.HTTPAddr = n.cfg.HTTPListener.Addr().String()
+	}
+	if cfg.RESPListener == nil && cfg.RESPAddr != "" {
+		var lc net.ListenConfig
+		if n.cfg.RESPListener, err = lc.Listen(ctx, "tcp", cfg.RESPAddr); err != nil {
+			return nil, fmt.Errorf("node: listen %s: %w", cfg.RESPAddr, err)
+		}
+	}
+	if n.cfg.RESPListener != nil {
+		cleanups = append(cleanups, func() { n.cfg.RESPListener.Close() })
+		n.cfg.RESPAddr = n.cfg.RESPListener.Addr().String()
 	}
 
 	resolve := cfg.Resolve
@@ -277,6 +295,18 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if n.cfg.HTTPListener != nil {
 		n.serveHTTP(n.cfg.HTTPListener)
 	}
+	if n.cfg.RESPListener != nil {
+		ro := cfg.RESP
+		if ro.Logger == nil {
+			ro.Logger = n.log
+		}
+		n.resp = resp.NewServer(respBackend{n.kvsvc}, ro)
+		go func() {
+			if err := n.resp.Serve(n.cfg.RESPListener); err != nil {
+				n.log.Error("resp server failed", "err", err)
+			}
+		}()
+	}
 	if n.masters != nil {
 		n.wg.Add(1)
 		go n.heartbeatLoop()
@@ -321,6 +351,9 @@ func (n *Node) Stop() error {
 		n.wg.Wait()
 		if n.http != nil {
 			n.http.Close()
+		}
+		if n.resp != nil {
+			n.resp.Close()
 		}
 		n.server.Stop()
 		n.kvsvc.peers.close()

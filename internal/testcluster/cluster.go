@@ -21,6 +21,7 @@ import (
 	"github.com/shoaldb/shoal/internal/master"
 	"github.com/shoaldb/shoal/internal/node"
 	"github.com/shoaldb/shoal/internal/raftstore"
+	"github.com/shoaldb/shoal/internal/resp"
 	"github.com/shoaldb/shoal/internal/storage"
 	"github.com/shoaldb/shoal/internal/transport"
 )
@@ -58,6 +59,10 @@ type Options struct {
 	// HeartbeatInterval is the nodes' heartbeat interval in master mode.
 	// Default 200ms.
 	HeartbeatInterval time.Duration
+	// RESP serves the Redis protocol on every node (master mode), with
+	// these options.
+	RESP     bool
+	RESPOpts resp.Options
 	// Logger receives every node's logs. Default: errors only, to stderr.
 	Logger *slog.Logger
 }
@@ -106,9 +111,11 @@ func (n *Node) Dir() string { return n.dir }
 type Node struct {
 	ID   uint64
 	Addr string
-	c    *Cluster
-	dir  string
-	fs   vfs.FS
+	// RESPAddr is where the node serves the Redis protocol (Options.RESP).
+	RESPAddr string
+	c        *Cluster
+	dir      string
+	fs       vfs.FS
 
 	mu      sync.Mutex
 	running bool
@@ -241,6 +248,19 @@ func (n *Node) start() error {
 	cfg.WrapTransport = func(id uint64, s transport.Sender) transport.Sender { return c.Net.Wrap(id, s) }
 	if c.opts.StoreOptions != nil {
 		cfg.Store = func(o *raftstore.Options) { c.opts.StoreOptions(o.NodeID, o) }
+	}
+	if c.opts.RESP {
+		ra := n.RESPAddr
+		if ra == "" {
+			ra = "127.0.0.1:0"
+		}
+		rl, err := net.Listen("tcp", ra)
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("listen %s: %w", ra, err)
+		}
+		n.RESPAddr = rl.Addr().String()
+		cfg.RESPListener, cfg.RESP = rl, c.opts.RESPOpts
 	}
 	if c.opts.Masters > 0 {
 		cfg.Masters = c.MasterAddrs()

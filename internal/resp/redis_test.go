@@ -1,0 +1,417 @@
+package resp_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/shoaldb/shoal/internal/resp"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
+)
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func startCluster(t *testing.T, opts resp.Options) *tc.Cluster {
+	t.Helper()
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: 16, Replicas: 3, RESP: true, RESPOpts: opts})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the route table to carry every leader, so CLUSTER SLOTS is
+	// complete.
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := c.ClusterState()
+		if err != nil {
+			return err
+		}
+		for _, rt := range st.Routes.Shards {
+			if rt.LeaderReplica == 0 {
+				return fmt.Errorf("shard %d has no leader hint", rt.Shard.ShardId)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func respAddrs(c *tc.Cluster) []string {
+	var out []string
+	for _, n := range c.Nodes {
+		out = append(out, n.RESPAddr)
+	}
+	return out
+}
+
+func clusterClient(t *testing.T, c *tc.Cluster, o *redis.ClusterOptions) *redis.ClusterClient {
+	if o == nil {
+		o = &redis.ClusterOptions{}
+	}
+	o.Addrs = respAddrs(c)
+	rc := redis.NewClusterClient(o)
+	t.Cleanup(func() { rc.Close() })
+	return rc
+}
+
+func TestGoRedisClusterClient(t *testing.T) {
+	c := startCluster(t, resp.Options{})
+	ctx := ctxFor(t, 60*time.Second)
+	for _, proto := range []int{2, 3} {
+		rc := clusterClient(t, c, &redis.ClusterOptions{Protocol: proto})
+		k := func(s string) string { return fmt.Sprintf("p%d:%s", proto, s) }
+		for i := range 200 {
+			if err := rc.Set(ctx, k(strconv.Itoa(i)), i, 0).Err(); err != nil {
+				t.Fatalf("RESP%d set %d: %v", proto, i, err)
+			}
+		}
+		for i := range 200 {
+			v, err := rc.Get(ctx, k(strconv.Itoa(i))).Int()
+			if err != nil || v != i {
+				t.Fatalf("RESP%d get %d: %v %v", proto, i, v, err)
+			}
+		}
+		if _, err := rc.Get(ctx, k("missing")).Result(); !errors.Is(err, redis.Nil) {
+			t.Fatalf("missing key: %v", err)
+		}
+		if n, err := rc.Incr(ctx, k("n")).Result(); err != nil || n != 1 {
+			t.Fatalf("incr: %d %v", n, err)
+		}
+		if n, err := rc.IncrBy(ctx, k("n"), 41).Result(); err != nil || n != 42 {
+			t.Fatalf("incrby: %d %v", n, err)
+		}
+		if n, err := rc.DecrBy(ctx, k("n"), 2).Result(); err != nil || n != 40 {
+			t.Fatalf("decrby: %d %v", n, err)
+		}
+		if f, err := rc.IncrByFloat(ctx, k("f"), 1.5).Result(); err != nil || f != 1.5 {
+			t.Fatalf("incrbyfloat: %v %v", f, err)
+		}
+		if ok, err := rc.SetNX(ctx, k("nx"), "a", 0).Result(); err != nil || !ok {
+			t.Fatalf("setnx: %v %v", ok, err)
+		}
+		if ok, err := rc.SetNX(ctx, k("nx"), "b", 0).Result(); err != nil || ok {
+			t.Fatalf("setnx again: %v %v", ok, err)
+		}
+		if old, err := rc.SetArgs(ctx, k("nx"), "c", redis.SetArgs{Get: true}).Result(); err != nil || old != "a" {
+			t.Fatalf("set get: %q %v", old, err)
+		}
+		if err := rc.Set(ctx, k("ttl"), "v", time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := rc.TTL(ctx, k("ttl")).Result(); err != nil || d < 59*time.Minute || d > time.Hour {
+			t.Fatalf("ttl: %v %v", d, err)
+		}
+		if ok, err := rc.Persist(ctx, k("ttl")).Result(); err != nil || !ok {
+			t.Fatalf("persist: %v %v", ok, err)
+		}
+		if d, err := rc.TTL(ctx, k("ttl")).Result(); err != nil || d != -1 {
+			t.Fatalf("ttl after persist: %v %v", d, err)
+		}
+		if ok, err := rc.Expire(ctx, k("ttl"), time.Minute).Result(); err != nil || !ok {
+			t.Fatalf("expire: %v %v", ok, err)
+		}
+		if ok, err := rc.ExpireNX(ctx, k("ttl"), time.Hour).Result(); err != nil || ok {
+			t.Fatalf("expire nx on a key with a ttl: %v %v", ok, err)
+		}
+		if n, err := rc.Append(ctx, k("s"), "hello").Result(); err != nil || n != 5 {
+			t.Fatalf("append: %d %v", n, err)
+		}
+		if n, err := rc.StrLen(ctx, k("s")).Result(); err != nil || n != 5 {
+			t.Fatalf("strlen: %d %v", n, err)
+		}
+		if s, err := rc.GetRange(ctx, k("s"), 1, -2).Result(); err != nil || s != "ell" {
+			t.Fatalf("getrange: %q %v", s, err)
+		}
+		if s, err := rc.GetDel(ctx, k("s")).Result(); err != nil || s != "hello" {
+			t.Fatalf("getdel: %q %v", s, err)
+		}
+		if typ, err := rc.Type(ctx, k("nx")).Result(); err != nil || typ != "string" {
+			t.Fatalf("type: %q %v", typ, err)
+		}
+		// Multi-key commands within one slot, by hash tag.
+		if err := rc.MSet(ctx, "{u"+k("1")+"}:a", "1", "{u"+k("1")+"}:b", "2").Err(); err != nil {
+			t.Fatal(err)
+		}
+		vals, err := rc.MGet(ctx, "{u"+k("1")+"}:a", "{u"+k("1")+"}:b", "{u"+k("1")+"}:c").Result()
+		if err != nil || vals[0] != "1" || vals[1] != "2" || vals[2] != nil {
+			t.Fatalf("mget: %v %v", vals, err)
+		}
+		if n, err := rc.Exists(ctx, "{u"+k("1")+"}:a", "{u"+k("1")+"}:c").Result(); err != nil || n != 1 {
+			t.Fatalf("exists: %d %v", n, err)
+		}
+		if n, err := rc.Del(ctx, "{u"+k("1")+"}:a", "{u"+k("1")+"}:b").Result(); err != nil || n != 2 {
+			t.Fatalf("del: %d %v", n, err)
+		}
+	}
+}
+
+func TestErrorsAsRedisWordsThem(t *testing.T) {
+	c := startCluster(t, resp.Options{})
+	ctx := ctxFor(t, 30*time.Second)
+	rc := clusterClient(t, c, nil)
+	one := redis.NewClient(&redis.Options{Addr: c.Nodes[0].RESPAddr, Protocol: 2})
+	t.Cleanup(func() { one.Close() })
+	if err := rc.Set(ctx, "str", "abc", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []any
+		want string
+	}{
+		{[]any{"incr", "str"}, "ERR value is not an integer or out of range"},
+		{[]any{"get"}, "ERR wrong number of arguments for 'get' command"},
+		{[]any{"set", "k", "v", "nx", "xx"}, "ERR syntax error"},
+		{[]any{"set", "k", "v", "ex", "0"}, "ERR invalid expire time in 'set' command"},
+		{[]any{"set", "k", "v", "ex", "x"}, "ERR value is not an integer or out of range"},
+		{[]any{"nosuch", "a", "b"}, "ERR unknown command 'nosuch', with args beginning with: 'a' 'b' "},
+		{[]any{"mget", "a", "b"}, "CROSSSLOT Keys in request don't hash to the same slot"},
+		{[]any{"select", "1"}, "ERR SELECT is not allowed in cluster mode"},
+		{[]any{"incrby", "n", "007"}, "ERR value is not an integer or out of range"},
+	} {
+		err := rc.Do(ctx, tt.args...).Err()
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("%v: got %v, want %q", tt.args, err, tt.want)
+		}
+	}
+	// A node that does not lead a key's shard answers MOVED to the leader.
+	moved := 0
+	for i := range 50 {
+		err := one.Set(ctx, "moved-"+strconv.Itoa(i), "v", 0).Err()
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "MOVED ") {
+				t.Fatalf("unexpected error %v", err)
+			}
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no MOVED from a node that leads a third of the shards")
+	}
+	if err := one.Do(ctx, "select", "0").Err(); err != nil {
+		t.Fatalf("select 0: %v", err)
+	}
+}
+
+func TestClusterCommands(t *testing.T) {
+	c := startCluster(t, resp.Options{})
+	ctx := ctxFor(t, 30*time.Second)
+	rc := clusterClient(t, c, nil)
+	one := redis.NewClient(&redis.Options{Addr: c.Nodes[0].RESPAddr})
+	t.Cleanup(func() { one.Close() })
+
+	slots, err := one.ClusterSlots(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	covered := 0
+	for _, s := range slots {
+		covered += s.End - s.Start + 1
+		if len(s.Nodes) != 3 || len(s.Nodes[0].ID) != 40 {
+			t.Fatalf("slot range %d-%d: nodes %v", s.Start, s.End, s.Nodes)
+		}
+	}
+	if covered != 16384 {
+		t.Fatalf("CLUSTER SLOTS covers %d slots", covered)
+	}
+	shards, err := one.ClusterShards(ctx).Result()
+	if err != nil || len(shards) != 16 {
+		t.Fatalf("CLUSTER SHARDS: %d shards, %v", len(shards), err)
+	}
+	if shards[0].Nodes[0].Role != "master" || shards[0].Nodes[0].Health != "online" {
+		t.Fatalf("shard nodes %+v", shards[0].Nodes)
+	}
+	nodes, err := one.ClusterNodes(ctx).Result()
+	if err != nil || strings.Count(nodes, "\n") != 3 || !strings.Contains(nodes, "myself,master") {
+		t.Fatalf("CLUSTER NODES:\n%s%v", nodes, err)
+	}
+	info, err := one.ClusterInfo(ctx).Result()
+	if err != nil || !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_slots_ok:16384") {
+		t.Fatalf("CLUSTER INFO:\n%s%v", info, err)
+	}
+	if slot, err := one.ClusterKeySlot(ctx, "foo").Result(); err != nil || slot != 12182 {
+		t.Fatalf("CLUSTER KEYSLOT foo: %d %v", slot, err)
+	}
+	id, err := one.ClusterMyID(ctx).Result()
+	if err != nil || len(id) != 40 || !strings.Contains(nodes, id+" ") {
+		t.Fatalf("CLUSTER MYID %q %v", id, err)
+	}
+	// Keys in a slot, counted and listed on the node that has it.
+	for i := range 5 {
+		if err := rc.Set(ctx, fmt.Sprintf("{slotkeys}%d", i), "v", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slot, _ := one.ClusterKeySlot(ctx, "{slotkeys}").Result()
+	var (
+		mu  sync.Mutex
+		cnt int64
+		ks  []string
+	)
+	// go-redis runs the callbacks concurrently, one per node.
+	if err := rc.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error {
+		got, err := n.ClusterCountKeysInSlot(ctx, int(slot)).Result()
+		if err != nil || got == 0 {
+			return err
+		}
+		list, err := n.ClusterGetKeysInSlot(ctx, int(slot), 3).Result()
+		mu.Lock()
+		cnt, ks = got, list
+		mu.Unlock()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if cnt != 5 || len(ks) != 3 {
+		t.Fatalf("COUNTKEYSINSLOT %d, GETKEYSINSLOT %v", cnt, ks)
+	}
+	// SCAN over every master finds every key once.
+	want := map[string]bool{}
+	for i := range 300 {
+		k := "scan-" + strconv.Itoa(i)
+		want[k] = true
+		if err := rc.Set(ctx, k, "v", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]int{}
+	var total int64
+	if err := rc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		var seen []string
+		it := n.Scan(ctx, 0, "scan-*", 17).Iterator()
+		for it.Next(ctx) {
+			seen = append(seen, it.Val())
+		}
+		if err := it.Err(); err != nil {
+			return err
+		}
+		size, err := n.DBSize(ctx).Result()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, k := range seen {
+			got[k]++
+		}
+		total += size
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for k := range want {
+		if got[k] != 1 {
+			t.Fatalf("SCAN saw %s %d times", k, got[k])
+		}
+	}
+	if total < 300 {
+		t.Fatalf("DBSIZE over masters %d, want >= 300", total)
+	}
+}
+
+// TestReadOnlyReplicas reads through go-redis's replica routing: reads go to
+// followers after READONLY and stay linearizable.
+func TestReadOnlyReplicas(t *testing.T) {
+	c := startCluster(t, resp.Options{})
+	ctx := ctxFor(t, 30*time.Second)
+	writer := clusterClient(t, c, nil)
+	reader := clusterClient(t, c, &redis.ClusterOptions{ReadOnly: true, RouteRandomly: true})
+	for i := range 200 {
+		k := "ro-" + strconv.Itoa(i)
+		if err := writer.Set(ctx, k, i, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		// Read right after the write, from any replica: it must see it.
+		v, err := reader.Get(ctx, k).Int()
+		if err != nil || v != i {
+			t.Fatalf("%s: read %d, %v after writing %d", k, v, err, i)
+		}
+	}
+}
+
+func TestAuth(t *testing.T) {
+	c := startCluster(t, resp.Options{Password: "s3cret"})
+	ctx := ctxFor(t, 30*time.Second)
+	anon := redis.NewClient(&redis.Options{Addr: c.Nodes[0].RESPAddr, Protocol: 2, DisableIdentity: true})
+	t.Cleanup(func() { anon.Close() })
+	if err := anon.Get(ctx, "k").Err(); err == nil || !strings.HasPrefix(err.Error(), "NOAUTH") {
+		t.Fatalf("unauthenticated get: %v", err)
+	}
+	bad := clusterClient(t, c, &redis.ClusterOptions{Password: "wrong"})
+	if err := bad.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
+		t.Fatalf("wrong password: %v", err)
+	}
+	good := clusterClient(t, c, &redis.ClusterOptions{Password: "s3cret"})
+	if err := good.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := good.Get(ctx, "k").Result(); err != nil || v != "v" {
+		t.Fatalf("authenticated get: %q %v", v, err)
+	}
+}
+
+func TestPipelineAndLargeValues(t *testing.T) {
+	c := startCluster(t, resp.Options{})
+	ctx := ctxFor(t, 60*time.Second)
+	rc := clusterClient(t, c, nil)
+	pipe := rc.Pipeline()
+	for i := range 500 {
+		pipe.Set(ctx, "pipe-"+strconv.Itoa(i), i, 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pipe = rc.Pipeline()
+	gets := make([]*redis.StringCmd, 500)
+	for i := range gets {
+		gets[i] = pipe.Get(ctx, "pipe-"+strconv.Itoa(i))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, g := range gets {
+		if v, _ := g.Int(); v != i {
+			t.Fatalf("pipelined get %d: %v", i, g.Val())
+		}
+	}
+	big := strings.Repeat("x", 8<<20) // the default value limit
+	if err := rc.Set(ctx, "big", big, 0).Err(); err != nil {
+		t.Fatalf("8 MiB value: %v", err)
+	}
+	if v, err := rc.Get(ctx, "big").Result(); err != nil || len(v) != len(big) {
+		t.Fatalf("8 MiB value read back: %d bytes, %v", len(v), err)
+	}
+	err := rc.Set(ctx, "bigger", big+"x", 0).Err()
+	if err == nil || !strings.Contains(err.Error(), "exceeds maximum allowed size") {
+		t.Fatalf("value over the limit: %v", err)
+	}
+	if _, err := rc.Get(ctx, "bigger").Result(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("oversized value was stored: %v", err)
+	}
+}
+
+// TestProxyMode serves every key from any node for a client that does not
+// follow MOVED.
+func TestProxyMode(t *testing.T) {
+	c := startCluster(t, resp.Options{Proxy: true})
+	ctx := ctxFor(t, 30*time.Second)
+	plain := redis.NewClient(&redis.Options{Addr: c.Nodes[0].RESPAddr})
+	t.Cleanup(func() { plain.Close() })
+	for i := range 100 {
+		k := "proxy-" + strconv.Itoa(i)
+		if err := plain.Set(ctx, k, i, 0).Err(); err != nil {
+			t.Fatalf("set %s through one node: %v", k, err)
+		}
+		if v, err := plain.Get(ctx, k).Int(); err != nil || v != i {
+			t.Fatalf("get %s through one node: %v %v", k, v, err)
+		}
+	}
+}

@@ -1,0 +1,240 @@
+package resp
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// Backend executes commands: the node's KV service, called in process.
+type Backend interface {
+	shoalpb.KVServer
+	// Topology returns the cluster as this node sees it now.
+	Topology() Topology
+}
+
+// Topology is the Redis Cluster view of a Shoal cluster.
+type Topology struct {
+	ClusterID string
+	// Self is this node's ID.
+	Self uint64
+	// Shards in slot order.
+	Shards []ShardInfo
+	// Nodes by ID.
+	Nodes map[uint64]NodeInfo
+	// Epoch is a cluster-wide version (the route table's).
+	Epoch uint64
+}
+
+// ShardInfo is one shard: a slot range, its leader (Redis's master) and
+// the nodes of its other replicas.
+type ShardInfo struct {
+	ID         uint64
+	Start, End uint32 // slots [Start, End)
+	Leader     uint64 // node; 0 if unknown
+	Followers  []uint64
+}
+
+// NodeInfo is how clients reach a node.
+type NodeInfo struct {
+	// RESPAddr is host:port of its Redis protocol server.
+	RESPAddr string
+	// Up is false for a node the master holds down.
+	Up bool
+}
+
+// Options configure a Server. Zero values take the defaults.
+type Options struct {
+	// Password, when set, must be given (AUTH or HELLO AUTH) before any
+	// command but AUTH, HELLO and QUIT.
+	Password string
+	// Proxy makes the server forward commands for shards this node does not
+	// lead instead of answering -MOVED, for clients that do not follow
+	// MOVED.
+	Proxy bool
+	// Limits bound requests; see Limits.
+	Limits Limits
+	// CommandTimeout bounds one command. Default 10s.
+	CommandTimeout time.Duration
+	// IdleTimeout closes connections idle this long; 0 keeps them.
+	IdleTimeout time.Duration
+	// MaxConns bounds concurrent connections. Default 10000.
+	MaxConns int
+	// Logger receives the server's logs. Default: discarded.
+	Logger *slog.Logger
+}
+
+func (o *Options) ensureDefaults() {
+	o.Limits.ensureDefaults()
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = 10 * time.Second
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 10000
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Server serves the Redis protocol on one listener.
+type Server struct {
+	opts    Options
+	backend Backend
+	log     *slog.Logger
+	started time.Time
+
+	mu     sync.Mutex
+	lis    net.Listener
+	conns  map[*conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+
+	nextID    atomic.Int64
+	cursors   *cursorCache
+	tableOnce sync.Once
+	cmds      map[string]*command
+	stats     struct{ commands, conns, rejected atomic.Int64 }
+}
+
+// NewServer returns a server executing commands on backend.
+func NewServer(backend Backend, opts Options) *Server {
+	opts.ensureDefaults()
+	return &Server{opts: opts, backend: backend, log: opts.Logger.With("component", "resp"), started: time.Now(),
+		conns: map[*conn]struct{}{}, cursors: newCursorCache(10000, 10*time.Minute)}
+}
+
+// Serve accepts connections on lis until Close.
+func (s *Server) Serve(lis net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.lis = lis
+	s.mu.Unlock()
+	for {
+		nc, err := lis.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		c := &conn{s: s, nc: nc, id: s.nextID.Add(1), rd: NewReader(nc), wr: NewWriter(nc)}
+		c.authed = s.opts.Password == ""
+		s.mu.Lock()
+		if s.closed || len(s.conns) >= s.opts.MaxConns {
+			s.mu.Unlock()
+			s.stats.rejected.Add(1)
+			c.wr.Error("ERR max number of clients reached")
+			c.wr.Flush()
+			nc.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		s.stats.conns.Add(1)
+		go c.serve()
+	}
+}
+
+// Close stops accepting, closes every connection and waits for them.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	if s.lis != nil {
+		s.lis.Close()
+	}
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// conn is one client connection. Its commands run one at a time, in order.
+type conn struct {
+	s        *Server
+	nc       net.Conn
+	id       int64
+	rd       *Reader
+	wr       *Writer
+	authed   bool
+	readonly bool
+	// slot is the slot of the command being run (for -MOVED).
+	slot    uint16
+	name    string
+	libName string
+	libVer  string
+}
+
+func (c *conn) serve() {
+	defer func() {
+		c.nc.Close()
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+		c.s.wg.Done()
+	}()
+	for {
+		if t := c.s.opts.IdleTimeout; t > 0 {
+			c.nc.SetReadDeadline(time.Now().Add(t))
+		}
+		lim := c.s.opts.Limits
+		if !c.authed {
+			lim = unauthLimits
+		}
+		args, err := c.rd.ReadCommand(lim)
+		if err != nil {
+			var pe *ProtocolError
+			if errors.As(err, &pe) {
+				c.wr.Error("ERR " + pe.Error())
+				c.wr.Flush()
+			}
+			return
+		}
+		if args != nil {
+			c.s.stats.commands.Add(1)
+			if quit := c.dispatch(args); quit {
+				c.wr.Flush()
+				return
+			}
+		}
+		// Answer a pipeline in one write: flush when nothing more is
+		// waiting.
+		if !c.rd.Buffered() {
+			if err := c.wr.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (c *conn) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), c.s.opts.CommandTimeout)
+}
+
+func (c *conn) checkPassword(pass []byte) bool {
+	return subtle.ConstantTimeCompare(pass, []byte(c.s.opts.Password)) == 1
+}
+
+// errorf formats an error reply.
+func errorf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
