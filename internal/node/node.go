@@ -269,7 +269,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		if _, err := n.store.Status(d.ShardId); err == nil {
 			continue
 		}
-		if err := n.store.BootstrapReplica(d); err != nil {
+		if err := n.store.BootstrapReplica(d); errors.Is(err, raftstore.ErrShardRemoved) {
+			// Moved away since the static placement: not ours any more.
+			continue
+		} else if err != nil {
 			return nil, fmt.Errorf("node: bootstrap shard %d: %w", d.ShardId, err)
 		}
 	}

@@ -146,16 +146,22 @@ func Load(eng *storage.Engine, shard uint64, cacheBytes int) (*Storage, error) {
 // NewEmpty returns the Storage of a replica that has no state yet: one
 // created to receive its first snapshot. Its log is empty at index 0, and
 // it has no configuration, so it cannot campaign.
-func NewEmpty(eng *storage.Engine, shard uint64, cacheBytes int) *Storage {
+func NewEmpty(eng *storage.Engine, shard uint64, cacheBytes int) (*Storage, error) {
 	if cacheBytes <= 0 {
 		cacheBytes = DefaultCacheBytes
 	}
 	s := &Storage{eng: eng, shard: shard}
 	s.mu.cache.maxBytes = cacheBytes
 	s.mu.truncated = &shoalpb.TruncatedState{}
-	s.mu.hardState = &raftpb.HardState{}
 	s.mu.applied = &shoalpb.AppliedState{}
-	return s
+	// A HardState left by an earlier empty incarnation of this replica
+	// holds a vote it may have cast: keep it.
+	s.mu.hardState = &raftpb.HardState{}
+	if _, err := storage.GetProto(eng.Reader(), keys.HardStateKey(shard), s.mu.hardState); err != nil {
+		return nil, err
+	}
+	s.mu.hardState.Commit = nil
+	return s, nil
 }
 
 // SetSnapshotter sets the function that Snapshot calls. Snapshots carry the
@@ -291,8 +297,10 @@ func (s *Storage) Entries(lo, hi, maxSize uint64) ([]*raftpb.Entry, error) {
 		return nil, raft.ErrCompacted
 	}
 	if hi > s.mu.lastIndex+1 {
-		return nil, fmt.Errorf("raftlog: shard %d: entries [%d, %d) beyond last index %d: %w",
-			s.shard, lo, hi, s.mu.lastIndex, raft.ErrUnavailable)
+		// Raft compares the contract's errors with ==: return them bare.
+		// (Entries missing inside the log are corruption and are wrapped
+		// with detail, which Raft reports by panicking.)
+		return nil, raft.ErrUnavailable
 	}
 	if lo >= hi {
 		return nil, nil

@@ -313,6 +313,14 @@ func (s *Store) ChangeReplicas(ctx context.Context, shard, epoch uint64, changes
 	if desc.Epoch != epoch {
 		return nil, &EpochMismatchError{Current: desc}
 	}
+	for _, c := range changes {
+		// A learner votes only once it has the log: promoting one that has
+		// not even received its snapshot would let a replica with no state
+		// count towards quorums.
+		if c.Type == PromoteLearner && st.Progress[c.ReplicaID].Match == 0 {
+			return nil, fmt.Errorf("%w: learner %d of shard %d", ErrNotCaughtUp, c.ReplicaID, shard)
+		}
+	}
 	next, cc, err := planChange(desc, changes)
 	if err != nil {
 		return nil, err

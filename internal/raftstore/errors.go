@@ -88,6 +88,9 @@ var (
 	ErrInvalidChange = errors.New("raftstore: invalid membership change")
 	// ErrTransferFailed: leadership did not move to the requested replica.
 	ErrTransferFailed = errors.New("raftstore: leadership transfer failed")
+	// ErrNotCaughtUp: a learner to promote has not received the log yet.
+	// Nothing was changed; retry once it has.
+	ErrNotCaughtUp = errors.New("raftstore: learner not caught up")
 )
 
 // EpochMismatchError is returned when a request names an older (or newer)

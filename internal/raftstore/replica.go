@@ -127,7 +127,11 @@ func (s *Store) newReplica(st *shoalpb.LocalReplicaState) (*Replica, error) {
 // newEmptyReplica returns an uninitialized replica that waits for the
 // snapshot a leader will send it. It has no state on disk until then.
 func (s *Store) newEmptyReplica(shard, replicaID uint64) (*Replica, error) {
-	r := s.makeReplica(shard, replicaID, raftlog.NewEmpty(s.eng, shard, s.opts.EntryCacheBytes))
+	rs, err := raftlog.NewEmpty(s.eng, shard, s.opts.EntryCacheBytes)
+	if err != nil {
+		return nil, err
+	}
+	r := s.makeReplica(shard, replicaID, rs)
 	r.desc = &shoalpb.ShardDescriptor{ShardId: shard}
 	if err := r.startRaft(); err != nil {
 		return nil, err
@@ -356,6 +360,12 @@ func (r *Replica) phase1(w *worker) error {
 		// member again; it missed its removal (it was down or cut off) and
 		// would otherwise campaign forever.
 		r.log.Info("removed from the shard by a newer configuration", "epoch", r.desc.Epoch, "peer_epoch", removedAt)
+		// Hand back what was taken, so that destroy fails every waiter.
+		r.mu.Lock()
+		r.mu.props = append(props, r.mu.props...)
+		r.mu.reads = append(reads, r.mu.reads...)
+		r.mu.snaps = append(snaps, r.mu.snaps...)
+		r.mu.Unlock()
 		return r.destroy(fmt.Errorf("%w: removed from the shard", ErrShardRemoved))
 	}
 	for _, m := range msgs {
@@ -564,6 +574,9 @@ func (r *Replica) onSoftState(ss *raft.SoftState) {
 			r.pendingReads = append(r.pendingReads, b.reads...)
 			delete(r.readBatches, id)
 		}
+	}
+	if ss.RaftState == raft.StateLeader && !wasLeader {
+		r.refreshProgress()
 	}
 	r.log.Debug("raft state", "role", roleOf(ss.RaftState), "leader", ss.Lead)
 }

@@ -579,6 +579,15 @@ func (r *Replica) applySnapshot(snap *raftpb.Snapshot) error {
 		return fmt.Errorf("raftstore: shard %d: ingest snapshot: %w", r.shardID, err)
 	}
 	as := &shoalpb.AppliedState{Index: meta.GetIndex(), Term: meta.GetTerm(), ConfState: meta.GetConfState()}
+	// A truncation staged earlier in this phase (on a tick) would commit
+	// after the ingest and put back an older truncated state, leaving a
+	// hole in the log: stage the snapshot's after it in the same batch.
+	trunc := &shoalpb.TruncatedState{Index: as.Index, Term: as.Term}
+	if err := r.store.stageLog(false, func(b *storage.Batch) error {
+		return b.SetProto(keys.TruncatedStateKey(r.shardID), trunc)
+	}); err != nil {
+		return fmt.Errorf("raftstore: shard %d: stage snapshot truncation: %w", r.shardID, err)
+	}
 	r.storage.ResetToSnapshot(as)
 	r.applied, r.confState = as.Index, as.ConfState
 	r.desc = in.data.Shard

@@ -2,6 +2,8 @@ package raftstore
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -196,7 +198,13 @@ func NewStore(opts Options) (*Store, error) {
 		snapLimit: newByteLimiter(max(opts.SnapshotBytesPerSec, 0)),
 	}
 	s.mu.replicas = map[uint64]*Replica{}
-	s.proposalSeq.Store(uint64(time.Now().UnixNano()))
+	// Proposal and ReadIndex IDs must not repeat across restarts or
+	// collide between nodes: start from a random point.
+	var seed [8]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return nil, err
+	}
+	s.proposalSeq.Store(binary.BigEndian.Uint64(seed[:]) >> 1)
 	// Snapshots half received when the node stopped are garbage.
 	if err := s.eng.FS().RemoveAll(s.eng.FS().PathJoin(s.eng.Dir(), snapshotDir)); err != nil {
 		return nil, fmt.Errorf("raftstore: clear snapshot directory: %w", err)
@@ -230,7 +238,12 @@ func (s *Store) removeOrphanRaftState() error {
 		shard := uint64(k[1])<<24 | uint64(k[2])<<16 | uint64(k[3])<<8 | uint64(k[4])
 		span := keys.ShardRaftSpan(shard)
 		if s.mu.replicas[shard] == nil {
-			if err := b.DeleteSpan(span); err != nil {
+			// Keep the HardState: it holds a vote the replica may have cast.
+			hs := keys.HardStateKey(shard)
+			if err := b.DeleteSpan(keys.Span{Start: span.Start, End: hs}); err != nil {
+				return err
+			}
+			if err := b.DeleteSpan(keys.Span{Start: append(hs[:len(hs):len(hs)], 0), End: span.End}); err != nil {
 				return err
 			}
 			n++
@@ -431,6 +444,15 @@ func (s *Store) replicaForSnapshot(shard, replicaID uint64) (*Replica, error) {
 	if s.stopping.Load() {
 		return nil, ErrStopped
 	}
+	// Check the tombstone again: a snapshot stream can last minutes, and
+	// the replica may have applied its own removal meanwhile (destroy
+	// commits the tombstone before it leaves the map).
+	var st shoalpb.LocalReplicaState
+	if ok, err := storage.GetProto(s.eng.Reader(), keys.ReplicaStateKey(shard), &st); err != nil {
+		return nil, err
+	} else if ok && st.Tombstone && replicaID <= st.TombstoneReplicaId {
+		return nil, fmt.Errorf("%w: replica %d of shard %d was removed from node %d", ErrShardRemoved, replicaID, shard, s.opts.NodeID)
+	}
 	r, err := s.newEmptyReplica(shard, replicaID)
 	if err != nil {
 		return nil, err
@@ -502,9 +524,11 @@ func (s *Store) BootstrapReplica(desc *shoalpb.ShardDescriptor) error {
 	var old shoalpb.LocalReplicaState
 	if ok, err := storage.GetProto(s.eng.Reader(), keys.ReplicaStateKey(desc.ShardId), &old); err != nil {
 		return err
+	} else if ok && old.Tombstone {
+		return fmt.Errorf("%w: shard %d: replica %d was removed from node %d and is not created again",
+			ErrShardRemoved, desc.ShardId, old.TombstoneReplicaId, s.opts.NodeID)
 	} else if ok {
-		return fmt.Errorf("raftstore: shard %d: replica state exists (replica %d, tombstone %v)",
-			desc.ShardId, old.ReplicaId, old.Tombstone)
+		return fmt.Errorf("raftstore: shard %d: replica %d exists", desc.ShardId, old.ReplicaId)
 	}
 	st := &shoalpb.LocalReplicaState{ReplicaId: me.ReplicaId, Shard: desc}
 	b := s.eng.NewBatch()

@@ -262,7 +262,7 @@ func slotKeys(c *conn, a [][]byte, count bool) {
 	for limit != 0 {
 		ctx, cancel := c.ctx()
 		resp, err := c.s.backend.Scan(ctx, &shoalpb.ScanRequest{
-			Header:    &shoalpb.RequestHeader{Direct: true, Consistency: shoalpb.ReadConsistency_READ_CONSISTENCY_STALE},
+			Header:    &shoalpb.RequestHeader{Direct: true},
 			StartSlot: uint32(slot), EndSlot: uint32(slot) + 1, Cursor: cursor, KeysOnly: true, Limit: 10000,
 		})
 		cancel()

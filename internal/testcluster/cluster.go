@@ -357,6 +357,11 @@ func (n *Node) Crash() {
 	// (it could acknowledge writes it syncs after the image below), and the
 	// post-crash image holds only what was synced before it.
 	n.c.Net.Freeze(n.ID)
+	// Stop the store before the image is taken: a store left running would
+	// go on syncing, and as a leader count its own acknowledgement of a
+	// sync the image lacks. What it synced while stopping is in the image
+	// (a slightly later crash); what it did not sync is lost.
+	n.n.Store().Stop()
 	n.fs = mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
 	n.running = false
 	_ = n.n.Stop()

@@ -64,7 +64,8 @@ func (c *Cluster) ChangeReplicas(ctx context.Context, shard uint64, plan func(*s
 			}
 		}
 		if !Retryable(err) && !errors.Is(err, raftstore.ErrEpochMismatch) && !errors.Is(err, raftstore.ErrConfChangeInProgress) &&
-			!errors.Is(err, raftstore.ErrAmbiguous) && !errors.Is(err, raftstore.ErrTransferFailed) {
+			!errors.Is(err, raftstore.ErrAmbiguous) && !errors.Is(err, raftstore.ErrTransferFailed) &&
+			!errors.Is(err, raftstore.ErrNotCaughtUp) {
 			return nil, err
 		}
 		select {

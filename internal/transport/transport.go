@@ -362,6 +362,9 @@ type peer struct {
 	t     *Transport
 	to    uint64
 	queue chan []*shoalpb.RaftMessage
+	// carry holds messages that did not fit in the last stream message;
+	// only the peer's goroutine touches it.
+	carry []*shoalpb.RaftMessage
 	// downUntil is the UnixNano time before which Send fails fast, set
 	// while the peer is unreachable.
 	downUntil atomic.Int64
@@ -411,6 +414,8 @@ func (p *peer) run() {
 }
 
 func (p *peer) drain() {
+	p.t.stats.dropped.Add(uint64(len(p.carry)))
+	p.carry = nil
 	for {
 		select {
 		case msgs := <-p.queue:
@@ -457,18 +462,20 @@ func (p *peer) connectAndSend(log *slog.Logger) error {
 	worked := false
 	for {
 		var msgs []*shoalpb.RaftMessage
-		select {
-		case <-ctx.Done():
+		if len(p.carry) == 0 {
 			select {
-			case err := <-recvErr:
-				return fmt.Errorf("stream to %s ended: %w", addr, err)
-			default:
+			case <-ctx.Done():
+				select {
+				case err := <-recvErr:
+					return fmt.Errorf("stream to %s ended: %w", addr, err)
+				default:
+				}
+				if worked {
+					return nil
+				}
+				return ctx.Err()
+			case msgs = <-p.queue:
 			}
-			if worked {
-				return nil
-			}
-			return ctx.Err()
-		case msgs = <-p.queue:
 		}
 		b := p.coalesce(msgs)
 		if first {
@@ -489,30 +496,38 @@ func (p *peer) connectAndSend(log *slog.Logger) error {
 	}
 }
 
-// coalesce builds one stream message from msgs and whatever else is queued,
-// within the batch bounds.
+// coalesce builds one stream message from what is left of the previous
+// one, msgs, and whatever else is queued, within MaxBatchMessages and
+// MaxBatchBytes: what does not fit waits in p.carry for the next message. A
+// single message larger than the bound goes alone.
 func (p *peer) coalesce(msgs []*shoalpb.RaftMessage) *shoalpb.RaftMessageBatch {
-	b := &shoalpb.RaftMessageBatch{Messages: msgs}
-	size := entryBytes(msgs)
-	for len(b.Messages) < p.t.opts.MaxBatchMessages && size < p.t.opts.MaxBatchBytes {
+	pending := append(p.carry, msgs...)
+	p.carry = nil
+	b := &shoalpb.RaftMessageBatch{}
+	size := 0
+	for {
+		for i, m := range pending {
+			ms := messageBytes(m)
+			if len(b.Messages) > 0 && (size+ms > p.t.opts.MaxBatchBytes || len(b.Messages) >= p.t.opts.MaxBatchMessages) {
+				p.carry = append([]*shoalpb.RaftMessage(nil), pending[i:]...)
+				return b
+			}
+			b.Messages = append(b.Messages, m)
+			size += ms
+		}
 		select {
-		case more := <-p.queue:
-			b.Messages = append(b.Messages, more...)
-			size += entryBytes(more)
+		case pending = <-p.queue:
 		default:
 			return b
 		}
 	}
-	return b
 }
 
-func entryBytes(msgs []*shoalpb.RaftMessage) int {
-	n := 0
-	for _, m := range msgs {
-		for _, e := range m.GetMessage().GetEntries() {
-			n += len(e.GetData())
-		}
-		n += len(m.GetMessage().GetSnapshot().GetData())
+// messageBytes approximates the encoded size of a message by its payload.
+func messageBytes(m *shoalpb.RaftMessage) int {
+	n := 64
+	for _, e := range m.GetMessage().GetEntries() {
+		n += len(e.GetData()) + 16
 	}
-	return n
+	return n + len(m.GetMessage().GetSnapshot().GetData())
 }

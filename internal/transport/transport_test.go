@@ -357,3 +357,32 @@ func TestSnapshotStream(t *testing.T) {
 		t.Fatalf("handler accepted %d snapshots, want 1", len(b.rec.snapshots))
 	}
 }
+
+// TestLargeBatchesSplit hands the transport a batch far above the stream
+// message limit: it goes out as several stream messages, and nothing is
+// dropped.
+func TestLargeBatchesSplit(t *testing.T) {
+	bk := &book{addrs: map[uint64]string{}}
+	a := startEndpoint(t, bk, 1, "c", "")
+	b := startEndpoint(t, bk, 2, "c", "")
+	var batch []*shoalpb.RaftMessage
+	for i := range 8 {
+		m := msg(1, 1, 2, i)
+		m.Message.Entries[0].Data = make([]byte, 9<<20)
+		batch = append(batch, m)
+	}
+	batch = append(batch, msg(2, 1, 2, 8)) // a small one, e.g. a heartbeat
+	if err := a.t.Send(2, batch); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() error {
+		if c := b.rec.count(); c != len(batch) {
+			return fmt.Errorf("received %d of %d", c, len(batch))
+		}
+		return nil
+	})
+	st := a.t.Stats()
+	if st.StreamErrors != 0 || st.MessagesDropped != 0 || st.BatchesSent < 5 {
+		t.Fatalf("stats %+v: want no errors or drops, and the batch split in several", st)
+	}
+}
