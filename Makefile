@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC_VERSION = v1.6.2
 STATICCHECK_VERSION        = v0.8.2
 BENCHTIME ?= 5s
 
-.PHONY: all build test race lint proto proto-check tools bench fuzz clean
+.PHONY: all build test race lint proto proto-check tools bench fuzz redis-compat clean
 
 all: build lint test
 
@@ -50,6 +50,11 @@ proto-check: proto
 # Benchmarks; numbers go to docs/benchmarks.md with this command.
 bench:
 	$(GO) test -run '^$$' -bench 'BenchmarkReplicatedWrites' -benchtime $(BENCHTIME) ./internal/node/
+
+# redis-cli -c and redis-benchmark --cluster against a real playground
+# (needs Debian's redis-tools).
+redis-compat:
+	scripts/redis-compat.sh
 
 # A short fuzzing pass over every fuzz target.
 fuzz:

@@ -287,6 +287,11 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 		switch d.GetCode() {
 		case shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER:
 			retryNow = c.routes.setLeader(slot, d.LeaderId, d.LeaderAddr)
+			// The hint is fresher than whatever made us skip that node
+			// earlier (say, it had not created its replica yet).
+			if a := c.routes.addrOf(d.LeaderId); a != "" && exclude[a] {
+				delete(exclude, a)
+			}
 		case shoalpb.ErrorCode_ERROR_CODE_EPOCH_MISMATCH:
 			retryNow = c.routes.setShard(d.Shard)
 		case shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE:

@@ -171,6 +171,13 @@ func (r *routeCache) setLeader(slot uint16, node uint64, addr string) bool {
 	return true
 }
 
+// addrOf returns the address of node, or "" if it is unknown.
+func (r *routeCache) addrOf(node uint64) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.nodes[node]
+}
+
 func (r *routeCache) forgetLeader(slot uint16) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -148,9 +148,13 @@ type RequestHeader struct {
 	// or SHARD_NOT_HERE instead. Smart clients set it.
 	Direct bool `protobuf:"varint,3,opt,name=direct,proto3" json:"direct,omitempty"`
 	// Set by nodes that forward; a request is forwarded at most twice.
-	Hops          uint32          `protobuf:"varint,4,opt,name=hops,proto3" json:"hops,omitempty"`
-	Session       *Session        `protobuf:"bytes,5,opt,name=session,proto3" json:"session,omitempty"`
-	Consistency   ReadConsistency `protobuf:"varint,6,opt,name=consistency,proto3,enum=shoal.v1.ReadConsistency" json:"consistency,omitempty"`
+	Hops        uint32          `protobuf:"varint,4,opt,name=hops,proto3" json:"hops,omitempty"`
+	Session     *Session        `protobuf:"bytes,5,opt,name=session,proto3" json:"session,omitempty"`
+	Consistency ReadConsistency `protobuf:"varint,6,opt,name=consistency,proto3,enum=shoal.v1.ReadConsistency" json:"consistency,omitempty"`
+	// leader_only: reads too are served by the shard's leader only, not by
+	// a follower. The Redis front end sets it on connections that did not
+	// send READONLY, as a Redis Cluster replica answers them -MOVED.
+	LeaderOnly    bool `protobuf:"varint,7,opt,name=leader_only,json=leaderOnly,proto3" json:"leader_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -225,6 +229,13 @@ func (x *RequestHeader) GetConsistency() ReadConsistency {
 		return x.Consistency
 	}
 	return ReadConsistency_READ_CONSISTENCY_LINEARIZABLE
+}
+
+func (x *RequestHeader) GetLeaderOnly() bool {
+	if x != nil {
+		return x.LeaderOnly
+	}
+	return false
 }
 
 // ResponseHeader tells the client what it may want to cache.
@@ -1363,14 +1374,16 @@ const file_shoalpb_kv_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vacked_below\x18\x03 \x01(\x04R\n" +
-	"ackedBelow\"\xd6\x01\n" +
+	"ackedBelow\"\xf7\x01\n" +
 	"\rRequestHeader\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
 	"\x06direct\x18\x03 \x01(\bR\x06direct\x12\x12\n" +
 	"\x04hops\x18\x04 \x01(\rR\x04hops\x12+\n" +
 	"\asession\x18\x05 \x01(\v2\x11.shoal.v1.SessionR\asession\x12;\n" +
-	"\vconsistency\x18\x06 \x01(\x0e2\x19.shoal.v1.ReadConsistencyR\vconsistency\"\x80\x01\n" +
+	"\vconsistency\x18\x06 \x01(\x0e2\x19.shoal.v1.ReadConsistencyR\vconsistency\x12\x1f\n" +
+	"\vleader_only\x18\a \x01(\bR\n" +
+	"leaderOnly\"\x80\x01\n" +
 	"\x0eResponseHeader\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12/\n" +
 	"\x05shard\x18\x02 \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\x12$\n" +

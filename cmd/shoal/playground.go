@@ -20,6 +20,7 @@ import (
 	"github.com/shoaldb/shoal/internal/master"
 	"github.com/shoaldb/shoal/internal/node"
 	"github.com/shoaldb/shoal/internal/raftstore"
+	"github.com/shoaldb/shoal/internal/resp"
 )
 
 type playgroundFlags struct {
@@ -29,6 +30,9 @@ type playgroundFlags struct {
 	masterPort, httpPort    int
 	nodeBasePort            int
 	nodeHTTPBasePort        int
+	respBasePort            int
+	respPassword            string
+	respProxy               bool
 	readyTimeout            time.Duration
 }
 
@@ -42,8 +46,8 @@ nodes on loopback, --shards shards each replicated on --replicas nodes, data
 under --data-dir. Started again on the same directory it brings the data
 back. Ctrl-C stops it cleanly.
 
-Ports: master gRPC 7000 and HTTP 7080; node i gRPC 7100+i and HTTP 7180+i.
---master-port 0 picks free ports for everything.`,
+Ports: master gRPC 7000 and HTTP 7080; node i gRPC 7100+i, Redis protocol
+6379+i and HTTP 7180+i. --master-port 0 picks free ports for everything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runPlayground(cmd.Context(), g, f, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -59,6 +63,9 @@ Ports: master gRPC 7000 and HTTP 7080; node i gRPC 7100+i and HTTP 7180+i.
 	fl.IntVar(&f.httpPort, "http-port", 7080, "master HTTP port")
 	fl.IntVar(&f.nodeBasePort, "node-base-port", 7100, "node i's gRPC port is node-base-port+i")
 	fl.IntVar(&f.nodeHTTPBasePort, "node-http-base-port", 7180, "node i's HTTP port is node-http-base-port+i")
+	fl.IntVar(&f.respBasePort, "resp-base-port", 6379, "node i's Redis protocol port is resp-base-port+i")
+	fl.StringVar(&f.respPassword, "resp-password", envOr("SHOAL_RESP_PASSWORD", ""), "password Redis clients must give (AUTH) (env SHOAL_RESP_PASSWORD)")
+	fl.BoolVar(&f.respProxy, "resp-proxy", false, "serve every key from any node (forwarding) instead of answering MOVED")
 	fl.DurationVar(&f.readyTimeout, "ready-timeout", time.Minute, "how long to wait for every shard to be placed and led")
 	return cmd
 }
@@ -136,16 +143,25 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 			lis.Close()
 			return fmt.Errorf("node %d http: %w", i+1, err)
 		}
+		rl, err := f.listen(ctx, f.respBasePort+i+1)
+		if err != nil {
+			lis.Close()
+			hl.Close()
+			return fmt.Errorf("node %d redis protocol: %w", i+1, err)
+		}
 		n, err := node.Start(ctx, node.Config{
 			Masters:      []string{m.Addr()},
 			DataDir:      filepath.Join(f.dataDir, fmt.Sprintf("node%d", i+1)),
 			Listener:     lis,
 			HTTPListener: hl,
+			RESPListener: rl,
+			RESP:         resp.Options{Password: f.respPassword, Proxy: f.respProxy},
 			Logger:       log,
 		})
 		if err != nil {
 			lis.Close()
 			hl.Close()
+			rl.Close()
 			return fmt.Errorf("node %d: %w", i+1, err)
 		}
 		nodes = append(nodes, n)
@@ -216,9 +232,9 @@ func printPlayground(w io.Writer, f *playgroundFlags, m *master.Server, httpAddr
 		cl.ClusterId, len(nodes), cl.Shards, cl.Replicas, f.dataDir)
 	fmt.Fprintf(w, "master 1   gRPC %s   HTTP http://%s/status\n\n", m.Addr(), httpAddr)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tGRPC\tHTTP\tREPLICAS\tLEADERS")
+	fmt.Fprintln(tw, "NODE\tGRPC\tREDIS\tHTTP\tREPLICAS\tLEADERS")
 	for _, n := range nodes {
-		fmt.Fprintf(tw, "%d\t%s\thttp://%s/status\t%d\t%d\n", n.ID(), n.Addr(), n.HTTPAddr(), len(n.Store().Replicas()), leaders[n.ID()])
+		fmt.Fprintf(tw, "%d\t%s\t%s\thttp://%s/status\t%d\t%d\n", n.ID(), n.Addr(), n.RESPAddr(), n.HTTPAddr(), len(n.Store().Replicas()), leaders[n.ID()])
 	}
 	tw.Flush()
 	fmt.Fprintf(w, `
@@ -227,8 +243,17 @@ Every shard has a leader. Try, from another terminal:
   shoal set hello world --master %[1]s
   shoal get hello --master %[1]s
   shoal cluster status --master %[1]s
+  redis-cli -c -p %[2]s set hello world
 
-or the Go client: client.Open(ctx, []string{%[1]q}).
+or the Go client: client.Open(ctx, []string{%[1]q}), or any Redis Cluster client.
 Ctrl-C stops the cluster; starting again on the same --data-dir brings the data back.
-`, m.Addr())
+`, m.Addr(), portOf(nodes[0].RESPAddr()))
+}
+
+func portOf(addr string) string {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return p
 }

@@ -68,3 +68,7 @@ func (n *Node) serveHTTP(lis net.Listener) {
 
 // HTTPAddr returns the address the node serves HTTP on, "" if none.
 func (n *Node) HTTPAddr() string { return n.cfg.HTTPAddr }
+
+// RESPAddr returns the address the node serves the Redis protocol on, ""
+// if none.
+func (n *Node) RESPAddr() string { return n.cfg.RESPAddr }

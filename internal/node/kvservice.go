@@ -80,7 +80,7 @@ func (s *kvService) route(h *shoalpb.RequestHeader, slot uint16, write bool) (ta
 		}
 		st, err := store.Status(shard)
 		if err == nil && !st.Removed {
-			if !write || st.Role == raftstore.RoleLeader {
+			if (!write && !h.GetLeaderOnly()) || st.Role == raftstore.RoleLeader {
 				return target{shard: shard, local: true}, nil
 			}
 			return s.toLeader(h, shard, st.LeaderNode)

@@ -175,9 +175,11 @@ func (c *conn) dispatch(args [][]byte) bool {
 	return name == "quit"
 }
 
-// header is the KV request header of this connection's commands.
+// header is the KV request header of this connection's commands. Until
+// READONLY, reads too go to the shard's leader (a Redis Cluster replica
+// answers them -MOVED); after it a follower serves them, linearizably.
 func (c *conn) header() *shoalpb.RequestHeader {
-	return &shoalpb.RequestHeader{Direct: !c.s.opts.Proxy}
+	return &shoalpb.RequestHeader{Direct: !c.s.opts.Proxy, LeaderOnly: !c.readonly}
 }
 
 // fail answers a backend error: -MOVED to the leader's node for a key this
@@ -786,9 +788,7 @@ func canonicalInt(b []byte) bool {
 	if s == "0" {
 		return true
 	}
-	if strings.HasPrefix(s, "-") {
-		s = s[1:]
-	}
+	s = strings.TrimPrefix(s, "-")
 	return len(s) > 0 && s[0] >= '1' && s[0] <= '9'
 }
 

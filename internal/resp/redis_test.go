@@ -211,6 +211,7 @@ func TestClusterCommands(t *testing.T) {
 	one := redis.NewClient(&redis.Options{Addr: c.Nodes[0].RESPAddr})
 	t.Cleanup(func() { one.Close() })
 
+	//lint:ignore SA1019 CLUSTER SLOTS is what older clients still send; it is tested on purpose.
 	slots, err := one.ClusterSlots(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -333,6 +334,38 @@ func TestReadOnlyReplicas(t *testing.T) {
 		v, err := reader.Get(ctx, k).Int()
 		if err != nil || v != i {
 			t.Fatalf("%s: read %d, %v after writing %d", k, v, err, i)
+		}
+	}
+
+	// One connection to node 1, which holds a replica of every shard but
+	// leads a third: until READONLY it answers reads of the other shards
+	// -MOVED, as a Redis Cluster replica does; after it, it serves them.
+	one := redis.NewClient(&redis.Options{Addr: c.Nodes[0].RESPAddr, Protocol: 2})
+	t.Cleanup(func() { one.Close() })
+	conn := one.Conn()
+	t.Cleanup(func() { conn.Close() })
+	var moved []string
+	for i := range 200 {
+		k := "ro-" + strconv.Itoa(i)
+		err := conn.Get(ctx, k).Err()
+		switch {
+		case err == nil:
+		case strings.HasPrefix(err.Error(), "MOVED "):
+			moved = append(moved, k)
+		default:
+			t.Fatalf("get %s before READONLY: %v", k, err)
+		}
+	}
+	if len(moved) == 0 {
+		t.Fatal("a node leading a third of the shards served every read before READONLY")
+	}
+	if err := conn.ReadOnly(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range moved {
+		want, _ := strconv.Atoi(strings.TrimPrefix(k, "ro-"))
+		if v, err := conn.Get(ctx, k).Int(); err != nil || v != want {
+			t.Fatalf("get %s after READONLY: %d, %v", k, v, err)
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -235,6 +234,3 @@ func (c *conn) ctx() (context.Context, context.CancelFunc) {
 func (c *conn) checkPassword(pass []byte) bool {
 	return subtle.ConstantTimeCompare(pass, []byte(c.s.opts.Password)) == 1
 }
-
-// errorf formats an error reply.
-func errorf(format string, args ...any) string { return fmt.Sprintf(format, args...) }

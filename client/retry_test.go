@@ -1,0 +1,108 @@
+package client_test
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/client"
+	"github.com/shoaldb/shoal/internal/keys"
+)
+
+// fakeMaster serves one fixed route table. The retry tests are about the
+// client's choices, so the nodes behind the table are scripted.
+type fakeMaster struct {
+	shoalpb.UnimplementedMasterServer
+	table *shoalpb.RouteTable
+}
+
+func (m *fakeMaster) GetRoutes(context.Context, *shoalpb.GetRoutesRequest) (*shoalpb.RouteTable, error) {
+	return m.table, nil
+}
+
+func (m *fakeMaster) WatchRoutes(_ *shoalpb.WatchRoutesRequest, s grpc.ServerStreamingServer[shoalpb.RouteTable]) error {
+	<-s.Context().Done()
+	return nil
+}
+
+// scriptedNode answers Put with whatever its script returns.
+type scriptedNode struct {
+	shoalpb.UnimplementedKVServer
+	put   func(n int64) error
+	calls atomic.Int64
+}
+
+func (s *scriptedNode) Put(context.Context, *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
+	if err := s.put(s.calls.Add(1)); err != nil {
+		return nil, err
+	}
+	return &shoalpb.PutResponse{Header: &shoalpb.ResponseHeader{}, Applied: true}, nil
+}
+
+func serve(t *testing.T, register func(*grpc.Server)) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	register(s)
+	go s.Serve(lis)
+	t.Cleanup(s.Stop)
+	return lis.Addr().String()
+}
+
+// TestNotLeaderHintOverridesExclusion reproduces a fresh cluster in which
+// the leader-to-be answered "no replica here" before it had created its
+// replica: the client must go back to it once another replica names it
+// the leader, rather than bounce off the follower until the deadline.
+func TestNotLeaderHintOverridesExclusion(t *testing.T) {
+	var nodes [3]*scriptedNode
+	var addrs [3]string
+	for i := range nodes {
+		nodes[i] = &scriptedNode{}
+		addrs[i] = serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, nodes[i]) })
+	}
+	// Node 1 leads; its first answer is that it has no replica yet.
+	nodes[0].put = func(n int64) error {
+		if n == 1 {
+			return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE}, "node 1 has no replica of the slot")
+		}
+		return nil
+	}
+	for i := 1; i < 3; i++ {
+		nodes[i].put = func(int64) error {
+			return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 1, LeaderAddr: addrs[0]}, "node 1 leads")
+		}
+	}
+	desc := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: keys.SlotCount, Epoch: 1}
+	table := &shoalpb.RouteTable{ClusterId: "c", Version: 1, Shards: []*shoalpb.ShardRoute{{Shard: desc, LeaderReplica: 1}}}
+	for i := range nodes {
+		desc.Replicas = append(desc.Replicas, &shoalpb.ReplicaDescriptor{NodeId: uint64(i + 1), ReplicaId: uint64(i + 1), Role: shoalpb.ReplicaRole_REPLICA_ROLE_VOTER})
+		table.Nodes = append(table.Nodes, &shoalpb.NodeInfo{Id: uint64(i + 1), Addr: addrs[i]})
+	}
+	masterAddr := serve(t, func(s *grpc.Server) { shoalpb.RegisterMasterServer(s, &fakeMaster{table: table}) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Open(ctx, []string{masterAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	applied, err := c.Put(ctx, []byte("k"), []byte("v"))
+	if err != nil || !applied {
+		t.Fatalf("Put = %v, %v; want applied", applied, err)
+	}
+	if n := nodes[0].calls.Load(); n != 2 {
+		t.Errorf("the leader saw %d attempts, want 2 (refused, then served)", n)
+	}
+	if n := nodes[1].calls.Load() + nodes[2].calls.Load(); n > 4 {
+		t.Errorf("followers saw %d attempts; the client should have gone back to the named leader", n)
+	}
+}
