@@ -281,11 +281,14 @@ type NodeInfo struct {
 	Weight float64   `protobuf:"fixed64,6,opt,name=weight,proto3" json:"weight,omitempty"`
 	State  NodeState `protobuf:"varint,7,opt,name=state,proto3,enum=shoal.v1.NodeState" json:"state,omitempty"`
 	// Why the node is in its state, and since when (Unix ms).
-	StateReason   string `protobuf:"bytes,8,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
-	StateSinceMs  int64  `protobuf:"varint,9,opt,name=state_since_ms,json=stateSinceMs,proto3" json:"state_since_ms,omitempty"`
-	RegisteredMs  int64  `protobuf:"varint,10,opt,name=registered_ms,json=registeredMs,proto3" json:"registered_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	StateReason  string `protobuf:"bytes,8,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	StateSinceMs int64  `protobuf:"varint,9,opt,name=state_since_ms,json=stateSinceMs,proto3" json:"state_since_ms,omitempty"`
+	RegisteredMs int64  `protobuf:"varint,10,opt,name=registered_ms,json=registeredMs,proto3" json:"registered_ms,omitempty"`
+	// Set once an administrator chose the zone or weight: a restart of the
+	// node with other flags does not change them.
+	LabelsSetByAdmin bool `protobuf:"varint,11,opt,name=labels_set_by_admin,json=labelsSetByAdmin,proto3" json:"labels_set_by_admin,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
@@ -386,6 +389,13 @@ func (x *NodeInfo) GetRegisteredMs() int64 {
 		return x.RegisteredMs
 	}
 	return 0
+}
+
+func (x *NodeInfo) GetLabelsSetByAdmin() bool {
+	if x != nil {
+		return x.LabelsSetByAdmin
+	}
+	return false
 }
 
 // ClusterInfo is fixed at bootstrap.
@@ -977,6 +987,8 @@ type HeartbeatRequest struct {
 	Replicas  []*ReplicaReport       `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"`
 	// The version of the route table the node has.
 	RoutesVersion uint64 `protobuf:"varint,5,opt,name=routes_version,json=routesVersion,proto3" json:"routes_version,omitempty"`
+	// Snapshots the node is sending now (progress of moves).
+	Snapshots     []*SnapshotReport `protobuf:"bytes,6,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1046,6 +1058,82 @@ func (x *HeartbeatRequest) GetRoutesVersion() uint64 {
 	return 0
 }
 
+func (x *HeartbeatRequest) GetSnapshots() []*SnapshotReport {
+	if x != nil {
+		return x.Snapshots
+	}
+	return nil
+}
+
+// SnapshotReport is one snapshot a node is streaming.
+type SnapshotReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	ToNode        uint64                 `protobuf:"varint,2,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
+	Bytes         uint64                 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	TotalBytes    uint64                 `protobuf:"varint,4,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotReport) Reset() {
+	*x = SnapshotReport{}
+	mi := &file_shoalpb_master_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotReport) ProtoMessage() {}
+
+func (x *SnapshotReport) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotReport.ProtoReflect.Descriptor instead.
+func (*SnapshotReport) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SnapshotReport) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *SnapshotReport) GetToNode() uint64 {
+	if x != nil {
+		return x.ToNode
+	}
+	return 0
+}
+
+func (x *SnapshotReport) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *SnapshotReport) GetTotalBytes() uint64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
 type BootstrapRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Shards        uint32                 `protobuf:"varint,1,opt,name=shards,proto3" json:"shards,omitempty"`
@@ -1056,7 +1144,7 @@ type BootstrapRequest struct {
 
 func (x *BootstrapRequest) Reset() {
 	*x = BootstrapRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[10]
+	mi := &file_shoalpb_master_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1156,7 @@ func (x *BootstrapRequest) String() string {
 func (*BootstrapRequest) ProtoMessage() {}
 
 func (x *BootstrapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[10]
+	mi := &file_shoalpb_master_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1169,7 @@ func (x *BootstrapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapRequest.ProtoReflect.Descriptor instead.
 func (*BootstrapRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{10}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BootstrapRequest) GetShards() uint32 {
@@ -1112,7 +1200,7 @@ type Work struct {
 
 func (x *Work) Reset() {
 	*x = Work{}
-	mi := &file_shoalpb_master_proto_msgTypes[11]
+	mi := &file_shoalpb_master_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1212,7 @@ func (x *Work) String() string {
 func (*Work) ProtoMessage() {}
 
 func (x *Work) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[11]
+	mi := &file_shoalpb_master_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1225,7 @@ func (x *Work) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Work.ProtoReflect.Descriptor instead.
 func (*Work) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{11}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Work) GetWork() isWork_Work {
@@ -1193,7 +1281,7 @@ type TransferLeaderWork struct {
 
 func (x *TransferLeaderWork) Reset() {
 	*x = TransferLeaderWork{}
-	mi := &file_shoalpb_master_proto_msgTypes[12]
+	mi := &file_shoalpb_master_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1293,7 @@ func (x *TransferLeaderWork) String() string {
 func (*TransferLeaderWork) ProtoMessage() {}
 
 func (x *TransferLeaderWork) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[12]
+	mi := &file_shoalpb_master_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1306,7 @@ func (x *TransferLeaderWork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderWork.ProtoReflect.Descriptor instead.
 func (*TransferLeaderWork) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{12}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TransferLeaderWork) GetShardId() uint64 {
@@ -1246,7 +1334,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_shoalpb_master_proto_msgTypes[13]
+	mi := &file_shoalpb_master_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1346,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[13]
+	mi := &file_shoalpb_master_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1359,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{13}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HeartbeatResponse) GetWork() []*Work {
@@ -1296,7 +1384,7 @@ type GetRoutesRequest struct {
 
 func (x *GetRoutesRequest) Reset() {
 	*x = GetRoutesRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[14]
+	mi := &file_shoalpb_master_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1396,7 @@ func (x *GetRoutesRequest) String() string {
 func (*GetRoutesRequest) ProtoMessage() {}
 
 func (x *GetRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[14]
+	mi := &file_shoalpb_master_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1409,7 @@ func (x *GetRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRoutesRequest.ProtoReflect.Descriptor instead.
 func (*GetRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{14}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{15}
 }
 
 type WatchRoutesRequest struct {
@@ -1334,7 +1422,7 @@ type WatchRoutesRequest struct {
 
 func (x *WatchRoutesRequest) Reset() {
 	*x = WatchRoutesRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[15]
+	mi := &file_shoalpb_master_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1434,7 @@ func (x *WatchRoutesRequest) String() string {
 func (*WatchRoutesRequest) ProtoMessage() {}
 
 func (x *WatchRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[15]
+	mi := &file_shoalpb_master_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1447,7 @@ func (x *WatchRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRoutesRequest.ProtoReflect.Descriptor instead.
 func (*WatchRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{15}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchRoutesRequest) GetAfterVersion() uint64 {
@@ -1377,7 +1465,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[16]
+	mi := &file_shoalpb_master_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1477,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[16]
+	mi := &file_shoalpb_master_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,24 +1490,29 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{16}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{17}
 }
 
 // ClusterState is the master's whole view, for status and administration.
 type ClusterState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cluster       *ClusterInfo           `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	Nodes         []*NodeInfo            `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Routes        *RouteTable            `protobuf:"bytes,3,opt,name=routes,proto3" json:"routes,omitempty"`
-	Masters       []*MasterInfo          `protobuf:"bytes,4,rep,name=masters,proto3" json:"masters,omitempty"`
-	LeaderMaster  uint64                 `protobuf:"varint,5,opt,name=leader_master,json=leaderMaster,proto3" json:"leader_master,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Cluster      *ClusterInfo           `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Nodes        []*NodeInfo            `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Routes       *RouteTable            `protobuf:"bytes,3,opt,name=routes,proto3" json:"routes,omitempty"`
+	Masters      []*MasterInfo          `protobuf:"bytes,4,rep,name=masters,proto3" json:"masters,omitempty"`
+	LeaderMaster uint64                 `protobuf:"varint,5,opt,name=leader_master,json=leaderMaster,proto3" json:"leader_master,omitempty"`
+	// Operators in flight, then the most recently finished ones.
+	Operators []*Operator `protobuf:"bytes,6,rep,name=operators,proto3" json:"operators,omitempty"`
+	Finished  []*Operator `protobuf:"bytes,7,rep,name=finished,proto3" json:"finished,omitempty"`
+	// Automatic scheduling is paused (administrators' operators still run).
+	SchedulingPaused bool `protobuf:"varint,8,opt,name=scheduling_paused,json=schedulingPaused,proto3" json:"scheduling_paused,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ClusterState) Reset() {
 	*x = ClusterState{}
-	mi := &file_shoalpb_master_proto_msgTypes[17]
+	mi := &file_shoalpb_master_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1524,7 @@ func (x *ClusterState) String() string {
 func (*ClusterState) ProtoMessage() {}
 
 func (x *ClusterState) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[17]
+	mi := &file_shoalpb_master_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1537,7 @@ func (x *ClusterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterState.ProtoReflect.Descriptor instead.
 func (*ClusterState) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{17}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClusterState) GetCluster() *ClusterInfo {
@@ -1482,6 +1575,27 @@ func (x *ClusterState) GetLeaderMaster() uint64 {
 	return 0
 }
 
+func (x *ClusterState) GetOperators() []*Operator {
+	if x != nil {
+		return x.Operators
+	}
+	return nil
+}
+
+func (x *ClusterState) GetFinished() []*Operator {
+	if x != nil {
+		return x.Finished
+	}
+	return nil
+}
+
+func (x *ClusterState) GetSchedulingPaused() bool {
+	if x != nil {
+		return x.SchedulingPaused
+	}
+	return false
+}
+
 type SetNodeStateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1493,7 +1607,7 @@ type SetNodeStateRequest struct {
 
 func (x *SetNodeStateRequest) Reset() {
 	*x = SetNodeStateRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[18]
+	mi := &file_shoalpb_master_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1619,7 @@ func (x *SetNodeStateRequest) String() string {
 func (*SetNodeStateRequest) ProtoMessage() {}
 
 func (x *SetNodeStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[18]
+	mi := &file_shoalpb_master_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1632,7 @@ func (x *SetNodeStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStateRequest.ProtoReflect.Descriptor instead.
 func (*SetNodeStateRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{18}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetNodeStateRequest) GetNodeId() uint64 {
@@ -1551,7 +1665,7 @@ type SetNodeStateResponse struct {
 
 func (x *SetNodeStateResponse) Reset() {
 	*x = SetNodeStateResponse{}
-	mi := &file_shoalpb_master_proto_msgTypes[19]
+	mi := &file_shoalpb_master_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1677,7 @@ func (x *SetNodeStateResponse) String() string {
 func (*SetNodeStateResponse) ProtoMessage() {}
 
 func (x *SetNodeStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[19]
+	mi := &file_shoalpb_master_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1690,7 @@ func (x *SetNodeStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStateResponse.ProtoReflect.Descriptor instead.
 func (*SetNodeStateResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{19}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SetNodeStateResponse) GetNode() *NodeInfo {
@@ -1584,6 +1698,276 @@ func (x *SetNodeStateResponse) GetNode() *NodeInfo {
 		return x.Node
 	}
 	return nil
+}
+
+type SetNodeLabelsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Empty: keep the zone. To clear a zone, set clear_zone.
+	Zone      string `protobuf:"bytes,2,opt,name=zone,proto3" json:"zone,omitempty"`
+	ClearZone bool   `protobuf:"varint,3,opt,name=clear_zone,json=clearZone,proto3" json:"clear_zone,omitempty"`
+	// 0: keep the weight.
+	Weight        float64 `protobuf:"fixed64,4,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodeLabelsRequest) Reset() {
+	*x = SetNodeLabelsRequest{}
+	mi := &file_shoalpb_master_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodeLabelsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodeLabelsRequest) ProtoMessage() {}
+
+func (x *SetNodeLabelsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodeLabelsRequest.ProtoReflect.Descriptor instead.
+func (*SetNodeLabelsRequest) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *SetNodeLabelsRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *SetNodeLabelsRequest) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *SetNodeLabelsRequest) GetClearZone() bool {
+	if x != nil {
+		return x.ClearZone
+	}
+	return false
+}
+
+func (x *SetNodeLabelsRequest) GetWeight() float64 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+type SetSchedulingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Paused        bool                   `protobuf:"varint,1,opt,name=paused,proto3" json:"paused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSchedulingRequest) Reset() {
+	*x = SetSchedulingRequest{}
+	mi := &file_shoalpb_master_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSchedulingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSchedulingRequest) ProtoMessage() {}
+
+func (x *SetSchedulingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSchedulingRequest.ProtoReflect.Descriptor instead.
+func (*SetSchedulingRequest) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SetSchedulingRequest) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+type MoveReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	FromNode      uint64                 `protobuf:"varint,2,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
+	ToNode        uint64                 `protobuf:"varint,3,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveReplicaRequest) Reset() {
+	*x = MoveReplicaRequest{}
+	mi := &file_shoalpb_master_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveReplicaRequest) ProtoMessage() {}
+
+func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
+func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MoveReplicaRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *MoveReplicaRequest) GetFromNode() uint64 {
+	if x != nil {
+		return x.FromNode
+	}
+	return 0
+}
+
+func (x *MoveReplicaRequest) GetToNode() uint64 {
+	if x != nil {
+		return x.ToNode
+	}
+	return 0
+}
+
+type TransferShardLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardId       uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	ToNode        uint64                 `protobuf:"varint,2,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferShardLeaderRequest) Reset() {
+	*x = TransferShardLeaderRequest{}
+	mi := &file_shoalpb_master_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferShardLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferShardLeaderRequest) ProtoMessage() {}
+
+func (x *TransferShardLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferShardLeaderRequest.ProtoReflect.Descriptor instead.
+func (*TransferShardLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *TransferShardLeaderRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *TransferShardLeaderRequest) GetToNode() uint64 {
+	if x != nil {
+		return x.ToNode
+	}
+	return 0
+}
+
+type CancelOperatorRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelOperatorRequest) Reset() {
+	*x = CancelOperatorRequest{}
+	mi := &file_shoalpb_master_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelOperatorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelOperatorRequest) ProtoMessage() {}
+
+func (x *CancelOperatorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelOperatorRequest.ProtoReflect.Descriptor instead.
+func (*CancelOperatorRequest) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CancelOperatorRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
 }
 
 // MetaCommand is one entry of the meta group's log.
@@ -1597,6 +1981,10 @@ type MetaCommand struct {
 	//	*MetaCommand_SetNodeState
 	//	*MetaCommand_PlaceShards
 	//	*MetaCommand_UpdateRoutes
+	//	*MetaCommand_StartOperators
+	//	*MetaCommand_UpdateOperator
+	//	*MetaCommand_SetScheduling
+	//	*MetaCommand_SetNodeLabels
 	Cmd           isMetaCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1604,7 +1992,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_shoalpb_master_proto_msgTypes[20]
+	mi := &file_shoalpb_master_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +2004,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[20]
+	mi := &file_shoalpb_master_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +2017,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{20}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MetaCommand) GetNowMs() int64 {
@@ -1691,6 +2079,42 @@ func (x *MetaCommand) GetUpdateRoutes() *UpdateRoutes {
 	return nil
 }
 
+func (x *MetaCommand) GetStartOperators() *StartOperators {
+	if x != nil {
+		if x, ok := x.Cmd.(*MetaCommand_StartOperators); ok {
+			return x.StartOperators
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetUpdateOperator() *UpdateOperator {
+	if x != nil {
+		if x, ok := x.Cmd.(*MetaCommand_UpdateOperator); ok {
+			return x.UpdateOperator
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetSetScheduling() *SetSchedulingRequest {
+	if x != nil {
+		if x, ok := x.Cmd.(*MetaCommand_SetScheduling); ok {
+			return x.SetScheduling
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetSetNodeLabels() *SetNodeLabelsRequest {
+	if x != nil {
+		if x, ok := x.Cmd.(*MetaCommand_SetNodeLabels); ok {
+			return x.SetNodeLabels
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Cmd interface {
 	isMetaCommand_Cmd()
 }
@@ -1715,6 +2139,22 @@ type MetaCommand_UpdateRoutes struct {
 	UpdateRoutes *UpdateRoutes `protobuf:"bytes,6,opt,name=update_routes,json=updateRoutes,proto3,oneof"`
 }
 
+type MetaCommand_StartOperators struct {
+	StartOperators *StartOperators `protobuf:"bytes,7,opt,name=start_operators,json=startOperators,proto3,oneof"`
+}
+
+type MetaCommand_UpdateOperator struct {
+	UpdateOperator *UpdateOperator `protobuf:"bytes,8,opt,name=update_operator,json=updateOperator,proto3,oneof"`
+}
+
+type MetaCommand_SetScheduling struct {
+	SetScheduling *SetSchedulingRequest `protobuf:"bytes,9,opt,name=set_scheduling,json=setScheduling,proto3,oneof"`
+}
+
+type MetaCommand_SetNodeLabels struct {
+	SetNodeLabels *SetNodeLabelsRequest `protobuf:"bytes,10,opt,name=set_node_labels,json=setNodeLabels,proto3,oneof"`
+}
+
 func (*MetaCommand_Bootstrap) isMetaCommand_Cmd() {}
 
 func (*MetaCommand_RegisterNode) isMetaCommand_Cmd() {}
@@ -1724,6 +2164,166 @@ func (*MetaCommand_SetNodeState) isMetaCommand_Cmd() {}
 func (*MetaCommand_PlaceShards) isMetaCommand_Cmd() {}
 
 func (*MetaCommand_UpdateRoutes) isMetaCommand_Cmd() {}
+
+func (*MetaCommand_StartOperators) isMetaCommand_Cmd() {}
+
+func (*MetaCommand_UpdateOperator) isMetaCommand_Cmd() {}
+
+func (*MetaCommand_SetScheduling) isMetaCommand_Cmd() {}
+
+func (*MetaCommand_SetNodeLabels) isMetaCommand_Cmd() {}
+
+// StartOperators records new operators. It fails as a whole if any of
+// their shards has an operator in flight or changed epoch since they were
+// planned. The allocators move past the IDs the operators use.
+type StartOperators struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operators     []*Operator            `protobuf:"bytes,1,rep,name=operators,proto3" json:"operators,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartOperators) Reset() {
+	*x = StartOperators{}
+	mi := &file_shoalpb_master_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartOperators) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartOperators) ProtoMessage() {}
+
+func (x *StartOperators) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartOperators.ProtoReflect.Descriptor instead.
+func (*StartOperators) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *StartOperators) GetOperators() []*Operator {
+	if x != nil {
+		return x.Operators
+	}
+	return nil
+}
+
+// UpdateOperator records the progress of an operator in flight: the step
+// it is at, and the shard's descriptor and leader that the last step left
+// (recorded in the route table). An outcome finishes it.
+type UpdateOperator struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Current       uint32                 `protobuf:"varint,2,opt,name=current,proto3" json:"current,omitempty"`
+	StepStartedMs int64                  `protobuf:"varint,3,opt,name=step_started_ms,json=stepStartedMs,proto3" json:"step_started_ms,omitempty"`
+	Outcome       string                 `protobuf:"bytes,4,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Route         *ShardRoute            `protobuf:"bytes,5,opt,name=route,proto3" json:"route,omitempty"`
+	// With start_rollback: the steps that replace the remaining ones.
+	Rollback      []*OperatorStep `protobuf:"bytes,6,rep,name=rollback,proto3" json:"rollback,omitempty"`
+	StartRollback bool            `protobuf:"varint,8,opt,name=start_rollback,json=startRollback,proto3" json:"start_rollback,omitempty"`
+	// The last error of the current step, for operators to see.
+	LastError     string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateOperator) Reset() {
+	*x = UpdateOperator{}
+	mi := &file_shoalpb_master_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateOperator) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateOperator) ProtoMessage() {}
+
+func (x *UpdateOperator) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateOperator.ProtoReflect.Descriptor instead.
+func (*UpdateOperator) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *UpdateOperator) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *UpdateOperator) GetCurrent() uint32 {
+	if x != nil {
+		return x.Current
+	}
+	return 0
+}
+
+func (x *UpdateOperator) GetStepStartedMs() int64 {
+	if x != nil {
+		return x.StepStartedMs
+	}
+	return 0
+}
+
+func (x *UpdateOperator) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *UpdateOperator) GetRoute() *ShardRoute {
+	if x != nil {
+		return x.Route
+	}
+	return nil
+}
+
+func (x *UpdateOperator) GetRollback() []*OperatorStep {
+	if x != nil {
+		return x.Rollback
+	}
+	return nil
+}
+
+func (x *UpdateOperator) GetStartRollback() bool {
+	if x != nil {
+		return x.StartRollback
+	}
+	return false
+}
+
+func (x *UpdateOperator) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
 
 // PlaceShards writes the initial shard table.
 type PlaceShards struct {
@@ -1735,7 +2335,7 @@ type PlaceShards struct {
 
 func (x *PlaceShards) Reset() {
 	*x = PlaceShards{}
-	mi := &file_shoalpb_master_proto_msgTypes[21]
+	mi := &file_shoalpb_master_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +2347,7 @@ func (x *PlaceShards) String() string {
 func (*PlaceShards) ProtoMessage() {}
 
 func (x *PlaceShards) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[21]
+	mi := &file_shoalpb_master_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +2360,7 @@ func (x *PlaceShards) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceShards.ProtoReflect.Descriptor instead.
 func (*PlaceShards) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{21}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PlaceShards) GetShards() []*ShardDescriptor {
@@ -1782,7 +2382,7 @@ type UpdateRoutes struct {
 
 func (x *UpdateRoutes) Reset() {
 	*x = UpdateRoutes{}
-	mi := &file_shoalpb_master_proto_msgTypes[22]
+	mi := &file_shoalpb_master_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +2394,7 @@ func (x *UpdateRoutes) String() string {
 func (*UpdateRoutes) ProtoMessage() {}
 
 func (x *UpdateRoutes) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[22]
+	mi := &file_shoalpb_master_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +2407,7 @@ func (x *UpdateRoutes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRoutes.ProtoReflect.Descriptor instead.
 func (*UpdateRoutes) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{22}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpdateRoutes) GetRoutes() []*ShardRoute {
@@ -1830,7 +2430,7 @@ type MetaResult struct {
 
 func (x *MetaResult) Reset() {
 	*x = MetaResult{}
-	mi := &file_shoalpb_master_proto_msgTypes[23]
+	mi := &file_shoalpb_master_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2442,7 @@ func (x *MetaResult) String() string {
 func (*MetaResult) ProtoMessage() {}
 
 func (x *MetaResult) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[23]
+	mi := &file_shoalpb_master_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2455,7 @@ func (x *MetaResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaResult.ProtoReflect.Descriptor instead.
 func (*MetaResult) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{23}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MetaResult) GetError() string {
@@ -1905,7 +2505,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_shoalpb_master_proto_msgTypes[24]
+	mi := &file_shoalpb_master_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1917,7 +2517,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[24]
+	mi := &file_shoalpb_master_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1930,7 +2530,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{24}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ErrorDetail) GetCode() ErrorCode {
@@ -1981,13 +2581,14 @@ type MetaIDs struct {
 	NextNode      uint64                 `protobuf:"varint,1,opt,name=next_node,json=nextNode,proto3" json:"next_node,omitempty"`
 	NextReplica   uint64                 `protobuf:"varint,2,opt,name=next_replica,json=nextReplica,proto3" json:"next_replica,omitempty"`
 	RouteVersion  uint64                 `protobuf:"varint,3,opt,name=route_version,json=routeVersion,proto3" json:"route_version,omitempty"`
+	NextOperator  uint64                 `protobuf:"varint,4,opt,name=next_operator,json=nextOperator,proto3" json:"next_operator,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetaIDs) Reset() {
 	*x = MetaIDs{}
-	mi := &file_shoalpb_master_proto_msgTypes[25]
+	mi := &file_shoalpb_master_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2600,7 @@ func (x *MetaIDs) String() string {
 func (*MetaIDs) ProtoMessage() {}
 
 func (x *MetaIDs) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[25]
+	mi := &file_shoalpb_master_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2613,7 @@ func (x *MetaIDs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaIDs.ProtoReflect.Descriptor instead.
 func (*MetaIDs) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{25}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MetaIDs) GetNextNode() uint64 {
@@ -2036,6 +2637,13 @@ func (x *MetaIDs) GetRouteVersion() uint64 {
 	return 0
 }
 
+func (x *MetaIDs) GetNextOperator() uint64 {
+	if x != nil {
+		return x.NextOperator
+	}
+	return 0
+}
+
 // OperatorStep is one step of an operator, run by the shard's leader node.
 type OperatorStep struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2052,7 +2660,7 @@ type OperatorStep struct {
 
 func (x *OperatorStep) Reset() {
 	*x = OperatorStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[26]
+	mi := &file_shoalpb_master_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2064,7 +2672,7 @@ func (x *OperatorStep) String() string {
 func (*OperatorStep) ProtoMessage() {}
 
 func (x *OperatorStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[26]
+	mi := &file_shoalpb_master_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2077,7 +2685,7 @@ func (x *OperatorStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperatorStep.ProtoReflect.Descriptor instead.
 func (*OperatorStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{26}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *OperatorStep) GetStep() isOperatorStep_Step {
@@ -2166,7 +2774,7 @@ type AddLearnerStep struct {
 
 func (x *AddLearnerStep) Reset() {
 	*x = AddLearnerStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[27]
+	mi := &file_shoalpb_master_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2178,7 +2786,7 @@ func (x *AddLearnerStep) String() string {
 func (*AddLearnerStep) ProtoMessage() {}
 
 func (x *AddLearnerStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[27]
+	mi := &file_shoalpb_master_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2191,7 +2799,7 @@ func (x *AddLearnerStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLearnerStep.ProtoReflect.Descriptor instead.
 func (*AddLearnerStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{27}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AddLearnerStep) GetNodeId() uint64 {
@@ -2220,7 +2828,7 @@ type ChangeVotersStep struct {
 
 func (x *ChangeVotersStep) Reset() {
 	*x = ChangeVotersStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[28]
+	mi := &file_shoalpb_master_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2840,7 @@ func (x *ChangeVotersStep) String() string {
 func (*ChangeVotersStep) ProtoMessage() {}
 
 func (x *ChangeVotersStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[28]
+	mi := &file_shoalpb_master_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2853,7 @@ func (x *ChangeVotersStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeVotersStep.ProtoReflect.Descriptor instead.
 func (*ChangeVotersStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{28}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ChangeVotersStep) GetPromote() []uint64 {
@@ -2271,7 +2879,7 @@ type TransferLeaderStep struct {
 
 func (x *TransferLeaderStep) Reset() {
 	*x = TransferLeaderStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[29]
+	mi := &file_shoalpb_master_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2891,7 @@ func (x *TransferLeaderStep) String() string {
 func (*TransferLeaderStep) ProtoMessage() {}
 
 func (x *TransferLeaderStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[29]
+	mi := &file_shoalpb_master_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2904,7 @@ func (x *TransferLeaderStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderStep.ProtoReflect.Descriptor instead.
 func (*TransferLeaderStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{29}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TransferLeaderStep) GetToReplica() uint64 {
@@ -2315,7 +2923,7 @@ type RemoveReplicaStep struct {
 
 func (x *RemoveReplicaStep) Reset() {
 	*x = RemoveReplicaStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[30]
+	mi := &file_shoalpb_master_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2935,7 @@ func (x *RemoveReplicaStep) String() string {
 func (*RemoveReplicaStep) ProtoMessage() {}
 
 func (x *RemoveReplicaStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[30]
+	mi := &file_shoalpb_master_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2948,7 @@ func (x *RemoveReplicaStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaStep.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{30}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RemoveReplicaStep) GetReplicaId() uint64 {
@@ -2371,14 +2979,22 @@ type Operator struct {
 	ProgressBytes uint64 `protobuf:"varint,10,opt,name=progress_bytes,json=progressBytes,proto3" json:"progress_bytes,omitempty"`
 	TotalBytes    uint64 `protobuf:"varint,11,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
 	// Set when the operator finished, failed or was rolled back.
-	Outcome       string `protobuf:"bytes,12,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Outcome    string `protobuf:"bytes,12,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	FinishedMs int64  `protobuf:"varint,13,opt,name=finished_ms,json=finishedMs,proto3" json:"finished_ms,omitempty"`
+	// Steps are undoing what the operator did (it failed or was cancelled).
+	RollingBack bool `protobuf:"varint,14,opt,name=rolling_back,json=rollingBack,proto3" json:"rolling_back,omitempty"`
+	// The last error of the current step (it is being retried).
+	LastError string `protobuf:"bytes,15,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// Estimated ms until the current step ends (from its progress); filled
+	// in when the cluster state is read, 0 when unknown.
+	EtaMs         int64 `protobuf:"varint,16,opt,name=eta_ms,json=etaMs,proto3" json:"eta_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Operator) Reset() {
 	*x = Operator{}
-	mi := &file_shoalpb_master_proto_msgTypes[31]
+	mi := &file_shoalpb_master_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2390,7 +3006,7 @@ func (x *Operator) String() string {
 func (*Operator) ProtoMessage() {}
 
 func (x *Operator) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[31]
+	mi := &file_shoalpb_master_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2403,7 +3019,7 @@ func (x *Operator) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operator.ProtoReflect.Descriptor instead.
 func (*Operator) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{31}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Operator) GetId() uint64 {
@@ -2490,11 +3106,145 @@ func (x *Operator) GetOutcome() string {
 	return ""
 }
 
+func (x *Operator) GetFinishedMs() int64 {
+	if x != nil {
+		return x.FinishedMs
+	}
+	return 0
+}
+
+func (x *Operator) GetRollingBack() bool {
+	if x != nil {
+		return x.RollingBack
+	}
+	return false
+}
+
+func (x *Operator) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Operator) GetEtaMs() int64 {
+	if x != nil {
+		return x.EtaMs
+	}
+	return 0
+}
+
+type RunStepRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	ShardId uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
+	// The epoch of the descriptor the step was planned on.
+	Epoch         uint64        `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Step          *OperatorStep `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunStepRequest) Reset() {
+	*x = RunStepRequest{}
+	mi := &file_shoalpb_master_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunStepRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunStepRequest) ProtoMessage() {}
+
+func (x *RunStepRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunStepRequest.ProtoReflect.Descriptor instead.
+func (*RunStepRequest) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *RunStepRequest) GetShardId() uint64 {
+	if x != nil {
+		return x.ShardId
+	}
+	return 0
+}
+
+func (x *RunStepRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RunStepRequest) GetStep() *OperatorStep {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+type RunStepResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The descriptor and leader after the step.
+	Route         *ShardRoute `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunStepResponse) Reset() {
+	*x = RunStepResponse{}
+	mi := &file_shoalpb_master_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunStepResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunStepResponse) ProtoMessage() {}
+
+func (x *RunStepResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunStepResponse.ProtoReflect.Descriptor instead.
+func (*RunStepResponse) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RunStepResponse) GetRoute() *ShardRoute {
+	if x != nil {
+		return x.Route
+	}
+	return nil
+}
+
 var File_shoalpb_master_proto protoreflect.FileDescriptor
 
 const file_shoalpb_master_proto_rawDesc = "" +
 	"\n" +
-	"\x14shoalpb/master.proto\x12\bshoal.v1\x1a\x15shoalpb/raftmsg.proto\"\xad\x02\n" +
+	"\x14shoalpb/master.proto\x12\bshoal.v1\x1a\x15shoalpb/raftmsg.proto\"\xdc\x02\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x1b\n" +
@@ -2506,7 +3256,8 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\fstate_reason\x18\b \x01(\tR\vstateReason\x12$\n" +
 	"\x0estate_since_ms\x18\t \x01(\x03R\fstateSinceMs\x12#\n" +
 	"\rregistered_ms\x18\n" +
-	" \x01(\x03R\fregisteredMs\"\x89\x01\n" +
+	" \x01(\x03R\fregisteredMs\x12-\n" +
+	"\x13labels_set_by_admin\x18\v \x01(\bR\x10labelsSetByAdmin\"\x89\x01\n" +
 	"\vClusterInfo\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x16\n" +
@@ -2560,14 +3311,21 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x0ecapacity_bytes\x18\x01 \x01(\x04R\rcapacityBytes\x12\x1d\n" +
 	"\n" +
 	"used_bytes\x18\x02 \x01(\x04R\tusedBytes\x12\x1e\n" +
-	"\vops_per_sec\x18\x03 \x01(\x01R\topsPerSec\"\xd1\x01\n" +
+	"\vops_per_sec\x18\x03 \x01(\x01R\topsPerSec\"\x89\x02\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\x04R\x06nodeId\x12)\n" +
 	"\x05stats\x18\x03 \x01(\v2\x13.shoal.v1.NodeStatsR\x05stats\x123\n" +
 	"\breplicas\x18\x04 \x03(\v2\x17.shoal.v1.ReplicaReportR\breplicas\x12%\n" +
-	"\x0eroutes_version\x18\x05 \x01(\x04R\rroutesVersion\"F\n" +
+	"\x0eroutes_version\x18\x05 \x01(\x04R\rroutesVersion\x126\n" +
+	"\tsnapshots\x18\x06 \x03(\v2\x18.shoal.v1.SnapshotReportR\tsnapshots\"{\n" +
+	"\x0eSnapshotReport\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x17\n" +
+	"\ato_node\x18\x02 \x01(\x04R\x06toNode\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x04R\x05bytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\x04 \x01(\x04R\n" +
+	"totalBytes\"F\n" +
 	"\x10BootstrapRequest\x12\x16\n" +
 	"\x06shards\x18\x01 \x01(\rR\x06shards\x12\x1a\n" +
 	"\breplicas\x18\x02 \x01(\rR\breplicas\"\x9b\x01\n" +
@@ -2585,27 +3343,64 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x10GetRoutesRequest\"9\n" +
 	"\x12WatchRoutesRequest\x12#\n" +
 	"\rafter_version\x18\x01 \x01(\x04R\fafterVersion\"\x13\n" +
-	"\x11GetClusterRequest\"\xec\x01\n" +
+	"\x11GetClusterRequest\"\xfb\x02\n" +
 	"\fClusterState\x12/\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.shoal.v1.ClusterInfoR\acluster\x12(\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x12.shoal.v1.NodeInfoR\x05nodes\x12,\n" +
 	"\x06routes\x18\x03 \x01(\v2\x14.shoal.v1.RouteTableR\x06routes\x12.\n" +
 	"\amasters\x18\x04 \x03(\v2\x14.shoal.v1.MasterInfoR\amasters\x12#\n" +
-	"\rleader_master\x18\x05 \x01(\x04R\fleaderMaster\"q\n" +
+	"\rleader_master\x18\x05 \x01(\x04R\fleaderMaster\x120\n" +
+	"\toperators\x18\x06 \x03(\v2\x12.shoal.v1.OperatorR\toperators\x12.\n" +
+	"\bfinished\x18\a \x03(\v2\x12.shoal.v1.OperatorR\bfinished\x12+\n" +
+	"\x11scheduling_paused\x18\b \x01(\bR\x10schedulingPaused\"q\n" +
 	"\x13SetNodeStateRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.shoal.v1.NodeStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\">\n" +
 	"\x14SetNodeStateResponse\x12&\n" +
-	"\x04node\x18\x01 \x01(\v2\x12.shoal.v1.NodeInfoR\x04node\"\xea\x02\n" +
+	"\x04node\x18\x01 \x01(\v2\x12.shoal.v1.NodeInfoR\x04node\"z\n" +
+	"\x14SetNodeLabelsRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
+	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x1d\n" +
+	"\n" +
+	"clear_zone\x18\x03 \x01(\bR\tclearZone\x12\x16\n" +
+	"\x06weight\x18\x04 \x01(\x01R\x06weight\".\n" +
+	"\x14SetSchedulingRequest\x12\x16\n" +
+	"\x06paused\x18\x01 \x01(\bR\x06paused\"e\n" +
+	"\x12MoveReplicaRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1b\n" +
+	"\tfrom_node\x18\x02 \x01(\x04R\bfromNode\x12\x17\n" +
+	"\ato_node\x18\x03 \x01(\x04R\x06toNode\"P\n" +
+	"\x1aTransferShardLeaderRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x17\n" +
+	"\ato_node\x18\x02 \x01(\x04R\x06toNode\"'\n" +
+	"\x15CancelOperatorRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"\x87\x05\n" +
 	"\vMetaCommand\x12\x15\n" +
 	"\x06now_ms\x18\x01 \x01(\x03R\x05nowMs\x125\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x15.shoal.v1.ClusterInfoH\x00R\tbootstrap\x12D\n" +
 	"\rregister_node\x18\x03 \x01(\v2\x1d.shoal.v1.RegisterNodeRequestH\x00R\fregisterNode\x12E\n" +
 	"\x0eset_node_state\x18\x04 \x01(\v2\x1d.shoal.v1.SetNodeStateRequestH\x00R\fsetNodeState\x12:\n" +
 	"\fplace_shards\x18\x05 \x01(\v2\x15.shoal.v1.PlaceShardsH\x00R\vplaceShards\x12=\n" +
-	"\rupdate_routes\x18\x06 \x01(\v2\x16.shoal.v1.UpdateRoutesH\x00R\fupdateRoutesB\x05\n" +
-	"\x03cmd\"@\n" +
+	"\rupdate_routes\x18\x06 \x01(\v2\x16.shoal.v1.UpdateRoutesH\x00R\fupdateRoutes\x12C\n" +
+	"\x0fstart_operators\x18\a \x01(\v2\x18.shoal.v1.StartOperatorsH\x00R\x0estartOperators\x12C\n" +
+	"\x0fupdate_operator\x18\b \x01(\v2\x18.shoal.v1.UpdateOperatorH\x00R\x0eupdateOperator\x12G\n" +
+	"\x0eset_scheduling\x18\t \x01(\v2\x1e.shoal.v1.SetSchedulingRequestH\x00R\rsetScheduling\x12H\n" +
+	"\x0fset_node_labels\x18\n" +
+	" \x01(\v2\x1e.shoal.v1.SetNodeLabelsRequestH\x00R\rsetNodeLabelsB\x05\n" +
+	"\x03cmd\"B\n" +
+	"\x0eStartOperators\x120\n" +
+	"\toperators\x18\x01 \x03(\v2\x12.shoal.v1.OperatorR\toperators\"\xa2\x02\n" +
+	"\x0eUpdateOperator\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
+	"\acurrent\x18\x02 \x01(\rR\acurrent\x12&\n" +
+	"\x0fstep_started_ms\x18\x03 \x01(\x03R\rstepStartedMs\x12\x18\n" +
+	"\aoutcome\x18\x04 \x01(\tR\aoutcome\x12*\n" +
+	"\x05route\x18\x05 \x01(\v2\x14.shoal.v1.ShardRouteR\x05route\x122\n" +
+	"\brollback\x18\x06 \x03(\v2\x16.shoal.v1.OperatorStepR\brollback\x12%\n" +
+	"\x0estart_rollback\x18\b \x01(\bR\rstartRollback\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError\"@\n" +
 	"\vPlaceShards\x121\n" +
 	"\x06shards\x18\x01 \x03(\v2\x19.shoal.v1.ShardDescriptorR\x06shards\"<\n" +
 	"\fUpdateRoutes\x12,\n" +
@@ -2623,11 +3418,12 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"leaderAddr\x12\x19\n" +
 	"\bshard_id\x18\x04 \x01(\x04R\ashardId\x12/\n" +
 	"\x05shard\x18\x05 \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\x12\x1c\n" +
-	"\tambiguous\x18\x06 \x01(\bR\tambiguous\"n\n" +
+	"\tambiguous\x18\x06 \x01(\bR\tambiguous\"\x93\x01\n" +
 	"\aMetaIDs\x12\x1b\n" +
 	"\tnext_node\x18\x01 \x01(\x04R\bnextNode\x12!\n" +
 	"\fnext_replica\x18\x02 \x01(\x04R\vnextReplica\x12#\n" +
-	"\rroute_version\x18\x03 \x01(\x04R\frouteVersion\"\xa5\x02\n" +
+	"\rroute_version\x18\x03 \x01(\x04R\frouteVersion\x12#\n" +
+	"\rnext_operator\x18\x04 \x01(\x04R\fnextOperator\"\xa5\x02\n" +
 	"\fOperatorStep\x12;\n" +
 	"\vadd_learner\x18\x01 \x01(\v2\x18.shoal.v1.AddLearnerStepH\x00R\n" +
 	"addLearner\x12A\n" +
@@ -2647,7 +3443,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"to_replica\x18\x01 \x01(\x04R\ttoReplica\"2\n" +
 	"\x11RemoveReplicaStep\x12\x1d\n" +
 	"\n" +
-	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\x80\x03\n" +
+	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\xfa\x03\n" +
 	"\bOperator\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
 	"\bshard_id\x18\x02 \x01(\x04R\ashardId\x12*\n" +
@@ -2663,7 +3459,19 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	" \x01(\x04R\rprogressBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\v \x01(\x04R\n" +
 	"totalBytes\x12\x18\n" +
-	"\aoutcome\x18\f \x01(\tR\aoutcome*\x80\x01\n" +
+	"\aoutcome\x18\f \x01(\tR\aoutcome\x12\x1f\n" +
+	"\vfinished_ms\x18\r \x01(\x03R\n" +
+	"finishedMs\x12!\n" +
+	"\frolling_back\x18\x0e \x01(\bR\vrollingBack\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x0f \x01(\tR\tlastError\x12\x15\n" +
+	"\x06eta_ms\x18\x10 \x01(\x03R\x05etaMs\"m\n" +
+	"\x0eRunStepRequest\x12\x19\n" +
+	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
+	"\x04step\x18\x03 \x01(\v2\x16.shoal.v1.OperatorStepR\x04step\"=\n" +
+	"\x0fRunStepResponse\x12*\n" +
+	"\x05route\x18\x01 \x01(\v2\x14.shoal.v1.ShardRouteR\x05route*\x80\x01\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rNODE_STATE_UP\x10\x01\x12\x13\n" +
@@ -2698,7 +3506,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x1dOPERATOR_KIND_REPLICA_BALANCE\x10\x04\x12 \n" +
 	"\x1cOPERATOR_KIND_LEADER_BALANCE\x10\x05\x12\x1b\n" +
 	"\x17OPERATOR_KIND_HOT_SHARD\x10\x06\x12\x17\n" +
-	"\x13OPERATOR_KIND_ADMIN\x10\a2\xf3\x03\n" +
+	"\x13OPERATOR_KIND_ADMIN\x10\a2\xee\x06\n" +
 	"\x06Master\x12>\n" +
 	"\tBootstrap\x12\x1a.shoal.v1.BootstrapRequest\x1a\x15.shoal.v1.ClusterInfo\x12M\n" +
 	"\fRegisterNode\x12\x1d.shoal.v1.RegisterNodeRequest\x1a\x1e.shoal.v1.RegisterNodeResponse\x12D\n" +
@@ -2707,7 +3515,14 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\vWatchRoutes\x12\x1c.shoal.v1.WatchRoutesRequest\x1a\x14.shoal.v1.RouteTable0\x01\x12A\n" +
 	"\n" +
 	"GetCluster\x12\x1b.shoal.v1.GetClusterRequest\x1a\x16.shoal.v1.ClusterState\x12M\n" +
-	"\fSetNodeState\x12\x1d.shoal.v1.SetNodeStateRequest\x1a\x1e.shoal.v1.SetNodeStateResponseB&Z$github.com/shoaldb/shoal/api/shoalpbb\x06proto3"
+	"\fSetNodeState\x12\x1d.shoal.v1.SetNodeStateRequest\x1a\x1e.shoal.v1.SetNodeStateResponse\x12O\n" +
+	"\rSetNodeLabels\x12\x1e.shoal.v1.SetNodeLabelsRequest\x1a\x1e.shoal.v1.SetNodeStateResponse\x12O\n" +
+	"\rSetScheduling\x12\x1e.shoal.v1.SetSchedulingRequest\x1a\x1e.shoal.v1.SetSchedulingRequest\x12?\n" +
+	"\vMoveReplica\x12\x1c.shoal.v1.MoveReplicaRequest\x1a\x12.shoal.v1.Operator\x12O\n" +
+	"\x13TransferShardLeader\x12$.shoal.v1.TransferShardLeaderRequest\x1a\x12.shoal.v1.Operator\x12E\n" +
+	"\x0eCancelOperator\x12\x1f.shoal.v1.CancelOperatorRequest\x1a\x12.shoal.v1.Operator2K\n" +
+	"\tNodeAdmin\x12>\n" +
+	"\aRunStep\x12\x18.shoal.v1.RunStepRequest\x1a\x19.shoal.v1.RunStepResponseB&Z$github.com/shoaldb/shoal/api/shoalpbb\x06proto3"
 
 var (
 	file_shoalpb_master_proto_rawDescOnce sync.Once
@@ -2722,101 +3537,135 @@ func file_shoalpb_master_proto_rawDescGZIP() []byte {
 }
 
 var file_shoalpb_master_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_shoalpb_master_proto_goTypes = []any{
-	(NodeState)(0),               // 0: shoal.v1.NodeState
-	(ErrorCode)(0),               // 1: shoal.v1.ErrorCode
-	(OperatorKind)(0),            // 2: shoal.v1.OperatorKind
-	(*NodeInfo)(nil),             // 3: shoal.v1.NodeInfo
-	(*ClusterInfo)(nil),          // 4: shoal.v1.ClusterInfo
-	(*ShardRoute)(nil),           // 5: shoal.v1.ShardRoute
-	(*RouteTable)(nil),           // 6: shoal.v1.RouteTable
-	(*MasterInfo)(nil),           // 7: shoal.v1.MasterInfo
-	(*RegisterNodeRequest)(nil),  // 8: shoal.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil), // 9: shoal.v1.RegisterNodeResponse
-	(*ReplicaReport)(nil),        // 10: shoal.v1.ReplicaReport
-	(*NodeStats)(nil),            // 11: shoal.v1.NodeStats
-	(*HeartbeatRequest)(nil),     // 12: shoal.v1.HeartbeatRequest
-	(*BootstrapRequest)(nil),     // 13: shoal.v1.BootstrapRequest
-	(*Work)(nil),                 // 14: shoal.v1.Work
-	(*TransferLeaderWork)(nil),   // 15: shoal.v1.TransferLeaderWork
-	(*HeartbeatResponse)(nil),    // 16: shoal.v1.HeartbeatResponse
-	(*GetRoutesRequest)(nil),     // 17: shoal.v1.GetRoutesRequest
-	(*WatchRoutesRequest)(nil),   // 18: shoal.v1.WatchRoutesRequest
-	(*GetClusterRequest)(nil),    // 19: shoal.v1.GetClusterRequest
-	(*ClusterState)(nil),         // 20: shoal.v1.ClusterState
-	(*SetNodeStateRequest)(nil),  // 21: shoal.v1.SetNodeStateRequest
-	(*SetNodeStateResponse)(nil), // 22: shoal.v1.SetNodeStateResponse
-	(*MetaCommand)(nil),          // 23: shoal.v1.MetaCommand
-	(*PlaceShards)(nil),          // 24: shoal.v1.PlaceShards
-	(*UpdateRoutes)(nil),         // 25: shoal.v1.UpdateRoutes
-	(*MetaResult)(nil),           // 26: shoal.v1.MetaResult
-	(*ErrorDetail)(nil),          // 27: shoal.v1.ErrorDetail
-	(*MetaIDs)(nil),              // 28: shoal.v1.MetaIDs
-	(*OperatorStep)(nil),         // 29: shoal.v1.OperatorStep
-	(*AddLearnerStep)(nil),       // 30: shoal.v1.AddLearnerStep
-	(*ChangeVotersStep)(nil),     // 31: shoal.v1.ChangeVotersStep
-	(*TransferLeaderStep)(nil),   // 32: shoal.v1.TransferLeaderStep
-	(*RemoveReplicaStep)(nil),    // 33: shoal.v1.RemoveReplicaStep
-	(*Operator)(nil),             // 34: shoal.v1.Operator
-	(*ShardDescriptor)(nil),      // 35: shoal.v1.ShardDescriptor
+	(NodeState)(0),                     // 0: shoal.v1.NodeState
+	(ErrorCode)(0),                     // 1: shoal.v1.ErrorCode
+	(OperatorKind)(0),                  // 2: shoal.v1.OperatorKind
+	(*NodeInfo)(nil),                   // 3: shoal.v1.NodeInfo
+	(*ClusterInfo)(nil),                // 4: shoal.v1.ClusterInfo
+	(*ShardRoute)(nil),                 // 5: shoal.v1.ShardRoute
+	(*RouteTable)(nil),                 // 6: shoal.v1.RouteTable
+	(*MasterInfo)(nil),                 // 7: shoal.v1.MasterInfo
+	(*RegisterNodeRequest)(nil),        // 8: shoal.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),       // 9: shoal.v1.RegisterNodeResponse
+	(*ReplicaReport)(nil),              // 10: shoal.v1.ReplicaReport
+	(*NodeStats)(nil),                  // 11: shoal.v1.NodeStats
+	(*HeartbeatRequest)(nil),           // 12: shoal.v1.HeartbeatRequest
+	(*SnapshotReport)(nil),             // 13: shoal.v1.SnapshotReport
+	(*BootstrapRequest)(nil),           // 14: shoal.v1.BootstrapRequest
+	(*Work)(nil),                       // 15: shoal.v1.Work
+	(*TransferLeaderWork)(nil),         // 16: shoal.v1.TransferLeaderWork
+	(*HeartbeatResponse)(nil),          // 17: shoal.v1.HeartbeatResponse
+	(*GetRoutesRequest)(nil),           // 18: shoal.v1.GetRoutesRequest
+	(*WatchRoutesRequest)(nil),         // 19: shoal.v1.WatchRoutesRequest
+	(*GetClusterRequest)(nil),          // 20: shoal.v1.GetClusterRequest
+	(*ClusterState)(nil),               // 21: shoal.v1.ClusterState
+	(*SetNodeStateRequest)(nil),        // 22: shoal.v1.SetNodeStateRequest
+	(*SetNodeStateResponse)(nil),       // 23: shoal.v1.SetNodeStateResponse
+	(*SetNodeLabelsRequest)(nil),       // 24: shoal.v1.SetNodeLabelsRequest
+	(*SetSchedulingRequest)(nil),       // 25: shoal.v1.SetSchedulingRequest
+	(*MoveReplicaRequest)(nil),         // 26: shoal.v1.MoveReplicaRequest
+	(*TransferShardLeaderRequest)(nil), // 27: shoal.v1.TransferShardLeaderRequest
+	(*CancelOperatorRequest)(nil),      // 28: shoal.v1.CancelOperatorRequest
+	(*MetaCommand)(nil),                // 29: shoal.v1.MetaCommand
+	(*StartOperators)(nil),             // 30: shoal.v1.StartOperators
+	(*UpdateOperator)(nil),             // 31: shoal.v1.UpdateOperator
+	(*PlaceShards)(nil),                // 32: shoal.v1.PlaceShards
+	(*UpdateRoutes)(nil),               // 33: shoal.v1.UpdateRoutes
+	(*MetaResult)(nil),                 // 34: shoal.v1.MetaResult
+	(*ErrorDetail)(nil),                // 35: shoal.v1.ErrorDetail
+	(*MetaIDs)(nil),                    // 36: shoal.v1.MetaIDs
+	(*OperatorStep)(nil),               // 37: shoal.v1.OperatorStep
+	(*AddLearnerStep)(nil),             // 38: shoal.v1.AddLearnerStep
+	(*ChangeVotersStep)(nil),           // 39: shoal.v1.ChangeVotersStep
+	(*TransferLeaderStep)(nil),         // 40: shoal.v1.TransferLeaderStep
+	(*RemoveReplicaStep)(nil),          // 41: shoal.v1.RemoveReplicaStep
+	(*Operator)(nil),                   // 42: shoal.v1.Operator
+	(*RunStepRequest)(nil),             // 43: shoal.v1.RunStepRequest
+	(*RunStepResponse)(nil),            // 44: shoal.v1.RunStepResponse
+	(*ShardDescriptor)(nil),            // 45: shoal.v1.ShardDescriptor
 }
 var file_shoalpb_master_proto_depIdxs = []int32{
 	0,  // 0: shoal.v1.NodeInfo.state:type_name -> shoal.v1.NodeState
-	35, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
+	45, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
 	5,  // 2: shoal.v1.RouteTable.shards:type_name -> shoal.v1.ShardRoute
 	3,  // 3: shoal.v1.RouteTable.nodes:type_name -> shoal.v1.NodeInfo
 	3,  // 4: shoal.v1.RegisterNodeResponse.node:type_name -> shoal.v1.NodeInfo
-	35, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
+	45, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
 	11, // 6: shoal.v1.HeartbeatRequest.stats:type_name -> shoal.v1.NodeStats
 	10, // 7: shoal.v1.HeartbeatRequest.replicas:type_name -> shoal.v1.ReplicaReport
-	35, // 8: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
-	15, // 9: shoal.v1.Work.transfer_leader:type_name -> shoal.v1.TransferLeaderWork
-	14, // 10: shoal.v1.HeartbeatResponse.work:type_name -> shoal.v1.Work
-	6,  // 11: shoal.v1.HeartbeatResponse.routes:type_name -> shoal.v1.RouteTable
-	4,  // 12: shoal.v1.ClusterState.cluster:type_name -> shoal.v1.ClusterInfo
-	3,  // 13: shoal.v1.ClusterState.nodes:type_name -> shoal.v1.NodeInfo
-	6,  // 14: shoal.v1.ClusterState.routes:type_name -> shoal.v1.RouteTable
-	7,  // 15: shoal.v1.ClusterState.masters:type_name -> shoal.v1.MasterInfo
-	0,  // 16: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
-	3,  // 17: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
-	4,  // 18: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
-	8,  // 19: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
-	21, // 20: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
-	24, // 21: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
-	25, // 22: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
-	35, // 23: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
-	5,  // 24: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
-	1,  // 25: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
-	3,  // 26: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
-	4,  // 27: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
-	1,  // 28: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
-	35, // 29: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
-	30, // 30: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
-	31, // 31: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
-	32, // 32: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
-	33, // 33: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
-	2,  // 34: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
-	29, // 35: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
-	13, // 36: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
-	8,  // 37: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
-	12, // 38: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	17, // 39: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
-	18, // 40: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
-	19, // 41: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	21, // 42: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
-	4,  // 43: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
-	9,  // 44: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
-	16, // 45: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	6,  // 46: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
-	6,  // 47: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
-	20, // 48: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
-	22, // 49: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
-	43, // [43:50] is the sub-list for method output_type
-	36, // [36:43] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	13, // 8: shoal.v1.HeartbeatRequest.snapshots:type_name -> shoal.v1.SnapshotReport
+	45, // 9: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
+	16, // 10: shoal.v1.Work.transfer_leader:type_name -> shoal.v1.TransferLeaderWork
+	15, // 11: shoal.v1.HeartbeatResponse.work:type_name -> shoal.v1.Work
+	6,  // 12: shoal.v1.HeartbeatResponse.routes:type_name -> shoal.v1.RouteTable
+	4,  // 13: shoal.v1.ClusterState.cluster:type_name -> shoal.v1.ClusterInfo
+	3,  // 14: shoal.v1.ClusterState.nodes:type_name -> shoal.v1.NodeInfo
+	6,  // 15: shoal.v1.ClusterState.routes:type_name -> shoal.v1.RouteTable
+	7,  // 16: shoal.v1.ClusterState.masters:type_name -> shoal.v1.MasterInfo
+	42, // 17: shoal.v1.ClusterState.operators:type_name -> shoal.v1.Operator
+	42, // 18: shoal.v1.ClusterState.finished:type_name -> shoal.v1.Operator
+	0,  // 19: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
+	3,  // 20: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
+	4,  // 21: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
+	8,  // 22: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
+	22, // 23: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
+	32, // 24: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
+	33, // 25: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
+	30, // 26: shoal.v1.MetaCommand.start_operators:type_name -> shoal.v1.StartOperators
+	31, // 27: shoal.v1.MetaCommand.update_operator:type_name -> shoal.v1.UpdateOperator
+	25, // 28: shoal.v1.MetaCommand.set_scheduling:type_name -> shoal.v1.SetSchedulingRequest
+	24, // 29: shoal.v1.MetaCommand.set_node_labels:type_name -> shoal.v1.SetNodeLabelsRequest
+	42, // 30: shoal.v1.StartOperators.operators:type_name -> shoal.v1.Operator
+	5,  // 31: shoal.v1.UpdateOperator.route:type_name -> shoal.v1.ShardRoute
+	37, // 32: shoal.v1.UpdateOperator.rollback:type_name -> shoal.v1.OperatorStep
+	45, // 33: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
+	5,  // 34: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
+	1,  // 35: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
+	3,  // 36: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
+	4,  // 37: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
+	1,  // 38: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
+	45, // 39: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
+	38, // 40: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
+	39, // 41: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
+	40, // 42: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
+	41, // 43: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
+	2,  // 44: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
+	37, // 45: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
+	37, // 46: shoal.v1.RunStepRequest.step:type_name -> shoal.v1.OperatorStep
+	5,  // 47: shoal.v1.RunStepResponse.route:type_name -> shoal.v1.ShardRoute
+	14, // 48: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
+	8,  // 49: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
+	12, // 50: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	18, // 51: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
+	19, // 52: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
+	20, // 53: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	22, // 54: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
+	24, // 55: shoal.v1.Master.SetNodeLabels:input_type -> shoal.v1.SetNodeLabelsRequest
+	25, // 56: shoal.v1.Master.SetScheduling:input_type -> shoal.v1.SetSchedulingRequest
+	26, // 57: shoal.v1.Master.MoveReplica:input_type -> shoal.v1.MoveReplicaRequest
+	27, // 58: shoal.v1.Master.TransferShardLeader:input_type -> shoal.v1.TransferShardLeaderRequest
+	28, // 59: shoal.v1.Master.CancelOperator:input_type -> shoal.v1.CancelOperatorRequest
+	43, // 60: shoal.v1.NodeAdmin.RunStep:input_type -> shoal.v1.RunStepRequest
+	4,  // 61: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
+	9,  // 62: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
+	17, // 63: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	6,  // 64: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
+	6,  // 65: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
+	21, // 66: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
+	23, // 67: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
+	23, // 68: shoal.v1.Master.SetNodeLabels:output_type -> shoal.v1.SetNodeStateResponse
+	25, // 69: shoal.v1.Master.SetScheduling:output_type -> shoal.v1.SetSchedulingRequest
+	42, // 70: shoal.v1.Master.MoveReplica:output_type -> shoal.v1.Operator
+	42, // 71: shoal.v1.Master.TransferShardLeader:output_type -> shoal.v1.Operator
+	42, // 72: shoal.v1.Master.CancelOperator:output_type -> shoal.v1.Operator
+	44, // 73: shoal.v1.NodeAdmin.RunStep:output_type -> shoal.v1.RunStepResponse
+	61, // [61:74] is the sub-list for method output_type
+	48, // [48:61] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_master_proto_init() }
@@ -2825,18 +3674,22 @@ func file_shoalpb_master_proto_init() {
 		return
 	}
 	file_shoalpb_raftmsg_proto_init()
-	file_shoalpb_master_proto_msgTypes[11].OneofWrappers = []any{
+	file_shoalpb_master_proto_msgTypes[12].OneofWrappers = []any{
 		(*Work_CreateReplica)(nil),
 		(*Work_TransferLeader)(nil),
 	}
-	file_shoalpb_master_proto_msgTypes[20].OneofWrappers = []any{
+	file_shoalpb_master_proto_msgTypes[26].OneofWrappers = []any{
 		(*MetaCommand_Bootstrap)(nil),
 		(*MetaCommand_RegisterNode)(nil),
 		(*MetaCommand_SetNodeState)(nil),
 		(*MetaCommand_PlaceShards)(nil),
 		(*MetaCommand_UpdateRoutes)(nil),
+		(*MetaCommand_StartOperators)(nil),
+		(*MetaCommand_UpdateOperator)(nil),
+		(*MetaCommand_SetScheduling)(nil),
+		(*MetaCommand_SetNodeLabels)(nil),
 	}
-	file_shoalpb_master_proto_msgTypes[26].OneofWrappers = []any{
+	file_shoalpb_master_proto_msgTypes[34].OneofWrappers = []any{
 		(*OperatorStep_AddLearner)(nil),
 		(*OperatorStep_ChangeVoters)(nil),
 		(*OperatorStep_TransferLeader)(nil),
@@ -2848,9 +3701,9 @@ func file_shoalpb_master_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shoalpb_master_proto_rawDesc), len(file_shoalpb_master_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   32,
+			NumMessages:   42,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_shoalpb_master_proto_goTypes,
 		DependencyIndexes: file_shoalpb_master_proto_depIdxs,

@@ -22,13 +22,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Master_Bootstrap_FullMethodName    = "/shoal.v1.Master/Bootstrap"
-	Master_RegisterNode_FullMethodName = "/shoal.v1.Master/RegisterNode"
-	Master_Heartbeat_FullMethodName    = "/shoal.v1.Master/Heartbeat"
-	Master_GetRoutes_FullMethodName    = "/shoal.v1.Master/GetRoutes"
-	Master_WatchRoutes_FullMethodName  = "/shoal.v1.Master/WatchRoutes"
-	Master_GetCluster_FullMethodName   = "/shoal.v1.Master/GetCluster"
-	Master_SetNodeState_FullMethodName = "/shoal.v1.Master/SetNodeState"
+	Master_Bootstrap_FullMethodName           = "/shoal.v1.Master/Bootstrap"
+	Master_RegisterNode_FullMethodName        = "/shoal.v1.Master/RegisterNode"
+	Master_Heartbeat_FullMethodName           = "/shoal.v1.Master/Heartbeat"
+	Master_GetRoutes_FullMethodName           = "/shoal.v1.Master/GetRoutes"
+	Master_WatchRoutes_FullMethodName         = "/shoal.v1.Master/WatchRoutes"
+	Master_GetCluster_FullMethodName          = "/shoal.v1.Master/GetCluster"
+	Master_SetNodeState_FullMethodName        = "/shoal.v1.Master/SetNodeState"
+	Master_SetNodeLabels_FullMethodName       = "/shoal.v1.Master/SetNodeLabels"
+	Master_SetScheduling_FullMethodName       = "/shoal.v1.Master/SetScheduling"
+	Master_MoveReplica_FullMethodName         = "/shoal.v1.Master/MoveReplica"
+	Master_TransferShardLeader_FullMethodName = "/shoal.v1.Master/TransferShardLeader"
+	Master_CancelOperator_FullMethodName      = "/shoal.v1.Master/CancelOperator"
 )
 
 // MasterClient is the client API for Master service.
@@ -48,6 +53,16 @@ type MasterClient interface {
 	WatchRoutes(ctx context.Context, in *WatchRoutesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RouteTable], error)
 	GetCluster(ctx context.Context, in *GetClusterRequest, opts ...grpc.CallOption) (*ClusterState, error)
 	SetNodeState(ctx context.Context, in *SetNodeStateRequest, opts ...grpc.CallOption) (*SetNodeStateResponse, error)
+	// SetNodeLabels sets a node's zone and weight.
+	SetNodeLabels(ctx context.Context, in *SetNodeLabelsRequest, opts ...grpc.CallOption) (*SetNodeStateResponse, error)
+	// SetScheduling pauses or resumes automatic scheduling.
+	SetScheduling(ctx context.Context, in *SetSchedulingRequest, opts ...grpc.CallOption) (*SetSchedulingRequest, error)
+	// MoveReplica moves a shard's replica from one node to another.
+	MoveReplica(ctx context.Context, in *MoveReplicaRequest, opts ...grpc.CallOption) (*Operator, error)
+	// TransferShardLeader hands a shard's leadership to its replica on a node.
+	TransferShardLeader(ctx context.Context, in *TransferShardLeaderRequest, opts ...grpc.CallOption) (*Operator, error)
+	// CancelOperator stops an operator in flight and rolls it back.
+	CancelOperator(ctx context.Context, in *CancelOperatorRequest, opts ...grpc.CallOption) (*Operator, error)
 }
 
 type masterClient struct {
@@ -137,6 +152,56 @@ func (c *masterClient) SetNodeState(ctx context.Context, in *SetNodeStateRequest
 	return out, nil
 }
 
+func (c *masterClient) SetNodeLabels(ctx context.Context, in *SetNodeLabelsRequest, opts ...grpc.CallOption) (*SetNodeStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetNodeStateResponse)
+	err := c.cc.Invoke(ctx, Master_SetNodeLabels_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *masterClient) SetScheduling(ctx context.Context, in *SetSchedulingRequest, opts ...grpc.CallOption) (*SetSchedulingRequest, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetSchedulingRequest)
+	err := c.cc.Invoke(ctx, Master_SetScheduling_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *masterClient) MoveReplica(ctx context.Context, in *MoveReplicaRequest, opts ...grpc.CallOption) (*Operator, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Operator)
+	err := c.cc.Invoke(ctx, Master_MoveReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *masterClient) TransferShardLeader(ctx context.Context, in *TransferShardLeaderRequest, opts ...grpc.CallOption) (*Operator, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Operator)
+	err := c.cc.Invoke(ctx, Master_TransferShardLeader_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *masterClient) CancelOperator(ctx context.Context, in *CancelOperatorRequest, opts ...grpc.CallOption) (*Operator, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Operator)
+	err := c.cc.Invoke(ctx, Master_CancelOperator_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MasterServer is the server API for Master service.
 // All implementations must embed UnimplementedMasterServer
 // for forward compatibility.
@@ -154,6 +219,16 @@ type MasterServer interface {
 	WatchRoutes(*WatchRoutesRequest, grpc.ServerStreamingServer[RouteTable]) error
 	GetCluster(context.Context, *GetClusterRequest) (*ClusterState, error)
 	SetNodeState(context.Context, *SetNodeStateRequest) (*SetNodeStateResponse, error)
+	// SetNodeLabels sets a node's zone and weight.
+	SetNodeLabels(context.Context, *SetNodeLabelsRequest) (*SetNodeStateResponse, error)
+	// SetScheduling pauses or resumes automatic scheduling.
+	SetScheduling(context.Context, *SetSchedulingRequest) (*SetSchedulingRequest, error)
+	// MoveReplica moves a shard's replica from one node to another.
+	MoveReplica(context.Context, *MoveReplicaRequest) (*Operator, error)
+	// TransferShardLeader hands a shard's leadership to its replica on a node.
+	TransferShardLeader(context.Context, *TransferShardLeaderRequest) (*Operator, error)
+	// CancelOperator stops an operator in flight and rolls it back.
+	CancelOperator(context.Context, *CancelOperatorRequest) (*Operator, error)
 	mustEmbedUnimplementedMasterServer()
 }
 
@@ -184,6 +259,21 @@ func (UnimplementedMasterServer) GetCluster(context.Context, *GetClusterRequest)
 }
 func (UnimplementedMasterServer) SetNodeState(context.Context, *SetNodeStateRequest) (*SetNodeStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetNodeState not implemented")
+}
+func (UnimplementedMasterServer) SetNodeLabels(context.Context, *SetNodeLabelsRequest) (*SetNodeStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetNodeLabels not implemented")
+}
+func (UnimplementedMasterServer) SetScheduling(context.Context, *SetSchedulingRequest) (*SetSchedulingRequest, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetScheduling not implemented")
+}
+func (UnimplementedMasterServer) MoveReplica(context.Context, *MoveReplicaRequest) (*Operator, error) {
+	return nil, status.Error(codes.Unimplemented, "method MoveReplica not implemented")
+}
+func (UnimplementedMasterServer) TransferShardLeader(context.Context, *TransferShardLeaderRequest) (*Operator, error) {
+	return nil, status.Error(codes.Unimplemented, "method TransferShardLeader not implemented")
+}
+func (UnimplementedMasterServer) CancelOperator(context.Context, *CancelOperatorRequest) (*Operator, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelOperator not implemented")
 }
 func (UnimplementedMasterServer) mustEmbedUnimplementedMasterServer() {}
 func (UnimplementedMasterServer) testEmbeddedByValue()                {}
@@ -325,6 +415,96 @@ func _Master_SetNodeState_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Master_SetNodeLabels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetNodeLabelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterServer).SetNodeLabels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Master_SetNodeLabels_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterServer).SetNodeLabels(ctx, req.(*SetNodeLabelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Master_SetScheduling_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetSchedulingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterServer).SetScheduling(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Master_SetScheduling_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterServer).SetScheduling(ctx, req.(*SetSchedulingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Master_MoveReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MoveReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterServer).MoveReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Master_MoveReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterServer).MoveReplica(ctx, req.(*MoveReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Master_TransferShardLeader_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferShardLeaderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterServer).TransferShardLeader(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Master_TransferShardLeader_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterServer).TransferShardLeader(ctx, req.(*TransferShardLeaderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Master_CancelOperator_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelOperatorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MasterServer).CancelOperator(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Master_CancelOperator_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MasterServer).CancelOperator(ctx, req.(*CancelOperatorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Master_ServiceDesc is the grpc.ServiceDesc for Master service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -356,6 +536,26 @@ var Master_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "SetNodeState",
 			Handler:    _Master_SetNodeState_Handler,
 		},
+		{
+			MethodName: "SetNodeLabels",
+			Handler:    _Master_SetNodeLabels_Handler,
+		},
+		{
+			MethodName: "SetScheduling",
+			Handler:    _Master_SetScheduling_Handler,
+		},
+		{
+			MethodName: "MoveReplica",
+			Handler:    _Master_MoveReplica_Handler,
+		},
+		{
+			MethodName: "TransferShardLeader",
+			Handler:    _Master_TransferShardLeader_Handler,
+		},
+		{
+			MethodName: "CancelOperator",
+			Handler:    _Master_CancelOperator_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -364,5 +564,113 @@ var Master_ServiceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 	},
+	Metadata: "shoalpb/master.proto",
+}
+
+const (
+	NodeAdmin_RunStep_FullMethodName = "/shoal.v1.NodeAdmin/RunStep"
+)
+
+// NodeAdminClient is the client API for NodeAdmin service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// NodeAdmin is served by every storage node for the master leader: it runs
+// one step of an operator on the shard's leader.
+type NodeAdminClient interface {
+	RunStep(ctx context.Context, in *RunStepRequest, opts ...grpc.CallOption) (*RunStepResponse, error)
+}
+
+type nodeAdminClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewNodeAdminClient(cc grpc.ClientConnInterface) NodeAdminClient {
+	return &nodeAdminClient{cc}
+}
+
+func (c *nodeAdminClient) RunStep(ctx context.Context, in *RunStepRequest, opts ...grpc.CallOption) (*RunStepResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RunStepResponse)
+	err := c.cc.Invoke(ctx, NodeAdmin_RunStep_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// NodeAdminServer is the server API for NodeAdmin service.
+// All implementations must embed UnimplementedNodeAdminServer
+// for forward compatibility.
+//
+// NodeAdmin is served by every storage node for the master leader: it runs
+// one step of an operator on the shard's leader.
+type NodeAdminServer interface {
+	RunStep(context.Context, *RunStepRequest) (*RunStepResponse, error)
+	mustEmbedUnimplementedNodeAdminServer()
+}
+
+// UnimplementedNodeAdminServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedNodeAdminServer struct{}
+
+func (UnimplementedNodeAdminServer) RunStep(context.Context, *RunStepRequest) (*RunStepResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RunStep not implemented")
+}
+func (UnimplementedNodeAdminServer) mustEmbedUnimplementedNodeAdminServer() {}
+func (UnimplementedNodeAdminServer) testEmbeddedByValue()                   {}
+
+// UnsafeNodeAdminServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to NodeAdminServer will
+// result in compilation errors.
+type UnsafeNodeAdminServer interface {
+	mustEmbedUnimplementedNodeAdminServer()
+}
+
+func RegisterNodeAdminServer(s grpc.ServiceRegistrar, srv NodeAdminServer) {
+	// If the following call panics, it indicates UnimplementedNodeAdminServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&NodeAdmin_ServiceDesc, srv)
+}
+
+func _NodeAdmin_RunStep_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunStepRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeAdminServer).RunStep(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeAdmin_RunStep_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeAdminServer).RunStep(ctx, req.(*RunStepRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// NodeAdmin_ServiceDesc is the grpc.ServiceDesc for NodeAdmin service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var NodeAdmin_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "shoal.v1.NodeAdmin",
+	HandlerType: (*NodeAdminServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "RunStep",
+			Handler:    _NodeAdmin_RunStep_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
 	Metadata: "shoalpb/master.proto",
 }

@@ -11,10 +11,6 @@ import (
 	"github.com/shoaldb/shoal/internal/raftstore"
 )
 
-// maxTransfersPerHeartbeat bounds the leader transfers one heartbeat reply
-// asks of a node, so that leaders move gradually.
-const maxTransfersPerHeartbeat = 8
-
 // run is the leader's periodic work: the failure detector, the first
 // placement, and proposing the route updates heartbeats brought.
 func (s *Server) run() {
@@ -34,6 +30,8 @@ func (s *Server) run() {
 		s.detectFailures(ctx)
 		s.maybePlace(ctx)
 		s.flushRoutes(ctx)
+		s.runOperators()
+		s.scheduleRound(ctx)
 		cancel()
 	}
 }
@@ -45,10 +43,22 @@ func (s *Server) leading() bool {
 	s.lmu.Lock()
 	defer s.lmu.Unlock()
 	if err != nil || st.Role != raftstore.RoleLeader {
+		if s.lmu.cancel != nil {
+			s.lmu.cancel()
+			s.lmu.cancel, s.lmu.ctx = nil, nil
+		}
 		s.lmu.term = 0
 		return false
 	}
 	if s.lmu.term != st.Term {
+		if s.lmu.cancel != nil {
+			s.lmu.cancel()
+		}
+		s.lmu.ctx, s.lmu.cancel = context.WithCancel(s.baseCtx)
+		s.lmu.running = map[uint64]*runner{}
+		s.lmu.leaderNodes = map[uint64]uint64{}
+		s.lmu.shardStats = map[uint64]shardStat{}
+		s.lmu.snaps = map[snapKey]*snapReport{}
 		// A new leadership: every node gets a full NodeDownAfter from now
 		// before it can be declared down, so a failover declares nobody
 		// down by itself.
@@ -177,10 +187,19 @@ func (s *Server) Heartbeat(ctx context.Context, req *shoalpb.HeartbeatRequest) (
 	}
 	s.lmu.Lock()
 	s.lmu.lastSeen[n.Id] = time.Now()
+	for k, p := range s.lmu.snaps {
+		if p.fromNode == n.Id {
+			delete(s.lmu.snaps, k)
+		}
+	}
+	for _, p := range req.Snapshots {
+		s.lmu.snaps[snapKey{p.ShardId, p.ToNode}] = &snapReport{SnapshotReport: p, fromNode: n.Id}
+	}
 	for _, r := range req.Replicas {
 		if r.Role != string(raftstore.RoleLeader) || r.Shard == nil {
 			continue
 		}
+		s.lmu.shardStats[r.ShardId] = shardStat{ops: r.OpsPerSec, size: r.SizeBytes}
 		h := s.lmu.hints[r.ShardId]
 		if h == nil || r.Term > h.LeaderTerm || r.Epoch > h.Shard.Epoch {
 			s.lmu.hints[r.ShardId] = &shoalpb.ShardRoute{Shard: r.Shard, LeaderReplica: r.ReplicaId, LeaderTerm: r.Term}
@@ -203,8 +222,8 @@ func (s *Server) Heartbeat(ctx context.Context, req *shoalpb.HeartbeatRequest) (
 }
 
 // workFor decides what node should do: create its replicas of the initial
-// placement that it does not have yet, and hand leaderships it holds to the
-// replica the placement chose to lead, so leaders spread evenly.
+// placement that it does not have yet. Everything else (moving replicas,
+// balancing leaders) is done by operators.
 func (s *Server) workFor(node uint64, req *shoalpb.HeartbeatRequest) []*shoalpb.Work {
 	has := map[uint64]*shoalpb.ReplicaReport{}
 	for _, r := range req.Replicas {
@@ -212,7 +231,6 @@ func (s *Server) workFor(node uint64, req *shoalpb.HeartbeatRequest) []*shoalpb.
 	}
 	t, _ := s.meta.routeTable()
 	var work []*shoalpb.Work
-	transfers := 0
 	for _, rt := range t.Shards {
 		d := rt.Shard
 		mine := false
@@ -227,20 +245,6 @@ func (s *Server) workFor(node uint64, req *shoalpb.HeartbeatRequest) []*shoalpb.
 			work = append(work, &shoalpb.Work{Work: &shoalpb.Work_CreateReplica{CreateReplica: proto.Clone(d).(*shoalpb.ShardDescriptor)}})
 			continue
 		}
-		if rep == nil || rep.Role != string(raftstore.RoleLeader) || transfers >= maxTransfersPerHeartbeat {
-			continue
-		}
-		preferred := d.Replicas[0]
-		if preferred.ReplicaId == rep.ReplicaId || preferred.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
-			continue
-		}
-		if pn := s.meta.node(preferred.NodeId); pn == nil || pn.State != shoalpb.NodeState_NODE_STATE_UP {
-			continue
-		}
-		work = append(work, &shoalpb.Work{Work: &shoalpb.Work_TransferLeader{TransferLeader: &shoalpb.TransferLeaderWork{
-			ShardId: d.ShardId, ToReplica: preferred.ReplicaId,
-		}}})
-		transfers++
 	}
 	return work
 }

@@ -21,14 +21,23 @@ const MetaShard = 1
 func metaKey(name string) []byte { return keys.DataKey(0, []byte("meta/"+name)) }
 
 var (
-	clusterKey = metaKey("cluster")
-	idsKey     = metaKey("ids")
-	nodePrefix = "node/"
-	routePref  = "route/"
+	clusterKey    = metaKey("cluster")
+	idsKey        = metaKey("ids")
+	nodePrefix    = "node/"
+	routePref     = "route/"
+	opPrefix      = "op/"
+	donePrefix    = "opdone/"
+	schedulingKey = metaKey("scheduling")
 )
+
+// keepFinished is how many finished operators the meta group keeps for
+// operators of the cluster to look at.
+const keepFinished = 64
 
 func nodeKey(id uint64) []byte  { return metaKey(fmt.Sprintf("%s%020d", nodePrefix, id)) }
 func routeKey(id uint64) []byte { return metaKey(fmt.Sprintf("%s%020d", routePref, id)) }
+func opKey(id uint64) []byte    { return metaKey(fmt.Sprintf("%s%020d", opPrefix, id)) }
+func doneKey(id uint64) []byte  { return metaKey(fmt.Sprintf("%s%020d", donePrefix, id)) }
 func prefixSpan(p string) keys.Span {
 	s := metaKey(p)
 	e := append(slices.Clone(s[:len(s)-1]), s[len(s)-1]+1)
@@ -47,6 +56,11 @@ type metaState struct {
 		nodes   map[uint64]*shoalpb.NodeInfo
 		routes  map[uint64]*shoalpb.ShardRoute
 		ids     *shoalpb.MetaIDs
+		// ops are the operators in flight, by ID; finished the last
+		// keepFinished finished ones, oldest first.
+		ops        map[uint64]*shoalpb.Operator
+		finished   []*shoalpb.Operator
+		scheduling *shoalpb.SetSchedulingRequest
 		// changed is closed and replaced whenever the route table or the
 		// nodes change, waking WatchRoutes streams.
 		changed chan struct{}
@@ -98,8 +112,35 @@ func (m *metaState) load() error {
 	}); err != nil {
 		return err
 	}
+	ops := map[uint64]*shoalpb.Operator{}
+	if err := scan(r, prefixSpan(opPrefix), func(v []byte) error {
+		op := &shoalpb.Operator{}
+		if err := proto.Unmarshal(v, op); err != nil {
+			return err
+		}
+		ops[op.Id] = op
+		return nil
+	}); err != nil {
+		return err
+	}
+	var finished []*shoalpb.Operator
+	if err := scan(r, prefixSpan(donePrefix), func(v []byte) error {
+		op := &shoalpb.Operator{}
+		if err := proto.Unmarshal(v, op); err != nil {
+			return err
+		}
+		finished = append(finished, op)
+		return nil
+	}); err != nil {
+		return err
+	}
+	sched := &shoalpb.SetSchedulingRequest{}
+	if _, err := storage.GetProto(r, schedulingKey, sched); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	m.mu.cluster, m.mu.ids, m.mu.nodes, m.mu.routes = cluster, ids, nodes, routes
+	m.mu.ops, m.mu.finished, m.mu.scheduling = ops, finished, sched
 	m.notifyLocked()
 	m.mu.Unlock()
 	return nil
@@ -238,36 +279,168 @@ func (m *metaState) apply(b *storage.Batch, cmd *shoalpb.MetaCommand) (*shoalpb.
 		return &shoalpb.MetaResult{}, nil
 
 	case *shoalpb.MetaCommand_UpdateRoutes:
-		changed := false
-		for _, u := range c.UpdateRoutes.Routes {
-			cur := m.mu.routes[u.GetShard().GetShardId()]
-			if cur == nil {
-				continue
-			}
-			next := proto.Clone(cur).(*shoalpb.ShardRoute)
-			if u.Shard.Epoch > cur.Shard.Epoch {
-				next.Shard = u.Shard
-			}
-			if u.LeaderReplica != 0 && u.LeaderTerm >= cur.LeaderTerm {
-				next.LeaderReplica, next.LeaderTerm = u.LeaderReplica, u.LeaderTerm
-			}
-			if proto.Equal(next, cur) {
-				continue
-			}
-			if err := b.SetProto(routeKey(next.Shard.ShardId), next); err != nil {
-				return nil, err
-			}
-			m.mu.routes[next.Shard.ShardId] = next
-			changed = true
-		}
-		if changed {
-			if err := m.bumpLocked(b); err != nil {
-				return nil, err
-			}
+		if err := m.updateRoutesLocked(b, c.UpdateRoutes.Routes); err != nil {
+			return nil, err
 		}
 		return &shoalpb.MetaResult{}, nil
+
+	case *shoalpb.MetaCommand_StartOperators:
+		return m.startOperatorsLocked(b, c.StartOperators.Operators, now)
+
+	case *shoalpb.MetaCommand_UpdateOperator:
+		return m.updateOperatorLocked(b, c.UpdateOperator, now)
+
+	case *shoalpb.MetaCommand_SetScheduling:
+		if err := b.SetProto(schedulingKey, c.SetScheduling); err != nil {
+			return nil, err
+		}
+		m.mu.scheduling = c.SetScheduling
+		return &shoalpb.MetaResult{}, nil
+
+	case *shoalpb.MetaCommand_SetNodeLabels:
+		req := c.SetNodeLabels
+		n := m.mu.nodes[req.NodeId]
+		if n == nil || n.State == shoalpb.NodeState_NODE_STATE_REMOVED {
+			return fail(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, "no node %d (or it was removed)", req.NodeId), nil
+		}
+		if req.Weight < 0 {
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "weight %v: want > 0", req.Weight), nil
+		}
+		n = proto.Clone(n).(*shoalpb.NodeInfo)
+		if req.Zone != "" || req.ClearZone {
+			n.Zone = req.Zone
+		}
+		if req.Weight > 0 {
+			n.Weight = req.Weight
+		}
+		n.LabelsSetByAdmin = true
+		if err := m.putNodeLocked(b, n); err != nil {
+			return nil, err
+		}
+		return &shoalpb.MetaResult{Node: n}, nil
 	}
 	return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "unknown meta command"), nil
+}
+
+// updateRoutesLocked records newer descriptors and leader hints.
+func (m *metaState) updateRoutesLocked(b *storage.Batch, routes []*shoalpb.ShardRoute) error {
+	changed := false
+	for _, u := range routes {
+		cur := m.mu.routes[u.GetShard().GetShardId()]
+		if cur == nil {
+			continue
+		}
+		next := proto.Clone(cur).(*shoalpb.ShardRoute)
+		if u.Shard.Epoch > cur.Shard.Epoch {
+			next.Shard = u.Shard
+		}
+		if u.LeaderReplica != 0 && u.LeaderTerm >= cur.LeaderTerm {
+			next.LeaderReplica, next.LeaderTerm = u.LeaderReplica, u.LeaderTerm
+		}
+		if proto.Equal(next, cur) {
+			continue
+		}
+		if err := b.SetProto(routeKey(next.Shard.ShardId), next); err != nil {
+			return err
+		}
+		m.mu.routes[next.Shard.ShardId] = next
+		changed = true
+	}
+	if changed {
+		return m.bumpLocked(b)
+	}
+	return nil
+}
+
+// startOperatorsLocked records new operators, all or none.
+func (m *metaState) startOperatorsLocked(b *storage.Batch, ops []*shoalpb.Operator, now int64) (*shoalpb.MetaResult, error) {
+	busy := map[uint64]bool{}
+	for _, op := range m.mu.ops {
+		busy[op.ShardId] = true
+	}
+	for _, op := range ops {
+		rt := m.mu.routes[op.ShardId]
+		switch {
+		case rt == nil:
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator %d: no shard %d", op.Id, op.ShardId), nil
+		case busy[op.ShardId]:
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator %d: shard %d has an operator in flight", op.Id, op.ShardId), nil
+		case op.Epoch != rt.Shard.Epoch:
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator %d: planned on epoch %d of shard %d, which is at %d",
+				op.Id, op.Epoch, op.ShardId, rt.Shard.Epoch), nil
+		case op.Id < m.mu.ids.NextOperator || m.mu.ops[op.Id] != nil:
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator ID %d already used", op.Id), nil
+		}
+		busy[op.ShardId] = true
+	}
+	for _, op := range ops {
+		op = proto.Clone(op).(*shoalpb.Operator)
+		op.CreatedMs, op.StepStartedMs = now, now
+		if err := b.SetProto(opKey(op.Id), op); err != nil {
+			return nil, err
+		}
+		m.mu.ops[op.Id] = op
+		m.mu.ids.NextOperator = max(m.mu.ids.NextOperator, op.Id+1)
+		for _, st := range op.Steps {
+			if al := st.GetAddLearner(); al != nil {
+				m.mu.ids.NextReplica = max(m.mu.ids.NextReplica, al.ReplicaId+1)
+			}
+		}
+	}
+	if err := b.SetProto(idsKey, m.mu.ids); err != nil {
+		return nil, err
+	}
+	m.notifyLocked()
+	return &shoalpb.MetaResult{}, nil
+}
+
+// updateOperatorLocked records an operator's progress, rollback or end.
+func (m *metaState) updateOperatorLocked(b *storage.Batch, u *shoalpb.UpdateOperator, now int64) (*shoalpb.MetaResult, error) {
+	cur := m.mu.ops[u.Id]
+	if cur == nil {
+		return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "no operator %d in flight", u.Id), nil
+	}
+	if u.Route != nil {
+		if err := m.updateRoutesLocked(b, []*shoalpb.ShardRoute{u.Route}); err != nil {
+			return nil, err
+		}
+	}
+	op := proto.Clone(cur).(*shoalpb.Operator)
+	if u.Current != op.Current {
+		op.Current, op.StepStartedMs, op.ProgressBytes, op.TotalBytes = u.Current, now, 0, 0
+	}
+	if u.StepStartedMs != 0 {
+		op.StepStartedMs = u.StepStartedMs
+	}
+	if u.StartRollback {
+		op.Steps = append(op.Steps[:min(int(op.Current), len(op.Steps))], u.Rollback...)
+		op.RollingBack, op.StepStartedMs = true, now
+	}
+	op.LastError = u.LastError
+	if u.Outcome != "" {
+		op.Outcome, op.FinishedMs = u.Outcome, now
+		if err := b.Delete(opKey(op.Id), nil); err != nil {
+			return nil, err
+		}
+		delete(m.mu.ops, op.Id)
+		if err := b.SetProto(doneKey(op.Id), op); err != nil {
+			return nil, err
+		}
+		m.mu.finished = append(m.mu.finished, op)
+		for len(m.mu.finished) > keepFinished {
+			if err := b.Delete(doneKey(m.mu.finished[0].Id), nil); err != nil {
+				return nil, err
+			}
+			m.mu.finished = m.mu.finished[1:]
+		}
+	} else {
+		if err := b.SetProto(opKey(op.Id), op); err != nil {
+			return nil, err
+		}
+		m.mu.ops[op.Id] = op
+	}
+	m.notifyLocked()
+	return &shoalpb.MetaResult{}, nil
 }
 
 func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRequest, now int64) (*shoalpb.MetaResult, error) {
@@ -306,7 +479,10 @@ func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRe
 			return nil, err
 		}
 	}
-	n.Addr, n.RespAddr, n.HttpAddr, n.Zone, n.Weight = req.Addr, req.RespAddr, req.HttpAddr, req.Zone, req.Weight
+	n.Addr, n.RespAddr, n.HttpAddr = req.Addr, req.RespAddr, req.HttpAddr
+	if !n.LabelsSetByAdmin {
+		n.Zone, n.Weight = req.Zone, req.Weight
+	}
 	if err := m.putNodeLocked(b, n); err != nil {
 		return nil, err
 	}
@@ -388,6 +564,46 @@ func (m *metaState) route(shard uint64) *shoalpb.ShardRoute {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.mu.routes[shard]
+}
+
+// operators returns the operators in flight, by ID, and the recently
+// finished ones, oldest first. Callers must not modify them.
+func (m *metaState) operators() (inFlight, finished []*shoalpb.Operator) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for _, op := range m.mu.ops {
+		inFlight = append(inFlight, op)
+	}
+	slices.SortFunc(inFlight, func(a, b *shoalpb.Operator) int { return cmpU64(a.Id, b.Id) })
+	return inFlight, slices.Clone(m.mu.finished)
+}
+
+// operator returns an operator in flight or recently finished, nil if
+// unknown.
+func (m *metaState) operator(id uint64) *shoalpb.Operator {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if op := m.mu.ops[id]; op != nil {
+		return op
+	}
+	for _, op := range m.mu.finished {
+		if op.Id == id {
+			return op
+		}
+	}
+	return nil
+}
+
+func (m *metaState) schedulingPaused() bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.mu.scheduling.GetPaused()
+}
+
+func (m *metaState) nextOperatorID() uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return max(m.mu.ids.GetNextOperator(), 1)
 }
 
 func (m *metaState) placed() bool {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/master/schedule"
 	"github.com/shoaldb/shoal/internal/raftstore"
 )
 
@@ -143,7 +144,9 @@ func (s *Server) GetCluster(context.Context, *shoalpb.GetClusterRequest) (*shoal
 
 func (s *Server) clusterState() *shoalpb.ClusterState {
 	t, _ := s.meta.routeTable()
-	cs := &shoalpb.ClusterState{Cluster: s.meta.cluster(), Nodes: s.meta.nodes(), Routes: t}
+	cs := &shoalpb.ClusterState{Cluster: s.meta.cluster(), Nodes: s.meta.nodes(), Routes: t, SchedulingPaused: s.meta.schedulingPaused()}
+	inFlight, finished := s.meta.operators()
+	cs.Operators, cs.Finished = s.withProgress(inFlight), finished
 	st, err := s.store.Status(MetaShard)
 	for id, addr := range s.cfg.Peers {
 		leader := err == nil && st.LeaderReplica == id
@@ -185,4 +188,86 @@ func (s *Server) handleStatus(w http.ResponseWriter, _ *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// SetNodeLabels implements shoalpb.MasterServer.
+func (s *Server) SetNodeLabels(ctx context.Context, req *shoalpb.SetNodeLabelsRequest) (*shoalpb.SetNodeStateResponse, error) {
+	if err := s.requireLeader(); err != nil {
+		return nil, s.toStatus(err)
+	}
+	res, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetNodeLabels{SetNodeLabels: req}})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("node labels set", "node", req.NodeId, "zone", res.Node.Zone, "weight", res.Node.Weight)
+	return &shoalpb.SetNodeStateResponse{Node: res.Node}, nil
+}
+
+// SetScheduling implements shoalpb.MasterServer.
+func (s *Server) SetScheduling(ctx context.Context, req *shoalpb.SetSchedulingRequest) (*shoalpb.SetSchedulingRequest, error) {
+	if err := s.requireLeader(); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetScheduling{SetScheduling: req}}); err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("scheduling set", "paused", req.Paused)
+	return req, nil
+}
+
+// MoveReplica implements shoalpb.MasterServer.
+func (s *Server) MoveReplica(ctx context.Context, req *shoalpb.MoveReplicaRequest) (*shoalpb.Operator, error) {
+	return s.startAdmin(ctx, func(snap schedule.Snapshot) (*shoalpb.Operator, error) {
+		return schedule.MoveReplica(snap, req.ShardId, req.FromNode, req.ToNode)
+	})
+}
+
+// TransferShardLeader implements shoalpb.MasterServer.
+func (s *Server) TransferShardLeader(ctx context.Context, req *shoalpb.TransferShardLeaderRequest) (*shoalpb.Operator, error) {
+	return s.startAdmin(ctx, func(snap schedule.Snapshot) (*shoalpb.Operator, error) {
+		return schedule.TransferLeader(snap, req.ShardId, req.ToNode)
+	})
+}
+
+// startAdmin plans an administrator's operator and records it.
+func (s *Server) startAdmin(ctx context.Context, plan func(schedule.Snapshot) (*shoalpb.Operator, error)) (*shoalpb.Operator, error) {
+	if err := s.requireLeader(); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if !s.meta.placed() {
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_NOT_BOOTSTRAPPED, "the shards are not placed yet"))
+	}
+	op, err := plan(s.snapshot())
+	if err != nil {
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_INVALID, "%s", err.Error()))
+	}
+	if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_StartOperators{StartOperators: &shoalpb.StartOperators{
+		Operators: []*shoalpb.Operator{op}}}}); err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("operator started", "op", op.Id, "shard", op.ShardId, "kind", kindName(op.Kind), "reason", op.Reason, "steps", describeSteps(op.Steps))
+	s.runOperators()
+	if cur := s.meta.operator(op.Id); cur != nil {
+		op = cur
+	}
+	return op, nil
+}
+
+// CancelOperator implements shoalpb.MasterServer.
+func (s *Server) CancelOperator(ctx context.Context, req *shoalpb.CancelOperatorRequest) (*shoalpb.Operator, error) {
+	if err := s.requireLeader(); err != nil {
+		return nil, s.toStatus(err)
+	}
+	op := s.meta.operator(req.Id)
+	switch {
+	case op == nil:
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_INVALID, "no operator %d", req.Id))
+	case op.Outcome != "":
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator %d already finished: %s", req.Id, op.Outcome))
+	}
+	s.runOperators()
+	if !s.abortOperator(req.Id, "cancelled by an administrator") {
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, "master %d is not running operator %d", s.cfg.ID, req.Id))
+	}
+	return s.meta.operator(req.Id), nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/master/schedule"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/storage"
 	"github.com/shoaldb/shoal/internal/transport"
@@ -60,6 +61,16 @@ type Config struct {
 	// ScheduleInterval is how often the leader runs the failure detector,
 	// placement and route updates. Default 500ms.
 	ScheduleInterval time.Duration
+	// RepairAfter: the replicas of a node down this long are replaced on
+	// other nodes. Default 10m (Scheduler.RepairAfterMs is set from it).
+	RepairAfter time.Duration
+	// OperatorStepTimeout bounds one step of an operator (a new replica's
+	// snapshot and catch-up included); a step that takes longer rolls the
+	// operator back. Default 10m.
+	OperatorStepTimeout time.Duration
+	// Scheduler tunes the checkers and schedulers; see schedule.Config for
+	// the defaults.
+	Scheduler schedule.Config
 	// Store adjusts the meta group's store options.
 	Store func(o *raftstore.Options)
 	// Logger receives the master's logs. Default: discarded.
@@ -105,6 +116,17 @@ func (c *Config) validate() error {
 	if c.ScheduleInterval <= 0 {
 		c.ScheduleInterval = 500 * time.Millisecond
 	}
+	if c.RepairAfter <= 0 {
+		c.RepairAfter = 10 * time.Minute
+	}
+	if c.OperatorStepTimeout <= 0 {
+		c.OperatorStepTimeout = 10 * time.Minute
+	}
+	c.Scheduler.RepairAfterMs = c.RepairAfter.Milliseconds()
+	c.Scheduler.EnsureDefaults()
+	if err := c.Scheduler.Validate(); err != nil {
+		return err
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -143,7 +165,26 @@ type Server struct {
 		// hints are leader hints and descriptors reported since the last
 		// route update was proposed.
 		hints map[uint64]*shoalpb.ShardRoute
+		// ctx ends when this leadership does; operators' runners use it.
+		ctx    context.Context
+		cancel context.CancelFunc
+		// running holds the runners of operators in flight.
+		running map[uint64]*runner
+		// leaderNodes are leaders that nodes named in errors, by shard.
+		leaderNodes map[uint64]uint64
+		// shardStats is the load shard leaders report.
+		shardStats map[uint64]shardStat
+		// snaps are the snapshots nodes report sending, by shard and
+		// receiving node.
+		snaps map[snapKey]*snapReport
 	}
+
+	// baseCtx ends when the master stops.
+	baseCtx    context.Context
+	baseCancel context.CancelFunc
+
+	connMu sync.Mutex
+	conns  map[string]*grpc.ClientConn
 
 	stopOnce sync.Once
 	stopC    chan struct{}
@@ -156,7 +197,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("master", cfg.ID), stopC: make(chan struct{}), errC: make(chan error, 1)}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("master", cfg.ID), stopC: make(chan struct{}), errC: make(chan error, 1),
+		conns: map[string]*grpc.ClientConn{}}
+	s.baseCtx, s.baseCancel = context.WithCancel(context.Background())
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -328,12 +371,14 @@ func (s *Server) Cluster() *shoalpb.ClusterInfo { return s.meta.cluster() }
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
 		close(s.stopC)
+		s.baseCancel()
 		if s.http != nil {
 			s.http.Close()
 		}
 		s.grpc.Stop()
 		s.transport.Close()
 		s.wg.Wait()
+		s.closeConns()
 		s.store.Stop()
 		s.eng.Close()
 		s.log.Info("master stopped")

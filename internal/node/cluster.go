@@ -236,6 +236,7 @@ func (n *Node) heartbeat(ctx context.Context, stats *replicaStats) (*shoalpb.Hea
 		req.Replicas = append(req.Replicas, r)
 	}
 	req.Stats = &shoalpb.NodeStats{OpsPerSec: ops}
+	req.Snapshots = n.snapshotReports()
 	if du, err := n.engine.FS().GetDiskUsage(n.cfg.DataDir); err == nil {
 		req.Stats.CapacityBytes = du.TotalBytes
 	}

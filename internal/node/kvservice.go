@@ -169,7 +169,14 @@ func (s *kvService) toStatus(err error) error {
 	}
 	d := &shoalpb.ErrorDetail{Ambiguous: errors.Is(err, raftstore.ErrAmbiguous)}
 	var nl *raftstore.NotLeaderError
+	var em *raftstore.EpochMismatchError
 	switch {
+	case errors.As(err, &em):
+		d.Code, d.ShardId, d.Shard = shoalpb.ErrorCode_ERROR_CODE_EPOCH_MISMATCH, em.Current.GetShardId(), em.Current
+	case errors.Is(err, raftstore.ErrInvalidChange):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_INVALID
+	case errors.Is(err, raftstore.ErrNotCaughtUp), errors.Is(err, raftstore.ErrTransferFailed):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_TIMEOUT
 	case errors.As(err, &nl):
 		d.Code, d.ShardId, d.LeaderId, d.LeaderAddr = shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, nl.Shard, nl.LeaderNode, s.addrOf(nl.LeaderNode)
 	case errors.Is(err, raftstore.ErrNoLeader):

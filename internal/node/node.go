@@ -282,6 +282,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.transport.Register(n.server)
 	n.kvsvc = &kvService{n: n, peers: &peerConns{conns: map[string]*grpc.ClientConn{}}}
 	shoalpb.RegisterKVServer(n.server, n.kvsvc)
+	shoalpb.RegisterNodeAdminServer(n.server, &adminService{n: n})
 
 	kvOpts := cfg.KV
 	if kvOpts.Logger == nil {

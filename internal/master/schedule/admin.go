@@ -1,0 +1,139 @@
+package schedule
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// ErrRefused is returned when an administrator's request cannot be planned:
+// the shard or node is unknown, the shard is busy, or the change would
+// break a placement rule. The error text says which.
+var ErrRefused = errors.New("schedule: refused")
+
+func refused(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
+}
+
+// MoveReplica plans an administrator's move of shard's replica on node
+// from to node to, as an operator with the ID s.NextOperatorID (the new
+// replica takes s.NextReplicaID). When the replica leaving leads, the
+// leadership goes to the voter with the fewest leaders per weight, or to
+// the new replica if there is no other.
+func MoveReplica(s Snapshot, shard, from, to uint64) (*shoalpb.Operator, error) {
+	c := newCluster(&s, Config{})
+	sh, err := c.adminShard(shard)
+	if err != nil {
+		return nil, err
+	}
+	var leaving *shoalpb.ReplicaDescriptor
+	for _, r := range sh.Desc.Replicas {
+		if r.NodeId == from {
+			leaving = r
+		}
+		if r.NodeId == to {
+			return nil, refused("node %d already holds replica %d of shard %d", to, r.ReplicaId, shard)
+		}
+	}
+	switch {
+	case leaving == nil:
+		return nil, refused("node %d holds no replica of shard %d", from, shard)
+	case !c.placeable(to):
+		return nil, refused("node %d is not up (or has no weight): it cannot take a replica", to)
+	}
+	m := move{sh: sh, kind: shoalpb.OperatorKind_OPERATOR_KIND_ADMIN, from: leaving, to: to,
+		reason: fmt.Sprintf("administrator: move shard %d from node %d to node %d", shard, from, to)}
+	if sh.leader() == leaving {
+		m.lead = c.successor(sh, leaving.ReplicaId)
+	}
+	c.admit(m)
+	return c.out[0], nil
+}
+
+// TransferLeader plans an administrator's transfer of shard's leadership to
+// its voter on node to.
+func TransferLeader(s Snapshot, shard, to uint64) (*shoalpb.Operator, error) {
+	c := newCluster(&s, Config{})
+	sh, err := c.adminShard(shard)
+	if err != nil {
+		return nil, err
+	}
+	var target *shoalpb.ReplicaDescriptor
+	for _, r := range sh.Desc.Replicas {
+		if r.NodeId == to && r.Role == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
+			target = r
+		}
+	}
+	switch {
+	case target == nil:
+		return nil, refused("node %d holds no voter of shard %d", to, shard)
+	case !c.live(to):
+		return nil, refused("node %d is not live", to)
+	case sh.LeaderReplica == target.ReplicaId:
+		return nil, refused("node %d already leads shard %d", to, shard)
+	}
+	c.admit(move{sh: sh, kind: shoalpb.OperatorKind_OPERATOR_KIND_ADMIN, lead: target.ReplicaId,
+		reason: fmt.Sprintf("administrator: shard %d leader to node %d", shard, to)})
+	return c.out[0], nil
+}
+
+func (c *cluster) adminShard(id uint64) (*shard, error) {
+	sh := c.shard(id)
+	switch {
+	case sh == nil:
+		return nil, refused("no shard %d", id)
+	case c.busy[id]:
+		return nil, refused("shard %d has an operator in flight; wait for it or cancel it", id)
+	}
+	return sh, nil
+}
+
+// StepDone reports whether step's effect is already visible in d led by
+// leader, so that an executor that resumes an operator (after a master
+// failover, or a reply that was lost) does not run it twice.
+func StepDone(d *shoalpb.ShardDescriptor, leader uint64, step *shoalpb.OperatorStep) bool {
+	switch s := step.GetStep().(type) {
+	case *shoalpb.OperatorStep_AddLearner:
+		r := findReplica(d, s.AddLearner.ReplicaId)
+		return r != nil
+	case *shoalpb.OperatorStep_ChangeVoters:
+		for _, id := range s.ChangeVoters.Promote {
+			if r := findReplica(d, id); r == nil || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
+				return false
+			}
+		}
+		for _, id := range s.ChangeVoters.Remove {
+			if findReplica(d, id) != nil {
+				return false
+			}
+		}
+		return true
+	case *shoalpb.OperatorStep_TransferLeader:
+		return leader == s.TransferLeader.ToReplica
+	case *shoalpb.OperatorStep_RemoveReplica:
+		return findReplica(d, s.RemoveReplica.ReplicaId) == nil
+	}
+	return false
+}
+
+// Rollback returns the steps that undo what op has done to d so far: the
+// replicas it added that are still learners are removed. A replica it
+// already promoted stays (the shard has full strength with it, and taking a
+// voter away is itself a risk); the scheduler balances afterwards.
+// Leadership changes are not undone either.
+func Rollback(op *shoalpb.Operator, d *shoalpb.ShardDescriptor) []*shoalpb.OperatorStep {
+	var out []*shoalpb.OperatorStep
+	for _, step := range op.Steps {
+		al := step.GetAddLearner()
+		if al == nil {
+			continue
+		}
+		if r := findReplica(d, al.ReplicaId); r != nil && r.Role == shoalpb.ReplicaRole_REPLICA_ROLE_LEARNER &&
+			!slices.ContainsFunc(out, func(s *shoalpb.OperatorStep) bool { return s.GetRemoveReplica().GetReplicaId() == al.ReplicaId }) {
+			out = append(out, removeReplicaStep(al.ReplicaId))
+		}
+	}
+	return out
+}

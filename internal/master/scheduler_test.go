@@ -1,0 +1,523 @@
+package master_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/client"
+	"github.com/shoaldb/shoal/internal/master"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
+)
+
+// balance returns max/mean of replicas and of leaders per unit of weight
+// over the up nodes, from the leading master's view.
+func balance(st *shoalpb.ClusterState) (replicas, leaders float64) {
+	weight := map[uint64]float64{}
+	for _, n := range st.Nodes {
+		if n.State == shoalpb.NodeState_NODE_STATE_UP {
+			weight[n.Id] = n.Weight
+		}
+	}
+	rc, lc := map[uint64]float64{}, map[uint64]float64{}
+	for _, rt := range st.Routes.Shards {
+		for _, r := range rt.Shard.Replicas {
+			rc[r.NodeId]++
+			if r.ReplicaId == rt.LeaderReplica {
+				lc[r.NodeId]++
+			}
+		}
+	}
+	ratio := func(c map[uint64]float64) float64 {
+		var total, w, worst float64
+		for id, wt := range weight {
+			total += c[id]
+			w += wt
+		}
+		mean := total / w
+		for id, wt := range weight {
+			worst = math.Max(worst, c[id]/wt/mean)
+		}
+		return worst
+	}
+	return ratio(rc), ratio(lc)
+}
+
+// settled fails unless the cluster is balanced within the bounds,
+// every shard has rf voters on up nodes, and no operator is in flight.
+func settled(c *tc.Cluster, rf int) error {
+	st, err := c.ClusterState()
+	if err != nil {
+		return err
+	}
+	if len(st.Operators) > 0 {
+		return fmt.Errorf("%d operators in flight", len(st.Operators))
+	}
+	up := map[uint64]bool{}
+	for _, n := range st.Nodes {
+		up[n.Id] = n.State == shoalpb.NodeState_NODE_STATE_UP
+	}
+	for _, rt := range st.Routes.Shards {
+		voters := 0
+		for _, r := range rt.Shard.Replicas {
+			if r.Role == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER && up[r.NodeId] {
+				voters++
+			}
+		}
+		if voters != rf || len(rt.Shard.Replicas) != rf {
+			return fmt.Errorf("shard %d: %d voters on up nodes, %d replicas", rt.Shard.ShardId, voters, len(rt.Shard.Replicas))
+		}
+	}
+	if r, l := balance(st); r > 1.10 || l > 1.20 {
+		return fmt.Errorf("replicas max/mean %.3f, leaders %.3f", r, l)
+	}
+	return nil
+}
+
+// load writes keys through the Go client until stop is closed and counts
+// acknowledged writes and failures.
+type load struct {
+	ok, failed atomic.Int64
+	firstErr   atomic.Value
+	wg         sync.WaitGroup
+	stop       chan struct{}
+}
+
+func startLoad(t *testing.T, c *tc.Cluster, writers int) *load {
+	t.Helper()
+	ctx := ctxFor(t, 30*time.Second)
+	cl, err := client.Open(ctx, c.MasterAddrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	l := &load{stop: make(chan struct{})}
+	for w := range writers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				_, err := cl.Put(ctx, fmt.Appendf(nil, "load-%d-%d", w, i), []byte("value"))
+				cancel()
+				if err != nil {
+					l.failed.Add(1)
+					l.firstErr.CompareAndSwap(nil, err)
+				} else {
+					l.ok.Add(1)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) finish(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	t.Logf("client writes: %d acknowledged, %d failed", l.ok.Load(), l.failed.Load())
+	if l.failed.Load() > 0 {
+		t.Errorf("%d client writes failed; first: %v", l.failed.Load(), l.firstErr.Load())
+	}
+	if l.ok.Load() == 0 {
+		t.Error("no client write was acknowledged: the load did not run")
+	}
+}
+
+// dumpOperators logs the operators the leading master knows, for a test
+// that failed.
+func dumpOperators(t *testing.T, c *tc.Cluster) {
+	t.Helper()
+	st, err := c.ClusterState()
+	if err != nil {
+		t.Logf("no cluster state: %v", err)
+		return
+	}
+	for _, op := range st.Operators {
+		t.Logf("in flight: %d shard %d %v step %d/%d %q last error %q", op.Id, op.ShardId, op.Kind, op.Current, len(op.Steps), op.Reason, op.LastError)
+	}
+	for _, op := range st.Finished {
+		if op.Outcome != "done" {
+			t.Logf("finished: %d shard %d %v %q: %s", op.Id, op.ShardId, op.Kind, op.Reason, op.Outcome)
+		}
+	}
+	for _, n := range st.Nodes {
+		t.Logf("node %d %v weight %v zone %q", n.Id, n.State, n.Weight, n.Zone)
+	}
+	for _, rt := range st.Routes.Shards {
+		t.Logf("shard %d epoch %d leader r%d replicas %v", rt.Shard.ShardId, rt.Shard.Epoch, rt.LeaderReplica, rt.Shard.Replicas)
+	}
+}
+
+func opsByKind(ops []*shoalpb.Operator) map[string]int {
+	out := map[string]int{}
+	for _, op := range ops {
+		out[op.Kind.String()]++
+	}
+	return out
+}
+
+// TestScaleOutUnderLoad starts 3 nodes, writes continuously, and adds 2:
+// replicas and leaders reach balance with no failed client write, and the
+// number of replica moves is close to the minimum.
+func TestScaleOutUnderLoad(t *testing.T) {
+	const shards, rf = 32, 3
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: shards, Replicas: rf,
+		Master: func(cfg *master.Config) { cfg.Scheduler.MaxOperatorsPerNode = 4 }})
+	ctx := ctxFor(t, 120*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error { return settled(c, rf) }); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(t, c, 8)
+	start := time.Now()
+	for range 2 {
+		if _, err := c.AddNode(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tc.WaitFor(ctx, func() error { return settled(c, rf) }); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	l.finish(t)
+	st, err := c.ClusterState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	moves := 0
+	for _, op := range st.Finished {
+		if op.Outcome != "done" {
+			t.Errorf("operator %d (%v, %s) ended %q", op.Id, op.Kind, op.Reason, op.Outcome)
+		}
+		for _, s := range op.Steps {
+			if s.GetAddLearner() != nil {
+				moves++
+			}
+		}
+	}
+	// The fewest moves that give 5 nodes their share of 96 replicas.
+	minimum := shards * rf * 2 / 5
+	r, ld := balance(st)
+	t.Logf("3 -> 5 nodes in %v: %d replica moves (minimum %d), operators %v; replicas max/mean %.3f, leaders %.3f",
+		took.Round(time.Millisecond), moves, minimum, opsByKind(st.Finished), r, ld)
+	if moves > minimum+minimum/4+2 {
+		t.Errorf("%d replica moves; the minimum is %d", moves, minimum)
+	}
+}
+
+// TestRepairAfterNodeLoss kills one of 5 nodes: once it has been down for
+// RepairAfter, every shard gets back to full replication on the survivors,
+// and the snapshots that rebuild the replicas come from several nodes.
+func TestRepairAfterNodeLoss(t *testing.T) {
+	const shards, rf = 32, 3
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 5, Shards: shards, Replicas: rf,
+		Master: func(cfg *master.Config) {
+			cfg.RepairAfter = time.Second
+			cfg.Scheduler.MaxOperatorsPerNode = 4
+		}})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error { return settled(c, rf) }); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(t, c, 4)
+	sentBefore := map[uint64]uint64{}
+	for _, n := range c.Nodes {
+		sentBefore[n.ID] = n.Store().Stats().SnapshotsSent
+	}
+	victim := c.Nodes[4]
+	lost := 0
+	st, _ := c.ClusterState()
+	for _, rt := range st.Routes.Shards {
+		for _, r := range rt.Shard.Replicas {
+			if r.NodeId == victim.ID {
+				lost++
+			}
+		}
+	}
+	victim.Stop()
+	killed := time.Now()
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := c.ClusterState()
+		if err != nil {
+			return err
+		}
+		for _, rt := range st.Routes.Shards {
+			for _, r := range rt.Shard.Replicas {
+				if r.NodeId == victim.ID {
+					return fmt.Errorf("shard %d still has a replica on node %d", rt.Shard.ShardId, victim.ID)
+				}
+			}
+		}
+		return settled(c, rf)
+	}); err != nil {
+		dumpOperators(t, c)
+		t.Fatal(err)
+	}
+	took := time.Since(killed)
+	l.finish(t)
+	sources := map[uint64]uint64{}
+	for _, n := range c.Nodes[:4] {
+		if d := n.Store().Stats().SnapshotsSent - sentBefore[n.ID]; d > 0 {
+			sources[n.ID] = d
+		}
+	}
+	t.Logf("node %d lost with %d replicas: full replication again %v after the kill (repair-after 1s); snapshots sent per surviving node %v",
+		victim.ID, lost, took.Round(time.Millisecond), sources)
+	if len(sources) < 3 {
+		t.Errorf("repair snapshots came from %d nodes (%v); want them spread over the survivors", len(sources), sources)
+	}
+}
+
+// TestDrainNode drains one of 4 nodes: it ends with no replica and is
+// removed, and every shard keeps full replication.
+func TestDrainNode(t *testing.T) {
+	const shards, rf = 32, 3
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 4, Shards: shards, Replicas: rf,
+		Master: func(cfg *master.Config) { cfg.Scheduler.MaxOperatorsPerNode = 4 }})
+	ctx := ctxFor(t, 120*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(t, c, 4)
+	m, err := c.MasterLeader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	drained := c.Nodes[1].ID
+	if _, err := m.Server().SetNodeState(ctx, &shoalpb.SetNodeStateRequest{NodeId: drained, State: shoalpb.NodeState_NODE_STATE_DRAINING}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := c.ClusterState()
+		if err != nil {
+			return err
+		}
+		for _, n := range st.Nodes {
+			if n.Id == drained && n.State != shoalpb.NodeState_NODE_STATE_REMOVED {
+				return fmt.Errorf("node %d is %v", drained, n.State)
+			}
+		}
+		return settled(c, rf)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	l.finish(t)
+	if n := len(c.NodeByID(drained).Store().Replicas()); n != 0 {
+		t.Errorf("the drained node still hosts %d replicas", n)
+	}
+}
+
+// TestMasterFailoverMidRebalance kills the master leader while operators
+// are in flight: the next leader resumes them and the rebalance finishes.
+func TestMasterFailoverMidRebalance(t *testing.T) {
+	const shards, rf = 32, 3
+	c := tc.Start(t, tc.Options{Masters: 3, Nodes: 3, Shards: shards, Replicas: rf})
+	ctx := ctxFor(t, 120*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(t, c, 4)
+	for range 2 {
+		if _, err := c.AddNode(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var inFlight []*shoalpb.Operator
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := c.ClusterState()
+		if err != nil {
+			return err
+		}
+		for _, op := range st.Operators {
+			if op.Kind == shoalpb.OperatorKind_OPERATOR_KIND_REPLICA_BALANCE && op.Current > 0 {
+				inFlight = st.Operators
+				return nil
+			}
+		}
+		return errors.New("no replica move under way yet")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := c.MasterLeader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Stop()
+	t.Logf("stopped master %d with %d operators in flight", old.ID, len(inFlight))
+	if err := tc.WaitFor(ctx, func() error { return settled(c, rf) }); err != nil {
+		t.Fatal(err)
+	}
+	l.finish(t)
+	st, err := c.ClusterState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	finished := map[uint64]*shoalpb.Operator{}
+	for _, op := range st.Finished {
+		finished[op.Id] = op
+	}
+	// Only the last finished operators are kept; those still listed must
+	// have ended well, and none may be left in flight (settled checks).
+	for _, op := range inFlight {
+		if f := finished[op.Id]; f != nil {
+			t.Logf("operator %d (%v) resumed by the new leader: %s", op.Id, op.Kind, f.Outcome)
+			if f.Outcome != "done" {
+				t.Errorf("operator %d in flight at the failover ended %q", op.Id, f.Outcome)
+			}
+		}
+	}
+	if err := old.Restart(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAdminOperations moves a replica, transfers a leader, pauses and
+// resumes scheduling, and sets a weight, through the master's gRPC API.
+func TestAdminOperations(t *testing.T) {
+	const shards, rf = 16, 3
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 4, Shards: shards, Replicas: rf})
+	ctx := ctxFor(t, 90*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error { return settled(c, rf) }); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := c.MasterLeader()
+	srv := m.Server()
+	if _, err := srv.SetScheduling(ctx, &shoalpb.SetSchedulingRequest{Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := c.ClusterState()
+	if !st.SchedulingPaused {
+		t.Fatal("scheduling not reported paused")
+	}
+	rt := st.Routes.Shards[0]
+	holds := map[uint64]bool{}
+	for _, r := range rt.Shard.Replicas {
+		holds[r.NodeId] = true
+	}
+	var from, to uint64
+	for _, n := range c.Nodes {
+		if holds[n.ID] && from == 0 {
+			from = n.ID
+		}
+		if !holds[n.ID] {
+			to = n.ID
+		}
+	}
+	shard := rt.Shard.ShardId
+	// Refusals say why.
+	if _, err := srv.MoveReplica(ctx, &shoalpb.MoveReplicaRequest{ShardId: shard, FromNode: to, ToNode: from}); err == nil {
+		t.Fatal("moving a replica from a node that has none was accepted")
+	}
+	op, err := srv.MoveReplica(ctx, &shoalpb.MoveReplicaRequest{ShardId: shard, FromNode: from, ToNode: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOp := func(id uint64) *shoalpb.Operator {
+		t.Helper()
+		var done *shoalpb.Operator
+		if err := tc.WaitFor(ctx, func() error {
+			st, err := c.ClusterState()
+			if err != nil {
+				return err
+			}
+			for _, f := range st.Finished {
+				if f.Id == id {
+					done = f
+					return nil
+				}
+			}
+			return fmt.Errorf("operator %d not finished", id)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return done
+	}
+	if f := waitOp(op.Id); f.Outcome != "done" {
+		t.Fatalf("move: %s", f.Outcome)
+	}
+	d, err := c.Descriptor(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onTo, onFrom := false, false
+	for _, r := range d.Replicas {
+		onTo = onTo || r.NodeId == to
+		onFrom = onFrom || r.NodeId == from
+	}
+	if !onTo || onFrom {
+		t.Fatalf("after moving shard %d from %d to %d: %v", shard, from, to, d.Replicas)
+	}
+	// Transfer the leadership to each voter in turn.
+	for _, r := range d.Replicas {
+		if err := tc.WaitFor(ctx, func() error {
+			lead, err := c.Leader(shard)
+			if err != nil {
+				return err
+			}
+			if lead.ID == r.NodeId {
+				return nil
+			}
+			op, err := srv.TransferShardLeader(ctx, &shoalpb.TransferShardLeaderRequest{ShardId: shard, ToNode: r.NodeId})
+			if err != nil {
+				return err
+			}
+			if f := waitOp(op.Id); f.Outcome != "done" {
+				return fmt.Errorf("transfer: %s", f.Outcome)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// While paused, nothing moves back by itself.
+	st, _ = c.ClusterState()
+	if len(st.Operators) != 0 {
+		t.Fatalf("%d operators in flight while paused", len(st.Operators))
+	}
+	// A weight set by an administrator is kept and acted on.
+	// (16 shards: a node holds at most 16 replicas, so weight 1.4 of 4.4
+	// asks for about 15.)
+	if _, err := srv.SetNodeLabels(ctx, &shoalpb.SetNodeLabelsRequest{NodeId: c.Nodes[0].ID, Weight: 1.4, Zone: "z1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.SetScheduling(ctx, &shoalpb.SetSchedulingRequest{Paused: false}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error { return settled(c, rf) }); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = c.ClusterState()
+	per := map[uint64]int{}
+	for _, rt := range st.Routes.Shards {
+		for _, r := range rt.Shard.Replicas {
+			per[r.NodeId]++
+		}
+	}
+	if per[c.Nodes[0].ID] <= per[c.Nodes[1].ID] {
+		t.Errorf("node %d has weight 1.4 but %d replicas, node %d has %d", c.Nodes[0].ID, per[c.Nodes[0].ID], c.Nodes[1].ID, per[c.Nodes[1].ID])
+	}
+	if _, err := srv.CancelOperator(ctx, &shoalpb.CancelOperatorRequest{Id: op.Id}); err == nil {
+		t.Error("cancelling a finished operator was accepted")
+	}
+}
