@@ -335,5 +335,6 @@ func printStatus(w io.Writer, st *shoalpb.ClusterState) {
 		fmt.Fprintf(tw, "%d\t%d-%d\t%d\t%s\t%s\n", d.ShardId, d.StartSlot, d.EndSlot-1, d.Epoch, leader, strings.Join(reps, " "))
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\nOPERATORS: none running (the master does not move shards by itself yet)")
+	fmt.Fprintln(w)
+	printOperators(w, st, false)
 }

@@ -43,7 +43,7 @@ group replicated on several nodes, stored in Pebble.`,
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("SHOAL_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env SHOAL_LOG_LEVEL)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("SHOAL_LOG_FORMAT", "text"), "log format: text or json (env SHOAL_LOG_FORMAT)")
-	root.AddCommand(newPlaygroundCmd(g), newMasterCmd(g), newNodeCmd(g), newClusterCmd(), newVersionCmd())
+	root.AddCommand(newPlaygroundCmd(g), newMasterCmd(g), newNodeCmd(g), newClusterCmd(), newShardCmd(), newScheduleCmd(), newOperatorCmd(), newVersionCmd())
 	root.AddCommand(newKVCmds()...)
 	return root
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shoaldb/shoal/internal/master"
+	"github.com/shoaldb/shoal/internal/master/schedule"
 	"github.com/shoaldb/shoal/internal/node"
 )
 
@@ -131,6 +132,10 @@ the replication factor; they cannot change afterwards.
 	f.IntVar(&cfg.Shards, "shards", envInt("SHOAL_SHARDS", 64), "shards at bootstrap, a power of two (env SHOAL_SHARDS)")
 	f.IntVar(&cfg.Replicas, "replicas", envInt("SHOAL_REPLICAS", 3), "replicas per shard at bootstrap, 1..7 (env SHOAL_REPLICAS)")
 	f.DurationVar(&cfg.NodeDownAfter, "node-down-after", envDuration("SHOAL_NODE_DOWN_AFTER", 30*time.Second), "a node silent this long is down (env SHOAL_NODE_DOWN_AFTER)")
+	f.DurationVar(&cfg.RepairAfter, "repair-after", envDuration("SHOAL_REPAIR_AFTER", 10*time.Minute), "replace the replicas of a node down this long (env SHOAL_REPAIR_AFTER)")
+	f.DurationVar(&cfg.OperatorStepTimeout, "operator-step-timeout", envDuration("SHOAL_OPERATOR_STEP_TIMEOUT", 10*time.Minute), "roll back an operator whose step (a snapshot included) takes longer (env SHOAL_OPERATOR_STEP_TIMEOUT)")
+	f.IntVar(&cfg.Scheduler.MaxOperators, "max-operators", envInt("SHOAL_MAX_OPERATORS", schedule.DefaultMaxOperators), "operators in flight in the cluster at most (env SHOAL_MAX_OPERATORS)")
+	f.IntVar(&cfg.Scheduler.MaxOperatorsPerNode, "max-operators-per-node", envInt("SHOAL_MAX_OPERATORS_PER_NODE", schedule.DefaultMaxOperatorsPerNode), "replica moves touching one node at most (env SHOAL_MAX_OPERATORS_PER_NODE)")
 	return cmd
 }
 
@@ -174,6 +179,7 @@ the replicas they place on it.
 			return nil
 		},
 	}
+	addNodeAdminCmds(cmd)
 	f := cmd.Flags()
 	f.StringVar(&masters, "master", envOr("SHOAL_MASTER", "127.0.0.1:7000"), "masters' gRPC addresses, comma separated (env SHOAL_MASTER)")
 	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7100"), "gRPC address (env SHOAL_LISTEN)")
@@ -181,7 +187,9 @@ the replicas they place on it.
 	f.StringVar(&cfg.DataDir, "data-dir", envOr("SHOAL_DATA_DIR", "./shoal-node"), "data directory (env SHOAL_DATA_DIR)")
 	f.StringVar(&cfg.Zone, "zone", envOr("SHOAL_ZONE", ""), "zone (rack, availability zone): replicas spread over zones (env SHOAL_ZONE)")
 	f.Float64Var(&cfg.Weight, "weight", envFloat("SHOAL_WEIGHT", 1), "capacity weight: replicas in proportion to it (env SHOAL_WEIGHT)")
-	f.StringVar(&cfg.RESPAddr, "resp", envOr("SHOAL_RESP", "127.0.0.1:6379"), "Redis protocol address advertised to clients; the Redis front end itself is not served yet (env SHOAL_RESP)")
+	f.StringVar(&cfg.RESPAddr, "resp", envOr("SHOAL_RESP", "127.0.0.1:6379"), "Redis protocol (RESP) address; empty for none (env SHOAL_RESP)")
+	f.StringVar(&cfg.RESP.Password, "resp-password", envOr("SHOAL_RESP_PASSWORD", ""), "password Redis clients must give with AUTH; empty for none (env SHOAL_RESP_PASSWORD)")
+	f.BoolVar(&cfg.RESP.Proxy, "resp-proxy", envBool("SHOAL_RESP_PROXY"), "serve every key from this node by forwarding, for clients that do not follow MOVED (env SHOAL_RESP_PROXY)")
 	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status and /healthz; empty for none (env SHOAL_HTTP)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
 	return cmd

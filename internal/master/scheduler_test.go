@@ -2,9 +2,13 @@ package master_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -519,5 +523,101 @@ func TestAdminOperations(t *testing.T) {
 	}
 	if _, err := srv.CancelOperator(ctx, &shoalpb.CancelOperatorRequest{Id: op.Id}); err == nil {
 		t.Error("cancelling a finished operator was accepted")
+	}
+}
+
+// TestHTTPAdmin drives the admin API over real HTTP: a bad request says
+// why, a follower answers 421 naming the leader, and pause, move and the
+// operator listing work.
+func TestHTTPAdmin(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 3, Nodes: 4, Shards: 8, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.MasterLeader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var follower *tc.Master
+	for _, m := range c.Masters {
+		if m != leader {
+			follower = m
+		}
+	}
+	lsrv := httptest.NewServer(leader.Server().HTTPHandler())
+	defer lsrv.Close()
+	fsrv := httptest.NewServer(follower.Server().HTTPHandler())
+	defer fsrv.Close()
+	post := func(base, path string) (int, map[string]any) {
+		t.Helper()
+		resp, err := http.Post(base+path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body := map[string]any{}
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		return resp.StatusCode, body
+	}
+	if code, body := post(lsrv.URL, "/shards/x/move?from=1&to=2"); code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(body["error"]), "positive integer") {
+		t.Fatalf("bad shard id: %d %v", code, body)
+	}
+	if code, body := post(fsrv.URL, "/scheduling/pause"); code != http.StatusMisdirectedRequest || body["leader"] != leader.Addr {
+		t.Fatalf("follower: %d %v, want 421 naming %s", code, body, leader.Addr)
+	}
+	if code, body := post(lsrv.URL, "/scheduling/pause"); code != http.StatusOK || body["paused"] != true {
+		t.Fatalf("pause: %d %v", code, body)
+	}
+	st, _ := c.ClusterState()
+	d := st.Routes.Shards[0].Shard
+	holds := map[uint64]bool{}
+	for _, r := range d.Replicas {
+		holds[r.NodeId] = true
+	}
+	var from, to uint64
+	for _, n := range st.Nodes {
+		if holds[n.Id] {
+			from = n.Id
+		} else {
+			to = n.Id
+		}
+	}
+	code, body := post(lsrv.URL, fmt.Sprintf("/shards/%d/move?from=%d&to=%d", d.ShardId, from, to))
+	if code != http.StatusOK {
+		t.Fatalf("move: %d %v", code, body)
+	}
+	if code, body := post(lsrv.URL, fmt.Sprintf("/shards/%d/move?from=%d&to=%d", d.ShardId, from, to)); code != http.StatusBadRequest ||
+		!strings.Contains(fmt.Sprint(body["error"]), "in flight") {
+		t.Fatalf("second move of a busy shard: %d %v", code, body)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		resp, err := http.Get(lsrv.URL + "/operators")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var ops struct {
+			Finished []struct {
+				ID      string `json:"id"`
+				Outcome string `json:"outcome"`
+			} `json:"finished"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&ops); err != nil {
+			return err
+		}
+		for _, f := range ops.Finished {
+			if f.ID == fmt.Sprint(body["id"]) {
+				if f.Outcome != "done" {
+					t.Fatalf("move ended %q", f.Outcome)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("operator %v not finished", body["id"])
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -490,10 +490,7 @@ func (s *Server) startHTTP(ctx context.Context) error {
 			return fmt.Errorf("master: listen %s: %w", s.cfg.HTTPAddr, err)
 		}
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/status", s.handleStatus)
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.http = &http.Server{Handler: s.HTTPHandler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("http server failed", "err", err)

@@ -676,6 +676,15 @@ func (s *Store) Checksum(ctx context.Context, shard uint64) (Checksum, error) {
 	select {
 	case <-req.done:
 	case <-ctx.Done():
+		// The worker may be taking the snapshot right now: whoever comes
+		// second closes it.
+		req.mu.Lock()
+		req.abandoned = true
+		if req.snap != nil {
+			req.snap.Close()
+			req.snap = nil
+		}
+		req.mu.Unlock()
 		return Checksum{}, timeoutError(ctx.Err())
 	}
 	if req.snap == nil {
@@ -704,17 +713,22 @@ func (s *Store) Checksum(ctx context.Context, shard uint64) (Checksum, error) {
 }
 
 type checksumRequest struct {
-	snap    *storage.Snapshot
-	applied uint64
-	spans   []keys.Span
-	done    chan struct{}
+	// mu guards snap and abandoned between the worker and a requester
+	// that gave up.
+	mu        sync.Mutex
+	abandoned bool
+	snap      *storage.Snapshot
+	applied   uint64
+	spans     []keys.Span
+	done      chan struct{}
 }
 
 // takeChecksums answers checksum requests on the worker, where the engine
 // holds exactly what the replica applied.
 func (r *Replica) takeChecksums(reqs []*checksumRequest) {
 	for _, req := range reqs {
-		if r.initialized {
+		req.mu.Lock()
+		if r.initialized && !req.abandoned {
 			req.snap = r.store.eng.NewSnapshot()
 			req.applied = r.applied
 			req.spans = []keys.Span{
@@ -723,6 +737,7 @@ func (r *Replica) takeChecksums(reqs []*checksumRequest) {
 				keys.ExpirySpan(r.desc.StartSlot, r.desc.EndSlot),
 			}
 		}
+		req.mu.Unlock()
 		close(req.done)
 	}
 }

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// startPlayground runs the playground with args until every shard is led
+// and returns the master's address; the playground stops with the test.
+func startPlayground(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncBuffer{}
+	cmd := newRootCmd(out, &syncBuffer{})
+	cmd.SetArgs(append([]string{"playground", "--master-port", "0", "--log-level", "error", "--data-dir", t.TempDir()}, args...))
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("playground: %v", err)
+		}
+	})
+	deadline := time.After(60 * time.Second)
+	for !strings.Contains(out.String(), "Every shard has a leader") {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("playground exited: %v\n%s", err, out)
+		case <-deadline:
+			t.Fatalf("playground not ready:\n%s", out)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if f := strings.Fields(line); len(f) >= 4 && f[0] == "master" && f[2] == "gRPC" {
+			return f[3]
+		}
+	}
+	t.Fatalf("no master address in:\n%s", out)
+	return ""
+}
+
+func clusterJSON(t *testing.T, m string) *shoalpb.ClusterState {
+	t.Helper()
+	got, err := run(t, "cluster", "status", "--json", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &shoalpb.ClusterState{}
+	if err := protojson.Unmarshal([]byte(got), st); err != nil {
+		t.Fatalf("cluster status --json: %v\n%s", err, got)
+	}
+	return st
+}
+
+func TestAdminCommandsAgainstPlayground(t *testing.T) {
+	m := "--master=" + startPlayground(t, "--nodes", "4", "--shards", "8")
+	mustRun := func(want string, args ...string) string {
+		t.Helper()
+		got, err := run(t, append(args, m)...)
+		if err != nil || !strings.Contains(got, want) {
+			t.Fatalf("shoal %v: %q, %v; want %q", args, got, err, want)
+		}
+		return got
+	}
+	mustRun("scheduling paused", "schedule", "pause")
+	if st := clusterJSON(t, m); !st.SchedulingPaused {
+		t.Fatal("status does not say scheduling is paused")
+	}
+	st := clusterJSON(t, m)
+	shard := st.Routes.Shards[0].Shard
+	holds := map[uint64]bool{}
+	for _, r := range shard.Replicas {
+		holds[r.NodeId] = true
+	}
+	var from, to uint64
+	for _, n := range st.Nodes {
+		if holds[n.Id] && from == 0 {
+			from = n.Id
+		} else if !holds[n.Id] {
+			to = n.Id
+		}
+	}
+	id := fmt.Sprint(shard.ShardId)
+	if _, err := run(t, "shard", "move", id, "--from", fmt.Sprint(to), "--to", fmt.Sprint(from), m); err == nil ||
+		!strings.Contains(err.Error(), "refused: node") || strings.Contains(err.Error(), "rpc error") {
+		t.Fatalf("a move from a node without the replica: %v", err)
+	}
+	mustRun("done", "shard", "move", id, "--from", fmt.Sprint(from), "--to", fmt.Sprint(to), "--wait")
+	mustRun("done", "shard", "transfer-leader", id, "--to", fmt.Sprint(to), "--wait")
+	mustRun("admin", "operator", "list", "--all")
+	mustRun(`"finished"`, "operator", "list", "--all", "--json")
+	mustRun("weight 2", "node", "set", fmt.Sprint(to), "--weight", "2")
+	mustRun("scheduling resumed", "schedule", "resume")
+	mustRun("draining", "node", "drain", fmt.Sprint(from))
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st := clusterJSON(t, m)
+		var state shoalpb.NodeState
+		for _, n := range st.Nodes {
+			if n.Id == from {
+				state = n.State
+			}
+		}
+		if state == shoalpb.NodeState_NODE_STATE_REMOVED {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %d is %v after the drain:\n%s", from, state, mustRun("OPERATORS", "cluster", "status"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out := mustRun("OPERATORS", "cluster", "status")
+	if !strings.Contains(out, "removed") {
+		t.Fatalf("status does not show the removed node:\n%s", out)
+	}
+}
