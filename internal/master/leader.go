@@ -11,6 +11,11 @@ import (
 	"github.com/shoaldb/shoal/internal/raftstore"
 )
 
+// opsSmoothing weighs a shard's newest ops/s report against the average
+// of the earlier ones (an exponential moving average over about five
+// heartbeats).
+const opsSmoothing = 0.2
+
 // run is the leader's periodic work: the failure detector, the first
 // placement, and proposing the route updates heartbeats brought.
 func (s *Server) run() {
@@ -199,7 +204,13 @@ func (s *Server) Heartbeat(ctx context.Context, req *shoalpb.HeartbeatRequest) (
 		if r.Role != string(raftstore.RoleLeader) || r.Shard == nil {
 			continue
 		}
-		s.lmu.shardStats[r.ShardId] = shardStat{ops: r.OpsPerSec, size: r.SizeBytes}
+		// Rates are smoothed over a few heartbeats: the scheduler reacts
+		// to load that lasts, not to one busy second.
+		ops := r.OpsPerSec
+		if old, ok := s.lmu.shardStats[r.ShardId]; ok {
+			ops = old.ops + (ops-old.ops)*opsSmoothing
+		}
+		s.lmu.shardStats[r.ShardId] = shardStat{ops: ops, size: r.SizeBytes}
 		h := s.lmu.hints[r.ShardId]
 		if h == nil || r.Term > h.LeaderTerm || r.Epoch > h.Shard.Epoch {
 			s.lmu.hints[r.ShardId] = &shoalpb.ShardRoute{Shard: r.Shard, LeaderReplica: r.ReplicaId, LeaderTerm: r.Term}

@@ -204,7 +204,7 @@ func (c *cluster) markHot() {
 		return 0
 	})
 	for _, sh := range byOps[:min(c.cfg.HotShards, len(byOps))] {
-		sh.hot = sh.OpsPerSec > 0 && sh.OpsPerSec >= threshold
+		sh.hot = sh.OpsPerSec > 0 && sh.OpsPerSec >= max(threshold, c.cfg.HotMinOpsPerSec)
 	}
 }
 

@@ -83,6 +83,10 @@ type Config struct {
 	// count as hot: its ops/s must be at least HotRatio times the mean
 	// over all shards. Default 2.
 	HotRatio float64
+	// HotMinOpsPerSec is the least ops/s for a shard to count as hot, so
+	// that the noise of lightly loaded shards does not move leaders about.
+	// Default 100; negative for no minimum.
+	HotMinOpsPerSec float64
 }
 
 // Default values of Config.
@@ -94,6 +98,7 @@ const (
 	DefaultMaxOperators        = 16
 	DefaultHotShards           = 8
 	DefaultHotRatio            = 2.0
+	DefaultHotMinOpsPerSec     = 100.0
 )
 
 // EnsureDefaults replaces zero fields with their defaults.
@@ -118,6 +123,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.HotRatio == 0 {
 		c.HotRatio = DefaultHotRatio
+	}
+	if c.HotMinOpsPerSec == 0 {
+		c.HotMinOpsPerSec = DefaultHotMinOpsPerSec
 	}
 }
 
