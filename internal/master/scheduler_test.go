@@ -17,6 +17,7 @@ import (
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/client"
 	"github.com/shoaldb/shoal/internal/master"
+	"github.com/shoaldb/shoal/internal/raftstore"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
@@ -617,6 +618,94 @@ func TestHTTPAdmin(t *testing.T) {
 			}
 		}
 		return fmt.Errorf("operator %v not finished", body["id"])
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMoveProgress moves a replica of a shard holding 8 MiB with snapshots
+// throttled to 2 MiB/s: while it runs, the operator shows bytes sent of the
+// total and an ETA, and the move then completes.
+func TestMoveProgress(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 4, Shards: 8, Replicas: 3,
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.SnapshotBytesPerSec = 2 << 20 }})
+	ctx := ctxFor(t, 90*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.Open(ctx, c.MasterAddrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	value := make([]byte, 64<<10)
+	for i := range 128 { // 8 MiB in the shard of the hash tag {p}
+		if _, err := cl.Put(ctx, fmt.Appendf(nil, "{p}%d", i), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shard := c.ShardOf([]byte("{p}"))
+	m, _ := c.MasterLeader()
+	srv := m.Server()
+	if _, err := srv.SetScheduling(ctx, &shoalpb.SetSchedulingRequest{Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.Descriptor(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holds := map[uint64]bool{}
+	for _, r := range d.Replicas {
+		holds[r.NodeId] = true
+	}
+	var from, to uint64
+	for _, n := range c.Nodes {
+		if holds[n.ID] {
+			from = n.ID
+		} else {
+			to = n.ID
+		}
+	}
+	op, err := srv.MoveReplica(ctx, &shoalpb.MoveReplicaRequest{ShardId: shard, FromNode: from, ToNode: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen *shoalpb.Operator
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := c.ClusterState()
+		if err != nil {
+			return err
+		}
+		for _, cur := range st.Operators {
+			if cur.Id == op.Id && cur.TotalBytes >= 8<<20 && cur.ProgressBytes > 0 && cur.EtaMs > 0 {
+				seen = cur
+				return nil
+			}
+		}
+		for _, f := range st.Finished {
+			if f.Id == op.Id {
+				t.Fatalf("operator finished (%s) before showing progress", f.Outcome)
+			}
+		}
+		return errors.New("no progress shown yet")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("progress seen: %d of %d bytes, ETA %d ms", seen.ProgressBytes, seen.TotalBytes, seen.EtaMs)
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := c.ClusterState()
+		if err != nil {
+			return err
+		}
+		for _, f := range st.Finished {
+			if f.Id == op.Id {
+				if f.Outcome != "done" {
+					t.Fatalf("move ended %q", f.Outcome)
+				}
+				return nil
+			}
+		}
+		return errors.New("move not finished")
 	}); err != nil {
 		t.Fatal(err)
 	}
