@@ -1597,10 +1597,14 @@ func (x *ClusterState) GetSchedulingPaused() bool {
 }
 
 type SetNodeStateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	State         NodeState              `protobuf:"varint,2,opt,name=state,proto3,enum=shoal.v1.NodeState" json:"state,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	State  NodeState              `protobuf:"varint,2,opt,name=state,proto3,enum=shoal.v1.NodeState" json:"state,omitempty"`
+	Reason string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When set, the change applies only if the node is in this state and,
+	// for removed, no shard or operator in flight involves it (the master
+	// removing a drained node).
+	OnlyFrom      NodeState `protobuf:"varint,4,opt,name=only_from,json=onlyFrom,proto3,enum=shoal.v1.NodeState" json:"only_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1654,6 +1658,13 @@ func (x *SetNodeStateRequest) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *SetNodeStateRequest) GetOnlyFrom() NodeState {
+	if x != nil {
+		return x.OnlyFrom
+	}
+	return NodeState_NODE_STATE_UNSPECIFIED
 }
 
 type SetNodeStateResponse struct {
@@ -2234,9 +2245,14 @@ type UpdateOperator struct {
 	Rollback      []*OperatorStep `protobuf:"bytes,6,rep,name=rollback,proto3" json:"rollback,omitempty"`
 	StartRollback bool            `protobuf:"varint,8,opt,name=start_rollback,json=startRollback,proto3" json:"start_rollback,omitempty"`
 	// The last error of the current step, for operators to see.
-	LastError     string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastError string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// The update applies only if the operator is still at expect_current
+	// and rolling back as expect_rolling_back says: a runner of an earlier
+	// master leader cannot overwrite a newer one's progress.
+	ExpectCurrent     uint32 `protobuf:"varint,9,opt,name=expect_current,json=expectCurrent,proto3" json:"expect_current,omitempty"`
+	ExpectRollingBack bool   `protobuf:"varint,10,opt,name=expect_rolling_back,json=expectRollingBack,proto3" json:"expect_rolling_back,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *UpdateOperator) Reset() {
@@ -2323,6 +2339,20 @@ func (x *UpdateOperator) GetLastError() string {
 		return x.LastError
 	}
 	return ""
+}
+
+func (x *UpdateOperator) GetExpectCurrent() uint32 {
+	if x != nil {
+		return x.ExpectCurrent
+	}
+	return 0
+}
+
+func (x *UpdateOperator) GetExpectRollingBack() bool {
+	if x != nil {
+		return x.ExpectRollingBack
+	}
+	return false
 }
 
 // PlaceShards writes the initial shard table.
@@ -3352,11 +3382,12 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\rleader_master\x18\x05 \x01(\x04R\fleaderMaster\x120\n" +
 	"\toperators\x18\x06 \x03(\v2\x12.shoal.v1.OperatorR\toperators\x12.\n" +
 	"\bfinished\x18\a \x03(\v2\x12.shoal.v1.OperatorR\bfinished\x12+\n" +
-	"\x11scheduling_paused\x18\b \x01(\bR\x10schedulingPaused\"q\n" +
+	"\x11scheduling_paused\x18\b \x01(\bR\x10schedulingPaused\"\xa3\x01\n" +
 	"\x13SetNodeStateRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.shoal.v1.NodeStateR\x05state\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\">\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x120\n" +
+	"\tonly_from\x18\x04 \x01(\x0e2\x13.shoal.v1.NodeStateR\bonlyFrom\">\n" +
 	"\x14SetNodeStateResponse\x12&\n" +
 	"\x04node\x18\x01 \x01(\v2\x12.shoal.v1.NodeInfoR\x04node\"z\n" +
 	"\x14SetNodeLabelsRequest\x12\x17\n" +
@@ -3390,7 +3421,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	" \x01(\v2\x1e.shoal.v1.SetNodeLabelsRequestH\x00R\rsetNodeLabelsB\x05\n" +
 	"\x03cmd\"B\n" +
 	"\x0eStartOperators\x120\n" +
-	"\toperators\x18\x01 \x03(\v2\x12.shoal.v1.OperatorR\toperators\"\xa2\x02\n" +
+	"\toperators\x18\x01 \x03(\v2\x12.shoal.v1.OperatorR\toperators\"\xf9\x02\n" +
 	"\x0eUpdateOperator\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\acurrent\x18\x02 \x01(\rR\acurrent\x12&\n" +
@@ -3400,7 +3431,10 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\brollback\x18\x06 \x03(\v2\x16.shoal.v1.OperatorStepR\brollback\x12%\n" +
 	"\x0estart_rollback\x18\b \x01(\bR\rstartRollback\x12\x1d\n" +
 	"\n" +
-	"last_error\x18\a \x01(\tR\tlastError\"@\n" +
+	"last_error\x18\a \x01(\tR\tlastError\x12%\n" +
+	"\x0eexpect_current\x18\t \x01(\rR\rexpectCurrent\x12.\n" +
+	"\x13expect_rolling_back\x18\n" +
+	" \x01(\bR\x11expectRollingBack\"@\n" +
 	"\vPlaceShards\x121\n" +
 	"\x06shards\x18\x01 \x03(\v2\x19.shoal.v1.ShardDescriptorR\x06shards\"<\n" +
 	"\fUpdateRoutes\x12,\n" +
@@ -3607,65 +3641,66 @@ var file_shoalpb_master_proto_depIdxs = []int32{
 	42, // 17: shoal.v1.ClusterState.operators:type_name -> shoal.v1.Operator
 	42, // 18: shoal.v1.ClusterState.finished:type_name -> shoal.v1.Operator
 	0,  // 19: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
-	3,  // 20: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
-	4,  // 21: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
-	8,  // 22: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
-	22, // 23: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
-	32, // 24: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
-	33, // 25: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
-	30, // 26: shoal.v1.MetaCommand.start_operators:type_name -> shoal.v1.StartOperators
-	31, // 27: shoal.v1.MetaCommand.update_operator:type_name -> shoal.v1.UpdateOperator
-	25, // 28: shoal.v1.MetaCommand.set_scheduling:type_name -> shoal.v1.SetSchedulingRequest
-	24, // 29: shoal.v1.MetaCommand.set_node_labels:type_name -> shoal.v1.SetNodeLabelsRequest
-	42, // 30: shoal.v1.StartOperators.operators:type_name -> shoal.v1.Operator
-	5,  // 31: shoal.v1.UpdateOperator.route:type_name -> shoal.v1.ShardRoute
-	37, // 32: shoal.v1.UpdateOperator.rollback:type_name -> shoal.v1.OperatorStep
-	45, // 33: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
-	5,  // 34: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
-	1,  // 35: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
-	3,  // 36: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
-	4,  // 37: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
-	1,  // 38: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
-	45, // 39: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
-	38, // 40: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
-	39, // 41: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
-	40, // 42: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
-	41, // 43: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
-	2,  // 44: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
-	37, // 45: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
-	37, // 46: shoal.v1.RunStepRequest.step:type_name -> shoal.v1.OperatorStep
-	5,  // 47: shoal.v1.RunStepResponse.route:type_name -> shoal.v1.ShardRoute
-	14, // 48: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
-	8,  // 49: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
-	12, // 50: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	18, // 51: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
-	19, // 52: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
-	20, // 53: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	22, // 54: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
-	24, // 55: shoal.v1.Master.SetNodeLabels:input_type -> shoal.v1.SetNodeLabelsRequest
-	25, // 56: shoal.v1.Master.SetScheduling:input_type -> shoal.v1.SetSchedulingRequest
-	26, // 57: shoal.v1.Master.MoveReplica:input_type -> shoal.v1.MoveReplicaRequest
-	27, // 58: shoal.v1.Master.TransferShardLeader:input_type -> shoal.v1.TransferShardLeaderRequest
-	28, // 59: shoal.v1.Master.CancelOperator:input_type -> shoal.v1.CancelOperatorRequest
-	43, // 60: shoal.v1.NodeAdmin.RunStep:input_type -> shoal.v1.RunStepRequest
-	4,  // 61: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
-	9,  // 62: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
-	17, // 63: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	6,  // 64: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
-	6,  // 65: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
-	21, // 66: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
-	23, // 67: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
-	23, // 68: shoal.v1.Master.SetNodeLabels:output_type -> shoal.v1.SetNodeStateResponse
-	25, // 69: shoal.v1.Master.SetScheduling:output_type -> shoal.v1.SetSchedulingRequest
-	42, // 70: shoal.v1.Master.MoveReplica:output_type -> shoal.v1.Operator
-	42, // 71: shoal.v1.Master.TransferShardLeader:output_type -> shoal.v1.Operator
-	42, // 72: shoal.v1.Master.CancelOperator:output_type -> shoal.v1.Operator
-	44, // 73: shoal.v1.NodeAdmin.RunStep:output_type -> shoal.v1.RunStepResponse
-	61, // [61:74] is the sub-list for method output_type
-	48, // [48:61] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	0,  // 20: shoal.v1.SetNodeStateRequest.only_from:type_name -> shoal.v1.NodeState
+	3,  // 21: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
+	4,  // 22: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
+	8,  // 23: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
+	22, // 24: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
+	32, // 25: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
+	33, // 26: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
+	30, // 27: shoal.v1.MetaCommand.start_operators:type_name -> shoal.v1.StartOperators
+	31, // 28: shoal.v1.MetaCommand.update_operator:type_name -> shoal.v1.UpdateOperator
+	25, // 29: shoal.v1.MetaCommand.set_scheduling:type_name -> shoal.v1.SetSchedulingRequest
+	24, // 30: shoal.v1.MetaCommand.set_node_labels:type_name -> shoal.v1.SetNodeLabelsRequest
+	42, // 31: shoal.v1.StartOperators.operators:type_name -> shoal.v1.Operator
+	5,  // 32: shoal.v1.UpdateOperator.route:type_name -> shoal.v1.ShardRoute
+	37, // 33: shoal.v1.UpdateOperator.rollback:type_name -> shoal.v1.OperatorStep
+	45, // 34: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
+	5,  // 35: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
+	1,  // 36: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
+	3,  // 37: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
+	4,  // 38: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
+	1,  // 39: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
+	45, // 40: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
+	38, // 41: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
+	39, // 42: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
+	40, // 43: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
+	41, // 44: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
+	2,  // 45: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
+	37, // 46: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
+	37, // 47: shoal.v1.RunStepRequest.step:type_name -> shoal.v1.OperatorStep
+	5,  // 48: shoal.v1.RunStepResponse.route:type_name -> shoal.v1.ShardRoute
+	14, // 49: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
+	8,  // 50: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
+	12, // 51: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	18, // 52: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
+	19, // 53: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
+	20, // 54: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	22, // 55: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
+	24, // 56: shoal.v1.Master.SetNodeLabels:input_type -> shoal.v1.SetNodeLabelsRequest
+	25, // 57: shoal.v1.Master.SetScheduling:input_type -> shoal.v1.SetSchedulingRequest
+	26, // 58: shoal.v1.Master.MoveReplica:input_type -> shoal.v1.MoveReplicaRequest
+	27, // 59: shoal.v1.Master.TransferShardLeader:input_type -> shoal.v1.TransferShardLeaderRequest
+	28, // 60: shoal.v1.Master.CancelOperator:input_type -> shoal.v1.CancelOperatorRequest
+	43, // 61: shoal.v1.NodeAdmin.RunStep:input_type -> shoal.v1.RunStepRequest
+	4,  // 62: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
+	9,  // 63: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
+	17, // 64: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	6,  // 65: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
+	6,  // 66: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
+	21, // 67: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
+	23, // 68: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
+	23, // 69: shoal.v1.Master.SetNodeLabels:output_type -> shoal.v1.SetNodeStateResponse
+	25, // 70: shoal.v1.Master.SetScheduling:output_type -> shoal.v1.SetSchedulingRequest
+	42, // 71: shoal.v1.Master.MoveReplica:output_type -> shoal.v1.Operator
+	42, // 72: shoal.v1.Master.TransferShardLeader:output_type -> shoal.v1.Operator
+	42, // 73: shoal.v1.Master.CancelOperator:output_type -> shoal.v1.Operator
+	44, // 74: shoal.v1.NodeAdmin.RunStep:output_type -> shoal.v1.RunStepResponse
+	62, // [62:75] is the sub-list for method output_type
+	49, // [49:62] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_master_proto_init() }

@@ -90,7 +90,8 @@ nothing. Follow with 'shoal cluster status' or 'shoal operator list'.`, shoalpb.
 		`Remove a node at once, for a node that is gone for good: its replicas are
 replaced on other nodes right away, without waiting for --repair-after. A
 removed node cannot come back (wipe its data directory to add it again as a
-new node). To take a healthy node out without losing redundancy, drain it.`, shoalpb.NodeState_NODE_STATE_REMOVED)
+new node). A node that is up and holds replicas is refused: drain it (it is
+removed once empty), or stop it and remove it once the master sees it down.`, shoalpb.NodeState_NODE_STATE_REMOVED)
 	var (
 		weight float64
 		zone   string

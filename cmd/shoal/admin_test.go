@@ -101,7 +101,7 @@ func TestAdminCommandsAgainstPlayground(t *testing.T) {
 	mustRun("weight 2", "node", "set", fmt.Sprint(to), "--weight", "2")
 	mustRun("scheduling resumed", "schedule", "resume")
 	mustRun("draining", "node", "drain", fmt.Sprint(from))
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.After(60 * time.Second)
 	for {
 		st := clusterJSON(t, m)
 		var state shoalpb.NodeState
@@ -113,10 +113,11 @@ func TestAdminCommandsAgainstPlayground(t *testing.T) {
 		if state == shoalpb.NodeState_NODE_STATE_REMOVED {
 			break
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline:
 			t.Fatalf("node %d is %v after the drain:\n%s", from, state, mustRun("OPERATORS", "cluster", "status"))
+		case <-time.After(100 * time.Millisecond):
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	out := mustRun("OPERATORS", "cluster", "status")
 	if !strings.Contains(out, "removed") {

@@ -55,6 +55,11 @@ func (s *Server) leading() bool {
 		s.lmu.term = 0
 		return false
 	}
+	if st.Term < s.lmu.term {
+		// A status read before a newer one that another call already
+		// acted on.
+		return true
+	}
 	if s.lmu.term != st.Term {
 		if s.lmu.cancel != nil {
 			s.lmu.cancel()
@@ -83,7 +88,9 @@ func (s *Server) leading() bool {
 func (s *Server) detectFailures(ctx context.Context) {
 	now := time.Now()
 	for _, n := range s.meta.nodes() {
-		if n.State != shoalpb.NodeState_NODE_STATE_UP && n.State != shoalpb.NodeState_NODE_STATE_DRAINING {
+		// A draining node stays draining even if silent: its replicas move
+		// off either way, and a restart must not end the drain.
+		if n.State != shoalpb.NodeState_NODE_STATE_UP {
 			continue
 		}
 		s.lmu.Lock()

@@ -330,7 +330,12 @@ func TestFailureDetector(t *testing.T) {
 	if err := set(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_DOWN); err == nil {
 		t.Fatal("an administrator set a node down")
 	}
+	// A live node with replicas is not removed; once it is down, it is.
+	if err := set(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_REMOVED); err == nil {
+		t.Fatal("a live node holding replicas was removed")
+	}
 	c.Nodes[3].Stop()
+	waitState(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_DOWN)
 	if err := set(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_REMOVED); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package master
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 
@@ -249,6 +250,14 @@ func (m *metaState) apply(b *storage.Batch, cmd *shoalpb.MetaCommand) (*shoalpb.
 		if n.State == req.State {
 			return &shoalpb.MetaResult{Node: n}, nil
 		}
+		if req.OnlyFrom != shoalpb.NodeState_NODE_STATE_UNSPECIFIED {
+			if n.State != req.OnlyFrom {
+				return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "node %d is %v, not %v", n.Id, n.State, req.OnlyFrom), nil
+			}
+			if req.State == shoalpb.NodeState_NODE_STATE_REMOVED && m.involvedLocked(n.Id) {
+				return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "node %d still holds replicas or is the target of an operator", n.Id), nil
+			}
+		}
 		n = proto.Clone(n).(*shoalpb.NodeInfo)
 		n.State, n.StateReason, n.StateSinceMs = req.State, req.Reason, now
 		if err := m.putNodeLocked(b, n); err != nil {
@@ -303,8 +312,11 @@ func (m *metaState) apply(b *storage.Batch, cmd *shoalpb.MetaCommand) (*shoalpb.
 		if n == nil || n.State == shoalpb.NodeState_NODE_STATE_REMOVED {
 			return fail(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, "no node %d (or it was removed)", req.NodeId), nil
 		}
-		if req.Weight < 0 {
-			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "weight %v: want > 0", req.Weight), nil
+		if req.Weight < 0 || !validWeight(req.Weight) {
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "weight %v: want a finite number > 0", req.Weight), nil
+		}
+		if req.Weight == 0 && req.Zone == "" && !req.ClearZone {
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "nothing to set: give a weight or a zone"), nil
 		}
 		n = proto.Clone(n).(*shoalpb.NodeInfo)
 		if req.Zone != "" || req.ClearZone {
@@ -371,6 +383,11 @@ func (m *metaState) startOperatorsLocked(b *storage.Batch, ops []*shoalpb.Operat
 		case op.Id < m.mu.ids.NextOperator || m.mu.ops[op.Id] != nil:
 			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator ID %d already used", op.Id), nil
 		}
+		for _, st := range op.Steps {
+			if al := st.GetAddLearner(); al != nil && al.ReplicaId < m.mu.ids.NextReplica {
+				return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator %d: replica ID %d already used", op.Id, al.ReplicaId), nil
+			}
+		}
 		busy[op.ShardId] = true
 	}
 	for _, op := range ops {
@@ -405,6 +422,10 @@ func (m *metaState) updateOperatorLocked(b *storage.Batch, u *shoalpb.UpdateOper
 			return nil, err
 		}
 	}
+	if cur.Current != u.ExpectCurrent || cur.RollingBack != u.ExpectRollingBack {
+		return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator %d is at step %d (rolling back %v), not %d (%v)",
+			u.Id, cur.Current, cur.RollingBack, u.ExpectCurrent, u.ExpectRollingBack), nil
+	}
 	op := proto.Clone(cur).(*shoalpb.Operator)
 	if u.Current != op.Current {
 		op.Current, op.StepStartedMs, op.ProgressBytes, op.TotalBytes = u.Current, now, 0, 0
@@ -415,6 +436,7 @@ func (m *metaState) updateOperatorLocked(b *storage.Batch, u *shoalpb.UpdateOper
 	if u.StartRollback {
 		op.Steps = append(op.Steps[:min(int(op.Current), len(op.Steps))], u.Rollback...)
 		op.RollingBack, op.StepStartedMs = true, now
+		op.Reason += "; rolling back: " + u.LastError
 	}
 	op.LastError = u.LastError
 	if u.Outcome != "" {
@@ -443,6 +465,35 @@ func (m *metaState) updateOperatorLocked(b *storage.Batch, u *shoalpb.UpdateOper
 	return &shoalpb.MetaResult{}, nil
 }
 
+// involvedLocked reports whether a shard has a replica on node or an
+// operator in flight adds one there.
+func (m *metaState) involvedLocked(node uint64) bool {
+	for _, rt := range m.mu.routes {
+		for _, r := range rt.Shard.Replicas {
+			if r.NodeId == node {
+				return true
+			}
+		}
+	}
+	for _, op := range m.mu.ops {
+		for _, st := range op.Steps {
+			if st.GetAddLearner().GetNodeId() == node {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// involved reports whether a shard or an operator in flight involves node.
+func (m *metaState) involved(node uint64) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.involvedLocked(node)
+}
+
+func validWeight(w float64) bool { return !math.IsNaN(w) && !math.IsInf(w, 0) }
+
 func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRequest, now int64) (*shoalpb.MetaResult, error) {
 	cl := m.mu.cluster
 	if cl == nil {
@@ -452,7 +503,7 @@ func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRe
 		return fail(shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER,
 			"node %d belongs to cluster %s; this is cluster %s", req.NodeId, req.ClusterId, cl.ClusterId), nil
 	}
-	if req.Addr == "" || req.Weight <= 0 {
+	if req.Addr == "" || req.Weight <= 0 || !validWeight(req.Weight) {
 		return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "a node needs an address and a positive weight"), nil
 	}
 	var n *shoalpb.NodeInfo

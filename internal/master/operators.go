@@ -119,28 +119,36 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 		if op == nil || op.Outcome != "" {
 			return
 		}
-		if reason := r.abortReason(); reason != "" && !op.RollingBack {
-			s.rollback(ctx, op, reason)
-			continue
-		}
 		if int(op.Current) >= len(op.Steps) {
 			outcome := "done"
 			if op.RollingBack {
-				outcome = "rolled back: " + op.LastError
+				outcome = "rolled back"
 			}
-			s.updateOperator(ctx, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: outcome, LastError: op.LastError})
+			s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: outcome})
 			s.log.Info("operator finished", "op", op.Id, "shard", op.ShardId, "kind", kindName(op.Kind), "outcome", outcome,
 				"took", time.Since(time.UnixMilli(op.CreatedMs)).Round(time.Millisecond))
 			return
 		}
+		if reason := r.abortReason(); reason != "" && !op.RollingBack {
+			s.rollback(ctx, op, reason)
+			continue
+		}
 		step := op.Steps[op.Current]
 		rt := s.meta.route(op.ShardId)
 		if rt == nil {
-			s.updateOperator(ctx, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: "failed: the shard is gone"})
+			s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: "failed: the shard is gone"})
 			return
 		}
-		if schedule.StepDone(rt.Shard, rt.LeaderReplica, step) {
-			s.updateOperator(ctx, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current + 1})
+		if rm := step.GetRemoveReplica(); op.RollingBack && rm != nil {
+			// Undo only a learner. The route may lag the shard, but the
+			// step runs under its epoch, so the leader confirms or refuses
+			// what the route says.
+			if rep := findReplica(rt.Shard, rm.ReplicaId); rep != nil && rep.Role == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
+				s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current + 1})
+				continue
+			}
+		} else if schedule.StepDone(rt.Shard, rt.LeaderReplica, step) {
+			s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current + 1})
 			backoff = 50 * time.Millisecond
 			continue
 		}
@@ -151,7 +159,7 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 				reason += ": " + last
 			}
 			if op.RollingBack {
-				s.updateOperator(ctx, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: "failed: rollback " + reason})
+				s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: "failed: rollback " + reason})
 				s.log.Error("operator rollback failed", "op", op.Id, "shard", op.ShardId, "reason", reason)
 				return
 			}
@@ -168,7 +176,7 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 		r.mu.stepCancel = nil
 		r.mu.Unlock()
 		if err == nil {
-			s.updateOperator(ctx, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current + 1, Route: route})
+			s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current + 1, Route: route})
 			r.setLastError("")
 			backoff = 50 * time.Millisecond
 			continue
@@ -182,14 +190,15 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 		case shoalpb.ErrorCode_ERROR_CODE_EPOCH_MISMATCH:
 			// The shard moved on (a reply we lost, or a change we did not
 			// make): record where it is and look again.
-			if d.Shard != nil {
+			if d.Shard != nil && d.Shard.Epoch > rt.Shard.Epoch {
 				s.updateRoutes(ctx, &shoalpb.ShardRoute{Shard: d.Shard})
+				continue
 			}
-			continue
+			// The node is behind the route (it has not applied the change
+			// yet): wait below.
 		case shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER:
 			if d.LeaderId != 0 {
 				s.noteLeaderNode(op.ShardId, d.LeaderId)
-				continue
 			}
 		case shoalpb.ErrorCode_ERROR_CODE_INVALID:
 			if !op.RollingBack {
@@ -221,17 +230,16 @@ func (r *runner) lastError() string {
 
 // rollback replaces what is left of op by the steps that undo it.
 func (s *Server) rollback(ctx context.Context, op *shoalpb.Operator, reason string) {
-	rt := s.meta.route(op.ShardId)
-	var steps []*shoalpb.OperatorStep
-	if rt != nil {
-		steps = schedule.Rollback(op, rt.Shard)
-	}
+	steps := schedule.Rollback(op)
 	s.log.Warn("rolling operator back", "op", op.Id, "shard", op.ShardId, "kind", kindName(op.Kind), "reason", reason, "undo_steps", len(steps))
-	s.updateOperator(ctx, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, StartRollback: true, Rollback: steps, LastError: reason})
+	s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, StartRollback: true, Rollback: steps, LastError: reason})
 }
 
-// updateOperator proposes u, retrying until it is recorded or ctx ends.
-func (s *Server) updateOperator(ctx context.Context, u *shoalpb.UpdateOperator) {
+// updateOperator proposes u for op as the runner last read it, retrying
+// until it is recorded, refused (op moved on: the runner reads it again) or
+// ctx ends.
+func (s *Server) updateOperator(ctx context.Context, op *shoalpb.Operator, u *shoalpb.UpdateOperator) {
+	u.ExpectCurrent, u.ExpectRollingBack = op.Current, op.RollingBack
 	for ctx.Err() == nil {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := s.propose(pctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_UpdateOperator{UpdateOperator: u}})
@@ -293,9 +301,11 @@ func (s *Server) runStep(ctx context.Context, rt *shoalpb.ShardRoute, step *shoa
 		}
 	}
 	var last error
-	for _, id := range candidates {
+	for i, id := range candidates {
 		n := s.meta.node(id)
-		if n == nil || (n.State != shoalpb.NodeState_NODE_STATE_UP && n.State != shoalpb.NodeState_NODE_STATE_DRAINING) {
+		// The leader is asked whatever the master thinks of its node: only
+		// it can run the step. Other replicas only if they are live.
+		if n == nil || (i > 0 || node == 0) && n.State != shoalpb.NodeState_NODE_STATE_UP && n.State != shoalpb.NodeState_NODE_STATE_DRAINING {
 			continue
 		}
 		conn, err := s.nodeConn(n.Addr)
@@ -350,6 +360,8 @@ func (s *Server) scheduleRound(ctx context.Context) {
 	if s.meta.cluster() == nil || !s.meta.placed() {
 		return
 	}
+	s.planMu.Lock()
+	defer s.planMu.Unlock()
 	snap := s.snapshot()
 	for _, id := range schedule.Obsolete(snap) {
 		s.abortOperator(id, "a node it needs is no longer up")
@@ -394,12 +406,22 @@ func (s *Server) removeDrained(ctx context.Context, snap schedule.Snapshot) {
 		}
 		if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetNodeState{SetNodeState: &shoalpb.SetNodeStateRequest{
 			NodeId: n.ID, State: shoalpb.NodeState_NODE_STATE_REMOVED, Reason: "drained: it holds no replica",
+			OnlyFrom: shoalpb.NodeState_NODE_STATE_DRAINING,
 		}}}); err != nil {
 			s.log.Warn("cannot remove a drained node", "node", n.ID, "err", err)
 			continue
 		}
 		s.log.Info("node removed", "node", n.ID, "reason", "drained: it holds no replica")
 	}
+}
+
+func findReplica(d *shoalpb.ShardDescriptor, id uint64) *shoalpb.ReplicaDescriptor {
+	for _, r := range d.GetReplicas() {
+		if r.ReplicaId == id {
+			return r
+		}
+	}
+	return nil
 }
 
 // snapshot is the cluster as the scheduler sees it.

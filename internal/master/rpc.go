@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -43,7 +44,8 @@ func (s *Server) toStatus(err error) error {
 	switch {
 	case errors.As(err, &ce):
 		detail.Code = ce.code
-	case errors.Is(err, raftstore.ErrNotLeader), errors.Is(err, raftstore.ErrNoLeader), errors.Is(err, errNoMetaLeader):
+	case errors.Is(err, raftstore.ErrNotLeader), errors.Is(err, raftstore.ErrNoLeader), errors.Is(err, errNoMetaLeader),
+		errors.Is(err, raftstore.ErrLeadershipLost):
 		detail.Code = shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER
 	case errors.Is(err, raftstore.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
@@ -172,6 +174,14 @@ func (s *Server) SetNodeState(ctx context.Context, req *shoalpb.SetNodeStateRequ
 	if req.Reason == "" {
 		req.Reason = "set by an administrator"
 	}
+	if n := s.meta.node(req.NodeId); req.State == shoalpb.NodeState_NODE_STATE_REMOVED && n != nil &&
+		(n.State == shoalpb.NodeState_NODE_STATE_UP || n.State == shoalpb.NodeState_NODE_STATE_DRAINING) && s.meta.involved(n.Id) {
+		// A live node that leads shards would have to run the steps that
+		// replace it, as a stranger to the cluster.
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_INVALID,
+			"node %d is %s and holds replicas: drain it (it is removed once empty), or stop it first",
+			n.Id, strings.ToLower(strings.TrimPrefix(n.State.String(), "NODE_STATE_"))))
+	}
 	res, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetNodeState{SetNodeState: req}})
 	if err != nil {
 		return nil, s.toStatus(err)
@@ -237,12 +247,17 @@ func (s *Server) startAdmin(ctx context.Context, plan func(schedule.Snapshot) (*
 	if !s.meta.placed() {
 		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_NOT_BOOTSTRAPPED, "the shards are not placed yet"))
 	}
+	// One planner at a time: plans take IDs from the same allocators.
+	s.planMu.Lock()
 	op, err := plan(s.snapshot())
 	if err != nil {
+		s.planMu.Unlock()
 		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_INVALID, "%s", err.Error()))
 	}
-	if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_StartOperators{StartOperators: &shoalpb.StartOperators{
-		Operators: []*shoalpb.Operator{op}}}}); err != nil {
+	_, err = s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_StartOperators{StartOperators: &shoalpb.StartOperators{
+		Operators: []*shoalpb.Operator{op}}}})
+	s.planMu.Unlock()
+	if err != nil {
 		return nil, s.toStatus(err)
 	}
 	s.log.Info("operator started", "op", op.Id, "shard", op.ShardId, "kind", kindName(op.Kind), "reason", op.Reason, "steps", describeSteps(op.Steps))

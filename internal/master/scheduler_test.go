@@ -325,8 +325,13 @@ func TestDrainNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.finish(t)
-	if n := len(c.NodeByID(drained).Store().Replicas()); n != 0 {
-		t.Errorf("the drained node still hosts %d replicas", n)
+	if err := tc.WaitFor(ctx, func() error {
+		if n := len(c.NodeByID(drained).Store().Replicas()); n != 0 {
+			return fmt.Errorf("the drained node still hosts %d replicas", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -408,6 +413,11 @@ func TestAdminOperations(t *testing.T) {
 	}
 	m, _ := c.MasterLeader()
 	srv := m.Server()
+	// A live node that holds replicas is drained, not removed.
+	if _, err := srv.SetNodeState(ctx, &shoalpb.SetNodeStateRequest{NodeId: c.Nodes[0].ID, State: shoalpb.NodeState_NODE_STATE_REMOVED}); err == nil ||
+		!strings.Contains(err.Error(), "drain it") {
+		t.Fatalf("removing a live node with replicas: %v", err)
+	}
 	if _, err := srv.SetScheduling(ctx, &shoalpb.SetSchedulingRequest{Paused: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -534,6 +544,9 @@ func TestHTTPAdmin(t *testing.T) {
 	c := tc.Start(t, tc.Options{Masters: 3, Nodes: 4, Shards: 8, Replicas: 3})
 	ctx := ctxFor(t, 60*time.Second)
 	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error { return settled(c, 3) }); err != nil {
 		t.Fatal(err)
 	}
 	leader, err := c.MasterLeader()

@@ -186,6 +186,10 @@ type Server struct {
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
 
+	// planMu makes planning and recording operators one at a time (the
+	// scheduler's rounds and administrators' requests).
+	planMu sync.Mutex
+
 	stopOnce sync.Once
 	stopC    chan struct{}
 	wg       sync.WaitGroup

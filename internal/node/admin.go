@@ -50,6 +50,12 @@ func (a *adminService) RunStep(ctx context.Context, req *shoalpb.RunStepRequest)
 		case *shoalpb.OperatorStep_TransferLeader:
 			return st.TransferLeader(ctx, shard, s.TransferLeader.ToReplica)
 		case *shoalpb.OperatorStep_RemoveReplica:
+			// Already gone at the epoch the master planned on: done (a
+			// rollback confirming that a learner was never added).
+			if cur, err := st.Status(shard); err == nil && cur.Role == raftstore.RoleLeader &&
+				cur.Descriptor.GetEpoch() == req.Epoch && !hasReplica(cur.Descriptor, s.RemoveReplica.ReplicaId) {
+				return nil
+			}
 			_, err := st.ChangeReplicas(ctx, shard, req.Epoch, []raftstore.ReplicaChange{{
 				Type: raftstore.RemoveReplica, ReplicaID: s.RemoveReplica.ReplicaId,
 			}})
@@ -108,6 +114,15 @@ func (a *adminService) waitCaughtUp(ctx context.Context, shard uint64, learners 
 		case <-t.C:
 		}
 	}
+}
+
+func hasReplica(d *shoalpb.ShardDescriptor, id uint64) bool {
+	for _, r := range d.GetReplicas() {
+		if r.ReplicaId == id {
+			return true
+		}
+	}
+	return false
 }
 
 // snapshotReports lists the snapshots this node is sending, for the

@@ -377,7 +377,9 @@ func inVoters(desc *shoalpb.ShardDescriptor, replicaID uint64) bool {
 func pickTransferTarget(st ReplicaStatus, final *shoalpb.ShardDescriptor) uint64 {
 	best, bestMatch := uint64(0), uint64(0)
 	for _, id := range voters(final) {
-		if id == st.ReplicaID {
+		// Only a current voter can take over: a learner being promoted
+		// by the same change cannot.
+		if id == st.ReplicaID || !inVoters(st.Descriptor, id) {
 			continue
 		}
 		if m := st.Progress[id].Match; best == 0 || m > bestMatch {

@@ -69,8 +69,8 @@ func TransferLeader(s Snapshot, shard, to uint64) (*shoalpb.Operator, error) {
 	switch {
 	case target == nil:
 		return nil, refused("node %d holds no voter of shard %d", to, shard)
-	case !c.live(to):
-		return nil, refused("node %d is not live", to)
+	case !c.placeable(to):
+		return nil, refused("node %d is not up (or has no weight): it cannot take the leadership", to)
 	case sh.LeaderReplica == target.ReplicaId:
 		return nil, refused("node %d already leads shard %d", to, shard)
 	}
@@ -118,20 +118,22 @@ func StepDone(d *shoalpb.ShardDescriptor, leader uint64, step *shoalpb.OperatorS
 	return false
 }
 
-// Rollback returns the steps that undo what op has done to d so far: the
-// replicas it added that are still learners are removed. A replica it
+// Rollback returns the steps that undo what op has done so far: every
+// replica it added (or may have added: the step in progress counts) is
+// removed again, as a RemoveReplica step. The executor runs such a step
+// during a rollback only while the replica is still a learner: a replica
 // already promoted stays (the shard has full strength with it, and taking a
-// voter away is itself a risk); the scheduler balances afterwards.
-// Leadership changes are not undone either.
-func Rollback(op *shoalpb.Operator, d *shoalpb.ShardDescriptor) []*shoalpb.OperatorStep {
+// voter away is itself a risk; the scheduler balances afterwards), and one
+// that is not there is confirmed absent by the shard's leader. Leadership
+// changes are not undone.
+func Rollback(op *shoalpb.Operator) []*shoalpb.OperatorStep {
 	var out []*shoalpb.OperatorStep
-	for _, step := range op.Steps {
+	for i, step := range op.Steps {
 		al := step.GetAddLearner()
-		if al == nil {
+		if al == nil || i > int(op.Current) {
 			continue
 		}
-		if r := findReplica(d, al.ReplicaId); r != nil && r.Role == shoalpb.ReplicaRole_REPLICA_ROLE_LEARNER &&
-			!slices.ContainsFunc(out, func(s *shoalpb.OperatorStep) bool { return s.GetRemoveReplica().GetReplicaId() == al.ReplicaId }) {
+		if !slices.ContainsFunc(out, func(s *shoalpb.OperatorStep) bool { return s.GetRemoveReplica().GetReplicaId() == al.ReplicaId }) {
 			out = append(out, removeReplicaStep(al.ReplicaId))
 		}
 	}
