@@ -2251,8 +2251,11 @@ type UpdateOperator struct {
 	// master leader cannot overwrite a newer one's progress.
 	ExpectCurrent     uint32 `protobuf:"varint,9,opt,name=expect_current,json=expectCurrent,proto3" json:"expect_current,omitempty"`
 	ExpectRollingBack bool   `protobuf:"varint,10,opt,name=expect_rolling_back,json=expectRollingBack,proto3" json:"expect_rolling_back,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Set alone: ask for the operator to be rolled back, with this reason
+	// (an administrator's cancel, kept across master failovers).
+	RequestAbort  string `protobuf:"bytes,11,opt,name=request_abort,json=requestAbort,proto3" json:"request_abort,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateOperator) Reset() {
@@ -2353,6 +2356,13 @@ func (x *UpdateOperator) GetExpectRollingBack() bool {
 		return x.ExpectRollingBack
 	}
 	return false
+}
+
+func (x *UpdateOperator) GetRequestAbort() string {
+	if x != nil {
+		return x.RequestAbort
+	}
+	return ""
 }
 
 // PlaceShards writes the initial shard table.
@@ -3017,9 +3027,11 @@ type Operator struct {
 	LastError string `protobuf:"bytes,15,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// Estimated ms until the current step ends (from its progress); filled
 	// in when the cluster state is read, 0 when unknown.
-	EtaMs         int64 `protobuf:"varint,16,opt,name=eta_ms,json=etaMs,proto3" json:"eta_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	EtaMs int64 `protobuf:"varint,16,opt,name=eta_ms,json=etaMs,proto3" json:"eta_ms,omitempty"`
+	// An administrator asked for a rollback, with this reason.
+	AbortRequested string `protobuf:"bytes,17,opt,name=abort_requested,json=abortRequested,proto3" json:"abort_requested,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Operator) Reset() {
@@ -3162,6 +3174,13 @@ func (x *Operator) GetEtaMs() int64 {
 		return x.EtaMs
 	}
 	return 0
+}
+
+func (x *Operator) GetAbortRequested() string {
+	if x != nil {
+		return x.AbortRequested
+	}
+	return ""
 }
 
 type RunStepRequest struct {
@@ -3421,7 +3440,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	" \x01(\v2\x1e.shoal.v1.SetNodeLabelsRequestH\x00R\rsetNodeLabelsB\x05\n" +
 	"\x03cmd\"B\n" +
 	"\x0eStartOperators\x120\n" +
-	"\toperators\x18\x01 \x03(\v2\x12.shoal.v1.OperatorR\toperators\"\xf9\x02\n" +
+	"\toperators\x18\x01 \x03(\v2\x12.shoal.v1.OperatorR\toperators\"\x9e\x03\n" +
 	"\x0eUpdateOperator\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
 	"\acurrent\x18\x02 \x01(\rR\acurrent\x12&\n" +
@@ -3434,7 +3453,8 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"last_error\x18\a \x01(\tR\tlastError\x12%\n" +
 	"\x0eexpect_current\x18\t \x01(\rR\rexpectCurrent\x12.\n" +
 	"\x13expect_rolling_back\x18\n" +
-	" \x01(\bR\x11expectRollingBack\"@\n" +
+	" \x01(\bR\x11expectRollingBack\x12#\n" +
+	"\rrequest_abort\x18\v \x01(\tR\frequestAbort\"@\n" +
 	"\vPlaceShards\x121\n" +
 	"\x06shards\x18\x01 \x03(\v2\x19.shoal.v1.ShardDescriptorR\x06shards\"<\n" +
 	"\fUpdateRoutes\x12,\n" +
@@ -3477,7 +3497,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"to_replica\x18\x01 \x01(\x04R\ttoReplica\"2\n" +
 	"\x11RemoveReplicaStep\x12\x1d\n" +
 	"\n" +
-	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\xfa\x03\n" +
+	"replica_id\x18\x01 \x01(\x04R\treplicaId\"\xa3\x04\n" +
 	"\bOperator\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x19\n" +
 	"\bshard_id\x18\x02 \x01(\x04R\ashardId\x12*\n" +
@@ -3499,7 +3519,8 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\frolling_back\x18\x0e \x01(\bR\vrollingBack\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\x0f \x01(\tR\tlastError\x12\x15\n" +
-	"\x06eta_ms\x18\x10 \x01(\x03R\x05etaMs\"m\n" +
+	"\x06eta_ms\x18\x10 \x01(\x03R\x05etaMs\x12'\n" +
+	"\x0fabort_requested\x18\x11 \x01(\tR\x0eabortRequested\"m\n" +
 	"\x0eRunStepRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +

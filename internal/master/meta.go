@@ -422,6 +422,19 @@ func (m *metaState) updateOperatorLocked(b *storage.Batch, u *shoalpb.UpdateOper
 			return nil, err
 		}
 	}
+	if u.RequestAbort != "" {
+		if cur.RollingBack {
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator %d is already rolling back", u.Id), nil
+		}
+		op := proto.Clone(cur).(*shoalpb.Operator)
+		op.AbortRequested = u.RequestAbort
+		if err := b.SetProto(opKey(op.Id), op); err != nil {
+			return nil, err
+		}
+		m.mu.ops[op.Id] = op
+		m.notifyLocked()
+		return &shoalpb.MetaResult{}, nil
+	}
 	if cur.Current != u.ExpectCurrent || cur.RollingBack != u.ExpectRollingBack {
 		return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator %d is at step %d (rolling back %v), not %d (%v)",
 			u.Id, cur.Current, cur.RollingBack, u.ExpectCurrent, u.ExpectRollingBack), nil

@@ -129,7 +129,11 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 				"took", time.Since(time.UnixMilli(op.CreatedMs)).Round(time.Millisecond))
 			return
 		}
-		if reason := r.abortReason(); reason != "" && !op.RollingBack {
+		reason := r.abortReason()
+		if reason == "" {
+			reason = op.AbortRequested
+		}
+		if reason != "" && !op.RollingBack {
 			s.rollback(ctx, op, reason)
 			continue
 		}

@@ -280,9 +280,15 @@ func (s *Server) CancelOperator(ctx context.Context, req *shoalpb.CancelOperator
 	case op.Outcome != "":
 		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_INVALID, "operator %d already finished: %s", req.Id, op.Outcome))
 	}
-	s.runOperators()
-	if !s.abortOperator(req.Id, "cancelled by an administrator") {
-		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, "master %d is not running operator %d", s.cfg.ID, req.Id))
+	// Recorded first, so that a new master leader rolls it back too; then
+	// the step in progress here is interrupted.
+	const reason = "cancelled by an administrator"
+	if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_UpdateOperator{UpdateOperator: &shoalpb.UpdateOperator{
+		Id: req.Id, RequestAbort: reason}}}); err != nil {
+		return nil, s.toStatus(err)
 	}
+	s.runOperators()
+	s.abortOperator(req.Id, reason)
+	s.log.Info("operator cancelled", "op", req.Id)
 	return s.meta.operator(req.Id), nil
 }

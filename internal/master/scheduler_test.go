@@ -636,13 +636,13 @@ func TestHTTPAdmin(t *testing.T) {
 	}
 }
 
-// TestMoveProgress moves a replica of a shard holding 8 MiB with snapshots
-// throttled to 2 MiB/s: while it runs, the operator shows bytes sent of the
-// total and an ETA, and the move then completes.
-func TestMoveProgress(t *testing.T) {
+// startThrottledMove loads 8 MiB into one shard of a 4-node cluster whose
+// snapshots are throttled to 2 MiB/s, pauses scheduling, starts moving one
+// of its replicas and waits until the move shows progress.
+func startThrottledMove(t *testing.T, ctx context.Context) (*tc.Cluster, *master.Server, *shoalpb.Operator, uint64, uint64) {
+	t.Helper()
 	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 4, Shards: 8, Replicas: 3,
 		StoreOptions: func(_ uint64, o *raftstore.Options) { o.SnapshotBytesPerSec = 2 << 20 }})
-	ctx := ctxFor(t, 90*time.Second)
 	if err := c.WaitPlaced(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -705,21 +705,72 @@ func TestMoveProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("progress seen: %d of %d bytes, ETA %d ms", seen.ProgressBytes, seen.TotalBytes, seen.EtaMs)
+	return c, srv, op, shard, to
+}
+
+// finishedOp waits for operator id to finish and returns it.
+func finishedOp(t *testing.T, ctx context.Context, c *tc.Cluster, id uint64) *shoalpb.Operator {
+	t.Helper()
+	var done *shoalpb.Operator
 	if err := tc.WaitFor(ctx, func() error {
 		st, err := c.ClusterState()
 		if err != nil {
 			return err
 		}
 		for _, f := range st.Finished {
-			if f.Id == op.Id {
-				if f.Outcome != "done" {
-					t.Fatalf("move ended %q", f.Outcome)
-				}
+			if f.Id == id {
+				done = f
 				return nil
 			}
 		}
-		return errors.New("move not finished")
+		return fmt.Errorf("operator %d not finished", id)
 	}); err != nil {
 		t.Fatal(err)
+	}
+	return done
+}
+
+// TestMoveProgress: while a throttled move runs, the operator shows bytes
+// sent of the total and an ETA, and the move then completes.
+func TestMoveProgress(t *testing.T) {
+	ctx := ctxFor(t, 90*time.Second)
+	c, _, op, _, _ := startThrottledMove(t, ctx)
+	if f := finishedOp(t, ctx, c, op.Id); f.Outcome != "done" {
+		t.Fatalf("move ended %q", f.Outcome)
+	}
+}
+
+// TestCancelRollsBack cancels a move while its snapshot streams: the
+// operator ends rolled back, and the shard is as before (no replica on the
+// target, full replication).
+func TestCancelRollsBack(t *testing.T) {
+	ctx := ctxFor(t, 90*time.Second)
+	c, srv, op, shard, to := startThrottledMove(t, ctx)
+	if _, err := srv.CancelOperator(ctx, &shoalpb.CancelOperatorRequest{Id: op.Id}); err != nil {
+		t.Fatal(err)
+	}
+	f := finishedOp(t, ctx, c, op.Id)
+	if f.Outcome != "rolled back" || !strings.Contains(f.Reason, "cancelled by an administrator") {
+		t.Fatalf("cancelled move ended %q (%s)", f.Outcome, f.Reason)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		d, err := c.Descriptor(shard)
+		if err != nil {
+			return err
+		}
+		for _, r := range d.Replicas {
+			if r.NodeId == to {
+				return fmt.Errorf("node %d still has replica %d (%v)", to, r.ReplicaId, r.Role)
+			}
+		}
+		if len(d.Replicas) != 3 {
+			return fmt.Errorf("%d replicas", len(d.Replicas))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.CancelOperator(ctx, &shoalpb.CancelOperatorRequest{Id: op.Id}); err == nil {
+		t.Error("cancelling a finished operator was accepted")
 	}
 }
