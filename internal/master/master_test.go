@@ -71,12 +71,12 @@ func TestBootstrapPlacesShardsAndSpreadsLeaders(t *testing.T) {
 			t.Errorf("node %d is in cluster %q, want %q", n.ID, got, st.Cluster.ClusterId)
 		}
 	}
-	// The master moves leaders to the replicas the placement chose, which
-	// spread 64 shards over 5 nodes: 12 or 13 each.
+	// The scheduler's leader balance spreads 64 leaders over 5 nodes within
+	// its tolerance (1.10x the mean of 12.8): 12 to 14 each.
 	if err := tc.WaitFor(ctx, func() error {
 		l := leadersPerNode(c)
 		for _, n := range c.Nodes {
-			if l[n.ID] < 12 || l[n.ID] > 13 {
+			if l[n.ID] < 12 || l[n.ID] > 14 {
 				return fmt.Errorf("leaders per node %v", l)
 			}
 		}

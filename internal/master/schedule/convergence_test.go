@@ -135,7 +135,7 @@ func TestConvergence(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("SCHED_CLUSTERS")); err == nil && n > 0 {
 		clusters = n
 	}
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		clusters = 30
 	}
 	st := balanceStats{checked: map[string]int{}, skipped: map[string]int{}}
