@@ -110,6 +110,7 @@ const (
 	errTryAgain   = "TRYAGAIN the shard has no leader right now (an election is in progress), try again"
 	errAmbiguous  = "ERR timed out before the write's outcome was known: it may or may not have been applied"
 	errUnavailble = "TRYAGAIN the node could not serve the request right now, try again"
+	errContended  = "TRYAGAIN other writes changed the key during every attempt, try again"
 )
 
 func wrongArgs(name string) string {
@@ -792,12 +793,18 @@ func canonicalInt(b []byte) bool {
 	return len(s) > 0 && s[0] >= '1' && s[0] <= '9'
 }
 
-// cmdIncrByFloat adds a float: read, compute, compare-and-set, retried when
-// another write got in between. Every replica applies the same bytes.
+// cmdIncrByFloat adds a float with Redis's arithmetic and formatting (see
+// longdouble.go): read, compute, compare-and-set, retried when another
+// write got in between. The key keeps its TTL, as in Redis. Every replica
+// applies the same bytes.
 func cmdIncrByFloat(c *conn, a [][]byte) {
-	incr, err := strconv.ParseFloat(string(a[2]), 64)
-	if err != nil || math.IsNaN(incr) || math.IsInf(incr, 0) {
-		c.wr.Error("ERR value is not a valid float")
+	const (
+		notFloat = "ERR value is not a valid float"
+		nanOrInf = "ERR increment would produce NaN or Infinity"
+	)
+	incr, ok := parseLongDouble(a[2])
+	if !ok {
+		c.wr.Error(notFloat)
 		return
 	}
 	for attempt := 0; attempt < 100; attempt++ {
@@ -805,38 +812,34 @@ func cmdIncrByFloat(c *conn, a [][]byte) {
 		if !ok {
 			return
 		}
-		cur := 0.0
+		cur := longDouble{f: newLongDouble()}
 		if resp.Found {
-			if cur, err = strconv.ParseFloat(strings.TrimSpace(string(resp.Value)), 64); err != nil || len(resp.Value) == 0 {
-				c.wr.Error("ERR value is not a valid float")
+			if cur, ok = parseLongDouble(resp.Value); !ok {
+				c.wr.Error(notFloat)
 				return
 			}
 		}
-		next := cur + incr
-		if math.IsNaN(next) || math.IsInf(next, 0) {
-			c.wr.Error("ERR increment would produce NaN or Infinity")
+		sum, ok := addLongDouble(cur, incr)
+		if !ok {
+			c.wr.Error(nanOrInf)
 			return
 		}
-		out := []byte(strconv.FormatFloat(next, 'f', -1, 64))
-		req := &shoalpb.CompareAndSetRequest{Header: c.header(), Key: a[1], Value: out}
+		op := &shoalpb.CompareAndSetOp{Key: a[1], Value: []byte(sum), ExpireAtMs: resp.ExpireAtMs}
 		if resp.Found {
-			req.Expected = resp.Value
+			op.Expected = resp.Value
 		} else {
-			req.ExpectAbsent = true
+			op.ExpectAbsent = true
 		}
-		ctx, cancel := c.ctx()
-		cas, err := c.s.backend.CompareAndSet(ctx, req)
-		cancel()
-		if err != nil {
-			c.fail(err)
+		res, ok := c.batch1(&shoalpb.KVOp{Op: &shoalpb.KVOp_CompareAndSet{CompareAndSet: op}})
+		if !ok {
 			return
 		}
-		if cas.Swapped {
-			c.wr.Bulk(out)
+		if res.Applied {
+			c.wr.BulkString(sum)
 			return
 		}
 	}
-	c.wr.Error(errTryAgain)
+	c.wr.Error(errContended)
 }
 
 func cmdMGet(c *conn, a [][]byte) {

@@ -14,8 +14,13 @@
 // Limits protect the node from its clients: a command has at most MaxArgs
 // arguments and MaxQueryBytes in all, an argument at most MaxBulkBytes, an
 // inline command at most MaxInlineBytes; an unauthenticated client on a
-// server with a password gets far smaller limits. The parser never
-// allocates more than it has received plus one small read buffer, so a
-// client that declares a huge length and sends nothing costs nothing.
-// Malformed input gets an error reply and the connection is closed.
+// server with a password gets far smaller limits. The parser checks a
+// length before it allocates, and grows an argument's buffer with what
+// arrives (to at most twice what was received, at least a 64 KiB chunk),
+// so a client that declares a huge length and sends little costs little.
+// Malformed input gets an "ERR Protocol error: ..." reply and the
+// connection is closed (after a half-close and a bounded drain, so that
+// the reply is not lost to a reset). The parser is fuzzed:
+//
+//	go test -run '^$' -fuzz FuzzReadCommand -fuzztime 3m ./internal/resp/
 package resp

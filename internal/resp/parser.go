@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"strings"
 )
 
 // Limits bound what one command may be. Zero fields take the defaults.
@@ -65,10 +67,12 @@ func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReaderSize(r, 1
 // Buffered reports whether more input is already buffered (a pipeline).
 func (rd *Reader) Buffered() bool { return rd.r.Buffered() > 0 }
 
-// ReadCommand reads one command within lim. It returns nil args for an
-// empty command (a blank line, "*0"), a *ProtocolError for malformed input,
-// and the reader's error (io.EOF, ...) otherwise.
+// ReadCommand reads one command within lim (zero fields take the
+// defaults). It returns nil args for an empty command (a blank line, "*0"),
+// a *ProtocolError for malformed input, and otherwise the reader's error:
+// io.EOF between commands, io.ErrUnexpectedEOF inside one.
 func (rd *Reader) ReadCommand(lim Limits) ([][]byte, error) {
+	lim.ensureDefaults()
 	b, err := rd.r.Peek(1)
 	if err != nil {
 		return nil, err
@@ -111,12 +115,8 @@ func (rd *Reader) ReadCommand(lim Limits) ([][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		crlf := make([]byte, 2)
-		if _, err := io.ReadFull(rd.r, crlf); err != nil {
-			return nil, unexpectedEOF(err)
-		}
-		if crlf[0] != '\r' || crlf[1] != '\n' {
-			return nil, protoErr("bulk not terminated by CRLF")
+		if err := rd.readCRLF(); err != nil {
+			return nil, err
 		}
 		args = append(args, arg)
 	}
@@ -129,7 +129,10 @@ func (rd *Reader) readN(n int) ([]byte, error) {
 	buf := make([]byte, 0, min(n, chunk))
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
-			buf = append(buf, make([]byte, min(n-len(buf), max(len(buf), chunk)))...)[:len(buf)]
+			// Double what has arrived (at least a chunk), up to n.
+			grown := make([]byte, len(buf), len(buf)+min(n-len(buf), max(len(buf), chunk)))
+			copy(grown, buf)
+			buf = grown
 		}
 		m, err := rd.r.Read(buf[len(buf):min(cap(buf), n)])
 		buf = buf[:len(buf)+m]
@@ -138,6 +141,22 @@ func (rd *Reader) readN(n int) ([]byte, error) {
 		}
 	}
 	return buf, nil
+}
+
+// readCRLF reads the CRLF that ends a bulk string. (Redis does not check
+// it; a client that sends other bytes there is broken, and reading on would
+// misparse everything after.)
+func (rd *Reader) readCRLF() error {
+	for _, want := range []byte{'\r', '\n'} {
+		c, err := rd.r.ReadByte()
+		if err != nil {
+			return unexpectedEOF(err)
+		}
+		if c != want {
+			return protoErr("bulk not terminated by CRLF")
+		}
+	}
+	return nil
 }
 
 // readLine reads a CRLF-terminated line of at most max bytes, without the
@@ -191,12 +210,22 @@ func (rd *Reader) readInline(lim Limits) ([][]byte, error) {
 	if len(args) > lim.MaxArgs {
 		return nil, protoErr("too many arguments")
 	}
+	// An inline command obeys the multibulk limits too (they can be set
+	// below MaxInlineBytes).
+	total := 0
+	for _, a := range args {
+		if total += len(a); len(a) > lim.MaxBulkBytes || total > lim.MaxQueryBytes {
+			return nil, protoErr("too big inline request")
+		}
+	}
 	return args, nil
 }
 
-// splitArgs splits an inline command as Redis's sdssplitargs does: spaces
-// separate; "..." allows \n \r \t \b \a \\ \" and \xHH escapes; '...'
-// allows \'; a closing quote must be followed by a space or the end.
+// splitArgs splits an inline command as Redis's sdssplitargs does: white
+// space separates (within a word only space, tab, CR and LF end it; vertical
+// tab and form feed are part of the word, as in Redis); "..." allows \n \r
+// \t \b \a \\ \" and \xHH escapes; '...' allows \'; a closing quote must
+// be followed by white space or the end.
 func splitArgs(line []byte) ([][]byte, error) {
 	var args [][]byte
 	i := 0
@@ -262,7 +291,7 @@ func splitArgs(line []byte) ([][]byte, error) {
 				}
 			default:
 				switch {
-				case isSpace(c):
+				case c == ' ' || c == '\t' || c == '\r' || c == '\n':
 					done = true
 				case c == '"':
 					inDq = true
@@ -301,24 +330,29 @@ func hexVal(c byte) byte {
 	return c - 'a' + 10
 }
 
-// parseLen parses a length: an optional '-' and decimal digits.
+var errBadLength = errors.New("bad length")
+
+// parseLen parses a length as Redis's string2ll does: an optional '-' and
+// decimal digits, no '+', no leading zeros, no "-0", and no overflow (a
+// length that does not fit is an error, never a wrapped-around number).
 func parseLen(b []byte) (int, error) {
-	if len(b) == 0 || len(b) > 19 {
-		return 0, errors.New("bad length")
-	}
-	neg := b[0] == '-'
+	neg := len(b) > 0 && b[0] == '-'
 	if neg {
 		b = b[1:]
-		if len(b) == 0 {
-			return 0, errors.New("bad length")
-		}
+	}
+	if len(b) == 0 || (b[0] == '0' && (len(b) > 1 || neg)) {
+		return 0, errBadLength
 	}
 	n := 0
 	for _, c := range b {
 		if c < '0' || c > '9' {
-			return 0, errors.New("bad length")
+			return 0, errBadLength
 		}
-		n = n*10 + int(c-'0')
+		d := int(c - '0')
+		if n > (math.MaxInt-d)/10 {
+			return 0, errBadLength
+		}
+		n = n*10 + d
 	}
 	if neg {
 		n = -n
@@ -326,9 +360,19 @@ func parseLen(b []byte) (int, error) {
 	return n, nil
 }
 
+// printable returns b's first n bytes for an error message, with bytes
+// other than printable ASCII written \xHH (the message must stay one line).
 func printable(b []byte, n int) string {
 	if len(b) > n {
 		b = b[:n]
 	}
-	return string(b)
+	var sb strings.Builder
+	for _, c := range b {
+		if c >= ' ' && c <= '~' {
+			sb.WriteByte(c)
+		} else {
+			fmt.Fprintf(&sb, "\\x%02x", c)
+		}
+	}
+	return sb.String()
 }

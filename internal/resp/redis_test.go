@@ -12,37 +12,71 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/resp"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
+func ctxFor(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func startCluster(t *testing.T, opts resp.Options) *tc.Cluster {
+func startCluster(t testing.TB, opts resp.Options) *tc.Cluster {
 	t.Helper()
-	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: 16, Replicas: 3, RESP: true, RESPOpts: opts})
+	return startClusterShards(t, 16, opts)
+}
+
+// startClusterShards starts a master and 3 nodes serving RESP, with shards
+// shards of 3 replicas, and returns once the cluster is steady: every shard
+// has a leader that the route table knows (so CLUSTER SLOTS is complete),
+// the leaders are even over the nodes, and the master's scheduler is paused
+// with no operator in flight. These tests are about the Redis front end,
+// not about leaders moving under them: the scheduler evens out leaders
+// after the placement, and moves the leaders of shards a test makes hot,
+// which would make the tests depend on go-redis's retry budget.
+// (TestTryAgainWithoutLeader takes leaders away on purpose.)
+func startClusterShards(t testing.TB, shards int, opts resp.Options) *tc.Cluster {
+	t.Helper()
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: shards, Replicas: 3, RESP: true, RESPOpts: opts})
 	ctx := ctxFor(t, 60*time.Second)
 	if err := c.WaitPlaced(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Wait for the route table to carry every leader, so CLUSTER SLOTS is
-	// complete.
-	if err := tc.WaitFor(ctx, func() error {
+	steady := func(wantPaused bool) error {
 		st, err := c.ClusterState()
 		if err != nil {
 			return err
 		}
+		led := map[uint64]int{}
 		for _, rt := range st.Routes.Shards {
 			if rt.LeaderReplica == 0 {
 				return fmt.Errorf("shard %d has no leader hint", rt.Shard.ShardId)
 			}
+			for _, r := range rt.Shard.Replicas {
+				if r.ReplicaId == rt.LeaderReplica {
+					led[r.NodeId]++
+				}
+			}
+		}
+		for _, n := range c.Nodes {
+			if led[n.ID] < shards/len(c.Nodes) {
+				return fmt.Errorf("leaders per node %v", led)
+			}
+		}
+		if wantPaused && (!st.SchedulingPaused || len(st.Operators) > 0) {
+			return fmt.Errorf("scheduling paused %v, %d operators in flight", st.SchedulingPaused, len(st.Operators))
 		}
 		return nil
-	}); err != nil {
+	}
+	if err := tc.WaitFor(ctx, func() error { return steady(false) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Masters[0].Server().SetScheduling(ctx, &shoalpb.SetSchedulingRequest{Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error { return steady(true) }); err != nil {
 		t.Fatal(err)
 	}
 	return c
@@ -56,7 +90,7 @@ func respAddrs(c *tc.Cluster) []string {
 	return out
 }
 
-func clusterClient(t *testing.T, c *tc.Cluster, o *redis.ClusterOptions) *redis.ClusterClient {
+func clusterClient(t testing.TB, c *tc.Cluster, o *redis.ClusterOptions) *redis.ClusterClient {
 	if o == nil {
 		o = &redis.ClusterOptions{}
 	}
@@ -446,5 +480,177 @@ func TestProxyMode(t *testing.T) {
 		if v, err := plain.Get(ctx, k).Int(); err != nil || v != i {
 			t.Fatalf("get %s through one node: %v %v", k, v, err)
 		}
+	}
+}
+
+// TestIncrByFloat runs INCRBYFLOAT through go-redis: Redis's results and
+// errors, the key's TTL kept, and no increment lost among concurrent ones
+// (each is a compare-and-set, retried on a conflict).
+func TestIncrByFloat(t *testing.T) {
+	c := startCluster(t, resp.Options{})
+	ctx := ctxFor(t, 60*time.Second)
+	for _, proto := range []int{2, 3} {
+		rc := clusterClient(t, c, &redis.ClusterOptions{Protocol: proto})
+		k := func(s string) string { return fmt.Sprintf("float%d:%s", proto, s) }
+		incr := func(key, by string) (string, error) { return rc.Do(ctx, "incrbyfloat", key, by).Text() }
+		// Redis's documentation example, and a sum a double would get wrong.
+		if err := rc.Set(ctx, k("doc"), "10.50", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		for _, step := range []struct{ key, by, want string }{
+			{k("doc"), "0.1", "10.6"},
+			{k("doc"), "-5", "5.6"},
+			{k("exp"), "5.0e3", "5000"},
+			{k("exp"), "2.0e2", "5200"},
+			{k("sum"), "0.1", "0.1"},
+			{k("sum"), "0.2", "0.3"},
+		} {
+			if got, err := incr(step.key, step.by); err != nil || got != step.want {
+				t.Fatalf("RESP%d INCRBYFLOAT %s %s: %q %v, want %q", proto, step.key, step.by, got, err, step.want)
+			}
+		}
+		if v, err := rc.Get(ctx, k("doc")).Result(); err != nil || v != "5.6" {
+			t.Fatalf("RESP%d stored value %q %v, want 5.6", proto, v, err)
+		}
+		if f, err := rc.IncrByFloat(ctx, k("doc"), 0.4).Result(); err != nil || f != 6 {
+			t.Fatalf("RESP%d go-redis IncrByFloat: %v %v", proto, f, err)
+		}
+		// Errors, worded as Redis words them; the value is left alone.
+		if err := rc.Set(ctx, k("text"), "abc", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range []struct{ key, by, want string }{
+			{k("doc"), "abc", "ERR value is not a valid float"},
+			{k("doc"), "1 ", "ERR value is not a valid float"},
+			{k("doc"), "nan", "ERR value is not a valid float"},
+			{k("text"), "1", "ERR value is not a valid float"},
+			{k("doc"), "+inf", "ERR increment would produce NaN or Infinity"},
+		} {
+			if _, err := incr(e.key, e.by); err == nil || err.Error() != e.want {
+				t.Fatalf("RESP%d INCRBYFLOAT %s %q: %v, want %q", proto, e.key, e.by, err, e.want)
+			}
+		}
+		if v, _ := rc.Get(ctx, k("doc")).Result(); v != "6" {
+			t.Fatalf("RESP%d value after failed increments: %q", proto, v)
+		}
+		// The TTL stays.
+		if err := rc.Set(ctx, k("ttl"), "1.5", time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := incr(k("ttl"), "1"); err != nil || got != "2.5" {
+			t.Fatalf("RESP%d INCRBYFLOAT on a key with a TTL: %q %v", proto, got, err)
+		}
+		if d, err := rc.TTL(ctx, k("ttl")).Result(); err != nil || d < 59*time.Minute || d > time.Hour {
+			t.Fatalf("RESP%d TTL after INCRBYFLOAT: %v %v", proto, d, err)
+		}
+	}
+
+	// Concurrent increments: none lost, none applied twice.
+	rc := clusterClient(t, c, &redis.ClusterOptions{PoolSize: 8})
+	const writers, each = 8, 25
+	errs := make(chan error, writers)
+	for range writers {
+		go func() {
+			for range each {
+				if err := rc.IncrByFloat(ctx, "float:shared", 0.5).Err(); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, err := rc.Get(ctx, "float:shared").Result(); err != nil || v != "100" {
+		t.Fatalf("after %d concurrent increments of 0.5: %q %v, want 100", writers*each, v, err)
+	}
+}
+
+// TestTryAgainWithoutLeader: while a shard has no leader, a command on one
+// of its keys answers -TRYAGAIN (Redis clients retry it, and it is never
+// applied); once the shard has a leader again, the command succeeds.
+func TestTryAgainWithoutLeader(t *testing.T) {
+	c := startCluster(t, resp.Options{})
+	ctx := ctxFor(t, 120*time.Second)
+	survivor := c.Nodes[0]
+	// No retries: the test must see the reply itself.
+	plain := redis.NewClient(&redis.Options{Addr: survivor.RESPAddr, Protocol: 2, MaxRetries: -1})
+	t.Cleanup(func() { plain.Close() })
+
+	// A key whose shard another node leads: the survivor has a follower of
+	// it, which will find itself without a leader.
+	key := ""
+	for i := 0; key == ""; i++ {
+		k := "tryagain-" + strconv.Itoa(i)
+		err := plain.Set(ctx, k, "v0", 0).Err()
+		switch {
+		case err == nil:
+		case strings.HasPrefix(err.Error(), "MOVED "):
+			key = k
+		default:
+			t.Fatalf("set %s: %v", k, err)
+		}
+		if i == 1000 {
+			t.Fatal("node 1 leads every shard")
+		}
+	}
+
+	c.Nodes[1].Stop()
+	c.Nodes[2].Stop()
+	// Until the follower's election timeout it still names the stopped
+	// leader (MOVED); then the shard has no leader: TRYAGAIN.
+	if err := tc.WaitFor(ctx, func() error {
+		err := plain.Set(ctx, key, "v1", 0).Err()
+		switch {
+		case err == nil:
+			t.Fatalf("set %s succeeded on a shard with one of its three replicas up", key)
+		case strings.HasPrefix(err.Error(), "TRYAGAIN "):
+			return nil
+		case !strings.HasPrefix(err.Error(), "MOVED "):
+			t.Fatalf("set %s without a leader: %v, want TRYAGAIN or, at first, MOVED", key, err)
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("no TRYAGAIN: %v", err)
+	}
+	// Reads too, after READONLY (the follower would serve them if it
+	// could confirm a leader's commit index).
+	conn := plain.Conn()
+	t.Cleanup(func() { conn.Close() })
+	if err := conn.ReadOnly(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Get(ctx, key).Err(); err == nil || !strings.HasPrefix(err.Error(), "TRYAGAIN ") {
+		t.Fatalf("READONLY get without a leader: %v, want TRYAGAIN", err)
+	}
+
+	for _, n := range c.Nodes[1:] {
+		if err := n.Restart(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc := clusterClient(t, c, nil)
+	if err := tc.WaitFor(ctx, func() error { return rc.Set(ctx, key, "v2", 0).Err() }); err != nil {
+		t.Fatalf("set %s after the restart: %v", key, err)
+	}
+	if v, err := rc.Get(ctx, key).Result(); err != nil || v != "v2" {
+		t.Fatalf("get %s after the restart: %q %v", key, v, err)
+	}
+	// The survivor answers again: the value, or MOVED to the new leader.
+	if err := tc.WaitFor(ctx, func() error {
+		v, err := plain.Get(ctx, key).Result()
+		if err == nil && v != "v2" {
+			t.Fatalf("get %s from node 1: %q", key, v)
+		}
+		if err != nil && !strings.HasPrefix(err.Error(), "MOVED ") {
+			return err
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

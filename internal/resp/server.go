@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -206,7 +207,9 @@ func (c *conn) serve() {
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
 				c.wr.Error("ERR " + pe.Error())
-				c.wr.Flush()
+				if c.wr.Flush() == nil {
+					c.lingerClose()
+				}
 			}
 			return
 		}
@@ -225,6 +228,30 @@ func (c *conn) serve() {
 			}
 		}
 	}
+}
+
+// How long, and how much of what the client still sends, lingerClose
+// waits for and discards.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 256 << 10
+)
+
+// lingerClose ends a connection after a protocol error so that the error
+// reply reaches the client: closing a socket with unread input makes the
+// kernel reset the connection, and a client writing the rest of a pipeline
+// sees the reset before it reads the reply. So it sends FIN first, then
+// discards what the client still sends until it closes too, for at most
+// lingerTime and lingerBytes.
+func (c *conn) lingerClose() {
+	hc, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok || hc.CloseWrite() != nil {
+		return
+	}
+	if c.nc.SetReadDeadline(time.Now().Add(lingerTime)) != nil {
+		return
+	}
+	_, _ = io.CopyN(io.Discard, c.nc, lingerBytes)
 }
 
 func (c *conn) ctx() (context.Context, context.CancelFunc) {
