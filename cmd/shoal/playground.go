@@ -65,7 +65,7 @@ Ports: master gRPC 7000 and HTTP 7080; node i gRPC 7100+i, Redis protocol
 	fl.IntVar(&f.nodeHTTPBasePort, "node-http-base-port", 7180, "node i's HTTP port is node-http-base-port+i")
 	fl.IntVar(&f.respBasePort, "resp-base-port", 6379, "node i's Redis protocol port is resp-base-port+i")
 	fl.StringVar(&f.respPassword, "resp-password", envOr("SHOAL_RESP_PASSWORD", ""), "password Redis clients must give (AUTH) (env SHOAL_RESP_PASSWORD)")
-	fl.BoolVar(&f.respProxy, "resp-proxy", false, "serve every key from any node (forwarding) instead of answering MOVED")
+	fl.BoolVar(&f.respProxy, "resp-proxy", envBool("SHOAL_RESP_PROXY"), "serve every key from any node (forwarding) instead of answering MOVED (env SHOAL_RESP_PROXY)")
 	fl.DurationVar(&f.readyTimeout, "ready-timeout", time.Minute, "how long to wait for every shard to be placed and led")
 	return cmd
 }
