@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
@@ -141,8 +142,9 @@ the replication factor; they cannot change afterwards.
 
 func newNodeCmd(g *globalFlags) *cobra.Command {
 	var (
-		cfg     node.Config
-		masters string
+		cfg             node.Config
+		masters         string
+		shutdownTimeout time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "node",
@@ -173,14 +175,23 @@ the replicas they place on it.
 			if err != nil {
 				return err
 			}
-			defer n.Stop()
 			fmt.Fprintf(cmd.OutOrStdout(), "node %d of cluster %s serving gRPC on %s\n", n.ID(), n.ClusterID(), n.Addr())
 			<-ctx.Done()
+			// Hand the leaderships over before going, so clients see a
+			// leader change rather than an election.
+			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+			defer cancel()
+			if still, err := n.Shutdown(sctx); err != nil {
+				return err
+			} else if still > 0 {
+				log.Warn("stopped while still leading shards; they elect new leaders", "shards", still)
+			}
 			return nil
 		},
 	}
 	addNodeAdminCmds(cmd)
 	f := cmd.Flags()
+	f.DurationVar(&shutdownTimeout, "shutdown-timeout", envDuration("SHOAL_SHUTDOWN_TIMEOUT", 10*time.Second), "on SIGTERM or Ctrl-C, hand leaderships to other nodes for at most this long before stopping (env SHOAL_SHUTDOWN_TIMEOUT)")
 	f.StringVar(&masters, "master", envOr("SHOAL_MASTER", "127.0.0.1:7000"), "masters' gRPC addresses, comma separated (env SHOAL_MASTER)")
 	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7100"), "gRPC address (env SHOAL_LISTEN)")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise", envOr("SHOAL_ADVERTISE", ""), "gRPC address others use; default --listen (env SHOAL_ADVERTISE)")

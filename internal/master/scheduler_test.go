@@ -774,3 +774,49 @@ func TestCancelRollsBack(t *testing.T) {
 		t.Error("cancelling a finished operator was accepted")
 	}
 }
+
+// TestGracefulShutdown stops a node that leads a third of the shards while
+// clients write: it hands its leaderships over first, and no client write
+// fails.
+func TestGracefulShutdown(t *testing.T) {
+	const shards = 32
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: shards, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error { return settled(c, 3) }); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(t, c, 8)
+	victim := c.Nodes[0]
+	led := leadersPerNode(c)[victim.ID]
+	// Wait until some writes went through, so the shutdown happens under load.
+	if err := tc.WaitFor(ctx, func() error {
+		if l.ok.Load() < 100 {
+			return fmt.Errorf("%d writes so far", l.ok.Load())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	still := victim.Shutdown(sctx)
+	t.Logf("node %d led %d shards; handed them over and stopped in %v, still leading %d", victim.ID, led, time.Since(start).Round(time.Millisecond), still)
+	if still != 0 {
+		t.Errorf("node %d still led %d shards when it stopped", victim.ID, still)
+	}
+	// Keep writing a little with the node gone, then check.
+	before := l.ok.Load()
+	if err := tc.WaitFor(ctx, func() error {
+		if l.ok.Load() < before+100 {
+			return fmt.Errorf("%d writes since the shutdown", l.ok.Load()-before)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	l.finish(t)
+}

@@ -346,6 +346,64 @@ func (n *Node) KV() *kv.DB { return n.kv }
 // Engine returns the node's database.
 func (n *Node) Engine() *storage.Engine { return n.engine }
 
+// Shutdown hands every leadership this node holds to another voter of the
+// shard (the one whose log is furthest along), waiting at most until ctx
+// ends, and then stops the node. Clients see a leader change, which they
+// follow at once, instead of an election after the node is gone. It
+// returns how many shards it still led when it stopped, and Stop's error.
+func (n *Node) Shutdown(ctx context.Context) (int, error) {
+	var (
+		wg    sync.WaitGroup
+		slots = make(chan struct{}, 16)
+	)
+	for _, st := range n.store.Replicas() {
+		if st.Role != raftstore.RoleLeader {
+			continue
+		}
+		target := handoverTarget(st)
+		if target == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case slots <- struct{}{}:
+				defer func() { <-slots }()
+			case <-ctx.Done():
+				return
+			}
+			if err := n.store.TransferLeader(ctx, st.ShardID, target); err != nil {
+				n.log.Debug("leadership handover failed", "shard", st.ShardID, "to", target, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	still := 0
+	for _, st := range n.store.Replicas() {
+		if st.Role == raftstore.RoleLeader {
+			still++
+		}
+	}
+	n.log.Info("leaderships handed over", "still_leading", still)
+	return still, n.Stop()
+}
+
+// handoverTarget picks the voter (other than this replica) whose log is
+// furthest along, 0 if there is none.
+func handoverTarget(st raftstore.ReplicaStatus) uint64 {
+	var best, match uint64
+	for _, r := range st.Descriptor.GetReplicas() {
+		if r.ReplicaId == st.ReplicaID || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
+			continue
+		}
+		if m := st.Progress[r.ReplicaId].Match; best == 0 || m > match {
+			best, match = r.ReplicaId, m
+		}
+	}
+	return best
+}
+
 // Stop shuts the node down; see the package doc for the order. It returns
 // the error that stopped the store, if any.
 func (n *Node) Stop() error {

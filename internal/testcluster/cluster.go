@@ -341,6 +341,22 @@ func (n *Node) Stop() {
 	}
 }
 
+// Shutdown stops the node gracefully (node.Node.Shutdown: leaderships are
+// handed over first) and returns how many shards it still led.
+func (n *Node) Shutdown(ctx context.Context) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.running {
+		return 0
+	}
+	n.running = false
+	still, err := n.n.Shutdown(ctx)
+	if err != nil {
+		n.c.t.Errorf("node %d failed: %v", n.ID, err)
+	}
+	return still
+}
+
 // Crash simulates a power loss: the node stops at once and loses every
 // write that was not synced. It needs Options.CrashableFS.
 func (n *Node) Crash() {
