@@ -820,3 +820,46 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	l.finish(t)
 }
+
+// TestRollingRestart restarts every node in turn, gracefully, while
+// clients write: no client write fails, and the cluster ends balanced.
+func TestRollingRestart(t *testing.T) {
+	const shards = 32
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: shards, Replicas: 3})
+	ctx := ctxFor(t, 120*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error { return settled(c, 3) }); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(t, c, 8)
+	start := time.Now()
+	for _, n := range c.Nodes {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if still := n.Shutdown(sctx); still != 0 {
+			t.Errorf("node %d stopped while leading %d shards", n.ID, still)
+		}
+		cancel()
+		if err := n.Restart(); err != nil {
+			t.Fatal(err)
+		}
+		// Before the next one goes, this one must be a full member again:
+		// the scheduler has given it back its share of leaderships (as
+		// the replicas themselves report them), which it can only take
+		// once caught up.
+		if err := tc.WaitFor(ctx, func() error {
+			if err := c.WaitForLeaders(ctx); err != nil {
+				return err
+			}
+			if got := leadersPerNode(c)[n.ID]; float64(got) < float64(shards)/3/1.2 {
+				return fmt.Errorf("node %d leads %d shards", n.ID, got)
+			}
+			return settled(c, 3)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("rolling restart of %d nodes under load in %v", len(c.Nodes), time.Since(start).Round(time.Millisecond))
+	l.finish(t)
+}
