@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/metrics"
 )
 
 // HTTPHandler returns the master's HTTP API:
@@ -20,6 +21,7 @@ import (
 //	GET  /healthz                          "ok"
 //	GET  /status                           the cluster state (JSON)
 //	GET  /operators                        operators in flight and recently finished
+//	GET  /metrics                          Prometheus metrics; /debug/pprof/ too
 //	POST /nodes/{id}/drain                 also undrain, remove
 //	POST /nodes/{id}/labels?weight=&zone=  set weight and zone
 //	POST /shards/{id}/move?from=&to=       move a replica
@@ -35,6 +37,7 @@ func (s *Server) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /status", s.handleStatus)
+	metrics.Mount(mux, s.metrics)
 	mux.HandleFunc("GET /operators", func(w http.ResponseWriter, _ *http.Request) {
 		st := s.clusterState()
 		writeProto(w, &shoalpb.ClusterState{Operators: st.Operators, Finished: st.Finished, SchedulingPaused: st.SchedulingPaused})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,6 +126,7 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 				outcome = "rolled back"
 			}
 			s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: outcome})
+			s.opsFinished.WithLabelValues(kindName(op.Kind), strings.ReplaceAll(outcome, " ", "-")).Inc()
 			s.log.Info("operator finished", "op", op.Id, "shard", op.ShardId, "kind", kindName(op.Kind), "outcome", outcome,
 				"took", time.Since(time.UnixMilli(op.CreatedMs)).Round(time.Millisecond))
 			return
@@ -164,6 +166,7 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 			}
 			if op.RollingBack {
 				s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: "failed: rollback " + reason})
+				s.opsFinished.WithLabelValues(kindName(op.Kind), "failed").Inc()
 				s.log.Error("operator rollback failed", "op", op.Id, "shard", op.ShardId, "reason", reason)
 				return
 			}

@@ -1,11 +1,14 @@
 package master_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,6 +20,7 @@ import (
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/client"
 	"github.com/shoaldb/shoal/internal/master"
+	"github.com/shoaldb/shoal/internal/metrics"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
@@ -862,4 +866,79 @@ func TestRollingRestart(t *testing.T) {
 	}
 	t.Logf("rolling restart of %d nodes under load in %v", len(c.Nodes), time.Since(start).Round(time.Millisecond))
 	l.finish(t)
+}
+
+// TestMetrics scrapes a master's and a node's /metrics over HTTP after
+// some traffic: the request, Raft, storage and cluster metrics are there
+// and count what happened.
+func TestMetrics(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: 8, Replicas: 3, RESP: true})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(t, c, 2)
+	if err := tc.WaitFor(ctx, func() error {
+		if l.ok.Load() < 50 {
+			return errors.New("not enough writes yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	l.finish(t)
+	scrape := func(h http.Handler) string {
+		t.Helper()
+		srv := httptest.NewServer(h)
+		defer srv.Close()
+		resp, err := http.Get(srv.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		if _, err := io.Copy(&b, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("/metrics: %d", resp.StatusCode)
+		}
+		return b.String()
+	}
+	m, _ := c.MasterLeader()
+	out := scrape(m.Server().HTTPHandler())
+	for _, want := range []string{`shoal_master_nodes{state="up"} 3`, `shoal_master_is_leader 1`, `shoal_master_shards 8`,
+		`shoal_master_shards_under_replicated 0`, `shoal_grpc_requests_total{code="OK",method="Heartbeat"}`, `shoal_storage_wal_fsync_seconds_count`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("master /metrics lacks %q", want)
+		}
+	}
+	// One Redis command, and one unknown one.
+	conn, err := net.Dial("tcp", c.Nodes[0].RESPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("PING\r\nNOSUCH\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	rd := bufio.NewReader(conn)
+	for _, want := range []string{"+PONG", "-ERR unknown command"} {
+		if line, err := rd.ReadString('\n'); err != nil || !strings.HasPrefix(line, want) {
+			t.Fatalf("reply %q, %v; want %q", line, err, want)
+		}
+	}
+	mux := http.NewServeMux()
+	metrics.Mount(mux, c.Nodes[0].Node().Metrics())
+	out = scrape(mux)
+	for _, want := range []string{`shoal_grpc_requests_total{code="OK",method="Put"}`, `shoal_raft_proposals_total`, `shoal_raft_replicas{role="leader"}`,
+		`shoal_storage_disk_bytes`, `shoal_storage_wal_fsync_seconds_bucket`, `go_goroutines`,
+		`shoal_resp_commands_total{command="ping",result="ok"} 1`, `shoal_resp_commands_total{command="unknown",result="ERR"} 1`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("node /metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "shoal_raft_proposals_total 0\n") {
+		t.Error("node 1 counts no Raft proposals after the load")
+	}
 }

@@ -14,12 +14,14 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/master/schedule"
+	"github.com/shoaldb/shoal/internal/metrics"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/storage"
 	"github.com/shoaldb/shoal/internal/transport"
@@ -186,6 +188,11 @@ type Server struct {
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
 
+	// metrics is the master's Prometheus registry (/metrics);
+	// opsFinished counts the operators this master finished as leader.
+	metrics     *prometheus.Registry
+	opsFinished *prometheus.CounterVec
+
 	// planMu makes planning and recording operators one at a time (the
 	// scheduler's rounds and administrators' requests).
 	planMu sync.Mutex
@@ -202,7 +209,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("master", cfg.ID), stopC: make(chan struct{}), errC: make(chan error, 1),
-		conns: map[string]*grpc.ClientConn{}}
+		conns: map[string]*grpc.ClientConn{},
+		opsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_master_operators_finished_total", Help: "Operators this master finished as leader, by kind and outcome (done, rolled-back, failed).",
+		}, []string{"kind", "outcome"})}
 	s.baseCtx, s.baseCancel = context.WithCancel(context.Background())
 	var cleanups []func()
 	defer func() {
@@ -276,7 +286,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			cl.ClusterId, cl.Shards, cl.Replicas, cfg.Shards, cfg.Replicas)
 	}
 	s.transport.SetHandler(s.store)
-	s.grpc = grpc.NewServer(transport.ServerOptions()...)
+	s.metrics = metrics.NewRegistry()
+	grpcMetrics := metrics.NewGRPC(s.metrics)
+	metrics.RegisterEngine(s.metrics, s.eng)
+	s.metrics.MustRegister(masterCollector{s}, s.opsFinished)
+	s.grpc = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary()))...)
 	s.transport.Register(s.grpc)
 	shoalpb.RegisterMasterServer(s.grpc, s)
 	go func() {

@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"net"
 	"net/http"
 	"time"
 
+	"github.com/shoaldb/shoal/internal/metrics"
 	"github.com/shoaldb/shoal/internal/raftstore"
 )
 
@@ -58,6 +60,7 @@ func (n *Node) serveHTTP(lis net.Listener) {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(st)
 	})
+	metrics.Mount(mux, n.metrics)
 	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := n.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -65,6 +68,9 @@ func (n *Node) serveHTTP(lis net.Listener) {
 		}
 	}()
 }
+
+// Metrics returns the node's Prometheus registry (served on /metrics).
+func (n *Node) Metrics() *prometheus.Registry { return n.metrics }
 
 // HTTPAddr returns the address the node serves HTTP on, "" if none.
 func (n *Node) HTTPAddr() string { return n.cfg.HTTPAddr }

@@ -11,11 +11,13 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/client"
 	"github.com/shoaldb/shoal/internal/kv"
+	"github.com/shoaldb/shoal/internal/metrics"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/resp"
 	"github.com/shoaldb/shoal/internal/storage"
@@ -149,6 +151,8 @@ type Node struct {
 
 	http *http.Server
 	resp *resp.Server
+	// metrics is the node's Prometheus registry (/metrics).
+	metrics *prometheus.Registry
 
 	// Master mode.
 	masters *client.MasterConn
@@ -278,7 +282,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.transport.SetHandler(n.store)
 
-	n.server = grpc.NewServer(transport.ServerOptions()...)
+	n.metrics = metrics.NewRegistry()
+	grpcMetrics := metrics.NewGRPC(n.metrics)
+	metrics.RegisterStore(n.metrics, n.store)
+	metrics.RegisterEngine(n.metrics, n.engine)
+	n.server = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary()))...)
 	n.transport.Register(n.server)
 	n.kvsvc = &kvService{n: n, peers: &peerConns{conns: map[string]*grpc.ClientConn{}}}
 	shoalpb.RegisterKVServer(n.server, n.kvsvc)
@@ -303,6 +311,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		ro := cfg.RESP
 		if ro.Logger == nil {
 			ro.Logger = n.log
+		}
+		if ro.Observe == nil {
+			ro.Observe = metrics.NewCommands(n.metrics).Observe
 		}
 		n.resp = resp.NewServer(respBackend{n.kvsvc}, ro)
 		go func() {

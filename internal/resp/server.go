@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,11 @@ type Options struct {
 	IdleTimeout time.Duration
 	// MaxConns bounds concurrent connections. Default 10000.
 	MaxConns int
+	// Observe, when set, is called after every command with its name (in
+	// lower case, "unknown" for commands the server does not know), its
+	// result ("ok", or the first word of the error reply: "ERR", "MOVED",
+	// "TRYAGAIN", ...) and how long it took.
+	Observe func(command, result string, d time.Duration)
 	// Logger receives the server's logs. Default: discarded.
 	Logger *slog.Logger
 }
@@ -215,7 +221,20 @@ func (c *conn) serve() {
 		}
 		if args != nil {
 			c.s.stats.commands.Add(1)
-			if quit := c.dispatch(args); quit {
+			start, errs := time.Now(), c.wr.errs
+			quit := c.dispatch(args)
+			if obs := c.s.opts.Observe; obs != nil {
+				name := strings.ToLower(string(args[0]))
+				if c.s.table()[name] == nil {
+					name = "unknown"
+				}
+				result := "ok"
+				if c.wr.errs != errs {
+					result, _, _ = strings.Cut(c.wr.lastErr, " ")
+				}
+				obs(name, result, time.Since(start))
+			}
+			if quit {
 				c.wr.Flush()
 				return
 			}

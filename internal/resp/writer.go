@@ -14,6 +14,10 @@ type Writer struct {
 	w     *bufio.Writer
 	proto int
 	buf   []byte
+	// errs counts the error replies written, so that a caller can tell
+	// whether a command failed.
+	errs    uint64
+	lastErr string
 }
 
 // NewWriter returns a RESP2 writer on w.
@@ -47,7 +51,11 @@ func (w *Writer) Simple(s string) { w.line('+', s) }
 func (w *Writer) OK() { w.Simple("OK") }
 
 // Error writes an error; msg starts with its code (ERR, MOVED, ...).
-func (w *Writer) Error(msg string) { w.line('-', sanitize(msg)) }
+func (w *Writer) Error(msg string) {
+	w.errs++
+	w.lastErr = msg
+	w.line('-', sanitize(msg))
+}
 
 // Int writes an integer.
 func (w *Writer) Int(n int64) { w.num(':', n) }

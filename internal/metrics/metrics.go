@@ -1,0 +1,242 @@
+// Package metrics owns Shoal's Prometheus metrics and the debugging
+// endpoints served next to them. Every server (node or master) builds its
+// own Registry with NewRegistry and registers what it has; nothing here is
+// package-level state, so several servers in one process (the playground,
+// tests) keep separate metrics.
+//
+// Names: shoal_grpc_* for gRPC requests, shoal_resp_* for Redis commands,
+// shoal_raft_* for the multi-Raft store, shoal_storage_* for Pebble and
+// shoal_master_* for the master's view of the cluster. Counters read
+// cumulative values that the store keeps anyway (Store.Stats), so a scrape
+// costs one pass over them and nothing on the hot path.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"net/http/pprof"
+	"path"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/shoaldb/shoal/internal/raftstore"
+	"github.com/shoaldb/shoal/internal/storage"
+)
+
+// NewRegistry returns a registry with the Go runtime and process
+// collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Mount serves /metrics from reg and /debug/pprof/ on mux.
+func Mount(mux *http.ServeMux, reg *prometheus.Registry) {
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+}
+
+// latencyBuckets spans 50µs to about 13 s.
+var latencyBuckets = prometheus.ExponentialBuckets(50e-6, 2, 18)
+
+// GRPC counts and times a gRPC server's unary requests by method and
+// status code.
+type GRPC struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// NewGRPC registers the gRPC request metrics on reg.
+func NewGRPC(reg prometheus.Registerer) *GRPC {
+	g := &GRPC{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_grpc_requests_total", Help: "gRPC requests served, by method and status code.",
+		}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "shoal_grpc_request_seconds", Help: "gRPC request latency, by method.", Buckets: latencyBuckets,
+		}, []string{"method"}),
+	}
+	reg.MustRegister(g.requests, g.latency)
+	return g
+}
+
+// Unary returns the interceptor that records every unary request.
+func (g *GRPC) Unary() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		method := path.Base(info.FullMethod)
+		g.requests.WithLabelValues(method, status.Code(err).String()).Inc()
+		g.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+		return resp, err
+	}
+}
+
+// Commands counts and times Redis commands by name and result.
+type Commands struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// NewCommands registers the Redis command metrics on reg.
+func NewCommands(reg prometheus.Registerer) *Commands {
+	c := &Commands{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_resp_commands_total", Help: "Redis commands served, by command and result (ok or the error's first word).",
+		}, []string{"command", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "shoal_resp_command_seconds", Help: "Redis command latency, by command.", Buckets: latencyBuckets,
+		}, []string{"command"}),
+	}
+	reg.MustRegister(c.requests, c.latency)
+	return c
+}
+
+// Observe records one command.
+func (c *Commands) Observe(command, result string, d time.Duration) {
+	c.requests.WithLabelValues(command, result).Inc()
+	c.latency.WithLabelValues(command).Observe(d.Seconds())
+}
+
+// RegisterStore registers the multi-Raft store's counters and gauges.
+func RegisterStore(reg prometheus.Registerer, st *raftstore.Store) {
+	reg.MustRegister(storeCollector{st})
+}
+
+type storeCollector struct{ st *raftstore.Store }
+
+var (
+	storeCounters = []struct {
+		name, help string
+		get        func(raftstore.Stats) uint64
+	}{
+		{"shoal_raft_proposals_total", "Commands accepted by Raft.", func(s raftstore.Stats) uint64 { return s.Proposals }},
+		{"shoal_raft_applied_entries_total", "Raft entries applied.", func(s raftstore.Stats) uint64 { return s.Applied }},
+		{"shoal_raft_loop_iterations_total", "Store loop iterations.", func(s raftstore.Stats) uint64 { return s.Iterations }},
+		{"shoal_raft_log_syncs_total", "Group commits that synced the Raft log.", func(s raftstore.Stats) uint64 { return s.LogSyncs }},
+		{"shoal_raft_log_sync_replicas_total", "Replicas whose log writes group commits carried.", func(s raftstore.Stats) uint64 { return s.LogSyncReplicas }},
+		{"shoal_raft_messages_sent_total", "Raft messages sent.", func(s raftstore.Stats) uint64 { return s.MessagesSent }},
+		{"shoal_raft_messages_dropped_total", "Raft messages dropped (queue full, peer unreachable).", func(s raftstore.Stats) uint64 { return s.MessagesDropped }},
+		{"shoal_raft_messages_received_total", "Raft messages received.", func(s raftstore.Stats) uint64 { return s.MessagesReceived }},
+		{"shoal_raft_snapshots_sent_total", "Snapshots streamed to other nodes.", func(s raftstore.Stats) uint64 { return s.SnapshotsSent }},
+		{"shoal_raft_snapshots_received_total", "Snapshots received.", func(s raftstore.Stats) uint64 { return s.SnapshotsReceived }},
+		{"shoal_raft_snapshots_failed_total", "Snapshot streams that failed.", func(s raftstore.Stats) uint64 { return s.SnapshotsFailed }},
+		{"shoal_raft_snapshots_applied_total", "Snapshots restored.", func(s raftstore.Stats) uint64 { return s.SnapshotsApplied }},
+		{"shoal_raft_log_truncations_total", "Raft log truncations.", func(s raftstore.Stats) uint64 { return s.Truncations }},
+		{"shoal_raft_replicas_created_total", "Replicas created empty for a snapshot.", func(s raftstore.Stats) uint64 { return s.ReplicasCreated }},
+		{"shoal_raft_replicas_removed_total", "Replicas destroyed.", func(s raftstore.Stats) uint64 { return s.ReplicasRemoved }},
+	}
+	descReplicas = prometheus.NewDesc("shoal_raft_replicas", "Replicas on this node, by Raft role.", []string{"role"}, nil)
+	descTerms    = prometheus.NewDesc("shoal_raft_term_sum", "Sum of the Raft terms of this node's replicas: it grows with every election.", nil, nil)
+	descCache    = prometheus.NewDesc("shoal_raft_entry_cache_bytes", "Bytes held by the replicas' Raft entry caches.", nil, nil)
+)
+
+func counterDesc(i int) *prometheus.Desc {
+	return prometheus.NewDesc(storeCounters[i].name, storeCounters[i].help, nil, nil)
+}
+
+func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for i := range storeCounters {
+		ch <- counterDesc(i)
+	}
+	ch <- descReplicas
+	ch <- descTerms
+	ch <- descCache
+}
+
+func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.st.Stats()
+	for i, sc := range storeCounters {
+		ch <- prometheus.MustNewConstMetric(counterDesc(i), prometheus.CounterValue, float64(sc.get(s)))
+	}
+	roles := map[string]float64{}
+	var terms float64
+	for _, r := range c.st.Replicas() {
+		roles[string(r.Role)]++
+		terms += float64(r.Term)
+	}
+	for role, n := range roles {
+		ch <- prometheus.MustNewConstMetric(descReplicas, prometheus.GaugeValue, n, role)
+	}
+	ch <- prometheus.MustNewConstMetric(descTerms, prometheus.GaugeValue, terms)
+	ch <- prometheus.MustNewConstMetric(descCache, prometheus.GaugeValue, float64(s.EntryCacheBytes))
+}
+
+// RegisterEngine registers Pebble's statistics, the WAL fsync latency
+// among them.
+func RegisterEngine(reg prometheus.Registerer, eng *storage.Engine) {
+	reg.MustRegister(engineCollector{eng})
+}
+
+type engineCollector struct{ eng *storage.Engine }
+
+var (
+	descDisk        = prometheus.NewDesc("shoal_storage_disk_bytes", "Bytes Pebble uses on disk.", nil, nil)
+	descMemtable    = prometheus.NewDesc("shoal_storage_memtable_bytes", "Bytes in memtables.", nil, nil)
+	descCompactions = prometheus.NewDesc("shoal_storage_compactions_total", "Compactions run.", nil, nil)
+	descFlushes     = prometheus.NewDesc("shoal_storage_flushes_total", "Memtable flushes.", nil, nil)
+	descL0Files     = prometheus.NewDesc("shoal_storage_l0_files", "Files in level 0 (a read amplification signal).", nil, nil)
+	descReadAmp     = prometheus.NewDesc("shoal_storage_read_amplification", "Sublevels a read may visit.", nil, nil)
+	descCacheHits   = prometheus.NewDesc("shoal_storage_block_cache_hits_total", "Block cache hits.", nil, nil)
+	descCacheMisses = prometheus.NewDesc("shoal_storage_block_cache_misses_total", "Block cache misses.", nil, nil)
+	descWALBytes    = prometheus.NewDesc("shoal_storage_wal_bytes_written_total", "Bytes written to the WAL.", nil, nil)
+	descFsync       = prometheus.NewDesc("shoal_storage_wal_fsync_seconds", "WAL fsync latency.", nil, nil)
+)
+
+func (c engineCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descDisk, descMemtable, descCompactions, descFlushes, descL0Files, descReadAmp,
+		descCacheHits, descCacheMisses, descWALBytes, descFsync} {
+		ch <- d
+	}
+}
+
+func (c engineCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.eng.Metrics()
+	gauge := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
+	counter := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v)
+	}
+	gauge(descDisk, float64(m.DiskSpaceUsage()))
+	gauge(descMemtable, float64(m.MemTable.Size))
+	counter(descCompactions, float64(m.Compact.Count))
+	counter(descFlushes, float64(m.Flush.Count))
+	gauge(descL0Files, float64(m.Levels[0].TablesCount))
+	gauge(descReadAmp, float64(m.ReadAmp()))
+	counter(descCacheHits, float64(m.BlockCache.Hits))
+	counter(descCacheMisses, float64(m.BlockCache.Misses))
+	counter(descWALBytes, float64(m.WAL.BytesWritten))
+	if h, ok := m.LogWriter.FsyncLatency.(prometheus.Metric); ok && h != nil {
+		if hm := nsToSeconds(h); hm != nil {
+			ch <- hm
+		}
+	}
+}
+
+// nsToSeconds re-emits Pebble's unnamed fsync histogram (in nanoseconds)
+// under Shoal's name, in seconds.
+func nsToSeconds(h prometheus.Metric) prometheus.Metric {
+	var m dto.Metric
+	if err := h.Write(&m); err != nil || m.Histogram == nil {
+		return nil
+	}
+	buckets := map[float64]uint64{}
+	for _, b := range m.Histogram.Bucket {
+		buckets[b.GetUpperBound()/1e9] = b.GetCumulativeCount()
+	}
+	cm, err := prometheus.NewConstHistogram(descFsync, m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum()/1e9, buckets)
+	if err != nil {
+		return nil
+	}
+	return cm
+}
