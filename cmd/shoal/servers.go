@@ -126,7 +126,7 @@ the replication factor; they cannot change afterwards.
 	f := cmd.Flags()
 	f.IntVar(&id, "id", envInt("SHOAL_MASTER_ID", 1), "this master's ID, one of --peers (env SHOAL_MASTER_ID)")
 	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7000"), "gRPC address (env SHOAL_LISTEN)")
-	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7080"), "HTTP address for /status and /healthz; empty for none (env SHOAL_HTTP)")
+	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7080"), "HTTP address for /status, /healthz, /metrics, /debug/pprof and the admin API; empty for none (env SHOAL_HTTP)")
 	f.StringVar(&peers, "peers", envOr("SHOAL_PEERS", ""), "every master as id=host:port, comma separated; default: this one alone (env SHOAL_PEERS)")
 	f.StringVar(&cfg.DataDir, "data-dir", envOr("SHOAL_DATA_DIR", ""), "data directory (default ./shoal-master-<id>) (env SHOAL_DATA_DIR)")
 	f.BoolVar(&cfg.Bootstrap, "bootstrap", envBool("SHOAL_BOOTSTRAP"), "bootstrap the cluster with --shards and --replicas (env SHOAL_BOOTSTRAP)")
@@ -201,7 +201,7 @@ the replicas they place on it.
 	f.StringVar(&cfg.RESPAddr, "resp", envOr("SHOAL_RESP", "127.0.0.1:6379"), "Redis protocol (RESP) address; empty for none (env SHOAL_RESP)")
 	f.StringVar(&cfg.RESP.Password, "resp-password", envOr("SHOAL_RESP_PASSWORD", ""), "password Redis clients must give with AUTH; empty for none (env SHOAL_RESP_PASSWORD)")
 	f.BoolVar(&cfg.RESP.Proxy, "resp-proxy", envBool("SHOAL_RESP_PROXY"), "serve every key from this node by forwarding, for clients that do not follow MOVED (env SHOAL_RESP_PROXY)")
-	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status and /healthz; empty for none (env SHOAL_HTTP)")
+	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status, /healthz, /metrics, /debug/pprof and the admin API; empty for none (env SHOAL_HTTP)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
 	return cmd
 }
