@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -122,5 +124,27 @@ func TestAdminCommandsAgainstPlayground(t *testing.T) {
 	out := mustRun("OPERATORS", "cluster", "status")
 	if !strings.Contains(out, "removed") {
 		t.Fatalf("status does not show the removed node:\n%s", out)
+	}
+
+	// A config file supplies what the command line does not.
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "shoal.conf")
+	write := func(text string) {
+		t.Helper()
+		if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("# from a file\nmaster = \"" + strings.TrimPrefix(m, "--master=") + "\"\njson = true\n")
+	if got, err := run(t, "cluster", "status", "--config", cfg); err != nil || !strings.Contains(got, `"cluster_id"`) {
+		t.Fatalf("status with a config file: %q, %v", got, err)
+	}
+	write("master = 127.0.0.1:1\n")
+	if got, err := run(t, "cluster", "status", "--config", cfg, m); err != nil || !strings.Contains(got, "OPERATORS") {
+		t.Fatalf("the command line must win over the file: %q, %v", got, err)
+	}
+	write("mastr = 127.0.0.1:1\n")
+	if _, err := run(t, "cluster", "status", "--config", cfg, m); err == nil || !strings.Contains(err.Error(), `"mastr" is not a setting`) {
+		t.Fatalf("a misspelled setting: %v", err)
 	}
 }

@@ -26,6 +26,7 @@ func main() {
 type globalFlags struct {
 	logLevel  string
 	logFormat string
+	config    string
 }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -43,6 +44,13 @@ group replicated on several nodes, stored in Pebble.`,
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("SHOAL_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env SHOAL_LOG_LEVEL)")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("SHOAL_LOG_FORMAT", "text"), "log format: text or json (env SHOAL_LOG_FORMAT)")
+	root.PersistentFlags().StringVar(&g.config, "config", envOr("SHOAL_CONFIG", ""), "file of settings, one `name = value` per line with the flags' names; the command line and SHOAL_* variables win over it (env SHOAL_CONFIG)")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if g.config == "" {
+			return nil
+		}
+		return applyConfigFile(cmd, g.config)
+	}
 	root.AddCommand(newPlaygroundCmd(g), newMasterCmd(g), newNodeCmd(g), newClusterCmd(), newShardCmd(), newScheduleCmd(), newOperatorCmd(), newVersionCmd())
 	root.AddCommand(newKVCmds()...)
 	return root
