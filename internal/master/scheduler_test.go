@@ -932,6 +932,7 @@ func TestMetrics(t *testing.T) {
 	metrics.Mount(mux, c.Nodes[0].Node().Metrics())
 	out = scrape(mux)
 	for _, want := range []string{`shoal_grpc_requests_total{code="OK",method="Put"}`, `shoal_raft_proposals_total`, `shoal_raft_replicas{role="leader"}`,
+		`shoal_raft_elections_total`, `shoal_raft_leader_changes_total`,
 		`shoal_storage_disk_bytes`, `shoal_storage_wal_fsync_seconds_bucket`, `go_goroutines`,
 		`shoal_resp_commands_total{command="ping",result="ok"} 1`, `shoal_resp_commands_total{command="unknown",result="ERR"} 1`} {
 		if !strings.Contains(out, want) {
@@ -940,5 +941,14 @@ func TestMetrics(t *testing.T) {
 	}
 	if strings.Contains(out, "shoal_raft_proposals_total 0\n") {
 		t.Error("node 1 counts no Raft proposals after the load")
+	}
+	// Every shard elected a leader: the three nodes together count at
+	// least one leadership per shard.
+	var leaderships uint64
+	for _, n := range c.Nodes {
+		leaderships += n.Store().Stats().Leaderships
+	}
+	if leaderships < 8 {
+		t.Errorf("%d leaderships counted for 8 shards", leaderships)
 	}
 }

@@ -565,7 +565,8 @@ func (r *Replica) phase3(w *worker) error {
 func (r *Replica) hasInput() bool { return len(r.pendingReads) > 0 }
 
 func (r *Replica) onSoftState(ss *raft.SoftState) {
-	wasLeader := r.state == raft.StateLeader
+	prev := r.state
+	wasLeader := prev == raft.StateLeader
 	r.leader, r.state = ss.Lead, ss.RaftState
 	if wasLeader != (ss.RaftState == raft.StateLeader) || len(r.readBatches) > 0 {
 		// Reads in flight were addressed to a leader that may be gone; ask
@@ -577,6 +578,10 @@ func (r *Replica) onSoftState(ss *raft.SoftState) {
 	}
 	if ss.RaftState == raft.StateLeader && !wasLeader {
 		r.refreshProgress()
+		r.store.stats.leaderships.Add(1)
+	}
+	if ss.RaftState == raft.StateCandidate && prev != raft.StateCandidate {
+		r.store.stats.campaigns.Add(1)
 	}
 	r.log.Debug("raft state", "role", roleOf(ss.RaftState), "leader", ss.Lead)
 }

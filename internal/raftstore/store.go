@@ -116,6 +116,10 @@ type Stats struct {
 	// ReplicasCreated and ReplicasRemoved count replicas created empty for a
 	// snapshot and replicas destroyed.
 	ReplicasCreated, ReplicasRemoved uint64
+	// Campaigns counts the times a replica here became a candidate (an
+	// election it started); Leaderships the times one became leader (by
+	// election or transfer).
+	Campaigns, Leaderships uint64
 }
 
 // Store hosts every replica of one node and drives their Raft groups.
@@ -179,6 +183,7 @@ type Store struct {
 		sent, dropped, received               atomic.Uint64
 		snapshotsApplied, truncations         atomic.Uint64
 		created, removed                      atomic.Uint64
+		campaigns, leaderships                atomic.Uint64
 	}
 }
 
@@ -357,6 +362,8 @@ func (s *Store) Stats() Stats {
 		Truncations:       s.stats.truncations.Load(),
 		ReplicasCreated:   s.stats.created.Load(),
 		ReplicasRemoved:   s.stats.removed.Load(),
+		Campaigns:         s.stats.campaigns.Load(),
+		Leaderships:       s.stats.leaderships.Load(),
 		Iterations:        s.stats.iterations.Load(),
 		LogSyncs:          s.stats.logSyncs.Load(),
 		LogSyncReplicas:   s.stats.logSyncReplicas.Load(),
