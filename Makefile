@@ -9,7 +9,7 @@ PROTOC_GEN_GO_GRPC_VERSION = v1.6.2
 STATICCHECK_VERSION        = v0.8.2
 BENCHTIME ?= 5s
 
-.PHONY: all build test race lint proto proto-check tools bench fuzz redis-compat clean
+.PHONY: all build test race lint proto proto-check tools bench fuzz redis-compat browser-test clean
 
 all: build lint test
 
@@ -55,6 +55,10 @@ bench:
 # (needs Debian's redis-tools).
 redis-compat:
 	scripts/redis-compat.sh
+
+# The master's dashboard in headless Chromium (Debian's chromium).
+browser-test:
+	$(GO) test -tags browser -count=1 -run TestDashboardInBrowser ./internal/master/
 
 # A short fuzzing pass over every fuzz target.
 fuzz:

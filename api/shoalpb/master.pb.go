@@ -1506,8 +1506,12 @@ type ClusterState struct {
 	Finished  []*Operator `protobuf:"bytes,7,rep,name=finished,proto3" json:"finished,omitempty"`
 	// Automatic scheduling is paused (administrators' operators still run).
 	SchedulingPaused bool `protobuf:"varint,8,opt,name=scheduling_paused,json=schedulingPaused,proto3" json:"scheduling_paused,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Commands per second applied by the shards' leaders, in all and by the
+	// node that leads them (from heartbeats; the leading master only).
+	OpsPerSec     float64            `protobuf:"fixed64,9,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
+	NodeOpsPerSec map[uint64]float64 `protobuf:"bytes,10,rep,name=node_ops_per_sec,json=nodeOpsPerSec,proto3" json:"node_ops_per_sec,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterState) Reset() {
@@ -1594,6 +1598,20 @@ func (x *ClusterState) GetSchedulingPaused() bool {
 		return x.SchedulingPaused
 	}
 	return false
+}
+
+func (x *ClusterState) GetOpsPerSec() float64 {
+	if x != nil {
+		return x.OpsPerSec
+	}
+	return 0
+}
+
+func (x *ClusterState) GetNodeOpsPerSec() map[uint64]float64 {
+	if x != nil {
+		return x.NodeOpsPerSec
+	}
+	return nil
 }
 
 type SetNodeStateRequest struct {
@@ -3392,7 +3410,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x10GetRoutesRequest\"9\n" +
 	"\x12WatchRoutesRequest\x12#\n" +
 	"\rafter_version\x18\x01 \x01(\x04R\fafterVersion\"\x13\n" +
-	"\x11GetClusterRequest\"\xfb\x02\n" +
+	"\x11GetClusterRequest\"\xb1\x04\n" +
 	"\fClusterState\x12/\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.shoal.v1.ClusterInfoR\acluster\x12(\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x12.shoal.v1.NodeInfoR\x05nodes\x12,\n" +
@@ -3401,7 +3419,13 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\rleader_master\x18\x05 \x01(\x04R\fleaderMaster\x120\n" +
 	"\toperators\x18\x06 \x03(\v2\x12.shoal.v1.OperatorR\toperators\x12.\n" +
 	"\bfinished\x18\a \x03(\v2\x12.shoal.v1.OperatorR\bfinished\x12+\n" +
-	"\x11scheduling_paused\x18\b \x01(\bR\x10schedulingPaused\"\xa3\x01\n" +
+	"\x11scheduling_paused\x18\b \x01(\bR\x10schedulingPaused\x12\x1e\n" +
+	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\x12R\n" +
+	"\x10node_ops_per_sec\x18\n" +
+	" \x03(\v2).shoal.v1.ClusterState.NodeOpsPerSecEntryR\rnodeOpsPerSec\x1a@\n" +
+	"\x12NodeOpsPerSecEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xa3\x01\n" +
 	"\x13SetNodeStateRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.shoal.v1.NodeStateR\x05state\x12\x16\n" +
@@ -3592,7 +3616,7 @@ func file_shoalpb_master_proto_rawDescGZIP() []byte {
 }
 
 var file_shoalpb_master_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_shoalpb_master_proto_goTypes = []any{
 	(NodeState)(0),                     // 0: shoal.v1.NodeState
 	(ErrorCode)(0),                     // 1: shoal.v1.ErrorCode
@@ -3639,19 +3663,20 @@ var file_shoalpb_master_proto_goTypes = []any{
 	(*Operator)(nil),                   // 42: shoal.v1.Operator
 	(*RunStepRequest)(nil),             // 43: shoal.v1.RunStepRequest
 	(*RunStepResponse)(nil),            // 44: shoal.v1.RunStepResponse
-	(*ShardDescriptor)(nil),            // 45: shoal.v1.ShardDescriptor
+	nil,                                // 45: shoal.v1.ClusterState.NodeOpsPerSecEntry
+	(*ShardDescriptor)(nil),            // 46: shoal.v1.ShardDescriptor
 }
 var file_shoalpb_master_proto_depIdxs = []int32{
 	0,  // 0: shoal.v1.NodeInfo.state:type_name -> shoal.v1.NodeState
-	45, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
+	46, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
 	5,  // 2: shoal.v1.RouteTable.shards:type_name -> shoal.v1.ShardRoute
 	3,  // 3: shoal.v1.RouteTable.nodes:type_name -> shoal.v1.NodeInfo
 	3,  // 4: shoal.v1.RegisterNodeResponse.node:type_name -> shoal.v1.NodeInfo
-	45, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
+	46, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
 	11, // 6: shoal.v1.HeartbeatRequest.stats:type_name -> shoal.v1.NodeStats
 	10, // 7: shoal.v1.HeartbeatRequest.replicas:type_name -> shoal.v1.ReplicaReport
 	13, // 8: shoal.v1.HeartbeatRequest.snapshots:type_name -> shoal.v1.SnapshotReport
-	45, // 9: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
+	46, // 9: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
 	16, // 10: shoal.v1.Work.transfer_leader:type_name -> shoal.v1.TransferLeaderWork
 	15, // 11: shoal.v1.HeartbeatResponse.work:type_name -> shoal.v1.Work
 	6,  // 12: shoal.v1.HeartbeatResponse.routes:type_name -> shoal.v1.RouteTable
@@ -3661,67 +3686,68 @@ var file_shoalpb_master_proto_depIdxs = []int32{
 	7,  // 16: shoal.v1.ClusterState.masters:type_name -> shoal.v1.MasterInfo
 	42, // 17: shoal.v1.ClusterState.operators:type_name -> shoal.v1.Operator
 	42, // 18: shoal.v1.ClusterState.finished:type_name -> shoal.v1.Operator
-	0,  // 19: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
-	0,  // 20: shoal.v1.SetNodeStateRequest.only_from:type_name -> shoal.v1.NodeState
-	3,  // 21: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
-	4,  // 22: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
-	8,  // 23: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
-	22, // 24: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
-	32, // 25: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
-	33, // 26: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
-	30, // 27: shoal.v1.MetaCommand.start_operators:type_name -> shoal.v1.StartOperators
-	31, // 28: shoal.v1.MetaCommand.update_operator:type_name -> shoal.v1.UpdateOperator
-	25, // 29: shoal.v1.MetaCommand.set_scheduling:type_name -> shoal.v1.SetSchedulingRequest
-	24, // 30: shoal.v1.MetaCommand.set_node_labels:type_name -> shoal.v1.SetNodeLabelsRequest
-	42, // 31: shoal.v1.StartOperators.operators:type_name -> shoal.v1.Operator
-	5,  // 32: shoal.v1.UpdateOperator.route:type_name -> shoal.v1.ShardRoute
-	37, // 33: shoal.v1.UpdateOperator.rollback:type_name -> shoal.v1.OperatorStep
-	45, // 34: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
-	5,  // 35: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
-	1,  // 36: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
-	3,  // 37: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
-	4,  // 38: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
-	1,  // 39: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
-	45, // 40: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
-	38, // 41: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
-	39, // 42: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
-	40, // 43: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
-	41, // 44: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
-	2,  // 45: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
-	37, // 46: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
-	37, // 47: shoal.v1.RunStepRequest.step:type_name -> shoal.v1.OperatorStep
-	5,  // 48: shoal.v1.RunStepResponse.route:type_name -> shoal.v1.ShardRoute
-	14, // 49: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
-	8,  // 50: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
-	12, // 51: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	18, // 52: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
-	19, // 53: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
-	20, // 54: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	22, // 55: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
-	24, // 56: shoal.v1.Master.SetNodeLabels:input_type -> shoal.v1.SetNodeLabelsRequest
-	25, // 57: shoal.v1.Master.SetScheduling:input_type -> shoal.v1.SetSchedulingRequest
-	26, // 58: shoal.v1.Master.MoveReplica:input_type -> shoal.v1.MoveReplicaRequest
-	27, // 59: shoal.v1.Master.TransferShardLeader:input_type -> shoal.v1.TransferShardLeaderRequest
-	28, // 60: shoal.v1.Master.CancelOperator:input_type -> shoal.v1.CancelOperatorRequest
-	43, // 61: shoal.v1.NodeAdmin.RunStep:input_type -> shoal.v1.RunStepRequest
-	4,  // 62: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
-	9,  // 63: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
-	17, // 64: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	6,  // 65: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
-	6,  // 66: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
-	21, // 67: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
-	23, // 68: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
-	23, // 69: shoal.v1.Master.SetNodeLabels:output_type -> shoal.v1.SetNodeStateResponse
-	25, // 70: shoal.v1.Master.SetScheduling:output_type -> shoal.v1.SetSchedulingRequest
-	42, // 71: shoal.v1.Master.MoveReplica:output_type -> shoal.v1.Operator
-	42, // 72: shoal.v1.Master.TransferShardLeader:output_type -> shoal.v1.Operator
-	42, // 73: shoal.v1.Master.CancelOperator:output_type -> shoal.v1.Operator
-	44, // 74: shoal.v1.NodeAdmin.RunStep:output_type -> shoal.v1.RunStepResponse
-	62, // [62:75] is the sub-list for method output_type
-	49, // [49:62] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	45, // 19: shoal.v1.ClusterState.node_ops_per_sec:type_name -> shoal.v1.ClusterState.NodeOpsPerSecEntry
+	0,  // 20: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
+	0,  // 21: shoal.v1.SetNodeStateRequest.only_from:type_name -> shoal.v1.NodeState
+	3,  // 22: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
+	4,  // 23: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
+	8,  // 24: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
+	22, // 25: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
+	32, // 26: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
+	33, // 27: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
+	30, // 28: shoal.v1.MetaCommand.start_operators:type_name -> shoal.v1.StartOperators
+	31, // 29: shoal.v1.MetaCommand.update_operator:type_name -> shoal.v1.UpdateOperator
+	25, // 30: shoal.v1.MetaCommand.set_scheduling:type_name -> shoal.v1.SetSchedulingRequest
+	24, // 31: shoal.v1.MetaCommand.set_node_labels:type_name -> shoal.v1.SetNodeLabelsRequest
+	42, // 32: shoal.v1.StartOperators.operators:type_name -> shoal.v1.Operator
+	5,  // 33: shoal.v1.UpdateOperator.route:type_name -> shoal.v1.ShardRoute
+	37, // 34: shoal.v1.UpdateOperator.rollback:type_name -> shoal.v1.OperatorStep
+	46, // 35: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
+	5,  // 36: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
+	1,  // 37: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
+	3,  // 38: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
+	4,  // 39: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
+	1,  // 40: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
+	46, // 41: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
+	38, // 42: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
+	39, // 43: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
+	40, // 44: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
+	41, // 45: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
+	2,  // 46: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
+	37, // 47: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
+	37, // 48: shoal.v1.RunStepRequest.step:type_name -> shoal.v1.OperatorStep
+	5,  // 49: shoal.v1.RunStepResponse.route:type_name -> shoal.v1.ShardRoute
+	14, // 50: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
+	8,  // 51: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
+	12, // 52: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	18, // 53: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
+	19, // 54: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
+	20, // 55: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	22, // 56: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
+	24, // 57: shoal.v1.Master.SetNodeLabels:input_type -> shoal.v1.SetNodeLabelsRequest
+	25, // 58: shoal.v1.Master.SetScheduling:input_type -> shoal.v1.SetSchedulingRequest
+	26, // 59: shoal.v1.Master.MoveReplica:input_type -> shoal.v1.MoveReplicaRequest
+	27, // 60: shoal.v1.Master.TransferShardLeader:input_type -> shoal.v1.TransferShardLeaderRequest
+	28, // 61: shoal.v1.Master.CancelOperator:input_type -> shoal.v1.CancelOperatorRequest
+	43, // 62: shoal.v1.NodeAdmin.RunStep:input_type -> shoal.v1.RunStepRequest
+	4,  // 63: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
+	9,  // 64: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
+	17, // 65: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	6,  // 66: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
+	6,  // 67: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
+	21, // 68: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
+	23, // 69: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
+	23, // 70: shoal.v1.Master.SetNodeLabels:output_type -> shoal.v1.SetNodeStateResponse
+	25, // 71: shoal.v1.Master.SetScheduling:output_type -> shoal.v1.SetSchedulingRequest
+	42, // 72: shoal.v1.Master.MoveReplica:output_type -> shoal.v1.Operator
+	42, // 73: shoal.v1.Master.TransferShardLeader:output_type -> shoal.v1.Operator
+	42, // 74: shoal.v1.Master.CancelOperator:output_type -> shoal.v1.Operator
+	44, // 75: shoal.v1.NodeAdmin.RunStep:output_type -> shoal.v1.RunStepResponse
+	63, // [63:76] is the sub-list for method output_type
+	50, // [50:63] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_master_proto_init() }
@@ -3757,7 +3783,7 @@ func file_shoalpb_master_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shoalpb_master_proto_rawDesc), len(file_shoalpb_master_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

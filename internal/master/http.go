@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/master/dashboard"
 	"github.com/shoaldb/shoal/internal/metrics"
 )
 
@@ -22,6 +23,7 @@ import (
 //	GET  /status                           the cluster state (JSON)
 //	GET  /operators                        operators in flight and recently finished
 //	GET  /metrics                          Prometheus metrics; /debug/pprof/ too
+//	GET  /dashboard/                       the web dashboard (/ redirects there)
 //	POST /nodes/{id}/drain                 also undrain, remove
 //	POST /nodes/{id}/labels?weight=&zone=  set weight and zone
 //	POST /shards/{id}/move?from=&to=       move a replica
@@ -37,6 +39,8 @@ func (s *Server) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /status", s.handleStatus)
+	mux.Handle("GET /dashboard/", http.StripPrefix("/dashboard/", dashboard.Handler()))
+	mux.Handle("GET /{$}", http.RedirectHandler("/dashboard/", http.StatusFound))
 	metrics.Mount(mux, s.metrics)
 	mux.HandleFunc("GET /operators", func(w http.ResponseWriter, _ *http.Request) {
 		st := s.clusterState()

@@ -149,6 +149,21 @@ func (s *Server) clusterState() *shoalpb.ClusterState {
 	cs := &shoalpb.ClusterState{Cluster: s.meta.cluster(), Nodes: s.meta.nodes(), Routes: t, SchedulingPaused: s.meta.schedulingPaused()}
 	inFlight, finished := s.meta.operators()
 	cs.Operators, cs.Finished = s.withProgress(inFlight), finished
+	cs.NodeOpsPerSec = map[uint64]float64{}
+	s.lmu.Lock()
+	for _, rt := range t.Shards {
+		st, ok := s.lmu.shardStats[rt.Shard.ShardId]
+		if !ok {
+			continue
+		}
+		for _, r := range rt.Shard.Replicas {
+			if r.ReplicaId == rt.LeaderReplica {
+				cs.NodeOpsPerSec[r.NodeId] += st.ops
+			}
+		}
+		cs.OpsPerSec += st.ops
+	}
+	s.lmu.Unlock()
 	st, err := s.store.Status(MetaShard)
 	for id, addr := range s.cfg.Peers {
 		leader := err == nil && st.LeaderReplica == id
