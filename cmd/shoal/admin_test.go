@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -99,6 +100,30 @@ func TestAdminCommandsAgainstPlayground(t *testing.T) {
 	mustRun("done", "shard", "move", id, "--from", fmt.Sprint(from), "--to", fmt.Sprint(to), "--wait")
 	mustRun("done", "shard", "transfer-leader", id, "--to", fmt.Sprint(to), "--wait")
 	mustRun("admin", "operator", "list", "--all")
+	// shoal bench: load 500 records, then a short mixed run.
+	var res struct {
+		Ops    int `json:"ops"`
+		Errors int `json:"errors"`
+		All    struct {
+			P99 float64 `json:"p99_ms"`
+		} `json:"all"`
+	}
+	for _, args := range [][]string{
+		{"bench", "--workload", "load", "--records", "500", "--concurrency", "8", "--json"},
+		{"bench", "--workload", "a", "--records", "500", "--concurrency", "8", "--ops", "400", "--json"},
+	} {
+		out := mustRun(`"ops"`, args...)
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("shoal %v: %v\n%s", args, err, out)
+		}
+		if res.Ops < 400 || res.Errors != 0 || res.All.P99 <= 0 {
+			t.Fatalf("shoal %v: %s", args, out)
+		}
+	}
+	// The load wrote every record: the last one reads back with 100 bytes.
+	if got := strings.TrimSpace(mustRun("", "get", string(benchKey(499)))); len(got) != 100 {
+		t.Fatalf("record 499 reads back as %q", got)
+	}
 	mustRun(`"finished"`, "operator", "list", "--all", "--json")
 	mustRun("weight 2", "node", "set", fmt.Sprint(to), "--weight", "2")
 	mustRun("scheduling resumed", "schedule", "resume")
@@ -148,3 +173,5 @@ func TestAdminCommandsAgainstPlayground(t *testing.T) {
 		t.Fatalf("a misspelled setting: %v", err)
 	}
 }
+
+func benchKey(i int) []byte { return fmt.Appendf(nil, "user%010d", i) }

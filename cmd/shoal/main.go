@@ -51,7 +51,7 @@ group replicated on several nodes, stored in Pebble.`,
 		}
 		return applyConfigFile(cmd, g.config)
 	}
-	root.AddCommand(newPlaygroundCmd(g), newMasterCmd(g), newNodeCmd(g), newClusterCmd(), newShardCmd(), newScheduleCmd(), newOperatorCmd(), newVersionCmd())
+	root.AddCommand(newPlaygroundCmd(g), newMasterCmd(g), newNodeCmd(g), newClusterCmd(), newShardCmd(), newScheduleCmd(), newOperatorCmd(), newBenchCmd(), newVersionCmd())
 	root.AddCommand(newKVCmds()...)
 	return root
 }

@@ -1,0 +1,265 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Target is the store a workload drives.
+type Target interface {
+	Get(ctx context.Context, key []byte) error
+	Put(ctx context.Context, key, value []byte) error
+}
+
+// Workload is a mix of operations, named after YCSB's core workloads.
+type Workload struct {
+	Name string
+	// ReadFraction of the operations are reads; the rest update.
+	ReadFraction float64
+	// Load inserts records 0..Records-1 once each, then stops.
+	Load bool
+}
+
+// LookupWorkload returns the workload with a name: load (insert every
+// record once), a (50% reads, 50% updates), b (95/5), c (reads only), w
+// (updates only).
+func LookupWorkload(name string) (Workload, error) {
+	switch name {
+	case "load":
+		return Workload{Name: name, Load: true}, nil
+	case "a":
+		return Workload{Name: name, ReadFraction: 0.5}, nil
+	case "b":
+		return Workload{Name: name, ReadFraction: 0.95}, nil
+	case "c":
+		return Workload{Name: name, ReadFraction: 1}, nil
+	case "w":
+		return Workload{Name: name}, nil
+	}
+	return Workload{}, fmt.Errorf("bench: unknown workload %q: want load, a, b, c or w", name)
+}
+
+// Options configure a Run. Zero values take the defaults.
+type Options struct {
+	Workload Workload
+	// Records is the number of keys (user0000000000 ...). Default 100000.
+	Records int
+	// ValueSize is the size of written values in bytes. Default 100.
+	ValueSize int
+	// Concurrency is the number of concurrent clients. Default 64.
+	Concurrency int
+	// Duration bounds the run (not the load phase). Default 30s.
+	Duration time.Duration
+	// Ops, when positive, ends the run after this many operations.
+	Ops int
+	// Zipfian picks keys with a Zipf distribution (s = 1.01, close to
+	// YCSB's 0.99, which Go's generator cannot take) instead of uniformly.
+	Zipfian bool
+	// Timeout bounds one operation. Default 10s.
+	Timeout time.Duration
+	// Seed makes key choices reproducible. Default 1.
+	Seed uint64
+	// Progress, when set, is called about once a second.
+	Progress func(Progress)
+}
+
+// Progress is a run's state so far.
+type Progress struct {
+	Elapsed   time.Duration
+	Ops       uint64
+	Errors    uint64
+	OpsPerSec float64 // over the last interval
+}
+
+// Latency summarizes one operation type, in milliseconds.
+type Latency struct {
+	Count uint64  `json:"count"`
+	Mean  float64 `json:"mean_ms"`
+	P50   float64 `json:"p50_ms"`
+	P99   float64 `json:"p99_ms"`
+	P999  float64 `json:"p999_ms"`
+	Max   float64 `json:"max_ms"`
+}
+
+// Result is what a Run measured.
+type Result struct {
+	Workload    string  `json:"workload"`
+	Records     int     `json:"records"`
+	ValueSize   int     `json:"value_size"`
+	Concurrency int     `json:"concurrency"`
+	Zipfian     bool    `json:"zipfian"`
+	Seconds     float64 `json:"seconds"`
+	Ops         uint64  `json:"ops"`
+	Errors      uint64  `json:"errors"`
+	FirstError  string  `json:"first_error,omitempty"`
+	OpsPerSec   float64 `json:"ops_per_sec"`
+	Read        Latency `json:"read"`
+	Update      Latency `json:"update"`
+	All         Latency `json:"all"`
+}
+
+func (o *Options) ensureDefaults() {
+	if o.Records <= 0 {
+		o.Records = 100000
+	}
+	if o.ValueSize <= 0 {
+		o.ValueSize = 100
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 64
+	}
+	if o.Duration <= 0 {
+		o.Duration = 30 * time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.Seed == 0 {
+		o.Seed = 1
+	}
+}
+
+// Key returns the name of record i.
+func Key(i int) []byte { return fmt.Appendf(nil, "user%010d", i) }
+
+// Run drives t with the workload until it is done (load), the duration
+// passes, Ops operations are done, or ctx ends, and returns what it
+// measured. A failed operation is counted, not retried.
+func Run(ctx context.Context, t Target, o Options) (*Result, error) {
+	o.ensureDefaults()
+	if o.Workload.Name == "" {
+		return nil, errors.New("bench: no workload")
+	}
+	var (
+		ops, errs atomic.Uint64
+		firstErr  atomic.Value
+		next      atomic.Int64 // load: next record to insert
+		mu        sync.Mutex
+		reads     Histogram
+		updates   Histogram
+	)
+	runCtx := ctx
+	var cancel context.CancelFunc
+	if !o.Workload.Load {
+		runCtx, cancel = context.WithTimeout(ctx, o.Duration)
+	} else {
+		runCtx, cancel = context.WithCancel(ctx)
+	}
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range o.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(o.Seed, uint64(w)))
+			var zipf *rand.Zipf
+			if o.Zipfian {
+				zipf = rand.NewZipf(rng, 1.01, 1, uint64(o.Records-1))
+			}
+			value := make([]byte, o.ValueSize)
+			var r, u Histogram
+			defer func() {
+				mu.Lock()
+				reads.Merge(&r)
+				updates.Merge(&u)
+				mu.Unlock()
+			}()
+			for runCtx.Err() == nil {
+				var key []byte
+				read := false
+				switch {
+				case o.Workload.Load:
+					i := int(next.Add(1) - 1)
+					if i >= o.Records {
+						return
+					}
+					key = Key(i)
+				default:
+					if o.Ops > 0 && ops.Load() >= uint64(o.Ops) {
+						cancel()
+						return
+					}
+					i := rng.IntN(o.Records)
+					if zipf != nil {
+						i = int(zipf.Uint64())
+					}
+					key = Key(i)
+					read = rng.Float64() < o.Workload.ReadFraction
+				}
+				for i := range value {
+					value[i] = byte('a' + rng.IntN(26))
+				}
+				octx, ocancel := context.WithTimeout(runCtx, o.Timeout)
+				t0 := time.Now()
+				var err error
+				if read {
+					err = t.Get(octx, key)
+				} else {
+					err = t.Put(octx, key, value)
+				}
+				d := time.Since(t0)
+				ocancel()
+				if err != nil {
+					if runCtx.Err() != nil {
+						return // the run ended under it: not the store's failure
+					}
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				ops.Add(1)
+				if read {
+					r.Record(d)
+				} else {
+					u.Record(d)
+				}
+			}
+		}()
+	}
+	if o.Progress != nil {
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		tick := time.NewTicker(time.Second)
+		last, lastAt := uint64(0), start
+		for running := true; running; {
+			select {
+			case <-done:
+				running = false
+			case now := <-tick.C:
+				n := ops.Load()
+				o.Progress(Progress{Elapsed: now.Sub(start), Ops: n, Errors: errs.Load(),
+					OpsPerSec: float64(n-last) / now.Sub(lastAt).Seconds()})
+				last, lastAt = n, now
+			}
+		}
+		tick.Stop()
+	} else {
+		wg.Wait()
+	}
+	elapsed := time.Since(start)
+	var all Histogram
+	all.Merge(&reads)
+	all.Merge(&updates)
+	res := &Result{
+		Workload: o.Workload.Name, Records: o.Records, ValueSize: o.ValueSize, Concurrency: o.Concurrency, Zipfian: o.Zipfian,
+		Seconds: elapsed.Seconds(), Ops: ops.Load(), Errors: errs.Load(),
+		OpsPerSec: float64(ops.Load()) / elapsed.Seconds(),
+		Read:      summarize(&reads), Update: summarize(&updates), All: summarize(&all),
+	}
+	if e, ok := firstErr.Load().(string); ok {
+		res.FirstError = e
+	}
+	return res, nil
+}
+
+func summarize(h *Histogram) Latency {
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return Latency{Count: h.Count(), Mean: ms(h.Mean()), P50: ms(h.Quantile(0.5)), P99: ms(h.Quantile(0.99)),
+		P999: ms(h.Quantile(0.999)), Max: ms(h.Max())}
+}
