@@ -2262,7 +2262,7 @@ type UpdateOperator struct {
 	// With start_rollback: the steps that replace the remaining ones.
 	Rollback      []*OperatorStep `protobuf:"bytes,6,rep,name=rollback,proto3" json:"rollback,omitempty"`
 	StartRollback bool            `protobuf:"varint,8,opt,name=start_rollback,json=startRollback,proto3" json:"start_rollback,omitempty"`
-	// The last error of the current step, for operators to see.
+	// With start_rollback: why (appended to the operator's reason).
 	LastError string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// The update applies only if the operator is still at expect_current
 	// and rolling back as expect_rolling_back says: a runner of an earlier
@@ -3041,7 +3041,8 @@ type Operator struct {
 	FinishedMs int64  `protobuf:"varint,13,opt,name=finished_ms,json=finishedMs,proto3" json:"finished_ms,omitempty"`
 	// Steps are undoing what the operator did (it failed or was cancelled).
 	RollingBack bool `protobuf:"varint,14,opt,name=rolling_back,json=rollingBack,proto3" json:"rolling_back,omitempty"`
-	// The last error of the current step (it is being retried).
+	// The last error of the current step (it is being retried); filled in
+	// by the leading master when the cluster state is read, never stored.
 	LastError string `protobuf:"bytes,15,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// Estimated ms until the current step ends (from its progress); filled
 	// in when the cluster state is read, 0 when unknown.

@@ -76,7 +76,7 @@ func addNodeAdminCmds(nodeCmd *cobra.Command) {
 					return err
 				}
 				return f.print(cmd.OutOrStdout(), resp, func() {
-					fmt.Fprintf(cmd.OutOrStdout(), "node %d is %s\n", id, stateName(resp.Node.State))
+					fmt.Fprintf(cmd.OutOrStdout(), "node %d is %s\n", id, resp.Node.State.Name())
 				})
 			},
 		}
@@ -201,7 +201,7 @@ func (f *clientFlags) started(cmd *cobra.Command, op *shoalpb.Operator, wait boo
 	w := cmd.OutOrStdout()
 	if !wait {
 		return f.print(w, op, func() {
-			fmt.Fprintf(w, "operator %d started: %s\n  steps: %s\n", op.Id, op.Reason, strings.Join(describeSteps(op.Steps), ", "))
+			fmt.Fprintf(w, "operator %d started: %s\n  steps: %s\n", op.Id, op.Reason, strings.Join(shoalpb.DescribeSteps(op.Steps), ", "))
 		})
 	}
 	if !f.json {
@@ -333,7 +333,7 @@ func printOperators(w io.Writer, st *shoalpb.ClusterState, finished bool) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tSHARD\tKIND\tSTEP\tPROGRESS\tAGE\tREASON")
 		for _, op := range st.Operators {
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\n", op.Id, op.ShardId, kindName(op.Kind), stepCell(op), progressCell(op),
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\n", op.Id, op.ShardId, op.Kind.Name(), stepCell(op), progressCell(op),
 				time.Since(time.UnixMilli(op.CreatedMs)).Round(time.Second), op.Reason)
 		}
 		tw.Flush()
@@ -343,7 +343,7 @@ func printOperators(w io.Writer, st *shoalpb.ClusterState, finished bool) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tSHARD\tKIND\tTOOK\tOUTCOME\tREASON")
 		for _, op := range st.Finished {
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\n", op.Id, op.ShardId, kindName(op.Kind),
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\n", op.Id, op.ShardId, op.Kind.Name(),
 				time.UnixMilli(op.FinishedMs).Sub(time.UnixMilli(op.CreatedMs)).Round(time.Millisecond), op.Outcome, op.Reason)
 		}
 		tw.Flush()
@@ -354,7 +354,7 @@ func stepCell(op *shoalpb.Operator) string {
 	if int(op.Current) >= len(op.Steps) {
 		return fmt.Sprintf("%d/%d", op.Current, len(op.Steps))
 	}
-	s := fmt.Sprintf("%d/%d %s", op.Current+1, len(op.Steps), describeStep(op.Steps[op.Current]))
+	s := fmt.Sprintf("%d/%d %s", op.Current+1, len(op.Steps), op.Steps[op.Current].Describe())
 	if op.RollingBack {
 		s += " (rolling back)"
 	}
@@ -389,41 +389,4 @@ func humanBytes(b uint64) string {
 		return fmt.Sprintf("%.1f KiB", float64(b)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", b)
-}
-
-func stateName(s shoalpb.NodeState) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "NODE_STATE_"))
-}
-
-func kindName(k shoalpb.OperatorKind) string {
-	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k.String(), "OPERATOR_KIND_")), "_", "-")
-}
-
-func describeStep(st *shoalpb.OperatorStep) string {
-	switch s := st.GetStep().(type) {
-	case *shoalpb.OperatorStep_AddLearner:
-		return fmt.Sprintf("add learner r%d on node %d", s.AddLearner.ReplicaId, s.AddLearner.NodeId)
-	case *shoalpb.OperatorStep_ChangeVoters:
-		var parts []string
-		if len(s.ChangeVoters.Promote) > 0 {
-			parts = append(parts, fmt.Sprintf("promote %v", s.ChangeVoters.Promote))
-		}
-		if len(s.ChangeVoters.Remove) > 0 {
-			parts = append(parts, fmt.Sprintf("remove voter %v", s.ChangeVoters.Remove))
-		}
-		return strings.Join(parts, ", ")
-	case *shoalpb.OperatorStep_TransferLeader:
-		return fmt.Sprintf("transfer leader to r%d", s.TransferLeader.ToReplica)
-	case *shoalpb.OperatorStep_RemoveReplica:
-		return fmt.Sprintf("remove r%d", s.RemoveReplica.ReplicaId)
-	}
-	return "empty step"
-}
-
-func describeSteps(steps []*shoalpb.OperatorStep) []string {
-	out := make([]string, len(steps))
-	for i, st := range steps {
-		out[i] = describeStep(st)
-	}
-	return out
 }

@@ -314,7 +314,7 @@ func printStatus(w io.Writer, st *shoalpb.ClusterState) {
 			zone = "-"
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", n.Id, n.Addr, zone, strconv.FormatFloat(n.Weight, 'g', -1, 64),
-			strings.ToLower(strings.TrimPrefix(n.State.String(), "NODE_STATE_")), since, n.StateReason, replicas[n.Id], leaders[n.Id])
+			n.State.Name(), since, n.StateReason, replicas[n.Id], leaders[n.Id])
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

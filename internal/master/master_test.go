@@ -426,12 +426,7 @@ func TestFollowersServeRoutesAndRedirectWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var follower *tc.Master
-	for _, m := range c.Masters {
-		if m != leader {
-			follower = m
-		}
-	}
+	follower := c.MasterFollower()
 	conn, err := grpc.NewClient(follower.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -451,7 +451,6 @@ func (m *metaState) updateOperatorLocked(b *storage.Batch, u *shoalpb.UpdateOper
 		op.RollingBack, op.StepStartedMs = true, now
 		op.Reason += "; rolling back: " + u.LastError
 	}
-	op.LastError = u.LastError
 	if u.Outcome != "" {
 		op.Outcome, op.FinishedMs = u.Outcome, now
 		if err := b.Delete(opKey(op.Id), nil); err != nil {

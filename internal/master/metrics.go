@@ -1,8 +1,6 @@
 package master
 
 import (
-	"strings"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
@@ -30,7 +28,7 @@ func (c masterCollector) Collect(ch chan<- prometheus.Metric) {
 	states := map[string]float64{}
 	up := map[uint64]bool{}
 	for _, n := range c.s.meta.nodes() {
-		states[strings.ToLower(strings.TrimPrefix(n.State.String(), "NODE_STATE_"))]++
+		states[n.State.Name()]++
 		up[n.Id] = n.State == shoalpb.NodeState_NODE_STATE_UP
 	}
 	for st, n := range states {
@@ -39,7 +37,7 @@ func (c masterCollector) Collect(ch chan<- prometheus.Metric) {
 	kinds := map[string]float64{}
 	inFlight, _ := c.s.meta.operators()
 	for _, op := range inFlight {
-		kinds[kindName(op.Kind)]++
+		kinds[op.Kind.Name()]++
 	}
 	for k, n := range kinds {
 		ch <- prometheus.MustNewConstMetric(descOps, prometheus.GaugeValue, n, k)

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
@@ -126,8 +125,8 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 				outcome = "rolled back"
 			}
 			s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: outcome})
-			s.opsFinished.WithLabelValues(kindName(op.Kind), strings.ReplaceAll(outcome, " ", "-")).Inc()
-			s.log.Info("operator finished", "op", op.Id, "shard", op.ShardId, "kind", kindName(op.Kind), "outcome", outcome,
+			s.opsFinished.WithLabelValues(op.Kind.Name(), strings.ReplaceAll(outcome, " ", "-")).Inc()
+			s.log.Info("operator finished", "op", op.Id, "shard", op.ShardId, "kind", op.Kind.Name(), "outcome", outcome,
 				"took", time.Since(time.UnixMilli(op.CreatedMs)).Round(time.Millisecond))
 			return
 		}
@@ -149,7 +148,7 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 			// Undo only a learner. The route may lag the shard, but the
 			// step runs under its epoch, so the leader confirms or refuses
 			// what the route says.
-			if rep := findReplica(rt.Shard, rm.ReplicaId); rep != nil && rep.Role == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
+			if rep := rt.Shard.Replica(rm.ReplicaId); rep != nil && rep.Role == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
 				s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current + 1})
 				continue
 			}
@@ -160,13 +159,13 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 		}
 		deadline := time.UnixMilli(op.StepStartedMs).Add(s.cfg.OperatorStepTimeout)
 		if time.Now().After(deadline) {
-			reason := fmt.Sprintf("step %d (%s) did not finish within %s", op.Current+1, describeStep(step), s.cfg.OperatorStepTimeout)
+			reason := fmt.Sprintf("step %d (%s) did not finish within %s", op.Current+1, step.Describe(), s.cfg.OperatorStepTimeout)
 			if last := r.lastError(); last != "" {
 				reason += ": " + last
 			}
 			if op.RollingBack {
 				s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: "failed: rollback " + reason})
-				s.opsFinished.WithLabelValues(kindName(op.Kind), "failed").Inc()
+				s.opsFinished.WithLabelValues(op.Kind.Name(), "failed").Inc()
 				s.log.Error("operator rollback failed", "op", op.Id, "shard", op.ShardId, "reason", reason)
 				return
 			}
@@ -209,11 +208,11 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 			}
 		case shoalpb.ErrorCode_ERROR_CODE_INVALID:
 			if !op.RollingBack {
-				s.rollback(ctx, op, fmt.Sprintf("step %d (%s) refused: %v", op.Current+1, describeStep(step), err))
+				s.rollback(ctx, op, fmt.Sprintf("step %d (%s) refused: %v", op.Current+1, step.Describe(), err))
 				continue
 			}
 		}
-		s.log.Debug("operator step failed; retrying", "op", op.Id, "shard", op.ShardId, "step", describeStep(step), "err", err)
+		s.log.Debug("operator step failed; retrying", "op", op.Id, "shard", op.ShardId, "step", step.Describe(), "err", err)
 		select {
 		case <-ctx.Done():
 			return
@@ -238,7 +237,7 @@ func (r *runner) lastError() string {
 // rollback replaces what is left of op by the steps that undo it.
 func (s *Server) rollback(ctx context.Context, op *shoalpb.Operator, reason string) {
 	steps := schedule.Rollback(op)
-	s.log.Warn("rolling operator back", "op", op.Id, "shard", op.ShardId, "kind", kindName(op.Kind), "reason", reason, "undo_steps", len(steps))
+	s.log.Warn("rolling operator back", "op", op.Id, "shard", op.ShardId, "kind", op.Kind.Name(), "reason", reason, "undo_steps", len(steps))
 	s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, StartRollback: true, Rollback: steps, LastError: reason})
 }
 
@@ -315,7 +314,7 @@ func (s *Server) runStep(ctx context.Context, rt *shoalpb.ShardRoute, step *shoa
 		if n == nil || (i > 0 || node == 0) && n.State != shoalpb.NodeState_NODE_STATE_UP && n.State != shoalpb.NodeState_NODE_STATE_DRAINING {
 			continue
 		}
-		conn, err := s.nodeConn(n.Addr)
+		conn, err := s.conns.Get(n.Addr)
 		if err != nil {
 			return nil, err
 		}
@@ -334,30 +333,6 @@ func (s *Server) runStep(ctx context.Context, rt *shoalpb.ShardRoute, step *shoa
 		last = fmt.Errorf("no live node holds a voter of shard %d", rt.Shard.ShardId)
 	}
 	return nil, last
-}
-
-// nodeConn returns a client connection to a storage node, kept for reuse.
-func (s *Server) nodeConn(addr string) (*grpc.ClientConn, error) {
-	s.connMu.Lock()
-	defer s.connMu.Unlock()
-	if c := s.conns[addr]; c != nil {
-		return c, nil
-	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecureCreds()))
-	if err != nil {
-		return nil, err
-	}
-	s.conns[addr] = c
-	return c, nil
-}
-
-func (s *Server) closeConns() {
-	s.connMu.Lock()
-	defer s.connMu.Unlock()
-	for a, c := range s.conns {
-		c.Close()
-		delete(s.conns, a)
-	}
 }
 
 // scheduleRound looks at the cluster and starts what the scheduler plans:
@@ -386,7 +361,7 @@ func (s *Server) scheduleRound(ctx context.Context) {
 		return
 	}
 	for _, op := range ops {
-		s.log.Info("operator started", "op", op.Id, "shard", op.ShardId, "kind", kindName(op.Kind), "reason", op.Reason, "steps", describeSteps(op.Steps))
+		s.log.Info("operator started", "op", op.Id, "shard", op.ShardId, "kind", op.Kind.Name(), "reason", op.Reason, "steps", shoalpb.DescribeSteps(op.Steps))
 	}
 	s.runOperators()
 }
@@ -420,15 +395,6 @@ func (s *Server) removeDrained(ctx context.Context, snap schedule.Snapshot) {
 		}
 		s.log.Info("node removed", "node", n.ID, "reason", "drained: it holds no replica")
 	}
-}
-
-func findReplica(d *shoalpb.ShardDescriptor, id uint64) *shoalpb.ReplicaDescriptor {
-	for _, r := range d.GetReplicas() {
-		if r.ReplicaId == id {
-			return r
-		}
-	}
-	return nil
 }
 
 // snapshot is the cluster as the scheduler sees it.
@@ -469,7 +435,7 @@ func (s *Server) withProgress(ops []*shoalpb.Operator) []*shoalpb.Operator {
 	defer s.lmu.Unlock()
 	for _, op := range ops {
 		op = proto.Clone(op).(*shoalpb.Operator)
-		if r := s.lmu.running[op.Id]; r != nil && op.LastError == "" {
+		if r := s.lmu.running[op.Id]; r != nil {
 			op.LastError = r.lastError()
 		}
 		if int(op.Current) < len(op.Steps) {
@@ -502,46 +468,4 @@ func learnerNode(op *shoalpb.Operator) uint64 {
 		}
 	}
 	return 0
-}
-
-func kindName(k shoalpb.OperatorKind) string {
-	switch k {
-	case shoalpb.OperatorKind_OPERATOR_KIND_REPAIR:
-		return "repair"
-	case shoalpb.OperatorKind_OPERATOR_KIND_PLACEMENT:
-		return "placement"
-	case shoalpb.OperatorKind_OPERATOR_KIND_DRAIN:
-		return "drain"
-	case shoalpb.OperatorKind_OPERATOR_KIND_REPLICA_BALANCE:
-		return "replica-balance"
-	case shoalpb.OperatorKind_OPERATOR_KIND_LEADER_BALANCE:
-		return "leader-balance"
-	case shoalpb.OperatorKind_OPERATOR_KIND_HOT_SHARD:
-		return "hot-shard"
-	case shoalpb.OperatorKind_OPERATOR_KIND_ADMIN:
-		return "admin"
-	}
-	return k.String()
-}
-
-func describeStep(st *shoalpb.OperatorStep) string {
-	switch s := st.GetStep().(type) {
-	case *shoalpb.OperatorStep_AddLearner:
-		return fmt.Sprintf("add learner r%d on n%d", s.AddLearner.ReplicaId, s.AddLearner.NodeId)
-	case *shoalpb.OperatorStep_ChangeVoters:
-		return fmt.Sprintf("promote %v remove %v", s.ChangeVoters.Promote, s.ChangeVoters.Remove)
-	case *shoalpb.OperatorStep_TransferLeader:
-		return fmt.Sprintf("transfer leader to r%d", s.TransferLeader.ToReplica)
-	case *shoalpb.OperatorStep_RemoveReplica:
-		return fmt.Sprintf("remove r%d", s.RemoveReplica.ReplicaId)
-	}
-	return "empty step"
-}
-
-func describeSteps(steps []*shoalpb.OperatorStep) []string {
-	out := make([]string, len(steps))
-	for i, st := range steps {
-		out[i] = describeStep(st)
-	}
-	return out
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -195,7 +194,7 @@ func (s *Server) SetNodeState(ctx context.Context, req *shoalpb.SetNodeStateRequ
 		// replace it, as a stranger to the cluster.
 		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_INVALID,
 			"node %d is %s and holds replicas: drain it (it is removed once empty), or stop it first",
-			n.Id, strings.ToLower(strings.TrimPrefix(n.State.String(), "NODE_STATE_"))))
+			n.Id, n.State.Name()))
 	}
 	res, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetNodeState{SetNodeState: req}})
 	if err != nil {
@@ -275,7 +274,7 @@ func (s *Server) startAdmin(ctx context.Context, plan func(schedule.Snapshot) (*
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
-	s.log.Info("operator started", "op", op.Id, "shard", op.ShardId, "kind", kindName(op.Kind), "reason", op.Reason, "steps", describeSteps(op.Steps))
+	s.log.Info("operator started", "op", op.Id, "shard", op.ShardId, "kind", op.Kind.Name(), "reason", op.Reason, "steps", shoalpb.DescribeSteps(op.Steps))
 	s.runOperators()
 	if cur := s.meta.operator(op.Id); cur != nil {
 		op = cur

@@ -452,27 +452,7 @@ func TestAdminOperations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitOp := func(id uint64) *shoalpb.Operator {
-		t.Helper()
-		var done *shoalpb.Operator
-		if err := tc.WaitFor(ctx, func() error {
-			st, err := c.ClusterState()
-			if err != nil {
-				return err
-			}
-			for _, f := range st.Finished {
-				if f.Id == id {
-					done = f
-					return nil
-				}
-			}
-			return fmt.Errorf("operator %d not finished", id)
-		}); err != nil {
-			t.Fatal(err)
-		}
-		return done
-	}
-	if f := waitOp(op.Id); f.Outcome != "done" {
+	if f := finishedOp(t, ctx, c, op.Id); f.Outcome != "done" {
 		t.Fatalf("move: %s", f.Outcome)
 	}
 	d, err := c.Descriptor(shard)
@@ -501,7 +481,7 @@ func TestAdminOperations(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if f := waitOp(op.Id); f.Outcome != "done" {
+			if f := finishedOp(t, ctx, c, op.Id); f.Outcome != "done" {
 				return fmt.Errorf("transfer: %s", f.Outcome)
 			}
 			return nil
@@ -557,12 +537,7 @@ func TestHTTPAdmin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var follower *tc.Master
-	for _, m := range c.Masters {
-		if m != leader {
-			follower = m
-		}
-	}
+	follower := c.MasterFollower()
 	lsrv := httptest.NewServer(leader.Server().HTTPHandler())
 	defer lsrv.Close()
 	fsrv := httptest.NewServer(follower.Server().HTTPHandler())

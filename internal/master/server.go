@@ -185,8 +185,8 @@ type Server struct {
 	baseCtx    context.Context
 	baseCancel context.CancelFunc
 
-	connMu sync.Mutex
-	conns  map[string]*grpc.ClientConn
+	// conns are the connections to storage nodes (NodeAdmin).
+	conns transport.Conns
 
 	// metrics is the master's Prometheus registry (/metrics);
 	// opsFinished counts the operators this master finished as leader.
@@ -209,7 +209,6 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("master", cfg.ID), stopC: make(chan struct{}), errC: make(chan error, 1),
-		conns: map[string]*grpc.ClientConn{},
 		opsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_master_operators_finished_total", Help: "Operators this master finished as leader, by kind and outcome (done, rolled-back, failed).",
 		}, []string{"kind", "outcome"})}
@@ -396,7 +395,7 @@ func (s *Server) Stop() {
 		s.grpc.Stop()
 		s.transport.Close()
 		s.wg.Wait()
-		s.closeConns()
+		s.conns.Close()
 		s.store.Stop()
 		s.eng.Close()
 		s.log.Info("master stopped")

@@ -50,25 +50,39 @@ func Mount(mux *http.ServeMux, reg *prometheus.Registry) {
 // latencyBuckets spans 50µs to about 13 s.
 var latencyBuckets = prometheus.ExponentialBuckets(50e-6, 2, 18)
 
-// GRPC counts and times a gRPC server's unary requests by method and
-// status code.
-type GRPC struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+// requests counts requests by what they were and their result, and times
+// them by what they were.
+type requests struct {
+	count   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
 }
+
+// newRequests registers <name>_total{what, result} and <name>_seconds{what}.
+func newRequests(reg prometheus.Registerer, name, what, result, help string) requests {
+	r := requests{
+		count: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: name + "_total", Help: help + ", by " + what + " and " + result + ".",
+		}, []string{what, result}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: name + "_seconds", Help: help + " latency, by " + what + ".", Buckets: latencyBuckets,
+		}, []string{what}),
+	}
+	reg.MustRegister(r.count, r.latency)
+	return r
+}
+
+func (r requests) observe(what, result string, d time.Duration) {
+	r.count.WithLabelValues(what, result).Inc()
+	r.latency.WithLabelValues(what).Observe(d.Seconds())
+}
+
+// GRPC counts and times a gRPC server's unary requests by method and
+// status code: shoal_grpc_requests_total and shoal_grpc_requests_seconds.
+type GRPC struct{ r requests }
 
 // NewGRPC registers the gRPC request metrics on reg.
 func NewGRPC(reg prometheus.Registerer) *GRPC {
-	g := &GRPC{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "shoal_grpc_requests_total", Help: "gRPC requests served, by method and status code.",
-		}, []string{"method", "code"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "shoal_grpc_request_seconds", Help: "gRPC request latency, by method.", Buckets: latencyBuckets,
-		}, []string{"method"}),
-	}
-	reg.MustRegister(g.requests, g.latency)
-	return g
+	return &GRPC{newRequests(reg, "shoal_grpc_requests", "method", "code", "gRPC requests served")}
 }
 
 // Unary returns the interceptor that records every unary request.
@@ -76,38 +90,23 @@ func (g *GRPC) Unary() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
 		resp, err := handler(ctx, req)
-		method := path.Base(info.FullMethod)
-		g.requests.WithLabelValues(method, status.Code(err).String()).Inc()
-		g.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+		g.r.observe(path.Base(info.FullMethod), status.Code(err).String(), time.Since(start))
 		return resp, err
 	}
 }
 
-// Commands counts and times Redis commands by name and result.
-type Commands struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
-}
+// Commands counts and times Redis commands by name and result (ok or the
+// error's first word): shoal_resp_commands_total and
+// shoal_resp_commands_seconds.
+type Commands struct{ r requests }
 
 // NewCommands registers the Redis command metrics on reg.
 func NewCommands(reg prometheus.Registerer) *Commands {
-	c := &Commands{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "shoal_resp_commands_total", Help: "Redis commands served, by command and result (ok or the error's first word).",
-		}, []string{"command", "result"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "shoal_resp_command_seconds", Help: "Redis command latency, by command.", Buckets: latencyBuckets,
-		}, []string{"command"}),
-	}
-	reg.MustRegister(c.requests, c.latency)
-	return c
+	return &Commands{newRequests(reg, "shoal_resp_commands", "command", "result", "Redis commands served")}
 }
 
 // Observe records one command.
-func (c *Commands) Observe(command, result string, d time.Duration) {
-	c.requests.WithLabelValues(command, result).Inc()
-	c.latency.WithLabelValues(command).Observe(d.Seconds())
-}
+func (c *Commands) Observe(command, result string, d time.Duration) { c.r.observe(command, result, d) }
 
 // RegisterStore registers the multi-Raft store's counters and gauges.
 func RegisterStore(reg prometheus.Registerer, st *raftstore.Store) {

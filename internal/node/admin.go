@@ -53,7 +53,7 @@ func (a *adminService) RunStep(ctx context.Context, req *shoalpb.RunStepRequest)
 			// Already gone at the epoch the master planned on: done (a
 			// rollback confirming that a learner was never added).
 			if cur, err := st.Status(shard); err == nil && cur.Role == raftstore.RoleLeader &&
-				cur.Descriptor.GetEpoch() == req.Epoch && !hasReplica(cur.Descriptor, s.RemoveReplica.ReplicaId) {
+				cur.Descriptor.GetEpoch() == req.Epoch && cur.Descriptor.Replica(s.RemoveReplica.ReplicaId) == nil {
 				return nil
 			}
 			_, err := st.ChangeReplicas(ctx, shard, req.Epoch, []raftstore.ReplicaChange{{
@@ -114,15 +114,6 @@ func (a *adminService) waitCaughtUp(ctx context.Context, shard uint64, learners 
 		case <-t.C:
 		}
 	}
-}
-
-func hasReplica(d *shoalpb.ShardDescriptor, id uint64) bool {
-	for _, r := range d.GetReplicas() {
-		if r.ReplicaId == id {
-			return true
-		}
-	}
-	return false
 }
 
 // snapshotReports lists the snapshots this node is sending, for the

@@ -4,16 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/kv"
 	"github.com/shoaldb/shoal/internal/raftstore"
+	"github.com/shoaldb/shoal/internal/transport"
 )
 
 // maxHops bounds how many times a request is forwarded between nodes.
@@ -24,37 +21,9 @@ const maxHops = 2
 // the shard's leader, unless the request asks to be answered directly.
 type kvService struct {
 	shoalpb.UnimplementedKVServer
-	n     *Node
-	peers *peerConns
-}
-
-// peerConns pools gRPC connections to other nodes, for forwarding.
-type peerConns struct {
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
-}
-
-func (p *peerConns) get(addr string) (shoalpb.KVClient, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if c := p.conns[addr]; c != nil {
-		return shoalpb.NewKVClient(c), nil
-	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	p.conns[addr] = c
-	return shoalpb.NewKVClient(c), nil
-}
-
-func (p *peerConns) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for a, c := range p.conns {
-		c.Close()
-		delete(p.conns, a)
-	}
+	n *Node
+	// peers are the connections to other nodes, for forwarding.
+	peers transport.Conns
 }
 
 // target is where a request for key goes.
@@ -109,12 +78,12 @@ func (s *kvService) toLeader(h *shoalpb.RequestHeader, shard, leader uint64) (ta
 			Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, ShardId: shard, LeaderId: leader, LeaderAddr: addr,
 		}, msg: fmt.Sprintf("node %d does not lead shard %d; node %d does", s.n.cfg.NodeID, shard, leader)}
 	}
-	c, err := s.peers.get(addr)
+	conn, err := s.peers.Get(addr)
 	if err != nil {
 		return target{}, err
 	}
 	h.Hops++
-	return target{shard: shard, forward: c}, nil
+	return target{shard: shard, forward: shoalpb.NewKVClient(conn)}, nil
 }
 
 func (s *kvService) addrOf(node uint64) string {

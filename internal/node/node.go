@@ -288,7 +288,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	metrics.RegisterEngine(n.metrics, n.engine)
 	n.server = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary()))...)
 	n.transport.Register(n.server)
-	n.kvsvc = &kvService{n: n, peers: &peerConns{conns: map[string]*grpc.ClientConn{}}}
+	n.kvsvc = &kvService{n: n}
 	shoalpb.RegisterKVServer(n.server, n.kvsvc)
 	shoalpb.RegisterNodeAdminServer(n.server, &adminService{n: n})
 
@@ -429,7 +429,7 @@ func (n *Node) Stop() error {
 			n.resp.Close()
 		}
 		n.server.Stop()
-		n.kvsvc.peers.close()
+		n.kvsvc.peers.Close()
 		n.transport.Close()
 		n.kv.Close()
 		n.store.Stop()

@@ -136,44 +136,46 @@ func truncate(b []byte, n int) string {
 	return string(b)
 }
 
-// dispatch runs one command; it reports whether the connection should
-// close (QUIT).
-func (c *conn) dispatch(args [][]byte) bool {
+// dispatch runs one command. It returns the command's name in lower case
+// ("unknown" for a command it does not know) and whether the connection
+// should close (QUIT).
+func (c *conn) dispatch(args [][]byte) (string, bool) {
 	name := strings.ToLower(string(args[0]))
 	cmd := c.s.table()[name]
 	if cmd == nil {
+		name = "unknown"
 		if !c.authed {
 			c.wr.Error(errNoAuth)
-			return false
+			return name, false
 		}
 		c.wr.Error(unknownCommand(args))
-		return false
+		return name, false
 	}
 	if !c.authed && !cmd.noAuth {
 		c.wr.Error(errNoAuth)
-		return false
+		return name, false
 	}
 	if (cmd.arity > 0 && len(args) != cmd.arity) || (cmd.arity < 0 && len(args) < -cmd.arity) {
 		c.wr.Error(wrongArgs(name))
-		return false
+		return name, false
 	}
 	if cmd.keys != nil {
 		ks := cmd.keys(args)
 		if len(ks) == 0 {
 			c.wr.Error(wrongArgs(name))
-			return false
+			return name, false
 		}
 		slot := keys.Slot(ks[0])
 		for _, k := range ks[1:] {
 			if keys.Slot(k) != slot {
 				c.wr.Error(errCrossSlot)
-				return false
+				return name, false
 			}
 		}
 		c.slot = slot
 	}
 	cmd.run(c, args)
-	return name == "quit"
+	return name, name == "quit"
 }
 
 // header is the KV request header of this connection's commands. Until

@@ -221,15 +221,16 @@ func (c *conn) serve() {
 		}
 		if args != nil {
 			c.s.stats.commands.Add(1)
-			start, errs := time.Now(), c.wr.errs
-			quit := c.dispatch(args)
-			if obs := c.s.opts.Observe; obs != nil {
-				name := strings.ToLower(string(args[0]))
-				if c.s.table()[name] == nil {
-					name = "unknown"
-				}
+			var start time.Time
+			obs := c.s.opts.Observe
+			if obs != nil {
+				start = time.Now()
+			}
+			c.wr.lastErr = ""
+			name, quit := c.dispatch(args)
+			if obs != nil {
 				result := "ok"
-				if c.wr.errs != errs {
+				if c.wr.lastErr != "" {
 					result, _, _ = strings.Cut(c.wr.lastErr, " ")
 				}
 				obs(name, result, time.Since(start))

@@ -14,9 +14,8 @@ type Writer struct {
 	w     *bufio.Writer
 	proto int
 	buf   []byte
-	// errs counts the error replies written, so that a caller can tell
-	// whether a command failed.
-	errs    uint64
+	// lastErr is the last error reply written; the server clears it
+	// before each command to tell whether the command failed.
 	lastErr string
 }
 
@@ -52,7 +51,6 @@ func (w *Writer) OK() { w.Simple("OK") }
 
 // Error writes an error; msg starts with its code (ERR, MOVED, ...).
 func (w *Writer) Error(msg string) {
-	w.errs++
 	w.lastErr = msg
 	w.line('-', sanitize(msg))
 }

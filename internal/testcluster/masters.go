@@ -133,6 +133,17 @@ func (c *Cluster) MasterLeader() (*Master, error) {
 	return nil, fmt.Errorf("no master leads")
 }
 
+// MasterFollower returns a running master that does not lead, nil if
+// there is none.
+func (c *Cluster) MasterFollower() *Master {
+	for _, m := range c.Masters {
+		if m.Running() && !m.Server().IsLeader() {
+			return m
+		}
+	}
+	return nil
+}
+
 // ClusterState returns the meta state as the leading master has it.
 func (c *Cluster) ClusterState() (*shoalpb.ClusterState, error) {
 	m, err := c.MasterLeader()

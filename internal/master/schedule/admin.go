@@ -96,16 +96,16 @@ func (c *cluster) adminShard(id uint64) (*shard, error) {
 func StepDone(d *shoalpb.ShardDescriptor, leader uint64, step *shoalpb.OperatorStep) bool {
 	switch s := step.GetStep().(type) {
 	case *shoalpb.OperatorStep_AddLearner:
-		r := findReplica(d, s.AddLearner.ReplicaId)
+		r := d.Replica(s.AddLearner.ReplicaId)
 		return r != nil
 	case *shoalpb.OperatorStep_ChangeVoters:
 		for _, id := range s.ChangeVoters.Promote {
-			if r := findReplica(d, id); r == nil || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
+			if r := d.Replica(id); r == nil || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
 				return false
 			}
 		}
 		for _, id := range s.ChangeVoters.Remove {
-			if findReplica(d, id) != nil {
+			if d.Replica(id) != nil {
 				return false
 			}
 		}
@@ -113,7 +113,7 @@ func StepDone(d *shoalpb.ShardDescriptor, leader uint64, step *shoalpb.OperatorS
 	case *shoalpb.OperatorStep_TransferLeader:
 		return leader == s.TransferLeader.ToReplica
 	case *shoalpb.OperatorStep_RemoveReplica:
-		return findReplica(d, s.RemoveReplica.ReplicaId) == nil
+		return d.Replica(s.RemoveReplica.ReplicaId) == nil
 	}
 	return false
 }

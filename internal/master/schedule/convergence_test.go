@@ -218,7 +218,7 @@ func checkFixpoint(t *testing.T, name string, s Snapshot, cfg Config, st *balanc
 func transferReach(s Snapshot, up map[uint64]NodeStatus) map[uint64]map[uint64]bool {
 	edges := map[uint64][]uint64{}
 	for _, sh := range s.Shards {
-		l := findReplica(sh.Desc, sh.LeaderReplica)
+		l := sh.Desc.Replica(sh.LeaderReplica)
 		if l == nil {
 			continue
 		}
@@ -489,7 +489,7 @@ func replicaCounts(s Snapshot) map[uint64]int {
 func leaderCounts(s Snapshot) map[uint64]int {
 	m := map[uint64]int{}
 	for _, sh := range s.Shards {
-		if r := findReplica(sh.Desc, sh.LeaderReplica); r != nil {
+		if r := sh.Desc.Replica(sh.LeaderReplica); r != nil {
 			m[r.NodeId]++
 		}
 	}

@@ -366,7 +366,7 @@ func (e *ddEnv) addOp(f []string) error {
 func kindList() map[shoalpb.OperatorKind]string {
 	m := map[shoalpb.OperatorKind]string{}
 	for k := range shoalpb.OperatorKind_name {
-		m[shoalpb.OperatorKind(k)] = kindName(shoalpb.OperatorKind(k))
+		m[shoalpb.OperatorKind(k)] = shoalpb.OperatorKind(k).Name()
 	}
 	return m
 }
@@ -531,7 +531,7 @@ func (e *ddEnv) converge(t *testing.T, td *datadriven.TestData) (string, error) 
 			break
 		}
 		for _, op := range ops {
-			kinds[kindName(op.Kind)]++
+			kinds[op.Kind.Name()]++
 			if hasAdd(op) {
 				moves++
 			}
@@ -578,7 +578,7 @@ func (e *ddEnv) show(shards bool) string {
 	}
 	var b strings.Builder
 	for _, n := range e.s.Nodes {
-		state := strings.ToLower(strings.TrimPrefix(n.State.String(), "NODE_STATE_"))
+		state := n.State.Name()
 		if n.State != shoalpb.NodeState_NODE_STATE_UP && n.StateSinceMs != e.s.NowMs {
 			state += " for " + (time.Duration(e.s.NowMs-n.StateSinceMs) * time.Millisecond).String()
 		}

@@ -86,7 +86,7 @@ func checkSchedule(s Snapshot, cfg Config, ops []*shoalpb.Operator) error {
 				}
 			}
 			if tl := step.GetTransferLeader(); tl != nil {
-				if r := findReplica(d, tl.ToReplica); r == nil || !up(r.NodeId) {
+				if r := d.Replica(tl.ToReplica); r == nil || !up(r.NodeId) {
 					return fmt.Errorf("op %d: transfers the leadership to r%d, not on an up node", op.Id, tl.ToReplica)
 				}
 			}
@@ -158,7 +158,7 @@ func checkQuorum(a, b *shoalpb.ShardDescriptor, live func(uint64) bool) error {
 	healthy := func(d *shoalpb.ShardDescriptor, vs []uint64) int {
 		n := 0
 		for _, id := range vs {
-			if !slices.Contains(va, id) || live(findReplica(d, id).NodeId) {
+			if !slices.Contains(va, id) || live(d.Replica(id).NodeId) {
 				n++
 			}
 		}
@@ -192,7 +192,7 @@ func checkZones(op *shoalpb.Operator, before, after *shoalpb.ShardDescriptor, st
 		zc[state[r.NodeId].Zone]++
 	}
 	for _, r := range after.Replicas {
-		if findReplica(before, r.ReplicaId) == nil && zc[state[r.NodeId].Zone] > limit {
+		if before.Replica(r.ReplicaId) == nil && zc[state[r.NodeId].Zone] > limit {
 			return fmt.Errorf("op %d: zone %q gets replica %d of shard %d, limit %d", op.Id, state[r.NodeId].Zone, zc[state[r.NodeId].Zone], after.ShardId, limit)
 		}
 	}
@@ -269,14 +269,14 @@ func elect(s *Snapshot) {
 	}
 	for i := range s.Shards {
 		sh := &s.Shards[i]
-		if r := findReplica(sh.Desc, sh.LeaderReplica); r != nil && live[r.NodeId] {
+		if r := sh.Desc.Replica(sh.LeaderReplica); r != nil && live[r.NodeId] {
 			continue
 		}
 		sh.LeaderReplica = 0
 		var healthy []uint64
 		voters := voterIDs(sh.Desc)
 		for _, id := range voters {
-			if live[findReplica(sh.Desc, id).NodeId] {
+			if live[sh.Desc.Replica(id).NodeId] {
 				healthy = append(healthy, id)
 			}
 		}
@@ -289,7 +289,7 @@ func elect(s *Snapshot) {
 // formatOp prints an operator on one line: ID, shard, kind, steps, reason.
 func formatOp(op *shoalpb.Operator) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "op %d shard %d %s", op.Id, op.ShardId, kindName(op.Kind))
+	fmt.Fprintf(&b, "op %d shard %d %s", op.Id, op.ShardId, op.Kind.Name())
 	for i, s := range op.Steps {
 		sep := " "
 		if i == int(op.Current) && op.Current > 0 {
@@ -322,24 +322,4 @@ func formatStep(s *shoalpb.OperatorStep) string {
 		return fmt.Sprintf("remove(r%d)", s.GetRemoveReplica().ReplicaId)
 	}
 	return "?"
-}
-
-func kindName(k shoalpb.OperatorKind) string {
-	switch k {
-	case shoalpb.OperatorKind_OPERATOR_KIND_REPAIR:
-		return "repair"
-	case shoalpb.OperatorKind_OPERATOR_KIND_PLACEMENT:
-		return "placement"
-	case shoalpb.OperatorKind_OPERATOR_KIND_DRAIN:
-		return "drain"
-	case shoalpb.OperatorKind_OPERATOR_KIND_REPLICA_BALANCE:
-		return "replica-balance"
-	case shoalpb.OperatorKind_OPERATOR_KIND_LEADER_BALANCE:
-		return "leader-balance"
-	case shoalpb.OperatorKind_OPERATOR_KIND_HOT_SHARD:
-		return "hot-shard"
-	case shoalpb.OperatorKind_OPERATOR_KIND_ADMIN:
-		return "admin"
-	}
-	return k.String()
 }

@@ -101,7 +101,7 @@ func (c *cluster) moveLeader(m move) {
 	var to uint64
 	switch {
 	case m.lead != 0:
-		to = findReplica(m.sh.Desc, m.lead).NodeId
+		to = m.sh.Desc.Replica(m.lead).NodeId
 	case m.from == old:
 		to = m.to
 	}

@@ -143,7 +143,7 @@ func (sh *shard) leaderOrNil() *shoalpb.ReplicaDescriptor {
 
 // leader returns the leader's replica, or nil if unknown or not a voter.
 func (sh *shard) leader() *shoalpb.ReplicaDescriptor {
-	r := findReplica(sh.Desc, sh.LeaderReplica)
+	r := sh.Desc.Replica(sh.LeaderReplica)
 	if r == nil || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
 		return nil
 	}
@@ -292,7 +292,7 @@ func effectOf(op *shoalpb.Operator, desc *shoalpb.ShardDescriptor) effect {
 	for _, step := range op.Steps {
 		for _, id := range append(slices.Clone(step.GetChangeVoters().GetRemove()), step.GetRemoveReplica().GetReplicaId()) {
 			if n, ok := node[id]; ok {
-				if findReplica(desc, id) != nil {
+				if desc.Replica(id) != nil {
 					e.lose = append(e.lose, n)
 				}
 				e.touched = append(e.touched, n)

@@ -28,7 +28,7 @@ func ApplyStep(d *shoalpb.ShardDescriptor, leader uint64, step *shoalpb.Operator
 	case *shoalpb.OperatorStep_ChangeVoters:
 		err = changeVoters(d, leader, s.ChangeVoters)
 	case *shoalpb.OperatorStep_TransferLeader:
-		r := findReplica(d, s.TransferLeader.ToReplica)
+		r := d.Replica(s.TransferLeader.ToReplica)
 		if r == nil || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
 			return nil, 0, fmt.Errorf("schedule: shard %d: transfer leader to r%d, not a voter", d.ShardId, s.TransferLeader.ToReplica)
 		}
@@ -68,14 +68,14 @@ func changeVoters(d *shoalpb.ShardDescriptor, leader uint64, s *shoalpb.ChangeVo
 		return fmt.Errorf("schedule: shard %d: empty voter change", d.ShardId)
 	}
 	for _, id := range s.Promote {
-		r := findReplica(d, id)
+		r := d.Replica(id)
 		if r == nil || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_LEARNER {
 			return fmt.Errorf("schedule: shard %d: promote r%d, not a learner", d.ShardId, id)
 		}
 		r.Role = shoalpb.ReplicaRole_REPLICA_ROLE_VOTER
 	}
 	for _, id := range s.Remove {
-		r := findReplica(d, id)
+		r := d.Replica(id)
 		switch {
 		case r == nil || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER || slices.Contains(s.Promote, id):
 			return fmt.Errorf("schedule: shard %d: remove voter r%d, not a voter", d.ShardId, id)
@@ -91,7 +91,7 @@ func changeVoters(d *shoalpb.ShardDescriptor, leader uint64, s *shoalpb.ChangeVo
 }
 
 func removeReplica(d *shoalpb.ShardDescriptor, leader, id uint64) error {
-	r := findReplica(d, id)
+	r := d.Replica(id)
 	switch {
 	case r == nil:
 		return fmt.Errorf("schedule: shard %d: remove r%d, no such replica", d.ShardId, id)
@@ -101,15 +101,6 @@ func removeReplica(d *shoalpb.ShardDescriptor, leader, id uint64) error {
 	dropReplica(d, id)
 	if len(voterIDs(d)) == 0 {
 		return fmt.Errorf("schedule: shard %d: no voter left", d.ShardId)
-	}
-	return nil
-}
-
-func findReplica(d *shoalpb.ShardDescriptor, id uint64) *shoalpb.ReplicaDescriptor {
-	for _, r := range d.Replicas {
-		if r.ReplicaId == id {
-			return r
-		}
 	}
 	return nil
 }
