@@ -52,6 +52,7 @@ type Option func(*options)
 type options struct {
 	dial           []grpc.DialOption
 	defaultTimeout time.Duration
+	attemptTimeout time.Duration
 	maxBackoff     time.Duration
 	stale          bool
 	noSession      bool
@@ -69,6 +70,19 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // Default DefaultTimeout.
 func WithDefaultTimeout(d time.Duration) Option {
 	return func(o *options) { o.defaultTimeout = d }
+}
+
+// DefaultAttemptTimeout bounds one attempt of a request at one node.
+const DefaultAttemptTimeout = time.Second
+
+// WithAttemptTimeout bounds each attempt at one node: a node that does not
+// answer in time (frozen, cut off, overloaded) is left for another replica,
+// which names the current leader, instead of holding the request until its
+// deadline. A write retried this way is still applied once (the client
+// session). 0 lets one attempt use the whole deadline. Default
+// DefaultAttemptTimeout.
+func WithAttemptTimeout(d time.Duration) Option {
+	return func(o *options) { o.attemptTimeout = d }
 }
 
 // WithMaxBackoff caps the wait between retries while a shard has no
@@ -112,7 +126,7 @@ type Client struct {
 // Open connects to the cluster whose masters are at masterAddrs and waits
 // (within ctx) until it has a shard table with every shard placed.
 func Open(ctx context.Context, masterAddrs []string, opts ...Option) (*Client, error) {
-	o := options{defaultTimeout: DefaultTimeout, maxBackoff: 200 * time.Millisecond, logger: slog.New(slog.DiscardHandler)}
+	o := options{defaultTimeout: DefaultTimeout, attemptTimeout: DefaultAttemptTimeout, maxBackoff: 200 * time.Millisecond, logger: slog.New(slog.DiscardHandler)}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -275,7 +289,13 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 			var kc shoalpb.KVClient
 			if kc, err = c.kvClient(addr); err == nil {
 				var rh *shoalpb.ResponseHeader
-				if rh, err = f(ctx, kc, h); err == nil {
+				actx, cancel := ctx, context.CancelFunc(func() {})
+				if c.opts.attemptTimeout > 0 {
+					actx, cancel = context.WithTimeout(ctx, c.opts.attemptTimeout)
+				}
+				rh, err = f(actx, kc, h)
+				cancel()
+				if err == nil {
 					c.routes.learn(h.ShardId, rh)
 					return nil
 				}

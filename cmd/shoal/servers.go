@@ -15,6 +15,7 @@ import (
 	"github.com/shoaldb/shoal/internal/master"
 	"github.com/shoaldb/shoal/internal/master/schedule"
 	"github.com/shoaldb/shoal/internal/node"
+	"github.com/shoaldb/shoal/internal/transport"
 )
 
 // envDuration, envInt, envFloat and envBool read SHOAL_* fallbacks for
@@ -71,9 +72,10 @@ func parsePeers(s string) (map[uint64]string, error) {
 
 func newMasterCmd(g *globalFlags) *cobra.Command {
 	var (
-		cfg   master.Config
-		peers string
-		id    int
+		cfg      master.Config
+		peers    string
+		dialFrom string
+		id       int
 	)
 	cmd := &cobra.Command{
 		Use:   "master",
@@ -103,6 +105,9 @@ the replication factor; they cannot change afterwards.
 				cfg.DataDir = fmt.Sprintf("./shoal-master-%d", cfg.ID)
 			}
 			cfg.Logger = log
+			if cfg.Dialer, err = transport.DialerFrom(dialFrom); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			srv, err := master.Start(ctx, cfg)
@@ -127,6 +132,7 @@ the replication factor; they cannot change afterwards.
 	f.IntVar(&id, "id", envInt("SHOAL_MASTER_ID", 1), "this master's ID, one of --peers (env SHOAL_MASTER_ID)")
 	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7000"), "gRPC address (env SHOAL_LISTEN)")
 	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7080"), "HTTP address for /status, /healthz, /metrics, /debug/pprof and the admin API; empty for none (env SHOAL_HTTP)")
+	f.StringVar(&dialFrom, "dial-from", envOr("SHOAL_DIAL_FROM", ""), "local IP address outgoing connections leave from; default: the system's choice (env SHOAL_DIAL_FROM)")
 	f.StringVar(&peers, "peers", envOr("SHOAL_PEERS", ""), "every master as id=host:port, comma separated; default: this one alone (env SHOAL_PEERS)")
 	f.StringVar(&cfg.DataDir, "data-dir", envOr("SHOAL_DATA_DIR", ""), "data directory (default ./shoal-master-<id>) (env SHOAL_DATA_DIR)")
 	f.BoolVar(&cfg.Bootstrap, "bootstrap", envBool("SHOAL_BOOTSTRAP"), "bootstrap the cluster with --shards and --replicas (env SHOAL_BOOTSTRAP)")
@@ -144,6 +150,7 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 	var (
 		cfg             node.Config
 		masters         string
+		dialFrom        string
 		shutdownTimeout time.Duration
 	)
 	cmd := &cobra.Command{
@@ -169,6 +176,9 @@ the replicas they place on it.
 				return fmt.Errorf("--master: no master address")
 			}
 			cfg.Logger = log
+			if cfg.Dialer, err = transport.DialerFrom(dialFrom); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			n, err := node.Start(ctx, cfg)
@@ -194,6 +204,7 @@ the replicas they place on it.
 	f.DurationVar(&shutdownTimeout, "shutdown-timeout", envDuration("SHOAL_SHUTDOWN_TIMEOUT", 10*time.Second), "on SIGTERM or Ctrl-C, hand leaderships to other nodes for at most this long before stopping (env SHOAL_SHUTDOWN_TIMEOUT)")
 	f.StringVar(&masters, "master", envOr("SHOAL_MASTER", "127.0.0.1:7000"), "masters' gRPC addresses, comma separated (env SHOAL_MASTER)")
 	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7100"), "gRPC address (env SHOAL_LISTEN)")
+	f.StringVar(&dialFrom, "dial-from", envOr("SHOAL_DIAL_FROM", ""), "local IP address outgoing connections leave from; default: the system's choice (env SHOAL_DIAL_FROM)")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise", envOr("SHOAL_ADVERTISE", ""), "gRPC address others use; default --listen (env SHOAL_ADVERTISE)")
 	f.StringVar(&cfg.DataDir, "data-dir", envOr("SHOAL_DATA_DIR", "./shoal-node"), "data directory (env SHOAL_DATA_DIR)")
 	f.StringVar(&cfg.Zone, "zone", envOr("SHOAL_ZONE", ""), "zone (rack, availability zone): replicas spread over zones (env SHOAL_ZONE)")

@@ -41,13 +41,14 @@ var allowed = map[string][]string{
 	"internal/resp":             {"api/shoalpb", "internal/keys", "client"},
 	"internal/admin":            {"api/shoalpb"},
 	"internal/testcluster":      {"*"},
+	"internal/chaos":            {"*"},
 	"internal/lint":             {},
 	"cmd/shoal":                 {"*"},
 }
 
 // testOnly packages may be imported only from tests and cmd-free test
 // infrastructure.
-var testOnly = map[string]bool{"internal/testcluster": true}
+var testOnly = map[string]bool{"internal/testcluster": true, "internal/chaos": true}
 
 type pkgFiles struct {
 	files, tests []*ast.File

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -70,8 +68,6 @@ func fromStatus(err error) error {
 	}
 	return err
 }
-
-func insecureCreds() credentials.TransportCredentials { return insecure.NewCredentials() }
 
 // requireLeader fails unless this master leads the meta group.
 func (s *Server) requireLeader() error {

@@ -75,6 +75,10 @@ type Config struct {
 	Scheduler schedule.Config
 	// Store adjusts the meta group's store options.
 	Store func(o *raftstore.Options)
+	// Dialer, if set, opens every outgoing connection (to the other
+	// masters and to nodes); `--dial-from` uses it to leave from the
+	// master's own address. Default: the system dialer.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 	// Logger receives the master's logs. Default: discarded.
 	Logger *slog.Logger
 }
@@ -212,6 +216,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		opsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_master_operators_finished_total", Help: "Operators this master finished as leader, by kind and outcome (done, rolled-back, failed).",
 		}, []string{"kind", "outcome"})}
+	s.conns.Dialer = cfg.Dialer
 	s.baseCtx, s.baseCancel = context.WithCancel(context.Background())
 	var cleanups []func()
 	defer func() {
@@ -239,7 +244,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.addr = lis.Addr().String()
 
 	s.transport, err = transport.New(transport.Options{
-		NodeID: cfg.ID, ClusterID: metaClusterID, Logger: s.log,
+		NodeID: cfg.ID, ClusterID: metaClusterID, Logger: s.log, Dialer: cfg.Dialer,
 		Resolve: func(id uint64) (string, error) {
 			if a, ok := cfg.Peers[id]; ok {
 				return a, nil
@@ -445,11 +450,10 @@ func (s *Server) proposeBootstrap(ctx context.Context) (*shoalpb.ClusterInfo, er
 	if err != nil || st.LeaderReplica == 0 {
 		return nil, errNoMetaLeader
 	}
-	conn, err := grpc.NewClient(s.cfg.Peers[st.LeaderReplica], grpc.WithTransportCredentials(insecureCreds()))
+	conn, err := s.conns.Get(s.cfg.Peers[st.LeaderReplica])
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	cl, err := shoalpb.NewMasterClient(conn).Bootstrap(cctx, req)

@@ -209,6 +209,14 @@ func (n *Node) heartbeatLoop() {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-n.beatNow:
+			// Let the other leaderships of an election burst settle, so
+			// one beat reports them all.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/client"
@@ -90,6 +91,10 @@ type Config struct {
 	// NewStateMachine replaces the key-value state machine; tests about
 	// replication use it. Default: kv.NewStateMachine.
 	NewStateMachine func(desc *shoalpb.ShardDescriptor) raftstore.StateMachine
+	// Dialer, if set, opens every outgoing connection (to other nodes and
+	// to the masters); `--dial-from` uses it to leave from the node's own
+	// address. Default: the system dialer.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 	// WrapTransport, if set, wraps the Raft sender of the node with the
 	// given ID; tests inject faults here.
 	WrapTransport func(nodeID uint64, s transport.Sender) transport.Sender
@@ -158,6 +163,9 @@ type Node struct {
 	masters *client.MasterConn
 	routes  *routeCache
 	stopC   chan struct{}
+	// beatNow asks for a heartbeat before the next tick (a replica became
+	// leader); one pending request stands for any number.
+	beatNow chan struct{}
 	wg      sync.WaitGroup
 
 	stopOnce sync.Once
@@ -168,7 +176,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, stopC: make(chan struct{}), routes: newRouteCache()}
+	n := &Node{cfg: cfg, log: cfg.Logger, stopC: make(chan struct{}), routes: newRouteCache(), beatNow: make(chan struct{}, 1)}
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -223,7 +231,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	resolve := cfg.Resolve
 	if len(cfg.Masters) > 0 {
-		if n.masters, err = client.DialMasters(cfg.Masters); err != nil {
+		var dopts []grpc.DialOption
+		if cfg.Dialer != nil {
+			dopts = append(dopts, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(cfg.Dialer))
+		}
+		if n.masters, err = client.DialMasters(cfg.Masters, dopts...); err != nil {
 			return nil, err
 		}
 		cleanups = append(cleanups, func() { n.masters.Close() })
@@ -235,7 +247,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.log = n.log.With("node", n.cfg.NodeID)
 
 	n.transport, err = transport.New(transport.Options{
-		NodeID: n.cfg.NodeID, ClusterID: n.cfg.ClusterID, Resolve: resolve, Logger: n.log,
+		NodeID: n.cfg.NodeID, ClusterID: n.cfg.ClusterID, Resolve: resolve, Logger: n.log, Dialer: cfg.Dialer,
 	})
 	if err != nil {
 		return nil, err
@@ -257,6 +269,14 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Transport:       sender,
 		NewStateMachine: newSM,
 		Logger:          n.log,
+		// A new leader heartbeats at once, so that the masters (and through
+		// them clients and CLUSTER SLOTS) learn it without waiting a beat.
+		OnLeader: func(uint64) {
+			select {
+			case n.beatNow <- struct{}{}:
+			default:
+			}
+		},
 	}
 	if cfg.Store != nil {
 		cfg.Store(&so)
@@ -289,6 +309,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.server = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary()))...)
 	n.transport.Register(n.server)
 	n.kvsvc = &kvService{n: n}
+	n.kvsvc.peers.Dialer = cfg.Dialer
 	shoalpb.RegisterKVServer(n.server, n.kvsvc)
 	shoalpb.RegisterNodeAdminServer(n.server, &adminService{n: n})
 

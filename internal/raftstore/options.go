@@ -71,6 +71,10 @@ type Options struct {
 	// Logger receives the store's logs; the caller adds the node's
 	// attributes. Default: discarded.
 	Logger *slog.Logger
+	// OnLeader, if set, is called when a replica of this store becomes its
+	// shard's leader (a node uses it to tell the masters at once). It runs
+	// on a worker and must not block. Default: none.
+	OnLeader func(shard uint64)
 	// Knobs are test hooks; nil in production.
 	Knobs *Knobs
 }

