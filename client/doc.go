@@ -7,7 +7,9 @@
 // answers, refreshes the table when a node no longer holds a shard, and backs
 // off briefly while a shard elects a leader — all within the caller's
 // context, whose deadline bounds every call (DefaultTimeout applies when it
-// has none).
+// has none). One attempt at one node is bounded too (DefaultAttemptTimeout):
+// a leader that stops answering (frozen, cut off) is left for another
+// replica, which names the new leader once there is one.
 //
 // Writes carry a client session (an ID and a sequence number per write), so
 // a write retried after an ambiguous failure — a timeout, a leader that

@@ -564,7 +564,17 @@ func TestHTTPAdmin(t *testing.T) {
 	if code, body := post(lsrv.URL, "/scheduling/pause"); code != http.StatusOK || body["paused"] != true {
 		t.Fatalf("pause: %d %v", code, body)
 	}
-	st, _ := c.ClusterState()
+	// Operators the scheduler started before the pause finish first.
+	var st *shoalpb.ClusterState
+	if err := tc.WaitFor(ctx, func() error {
+		st, _ = c.ClusterState()
+		if n := len(st.GetOperators()); n > 0 {
+			return fmt.Errorf("%d operators in flight", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	d := st.Routes.Shards[0].Shard
 	holds := map[uint64]bool{}
 	for _, r := range d.Replicas {
