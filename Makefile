@@ -99,3 +99,9 @@ chaos-docker:
 clean:
 	rm -f shoal
 
+# Shoal against etcd and Redis Cluster on this machine, same workload and
+# load generator for all three (settings by environment, e.g.
+# PHASE_SECONDS=10 MEMDISK=1; see bench/compare.sh and docs/benchmarks.md).
+.PHONY: compare
+compare:
+	bench/compare.sh

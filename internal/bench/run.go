@@ -10,10 +10,31 @@ import (
 	"time"
 )
 
-// Target is the store a workload drives.
+// Target is the store a workload drives. Get of a missing key is not an
+// error. Implementations must be safe for concurrent use: every client of
+// a Run calls the same Target.
 type Target interface {
 	Get(ctx context.Context, key []byte) error
 	Put(ctx context.Context, key, value []byte) error
+}
+
+// Op is one operation of a pipeline.
+type Op struct {
+	Read  bool
+	Key   []byte
+	Value []byte // for updates
+	// Err is set by Pipeline when this operation failed.
+	Err error
+}
+
+// Pipeliner is a Target that can send several operations in one round
+// trip (Options.Pipeline > 1).
+type Pipeliner interface {
+	Target
+	// Pipeline sends ops together and waits for every reply. It sets the
+	// Err of each operation that failed; an error it returns fails every
+	// operation whose Err it left nil.
+	Pipeline(ctx context.Context, ops []Op) error
 }
 
 // Workload is a mix of operations, named after YCSB's core workloads.
@@ -55,8 +76,14 @@ type Options struct {
 	Concurrency int
 	// Duration bounds the run (not the load phase). Default 30s.
 	Duration time.Duration
-	// Ops, when positive, ends the run after this many operations.
+	// Ops, when positive, ends the run after about this many operations
+	// (each client finishes the round trip it is in).
 	Ops int
+	// Pipeline is how many operations a client sends per round trip;
+	// above 1 the Target must be a Pipeliner. Each operation of a
+	// pipeline is recorded with the latency of the whole round trip.
+	// Default 1.
+	Pipeline int
 	// Zipfian picks keys with a Zipf distribution (s = 1.01, close to
 	// YCSB's 0.99, which Go's generator cannot take) instead of uniformly.
 	Zipfian bool
@@ -92,6 +119,7 @@ type Result struct {
 	Records     int     `json:"records"`
 	ValueSize   int     `json:"value_size"`
 	Concurrency int     `json:"concurrency"`
+	Pipeline    int     `json:"pipeline"`
 	Zipfian     bool    `json:"zipfian"`
 	Seconds     float64 `json:"seconds"`
 	Ops         uint64  `json:"ops"`
@@ -122,6 +150,9 @@ func (o *Options) ensureDefaults() {
 	if o.Seed == 0 {
 		o.Seed = 1
 	}
+	if o.Pipeline <= 0 {
+		o.Pipeline = 1
+	}
 }
 
 // Key returns the name of record i.
@@ -134,6 +165,10 @@ func Run(ctx context.Context, t Target, o Options) (*Result, error) {
 	o.ensureDefaults()
 	if o.Workload.Name == "" {
 		return nil, errors.New("bench: no workload")
+	}
+	pt, canPipeline := t.(Pipeliner)
+	if o.Pipeline > 1 && !canPipeline {
+		return nil, fmt.Errorf("bench: pipeline %d: this target sends one operation per round trip", o.Pipeline)
 	}
 	var (
 		ops, errs atomic.Uint64
@@ -151,6 +186,11 @@ func Run(ctx context.Context, t Target, o Options) (*Result, error) {
 		runCtx, cancel = context.WithCancel(ctx)
 	}
 	defer cancel()
+	// ended tells whether the run is over. A client library may fail a call
+	// for the run's deadline (gRPC checks it when it starts a call) before
+	// the context's timer has fired, so the deadline is checked too.
+	deadline, hasDeadline := runCtx.Deadline()
+	ended := func() bool { return runCtx.Err() != nil || hasDeadline && !time.Now().Before(deadline) }
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range o.Concurrency {
@@ -162,7 +202,12 @@ func Run(ctx context.Context, t Target, o Options) (*Result, error) {
 			if o.Zipfian {
 				zipf = rand.NewZipf(rng, 1.01, 1, uint64(o.Records-1))
 			}
-			value := make([]byte, o.ValueSize)
+			// One value buffer per pipelined operation: a pipeline holds
+			// them all until it is sent.
+			batch := make([]Op, o.Pipeline)
+			for i := range batch {
+				batch[i].Value = make([]byte, o.ValueSize)
+			}
 			var r, u Histogram
 			defer func() {
 				mu.Lock()
@@ -170,54 +215,72 @@ func Run(ctx context.Context, t Target, o Options) (*Result, error) {
 				updates.Merge(&u)
 				mu.Unlock()
 			}()
-			for runCtx.Err() == nil {
-				var key []byte
-				read := false
+			for !ended() {
+				n := o.Pipeline
 				switch {
 				case o.Workload.Load:
-					i := int(next.Add(1) - 1)
-					if i >= o.Records {
+					first := int(next.Add(int64(n)) - int64(n))
+					if first >= o.Records {
 						return
 					}
-					key = Key(i)
+					n = min(n, o.Records-first)
+					for j := range n {
+						batch[j].Key, batch[j].Read = Key(first+j), false
+					}
 				default:
 					if o.Ops > 0 && ops.Load() >= uint64(o.Ops) {
 						cancel()
 						return
 					}
-					i := rng.IntN(o.Records)
-					if zipf != nil {
-						i = int(zipf.Uint64())
+					for j := range n {
+						i := rng.IntN(o.Records)
+						if zipf != nil {
+							i = int(zipf.Uint64())
+						}
+						batch[j].Key = Key(i)
+						batch[j].Read = rng.Float64() < o.Workload.ReadFraction
 					}
-					key = Key(i)
-					read = rng.Float64() < o.Workload.ReadFraction
 				}
-				for i := range value {
-					value[i] = byte('a' + rng.IntN(26))
+				for j := range n {
+					batch[j].Err = nil
+					if !batch[j].Read {
+						for i := range batch[j].Value {
+							batch[j].Value[i] = byte('a' + rng.IntN(26))
+						}
+					}
 				}
 				octx, ocancel := context.WithTimeout(runCtx, o.Timeout)
 				t0 := time.Now()
 				var err error
-				if read {
-					err = t.Get(octx, key)
-				} else {
-					err = t.Put(octx, key, value)
+				switch {
+				case o.Pipeline > 1:
+					err = pt.Pipeline(octx, batch[:n])
+				case batch[0].Read:
+					err = t.Get(octx, batch[0].Key)
+				default:
+					err = t.Put(octx, batch[0].Key, batch[0].Value)
 				}
 				d := time.Since(t0)
 				ocancel()
-				if err != nil {
-					if runCtx.Err() != nil {
-						return // the run ended under it: not the store's failure
+				for j := range n {
+					opErr := batch[j].Err
+					if opErr == nil {
+						opErr = err
 					}
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				ops.Add(1)
-				if read {
-					r.Record(d)
-				} else {
-					u.Record(d)
+					if opErr != nil {
+						if ended() {
+							return // the run ended under it: not the store's failure
+						}
+						errs.Add(1)
+						firstErr.CompareAndSwap(nil, opErr.Error())
+						continue
+					}
+					ops.Add(1)
+					if batch[j].Read {
+						r.Record(d)
+					} else {
+						u.Record(d)
+					}
 				}
 			}
 		}()
@@ -247,7 +310,8 @@ func Run(ctx context.Context, t Target, o Options) (*Result, error) {
 	all.Merge(&reads)
 	all.Merge(&updates)
 	res := &Result{
-		Workload: o.Workload.Name, Records: o.Records, ValueSize: o.ValueSize, Concurrency: o.Concurrency, Zipfian: o.Zipfian,
+		Workload: o.Workload.Name, Records: o.Records, ValueSize: o.ValueSize, Concurrency: o.Concurrency,
+		Pipeline: o.Pipeline, Zipfian: o.Zipfian,
 		Seconds: elapsed.Seconds(), Ops: ops.Load(), Errors: errs.Load(),
 		OpsPerSec: float64(ops.Load()) / elapsed.Seconds(),
 		Read:      summarize(&reads), Update: summarize(&updates), All: summarize(&all),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -90,5 +91,109 @@ func TestErrorsCounted(t *testing.T) {
 	}
 	if _, err := LookupWorkload("z"); err == nil {
 		t.Fatal("unknown workload accepted")
+	}
+}
+
+// pipeTarget is a mapTarget that takes pipelines and records their sizes.
+type pipeTarget struct {
+	mapTarget
+	sizes    map[int]int
+	failKeys map[string]bool
+}
+
+func (t *pipeTarget) Pipeline(ctx context.Context, ops []Op) error {
+	t.mu.Lock()
+	t.sizes[len(ops)]++
+	t.mu.Unlock()
+	for i := range ops {
+		var err error
+		if ops[i].Read {
+			err = t.Get(ctx, ops[i].Key)
+		} else {
+			err = t.Put(ctx, ops[i].Key, ops[i].Value)
+		}
+		if t.failKeys[string(ops[i].Key)] {
+			err = errors.New("injected failure")
+		}
+		ops[i].Err = err
+	}
+	return nil
+}
+
+func TestPipelinedLoadInsertsEveryRecordOnce(t *testing.T) {
+	tg := &pipeTarget{mapTarget: mapTarget{m: map[string]int{}}, sizes: map[int]int{}}
+	w, _ := LookupWorkload("load")
+	// 1003 records in pipelines of 10: 100 full pipelines and one of 3.
+	res, err := Run(context.Background(), tg, Options{Workload: w, Records: 1003, Concurrency: 4, Pipeline: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Ops != 1003 || len(tg.m) != 1003 || res.Pipeline != 10 {
+		t.Fatalf("ops %d, keys %d, pipeline %d", res.Ops, len(tg.m), res.Pipeline)
+	}
+	for k, n := range tg.m {
+		if n != 1 {
+			t.Fatalf("%s written %d times", k, n)
+		}
+	}
+	if tg.sizes[10] != 100 || tg.sizes[3] != 1 || len(tg.sizes) != 2 {
+		t.Fatalf("pipeline sizes %v, want 100 of 10 and 1 of 3", tg.sizes)
+	}
+}
+
+func TestPipelinedMixCountsEachOperation(t *testing.T) {
+	tg := &pipeTarget{mapTarget: mapTarget{m: map[string]int{}}, sizes: map[int]int{},
+		failKeys: map[string]bool{string(Key(7)): true}}
+	w, _ := LookupWorkload("a")
+	res, err := Run(context.Background(), tg, Options{Workload: w, Records: 100, Concurrency: 2, Pipeline: 16, Ops: 10000,
+		Duration: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tg.sizes) != 1 || tg.sizes[16] == 0 {
+		t.Fatalf("pipeline sizes %v, want only 16", tg.sizes)
+	}
+	calls := uint64(tg.gets + tg.puts)
+	if res.Ops+res.Errors != calls || res.Ops < 10000 || res.Errors == 0 || res.FirstError != "injected failure" {
+		t.Fatalf("%d ops + %d errors (%q) for %d calls", res.Ops, res.Errors, res.FirstError, calls)
+	}
+	if res.Read.Count+res.Update.Count != res.Ops || res.Read.Count == 0 || res.Update.Count == 0 {
+		t.Fatalf("histograms count %d+%d of %d ops", res.Read.Count, res.Update.Count, res.Ops)
+	}
+}
+
+func TestPipelineNeedsPipeliner(t *testing.T) {
+	w, _ := LookupWorkload("c")
+	_, err := Run(context.Background(), &mapTarget{m: map[string]int{}}, Options{Workload: w, Pipeline: 4, Ops: 10})
+	if err == nil {
+		t.Fatal("pipeline 4 accepted by a target without Pipeline")
+	}
+}
+
+// deadlineTarget fails a call whose context's deadline has passed, without
+// waiting for the context's timer, as gRPC does when it starts a call.
+type deadlineTarget struct{ calls atomic.Uint64 }
+
+func (t *deadlineTarget) Get(ctx context.Context, _ []byte) error {
+	t.calls.Add(1)
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+func (t *deadlineTarget) Put(ctx context.Context, key, _ []byte) error { return t.Get(ctx, key) }
+
+func TestRunEndIsNotAnError(t *testing.T) {
+	w, _ := LookupWorkload("a")
+	for range 5 {
+		tg := &deadlineTarget{}
+		res, err := Run(context.Background(), tg, Options{Workload: w, Records: 10, Concurrency: 8, Duration: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Errors != 0 || res.Ops == 0 {
+			t.Fatalf("%d ops, %d errors (%s): the run's own deadline counted as failures", res.Ops, res.Errors, res.FirstError)
+		}
 	}
 }

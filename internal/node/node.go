@@ -388,6 +388,7 @@ func (n *Node) Shutdown(ctx context.Context) (int, error) {
 		wg    sync.WaitGroup
 		slots = make(chan struct{}, 16)
 	)
+	n.store.RefuseLeadership()
 	for _, st := range n.store.Replicas() {
 		if st.Role != raftstore.RoleLeader {
 			continue

@@ -488,6 +488,11 @@ func (r *Replica) step(w *worker, m *shoalpb.RaftMessage) {
 		}
 		r.senders[from] = m.FromNode
 	}
+	if m.Message.GetType() == raftpb.MsgTimeoutNow && r.store.refuseLeadership.Load() {
+		// Going away: a leader handing over to us (the scheduler balancing
+		// leaders back) would make us leave as a leader again.
+		return
+	}
 	// Errors are messages from peers Raft no longer knows; drop them.
 	_ = r.raw.Step(m.Message)
 }

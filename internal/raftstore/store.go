@@ -142,6 +142,10 @@ type Stats struct {
 // Outgoing messages are batched per destination node and handed to the
 // Transport once per phase.
 type Store struct {
+	// refuseLeadership drops leadership handovers to this store's replicas
+	// (RefuseLeadership).
+	refuseLeadership atomic.Bool
+
 	opts  Options
 	log   *slog.Logger
 	eng   *storage.Engine
@@ -617,6 +621,12 @@ func (s *Store) ReadIndex(ctx context.Context, shard uint64) error {
 		return timeoutError(ctx.Err())
 	}
 }
+
+// RefuseLeadership makes this store's replicas ignore leadership handovers
+// from now on (a node shutting down hands its leaderships away and must
+// not be given them back). Elections they win on their own are not
+// prevented.
+func (s *Store) RefuseLeadership() { s.refuseLeadership.Store(true) }
 
 // Status returns the status of this node's replica of shard.
 func (s *Store) Status(shard uint64) (ReplicaStatus, error) {

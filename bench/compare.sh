@@ -1,0 +1,375 @@
+#!/usr/bin/env bash
+# Shoal against etcd and Redis Cluster on this machine, with one load
+# generator (`shoal bench`) and one workload for all three (issue 10).
+#
+#   bench/compare.sh            (or: make compare)
+#
+# Starts, one system at a time, each on loopback ports only:
+#   shoal  1 master + 3 `shoal node` processes, 64 shards x 3 replicas, driven
+#          through the Go client (target shoal) and through its Redis port
+#          (target resp); every write is synced by a majority before it is
+#          acknowledged, reads are linearizable (ReadIndex at the leader).
+#   etcd   3 members of Debian's etcd-server, default settings (fsync on),
+#          driven over its v3 gRPC KV API (target etcd, linearizable Range).
+#   redis  Redis Cluster of 3 masters + 3 replicas from Debian's redis-server,
+#          appendonly yes, appendfsync always (target resp); replication is
+#          asynchronous, so an acknowledged write is on the master's disk only.
+# and runs the workloads in $WORKLOADS against each, recording ops/s,
+# p50/p99/p99.9 (shoal bench --json), and the CPU seconds per 1000 operations
+# used by all of that system's server processes (utime+stime from
+# /proc/PID/stat before and after the phase), the load generator's CPU
+# seconds, and the CPU seconds the rest of the machine used meanwhile
+# (other_cpu_s, from /proc/stat: noise from other work, which should be
+# near 0 for numbers worth keeping). Prints a table and writes it,
+# with every run's JSON and the servers' logs, to $RESULTS_DIR.
+#
+# Settings (environment):
+#   PHASE_SECONDS=20      duration of each timed workload (not the load)
+#   WORKLOADS="load w c a" workloads in order; load inserts $RECORDS keys
+#   RECORDS=50000         keys (load inserts them, the others pick among them)
+#   CONCURRENCY=64        clients
+#   VALUE_SIZE=100        bytes per value
+#   SYSTEMS="shoal etcd redis"
+#   SHOAL_TARGETS="shoal resp"  how Shoal is driven (Go client, Redis port)
+#   MEMDISK=1             also load MEMDISK_KEYS keys into Shoal and etcd and
+#   MEMDISK_KEYS=1000000  report their servers' summed RSS and data size
+#   RESULTS_DIR=...       default ${TMPDIR:-/tmp}/shoal-compare-DATE
+#   KEEP=1                keep the data directories
+#   PORT_BASE=21000       ports used: PORT_BASE .. PORT_BASE+7500 on 127.0.0.1,
+#                         below Linux's ephemeral range (32768..) so that no
+#                         outgoing connection of another program takes one
+#
+# Needs: Go, jq, etcd (etcd-server), etcdctl (etcd-client), redis-server and
+# redis-cli (redis-server, redis-tools). As root with apt-get, missing
+# packages are installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PHASE_SECONDS=${PHASE_SECONDS:-20}
+WORKLOADS=${WORKLOADS:-load w c a}
+RECORDS=${RECORDS:-50000}
+CONCURRENCY=${CONCURRENCY:-64}
+VALUE_SIZE=${VALUE_SIZE:-100}
+SYSTEMS=${SYSTEMS:-shoal etcd redis}
+SHOAL_TARGETS=${SHOAL_TARGETS:-shoal resp}
+MEMDISK=${MEMDISK:-0}
+MEMDISK_KEYS=${MEMDISK_KEYS:-1000000}
+PORT_BASE=${PORT_BASE:-21000}
+RESULTS_DIR=${RESULTS_DIR:-${TMPDIR:-/tmp}/shoal-compare-$(date +%Y%m%d-%H%M%S)}
+KEEP=${KEEP:-0}
+CLK_TCK=$(getconf CLK_TCK)
+
+# --- tools -------------------------------------------------------------------
+
+need_pkgs=()
+command -v jq >/dev/null || need_pkgs+=(jq)
+command -v etcd >/dev/null || need_pkgs+=(etcd-server)
+command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v redis-cli >/dev/null || need_pkgs+=(redis-tools)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing ${need_pkgs[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null
+  else
+    echo "missing: ${need_pkgs[*]} (apt-get install ${need_pkgs[*]})" >&2
+    exit 2
+  fi
+fi
+
+# --- processes and cleanup ---------------------------------------------------
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/shoal-compare.XXXXXX")
+mkdir -p "$RESULTS_DIR"
+pids=() # every server process this script started and has not stopped
+
+# stop_pids PID...: SIGTERM, up to 15 s to exit, then SIGKILL.
+stop_pids() {
+  local p deadline=$((SECONDS + 15))
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "$@"; do
+    while kill -0 "$p" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ ${#pids[@]} -gt 0 ]; then stop_pids "${pids[@]}"; fi
+  if [ "$KEEP" = 1 ]; then echo "data kept in $work"; else rm -rf "$work"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+
+# start NAME LOG CMD...: starts a server in the background, remembers it.
+start() {
+  local name=$1 log=$2
+  shift 2
+  "$@" >"$log" 2>&1 &
+  pids+=($!)
+  eval "pid_$name=$!"
+}
+
+# wait_for SECONDS WHAT CMD...: polls CMD until it succeeds.
+wait_for() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit)) p
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || fail "$what not ready in ${limit}s (logs in $RESULTS_DIR)"
+    for p in "${pids[@]}"; do
+      kill -0 "$p" 2>/dev/null || fail "$what: server process $p exited (logs in $RESULTS_DIR)"
+    done
+    sleep 0.2
+  done
+}
+
+port_free() { ! ss -ltnH "sport = :$1" | grep -q .; }
+
+check_ports() {
+  local p
+  for p in "$@"; do port_free "$p" || fail "port $p is in use (set PORT_BASE)"; done
+}
+
+# cpu_ticks PID...: summed utime+stime of the processes, in clock ticks.
+cpu_ticks() {
+  local p sum=0 t
+  for p in "$@"; do
+    # Fields after "(comm) ": state is $1, utime $12, stime $13.
+    t=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')
+    sum=$((sum + t))
+  done
+  echo "$sum"
+}
+
+# busy_ticks: the machine's busy CPU time (user, nice, system, irq,
+# softirq, steal), in clock ticks.
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+rss_kib() {
+  local p sum=0 t
+  for p in "$@"; do
+    t=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")
+    sum=$((sum + t))
+  done
+  echo "$sum"
+}
+
+# --- the benchmark -----------------------------------------------------------
+
+echo "== build"
+CGO_ENABLED=0 go build -o "$work/bin/shoal" ./cmd/shoal
+SHOAL=$work/bin/shoal
+
+results=$RESULTS_DIR/results.tsv
+printf 'system\ttarget\tworkload\tops\terrors\tseconds\tops_per_sec\tp50_ms\tp99_ms\tp999_ms\tcpu_s\tcpu_s_per_1000_ops\tclient_cpu_s\tother_cpu_s\n' >"$results"
+memdisk=$RESULTS_DIR/memdisk.tsv
+printf 'system\tkeys\trss_mib\tdisk_mib\n' >"$memdisk"
+
+# phases SYSTEM TARGET ENDPOINT_FLAGS PID...: runs every workload, records each.
+phases() {
+  local system=$1 target=$2 flags=$3
+  shift 3
+  local w
+  for w in $WORKLOADS; do
+    local json=$RESULTS_DIR/$system-$target-$w.json
+    local before after busy0 busy1 client
+    echo "-- $system via $target: workload $w"
+    busy0=$(busy_ticks)
+    before=$(cpu_ticks "$@")
+    # Bounded: the load stops after RECORDS inserts, the others after
+    # PHASE_SECONDS; timeout catches a stuck run. bash's time gives the
+    # client's CPU seconds.
+    # shellcheck disable=SC2086
+    client=$( {
+      TIMEFORMAT='%3U %3S'
+      time timeout -k 10 $((PHASE_SECONDS + 600)) "$SHOAL" bench --target "$target" $flags \
+        --workload "$w" --records "$RECORDS" --concurrency "$CONCURRENCY" --value-size "$VALUE_SIZE" \
+        --duration "${PHASE_SECONDS}s" --json >"$json" 2>"$json.progress" || true
+    } 2>&1 | awk '{print $1 + $2}')
+    after=$(cpu_ticks "$@")
+    busy1=$(busy_ticks)
+    if ! jq -e .ops "$json" >/dev/null 2>&1; then
+      tail -n 5 "$json.progress" >&2
+      fail "$system via $target, workload $w: no result"
+    fi
+    # other_cpu_s: what the rest of the machine used meanwhile (noise).
+    jq -r --arg s "$system" --arg cpu "$((after - before))" --arg busy "$((busy1 - busy0))" --arg tck "$CLK_TCK" \
+      --arg client "$client" '
+      ($tck | tonumber) as $tck
+      | (($cpu | tonumber) / $tck) as $c
+      | ($client | tonumber) as $cl
+      | ([(($busy | tonumber) / $tck) - $c - $cl, 0] | max) as $other
+      | def r2: . * 100 | round / 100;
+      [$s, .target, .workload, .ops, .errors, (.seconds | r2), (.ops_per_sec | round),
+       (.all.p50_ms | r2), (.all.p99_ms | r2), (.all.p999_ms | r2), ($c | r2),
+       (if .ops > 0 then ($c / .ops * 1000 * 1000 | round / 1000) else 0 end), ($cl | r2), ($other | r2)] | @tsv' "$json" |
+      tee -a "$results"
+  done
+}
+
+# load_memdisk SYSTEM FLAGS DATA_DIRS PIDS: loads MEMDISK_KEYS keys, then
+# records the servers' summed RSS and the data directories' size.
+load_memdisk() {
+  local system=$1 target=$2 flags=$3 dirs=$4
+  shift 4
+  echo "-- $system: loading $MEMDISK_KEYS keys for memory and disk"
+  # shellcheck disable=SC2086
+  timeout -k 10 3600 "$SHOAL" bench --target "$target" $flags --workload load --records "$MEMDISK_KEYS" \
+    --concurrency "$CONCURRENCY" --value-size "$VALUE_SIZE" --json >"$RESULTS_DIR/$system-memdisk-load.json" \
+    2>"$RESULTS_DIR/$system-memdisk-load.progress" || fail "$system: loading $MEMDISK_KEYS keys failed"
+  sleep 5 # let flushes that follow the load start; this is a reading, not a wait for a condition
+  local rss disk
+  rss=$(rss_kib "$@")
+  # shellcheck disable=SC2086
+  disk=$(du -sb $dirs | awk '{s += $1} END {print s}')
+  printf '%s\t%s\t%s\t%s\n' "$system" "$MEMDISK_KEYS" "$((rss / 1024))" "$((disk / 1024 / 1024))" | tee -a "$memdisk"
+}
+
+run_shoal() {
+  local base=$PORT_BASE mport=$((PORT_BASE + 0)) mhttp=$((PORT_BASE + 80))
+  check_ports $mport $mhttp $((base + 101)) $((base + 102)) $((base + 103)) $((base + 181)) $((base + 182)) $((base + 183)) \
+    $((base + 381)) $((base + 382)) $((base + 383))
+  echo "== shoal: 1 master + 3 nodes, 64 shards x 3 replicas"
+  local d=$work/shoal
+  mkdir -p "$d"
+  start shoal_master "$RESULTS_DIR/shoal-master.log" "$SHOAL" master --bootstrap --shards 64 --replicas 3 \
+    --listen 127.0.0.1:$mport --http 127.0.0.1:$mhttp --data-dir "$d/master" --log-level warn
+  local i nodes=() resp=()
+  for i in 1 2 3; do
+    start "shoal_node$i" "$RESULTS_DIR/shoal-node$i.log" "$SHOAL" node --master 127.0.0.1:$mport \
+      --listen 127.0.0.1:$((base + 100 + i)) --http 127.0.0.1:$((base + 180 + i)) \
+      --resp 127.0.0.1:$((base + 380 + i)) --data-dir "$d/node$i" --log-level warn
+    eval "nodes+=(\$pid_shoal_node$i)"
+    resp+=("127.0.0.1:$((base + 380 + i))")
+  done
+  # Ready when all 64 shards show a leader.
+  shoal_led() {
+    [ "$("$SHOAL" cluster status --master 127.0.0.1:$mport --timeout 2s | grep -cE '^[0-9]+ +[0-9]+-[0-9]+ +[0-9]+ +node [0-9]+')" = 64 ]
+  }
+  wait_for 120 "shoal cluster" shoal_led
+  wait_for 30 "shoal redis port" sh -c "redis-cli -p $((base + 381)) cluster info | grep -q cluster_state:ok"
+  "$SHOAL" cluster status --master 127.0.0.1:$mport | sed -n '/^NODE/,/^$/p'
+  local spids=("$pid_shoal_master" "${nodes[@]}")
+  local t
+  for t in $SHOAL_TARGETS; do
+    case $t in
+      shoal) phases shoal shoal "--master 127.0.0.1:$mport" "${spids[@]}" ;;
+      resp) phases shoal resp "--endpoints $(
+        IFS=,
+        echo "${resp[*]}"
+      )" "${spids[@]}" ;;
+      *) fail "SHOAL_TARGETS: unknown target $t" ;;
+    esac
+  done
+  if [ "$MEMDISK" = 1 ]; then
+    load_memdisk shoal shoal "--master 127.0.0.1:$mport" "$d" "${spids[@]}"
+  fi
+  stop_pids "${spids[@]}"
+  pids=()
+}
+
+run_etcd() {
+  local c1=$((PORT_BASE + 2379)) i cluster="" eps=() dirs=()
+  for i in 1 2 3; do
+    local cp=$((c1 + (i - 1) * 10)) pp=$((c1 + (i - 1) * 10 + 1))
+    check_ports $cp $pp
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:$pp"
+    eps+=("127.0.0.1:$cp")
+  done
+  echo "== etcd $(etcd --version | head -1 | awk '{print $3}'): 3 members"
+  local epids=()
+  for i in 1 2 3; do
+    local cp=$((c1 + (i - 1) * 10)) pp=$((c1 + (i - 1) * 10 + 1)) dir=$work/etcd/e$i
+    mkdir -p "$dir"
+    dirs+=("$dir")
+    start "etcd$i" "$RESULTS_DIR/etcd$i.log" etcd --name "e$i" --data-dir "$dir" \
+      --listen-client-urls "http://127.0.0.1:$cp" --advertise-client-urls "http://127.0.0.1:$cp" \
+      --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token shoal-compare \
+      --logger zap --log-level warn
+    eval "epids+=(\$pid_etcd$i)"
+  done
+  local eplist
+  eplist=$(
+    IFS=,
+    echo "${eps[*]}"
+  )
+  wait_for 60 "etcd cluster" env ETCDCTL_API=3 etcdctl --endpoints "$eplist" --command-timeout 2s endpoint health
+  ETCDCTL_API=3 etcdctl --endpoints "$eplist" endpoint status -w table
+  phases etcd etcd "--endpoints $eplist" "${epids[@]}"
+  if [ "$MEMDISK" = 1 ]; then
+    load_memdisk etcd etcd "--endpoints $eplist" "${dirs[*]}" "${epids[@]}"
+  fi
+  stop_pids "${epids[@]}"
+  pids=()
+}
+
+run_redis() {
+  local p1=$((PORT_BASE + 6400)) i ports=() rpids=()
+  for i in 0 1 2 3 4 5; do
+    ports+=($((p1 + i)))
+    check_ports $((p1 + i)) $((p1 + i + 1000))
+  done
+  echo "== redis $(redis-server --version | awk '{print $3}'): cluster of 3 masters + 3 replicas, appendfsync always"
+  for p in "${ports[@]}"; do
+    local dir=$work/redis/$p
+    mkdir -p "$dir"
+    start "redis$p" "$RESULTS_DIR/redis-$p.log" redis-server --port "$p" --bind 127.0.0.1 --dir "$dir" \
+      --cluster-enabled yes --cluster-port $((p + 1000)) --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --appendonly yes --appendfsync always --save "" --daemonize no
+    eval "rpids+=(\$pid_redis$p)"
+  done
+  for p in "${ports[@]}"; do wait_for 30 "redis $p" redis-cli -p "$p" ping; done
+  local addrs=()
+  for p in "${ports[@]}"; do addrs+=("127.0.0.1:$p"); done
+  timeout 60 redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$RESULTS_DIR/redis-create.log" 2>&1 ||
+    fail "redis-cli --cluster create (see $RESULTS_DIR/redis-create.log)"
+  redis_ok() {
+    local p
+    for p in "${ports[@]}"; do
+      redis-cli -p "$p" cluster info | grep -q cluster_state:ok || return 1
+      redis-cli -p "$p" cluster info | grep -q cluster_known_nodes:6 || return 1
+    done
+    # Every master has its replica attached and in sync.
+    [ "$(for p in "${ports[@]}"; do redis-cli -p "$p" info replication; done | grep -c 'state=online')" = 3 ]
+  }
+  wait_for 60 "redis cluster" redis_ok
+  local eplist
+  eplist=$(
+    IFS=,
+    echo "${addrs[*]:0:3}"
+  )
+  phases redis resp "--endpoints $eplist" "${rpids[@]}"
+  stop_pids "${rpids[@]}"
+  pids=()
+}
+
+echo "== results in $RESULTS_DIR"
+for s in $SYSTEMS; do
+  case $s in
+    shoal) run_shoal ;;
+    etcd) run_etcd ;;
+    redis) run_redis ;;
+    *) fail "SYSTEMS: unknown system $s" ;;
+  esac
+done
+
+echo
+echo "== $(nproc) CPUs, $CONCURRENCY clients, $VALUE_SIZE-byte values, $RECORDS keys, ${PHASE_SECONDS}s per timed workload"
+column -t -s $'\t' "$results"
+if [ "$MEMDISK" = 1 ]; then
+  echo
+  column -t -s $'\t' "$memdisk"
+fi
+echo
+echo "results: $results"
