@@ -269,7 +269,7 @@ func Run(ctx context.Context, t Target, o Options) (*Result, error) {
 					}
 					if opErr != nil {
 						if ended() {
-							return // the run ended under it: not the store's failure
+							continue // the run ended under it: not the store's failure
 						}
 						errs.Add(1)
 						firstErr.CompareAndSwap(nil, opErr.Error())

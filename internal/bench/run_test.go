@@ -153,8 +153,11 @@ func TestPipelinedMixCountsEachOperation(t *testing.T) {
 	if len(tg.sizes) != 1 || tg.sizes[16] == 0 {
 		t.Fatalf("pipeline sizes %v, want only 16", tg.sizes)
 	}
+	// A failure in a pipeline that was in flight when the run ended (the
+	// other worker used up the budget) is counted as neither: at most one
+	// pipeline per worker.
 	calls := uint64(tg.gets + tg.puts)
-	if res.Ops+res.Errors != calls || res.Ops < 10000 || res.Errors == 0 || res.FirstError != "injected failure" {
+	if res.Ops+res.Errors > calls || calls-res.Ops-res.Errors > 2*16 || res.Ops < 10000 || res.Errors == 0 || res.FirstError != "injected failure" {
 		t.Fatalf("%d ops + %d errors (%q) for %d calls", res.Ops, res.Errors, res.FirstError, calls)
 	}
 	if res.Read.Count+res.Update.Count != res.Ops || res.Read.Count == 0 || res.Update.Count == 0 {

@@ -97,7 +97,7 @@ func (s *Summary) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d runs, %.1f minutes; %d register operations checked (%d with unknown outcome, writes and inserts), %d unique inserts; linearizability violations: %d; lost acknowledged inserts: %d; slowest return to full replication after a run: %s\n\n",
 		s.Runs, s.Minutes, s.RegisterOps, s.Unknown, s.InsertOps, s.Violations, s.LostInserts, ms(s.FinalReplicationMax))
-	b.WriteString("| fault | injected | fault time | ops ok / attempted during it | first write on the target's shards p50 / p99 / max (probes) | back to full replication p50 / max |\n")
+	b.WriteString("| fault | injected | fault time | ops ok / attempted during it | first write on the target's shards (partitions: on every shard) p50 / p99 / max (probes) | back to full replication p50 / max |\n")
 	b.WriteString("|---|---|---|---|---|---|\n")
 	var kinds []Fault
 	for f := range s.ByFault {

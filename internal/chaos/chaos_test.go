@@ -132,6 +132,12 @@ func summarize(t *testing.T, rep *Report) {
 		t.Logf("  %-9s %-40s availability %.2f (%d/%d)  first writes [%s]  full replication %v %s", f.Fault, f.Target,
 			f.Availability(), f.OK, f.Attempted, strings.Join(fw, " "), f.FullReplication.Round(time.Millisecond), f.Err)
 	}
+	if !rep.Linearizability.OK() {
+		path := filepath.Join(os.TempDir(), fmt.Sprintf("shoal-chaos-%s-%d.html", rep.Client, time.Now().UnixNano()))
+		if err := rep.Linearizability.Visualize(path); err == nil {
+			t.Logf("history not linearizable: see %s", path)
+		}
+	}
 	if dir := os.Getenv("CHAOS_REPORTS"); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)

@@ -180,3 +180,10 @@ func CheckLinearizable(ops []RegisterOp, timeout time.Duration) LinearizabilityR
 	res.Result, res.Info = porcupine.CheckOperationsVerbose(registerModel(), h, timeout)
 	return res
 }
+
+// Visualize writes porcupine's HTML view of the checked history (each
+// key's operations on a timeline, the longest linearizable prefix marked)
+// to path.
+func (r LinearizabilityResult) Visualize(path string) error {
+	return porcupine.VisualizePath(registerModel(), r.Info, path)
+}

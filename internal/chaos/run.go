@@ -58,7 +58,9 @@ type FaultRecord struct {
 	// window.
 	OK, Attempted int
 	// FirstWrite: for a fault on a node that led shards, how long after the
-	// fault began each of those shards took a write.
+	// fault began each of those shards took a write; for a partition, the
+	// same for every shard (every shard keeps a majority on one side that
+	// clients reach, so every shard must take writes during it).
 	FirstWrite []probeResult
 	// FullReplication is how long after the fault was undone every replica
 	// had caught up (0 when not measured).
@@ -370,6 +372,8 @@ func (n *nemesis) inject(ctx context.Context, f Fault, round int) FaultRecord {
 		if err == nil && f == FaultPartition {
 			err = n.cl.Cut(ctx, majority, minority)
 		}
+		led = allShards(st)
+		startProbes()
 		undo = func() error { return n.cl.Heal(ctx) }
 	case FaultBridge:
 		a, b := bridge(n.rng, masters, nodes)
@@ -377,6 +381,8 @@ func (n *nemesis) inject(ctx context.Context, f Fault, round int) FaultRecord {
 		if err = n.cl.Cut(ctx, a, b); err == nil {
 			err = n.cl.Cut(ctx, b, a)
 		}
+		led = allShards(st)
+		startProbes()
 		undo = func() error { return n.cl.Heal(ctx) }
 	case FaultTransfer, FaultMove:
 		rec.Target = "admin"
@@ -514,4 +520,12 @@ func (n *nemesis) undoAll(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+func allShards(st *shoalpb.ClusterState) []*shoalpb.ShardDescriptor {
+	var out []*shoalpb.ShardDescriptor
+	for _, r := range st.GetRoutes().GetShards() {
+		out = append(out, r.GetShard())
+	}
+	return out
 }
