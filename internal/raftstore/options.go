@@ -24,9 +24,12 @@ type Options struct {
 	// Workers is the size of the worker pool that processes replicas.
 	// Default max(2, GOMAXPROCS).
 	Workers int
-	// TickInterval is the Raft tick. Default 100ms.
+	// TickInterval is the Raft tick. Default 200ms: every replica is
+	// visited on every tick, so the tick is most of what an idle shard
+	// costs (docs/benchmarks.md, idle CPU).
 	TickInterval time.Duration
-	// ElectionTicks is the election timeout in ticks. Default 10.
+	// ElectionTicks is the election timeout in ticks (Raft randomises it
+	// between this and twice this). Default 5: 1 to 2 s.
 	ElectionTicks int
 	// HeartbeatTicks is the heartbeat interval in ticks. Default 1.
 	HeartbeatTicks int
@@ -109,10 +112,10 @@ func (o *Options) validate() error {
 		o.Workers = max(2, runtime.GOMAXPROCS(0))
 	}
 	if o.TickInterval <= 0 {
-		o.TickInterval = 100 * time.Millisecond
+		o.TickInterval = 200 * time.Millisecond
 	}
 	if o.ElectionTicks <= 0 {
-		o.ElectionTicks = 10
+		o.ElectionTicks = 5
 	}
 	if o.HeartbeatTicks <= 0 {
 		o.HeartbeatTicks = 1

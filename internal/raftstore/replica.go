@@ -102,6 +102,8 @@ type Replica struct {
 	removeAfterApply bool
 	// progress is the leader's view of its followers, refreshed on ticks.
 	progress map[uint64]Progress
+	// progressChanged: progress was replaced since the last publishStatus.
+	progressChanged bool
 	// senders maps replicas that sent messages here to their nodes.
 	senders map[uint64]uint64
 
@@ -189,13 +191,24 @@ func (r *Replica) startRaft() error {
 func (r *Replica) Status() ReplicaStatus { return *r.status.Load() }
 
 func (r *Replica) publishStatus() {
+	entries, bytes := r.storage.LogSize()
+	role, leaderNode := roleOf(r.state), r.nodeOf(r.leader)
+	if cur := r.status.Load(); cur != nil && !r.progressChanged && cur.Role == role && cur.Term == r.term &&
+		cur.LeaderReplica == r.leader && cur.LeaderNode == leaderNode && cur.Applied == r.applied &&
+		cur.Initialized == r.initialized && cur.Removed == r.destroyed && cur.Descriptor == r.desc &&
+		cur.LogEntries == entries && cur.LogBytes == bytes && (cur.Progress != nil) == (r.state == raft.StateLeader) {
+		// Nothing changed (an idle replica's tick): keep the published
+		// status rather than allocate an equal one.
+		return
+	}
+	r.progressChanged = false
 	st := &ReplicaStatus{
 		ShardID:       r.shardID,
 		ReplicaID:     r.replicaID,
-		Role:          roleOf(r.state),
+		Role:          role,
 		Term:          r.term,
 		LeaderReplica: r.leader,
-		LeaderNode:    r.nodeOf(r.leader),
+		LeaderNode:    leaderNode,
 		Applied:       r.applied,
 		Initialized:   r.initialized,
 		Removed:       r.destroyed,
@@ -204,18 +217,29 @@ func (r *Replica) publishStatus() {
 	if r.state == raft.StateLeader {
 		st.Progress = r.progress
 	}
-	st.LogEntries, st.LogBytes = r.storage.LogSize()
+	st.LogEntries, st.LogBytes = entries, bytes
 	r.status.Store(st)
 }
 
 // refreshProgress takes a fresh copy of the leader's view of its followers
 // for Status.
 func (r *Replica) refreshProgress() {
+	same := len(r.progress) > 0
+	n := 0
+	r.raw.WithProgress(func(id uint64, typ raft.ProgressType, pr tracker.Progress) {
+		n++
+		if old, ok := r.progress[id]; !ok || old.Match != pr.Match || old.State != pr.State.String() || old.Learner != (typ == raft.ProgressTypeLearner) {
+			same = false
+		}
+	})
+	if same && n == len(r.progress) {
+		return // an idle leader's tick: the published copy is current
+	}
 	p := make(map[uint64]Progress, len(r.desc.Replicas))
 	r.raw.WithProgress(func(id uint64, typ raft.ProgressType, pr tracker.Progress) {
 		p[id] = Progress{Match: pr.Match, State: pr.State.String(), Learner: typ == raft.ProgressTypeLearner}
 	})
-	r.progress = p
+	r.progress, r.progressChanged = p, true
 }
 
 func roleOf(s raft.StateType) Role {
