@@ -268,6 +268,12 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 	var last error
 	mayHaveApplied := false
 	exclude := map[string]bool{}
+	// silent holds the nodes that let an attempt time out, and when: a
+	// replica naming one of them as leader is, for a while, more likely
+	// stale (the leader froze or was cut off and the others have not
+	// elected yet) than right, so the client asks the replica again
+	// rather than going back to wait on the silent node.
+	var silent map[string]time.Time
 	for {
 		rt, addr, _ := c.routes.target(slot, c.opts.forward, exclude)
 		if addr == "" {
@@ -308,9 +314,14 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 		case shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER:
 			retryNow = c.routes.setLeader(slot, d.LeaderId, d.LeaderAddr)
 			// The hint is fresher than whatever made us skip that node
-			// earlier (say, it had not created its replica yet).
+			// earlier (say, it had not created its replica yet), unless
+			// that node has just let us time out.
 			if a := c.routes.addrOf(d.LeaderId); a != "" && exclude[a] {
-				delete(exclude, a)
+				if at, ok := silent[a]; ok && time.Since(at) < c.opts.attemptTimeout {
+					retryNow = false
+				} else {
+					delete(exclude, a)
+				}
 			}
 		case shoalpb.ErrorCode_ERROR_CODE_EPOCH_MISMATCH:
 			retryNow = c.routes.setShard(d.Shard)
@@ -342,6 +353,12 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 				}
 			}
 			exclude[addr] = true
+			if status.Code(err) == codes.DeadlineExceeded {
+				if silent == nil {
+					silent = map[string]time.Time{}
+				}
+				silent[addr] = time.Now()
+			}
 			c.routes.forgetLeader(slot)
 			retryNow = true
 		default:

@@ -24,14 +24,16 @@ type Options struct {
 	// Workers is the size of the worker pool that processes replicas.
 	// Default max(2, GOMAXPROCS).
 	Workers int
-	// TickInterval is the Raft tick. Default 200ms: every replica is
-	// visited on every tick, so the tick is most of what an idle shard
-	// costs (docs/benchmarks.md, idle CPU).
+	// TickInterval is the Raft tick. Default 100ms.
 	TickInterval time.Duration
 	// ElectionTicks is the election timeout in ticks (Raft randomises it
-	// between this and twice this). Default 5: 1 to 2 s.
+	// between this and twice this, in whole ticks). Default 10: 1 to 2 s,
+	// in ten steps, so that two followers rarely time out on the same tick
+	// and split the vote.
 	ElectionTicks int
-	// HeartbeatTicks is the heartbeat interval in ticks. Default 1.
+	// HeartbeatTicks is the heartbeat interval in ticks. Default 2: a
+	// heartbeat per shard and follower every 200 ms, most of what an idle
+	// shard costs (docs/benchmarks.md, idle CPU).
 	HeartbeatTicks int
 	// MaxSizePerMsg bounds the entries in one append message. Default 1 MiB.
 	MaxSizePerMsg uint64
@@ -112,13 +114,13 @@ func (o *Options) validate() error {
 		o.Workers = max(2, runtime.GOMAXPROCS(0))
 	}
 	if o.TickInterval <= 0 {
-		o.TickInterval = 200 * time.Millisecond
+		o.TickInterval = 100 * time.Millisecond
 	}
 	if o.ElectionTicks <= 0 {
-		o.ElectionTicks = 5
+		o.ElectionTicks = 10
 	}
 	if o.HeartbeatTicks <= 0 {
-		o.HeartbeatTicks = 1
+		o.HeartbeatTicks = 2
 	}
 	if o.HeartbeatTicks >= o.ElectionTicks {
 		return errors.New("raftstore: HeartbeatTicks must be below ElectionTicks")
