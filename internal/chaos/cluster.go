@@ -17,6 +17,8 @@ package chaos
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 )
 
 // Role says what a server runs.
@@ -74,6 +76,8 @@ type Cluster interface {
 	Kill(ctx context.Context, name string) error
 	// Start starts a killed server again from its data.
 	Start(ctx context.Context, name string) error
+	// Running reports whether the server runs (paused included).
+	Running(ctx context.Context, name string) (bool, error)
 	// Pause freezes the server (SIGSTOP); Resume thaws it.
 	Pause(ctx context.Context, name string) error
 	Resume(ctx context.Context, name string) error
@@ -89,4 +93,47 @@ type Cluster interface {
 	// for inspection; DockerCluster removes its volumes unless told to keep
 	// them.
 	Close() error
+}
+
+// topology is a cluster's servers: masters m1..mM on subnet.(10+i), nodes
+// n1..nN on subnet.(20+i), each on the default ports at its own address.
+// Both clusters embed it.
+type topology struct{ servers []Server }
+
+func newTopology(subnet string, masters, nodes int) topology {
+	var t topology
+	for i := 1; i <= masters; i++ {
+		ip := fmt.Sprintf("%s.%d", subnet, 10+i)
+		t.servers = append(t.servers, Server{Name: fmt.Sprintf("m%d", i), Role: RoleMaster, IP: ip,
+			GRPCAddr: ip + ":7000", HTTPAddr: ip + ":7080"})
+	}
+	for i := 1; i <= nodes; i++ {
+		ip := fmt.Sprintf("%s.%d", subnet, 20+i)
+		t.servers = append(t.servers, Server{Name: fmt.Sprintf("n%d", i), Role: RoleNode, IP: ip,
+			GRPCAddr: ip + ":7100", HTTPAddr: ip + ":7180", RESPAddr: ip + ":6379"})
+	}
+	return t
+}
+
+// Servers lists every server, masters first.
+func (t topology) Servers() []Server { return slices.Clone(t.servers) }
+
+// MasterAddrs are the masters' gRPC addresses.
+func (t topology) MasterAddrs() []string {
+	var out []string
+	for _, s := range t.servers {
+		if s.Role == RoleMaster {
+			out = append(out, s.GRPCAddr)
+		}
+	}
+	return out
+}
+
+func (t topology) server(name string) (Server, error) {
+	for _, s := range t.servers {
+		if s.Name == name {
+			return s, nil
+		}
+	}
+	return Server{}, fmt.Errorf("chaos: no server %q", name)
 }

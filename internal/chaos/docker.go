@@ -79,11 +79,11 @@ type DockerOptions struct {
 //
 // A DockerCluster is safe for concurrent use.
 type DockerCluster struct {
+	topology
 	opts    DockerOptions
 	prefix  string // shoal-chaos-<RunID>
 	network string
 	image   string // the image ID the containers run
-	servers []Server
 	log     *slog.Logger
 
 	mu       sync.Mutex
@@ -237,7 +237,7 @@ func subnetsToTry() []string {
 }
 
 // createNetwork creates the bridge network on the first free subnet and
-// fills in c.servers with its addresses.
+// lays out the servers' addresses on it.
 func (c *DockerCluster) createNetwork(ctx context.Context) error {
 	candidates := subnetsToTry()
 	if c.opts.Subnet != "" {
@@ -265,16 +265,7 @@ func (c *DockerCluster) createNetwork(ctx context.Context) error {
 	c.mu.Lock()
 	c.netMade = true
 	c.mu.Unlock()
-	for i := 1; i <= c.opts.Masters; i++ {
-		ip := fmt.Sprintf("%s.%d", subnet, 10+i)
-		c.servers = append(c.servers, Server{Name: fmt.Sprintf("m%d", i), Role: RoleMaster, IP: ip,
-			GRPCAddr: ip + ":7000", HTTPAddr: ip + ":7080"})
-	}
-	for i := 1; i <= c.opts.Nodes; i++ {
-		ip := fmt.Sprintf("%s.%d", subnet, 20+i)
-		c.servers = append(c.servers, Server{Name: fmt.Sprintf("n%d", i), Role: RoleNode, IP: ip,
-			GRPCAddr: ip + ":7100", HTTPAddr: ip + ":7180", RESPAddr: ip + ":6379"})
-	}
+	c.topology = newTopology(subnet, c.opts.Masters, c.opts.Nodes)
 	return nil
 }
 
@@ -455,34 +446,11 @@ func (c *DockerCluster) Network() string { return c.network }
 // Container is the name of the server's container (and of its volume).
 func (c *DockerCluster) Container(name string) string { return c.prefix + "-" + name }
 
-// Servers lists every server, masters first.
-func (c *DockerCluster) Servers() []Server { return slices.Clone(c.servers) }
-
-// MasterAddrs are the masters' gRPC addresses.
-func (c *DockerCluster) MasterAddrs() []string {
-	var out []string
-	for _, s := range c.servers {
-		if s.Role == RoleMaster {
-			out = append(out, s.GRPCAddr)
-		}
-	}
-	return out
-}
-
 // Faults are kill, pause and isolate (network faults other than one server
 // cut off both ways need a firewall), and the administrator's transfers
 // and moves, which any cluster supports.
 func (c *DockerCluster) Faults() []Fault {
 	return []Fault{FaultKill, FaultPause, FaultIsolate, FaultTransfer, FaultMove}
-}
-
-func (c *DockerCluster) server(name string) (Server, error) {
-	for _, s := range c.servers {
-		if s.Name == name {
-			return s, nil
-		}
-	}
-	return Server{}, fmt.Errorf("chaos: no server %q", name)
 }
 
 // Kill sends SIGKILL to the server's container (paused or not) and waits

@@ -33,23 +33,8 @@ import (
 func TestDockerCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
-	opts := DockerOptions{ModuleRoot: dockerModuleRoot(t), Logger: slog.New(slog.NewTextHandler(t.Output(), nil))}
-	if img := os.Getenv("SHOAL_DOCKER_IMAGE"); img != "" {
-		opts.Image, opts.ModuleRoot = img, ""
-	}
 	began := time.Now()
-	dc, err := StartDocker(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpDockerLogs(t, dc)
-		}
-		if err := dc.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
+	dc := startDockerCluster(ctx, t)
 	t.Logf("cluster %s (network %s) serving %v after start", dc.RunID(), dc.Network(), time.Since(began).Round(time.Millisecond))
 
 	cl, err := client.Open(ctx, dc.MasterAddrs())
@@ -423,6 +408,23 @@ func dockerModuleRoot(t *testing.T) string {
 func TestDockerChaos(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
+	dc := startDockerCluster(ctx, t)
+	rep, err := Run(ctx, dc, RunOptions{Duration: envDuration(t, "CHAOS_DURATION", 30*time.Second),
+		Seed: uint64(time.Now().UnixNano()), Logger: logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	summarize(t, rep)
+	if p := rep.Problems(50); len(p) > 0 {
+		t.Fatal(strings.Join(p, "; "))
+	}
+}
+
+// startDockerCluster starts the containers (building the image from this
+// checkout unless SHOAL_DOCKER_IMAGE names one) and removes them when the
+// test ends, after printing their logs if it failed.
+func startDockerCluster(ctx context.Context, t *testing.T) *DockerCluster {
+	t.Helper()
 	opts := DockerOptions{ModuleRoot: dockerModuleRoot(t), Logger: slog.New(slog.NewTextHandler(t.Output(), nil))}
 	if img := os.Getenv("SHOAL_DOCKER_IMAGE"); img != "" {
 		opts.Image, opts.ModuleRoot = img, ""
@@ -439,13 +441,5 @@ func TestDockerChaos(t *testing.T) {
 			t.Errorf("close: %v", err)
 		}
 	})
-	rep, err := Run(ctx, dc, RunOptions{Duration: envDuration(t, "CHAOS_DURATION", 30*time.Second),
-		Seed: uint64(time.Now().UnixNano()), Logger: logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	summarize(t, rep)
-	if p := rep.Problems(50); len(p) > 0 {
-		t.Fatal(strings.Join(p, "; "))
-	}
+	return dc
 }

@@ -45,9 +45,9 @@ type ProcOptions struct {
 // so that an iptables rule on addresses cuts exactly the links a test
 // names. It needs root for iptables.
 type ProcCluster struct {
-	opts    ProcOptions
-	servers []Server
-	log     *slog.Logger
+	topology
+	opts ProcOptions
+	log  *slog.Logger
 
 	mu     sync.Mutex
 	procs  map[string]*proc
@@ -94,17 +94,8 @@ func StartProc(ctx context.Context, opts ProcOptions) (*ProcCluster, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &ProcCluster{opts: opts, log: opts.Logger, procs: map[string]*proc{}}
-	for i := 1; i <= opts.Masters; i++ {
-		ip := fmt.Sprintf("%s.%d", opts.Subnet, 10+i)
-		c.servers = append(c.servers, Server{Name: fmt.Sprintf("m%d", i), Role: RoleMaster, IP: ip,
-			GRPCAddr: ip + ":7000", HTTPAddr: ip + ":7080"})
-	}
-	for i := 1; i <= opts.Nodes; i++ {
-		ip := fmt.Sprintf("%s.%d", opts.Subnet, 20+i)
-		c.servers = append(c.servers, Server{Name: fmt.Sprintf("n%d", i), Role: RoleNode, IP: ip,
-			GRPCAddr: ip + ":7100", HTTPAddr: ip + ":7180", RESPAddr: ip + ":6379"})
-	}
+	c := &ProcCluster{topology: newTopology(opts.Subnet, opts.Masters, opts.Nodes), opts: opts, log: opts.Logger,
+		procs: map[string]*proc{}}
 	if err := c.setupChain(ctx); err != nil {
 		return nil, err
 	}
@@ -117,32 +108,9 @@ func StartProc(ctx context.Context, opts ProcOptions) (*ProcCluster, error) {
 	return c, nil
 }
 
-// Servers lists every server, masters first.
-func (c *ProcCluster) Servers() []Server { return append([]Server(nil), c.servers...) }
-
-// MasterAddrs are the masters' gRPC addresses.
-func (c *ProcCluster) MasterAddrs() []string {
-	var out []string
-	for _, s := range c.servers {
-		if s.Role == RoleMaster {
-			out = append(out, s.GRPCAddr)
-		}
-	}
-	return out
-}
-
 // Faults: every fault of the suite.
 func (c *ProcCluster) Faults() []Fault {
 	return []Fault{FaultKill, FaultPause, FaultIsolate, FaultPartition, FaultOneWay, FaultBridge, FaultTransfer, FaultMove}
-}
-
-func (c *ProcCluster) server(name string) (Server, error) {
-	for _, s := range c.servers {
-		if s.Name == name {
-			return s, nil
-		}
-	}
-	return Server{}, fmt.Errorf("chaos: no server %q", name)
 }
 
 func (c *ProcCluster) args(s Server) []string {
@@ -204,18 +172,21 @@ func (c *ProcCluster) Start(ctx context.Context, name string) error {
 }
 
 // Running reports whether the named server's process is alive.
-func (c *ProcCluster) Running(name string) bool {
+func (c *ProcCluster) Running(_ context.Context, name string) (bool, error) {
+	if _, err := c.server(name); err != nil {
+		return false, err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.procs[name]
 	if p == nil {
-		return false
+		return false, nil
 	}
 	select {
 	case <-p.done:
-		return false
+		return false, nil
 	default:
-		return true
+		return true, nil
 	}
 }
 

@@ -385,7 +385,6 @@ func (n *nemesis) inject(ctx context.Context, f Fault, round int) FaultRecord {
 		startProbes()
 		undo = func() error { return n.cl.Heal(ctx) }
 	case FaultTransfer, FaultMove:
-		rec.Target = "admin"
 		actx, cancel := context.WithTimeout(ctx, n.o.FaultFor)
 		rec.Target = n.admin(actx, f)
 		cancel()
@@ -507,12 +506,12 @@ func (n *nemesis) undoAll(ctx context.Context) error {
 			n.log.Debug("resume", "server", s.Name, "err", err)
 		}
 	}
-	if pc, ok := n.cl.(interface{ Running(string) bool }); ok {
-		for _, s := range n.cl.Servers() {
-			if !pc.Running(s.Name) {
-				if err := n.cl.Start(ctx, s.Name); err != nil {
-					errs = append(errs, err)
-				}
+	for _, s := range n.cl.Servers() {
+		if up, err := n.cl.Running(ctx, s.Name); err != nil {
+			errs = append(errs, err)
+		} else if !up {
+			if err := n.cl.Start(ctx, s.Name); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}

@@ -419,12 +419,7 @@ func (d *DB) propose(ctx context.Context, shard uint64, cmd *shoalpb.KVCommand, 
 	if err != nil {
 		return nil, fmt.Errorf("kv: encode command: %w", err)
 	}
-	var v any
-	if plantedEarlyAck {
-		v, err = d.proposeEarlyAck(ctx, shard, data, len(cmd.GetOps()))
-	} else {
-		v, err = d.store.Propose(ctx, shard, data)
-	}
+	v, err := d.proposeCmd(ctx, shard, data, len(cmd.GetOps()))
 	if err != nil {
 		return nil, err
 	}
@@ -433,36 +428,6 @@ func (d *DB) propose(ctx context.Context, shard uint64, cmd *shoalpb.KVCommand, 
 		return nil, fmt.Errorf("kv: shard %d: unexpected result %T (is the store running the kv state machine?)", shard, v)
 	}
 	return res, resultError(res)
-}
-
-// proposeEarlyAck is the planted bug of plantedbug_on.go: it proposes in
-// the background and, unless the store answers within a millisecond (a
-// refusal, typically NotLeader), reports every op applied without waiting
-// for the commit.
-func (d *DB) proposeEarlyAck(ctx context.Context, shard uint64, data []byte, ops int) (any, error) {
-	type answer struct {
-		v   any
-		err error
-	}
-	ch := make(chan answer, 1)
-	go func() {
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		v, err := d.store.Propose(pctx, shard, data)
-		ch <- answer{v, err}
-	}()
-	t := time.NewTimer(time.Millisecond)
-	defer t.Stop()
-	select {
-	case a := <-ch:
-		return a.v, a.err
-	case <-t.C:
-		res := &shoalpb.KVCommandResult{}
-		for range ops {
-			res.Results = append(res.Results, &shoalpb.KVOpResult{Applied: true})
-		}
-		return res, nil
-	}
 }
 
 func (d *DB) nowMs() int64 { return d.opts.Clock().UnixMilli() }
