@@ -19,6 +19,21 @@ import (
 // and returns the master's address; the playground stops with the test.
 func startPlayground(t *testing.T, args ...string) string {
 	t.Helper()
+	out := runPlaygroundReady(t, args...)
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 4 && f[0] == "master" && f[2] == "gRPC" {
+			return f[3]
+		}
+	}
+	t.Fatalf("no master address in:\n%s", out)
+	return ""
+}
+
+// runPlaygroundReady runs `shoal playground` in process (free ports, a
+// temporary data directory) until the test ends, and returns what it
+// printed once every shard has a leader.
+func runPlaygroundReady(t *testing.T, args ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &syncBuffer{}
 	cmd := newRootCmd(out, &syncBuffer{})
@@ -42,13 +57,7 @@ func startPlayground(t *testing.T, args ...string) string {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	for _, line := range strings.Split(out.String(), "\n") {
-		if f := strings.Fields(line); len(f) >= 4 && f[0] == "master" && f[2] == "gRPC" {
-			return f[3]
-		}
-	}
-	t.Fatalf("no master address in:\n%s", out)
-	return ""
+	return out.String()
 }
 
 func clusterJSON(t *testing.T, m string) *shoalpb.ClusterState {

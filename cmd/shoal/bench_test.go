@@ -21,30 +21,8 @@ import (
 // test.
 func benchPlayground(t *testing.T) (master string, resp []string) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	out := &syncBuffer{}
-	cmd := newRootCmd(out, &syncBuffer{})
-	cmd.SetArgs([]string{"playground", "--master-port", "0", "--log-level", "error", "--data-dir", t.TempDir(), "--shards", "8"})
-	done := make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("playground: %v", err)
-		}
-	})
-	deadline := time.After(60 * time.Second)
-	for !strings.Contains(out.String(), "Every shard has a leader") {
-		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("playground exited: %v\n%s", err, out)
-		case <-deadline:
-			t.Fatalf("playground not ready:\n%s", out)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	for _, line := range strings.Split(out.String(), "\n") {
+	out := runPlaygroundReady(t, "--shards", "8")
+	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		switch {
 		case len(f) >= 4 && f[0] == "master" && f[2] == "gRPC":
