@@ -973,7 +973,8 @@ type KVOpResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The write happened (condition met).
 	Applied bool `protobuf:"varint,1,opt,name=applied,proto3" json:"applied,omitempty"`
-	// The key existed before the op.
+	// The key existed before the op. A Put without a condition, expiry,
+	// return_old or keep_ttl does not read the key and leaves it false.
 	Found bool `protobuf:"varint,2,opt,name=found,proto3" json:"found,omitempty"`
 	// The previous value when asked for; the compared value of a failed CAS.
 	Value []byte `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`

@@ -650,7 +650,9 @@ type PutResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
 	// The write happened (its condition held).
-	Applied       bool   `protobuf:"varint,2,opt,name=applied,proto3" json:"applied,omitempty"`
+	Applied bool `protobuf:"varint,2,opt,name=applied,proto3" json:"applied,omitempty"`
+	// The key existed before the write. Reported only when return_old or a
+	// condition is set: a plain SET does not read the key (false).
 	Found         bool   `protobuf:"varint,3,opt,name=found,proto3" json:"found,omitempty"`
 	Old           []byte `protobuf:"bytes,4,opt,name=old,proto3" json:"old,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -102,8 +102,10 @@ func (h *harness) one(c *shoalpb.KVCommand) *shoalpb.KVCommandResult {
 }
 
 // checkExpiryIndex fails unless every data record with an expiry has its
-// index entry and every index entry names a record with that expiry.
-func checkExpiryIndex(t testing.TB, r storage.Reader) {
+// index entry. Other index entries are orphans left by plain SETs of keys
+// that had an expiry (overlay.blind), removed by the sweeper; orphans
+// reports how many there are.
+func checkExpiryIndex(t testing.TB, r storage.Reader) (orphans int) {
 	t.Helper()
 	data := dumpData(t, r)
 	for k, v := range data {
@@ -117,9 +119,10 @@ func checkExpiryIndex(t testing.TB, r storage.Reader) {
 	for _, e := range dumpIndex(t, r) {
 		v, ok := data[e.key]
 		if !ok || v.at != e.at {
-			t.Fatalf("index entry %q@%d does not match data record %+v (present %v)", e.key, e.at, v, ok)
+			orphans++
 		}
 	}
+	return orphans
 }
 
 type stored struct {

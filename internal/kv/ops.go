@@ -59,6 +59,19 @@ func (sm *stateMachine) put(b *storage.Batch, now, limit int64, op *shoalpb.PutO
 	if err := checkSize(len(op.Value), limit); err != nil {
 		return nil, err
 	}
+	if op.Condition == shoalpb.Condition_CONDITION_NONE && !op.ReturnOld && !op.KeepTtl && op.ExpireAtMs == 0 {
+		// A plain SET: nothing in the result or the write depends on the
+		// current record, so it is not read (found stays false). A SET
+		// with an expiry still reads, to replace the key's index entry:
+		// otherwise a key rewritten often with a long TTL would pile up
+		// entries until its old expiries pass.
+		slot, err := sm.slotOf(op.Key)
+		if err != nil {
+			return nil, err
+		}
+		sm.ov.blind(slot, op.Key).set(op.Value, op.ExpireAtMs, now)
+		return &shoalpb.KVOpResult{Applied: true}, nil
+	}
 	rec, err := sm.record(b, op.Key, now)
 	if err != nil {
 		return nil, err
@@ -286,7 +299,9 @@ func (sm *stateMachine) deleteExpiredKey(b *storage.Batch, now int64, ek *shoalp
 		return false, err
 	}
 	if ok {
-		sm.log.Warn("removing orphaned expiry index entry", "key", rec.key, "expire_at_ms", at)
+		// Normal after a plain SET replaced a key that had an expiry
+		// (overlay.blind).
+		sm.log.Debug("removing orphaned expiry index entry", "key", rec.key, "expire_at_ms", at)
 		sm.ov.deleteRaw(ik)
 	}
 	return false, nil

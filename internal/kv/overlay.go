@@ -94,6 +94,28 @@ func (o *overlay) get(r storage.Reader, slot uint16, key []byte, nowMs int64) (*
 	return &o.records[len(o.records)-1], nil
 }
 
+// blind returns the record of key in slot for a write that does not depend
+// on the key's current state (a SET with no condition and no expiry),
+// without reading it:
+// reading costs a lookup in the memtable and maybe the LSM on every replica
+// for every write. Not knowing what is stored, the record assumes a data
+// record with no expiry, so a later delete in the same command still
+// removes the data, and an index entry of an earlier expiry is left for the
+// sweeper, which removes entries whose data record no longer carries their
+// expiry (deleteExpiredKey) once that expiry passes. So the index holds, for
+// each key, the entry of its current expiry and at most the entries of
+// expiries set since the key was last read-and-written, none past its time
+// for longer than a sweep. A key the command already touched is returned
+// as it stands. The pointer is valid until the next call to get or blind.
+func (o *overlay) blind(slot uint16, key []byte) *record {
+	if i, ok := o.index[string(key)]; ok {
+		return &o.records[i]
+	}
+	o.index[string(key)] = len(o.records)
+	o.records = append(o.records, record{slot: slot, key: key, dataKey: keys.DataKey(slot, key), stored: true})
+	return &o.records[len(o.records)-1]
+}
+
 // deleteRaw stages the deletion of a key outside the data family. Staging
 // the same key twice is harmless.
 func (o *overlay) deleteRaw(k []byte) {

@@ -78,10 +78,18 @@ func TestApplyPut(t *testing.T) {
 		want:     ok(opRes(true, true, "v1", 0)),
 		wantData: map[string]stored{"k": {"v2", 0}},
 	}, {
-		name:     "old value only when asked",
+		// A plain SET does not read the key, so it does not report it
+		// found either.
+		name:     "plain put reports neither old value nor found",
 		setup:    []*shoalpb.KVCommand{cmdAt(t0, putOp("k", "v1"))},
 		cmd:      cmdAt(t0, putOp("k", "v2")),
-		want:     ok(opRes(true, true, "", 0)),
+		want:     ok(opRes(true, false, "", 0)),
+		wantData: map[string]stored{"k": {"v2", 0}},
+	}, {
+		name:     "old value when asked",
+		setup:    []*shoalpb.KVCommand{cmdAt(t0, putOp("k", "v1"))},
+		cmd:      cmdAt(t0, putOp("k", "v2", returnOld)),
+		want:     ok(opRes(true, true, "v1", 0)),
 		wantData: map[string]stored{"k": {"v2", 0}},
 	}, {
 		name:     "NX on absent key",
@@ -131,11 +139,14 @@ func TestApplyPut(t *testing.T) {
 		wantData:  map[string]stored{"k": {"v2", t0 + 200}},
 		wantIndex: []indexEntry{{"k", t0 + 200}},
 	}, {
-		name:     "plain put clears the TTL",
-		setup:    []*shoalpb.KVCommand{cmdAt(t0, putOp("k", "v1", withTTLAt(t0+100)))},
-		cmd:      cmdAt(t0, putOp("k", "v2")),
-		want:     ok(opRes(true, true, "", 0)),
-		wantData: map[string]stored{"k": {"v2", 0}},
+		// The plain put does not read the key, so the old expiry's index
+		// entry stays, an orphan for the sweeper (TestApplyDeleteExpired).
+		name:      "plain put clears the TTL",
+		setup:     []*shoalpb.KVCommand{cmdAt(t0, putOp("k", "v1", withTTLAt(t0+100)))},
+		cmd:       cmdAt(t0, putOp("k", "v2")),
+		want:      ok(opRes(true, false, "", 0)),
+		wantData:  map[string]stored{"k": {"v2", 0}},
+		wantIndex: []indexEntry{{"k", t0 + 100}},
 	}, {
 		name:      "KEEPTTL",
 		setup:     []*shoalpb.KVCommand{cmdAt(t0, putOp("k", "v1", withTTLAt(t0+100)))},
@@ -473,6 +484,17 @@ func TestApplyDeleteExpired(t *testing.T) {
 		want:      ok(opRes(false, false, "", 0)),
 		wantData:  map[string]stored{"a": {"2", t0 + 15}},
 		wantIndex: []indexEntry{{"a", t0 + 15}},
+	}, {
+		// A plain SET left the old expiry's index entry (overlay.blind):
+		// the sweep removes the entry and keeps the key.
+		name: "removes the orphan a plain SET left, keeps the key",
+		setup: []*shoalpb.KVCommand{
+			cmdAt(t0, putOp("a", "1", withTTLAt(t0+10))),
+			cmdAt(t0+5, putOp("a", "2")),
+		},
+		cmd:      cmdAt(t0+20, deleteExpiredOp(indexEntry{"a", t0 + 10})),
+		want:     ok(opRes(false, false, "", 0)),
+		wantData: map[string]stored{"a": {"2", 0}},
 	}, {
 		name:      "keeps a key not yet expired at the command's time",
 		setup:     []*shoalpb.KVCommand{cmdAt(t0, putOp("a", "1", withTTLAt(t0+10)))},

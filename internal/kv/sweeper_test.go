@@ -75,8 +75,8 @@ func TestSweeperCollectsExpiredKeysInOrder(t *testing.T) {
 	if got, _ := s.expiredKeys(h.eng.Reader(), desc, t0+5); !slices.Equal(entries(got), want[2:]) {
 		t.Fatalf("after the delete: %v, want %v", entries(got), want[2:])
 	}
-	// An orphaned index entry is listed, so that the state machine removes
-	// it, and reported.
+	// An orphaned index entry (a plain SET leaves one) is listed, so that
+	// the state machine removes it.
 	ghost := ks[150][2]
 	if err := h.eng.Write(keys.ExpiryKey(150, uint64(t0+3), []byte(ghost)), nil); err != nil {
 		t.Fatal(err)
@@ -84,9 +84,6 @@ func TestSweeperCollectsExpiredKeysInOrder(t *testing.T) {
 	got, _ = s.expiredKeys(h.eng.Reader(), desc, t0+5)
 	if want := []indexEntry{{ghost, t0 + 3}, want[2]}; !slices.Equal(entries(got), want) {
 		t.Fatalf("with an orphan: %v, want %v", entries(got), want)
-	}
-	if !strings.Contains(warnings.String(), "out of step") {
-		t.Fatalf("orphan not reported; logs: %q", warnings)
 	}
 }
 
