@@ -569,6 +569,20 @@ func TestCrashBeforeLogCommitOnCatchUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Net.Isolate(3, c.NodeIDs())
+	// Node 3 may have led the shard: a proposal it took now would wait for
+	// the whole deadline. Propose once the majority side has the leader.
+	if err := tc.WaitFor(ctx, func() error {
+		n, err := c.Leader(1)
+		if err != nil {
+			return err
+		}
+		if n.ID == 3 {
+			return errors.New("the isolated node still leads")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 200 {
 		k := fmt.Appendf(nil, "catchup-%d", i)
 		if _, err := c.Propose(ctx, 1, tc.PutCmd(k, []byte("v"))); err != nil {

@@ -459,6 +459,7 @@ func (r *Replica) destroy(reason error) error {
 	// after reading (Store.Serving): publish the removal before the data
 	// goes, so a read that might have seen it gone is told.
 	r.destroyed = true
+	r.lease.Store(nil)
 	r.publishStatus()
 	b := r.store.eng.NewBatch()
 	defer b.Close()

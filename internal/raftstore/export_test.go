@@ -1,5 +1,7 @@
 package raftstore
 
+import "time"
+
 // QueuedRequests returns how many proposals and reads wait in the queues of
 // this node's replica of shard: tests use it to order events without
 // sleeping.
@@ -11,4 +13,14 @@ func QueuedRequests(s *Store, shard uint64) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.mu.props) + len(r.mu.reads)
+}
+
+// LeaseState reports whether this node's replica of shard holds a read
+// lease now and whether it still ignores votes after its start (lease.go).
+func LeaseState(s *Store, shard uint64) (held, voteGuard bool) {
+	r, err := s.replica(shard)
+	if err != nil {
+		return false, false
+	}
+	return r.lease.Load() != nil, time.Now().Before(r.voteGuardUntil)
 }

@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"time"
@@ -54,6 +55,15 @@ type Options struct {
 	// EntryCacheBytes bounds each replica's cache of recent log entries.
 	// Default 1 MiB.
 	EntryCacheBytes int
+	// ReadLease is how long after a quorum confirmed a leader's leadership
+	// (a ReadIndex round it issued came back) the leader serves linearizable
+	// reads from its own state, with no round of messages (see lease.go).
+	// Default (ElectionTicks-2) × TickInterval, 800 ms: a follower that
+	// acknowledged the round refuses to vote for anyone else for at least
+	// (ElectionTicks-1) ticks, so one tick is left for clock-rate
+	// differences. Negative disables leases: every read takes a ReadIndex
+	// round. At most (ElectionTicks-1) × TickInterval.
+	ReadLease time.Duration
 	// ReadRetryTicks: a ReadIndex request not answered within this many
 	// ticks is sent again. Default ElectionTicks.
 	ReadRetryTicks int
@@ -145,6 +155,16 @@ func (o *Options) validate() error {
 	}
 	if o.EntryCacheBytes <= 0 {
 		o.EntryCacheBytes = 1 << 20
+	}
+	maxLease := time.Duration(o.ElectionTicks-1) * o.TickInterval
+	switch {
+	case o.ReadLease == 0:
+		o.ReadLease = time.Duration(o.ElectionTicks-2) * o.TickInterval
+		if o.ReadLease <= 0 {
+			o.ReadLease = -1
+		}
+	case o.ReadLease > maxLease:
+		return fmt.Errorf("raftstore: ReadLease %v is longer than the %v a follower is sure to refuse votes after a heartbeat", o.ReadLease, maxLease)
 	}
 	if o.ReadRetryTicks <= 0 {
 		o.ReadRetryTicks = o.ElectionTicks

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"context"
 	"encoding/binary"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -76,4 +77,9 @@ func (r *readRequest) finish(err error) { r.done <- err }
 type readBatch struct {
 	reads  []*readRequest
 	issued int // tick count when the round was issued
+	// term and issuedAt are the term and time a leader issued the round at,
+	// from which its answer extends the lease (lease.go); term is 0 when
+	// issued by a follower or with leases off.
+	term     uint64
+	issuedAt time.Time
 }

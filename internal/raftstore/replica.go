@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -107,7 +108,21 @@ type Replica struct {
 	// senders maps replicas that sent messages here to their nodes.
 	senders map[uint64]uint64
 
+	// noLeaseTerm is a term in which a leadership transfer started: no
+	// lease is taken in it (lease.go).
+	noLeaseTerm uint64
+
+	// voteGuardUntil: (pre-)votes are ignored until then (lease.go). Set
+	// before the replica is shared, immutable afterwards.
+	voteGuardUntil time.Time
+
 	status atomic.Pointer[ReplicaStatus]
+	// lease is the leader's read lease, nil if none; leaseUsed is set when a
+	// read was served under it; appliedPub is the applied index whose
+	// writes are committed to the engine. Read by any goroutine.
+	lease      atomic.Pointer[lease]
+	leaseUsed  atomic.Bool
+	appliedPub atomic.Uint64
 }
 
 func (s *Store) newReplica(st *shoalpb.LocalReplicaState) (*Replica, error) {
@@ -183,6 +198,12 @@ func (r *Replica) startRaft() error {
 	}
 	r.raw = raw
 	r.term = r.storage.HardState().GetTerm()
+	r.appliedPub.Store(r.applied)
+	if o.ReadLease > 0 && r.term > 0 {
+		// It may have acknowledged a heartbeat of a leader whose lease
+		// runs on (lease.go).
+		r.voteGuardUntil = time.Now().Add(time.Duration(o.ElectionTicks) * o.TickInterval)
+	}
 	r.publishStatus()
 	return nil
 }
@@ -409,6 +430,7 @@ func (r *Replica) phase1(w *worker) error {
 		r.raw.ReportUnreachable(id)
 	}
 	for _, to := range transfers {
+		r.revokeLease(true)
 		r.raw.TransferLeader(to)
 	}
 	if r.tickPending.Swap(false) {
@@ -512,6 +534,14 @@ func (r *Replica) step(w *worker, m *shoalpb.RaftMessage) {
 		}
 		r.senders[from] = m.FromNode
 	}
+	switch m.Message.GetType() {
+	case raftpb.MsgTransferLeader:
+		r.revokeLease(true)
+	case raftpb.MsgVote, raftpb.MsgPreVote:
+		if r.ignoreVote(m.Message) {
+			return
+		}
+	}
 	if m.Message.GetType() == raftpb.MsgTimeoutNow && r.store.refuseLeadership.Load() {
 		// Going away: a leader handing over to us (the scheduler balancing
 		// leaders back) would make us leave as a leader again.
@@ -538,6 +568,7 @@ func (r *Replica) tick() {
 	r.trimEntryCache()
 	if r.state == raft.StateLeader {
 		r.refreshProgress()
+		r.renewLease(time.Now())
 	}
 	if r.ticks%truncateEveryTicks == 0 {
 		r.maybeTruncateLog()
@@ -597,6 +628,9 @@ func (r *Replica) onSoftState(ss *raft.SoftState) {
 	prev := r.state
 	wasLeader := prev == raft.StateLeader
 	r.leader, r.state = ss.Lead, ss.RaftState
+	if ss.RaftState != raft.StateLeader {
+		r.lease.Store(nil)
+	}
 	if wasLeader != (ss.RaftState == raft.StateLeader) || len(r.readBatches) > 0 {
 		// Reads in flight were addressed to a leader that may be gone; ask
 		// again.
@@ -846,9 +880,7 @@ func (r *Replica) issueReads() {
 	if len(live) == 0 {
 		return
 	}
-	id := r.store.proposalSeq.Add(1)
-	r.readBatches[id] = &readBatch{reads: live, issued: r.ticks}
-	r.raw.ReadIndex(binary.BigEndian.AppendUint64(nil, id))
+	r.issueReadRound(live, time.Now())
 }
 
 // retryReads re-issues ReadIndex rounds that got no answer in time (the
@@ -872,6 +904,7 @@ func (r *Replica) onReadState(rs raft.ReadState) {
 		return
 	}
 	delete(r.readBatches, id)
+	r.grantLease(b, rs.Index)
 	for _, rr := range b.reads {
 		rr.index = rs.Index
 	}
@@ -881,6 +914,7 @@ func (r *Replica) onReadState(rs raft.ReadState) {
 // serveReads completes the reads whose index has been applied (and
 // committed to the engine: the caller runs after the apply batch commits).
 func (r *Replica) serveReads() {
+	r.appliedPub.Store(r.applied)
 	keep := r.waitingReads[:0]
 	for _, rr := range r.waitingReads {
 		if rr.index <= r.applied {

@@ -120,6 +120,10 @@ type Stats struct {
 	// election it started); Leaderships the times one became leader (by
 	// election or transfer).
 	Campaigns, Leaderships uint64
+	// LeaseReads counts reads a leader served under its lease, with no
+	// round of messages; ReadRounds the ReadIndex rounds issued (for
+	// reads that found no lease, on followers, and to renew leases).
+	LeaseReads, ReadRounds uint64
 }
 
 // Store hosts every replica of one node and drives their Raft groups.
@@ -188,6 +192,7 @@ type Store struct {
 		snapshotsApplied, truncations         atomic.Uint64
 		created, removed                      atomic.Uint64
 		campaigns, leaderships                atomic.Uint64
+		leaseReads, readRounds                atomic.Uint64
 	}
 }
 
@@ -368,6 +373,8 @@ func (s *Store) Stats() Stats {
 		ReplicasRemoved:   s.stats.removed.Load(),
 		Campaigns:         s.stats.campaigns.Load(),
 		Leaderships:       s.stats.leaderships.Load(),
+		LeaseReads:        s.stats.leaseReads.Load(),
+		ReadRounds:        s.stats.readRounds.Load(),
 		Iterations:        s.stats.iterations.Load(),
 		LogSyncs:          s.stats.logSyncs.Load(),
 		LogSyncReplicas:   s.stats.logSyncReplicas.Load(),
@@ -608,6 +615,10 @@ func (s *Store) ReadIndex(ctx context.Context, shard uint64) error {
 		return err
 	}
 	if plantedStaleReads && r.Status().Role == RoleLeader {
+		return nil
+	}
+	if r.leaseRead(time.Now()) {
+		s.stats.leaseReads.Add(1)
 		return nil
 	}
 	rr := &readRequest{ctx: ctx, done: make(chan error, 1)}

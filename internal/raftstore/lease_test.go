@@ -1,0 +1,188 @@
+package raftstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shoaldb/shoal/internal/raftstore"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
+)
+
+// TestLeaseReads checks that a leader serves reads under its lease, with no
+// ReadIndex round, and that once it is cut off it serves none after the
+// majority has elected a new leader and acknowledged a write: a read
+// started after that write would return the old value.
+func TestLeaseReads(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	k := []byte("lease")
+	if _, err := c.Propose(ctx, 1, tc.PutCmd(k, []byte("before"))); err != nil {
+		t.Fatal(err)
+	}
+	old, err := c.Leader(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := old.Store()
+
+	// The first read takes a ReadIndex round, whose answer grants the
+	// lease; reads after it are served locally.
+	if err := tc.WaitFor(ctx, func() error {
+		v, _, err := readAt(ctx, old, 1, k)
+		if err != nil {
+			return err
+		}
+		if v != "before" {
+			return fmt.Errorf("read %q", v)
+		}
+		if s.Stats().LeaseReads == 0 {
+			return errors.New("no read served under a lease yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if held, _ := raftstore.LeaseState(s, 1); !held {
+		t.Fatal("lease reads were served but no lease is held")
+	}
+	// A write through this leader is visible to its next lease read.
+	if _, err := s.Propose(ctx, 1, tc.PutCmd(k, []byte("through leader"))); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Stats().LeaseReads
+	if v, _, err := readAt(ctx, old, 1, k); err != nil || v != "through leader" {
+		t.Fatalf("read after write on the leader: %q, %v", v, err)
+	}
+	t.Logf("lease reads %d, read rounds %d", s.Stats().LeaseReads, s.Stats().ReadRounds)
+
+	// Cut the leader off while a reader keeps reading from it.
+	type served struct {
+		start time.Time
+		value string
+	}
+	var (
+		mu   sync.Mutex
+		seen []served
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			start := time.Now()
+			rctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+			v, _, err := readAt(rctx, old, 1, k)
+			cancel()
+			if err == nil {
+				mu.Lock()
+				seen = append(seen, served{start, v})
+				mu.Unlock()
+			}
+		}
+	}()
+	c.Net.Isolate(old.ID, c.NodeIDs())
+	isolated := time.Now()
+	if err := tc.WaitFor(ctx, func() error {
+		n, err := c.Leader(1)
+		if err != nil {
+			return err
+		}
+		if n.ID == old.ID {
+			return errors.New("the isolated node still leads")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Propose(ctx, 1, tc.PutCmd(k, []byte("after"))); err != nil {
+		t.Fatal(err)
+	}
+	acked := time.Now()
+	// A read started now must not be served by the isolated node.
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	err = s.ReadIndex(rctx, 1)
+	cancel()
+	close(stop)
+	wg.Wait()
+	if err == nil {
+		v, _, _ := tc.ReadKey(old.Engine().Reader(), k)
+		t.Fatalf("the isolated old leader served a read (value %q) after the new leader acknowledged a write", v)
+	}
+	var last time.Time
+	for _, r := range seen {
+		if r.start.After(acked) {
+			t.Fatalf("a read started %v after the new leader's write was acknowledged was served: %q", r.start.Sub(acked), r.value)
+		}
+		if r.value != "through leader" {
+			t.Fatalf("isolated leader served %q", r.value)
+		}
+		if r.start.After(isolated) && r.start.After(last) {
+			last = r.start
+		}
+	}
+	if !last.IsZero() {
+		t.Logf("the isolated leader served reads until %v after the cut (lease %v); the new leader's first write was acknowledged %v after it",
+			last.Sub(isolated), 800*time.Millisecond, acked.Sub(isolated))
+	}
+	if s.Stats().LeaseReads <= before {
+		t.Fatal("no lease reads counted")
+	}
+}
+
+// TestRestartedReplicaIgnoresVotes checks the guard that keeps a restarted
+// follower from voting while a lease it may have confirmed runs on: a
+// replica that has a term ignores votes for an election timeout after it
+// starts, and takes part in elections again afterwards.
+func TestRestartedReplicaIgnoresVotes(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte("v"))); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.Leader(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var follower *tc.Node
+	for _, n := range c.Nodes {
+		if n.ID != leader.ID {
+			follower = n
+			break
+		}
+	}
+	follower.Stop()
+	if err := follower.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if _, guard := raftstore.LeaseState(follower.Store(), 1); !guard {
+		t.Fatal("a restarted follower with a term does not ignore votes")
+	}
+	// The guard ends: the shard still works with the restarted node.
+	if err := tc.WaitFor(ctx, func() error {
+		if _, guard := raftstore.LeaseState(follower.Store(), 1); guard {
+			return errors.New("still guarded")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte("v2"))); err != nil {
+		t.Fatal(err)
+	}
+}
