@@ -105,3 +105,11 @@ clean:
 .PHONY: compare
 compare:
 	bench/compare.sh
+
+# Shoal's throughput, latency and CPU per operation at 64, 256 and 1024
+# shards and with 1, 3 and 5 nodes (bench/compare.sh once per shape;
+# settings by environment, e.g. PHASE_SECONDS=20 WORKLOADS="w c a"; see
+# bench/scaling.sh).
+.PHONY: scaling
+scaling:
+	bench/scaling.sh

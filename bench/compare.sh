@@ -5,7 +5,8 @@
 #   bench/compare.sh            (or: make compare)
 #
 # Starts, one system at a time, each on loopback ports only:
-#   shoal  1 master + 3 `shoal node` processes, 64 shards x 3 replicas, driven
+#   shoal  1 master + 3 `shoal node` processes, 64 shards x 3 replicas (see
+#          SHOAL_SHARDS, SHOAL_NODES, SHOAL_REPLICAS), driven
 #          through the Go client (target shoal) and through its Redis port
 #          (target resp); every write is synced by a majority before it is
 #          acknowledged, reads are linearizable (ReadIndex at the leader).
@@ -31,6 +32,11 @@
 #   VALUE_SIZE=100        bytes per value
 #   SYSTEMS="shoal etcd redis"
 #   SHOAL_TARGETS="shoal resp"  how Shoal is driven (Go client, Redis port)
+#   SHOAL_SHARDS=64       Shoal's shards (a power of two)
+#   SHOAL_NODES=3         `shoal node` processes (1..79)
+#   SHOAL_REPLICAS=3      replicas per shard; default min(3, SHOAL_NODES)
+#   SHOAL_READY_SECONDS=120  how long the shards may take to all have a
+#                         leader; default 120, scaled up above 1024 shards
 #   MEMDISK=1             also load MEMDISK_KEYS keys into Shoal and etcd and
 #   MEMDISK_KEYS=1000000  report their servers' summed RSS and data size
 #   RESULTS_DIR=...       default ${TMPDIR:-/tmp}/shoal-compare-DATE
@@ -39,9 +45,9 @@
 #                         below Linux's ephemeral range (32768..) so that no
 #                         outgoing connection of another program takes one
 #
-# Needs: Go, jq, etcd (etcd-server), etcdctl (etcd-client), redis-server and
-# redis-cli (redis-server, redis-tools). As root with apt-get, missing
-# packages are installed.
+# Needs: Go, jq, redis-cli (redis-tools), and for the systems in $SYSTEMS
+# etcd (etcd-server), etcdctl (etcd-client) and redis-server. As root with
+# apt-get, missing packages are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,14 +65,39 @@ RESULTS_DIR=${RESULTS_DIR:-${TMPDIR:-/tmp}/shoal-compare-$(date +%Y%m%d-%H%M%S)}
 KEEP=${KEEP:-0}
 CLK_TCK=$(getconf CLK_TCK)
 
+# Shoal's cluster shape. SHOAL_SHARDS and SHOAL_REPLICAS are also the
+# environment defaults of `shoal master`'s --shards and --replicas; the
+# flags below pass the same values.
+SHOAL_SHARDS=${SHOAL_SHARDS:-64}
+SHOAL_NODES=${SHOAL_NODES:-3}
+is_count() { case $1 in '' | *[!0-9]*) return 1 ;; *) [ "$1" -ge 1 ] ;; esac }
+if ! is_count "$SHOAL_SHARDS"; then
+  echo "SHOAL_SHARDS=$SHOAL_SHARDS: want a power of two" >&2
+  exit 2
+fi
+# Node i listens on PORT_BASE+100+i, +180+i and +380+i.
+if ! is_count "$SHOAL_NODES" || [ "$SHOAL_NODES" -gt 79 ]; then
+  echo "SHOAL_NODES=$SHOAL_NODES: want 1..79" >&2
+  exit 2
+fi
+SHOAL_REPLICAS=${SHOAL_REPLICAS:-$((SHOAL_NODES < 3 ? SHOAL_NODES : 3))}
+if ! is_count "$SHOAL_REPLICAS" || [ "$SHOAL_REPLICAS" -gt "$SHOAL_NODES" ]; then
+  echo "SHOAL_REPLICAS=$SHOAL_REPLICAS: want 1..SHOAL_NODES ($SHOAL_NODES)" >&2
+  exit 2
+fi
+SHOAL_READY_SECONDS=${SHOAL_READY_SECONDS:-$((SHOAL_SHARDS > 1024 ? SHOAL_SHARDS * 120 / 1024 : 120))}
+
 # --- tools -------------------------------------------------------------------
 
 need_pkgs=()
 command -v jq >/dev/null || need_pkgs+=(jq)
-command -v etcd >/dev/null || need_pkgs+=(etcd-server)
-command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
-command -v redis-server >/dev/null || need_pkgs+=(redis-server)
-command -v redis-cli >/dev/null || need_pkgs+=(redis-tools)
+command -v redis-cli >/dev/null || need_pkgs+=(redis-tools) # also Shoal's readiness check
+case " $SYSTEMS " in *" etcd "*)
+  command -v etcd >/dev/null || need_pkgs+=(etcd-server)
+  command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
+  ;;
+esac
+case " $SYSTEMS " in *" redis "*) command -v redis-server >/dev/null || need_pkgs+=(redis-server) ;; esac
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${need_pkgs[*]}"
@@ -236,27 +267,27 @@ load_memdisk() {
 }
 
 run_shoal() {
-  local base=$PORT_BASE mport=$((PORT_BASE + 0)) mhttp=$((PORT_BASE + 80))
-  check_ports $mport $mhttp $((base + 101)) $((base + 102)) $((base + 103)) $((base + 181)) $((base + 182)) $((base + 183)) \
-    $((base + 381)) $((base + 382)) $((base + 383))
-  echo "== shoal: 1 master + 3 nodes, 64 shards x 3 replicas"
+  local base=$PORT_BASE mport=$((PORT_BASE + 0)) mhttp=$((PORT_BASE + 80)) i
+  check_ports $mport $mhttp
+  for i in $(seq "$SHOAL_NODES"); do check_ports $((base + 100 + i)) $((base + 180 + i)) $((base + 380 + i)); done
+  echo "== shoal: 1 master + $SHOAL_NODES nodes, $SHOAL_SHARDS shards x $SHOAL_REPLICAS replicas"
   local d=$work/shoal
   mkdir -p "$d"
-  start shoal_master "$RESULTS_DIR/shoal-master.log" "$SHOAL" master --bootstrap --shards 64 --replicas 3 \
-    --listen 127.0.0.1:$mport --http 127.0.0.1:$mhttp --data-dir "$d/master" --log-level warn
-  local i nodes=() resp=()
-  for i in 1 2 3; do
+  start shoal_master "$RESULTS_DIR/shoal-master.log" "$SHOAL" master --bootstrap --shards "$SHOAL_SHARDS" \
+    --replicas "$SHOAL_REPLICAS" --listen 127.0.0.1:$mport --http 127.0.0.1:$mhttp --data-dir "$d/master" --log-level warn
+  local nodes=() resp=()
+  for i in $(seq "$SHOAL_NODES"); do
     start "shoal_node$i" "$RESULTS_DIR/shoal-node$i.log" "$SHOAL" node --master 127.0.0.1:$mport \
       --listen 127.0.0.1:$((base + 100 + i)) --http 127.0.0.1:$((base + 180 + i)) \
       --resp 127.0.0.1:$((base + 380 + i)) --data-dir "$d/node$i" --log-level warn
     eval "nodes+=(\$pid_shoal_node$i)"
     resp+=("127.0.0.1:$((base + 380 + i))")
   done
-  # Ready when all 64 shards show a leader.
+  # Ready when all SHOAL_SHARDS shards show a leader.
   shoal_led() {
-    [ "$("$SHOAL" cluster status --master 127.0.0.1:$mport --timeout 2s | grep -cE '^[0-9]+ +[0-9]+-[0-9]+ +[0-9]+ +node [0-9]+')" = 64 ]
+    [ "$("$SHOAL" cluster status --master 127.0.0.1:"$mport" --timeout 2s | grep -cE '^[0-9]+ +[0-9]+-[0-9]+ +[0-9]+ +node [0-9]+')" = "$SHOAL_SHARDS" ]
   }
-  wait_for 120 "shoal cluster" shoal_led
+  wait_for "$SHOAL_READY_SECONDS" "shoal cluster" shoal_led
   wait_for 30 "shoal redis port" sh -c "redis-cli -p $((base + 381)) cluster info | grep -q cluster_state:ok"
   "$SHOAL" cluster status --master 127.0.0.1:$mport | sed -n '/^NODE/,/^$/p'
   local spids=("$pid_shoal_master" "${nodes[@]}")
@@ -365,7 +396,9 @@ for s in $SYSTEMS; do
 done
 
 echo
-echo "== $(nproc) CPUs, $CONCURRENCY clients, $VALUE_SIZE-byte values, $RECORDS keys, ${PHASE_SECONDS}s per timed workload"
+shape=
+case " $SYSTEMS " in *" shoal "*) shape=", shoal: $SHOAL_SHARDS shards, $SHOAL_NODES nodes, $SHOAL_REPLICAS replicas" ;; esac
+echo "== $(nproc) CPUs, $CONCURRENCY clients, $VALUE_SIZE-byte values, $RECORDS keys, ${PHASE_SECONDS}s per timed workload$shape"
 column -t -s $'\t' "$results"
 if [ "$MEMDISK" = 1 ]; then
   echo
