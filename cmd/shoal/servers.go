@@ -15,6 +15,7 @@ import (
 	"github.com/shoaldb/shoal/internal/master"
 	"github.com/shoaldb/shoal/internal/master/schedule"
 	"github.com/shoaldb/shoal/internal/node"
+	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/transport"
 )
 
@@ -152,6 +153,7 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 		masters         string
 		dialFrom        string
 		shutdownTimeout time.Duration
+		readLease       time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "node",
@@ -178,6 +180,9 @@ the replicas they place on it.
 			cfg.Logger = log
 			if cfg.Dialer, err = transport.DialerFrom(dialFrom); err != nil {
 				return err
+			}
+			if readLease != 0 {
+				cfg.Store = func(o *raftstore.Options) { o.ReadLease = readLease }
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -214,5 +219,6 @@ the replicas they place on it.
 	f.BoolVar(&cfg.RESP.Proxy, "resp-proxy", envBool("SHOAL_RESP_PROXY"), "serve every key from this node by forwarding, for clients that do not follow MOVED (env SHOAL_RESP_PROXY)")
 	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status, /healthz, /metrics and /debug/pprof; empty for none (env SHOAL_HTTP)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
+	f.DurationVar(&readLease, "read-lease", envDuration("SHOAL_READ_LEASE", 0), "how long a shard leader serves linearizable reads from its own state after its followers confirmed it; 0: the default, 800ms (at most 900ms); negative (-1s) turns leases off, every read then asks the followers: for hosts that can be frozen with their monotonic clock stopped, e.g. suspended or live-migrated VMs (env SHOAL_READ_LEASE)")
 	return cmd
 }
