@@ -426,7 +426,11 @@ type RaftMessage struct {
 	// removed tells the replica message.to that the shard's configuration at
 	// epoch no longer has it: it must destroy itself. message carries only
 	// to and from.
-	Removed       bool `protobuf:"varint,6,opt,name=removed,proto3" json:"removed,omitempty"`
+	Removed bool `protobuf:"varint,6,opt,name=removed,proto3" json:"removed,omitempty"`
+	// quiesce marks the heartbeats with which an idle shard's leader tells its
+	// followers to stop ticking (raftstore/quiesce.go). A message with no
+	// shard_id and no message is a keepalive: the sender is up.
+	Quiesce       bool `protobuf:"varint,7,opt,name=quiesce,proto3" json:"quiesce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -499,6 +503,13 @@ func (x *RaftMessage) GetMessage() *raftpb.Message {
 func (x *RaftMessage) GetRemoved() bool {
 	if x != nil {
 		return x.Removed
+	}
+	return false
+}
+
+func (x *RaftMessage) GetQuiesce() bool {
+	if x != nil {
+		return x.Quiesce
 	}
 	return false
 }
@@ -853,14 +864,15 @@ const file_shoalpb_raftmsg_proto_rawDesc = "" +
 	"conf_state\x18\x03 \x01(\v2\x11.raftpb.ConfStateR\tconfState\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
-	"\x04term\x18\x02 \x01(\x04R\x04term\"\xb9\x01\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"\xd3\x01\n" +
 	"\vRaftMessage\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1b\n" +
 	"\tfrom_node\x18\x02 \x01(\x04R\bfromNode\x12\x17\n" +
 	"\ato_node\x18\x03 \x01(\x04R\x06toNode\x12\x14\n" +
 	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12)\n" +
 	"\amessage\x18\x05 \x01(\v2\x0f.raftpb.MessageR\amessage\x12\x18\n" +
-	"\aremoved\x18\x06 \x01(\bR\aremoved\"O\n" +
+	"\aremoved\x18\x06 \x01(\bR\aremoved\x12\x18\n" +
+	"\aquiesce\x18\a \x01(\bR\aquiesce\"O\n" +
 	"\fSnapshotData\x12/\n" +
 	"\x05shard\x18\x01 \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\xbb\x01\n" +

@@ -154,6 +154,9 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 		dialFrom        string
 		shutdownTimeout time.Duration
 		readLease       time.Duration
+		cacheMiB        int
+		memtableMiB     int
+		entryCacheKiB   int
 	)
 	cmd := &cobra.Command{
 		Use:   "node",
@@ -181,8 +184,13 @@ the replicas they place on it.
 			if cfg.Dialer, err = transport.DialerFrom(dialFrom); err != nil {
 				return err
 			}
-			if readLease != 0 {
-				cfg.Store = func(o *raftstore.Options) { o.ReadLease = readLease }
+			if cacheMiB < 1 || memtableMiB < 1 || memtableMiB >= 4096 || entryCacheKiB < 1 {
+				return fmt.Errorf("--cache-mb and --raft-entry-cache-kb must be at least 1, --memtable-mb between 1 and 4095")
+			}
+			cfg.CacheBytes, cfg.MemTableBytes = int64(cacheMiB)<<20, uint64(memtableMiB)<<20
+			cfg.Store = func(o *raftstore.Options) {
+				o.ReadLease = readLease
+				o.EntryCacheBytes = entryCacheKiB << 10
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -219,6 +227,9 @@ the replicas they place on it.
 	f.BoolVar(&cfg.RESP.Proxy, "resp-proxy", envBool("SHOAL_RESP_PROXY"), "serve every key from this node by forwarding, for clients that do not follow MOVED (env SHOAL_RESP_PROXY)")
 	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status, /healthz, /metrics and /debug/pprof; empty for none (env SHOAL_HTTP)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
+	f.IntVar(&cacheMiB, "cache-mb", envInt("SHOAL_CACHE_MB", 128), "Pebble block cache, MiB (env SHOAL_CACHE_MB); see docs/operations.md for the node's memory bound")
+	f.IntVar(&memtableMiB, "memtable-mb", envInt("SHOAL_MEMTABLE_MB", 64), "size of one Pebble memtable, MiB; up to two are held (env SHOAL_MEMTABLE_MB)")
+	f.IntVar(&entryCacheKiB, "raft-entry-cache-kb", envInt("SHOAL_RAFT_ENTRY_CACHE_KB", 1024), "per replica, the most recent Raft log entries kept in memory, KiB; only entries not yet applied and acknowledged everywhere stay (env SHOAL_RAFT_ENTRY_CACHE_KB)")
 	f.DurationVar(&readLease, "read-lease", envDuration("SHOAL_READ_LEASE", 0), "how long a shard leader serves linearizable reads from its own state after its followers confirmed it; 0: the default, 800ms (at most 900ms); negative (-1s) turns leases off, every read then asks the followers: for hosts that can be frozen with their monotonic clock stopped, e.g. suspended or live-migrated VMs (env SHOAL_READ_LEASE)")
 	return cmd
 }

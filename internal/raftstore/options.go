@@ -64,6 +64,9 @@ type Options struct {
 	// differences. Negative disables leases: every read takes a ReadIndex
 	// round. At most (ElectionTicks-1) × TickInterval.
 	ReadLease time.Duration
+	// DisableQuiesce keeps idle shards ticking and heartbeating (see
+	// quiesce.go). Default false: a shard idle for a few ticks goes quiet.
+	DisableQuiesce bool
 	// ReadRetryTicks: a ReadIndex request not answered within this many
 	// ticks is sent again. Default ElectionTicks.
 	ReadRetryTicks int

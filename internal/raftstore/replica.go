@@ -112,6 +112,18 @@ type Replica struct {
 	// lease is taken in it (lease.go).
 	noLeaseTerm uint64
 
+	// idleTicks counts a leader's ticks in a row with its shard idle;
+	// quiesceNext asks that its next heartbeats quiesce (quiesce.go).
+	// Worker-owned.
+	idleTicks   int
+	quiesceNext bool
+	// quiet: the replica does not tick; quietLeaderNode is, on a quiet
+	// follower, the node whose silence wakes it; leaderSilent is set by
+	// the ticker when it did (quiesce.go).
+	quiet           atomic.Bool
+	quietLeaderNode atomic.Uint64
+	leaderSilent    atomic.Bool
+
 	// voteGuardUntil: (pre-)votes are ignored until then (lease.go). Set
 	// before the replica is shared, immutable afterwards.
 	voteGuardUntil time.Time
@@ -214,7 +226,8 @@ func (r *Replica) Status() ReplicaStatus { return *r.status.Load() }
 func (r *Replica) publishStatus() {
 	entries, bytes := r.storage.LogSize()
 	role, leaderNode := roleOf(r.state), r.nodeOf(r.leader)
-	if cur := r.status.Load(); cur != nil && !r.progressChanged && cur.Role == role && cur.Term == r.term &&
+	quiet := r.quiet.Load()
+	if cur := r.status.Load(); cur != nil && !r.progressChanged && cur.Role == role && cur.Term == r.term && cur.Quiet == quiet &&
 		cur.LeaderReplica == r.leader && cur.LeaderNode == leaderNode && cur.Applied == r.applied &&
 		cur.Initialized == r.initialized && cur.Removed == r.destroyed && cur.Descriptor == r.desc &&
 		cur.LogEntries == entries && cur.LogBytes == bytes && (cur.Progress != nil) == (r.state == raft.StateLeader) {
@@ -234,6 +247,7 @@ func (r *Replica) publishStatus() {
 		Initialized:   r.initialized,
 		Removed:       r.destroyed,
 		Descriptor:    r.desc,
+		Quiet:         quiet,
 	}
 	if r.state == raft.StateLeader {
 		st.Progress = r.progress
@@ -398,6 +412,9 @@ func (r *Replica) phase1(w *worker) error {
 	r.mu.checksums = nil
 	r.mu.Unlock()
 	r.takeChecksums(checksums)
+	if r.quiet.Load() && (r.leaderSilent.Load() || removedAt > 0 || len(props)+len(reads)+len(snaps)+len(reports)+len(unreachable)+len(transfers)+len(checksums) > 0 || anyWakes(msgs)) {
+		r.unquiesce()
+	}
 
 	if removedAt > r.desc.Epoch {
 		// A peer has applied a newer configuration without this replica.
@@ -415,6 +432,9 @@ func (r *Replica) phase1(w *worker) error {
 	}
 	for _, m := range msgs {
 		r.step(w, m)
+		if m.Quiesce {
+			r.maybeQuiesceFollower(m)
+		}
 	}
 	for _, sn := range snaps {
 		r.stepSnapshot(sn)
@@ -468,7 +488,7 @@ func (r *Replica) phase1(w *worker) error {
 		}
 	}
 	if r.state == raft.StateLeader {
-		w.send(r, rd.Messages)
+		w.send(r, rd.Messages, r.maybeQuiesceLeader(&rd))
 		r.sentEarly = true
 	}
 	if len(rd.Entries) > 0 || rd.HardState != nil {
@@ -569,6 +589,7 @@ func (r *Replica) tick() {
 	if r.state == raft.StateLeader {
 		r.refreshProgress()
 		r.renewLease(time.Now())
+		r.quiesceTick()
 	}
 	if r.ticks%truncateEveryTicks == 0 {
 		r.maybeTruncateLog()
@@ -595,7 +616,7 @@ func (r *Replica) phase3(w *worker) error {
 		return nil
 	}
 	if !r.sentEarly {
-		w.send(r, r.rd.Messages)
+		w.send(r, r.rd.Messages, false)
 	}
 	if len(r.applyAfterSync) > 0 {
 		err := r.apply(w, r.applyAfterSync)

@@ -79,6 +79,9 @@ type ReplicaStatus struct {
 	LogEntries, LogBytes uint64
 	// Removed is true once the replica has been removed from this node.
 	Removed bool
+	// Quiet is true while the replica does not tick: its shard is idle
+	// (quiesce.go).
+	Quiet bool
 	// Descriptor is the replica's view of the shard. Do not modify.
 	Descriptor *shoalpb.ShardDescriptor
 	// Progress is, on a leader, its view of every member's log (refreshed
@@ -124,6 +127,10 @@ type Stats struct {
 	// round of messages; ReadRounds the ReadIndex rounds issued (for
 	// reads that found no lease, on followers, and to renew leases).
 	LeaseReads, ReadRounds uint64
+	// Quiesced counts the times a replica went quiet; QuietReplicas is how
+	// many are quiet now (quiesce.go).
+	Quiesced      uint64
+	QuietReplicas int
 }
 
 // Store hosts every replica of one node and drives their Raft groups.
@@ -193,7 +200,9 @@ type Store struct {
 		created, removed                      atomic.Uint64
 		campaigns, leaderships                atomic.Uint64
 		leaseReads, readRounds                atomic.Uint64
+		quiesced                              atomic.Uint64
 	}
+	peers *peerClock
 }
 
 // NewStore loads every replica the engine holds. Call Start to run it.
@@ -207,6 +216,7 @@ func NewStore(opts Options) (*Store, error) {
 		eng:       opts.Engine,
 		sched:     newScheduler(),
 		stopC:     make(chan struct{}),
+		peers:     newPeerClock(),
 		sendSlots: make(chan struct{}, opts.MaxSnapshotSends),
 		recvSlots: make(chan struct{}, opts.MaxSnapshotReceives),
 		snapLimit: newByteLimiter(max(opts.SnapshotBytesPerSec, 0)),
@@ -357,13 +367,17 @@ func (s *Store) Engine() *storage.Engine { return s.eng }
 
 // Stats returns the store's counters.
 func (s *Store) Stats() Stats {
-	cached := 0
+	cached, quiet := 0, 0
 	for _, r := range s.replicaList() {
 		_, b := r.storage.CacheStats()
 		cached += b
+		if r.quiet.Load() {
+			quiet++
+		}
 	}
 	return Stats{
 		EntryCacheBytes:   cached,
+		QuietReplicas:     quiet,
 		SnapshotsSent:     s.snaps.sent.Load(),
 		SnapshotsReceived: s.snaps.recv.Load(),
 		SnapshotsFailed:   s.snaps.failed.Load(),
@@ -375,6 +389,7 @@ func (s *Store) Stats() Stats {
 		Leaderships:       s.stats.leaderships.Load(),
 		LeaseReads:        s.stats.leaseReads.Load(),
 		ReadRounds:        s.stats.readRounds.Load(),
+		Quiesced:          s.stats.quiesced.Load(),
 		Iterations:        s.stats.iterations.Load(),
 		LogSyncs:          s.stats.logSyncs.Load(),
 		LogSyncReplicas:   s.stats.logSyncReplicas.Load(),
@@ -688,7 +703,13 @@ func cmpUint(a, b uint64) int {
 // leader (append, heartbeat) to a replica ID newer than any tombstone: that
 // is how a learner joins. Other messages for unknown replicas are dropped.
 func (s *Store) HandleRaftBatch(msgs []*shoalpb.RaftMessage) {
+	if len(msgs) > 0 && msgs[0].FromNode != 0 {
+		s.peers.heard(msgs[0].FromNode, time.Now())
+	}
 	for _, m := range msgs {
+		if m.ShardId == 0 && m.Message == nil {
+			continue // a keepalive (quiesce.go)
+		}
 		to := m.Message.GetTo()
 		r, err := s.replica(m.ShardId)
 		switch {
@@ -748,16 +769,23 @@ func (s *Store) ticker() {
 	defer s.done.Done()
 	t := time.NewTicker(s.opts.TickInterval)
 	defer t.Stop()
-	for {
+	var peers []uint64
+	for ticks := 0; ; ticks++ {
 		select {
 		case <-s.stopC:
 			return
-		case <-t.C:
+		case now := <-t.C:
 			rs := s.replicaList()
+			s.sendKeepalives(rs, ticks, &peers)
+			// Quiet replicas do not tick (quiesce.go).
+			active := rs[:0]
 			for _, r := range rs {
-				r.tickPending.Store(true)
+				if s.tickQuiet(r, now) {
+					r.tickPending.Store(true)
+					active = append(active, r)
+				}
 			}
-			s.sched.enqueueAll(rs)
+			s.sched.enqueueAll(active)
 		}
 	}
 }
@@ -932,7 +960,9 @@ func (w *worker) applyBatch() *storage.Batch {
 	return w.apply
 }
 
-func (w *worker) send(r *Replica, msgs []*raftpb.Message) {
+// send queues r's messages for their nodes; quiesce marks them (they are
+// the heartbeats that quiesce the followers, quiesce.go).
+func (w *worker) send(r *Replica, msgs []*raftpb.Message, quiesce bool) {
 	for _, m := range msgs {
 		to := r.nodeOf(m.GetTo())
 		if to == 0 {
@@ -949,6 +979,7 @@ func (w *worker) send(r *Replica, msgs []*raftpb.Message) {
 			ToNode:   to,
 			Epoch:    r.desc.Epoch,
 			Message:  m,
+			Quiesce:  quiesce,
 		})
 	}
 }

@@ -1,0 +1,237 @@
+package raftstore
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// Quiescing: a shard with nothing to do stops ticking, so an idle node
+// spends no CPU on its heartbeats and elections.
+//
+// A leader quiesces when, for quiesceTicks ticks in a row, its shard has
+// been idle: nothing proposed, read or transferred, every entry committed,
+// applied here and replicated to every member, no lease in use. It marks
+// its next heartbeats "quiesce" and stops ticking after sending them. A
+// follower that gets such a heartbeat from its leader while its own log
+// ends at the heartbeat's commit index stops ticking too, remembering the
+// leader's node. Anything else a quiet replica gets wakes it: a proposal,
+// a read that finds no lease, a transfer, any Raft message other than a
+// heartbeat answer (on the leader) or the quiesce heartbeat itself (on a
+// follower).
+//
+// Failure detection moves from the shard to the node. Every tick a store
+// sends a keepalive to the nodes it shares shards with, and notes when it
+// last heard anything from each node. A quiet follower whose leader's node
+// has been silent for an election timeout wakes and advances its election
+// clock to one tick short of the timeout, so it campaigns within the next
+// election timeout instead of waiting a whole one more: idle shards fail
+// over about an election timeout later than busy ones, not two. That is
+// safe for leases (lease.go): the leader's node has been silent for
+// ElectionTicks ticks, longer than any lease it can hold, since leases are
+// confirmed by messages from it.
+//
+// A quiet leader does not tick, so CheckQuorum does not step it down while
+// it is cut off; it steps down once something wakes it (a proposal or read
+// then waits for it, and its lease has run out, so it serves nothing
+// stale).
+
+// quiesceTicks is how many ticks in a row a leader must find its shard idle
+// before it quiesces.
+const quiesceTicks = 5
+
+// peerClock records when this store last heard from each node.
+type peerClock struct {
+	start time.Time
+	mu    sync.RWMutex
+	seen  map[uint64]*atomic.Int64 // nanoseconds since start
+}
+
+func newPeerClock() *peerClock {
+	return &peerClock{start: time.Now(), seen: map[uint64]*atomic.Int64{}}
+}
+
+// heard notes a message from node at now.
+func (c *peerClock) heard(node uint64, now time.Time) {
+	c.mu.RLock()
+	v := c.seen[node]
+	c.mu.RUnlock()
+	if v == nil {
+		c.mu.Lock()
+		if v = c.seen[node]; v == nil {
+			v = new(atomic.Int64)
+			c.seen[node] = v
+		}
+		c.mu.Unlock()
+	}
+	v.Store(int64(now.Sub(c.start)))
+}
+
+// silentFor reports whether nothing was heard from node for d up to now
+// (counting from the store's start for a node never heard from).
+func (c *peerClock) silentFor(node uint64, d time.Duration, now time.Time) bool {
+	c.mu.RLock()
+	v := c.seen[node]
+	c.mu.RUnlock()
+	last := time.Duration(0)
+	if v != nil {
+		last = time.Duration(v.Load())
+	}
+	return now.Sub(c.start)-last >= d
+}
+
+// canQuiesce reports whether the leader's shard is idle (see above).
+func (r *Replica) canQuiesce() bool {
+	if r.state != raft.StateLeader || !r.initialized || r.campaignAt > 0 ||
+		len(r.proposals) > 0 || len(r.pendingReads) > 0 || len(r.readBatches) > 0 || len(r.waitingReads) > 0 ||
+		len(r.pendingSnaps) > 0 || len(r.applyAfterSync) > 0 || r.leaseUsed.Load() {
+		return false
+	}
+	st := r.raw.Status()
+	if st.LeadTransferee != 0 || st.Applied != st.GetCommit() {
+		return false
+	}
+	last := st.Progress[r.replicaID].Match
+	if st.GetCommit() != last {
+		return false
+	}
+	for _, pr := range st.Progress {
+		if pr.Match != last || pr.State != tracker.StateReplicate || !pr.RecentActive {
+			return false
+		}
+	}
+	return true
+}
+
+// quiesceTick is the leader's part of a tick: count idle ticks and, after
+// quiesceTicks, ask for the next heartbeats to quiesce the followers.
+func (r *Replica) quiesceTick() {
+	if r.store.opts.DisableQuiesce {
+		return
+	}
+	if !r.canQuiesce() {
+		r.idleTicks, r.quiesceNext = 0, false
+		return
+	}
+	r.idleTicks++
+	if r.idleTicks >= quiesceTicks {
+		r.quiesceNext = true
+	}
+}
+
+// maybeQuiesceLeader runs before a leader sends rd's messages: if a quiesce
+// was asked for and rd holds only heartbeats, they are marked and the
+// replica goes quiet once they are sent. It reports whether to mark them.
+func (r *Replica) maybeQuiesceLeader(rd *raft.Ready) bool {
+	if !r.quiesceNext || len(rd.Entries) > 0 || len(rd.CommittedEntries) > 0 || len(rd.Messages) == 0 || len(rd.ReadStates) > 0 {
+		return false
+	}
+	for _, m := range rd.Messages {
+		if m.GetType() != raftpb.MsgHeartbeat {
+			return false
+		}
+	}
+	if !r.canQuiesce() {
+		r.quiesceNext = false
+		return false
+	}
+	r.quiesceNext, r.idleTicks = false, 0
+	r.quiet.Store(true)
+	r.store.stats.quiesced.Add(1)
+	return true
+}
+
+// maybeQuiesceFollower runs after a follower stepped m: a quiesce heartbeat
+// from its leader quiets it if its log ends at the leader's commit.
+func (r *Replica) maybeQuiesceFollower(m *shoalpb.RaftMessage) {
+	if !m.Quiesce || m.Message.GetType() != raftpb.MsgHeartbeat || r.store.opts.DisableQuiesce {
+		return
+	}
+	bs := r.raw.BasicStatus()
+	if bs.RaftState != raft.StateFollower || bs.Lead != m.Message.GetFrom() || bs.GetCommit() != m.Message.GetCommit() {
+		return
+	}
+	if last, err := r.storage.LastIndex(); err != nil || last != bs.GetCommit() {
+		return
+	}
+	r.quietLeaderNode.Store(m.FromNode)
+	r.quiet.Store(true)
+	r.store.stats.quiesced.Add(1)
+}
+
+// anyWakes reports whether one of msgs wakes a quiet replica: anything but
+// the answers to heartbeats and the quiesce heartbeat itself.
+func anyWakes(msgs []*shoalpb.RaftMessage) bool {
+	for _, m := range msgs {
+		switch m.Message.GetType() {
+		case raftpb.MsgHeartbeatResp:
+		case raftpb.MsgHeartbeat:
+			if !m.Quiesce {
+				return true
+			}
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+// unquiesce makes a quiet replica tick again. A follower woken because its
+// leader's node fell silent advances its election clock (see above).
+func (r *Replica) unquiesce() {
+	r.quiet.Store(false)
+	r.quietLeaderNode.Store(0)
+	r.idleTicks, r.quiesceNext = 0, false
+	r.tickPending.Store(true)
+	if r.leaderSilent.Swap(false) && r.state == raft.StateFollower {
+		for range r.store.opts.ElectionTicks - 1 {
+			r.raw.Tick()
+		}
+	}
+}
+
+// tickQuiet decides, on the ticker goroutine, whether a replica ticks: a
+// quiet one does not, unless it is a follower whose leader's node has been
+// silent for an election timeout, which is woken.
+func (s *Store) tickQuiet(r *Replica, now time.Time) (tick bool) {
+	if !r.quiet.Load() {
+		return true
+	}
+	n := r.quietLeaderNode.Load()
+	if n == 0 || !s.peers.silentFor(n, time.Duration(s.opts.ElectionTicks)*s.opts.TickInterval, now) {
+		return false
+	}
+	r.leaderSilent.Store(true)
+	return true
+}
+
+// sendKeepalives tells every node this store shares a shard with that it is
+// alive; quiet followers there watch for it. The list of nodes is refreshed
+// every ElectionTicks ticks; peers is the ticker goroutine's.
+func (s *Store) sendKeepalives(rs []*Replica, ticks int, peers *[]uint64) {
+	if ticks%s.opts.ElectionTicks == 0 {
+		seen := map[uint64]bool{}
+		*peers = (*peers)[:0]
+		for _, r := range rs {
+			st := r.status.Load()
+			if st == nil || st.Descriptor == nil {
+				continue
+			}
+			for _, rd := range st.Descriptor.Replicas {
+				if rd.NodeId != s.opts.NodeID && !seen[rd.NodeId] {
+					seen[rd.NodeId] = true
+					*peers = append(*peers, rd.NodeId)
+				}
+			}
+		}
+	}
+	for _, n := range *peers {
+		_ = s.opts.Transport.Send(n, []*shoalpb.RaftMessage{{FromNode: s.opts.NodeID, ToNode: n}})
+	}
+}

@@ -1,0 +1,206 @@
+package raftstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shoaldb/shoal/internal/raftstore"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
+)
+
+// waitQuiet waits until every running node has all its replicas quiet.
+func waitQuiet(ctx context.Context, t *testing.T, c *tc.Cluster, perNode int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	if err := tc.WaitFor(ctx, func() error {
+		for _, n := range c.Nodes {
+			if !n.Running() {
+				continue
+			}
+			if q := n.Store().Stats().QuietReplicas; q != perNode {
+				return fmt.Errorf("node %d: %d of %d replicas quiet", n.ID, q, perNode)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// TestQuiesce checks that idle shards go quiet on every replica, that a
+// write or a read wakes a quiet shard and is served, and that the shard
+// goes quiet again afterwards.
+func TestQuiesce(t *testing.T) {
+	const shards = 16
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: shards, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range c.Shards {
+		if _, err := c.Propose(ctx, d.ShardId, tc.PutCmd(keyInShard(c, d.ShardId, "q"), []byte("v1"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("all %d replicas of each node quiet %v after the last write", shards, waitQuiet(ctx, t, c, shards))
+	for _, n := range c.Nodes {
+		for _, st := range n.Store().Replicas() {
+			if !st.Quiet {
+				t.Fatalf("node %d shard %d: status not quiet", n.ID, st.ShardID)
+			}
+		}
+	}
+
+	// A write to a quiet shard wakes it and commits; so does a read on a
+	// follower (a ReadIndex round through the leader).
+	shard := c.Shards[0].ShardId
+	k := keyInShard(c, shard, "q")
+	if _, err := c.Propose(ctx, shard, tc.PutCmd(k, []byte("v2"))); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var follower *tc.Node
+	for _, n := range c.Nodes {
+		if n.ID != leader.ID {
+			follower = n
+		}
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		v, _, err := readAt(ctx, follower, shard, k)
+		if err != nil {
+			return err
+		}
+		if v != "v2" {
+			return fmt.Errorf("follower read %q", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitQuiet(ctx, t, c, shards)
+	if q := leader.Store().Stats().Quiesced; q < shards+1 {
+		t.Fatalf("leader node quiesced %d times, want at least %d", q, shards+1)
+	}
+}
+
+// TestQuietLeaderFailover stops the node that leads the most shards once
+// every shard is quiet: the followers notice its silence (no keepalives)
+// and every shard elects a new leader and accepts a write within 3 s, as
+// busy shards do (TestLeaderFailover).
+func TestQuietLeaderFailover(t *testing.T) {
+	const shards = 64
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: shards, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitQuiet(ctx, t, c, shards)
+	led := map[uint64][]uint64{}
+	for _, d := range c.Shards {
+		n, err := c.Leader(d.ShardId)
+		if err != nil {
+			t.Fatal(err)
+		}
+		led[n.ID] = append(led[n.ID], d.ShardId)
+	}
+	victim := uint64(1)
+	for id, s := range led {
+		if len(s) > len(led[victim]) {
+			victim = id
+		}
+	}
+	stopped := time.Now()
+	c.Node(victim).Stop()
+	var (
+		mu      sync.Mutex
+		slowest time.Duration
+		wg      sync.WaitGroup
+	)
+	for _, shard := range led[victim] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Propose(ctx, shard, tc.PutCmd(keyInShard(c, shard, "failover"), []byte("after"))); err != nil {
+				t.Errorf("shard %d: %v", shard, err)
+				return
+			}
+			mu.Lock()
+			slowest = max(slowest, time.Since(stopped))
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	t.Logf("stopped node %d leading %d quiet shards; slowest accepted a write after %v", victim, len(led[victim]), slowest)
+	if slowest > 3*time.Second {
+		t.Errorf("slowest failover of a quiet shard %v, want <= 3s", slowest)
+	}
+}
+
+// TestQuietLeaderCutOff isolates the node that leads quiet shards. It does
+// not tick, so CheckQuorum cannot step it down, but the followers notice
+// its silence and elect a new leader that takes writes; the old leader,
+// woken by a read, serves none (its lease ran out and it has no quorum).
+func TestQuietLeaderCutOff(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 4, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shard := c.Shards[0].ShardId
+	k := keyInShard(c, shard, "cut")
+	if _, err := c.Propose(ctx, shard, tc.PutCmd(k, []byte("before"))); err != nil {
+		t.Fatal(err)
+	}
+	waitQuiet(ctx, t, c, 4)
+	old, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Net.Isolate(old.ID, c.NodeIDs())
+	if err := tc.WaitFor(ctx, func() error {
+		n, err := c.Leader(shard)
+		if err != nil {
+			return err
+		}
+		if n.ID == old.ID {
+			return errors.New("no new leader yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Propose(ctx, shard, tc.PutCmd(k, []byte("after"))); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err = old.Store().ReadIndex(rctx, shard)
+	cancel()
+	if err == nil {
+		v, _, _ := tc.ReadKey(old.Engine().Reader(), k)
+		t.Fatalf("the cut-off quiet leader served a read (value %q)", v)
+	}
+	c.Net.Heal()
+	if err := tc.WaitFor(ctx, func() error {
+		v, _, err := readAt(ctx, old, shard, k)
+		if err != nil {
+			return err
+		}
+		if v != "after" {
+			return fmt.Errorf("read %q", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := old.Store().Status(shard); st.Role == raftstore.RoleLeader {
+		t.Fatal("the old leader still leads after healing")
+	}
+}
