@@ -29,13 +29,13 @@ import (
 // Failure detection moves from the shard to the node. Every tick a store
 // sends a keepalive to the nodes it shares shards with, and notes when it
 // last heard anything from each node. A quiet follower whose leader's node
-// has been silent for an election timeout wakes and advances its election
-// clock to one tick short of the timeout, so it campaigns within the next
-// election timeout instead of waiting a whole one more: idle shards fail
-// over about an election timeout later than busy ones, not two. That is
-// safe for leases (lease.go): the leader's node has been silent for
-// ElectionTicks ticks, longer than any lease it can hold, since leases are
-// confirmed by messages from it.
+// has been silent for quietSilence (default 900 ms) wakes and advances its
+// election clock to one tick short of the timeout, so it campaigns within
+// the next election timeout instead of waiting a whole one more: idle
+// shards fail over under a second later than busy ones. That is safe for
+// leases (lease.go): the leader's node has been silent for a tick longer
+// than any lease it can hold, since leases are confirmed by messages from
+// it, the same margin a busy follower keeps.
 //
 // A quiet leader does not tick, so CheckQuorum does not step it down while
 // it is cut off; it steps down once something wakes it (a proposal or read
@@ -204,11 +204,23 @@ func (s *Store) tickQuiet(r *Replica, now time.Time) (tick bool) {
 		return true
 	}
 	n := r.quietLeaderNode.Load()
-	if n == 0 || !s.peers.silentFor(n, time.Duration(s.opts.ElectionTicks)*s.opts.TickInterval, now) {
+	if n == 0 || !s.peers.silentFor(n, s.quietSilence(), now) {
 		return false
 	}
 	r.leaderSilent.Store(true)
 	return true
+}
+
+// quietSilence is how long a quiet follower's leader's node must be silent
+// before the follower wakes and advances its election clock: longer than
+// any lease by a tick, and at least (ElectionTicks-1) ticks, the least a
+// follower that hears its leader waits before it votes for another.
+func (s *Store) quietSilence() time.Duration {
+	d := time.Duration(s.opts.ElectionTicks-1) * s.opts.TickInterval
+	if s.opts.ReadLease > 0 {
+		d = max(d, s.opts.ReadLease+s.opts.TickInterval)
+	}
+	return d
 }
 
 // sendKeepalives tells every node this store shares a shard with that it is
