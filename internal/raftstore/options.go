@@ -71,8 +71,12 @@ type Options struct {
 	// ticks is sent again. Default ElectionTicks.
 	ReadRetryTicks int
 	// MaxLogEntries and MaxLogBytes bound each replica's Raft log: beyond
-	// either, it is truncated (see maybeTruncateLog). Defaults 10000 entries
-	// and 64 MiB.
+	// either, it is truncated (see maybeTruncateLog). Defaults 1000 entries
+	// and 64 MiB. A short log costs less: with 10000 entries, 64 replicas
+	// kept more log than a memtable holds, so entries went through flushes
+	// and compactions before their truncation deleted them, and writes cost
+	// about a quarter more CPU (docs/benchmarks.md). A follower further
+	// behind than twice the bounds catches up by snapshot.
 	MaxLogEntries int
 	MaxLogBytes   uint64
 	// SnapshotBytesPerSec throttles the snapshots this node sends, all
@@ -173,7 +177,7 @@ func (o *Options) validate() error {
 		o.ReadRetryTicks = o.ElectionTicks
 	}
 	if o.MaxLogEntries <= 0 {
-		o.MaxLogEntries = 10000
+		o.MaxLogEntries = 1000
 	}
 	if o.MaxLogBytes == 0 {
 		o.MaxLogBytes = 64 << 20

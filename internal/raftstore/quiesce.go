@@ -37,6 +37,9 @@ import (
 // than any lease it can hold, since leases are confirmed by messages from
 // it, the same margin a busy follower keeps.
 //
+// Work that runs on ticks is done before going quiet: a replica checks
+// whether its log needs truncating as it quiesces.
+//
 // A quiet leader does not tick, so CheckQuorum does not step it down while
 // it is cut off; it steps down once something wakes it (a proposal or read
 // then waits for it, and its lease has run out, so it serves nothing
@@ -142,6 +145,8 @@ func (r *Replica) maybeQuiesceLeader(rd *raft.Ready) bool {
 		return false
 	}
 	r.quiesceNext, r.idleTicks = false, 0
+	// Truncation is checked on ticks, which stop now.
+	r.maybeTruncateLog()
 	r.quiet.Store(true)
 	r.store.stats.quiesced.Add(1)
 	return true
@@ -160,6 +165,7 @@ func (r *Replica) maybeQuiesceFollower(m *shoalpb.RaftMessage) {
 	if last, err := r.storage.LastIndex(); err != nil || last != bs.GetCommit() {
 		return
 	}
+	r.maybeTruncateLog()
 	r.quietLeaderNode.Store(m.FromNode)
 	r.quiet.Store(true)
 	r.store.stats.quiesced.Add(1)

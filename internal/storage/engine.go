@@ -27,7 +27,11 @@ type Options struct {
 	FS vfs.FS
 	// CacheBytes is the block cache size. Default 128 MiB.
 	CacheBytes int64
-	// MemTableBytes is the size of one memtable. Default 64 MiB.
+	// MemTableBytes is the size of one memtable. Default 32 MiB: Pebble
+	// holds up to two (one taking writes, one being flushed), and in a
+	// static (CGO_ENABLED=0) build they live on the Go heap, whose garbage
+	// collector lets garbage grow to the size of what is live, so a node
+	// needs about four times this.
 	MemTableBytes uint64
 	// Logger receives Pebble's logs and events. Default: discarded.
 	Logger *slog.Logger
@@ -41,7 +45,7 @@ func (o *Options) ensureDefaults() {
 		o.CacheBytes = 128 << 20
 	}
 	if o.MemTableBytes == 0 {
-		o.MemTableBytes = 64 << 20
+		o.MemTableBytes = 32 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
