@@ -76,9 +76,9 @@ func (c *peerClock) heard(node uint64, now time.Time) {
 	v.Store(int64(now.Sub(c.start)))
 }
 
-// silentFor reports whether nothing was heard from node for d up to now
+// silence returns how long nothing has been heard from node up to now
 // (counting from the store's start for a node never heard from).
-func (c *peerClock) silentFor(node uint64, d time.Duration, now time.Time) bool {
+func (c *peerClock) silence(node uint64, now time.Time) time.Duration {
 	c.mu.RLock()
 	v := c.seen[node]
 	c.mu.RUnlock()
@@ -86,7 +86,12 @@ func (c *peerClock) silentFor(node uint64, d time.Duration, now time.Time) bool 
 	if v != nil {
 		last = time.Duration(v.Load())
 	}
-	return now.Sub(c.start)-last >= d
+	return now.Sub(c.start) - last
+}
+
+// silentFor reports whether nothing was heard from node for d up to now.
+func (c *peerClock) silentFor(node uint64, d time.Duration, now time.Time) bool {
+	return c.silence(node, now) >= d
 }
 
 // canQuiesce reports whether the leader's shard is idle (see above).
@@ -188,17 +193,29 @@ func anyWakes(msgs []*shoalpb.RaftMessage) bool {
 	return false
 }
 
-// unquiesce makes a quiet replica tick again. A follower woken because its
-// leader's node fell silent advances its election clock (see above).
+// unquiesce makes a quiet replica tick again. A follower advances its
+// election clock by the whole ticks its leader's node has been silent, up
+// to one short of the election timeout, whatever woke it (the ticker
+// noticing the silence, a candidate's vote, the transport reporting the
+// node unreachable): its clock then reads as if it had ticked all along
+// since it last heard from its leader, as a busy follower's does, so the
+// followers of a failed leader agree on when to elect and grant each
+// other's votes. That is as safe for leases as ticking (lease.go): the
+// clock never counts time after a message from the leader's node.
 func (r *Replica) unquiesce() {
+	leaderNode := r.quietLeaderNode.Load()
 	r.quiet.Store(false)
 	r.quietLeaderNode.Store(0)
+	r.leaderSilent.Store(false)
 	r.idleTicks, r.quiesceNext = 0, false
 	r.tickPending.Store(true)
-	if r.leaderSilent.Swap(false) && r.state == raft.StateFollower {
-		for range r.store.opts.ElectionTicks - 1 {
-			r.raw.Tick()
-		}
+	s := r.store
+	if r.state != raft.StateFollower || leaderNode == 0 {
+		return
+	}
+	n := min(int(s.peers.silence(leaderNode, time.Now())/s.opts.TickInterval), s.opts.ElectionTicks-1)
+	for range n {
+		r.raw.Tick()
 	}
 }
 
