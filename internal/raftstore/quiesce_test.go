@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -103,45 +102,7 @@ func TestQuietLeaderFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitQuiet(ctx, t, c, shards)
-	led := map[uint64][]uint64{}
-	for _, d := range c.Shards {
-		n, err := c.Leader(d.ShardId)
-		if err != nil {
-			t.Fatal(err)
-		}
-		led[n.ID] = append(led[n.ID], d.ShardId)
-	}
-	victim := uint64(1)
-	for id, s := range led {
-		if len(s) > len(led[victim]) {
-			victim = id
-		}
-	}
-	stopped := time.Now()
-	c.Node(victim).Stop()
-	var (
-		mu      sync.Mutex
-		slowest time.Duration
-		wg      sync.WaitGroup
-	)
-	for _, shard := range led[victim] {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := c.Propose(ctx, shard, tc.PutCmd(keyInShard(c, shard, "failover"), []byte("after"))); err != nil {
-				t.Errorf("shard %d: %v", shard, err)
-				return
-			}
-			mu.Lock()
-			slowest = max(slowest, time.Since(stopped))
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	t.Logf("stopped node %d leading %d quiet shards; slowest accepted a write after %v", victim, len(led[victim]), slowest)
-	if slowest > 3*time.Second {
-		t.Errorf("slowest failover of a quiet shard %v, want <= 3s", slowest)
-	}
+	stopBusiestLeader(ctx, t, c, "quiet ")
 }
 
 // TestQuietLeaderCutOff isolates the node that leads quiet shards. It does
