@@ -230,6 +230,6 @@ the replicas they place on it.
 	f.IntVar(&cacheMiB, "cache-mb", envInt("SHOAL_CACHE_MB", 128), "Pebble block cache, MiB (env SHOAL_CACHE_MB); see docs/operations.md for the node's memory bound")
 	f.IntVar(&memtableMiB, "memtable-mb", envInt("SHOAL_MEMTABLE_MB", 32), "size of one Pebble memtable, MiB; up to two are held (env SHOAL_MEMTABLE_MB)")
 	f.IntVar(&entryCacheKiB, "raft-entry-cache-kb", envInt("SHOAL_RAFT_ENTRY_CACHE_KB", 1024), "per replica, the most recent Raft log entries kept in memory, KiB; only entries not yet applied and acknowledged everywhere stay (env SHOAL_RAFT_ENTRY_CACHE_KB)")
-	f.DurationVar(&readLease, "read-lease", envDuration("SHOAL_READ_LEASE", 0), "how long a shard leader serves linearizable reads from its own state after its followers confirmed it; 0: the default, 800ms (at most 900ms); negative (-1s) turns leases off, every read then asks the followers: for hosts that can be frozen with their monotonic clock stopped, e.g. suspended or live-migrated VMs (env SHOAL_READ_LEASE)")
+	f.DurationVar(&readLease, "read-lease", envDuration("SHOAL_READ_LEASE", 0), "how long a shard leader serves linearizable reads from its own state after its followers confirmed it; 0: the default and most, 700ms; negative (-1s) turns leases off, every read then asks the followers: for hosts that can be frozen with their monotonic clock stopped, e.g. suspended or live-migrated VMs (env SHOAL_READ_LEASE)")
 	return cmd
 }

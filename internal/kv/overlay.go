@@ -102,10 +102,12 @@ func (o *overlay) get(r storage.Reader, slot uint16, key []byte, nowMs int64) (*
 // record with no expiry, so a later delete in the same command still
 // removes the data, and an index entry of an earlier expiry is left for the
 // sweeper, which removes entries whose data record no longer carries their
-// expiry (deleteExpiredKey) once that expiry passes. So the index holds, for
-// each key, the entry of its current expiry and at most the entries of
-// expiries set since the key was last read-and-written, none past its time
-// for longer than a sweep. A key the command already touched is returned
+// expiry (deleteExpiredKey) once that expiry passes. So besides the entry of
+// each key's current expiry the index may hold one orphan for every expiry
+// a plain SET replaced and that has not passed yet: a key cycled through
+// SET and EXPIRE (or SET EX) at rate r with a TTL t leaves about r×t of
+// them, each removed by the sweeper (one Raft command per batch) when its
+// time comes. A key the command already touched is returned
 // as it stands. The pointer is valid until the next call to get or blind.
 func (o *overlay) blind(slot uint16, key []byte) *record {
 	if i, ok := o.index[string(key)]; ok {

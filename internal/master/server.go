@@ -260,6 +260,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		NodeID: cfg.ID, Engine: s.eng, Transport: s.transport, NewStateMachine: s.meta.newStateMachine, Logger: s.log,
 		// The meta group's log is small and truncated early.
 		MaxLogEntries: 1000,
+		// A quiet leader does not run CheckQuorum: a master leader cut off
+		// from the other masters but not from the nodes would go on
+		// answering them as the leader while another is elected. One group
+		// costs little to keep ticking.
+		DisableQuiesce: true,
 	}
 	if cfg.Store != nil {
 		cfg.Store(&so)

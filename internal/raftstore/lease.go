@@ -17,11 +17,14 @@ import (
 // them received that heartbeat after t and reset its election clock then.
 // With CheckQuorum on, a follower that has a leader ignores (pre-)votes
 // until its election clock reaches ElectionTicks; its ticks come from a
-// ticker that never runs fast, so that is at least (ElectionTicks-1) ticks
-// of wall-clock time after the heartbeat. Any new leader needs a vote from
-// one of that quorum, so none can be elected before t + (ElectionTicks-1)
-// ticks; the lease ends one tick earlier, at t + ReadLease, measured on the
-// monotonic clock, which keeps running while the process is stopped
+// ticker that never runs fast, but a tick that fired just before the
+// heartbeat may be processed after it and a delayed ticker hands over one
+// buffered tick early, so that is at least (ElectionTicks-2) ticks of
+// wall-clock time after the heartbeat. Any new leader needs a vote from one
+// of that quorum, so none can be elected before t + (ElectionTicks-2)
+// ticks; the lease ends one tick earlier, at t + ReadLease (at most
+// (ElectionTicks-3) ticks, 700 ms by default), measured on the monotonic
+// clock, which keeps running while the process is stopped
 // (SIGSTOP) — unlike Raft's own tick-based lease, which is why Shoal does
 // not use raft.ReadOnlyLeaseBased. Three things would break the argument
 // and are closed off:
@@ -32,11 +35,16 @@ import (
 //   - A follower that restarts forgets its leader and would vote at once. A
 //     replica that has voted or followed before (its HardState has a term)
 //     ignores (pre-)votes for ElectionTicks after it starts.
-//   - Reads must see every write acknowledged before them. Writes this
-//     leader acknowledged were applied here first. Writes of earlier terms
-//     are below the index of the leader's first ReadIndex round of its term
-//     (Raft answers ReadIndex only once the leader committed an entry of its
-//     term), and the lease serves reads only once that index is applied.
+//   - Reads must see every write acknowledged before them, and every write
+//     another read saw. Writes this leader acknowledged were applied here
+//     first. Writes of earlier terms are below the index of the leader's
+//     first ReadIndex round of its term (Raft answers ReadIndex only once
+//     the leader committed an entry of its term). A follower's linearizable
+//     read waits for the leader's commit index, which the leader may not
+//     have applied yet (Raft hands a leader at most MaxCommittedSizePerReady
+//     of committed entries per Ready). So a lease read is served only once
+//     this leader has applied both that first index and the commit index it
+//     has published to followers; otherwise it takes a ReadIndex round.
 //
 // The lease assumes the machines' clocks run at nearly the same rate (the
 // margin is one tick in ElectionTicks) and that a machine is not suspended
@@ -59,7 +67,10 @@ const campaignTransfer = "CampaignTransfer"
 // now from its state, without a ReadIndex round. Any goroutine may call it.
 func (r *Replica) leaseRead(now time.Time) bool {
 	l := r.lease.Load()
-	if l == nil || !now.Before(l.until) || r.appliedPub.Load() < l.index {
+	if l == nil || !now.Before(l.until) {
+		return false
+	}
+	if applied := r.appliedPub.Load(); applied < l.index || applied < r.commitPub.Load() {
 		return false
 	}
 	r.leaseUsed.Store(true)

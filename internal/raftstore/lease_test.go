@@ -135,7 +135,7 @@ func TestLeaseReads(t *testing.T) {
 	}
 	if !last.IsZero() {
 		t.Logf("the isolated leader served reads until %v after the cut (lease %v); the new leader's first write was acknowledged %v after it",
-			last.Sub(isolated), 800*time.Millisecond, acked.Sub(isolated))
+			last.Sub(isolated), 700*time.Millisecond, acked.Sub(isolated))
 	}
 	if s.Stats().LeaseReads <= before {
 		t.Fatal("no lease reads counted")

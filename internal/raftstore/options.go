@@ -58,11 +58,13 @@ type Options struct {
 	// ReadLease is how long after a quorum confirmed a leader's leadership
 	// (a ReadIndex round it issued came back) the leader serves linearizable
 	// reads from its own state, with no round of messages (see lease.go).
-	// Default (ElectionTicks-2) × TickInterval, 800 ms: a follower that
-	// acknowledged the round refuses to vote for anyone else for at least
-	// (ElectionTicks-1) ticks, so one tick is left for clock-rate
-	// differences. Negative disables leases: every read takes a ReadIndex
-	// round. At most (ElectionTicks-1) × TickInterval.
+	// Default and maximum (ElectionTicks-3) × TickInterval, 700 ms: a
+	// follower that acknowledged the round refuses to vote for anyone else
+	// until it counts ElectionTicks ticks, which can take as little as
+	// (ElectionTicks-2) ticks of wall time (a tick that fired just before
+	// the heartbeat is processed after it, and a delayed ticker delivers
+	// one tick early), so one tick is left for clock-rate differences.
+	// Negative disables leases: every read takes a ReadIndex round.
 	ReadLease time.Duration
 	// DisableQuiesce keeps idle shards ticking and heartbeating (see
 	// quiesce.go). Default false: a shard idle for a few ticks goes quiet.
@@ -163,10 +165,10 @@ func (o *Options) validate() error {
 	if o.EntryCacheBytes <= 0 {
 		o.EntryCacheBytes = 1 << 20
 	}
-	maxLease := time.Duration(o.ElectionTicks-1) * o.TickInterval
+	maxLease := time.Duration(o.ElectionTicks-3) * o.TickInterval
 	switch {
 	case o.ReadLease == 0:
-		o.ReadLease = time.Duration(o.ElectionTicks-2) * o.TickInterval
+		o.ReadLease = maxLease
 		if o.ReadLease <= 0 {
 			o.ReadLease = -1
 		}

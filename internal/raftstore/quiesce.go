@@ -172,6 +172,7 @@ func (r *Replica) maybeQuiesceFollower(m *shoalpb.RaftMessage) {
 	}
 	r.maybeTruncateLog()
 	r.quietLeaderNode.Store(m.FromNode)
+	r.leaderSilent.Store(false)
 	r.quiet.Store(true)
 	r.store.stats.quiesced.Add(1)
 }

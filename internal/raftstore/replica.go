@@ -135,6 +135,9 @@ type Replica struct {
 	lease      atomic.Pointer[lease]
 	leaseUsed  atomic.Bool
 	appliedPub atomic.Uint64
+	// commitPub is the commit index a leader has told (or is about to
+	// tell) its followers; lease reads wait until it is applied (lease.go).
+	commitPub atomic.Uint64
 }
 
 func (s *Store) newReplica(st *shoalpb.LocalReplicaState) (*Replica, error) {
@@ -476,6 +479,9 @@ func (r *Replica) phase1(w *worker) error {
 	}
 	if rd.HardState != nil {
 		r.term = rd.HardState.GetTerm()
+		// Before this Ready's messages carry the commit index to the
+		// followers (lease.go).
+		r.commitPub.Store(rd.HardState.GetCommit())
 	}
 	r.indexProposals(rd.Entries)
 	r.dropUnindexed()
