@@ -42,6 +42,40 @@ func readAt(ctx context.Context, n *tc.Node, shard uint64, key []byte) (string, 
 	return tc.ReadKey(n.Engine().Reader(), key)
 }
 
+// waitNewLeader waits until shard's leader is on another node than old.
+func waitNewLeader(ctx context.Context, t *testing.T, c *tc.Cluster, shard, old uint64) {
+	t.Helper()
+	if err := tc.WaitFor(ctx, func() error {
+		n, err := c.Leader(shard)
+		if err != nil {
+			return err
+		}
+		if n.ID == old {
+			return fmt.Errorf("node %d still leads shard %d", old, shard)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitRead waits until a linearizable read of key at n returns want.
+func waitRead(ctx context.Context, t *testing.T, n *tc.Node, shard uint64, key []byte, want string) {
+	t.Helper()
+	if err := tc.WaitFor(ctx, func() error {
+		v, _, err := readAt(ctx, n, shard, key)
+		if err != nil {
+			return err
+		}
+		if v != want {
+			return fmt.Errorf("node %d read %q, want %q", n.ID, v, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestClusterWritesAndReadsEveryShard(t *testing.T) {
 	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 64, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
 	ctx := ctxFor(t, 30*time.Second)
@@ -244,18 +278,7 @@ func TestPartitionedLeaderStepsDown(t *testing.T) {
 	t.Logf("isolated node refuses reads: %v", err)
 
 	c.Net.Heal()
-	if err := tc.WaitFor(ctx, func() error {
-		v, ok, err := readAt(ctx, old, shard, k)
-		if err != nil {
-			return err
-		}
-		if !ok || v != "after" {
-			return fmt.Errorf("read %q", v)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitRead(ctx, t, old, shard, k, "after")
 }
 
 // TestRestartCatchesUpFromLog stops a node, writes on the majority, restarts
@@ -579,18 +602,7 @@ func TestCrashBeforeLogCommitOnCatchUp(t *testing.T) {
 	c.Net.Isolate(3, c.NodeIDs())
 	// Node 3 may have led the shard: a proposal it took now would wait for
 	// the whole deadline. Propose once the majority side has the leader.
-	if err := tc.WaitFor(ctx, func() error {
-		n, err := c.Leader(1)
-		if err != nil {
-			return err
-		}
-		if n.ID == 3 {
-			return errors.New("the isolated node still leads")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitNewLeader(ctx, t, c, 1, 3)
 	for i := range 200 {
 		k := fmt.Appendf(nil, "catchup-%d", i)
 		if _, err := c.Propose(ctx, 1, tc.PutCmd(k, []byte("v"))); err != nil {

@@ -172,7 +172,6 @@ func (r *Replica) maybeQuiesceFollower(m *shoalpb.RaftMessage) {
 	}
 	r.maybeTruncateLog()
 	r.quietLeaderNode.Store(m.FromNode)
-	r.leaderSilent.Store(false)
 	r.quiet.Store(true)
 	r.store.stats.quiesced.Add(1)
 }
@@ -207,7 +206,6 @@ func (r *Replica) unquiesce() {
 	leaderNode := r.quietLeaderNode.Load()
 	r.quiet.Store(false)
 	r.quietLeaderNode.Store(0)
-	r.leaderSilent.Store(false)
 	r.idleTicks, r.quiesceNext = 0, false
 	r.tickPending.Store(true)
 	s := r.store
@@ -224,15 +222,14 @@ func (r *Replica) unquiesce() {
 // quiet one does not, unless it is a follower whose leader's node has been
 // silent for an election timeout, which is woken.
 func (s *Store) tickQuiet(r *Replica, now time.Time) (tick bool) {
-	if !r.quiet.Load() {
-		return true
-	}
+	return !r.quiet.Load() || r.leaderNodeSilent(now)
+}
+
+// leaderNodeSilent reports whether a quiet follower's leader's node has
+// been silent for quietSilence: the follower must wake.
+func (r *Replica) leaderNodeSilent(now time.Time) bool {
 	n := r.quietLeaderNode.Load()
-	if n == 0 || !s.peers.silentFor(n, s.quietSilence(), now) {
-		return false
-	}
-	r.leaderSilent.Store(true)
-	return true
+	return n != 0 && r.store.peers.silentFor(n, r.store.quietSilence(), now)
 }
 
 // quietSilence is how long a quiet follower's leader's node must be silent

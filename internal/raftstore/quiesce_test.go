@@ -2,7 +2,6 @@ package raftstore_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -72,18 +71,7 @@ func TestQuiesce(t *testing.T) {
 			follower = n
 		}
 	}
-	if err := tc.WaitFor(ctx, func() error {
-		v, _, err := readAt(ctx, follower, shard, k)
-		if err != nil {
-			return err
-		}
-		if v != "v2" {
-			return fmt.Errorf("follower read %q", v)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitRead(ctx, t, follower, shard, k, "v2")
 	waitQuiet(ctx, t, c, shards)
 	if q := leader.Store().Stats().Quiesced; q < shards+1 {
 		t.Fatalf("leader node quiesced %d times, want at least %d", q, shards+1)
@@ -126,18 +114,7 @@ func TestQuietLeaderCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Net.Isolate(old.ID, c.NodeIDs())
-	if err := tc.WaitFor(ctx, func() error {
-		n, err := c.Leader(shard)
-		if err != nil {
-			return err
-		}
-		if n.ID == old.ID {
-			return errors.New("no new leader yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitNewLeader(ctx, t, c, shard, old.ID)
 	if _, err := c.Propose(ctx, shard, tc.PutCmd(k, []byte("after"))); err != nil {
 		t.Fatal(err)
 	}
@@ -149,18 +126,7 @@ func TestQuietLeaderCutOff(t *testing.T) {
 		t.Fatalf("the cut-off quiet leader served a read (value %q)", v)
 	}
 	c.Net.Heal()
-	if err := tc.WaitFor(ctx, func() error {
-		v, _, err := readAt(ctx, old, shard, k)
-		if err != nil {
-			return err
-		}
-		if v != "after" {
-			return fmt.Errorf("read %q", v)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitRead(ctx, t, old, shard, k, "after")
 	if st, _ := old.Store().Status(shard); st.Role == raftstore.RoleLeader {
 		t.Fatal("the old leader still leads after healing")
 	}

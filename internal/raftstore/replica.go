@@ -118,11 +118,9 @@ type Replica struct {
 	idleTicks   int
 	quiesceNext bool
 	// quiet: the replica does not tick; quietLeaderNode is, on a quiet
-	// follower, the node whose silence wakes it; leaderSilent is set by
-	// the ticker when it did (quiesce.go).
+	// follower, the node whose silence wakes it (quiesce.go).
 	quiet           atomic.Bool
 	quietLeaderNode atomic.Uint64
-	leaderSilent    atomic.Bool
 
 	// voteGuardUntil: (pre-)votes are ignored until then (lease.go). Set
 	// before the replica is shared, immutable afterwards.
@@ -415,7 +413,7 @@ func (r *Replica) phase1(w *worker) error {
 	r.mu.checksums = nil
 	r.mu.Unlock()
 	r.takeChecksums(checksums)
-	if r.quiet.Load() && (r.leaderSilent.Load() || removedAt > 0 || len(props)+len(reads)+len(snaps)+len(reports)+len(unreachable)+len(transfers)+len(checksums) > 0 || anyWakes(msgs)) {
+	if r.quiet.Load() && (r.leaderNodeSilent(time.Now()) || removedAt > 0 || len(props)+len(reads)+len(snaps)+len(reports)+len(unreachable)+len(transfers)+len(checksums) > 0 || anyWakes(msgs)) {
 		r.unquiesce()
 	}
 
