@@ -40,10 +40,10 @@ import (
 // Work that runs on ticks is done before going quiet: a replica checks
 // whether its log needs truncating as it quiesces.
 //
-// A quiet leader does not tick, so CheckQuorum does not step it down while
-// it is cut off; it steps down once something wakes it (a proposal or read
-// then waits for it, and its lease has run out, so it serves nothing
-// stale).
+// A quiet leader does not tick, so CheckQuorum cannot step it down while
+// it sleeps; it wakes like a follower when another member's node falls
+// silent, and CheckQuorum then steps it down if it is cut off (meanwhile
+// its lease has run out and it has no quorum, so it serves nothing stale).
 
 // quiesceTicks is how many ticks in a row a leader must find its shard idle
 // before it quiesces.
@@ -219,17 +219,32 @@ func (r *Replica) unquiesce() {
 }
 
 // tickQuiet decides, on the ticker goroutine, whether a replica ticks: a
-// quiet one does not, unless it is a follower whose leader's node has been
-// silent for an election timeout, which is woken.
+// quiet one does not, unless a peer it depends on fell silent, which wakes
+// it.
 func (s *Store) tickQuiet(r *Replica, now time.Time) (tick bool) {
-	return !r.quiet.Load() || r.leaderNodeSilent(now)
+	return !r.quiet.Load() || r.peerSilent(now)
 }
 
-// leaderNodeSilent reports whether a quiet follower's leader's node has
-// been silent for quietSilence: the follower must wake.
-func (r *Replica) leaderNodeSilent(now time.Time) bool {
-	n := r.quietLeaderNode.Load()
-	return n != 0 && r.store.peers.silentFor(n, r.store.quietSilence(), now)
+// peerSilent reports whether a quiet replica must wake because a node has
+// been silent for quietSilence: for a follower its leader's node (it then
+// elects); for a leader any other member's node (it then ticks again, so
+// CheckQuorum steps it down if it has lost its quorum, and it stays awake
+// while a member is down).
+func (r *Replica) peerSilent(now time.Time) bool {
+	s := r.store
+	if n := r.quietLeaderNode.Load(); n != 0 {
+		return s.peers.silentFor(n, s.quietSilence(), now)
+	}
+	st := r.status.Load()
+	if st == nil || st.Descriptor == nil {
+		return false
+	}
+	for _, rd := range st.Descriptor.Replicas {
+		if rd.NodeId != s.opts.NodeID && s.peers.silentFor(rd.NodeId, s.quietSilence(), now) {
+			return true
+		}
+	}
+	return false
 }
 
 // quietSilence is how long a quiet follower's leader's node must be silent

@@ -2,6 +2,7 @@ package raftstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -93,10 +94,10 @@ func TestQuietLeaderFailover(t *testing.T) {
 	stopBusiestLeader(ctx, t, c, "quiet ")
 }
 
-// TestQuietLeaderCutOff isolates the node that leads quiet shards. It does
-// not tick, so CheckQuorum cannot step it down, but the followers notice
-// its silence and elect a new leader that takes writes; the old leader,
-// woken by a read, serves none (its lease ran out and it has no quorum).
+// TestQuietLeaderCutOff isolates the node that leads quiet shards: the
+// followers notice its silence and elect a new leader that takes writes;
+// the old leader serves no read (its lease ran out and it has no quorum),
+// and, woken by the other nodes' silence, steps down by CheckQuorum.
 func TestQuietLeaderCutOff(t *testing.T) {
 	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 4, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
 	ctx := ctxFor(t, 60*time.Second)
@@ -124,6 +125,16 @@ func TestQuietLeaderCutOff(t *testing.T) {
 	if err == nil {
 		v, _, _ := tc.ReadKey(old.Engine().Reader(), k)
 		t.Fatalf("the cut-off quiet leader served a read (value %q)", v)
+	}
+	// The silence of the other nodes wakes the quiet old leader, and
+	// CheckQuorum then steps it down without hearing from anyone.
+	if err := tc.WaitFor(ctx, func() error {
+		if st, _ := old.Store().Status(shard); st.Role == raftstore.RoleLeader {
+			return errors.New("the cut-off quiet leader still leads")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	c.Net.Heal()
 	waitRead(ctx, t, old, shard, k, "after")

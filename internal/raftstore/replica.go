@@ -413,7 +413,7 @@ func (r *Replica) phase1(w *worker) error {
 	r.mu.checksums = nil
 	r.mu.Unlock()
 	r.takeChecksums(checksums)
-	if r.quiet.Load() && (r.leaderNodeSilent(time.Now()) || removedAt > 0 || len(props)+len(reads)+len(snaps)+len(reports)+len(unreachable)+len(transfers)+len(checksums) > 0 || anyWakes(msgs)) {
+	if r.quiet.Load() && (r.peerSilent(time.Now()) || removedAt > 0 || len(props)+len(reads)+len(snaps)+len(reports)+len(unreachable)+len(transfers)+len(checksums) > 0 || anyWakes(msgs)) {
 		r.unquiesce()
 	}
 
