@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -221,13 +220,9 @@ func (n *Node) start() error {
 	}
 	c := n.c
 	// Reuse the node's address across restarts so peers find it again.
-	addr := n.Addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	lis, err := net.Listen("tcp", addr)
+	lis, err := listen(n.Addr)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", addr, err)
+		return err
 	}
 	n.Addr = lis.Addr().String()
 	c.mu.Lock()
@@ -250,14 +245,10 @@ func (n *Node) start() error {
 		cfg.Store = func(o *raftstore.Options) { c.opts.StoreOptions(o.NodeID, o) }
 	}
 	if c.opts.RESP {
-		ra := n.RESPAddr
-		if ra == "" {
-			ra = "127.0.0.1:0"
-		}
-		rl, err := net.Listen("tcp", ra)
+		rl, err := listen(n.RESPAddr)
 		if err != nil {
 			lis.Close()
-			return fmt.Errorf("listen %s: %w", ra, err)
+			return err
 		}
 		n.RESPAddr = rl.Addr().String()
 		cfg.RESPListener, cfg.RESP = rl, c.opts.RESPOpts

@@ -29,7 +29,7 @@ func (c *Cluster) startMasters(base string) {
 	peers := map[uint64]string{}
 	var lis []net.Listener
 	for i := range c.opts.Masters {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := listen("")
 		if err != nil {
 			c.t.Fatal(err)
 		}
@@ -53,7 +53,7 @@ func (m *Master) start(peers map[uint64]string, lis net.Listener) error {
 	}
 	if lis == nil {
 		var err error
-		if lis, err = net.Listen("tcp", m.Addr); err != nil {
+		if lis, err = listen(m.Addr); err != nil {
 			return err
 		}
 	}

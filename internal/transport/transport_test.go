@@ -108,7 +108,10 @@ func (b *book) set(n uint64, a string) {
 func startEndpoint(t *testing.T, bk *book, id uint64, cluster, addr string) *endpoint {
 	t.Helper()
 	if addr == "" {
-		addr = "127.0.0.1:0"
+		// Not 127.0.0.1, where every outgoing connection takes its
+		// ephemeral port: an endpoint restarted on its old address must
+		// find the port free (see testcluster.Loopback).
+		addr = "127.0.0.2:0"
 	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
