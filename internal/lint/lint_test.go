@@ -149,23 +149,59 @@ func TestImportDirection(t *testing.T) {
 			continue
 		}
 		for _, f := range p.files {
-			for _, imp := range moduleImports(f) {
-				if testOnly[imp] {
-					t.Errorf("%s: %s imports test-only %s", p.paths[f], name, imp)
-				}
-				if len(rules) == 1 && rules[0] == "*" {
-					continue
-				}
-				ok := false
-				for _, a := range rules {
-					if a == imp {
-						ok = true
-					}
-				}
-				if !ok {
-					t.Errorf("%s: %s may not import %s (allowed: %v)", p.paths[f], name, imp, rules)
-				}
+			for _, v := range importViolations(name, rules, moduleImports(f)) {
+				t.Errorf("%s: %s", p.paths[f], v)
 			}
+		}
+	}
+}
+
+// importViolations says what is wrong with package name, whose rules are
+// rules, importing the module packages imports.
+func importViolations(name string, rules, imports []string) []string {
+	var out []string
+	for _, imp := range imports {
+		if testOnly[imp] {
+			out = append(out, name+" imports test-only "+imp)
+		}
+		if len(rules) == 1 && rules[0] == "*" {
+			continue
+		}
+		ok := false
+		for _, a := range rules {
+			if a == imp {
+				ok = true
+			}
+		}
+		if !ok {
+			out = append(out, name+" may not import "+imp+" (allowed: "+strings.Join(rules, ", ")+")")
+		}
+	}
+	return out
+}
+
+// TestImportRulesCatch shows the rules refuse imports against the
+// direction: a lower layer reaching up, a pure package doing I/O through
+// another, library code importing test infrastructure.
+func TestImportRulesCatch(t *testing.T) {
+	for _, c := range []struct {
+		pkg, imp string
+		bad      bool
+	}{
+		{"internal/raftstore", "internal/node", true},
+		{"internal/storage", "internal/raftlog", true},
+		{"internal/keys", "internal/storage", true},
+		{"internal/master/schedule", "internal/storage", true},
+		{"client", "internal/raftstore", true},
+		{"internal/node", "internal/testcluster", true},
+		{"cmd/shoal", "internal/chaos", true},
+		{"internal/raftlog", "internal/storage", false},
+		{"internal/node", "internal/raftstore", false},
+		{"cmd/shoal", "internal/master", false},
+	} {
+		got := importViolations(c.pkg, allowed[c.pkg], []string{c.imp})
+		if bad := len(got) > 0; bad != c.bad {
+			t.Errorf("%s importing %s: violations %q, want bad=%v", c.pkg, c.imp, got, c.bad)
 		}
 	}
 }
