@@ -574,6 +574,34 @@ func TestDBExec(t *testing.T) {
 	}
 }
 
+// TestDBDefaultLimits: with no limits configured a key may be 64 KiB and a
+// value 8 MiB; one byte more is refused with ErrTooLarge and stores
+// nothing.
+func TestDBDefaultLimits(t *testing.T) {
+	e := startDB(t, kv.Options{})
+	ctx := testCtx(t)
+	key := bytes.Repeat([]byte("k"), 64<<10)
+	if _, err := e.db.Put(ctx, key, []byte("v"), kv.PutOptions{}); err != nil {
+		t.Fatalf("64 KiB key: %v", err)
+	}
+	if _, err := e.db.Put(ctx, append(key, 'k'), []byte("v"), kv.PutOptions{}); !errors.Is(err, kv.ErrTooLarge) {
+		t.Fatalf("64 KiB + 1 key: %v, want ErrTooLarge", err)
+	}
+	val := bytes.Repeat([]byte("v"), 8<<20)
+	if _, err := e.db.Put(ctx, []byte("big"), val, kv.PutOptions{}); err != nil {
+		t.Fatalf("8 MiB value: %v", err)
+	}
+	if _, err := e.db.Put(ctx, []byte("bigger"), append(val, 'v'), kv.PutOptions{}); !errors.Is(err, kv.ErrTooLarge) {
+		t.Fatalf("8 MiB + 1 value: %v, want ErrTooLarge", err)
+	}
+	if e.stored(t, string(append(key, 'k'))) || e.stored(t, "bigger") {
+		t.Fatal("a refused write stored something")
+	}
+	if !e.stored(t, string(key)) || !e.stored(t, "big") {
+		t.Fatal("a write at the limit was not stored")
+	}
+}
+
 func TestDBSessionRetryAppliesOnce(t *testing.T) {
 	e := startDB(t, kv.Options{})
 	ctx := testCtx(t)
