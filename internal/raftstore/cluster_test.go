@@ -318,6 +318,11 @@ func TestRestartCatchesUpFromLog(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// From the log, not by snapshot: 200 writes are far below the
+	// truncation bounds.
+	if st := down.Store().Stats(); st.SnapshotsReceived != 0 || st.SnapshotsApplied != 0 {
+		t.Fatalf("the restarted node caught up by snapshot (%d received, %d applied), not from the log", st.SnapshotsReceived, st.SnapshotsApplied)
+	}
 }
 
 // writer appends unique tokens to its own key and remembers which were
