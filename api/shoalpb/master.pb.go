@@ -664,15 +664,21 @@ func (x *MasterInfo) GetLeader() bool {
 type RegisterNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Set when the node already has an identity (a restart).
-	ClusterId     string  `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	NodeId        uint64  `protobuf:"varint,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Addr          string  `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
-	RespAddr      string  `protobuf:"bytes,4,opt,name=resp_addr,json=respAddr,proto3" json:"resp_addr,omitempty"`
-	HttpAddr      string  `protobuf:"bytes,5,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
-	Zone          string  `protobuf:"bytes,6,opt,name=zone,proto3" json:"zone,omitempty"`
-	Weight        float64 `protobuf:"fixed64,7,opt,name=weight,proto3" json:"weight,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClusterId string  `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	NodeId    uint64  `protobuf:"varint,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Addr      string  `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	RespAddr  string  `protobuf:"bytes,4,opt,name=resp_addr,json=respAddr,proto3" json:"resp_addr,omitempty"`
+	HttpAddr  string  `protobuf:"bytes,5,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	Zone      string  `protobuf:"bytes,6,opt,name=zone,proto3" json:"zone,omitempty"`
+	Weight    float64 `protobuf:"fixed64,7,opt,name=weight,proto3" json:"weight,omitempty"`
+	// A new node (node_id 0) picks a random token, keeps it on disk before
+	// its first registration and sends it with every attempt: a registration
+	// that committed but whose answer was lost (a master failover) is
+	// answered, when retried, with the node it created, not a second one.
+	// At most 64 bytes; ignored when node_id is set.
+	RegistrationToken string `protobuf:"bytes,8,opt,name=registration_token,json=registrationToken,proto3" json:"registration_token,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RegisterNodeRequest) Reset() {
@@ -754,6 +760,67 @@ func (x *RegisterNodeRequest) GetWeight() float64 {
 	return 0
 }
 
+func (x *RegisterNodeRequest) GetRegistrationToken() string {
+	if x != nil {
+		return x.RegistrationToken
+	}
+	return ""
+}
+
+// NodeRegistration is the meta group's record of a registration token and
+// the node it created.
+type NodeRegistration struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	NodeId        uint64                 `protobuf:"varint,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeRegistration) Reset() {
+	*x = NodeRegistration{}
+	mi := &file_shoalpb_master_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeRegistration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeRegistration) ProtoMessage() {}
+
+func (x *NodeRegistration) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeRegistration.ProtoReflect.Descriptor instead.
+func (*NodeRegistration) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *NodeRegistration) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *NodeRegistration) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
 type RegisterNodeResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
@@ -764,7 +831,7 @@ type RegisterNodeResponse struct {
 
 func (x *RegisterNodeResponse) Reset() {
 	*x = RegisterNodeResponse{}
-	mi := &file_shoalpb_master_proto_msgTypes[6]
+	mi := &file_shoalpb_master_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +843,7 @@ func (x *RegisterNodeResponse) String() string {
 func (*RegisterNodeResponse) ProtoMessage() {}
 
 func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[6]
+	mi := &file_shoalpb_master_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +856,7 @@ func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterNodeResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{6}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RegisterNodeResponse) GetClusterId() string {
@@ -828,7 +895,7 @@ type ReplicaReport struct {
 
 func (x *ReplicaReport) Reset() {
 	*x = ReplicaReport{}
-	mi := &file_shoalpb_master_proto_msgTypes[7]
+	mi := &file_shoalpb_master_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +907,7 @@ func (x *ReplicaReport) String() string {
 func (*ReplicaReport) ProtoMessage() {}
 
 func (x *ReplicaReport) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[7]
+	mi := &file_shoalpb_master_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +920,7 @@ func (x *ReplicaReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaReport.ProtoReflect.Descriptor instead.
 func (*ReplicaReport) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{7}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReplicaReport) GetShardId() uint64 {
@@ -930,7 +997,7 @@ type NodeStats struct {
 
 func (x *NodeStats) Reset() {
 	*x = NodeStats{}
-	mi := &file_shoalpb_master_proto_msgTypes[8]
+	mi := &file_shoalpb_master_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1009,7 @@ func (x *NodeStats) String() string {
 func (*NodeStats) ProtoMessage() {}
 
 func (x *NodeStats) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[8]
+	mi := &file_shoalpb_master_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1022,7 @@ func (x *NodeStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStats.ProtoReflect.Descriptor instead.
 func (*NodeStats) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{8}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeStats) GetCapacityBytes() uint64 {
@@ -995,7 +1062,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[9]
+	mi := &file_shoalpb_master_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1074,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[9]
+	mi := &file_shoalpb_master_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1087,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{9}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HeartbeatRequest) GetClusterId() string {
@@ -1078,7 +1145,7 @@ type SnapshotReport struct {
 
 func (x *SnapshotReport) Reset() {
 	*x = SnapshotReport{}
-	mi := &file_shoalpb_master_proto_msgTypes[10]
+	mi := &file_shoalpb_master_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1157,7 @@ func (x *SnapshotReport) String() string {
 func (*SnapshotReport) ProtoMessage() {}
 
 func (x *SnapshotReport) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[10]
+	mi := &file_shoalpb_master_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1170,7 @@ func (x *SnapshotReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotReport.ProtoReflect.Descriptor instead.
 func (*SnapshotReport) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{10}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SnapshotReport) GetShardId() uint64 {
@@ -1144,7 +1211,7 @@ type BootstrapRequest struct {
 
 func (x *BootstrapRequest) Reset() {
 	*x = BootstrapRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[11]
+	mi := &file_shoalpb_master_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1223,7 @@ func (x *BootstrapRequest) String() string {
 func (*BootstrapRequest) ProtoMessage() {}
 
 func (x *BootstrapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[11]
+	mi := &file_shoalpb_master_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1236,7 @@ func (x *BootstrapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapRequest.ProtoReflect.Descriptor instead.
 func (*BootstrapRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{11}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BootstrapRequest) GetShards() uint32 {
@@ -1200,7 +1267,7 @@ type Work struct {
 
 func (x *Work) Reset() {
 	*x = Work{}
-	mi := &file_shoalpb_master_proto_msgTypes[12]
+	mi := &file_shoalpb_master_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1279,7 @@ func (x *Work) String() string {
 func (*Work) ProtoMessage() {}
 
 func (x *Work) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[12]
+	mi := &file_shoalpb_master_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1292,7 @@ func (x *Work) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Work.ProtoReflect.Descriptor instead.
 func (*Work) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{12}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Work) GetWork() isWork_Work {
@@ -1281,7 +1348,7 @@ type TransferLeaderWork struct {
 
 func (x *TransferLeaderWork) Reset() {
 	*x = TransferLeaderWork{}
-	mi := &file_shoalpb_master_proto_msgTypes[13]
+	mi := &file_shoalpb_master_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1360,7 @@ func (x *TransferLeaderWork) String() string {
 func (*TransferLeaderWork) ProtoMessage() {}
 
 func (x *TransferLeaderWork) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[13]
+	mi := &file_shoalpb_master_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1373,7 @@ func (x *TransferLeaderWork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderWork.ProtoReflect.Descriptor instead.
 func (*TransferLeaderWork) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{13}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TransferLeaderWork) GetShardId() uint64 {
@@ -1334,7 +1401,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_shoalpb_master_proto_msgTypes[14]
+	mi := &file_shoalpb_master_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1413,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[14]
+	mi := &file_shoalpb_master_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1426,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{14}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeartbeatResponse) GetWork() []*Work {
@@ -1384,7 +1451,7 @@ type GetRoutesRequest struct {
 
 func (x *GetRoutesRequest) Reset() {
 	*x = GetRoutesRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[15]
+	mi := &file_shoalpb_master_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1463,7 @@ func (x *GetRoutesRequest) String() string {
 func (*GetRoutesRequest) ProtoMessage() {}
 
 func (x *GetRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[15]
+	mi := &file_shoalpb_master_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1476,7 @@ func (x *GetRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRoutesRequest.ProtoReflect.Descriptor instead.
 func (*GetRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{15}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{16}
 }
 
 type WatchRoutesRequest struct {
@@ -1422,7 +1489,7 @@ type WatchRoutesRequest struct {
 
 func (x *WatchRoutesRequest) Reset() {
 	*x = WatchRoutesRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[16]
+	mi := &file_shoalpb_master_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1501,7 @@ func (x *WatchRoutesRequest) String() string {
 func (*WatchRoutesRequest) ProtoMessage() {}
 
 func (x *WatchRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[16]
+	mi := &file_shoalpb_master_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1514,7 @@ func (x *WatchRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRoutesRequest.ProtoReflect.Descriptor instead.
 func (*WatchRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{16}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchRoutesRequest) GetAfterVersion() uint64 {
@@ -1465,7 +1532,7 @@ type GetClusterRequest struct {
 
 func (x *GetClusterRequest) Reset() {
 	*x = GetClusterRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[17]
+	mi := &file_shoalpb_master_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1544,7 @@ func (x *GetClusterRequest) String() string {
 func (*GetClusterRequest) ProtoMessage() {}
 
 func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[17]
+	mi := &file_shoalpb_master_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1557,7 @@ func (x *GetClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{17}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{18}
 }
 
 // ClusterState is the master's whole view, for status and administration.
@@ -1510,13 +1577,17 @@ type ClusterState struct {
 	// node that leads them (from heartbeats; the leading master only).
 	OpsPerSec     float64            `protobuf:"fixed64,9,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
 	NodeOpsPerSec map[uint64]float64 `protobuf:"bytes,10,rep,name=node_ops_per_sec,json=nodeOpsPerSec,proto3" json:"node_ops_per_sec,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// What each node said in its last heartbeat to this master, by node ID:
+	// the leading master only (followers and a master that has just become
+	// leader know none), and only nodes that heartbeated it.
+	NodeHeartbeats map[uint64]*NodeHeartbeat `protobuf:"bytes,11,rep,name=node_heartbeats,json=nodeHeartbeats,proto3" json:"node_heartbeats,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ClusterState) Reset() {
 	*x = ClusterState{}
-	mi := &file_shoalpb_master_proto_msgTypes[18]
+	mi := &file_shoalpb_master_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1599,7 @@ func (x *ClusterState) String() string {
 func (*ClusterState) ProtoMessage() {}
 
 func (x *ClusterState) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[18]
+	mi := &file_shoalpb_master_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1612,7 @@ func (x *ClusterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterState.ProtoReflect.Descriptor instead.
 func (*ClusterState) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{18}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClusterState) GetCluster() *ClusterInfo {
@@ -1614,6 +1685,93 @@ func (x *ClusterState) GetNodeOpsPerSec() map[uint64]float64 {
 	return nil
 }
 
+func (x *ClusterState) GetNodeHeartbeats() map[uint64]*NodeHeartbeat {
+	if x != nil {
+		return x.NodeHeartbeats
+	}
+	return nil
+}
+
+// NodeHeartbeat is a node's last heartbeat as the leading master saw it.
+type NodeHeartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When it arrived (Unix ms, the master's clock), and how long before the
+	// cluster state was read (ms, the master's clock).
+	LastHeartbeatMs int64      `protobuf:"varint,1,opt,name=last_heartbeat_ms,json=lastHeartbeatMs,proto3" json:"last_heartbeat_ms,omitempty"`
+	AgeMs           int64      `protobuf:"varint,2,opt,name=age_ms,json=ageMs,proto3" json:"age_ms,omitempty"`
+	Stats           *NodeStats `protobuf:"bytes,3,opt,name=stats,proto3" json:"stats,omitempty"`
+	// The replicas the node reported, and how many of them lead.
+	Replicas      uint32 `protobuf:"varint,4,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	Leaders       uint32 `protobuf:"varint,5,opt,name=leaders,proto3" json:"leaders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeHeartbeat) Reset() {
+	*x = NodeHeartbeat{}
+	mi := &file_shoalpb_master_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeHeartbeat) ProtoMessage() {}
+
+func (x *NodeHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeHeartbeat.ProtoReflect.Descriptor instead.
+func (*NodeHeartbeat) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *NodeHeartbeat) GetLastHeartbeatMs() int64 {
+	if x != nil {
+		return x.LastHeartbeatMs
+	}
+	return 0
+}
+
+func (x *NodeHeartbeat) GetAgeMs() int64 {
+	if x != nil {
+		return x.AgeMs
+	}
+	return 0
+}
+
+func (x *NodeHeartbeat) GetStats() *NodeStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+func (x *NodeHeartbeat) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *NodeHeartbeat) GetLeaders() uint32 {
+	if x != nil {
+		return x.Leaders
+	}
+	return 0
+}
+
 type SetNodeStateRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1629,7 +1787,7 @@ type SetNodeStateRequest struct {
 
 func (x *SetNodeStateRequest) Reset() {
 	*x = SetNodeStateRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[19]
+	mi := &file_shoalpb_master_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1799,7 @@ func (x *SetNodeStateRequest) String() string {
 func (*SetNodeStateRequest) ProtoMessage() {}
 
 func (x *SetNodeStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[19]
+	mi := &file_shoalpb_master_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1812,7 @@ func (x *SetNodeStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStateRequest.ProtoReflect.Descriptor instead.
 func (*SetNodeStateRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{19}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetNodeStateRequest) GetNodeId() uint64 {
@@ -1694,7 +1852,7 @@ type SetNodeStateResponse struct {
 
 func (x *SetNodeStateResponse) Reset() {
 	*x = SetNodeStateResponse{}
-	mi := &file_shoalpb_master_proto_msgTypes[20]
+	mi := &file_shoalpb_master_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1864,7 @@ func (x *SetNodeStateResponse) String() string {
 func (*SetNodeStateResponse) ProtoMessage() {}
 
 func (x *SetNodeStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[20]
+	mi := &file_shoalpb_master_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1877,7 @@ func (x *SetNodeStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeStateResponse.ProtoReflect.Descriptor instead.
 func (*SetNodeStateResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{20}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetNodeStateResponse) GetNode() *NodeInfo {
@@ -1743,7 +1901,7 @@ type SetNodeLabelsRequest struct {
 
 func (x *SetNodeLabelsRequest) Reset() {
 	*x = SetNodeLabelsRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[21]
+	mi := &file_shoalpb_master_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1913,7 @@ func (x *SetNodeLabelsRequest) String() string {
 func (*SetNodeLabelsRequest) ProtoMessage() {}
 
 func (x *SetNodeLabelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[21]
+	mi := &file_shoalpb_master_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1926,7 @@ func (x *SetNodeLabelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeLabelsRequest.ProtoReflect.Descriptor instead.
 func (*SetNodeLabelsRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{21}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetNodeLabelsRequest) GetNodeId() uint64 {
@@ -1808,7 +1966,7 @@ type SetSchedulingRequest struct {
 
 func (x *SetSchedulingRequest) Reset() {
 	*x = SetSchedulingRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[22]
+	mi := &file_shoalpb_master_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1820,7 +1978,7 @@ func (x *SetSchedulingRequest) String() string {
 func (*SetSchedulingRequest) ProtoMessage() {}
 
 func (x *SetSchedulingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[22]
+	mi := &file_shoalpb_master_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1833,7 +1991,7 @@ func (x *SetSchedulingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSchedulingRequest.ProtoReflect.Descriptor instead.
 func (*SetSchedulingRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{22}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetSchedulingRequest) GetPaused() bool {
@@ -1854,7 +2012,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[23]
+	mi := &file_shoalpb_master_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1866,7 +2024,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[23]
+	mi := &file_shoalpb_master_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1879,7 +2037,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{23}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MoveReplicaRequest) GetShardId() uint64 {
@@ -1913,7 +2071,7 @@ type TransferShardLeaderRequest struct {
 
 func (x *TransferShardLeaderRequest) Reset() {
 	*x = TransferShardLeaderRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[24]
+	mi := &file_shoalpb_master_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1925,7 +2083,7 @@ func (x *TransferShardLeaderRequest) String() string {
 func (*TransferShardLeaderRequest) ProtoMessage() {}
 
 func (x *TransferShardLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[24]
+	mi := &file_shoalpb_master_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1938,7 +2096,7 @@ func (x *TransferShardLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferShardLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferShardLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{24}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TransferShardLeaderRequest) GetShardId() uint64 {
@@ -1964,7 +2122,7 @@ type CancelOperatorRequest struct {
 
 func (x *CancelOperatorRequest) Reset() {
 	*x = CancelOperatorRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[25]
+	mi := &file_shoalpb_master_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2134,7 @@ func (x *CancelOperatorRequest) String() string {
 func (*CancelOperatorRequest) ProtoMessage() {}
 
 func (x *CancelOperatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[25]
+	mi := &file_shoalpb_master_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2147,7 @@ func (x *CancelOperatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelOperatorRequest.ProtoReflect.Descriptor instead.
 func (*CancelOperatorRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{25}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CancelOperatorRequest) GetId() uint64 {
@@ -2021,7 +2179,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_shoalpb_master_proto_msgTypes[26]
+	mi := &file_shoalpb_master_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2191,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[26]
+	mi := &file_shoalpb_master_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2204,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{26}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MetaCommand) GetNowMs() int64 {
@@ -2214,7 +2372,7 @@ type StartOperators struct {
 
 func (x *StartOperators) Reset() {
 	*x = StartOperators{}
-	mi := &file_shoalpb_master_proto_msgTypes[27]
+	mi := &file_shoalpb_master_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2226,7 +2384,7 @@ func (x *StartOperators) String() string {
 func (*StartOperators) ProtoMessage() {}
 
 func (x *StartOperators) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[27]
+	mi := &file_shoalpb_master_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2239,7 +2397,7 @@ func (x *StartOperators) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartOperators.ProtoReflect.Descriptor instead.
 func (*StartOperators) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{27}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StartOperators) GetOperators() []*Operator {
@@ -2278,7 +2436,7 @@ type UpdateOperator struct {
 
 func (x *UpdateOperator) Reset() {
 	*x = UpdateOperator{}
-	mi := &file_shoalpb_master_proto_msgTypes[28]
+	mi := &file_shoalpb_master_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2290,7 +2448,7 @@ func (x *UpdateOperator) String() string {
 func (*UpdateOperator) ProtoMessage() {}
 
 func (x *UpdateOperator) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[28]
+	mi := &file_shoalpb_master_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2303,7 +2461,7 @@ func (x *UpdateOperator) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateOperator.ProtoReflect.Descriptor instead.
 func (*UpdateOperator) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{28}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpdateOperator) GetId() uint64 {
@@ -2393,7 +2551,7 @@ type PlaceShards struct {
 
 func (x *PlaceShards) Reset() {
 	*x = PlaceShards{}
-	mi := &file_shoalpb_master_proto_msgTypes[29]
+	mi := &file_shoalpb_master_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2563,7 @@ func (x *PlaceShards) String() string {
 func (*PlaceShards) ProtoMessage() {}
 
 func (x *PlaceShards) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[29]
+	mi := &file_shoalpb_master_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2576,7 @@ func (x *PlaceShards) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceShards.ProtoReflect.Descriptor instead.
 func (*PlaceShards) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{29}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PlaceShards) GetShards() []*ShardDescriptor {
@@ -2440,7 +2598,7 @@ type UpdateRoutes struct {
 
 func (x *UpdateRoutes) Reset() {
 	*x = UpdateRoutes{}
-	mi := &file_shoalpb_master_proto_msgTypes[30]
+	mi := &file_shoalpb_master_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2452,7 +2610,7 @@ func (x *UpdateRoutes) String() string {
 func (*UpdateRoutes) ProtoMessage() {}
 
 func (x *UpdateRoutes) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[30]
+	mi := &file_shoalpb_master_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2465,7 +2623,7 @@ func (x *UpdateRoutes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRoutes.ProtoReflect.Descriptor instead.
 func (*UpdateRoutes) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{30}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpdateRoutes) GetRoutes() []*ShardRoute {
@@ -2488,7 +2646,7 @@ type MetaResult struct {
 
 func (x *MetaResult) Reset() {
 	*x = MetaResult{}
-	mi := &file_shoalpb_master_proto_msgTypes[31]
+	mi := &file_shoalpb_master_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +2658,7 @@ func (x *MetaResult) String() string {
 func (*MetaResult) ProtoMessage() {}
 
 func (x *MetaResult) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[31]
+	mi := &file_shoalpb_master_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +2671,7 @@ func (x *MetaResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaResult.ProtoReflect.Descriptor instead.
 func (*MetaResult) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{31}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MetaResult) GetError() string {
@@ -2563,7 +2721,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_shoalpb_master_proto_msgTypes[32]
+	mi := &file_shoalpb_master_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2575,7 +2733,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[32]
+	mi := &file_shoalpb_master_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2588,7 +2746,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{32}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ErrorDetail) GetCode() ErrorCode {
@@ -2646,7 +2804,7 @@ type MetaIDs struct {
 
 func (x *MetaIDs) Reset() {
 	*x = MetaIDs{}
-	mi := &file_shoalpb_master_proto_msgTypes[33]
+	mi := &file_shoalpb_master_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +2816,7 @@ func (x *MetaIDs) String() string {
 func (*MetaIDs) ProtoMessage() {}
 
 func (x *MetaIDs) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[33]
+	mi := &file_shoalpb_master_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +2829,7 @@ func (x *MetaIDs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaIDs.ProtoReflect.Descriptor instead.
 func (*MetaIDs) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{33}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MetaIDs) GetNextNode() uint64 {
@@ -2718,7 +2876,7 @@ type OperatorStep struct {
 
 func (x *OperatorStep) Reset() {
 	*x = OperatorStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[34]
+	mi := &file_shoalpb_master_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2730,7 +2888,7 @@ func (x *OperatorStep) String() string {
 func (*OperatorStep) ProtoMessage() {}
 
 func (x *OperatorStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[34]
+	mi := &file_shoalpb_master_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2743,7 +2901,7 @@ func (x *OperatorStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperatorStep.ProtoReflect.Descriptor instead.
 func (*OperatorStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{34}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *OperatorStep) GetStep() isOperatorStep_Step {
@@ -2832,7 +2990,7 @@ type AddLearnerStep struct {
 
 func (x *AddLearnerStep) Reset() {
 	*x = AddLearnerStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[35]
+	mi := &file_shoalpb_master_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2844,7 +3002,7 @@ func (x *AddLearnerStep) String() string {
 func (*AddLearnerStep) ProtoMessage() {}
 
 func (x *AddLearnerStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[35]
+	mi := &file_shoalpb_master_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2857,7 +3015,7 @@ func (x *AddLearnerStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLearnerStep.ProtoReflect.Descriptor instead.
 func (*AddLearnerStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{35}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AddLearnerStep) GetNodeId() uint64 {
@@ -2886,7 +3044,7 @@ type ChangeVotersStep struct {
 
 func (x *ChangeVotersStep) Reset() {
 	*x = ChangeVotersStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[36]
+	mi := &file_shoalpb_master_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2898,7 +3056,7 @@ func (x *ChangeVotersStep) String() string {
 func (*ChangeVotersStep) ProtoMessage() {}
 
 func (x *ChangeVotersStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[36]
+	mi := &file_shoalpb_master_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2911,7 +3069,7 @@ func (x *ChangeVotersStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeVotersStep.ProtoReflect.Descriptor instead.
 func (*ChangeVotersStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{36}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ChangeVotersStep) GetPromote() []uint64 {
@@ -2937,7 +3095,7 @@ type TransferLeaderStep struct {
 
 func (x *TransferLeaderStep) Reset() {
 	*x = TransferLeaderStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[37]
+	mi := &file_shoalpb_master_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2949,7 +3107,7 @@ func (x *TransferLeaderStep) String() string {
 func (*TransferLeaderStep) ProtoMessage() {}
 
 func (x *TransferLeaderStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[37]
+	mi := &file_shoalpb_master_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2962,7 +3120,7 @@ func (x *TransferLeaderStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderStep.ProtoReflect.Descriptor instead.
 func (*TransferLeaderStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{37}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TransferLeaderStep) GetToReplica() uint64 {
@@ -2981,7 +3139,7 @@ type RemoveReplicaStep struct {
 
 func (x *RemoveReplicaStep) Reset() {
 	*x = RemoveReplicaStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[38]
+	mi := &file_shoalpb_master_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2993,7 +3151,7 @@ func (x *RemoveReplicaStep) String() string {
 func (*RemoveReplicaStep) ProtoMessage() {}
 
 func (x *RemoveReplicaStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[38]
+	mi := &file_shoalpb_master_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3006,7 +3164,7 @@ func (x *RemoveReplicaStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaStep.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{38}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemoveReplicaStep) GetReplicaId() uint64 {
@@ -3055,7 +3213,7 @@ type Operator struct {
 
 func (x *Operator) Reset() {
 	*x = Operator{}
-	mi := &file_shoalpb_master_proto_msgTypes[39]
+	mi := &file_shoalpb_master_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3067,7 +3225,7 @@ func (x *Operator) String() string {
 func (*Operator) ProtoMessage() {}
 
 func (x *Operator) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[39]
+	mi := &file_shoalpb_master_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3080,7 +3238,7 @@ func (x *Operator) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operator.ProtoReflect.Descriptor instead.
 func (*Operator) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{39}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Operator) GetId() uint64 {
@@ -3214,7 +3372,7 @@ type RunStepRequest struct {
 
 func (x *RunStepRequest) Reset() {
 	*x = RunStepRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[40]
+	mi := &file_shoalpb_master_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3226,7 +3384,7 @@ func (x *RunStepRequest) String() string {
 func (*RunStepRequest) ProtoMessage() {}
 
 func (x *RunStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[40]
+	mi := &file_shoalpb_master_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3239,7 +3397,7 @@ func (x *RunStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStepRequest.ProtoReflect.Descriptor instead.
 func (*RunStepRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{40}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RunStepRequest) GetShardId() uint64 {
@@ -3273,7 +3431,7 @@ type RunStepResponse struct {
 
 func (x *RunStepResponse) Reset() {
 	*x = RunStepResponse{}
-	mi := &file_shoalpb_master_proto_msgTypes[41]
+	mi := &file_shoalpb_master_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3285,7 +3443,7 @@ func (x *RunStepResponse) String() string {
 func (*RunStepResponse) ProtoMessage() {}
 
 func (x *RunStepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[41]
+	mi := &file_shoalpb_master_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3298,7 +3456,7 @@ func (x *RunStepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStepResponse.ProtoReflect.Descriptor instead.
 func (*RunStepResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{41}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RunStepResponse) GetRoute() *ShardRoute {
@@ -3349,7 +3507,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"MasterInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\bR\x06leader\"\xc7\x01\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\"\xf6\x01\n" +
 	"\x13RegisterNodeRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
@@ -3358,7 +3516,11 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\tresp_addr\x18\x04 \x01(\tR\brespAddr\x12\x1b\n" +
 	"\thttp_addr\x18\x05 \x01(\tR\bhttpAddr\x12\x12\n" +
 	"\x04zone\x18\x06 \x01(\tR\x04zone\x12\x16\n" +
-	"\x06weight\x18\a \x01(\x01R\x06weight\"]\n" +
+	"\x06weight\x18\a \x01(\x01R\x06weight\x12-\n" +
+	"\x12registration_token\x18\b \x01(\tR\x11registrationToken\"A\n" +
+	"\x10NodeRegistration\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\x04R\x06nodeId\"]\n" +
 	"\x14RegisterNodeResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12&\n" +
@@ -3411,7 +3573,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x10GetRoutesRequest\"9\n" +
 	"\x12WatchRoutesRequest\x12#\n" +
 	"\rafter_version\x18\x01 \x01(\x04R\fafterVersion\"\x13\n" +
-	"\x11GetClusterRequest\"\xb1\x04\n" +
+	"\x11GetClusterRequest\"\xe2\x05\n" +
 	"\fClusterState\x12/\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.shoal.v1.ClusterInfoR\acluster\x12(\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x12.shoal.v1.NodeInfoR\x05nodes\x12,\n" +
@@ -3423,10 +3585,20 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x11scheduling_paused\x18\b \x01(\bR\x10schedulingPaused\x12\x1e\n" +
 	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\x12R\n" +
 	"\x10node_ops_per_sec\x18\n" +
-	" \x03(\v2).shoal.v1.ClusterState.NodeOpsPerSecEntryR\rnodeOpsPerSec\x1a@\n" +
+	" \x03(\v2).shoal.v1.ClusterState.NodeOpsPerSecEntryR\rnodeOpsPerSec\x12S\n" +
+	"\x0fnode_heartbeats\x18\v \x03(\v2*.shoal.v1.ClusterState.NodeHeartbeatsEntryR\x0enodeHeartbeats\x1a@\n" +
 	"\x12NodeOpsPerSecEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xa3\x01\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1aZ\n" +
+	"\x13NodeHeartbeatsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x04R\x03key\x12-\n" +
+	"\x05value\x18\x02 \x01(\v2\x17.shoal.v1.NodeHeartbeatR\x05value:\x028\x01\"\xb3\x01\n" +
+	"\rNodeHeartbeat\x12*\n" +
+	"\x11last_heartbeat_ms\x18\x01 \x01(\x03R\x0flastHeartbeatMs\x12\x15\n" +
+	"\x06age_ms\x18\x02 \x01(\x03R\x05ageMs\x12)\n" +
+	"\x05stats\x18\x03 \x01(\v2\x13.shoal.v1.NodeStatsR\x05stats\x12\x1a\n" +
+	"\breplicas\x18\x04 \x01(\rR\breplicas\x12\x18\n" +
+	"\aleaders\x18\x05 \x01(\rR\aleaders\"\xa3\x01\n" +
 	"\x13SetNodeStateRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.shoal.v1.NodeStateR\x05state\x12\x16\n" +
@@ -3617,7 +3789,7 @@ func file_shoalpb_master_proto_rawDescGZIP() []byte {
 }
 
 var file_shoalpb_master_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_shoalpb_master_proto_goTypes = []any{
 	(NodeState)(0),                     // 0: shoal.v1.NodeState
 	(ErrorCode)(0),                     // 1: shoal.v1.ErrorCode
@@ -3628,127 +3800,133 @@ var file_shoalpb_master_proto_goTypes = []any{
 	(*RouteTable)(nil),                 // 6: shoal.v1.RouteTable
 	(*MasterInfo)(nil),                 // 7: shoal.v1.MasterInfo
 	(*RegisterNodeRequest)(nil),        // 8: shoal.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),       // 9: shoal.v1.RegisterNodeResponse
-	(*ReplicaReport)(nil),              // 10: shoal.v1.ReplicaReport
-	(*NodeStats)(nil),                  // 11: shoal.v1.NodeStats
-	(*HeartbeatRequest)(nil),           // 12: shoal.v1.HeartbeatRequest
-	(*SnapshotReport)(nil),             // 13: shoal.v1.SnapshotReport
-	(*BootstrapRequest)(nil),           // 14: shoal.v1.BootstrapRequest
-	(*Work)(nil),                       // 15: shoal.v1.Work
-	(*TransferLeaderWork)(nil),         // 16: shoal.v1.TransferLeaderWork
-	(*HeartbeatResponse)(nil),          // 17: shoal.v1.HeartbeatResponse
-	(*GetRoutesRequest)(nil),           // 18: shoal.v1.GetRoutesRequest
-	(*WatchRoutesRequest)(nil),         // 19: shoal.v1.WatchRoutesRequest
-	(*GetClusterRequest)(nil),          // 20: shoal.v1.GetClusterRequest
-	(*ClusterState)(nil),               // 21: shoal.v1.ClusterState
-	(*SetNodeStateRequest)(nil),        // 22: shoal.v1.SetNodeStateRequest
-	(*SetNodeStateResponse)(nil),       // 23: shoal.v1.SetNodeStateResponse
-	(*SetNodeLabelsRequest)(nil),       // 24: shoal.v1.SetNodeLabelsRequest
-	(*SetSchedulingRequest)(nil),       // 25: shoal.v1.SetSchedulingRequest
-	(*MoveReplicaRequest)(nil),         // 26: shoal.v1.MoveReplicaRequest
-	(*TransferShardLeaderRequest)(nil), // 27: shoal.v1.TransferShardLeaderRequest
-	(*CancelOperatorRequest)(nil),      // 28: shoal.v1.CancelOperatorRequest
-	(*MetaCommand)(nil),                // 29: shoal.v1.MetaCommand
-	(*StartOperators)(nil),             // 30: shoal.v1.StartOperators
-	(*UpdateOperator)(nil),             // 31: shoal.v1.UpdateOperator
-	(*PlaceShards)(nil),                // 32: shoal.v1.PlaceShards
-	(*UpdateRoutes)(nil),               // 33: shoal.v1.UpdateRoutes
-	(*MetaResult)(nil),                 // 34: shoal.v1.MetaResult
-	(*ErrorDetail)(nil),                // 35: shoal.v1.ErrorDetail
-	(*MetaIDs)(nil),                    // 36: shoal.v1.MetaIDs
-	(*OperatorStep)(nil),               // 37: shoal.v1.OperatorStep
-	(*AddLearnerStep)(nil),             // 38: shoal.v1.AddLearnerStep
-	(*ChangeVotersStep)(nil),           // 39: shoal.v1.ChangeVotersStep
-	(*TransferLeaderStep)(nil),         // 40: shoal.v1.TransferLeaderStep
-	(*RemoveReplicaStep)(nil),          // 41: shoal.v1.RemoveReplicaStep
-	(*Operator)(nil),                   // 42: shoal.v1.Operator
-	(*RunStepRequest)(nil),             // 43: shoal.v1.RunStepRequest
-	(*RunStepResponse)(nil),            // 44: shoal.v1.RunStepResponse
-	nil,                                // 45: shoal.v1.ClusterState.NodeOpsPerSecEntry
-	(*ShardDescriptor)(nil),            // 46: shoal.v1.ShardDescriptor
+	(*NodeRegistration)(nil),           // 9: shoal.v1.NodeRegistration
+	(*RegisterNodeResponse)(nil),       // 10: shoal.v1.RegisterNodeResponse
+	(*ReplicaReport)(nil),              // 11: shoal.v1.ReplicaReport
+	(*NodeStats)(nil),                  // 12: shoal.v1.NodeStats
+	(*HeartbeatRequest)(nil),           // 13: shoal.v1.HeartbeatRequest
+	(*SnapshotReport)(nil),             // 14: shoal.v1.SnapshotReport
+	(*BootstrapRequest)(nil),           // 15: shoal.v1.BootstrapRequest
+	(*Work)(nil),                       // 16: shoal.v1.Work
+	(*TransferLeaderWork)(nil),         // 17: shoal.v1.TransferLeaderWork
+	(*HeartbeatResponse)(nil),          // 18: shoal.v1.HeartbeatResponse
+	(*GetRoutesRequest)(nil),           // 19: shoal.v1.GetRoutesRequest
+	(*WatchRoutesRequest)(nil),         // 20: shoal.v1.WatchRoutesRequest
+	(*GetClusterRequest)(nil),          // 21: shoal.v1.GetClusterRequest
+	(*ClusterState)(nil),               // 22: shoal.v1.ClusterState
+	(*NodeHeartbeat)(nil),              // 23: shoal.v1.NodeHeartbeat
+	(*SetNodeStateRequest)(nil),        // 24: shoal.v1.SetNodeStateRequest
+	(*SetNodeStateResponse)(nil),       // 25: shoal.v1.SetNodeStateResponse
+	(*SetNodeLabelsRequest)(nil),       // 26: shoal.v1.SetNodeLabelsRequest
+	(*SetSchedulingRequest)(nil),       // 27: shoal.v1.SetSchedulingRequest
+	(*MoveReplicaRequest)(nil),         // 28: shoal.v1.MoveReplicaRequest
+	(*TransferShardLeaderRequest)(nil), // 29: shoal.v1.TransferShardLeaderRequest
+	(*CancelOperatorRequest)(nil),      // 30: shoal.v1.CancelOperatorRequest
+	(*MetaCommand)(nil),                // 31: shoal.v1.MetaCommand
+	(*StartOperators)(nil),             // 32: shoal.v1.StartOperators
+	(*UpdateOperator)(nil),             // 33: shoal.v1.UpdateOperator
+	(*PlaceShards)(nil),                // 34: shoal.v1.PlaceShards
+	(*UpdateRoutes)(nil),               // 35: shoal.v1.UpdateRoutes
+	(*MetaResult)(nil),                 // 36: shoal.v1.MetaResult
+	(*ErrorDetail)(nil),                // 37: shoal.v1.ErrorDetail
+	(*MetaIDs)(nil),                    // 38: shoal.v1.MetaIDs
+	(*OperatorStep)(nil),               // 39: shoal.v1.OperatorStep
+	(*AddLearnerStep)(nil),             // 40: shoal.v1.AddLearnerStep
+	(*ChangeVotersStep)(nil),           // 41: shoal.v1.ChangeVotersStep
+	(*TransferLeaderStep)(nil),         // 42: shoal.v1.TransferLeaderStep
+	(*RemoveReplicaStep)(nil),          // 43: shoal.v1.RemoveReplicaStep
+	(*Operator)(nil),                   // 44: shoal.v1.Operator
+	(*RunStepRequest)(nil),             // 45: shoal.v1.RunStepRequest
+	(*RunStepResponse)(nil),            // 46: shoal.v1.RunStepResponse
+	nil,                                // 47: shoal.v1.ClusterState.NodeOpsPerSecEntry
+	nil,                                // 48: shoal.v1.ClusterState.NodeHeartbeatsEntry
+	(*ShardDescriptor)(nil),            // 49: shoal.v1.ShardDescriptor
 }
 var file_shoalpb_master_proto_depIdxs = []int32{
 	0,  // 0: shoal.v1.NodeInfo.state:type_name -> shoal.v1.NodeState
-	46, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
+	49, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
 	5,  // 2: shoal.v1.RouteTable.shards:type_name -> shoal.v1.ShardRoute
 	3,  // 3: shoal.v1.RouteTable.nodes:type_name -> shoal.v1.NodeInfo
 	3,  // 4: shoal.v1.RegisterNodeResponse.node:type_name -> shoal.v1.NodeInfo
-	46, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
-	11, // 6: shoal.v1.HeartbeatRequest.stats:type_name -> shoal.v1.NodeStats
-	10, // 7: shoal.v1.HeartbeatRequest.replicas:type_name -> shoal.v1.ReplicaReport
-	13, // 8: shoal.v1.HeartbeatRequest.snapshots:type_name -> shoal.v1.SnapshotReport
-	46, // 9: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
-	16, // 10: shoal.v1.Work.transfer_leader:type_name -> shoal.v1.TransferLeaderWork
-	15, // 11: shoal.v1.HeartbeatResponse.work:type_name -> shoal.v1.Work
+	49, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
+	12, // 6: shoal.v1.HeartbeatRequest.stats:type_name -> shoal.v1.NodeStats
+	11, // 7: shoal.v1.HeartbeatRequest.replicas:type_name -> shoal.v1.ReplicaReport
+	14, // 8: shoal.v1.HeartbeatRequest.snapshots:type_name -> shoal.v1.SnapshotReport
+	49, // 9: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
+	17, // 10: shoal.v1.Work.transfer_leader:type_name -> shoal.v1.TransferLeaderWork
+	16, // 11: shoal.v1.HeartbeatResponse.work:type_name -> shoal.v1.Work
 	6,  // 12: shoal.v1.HeartbeatResponse.routes:type_name -> shoal.v1.RouteTable
 	4,  // 13: shoal.v1.ClusterState.cluster:type_name -> shoal.v1.ClusterInfo
 	3,  // 14: shoal.v1.ClusterState.nodes:type_name -> shoal.v1.NodeInfo
 	6,  // 15: shoal.v1.ClusterState.routes:type_name -> shoal.v1.RouteTable
 	7,  // 16: shoal.v1.ClusterState.masters:type_name -> shoal.v1.MasterInfo
-	42, // 17: shoal.v1.ClusterState.operators:type_name -> shoal.v1.Operator
-	42, // 18: shoal.v1.ClusterState.finished:type_name -> shoal.v1.Operator
-	45, // 19: shoal.v1.ClusterState.node_ops_per_sec:type_name -> shoal.v1.ClusterState.NodeOpsPerSecEntry
-	0,  // 20: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
-	0,  // 21: shoal.v1.SetNodeStateRequest.only_from:type_name -> shoal.v1.NodeState
-	3,  // 22: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
-	4,  // 23: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
-	8,  // 24: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
-	22, // 25: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
-	32, // 26: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
-	33, // 27: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
-	30, // 28: shoal.v1.MetaCommand.start_operators:type_name -> shoal.v1.StartOperators
-	31, // 29: shoal.v1.MetaCommand.update_operator:type_name -> shoal.v1.UpdateOperator
-	25, // 30: shoal.v1.MetaCommand.set_scheduling:type_name -> shoal.v1.SetSchedulingRequest
-	24, // 31: shoal.v1.MetaCommand.set_node_labels:type_name -> shoal.v1.SetNodeLabelsRequest
-	42, // 32: shoal.v1.StartOperators.operators:type_name -> shoal.v1.Operator
-	5,  // 33: shoal.v1.UpdateOperator.route:type_name -> shoal.v1.ShardRoute
-	37, // 34: shoal.v1.UpdateOperator.rollback:type_name -> shoal.v1.OperatorStep
-	46, // 35: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
-	5,  // 36: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
-	1,  // 37: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
-	3,  // 38: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
-	4,  // 39: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
-	1,  // 40: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
-	46, // 41: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
-	38, // 42: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
-	39, // 43: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
-	40, // 44: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
-	41, // 45: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
-	2,  // 46: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
-	37, // 47: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
-	37, // 48: shoal.v1.RunStepRequest.step:type_name -> shoal.v1.OperatorStep
-	5,  // 49: shoal.v1.RunStepResponse.route:type_name -> shoal.v1.ShardRoute
-	14, // 50: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
-	8,  // 51: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
-	12, // 52: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	18, // 53: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
-	19, // 54: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
-	20, // 55: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	22, // 56: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
-	24, // 57: shoal.v1.Master.SetNodeLabels:input_type -> shoal.v1.SetNodeLabelsRequest
-	25, // 58: shoal.v1.Master.SetScheduling:input_type -> shoal.v1.SetSchedulingRequest
-	26, // 59: shoal.v1.Master.MoveReplica:input_type -> shoal.v1.MoveReplicaRequest
-	27, // 60: shoal.v1.Master.TransferShardLeader:input_type -> shoal.v1.TransferShardLeaderRequest
-	28, // 61: shoal.v1.Master.CancelOperator:input_type -> shoal.v1.CancelOperatorRequest
-	43, // 62: shoal.v1.NodeAdmin.RunStep:input_type -> shoal.v1.RunStepRequest
-	4,  // 63: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
-	9,  // 64: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
-	17, // 65: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	6,  // 66: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
-	6,  // 67: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
-	21, // 68: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
-	23, // 69: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
-	23, // 70: shoal.v1.Master.SetNodeLabels:output_type -> shoal.v1.SetNodeStateResponse
-	25, // 71: shoal.v1.Master.SetScheduling:output_type -> shoal.v1.SetSchedulingRequest
-	42, // 72: shoal.v1.Master.MoveReplica:output_type -> shoal.v1.Operator
-	42, // 73: shoal.v1.Master.TransferShardLeader:output_type -> shoal.v1.Operator
-	42, // 74: shoal.v1.Master.CancelOperator:output_type -> shoal.v1.Operator
-	44, // 75: shoal.v1.NodeAdmin.RunStep:output_type -> shoal.v1.RunStepResponse
-	63, // [63:76] is the sub-list for method output_type
-	50, // [50:63] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	44, // 17: shoal.v1.ClusterState.operators:type_name -> shoal.v1.Operator
+	44, // 18: shoal.v1.ClusterState.finished:type_name -> shoal.v1.Operator
+	47, // 19: shoal.v1.ClusterState.node_ops_per_sec:type_name -> shoal.v1.ClusterState.NodeOpsPerSecEntry
+	48, // 20: shoal.v1.ClusterState.node_heartbeats:type_name -> shoal.v1.ClusterState.NodeHeartbeatsEntry
+	12, // 21: shoal.v1.NodeHeartbeat.stats:type_name -> shoal.v1.NodeStats
+	0,  // 22: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
+	0,  // 23: shoal.v1.SetNodeStateRequest.only_from:type_name -> shoal.v1.NodeState
+	3,  // 24: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
+	4,  // 25: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
+	8,  // 26: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
+	24, // 27: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
+	34, // 28: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
+	35, // 29: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
+	32, // 30: shoal.v1.MetaCommand.start_operators:type_name -> shoal.v1.StartOperators
+	33, // 31: shoal.v1.MetaCommand.update_operator:type_name -> shoal.v1.UpdateOperator
+	27, // 32: shoal.v1.MetaCommand.set_scheduling:type_name -> shoal.v1.SetSchedulingRequest
+	26, // 33: shoal.v1.MetaCommand.set_node_labels:type_name -> shoal.v1.SetNodeLabelsRequest
+	44, // 34: shoal.v1.StartOperators.operators:type_name -> shoal.v1.Operator
+	5,  // 35: shoal.v1.UpdateOperator.route:type_name -> shoal.v1.ShardRoute
+	39, // 36: shoal.v1.UpdateOperator.rollback:type_name -> shoal.v1.OperatorStep
+	49, // 37: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
+	5,  // 38: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
+	1,  // 39: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
+	3,  // 40: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
+	4,  // 41: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
+	1,  // 42: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
+	49, // 43: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
+	40, // 44: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
+	41, // 45: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
+	42, // 46: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
+	43, // 47: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
+	2,  // 48: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
+	39, // 49: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
+	39, // 50: shoal.v1.RunStepRequest.step:type_name -> shoal.v1.OperatorStep
+	5,  // 51: shoal.v1.RunStepResponse.route:type_name -> shoal.v1.ShardRoute
+	23, // 52: shoal.v1.ClusterState.NodeHeartbeatsEntry.value:type_name -> shoal.v1.NodeHeartbeat
+	15, // 53: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
+	8,  // 54: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
+	13, // 55: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	19, // 56: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
+	20, // 57: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
+	21, // 58: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	24, // 59: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
+	26, // 60: shoal.v1.Master.SetNodeLabels:input_type -> shoal.v1.SetNodeLabelsRequest
+	27, // 61: shoal.v1.Master.SetScheduling:input_type -> shoal.v1.SetSchedulingRequest
+	28, // 62: shoal.v1.Master.MoveReplica:input_type -> shoal.v1.MoveReplicaRequest
+	29, // 63: shoal.v1.Master.TransferShardLeader:input_type -> shoal.v1.TransferShardLeaderRequest
+	30, // 64: shoal.v1.Master.CancelOperator:input_type -> shoal.v1.CancelOperatorRequest
+	45, // 65: shoal.v1.NodeAdmin.RunStep:input_type -> shoal.v1.RunStepRequest
+	4,  // 66: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
+	10, // 67: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
+	18, // 68: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	6,  // 69: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
+	6,  // 70: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
+	22, // 71: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
+	25, // 72: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
+	25, // 73: shoal.v1.Master.SetNodeLabels:output_type -> shoal.v1.SetNodeStateResponse
+	27, // 74: shoal.v1.Master.SetScheduling:output_type -> shoal.v1.SetSchedulingRequest
+	44, // 75: shoal.v1.Master.MoveReplica:output_type -> shoal.v1.Operator
+	44, // 76: shoal.v1.Master.TransferShardLeader:output_type -> shoal.v1.Operator
+	44, // 77: shoal.v1.Master.CancelOperator:output_type -> shoal.v1.Operator
+	46, // 78: shoal.v1.NodeAdmin.RunStep:output_type -> shoal.v1.RunStepResponse
+	66, // [66:79] is the sub-list for method output_type
+	53, // [53:66] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_master_proto_init() }
@@ -3757,11 +3935,11 @@ func file_shoalpb_master_proto_init() {
 		return
 	}
 	file_shoalpb_raftmsg_proto_init()
-	file_shoalpb_master_proto_msgTypes[12].OneofWrappers = []any{
+	file_shoalpb_master_proto_msgTypes[13].OneofWrappers = []any{
 		(*Work_CreateReplica)(nil),
 		(*Work_TransferLeader)(nil),
 	}
-	file_shoalpb_master_proto_msgTypes[26].OneofWrappers = []any{
+	file_shoalpb_master_proto_msgTypes[28].OneofWrappers = []any{
 		(*MetaCommand_Bootstrap)(nil),
 		(*MetaCommand_RegisterNode)(nil),
 		(*MetaCommand_SetNodeState)(nil),
@@ -3772,7 +3950,7 @@ func file_shoalpb_master_proto_init() {
 		(*MetaCommand_SetScheduling)(nil),
 		(*MetaCommand_SetNodeLabels)(nil),
 	}
-	file_shoalpb_master_proto_msgTypes[34].OneofWrappers = []any{
+	file_shoalpb_master_proto_msgTypes[36].OneofWrappers = []any{
 		(*OperatorStep_AddLearner)(nil),
 		(*OperatorStep_ChangeVoters)(nil),
 		(*OperatorStep_TransferLeader)(nil),
@@ -3784,7 +3962,7 @@ func file_shoalpb_master_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shoalpb_master_proto_rawDesc), len(file_shoalpb_master_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   43,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -83,6 +83,24 @@ func TestAdminCommandsAgainstPlayground(t *testing.T) {
 		}
 		return got
 	}
+	// Every node's last heartbeat, as the leading master has it.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		st := clusterJSON(t, m)
+		ok := len(st.NodeHeartbeats) == 4
+		for _, hb := range st.NodeHeartbeats {
+			ok = ok && hb.Stats.GetUsedBytes() > 0 && hb.Replicas > 0 && hb.LastHeartbeatMs > 0
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster status --json: heartbeats %v", st.NodeHeartbeats)
+		}
+		<-time.After(100 * time.Millisecond)
+	}
+	if out := mustRun("HEARTBEAT", "cluster", "status"); !strings.Contains(out, "s ago") {
+		t.Fatalf("status shows no heartbeat age:\n%s", out)
+	}
 	mustRun("scheduling paused", "schedule", "pause")
 	if st := clusterJSON(t, m); !st.SchedulingPaused {
 		t.Fatal("status does not say scheduling is paused")

@@ -240,7 +240,13 @@ func newClusterCmd() *cobra.Command {
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "Show masters, nodes, shards, leaders and operators",
-		Args:  cobra.NoArgs,
+		Long: `Show masters, nodes, shards, leaders and operators.
+
+In the node table REPLICAS and LEADERS count the route table's replicas;
+HEARTBEAT (its age), USED (disk) and HOSTED (replicas/leaders) are what the
+node said in its last heartbeat to the leading master, "-" when that master
+has none (a follower answered, or the node has not heartbeated it yet).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
@@ -303,7 +309,10 @@ func printStatus(w io.Writer, st *shoalpb.ClusterState) {
 		}
 	}
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tADDR\tZONE\tWEIGHT\tSTATE\tSINCE\tREASON\tREPLICAS\tLEADERS")
+	// REPLICAS and LEADERS are the route table's; HEARTBEAT, USED and
+	// HOSTED (replicas/leaders) are what the node said in its last
+	// heartbeat to the leading master ("-" when it has none).
+	fmt.Fprintln(tw, "NODE\tADDR\tZONE\tWEIGHT\tSTATE\tSINCE\tREASON\tREPLICAS\tLEADERS\tHEARTBEAT\tUSED\tHOSTED")
 	for _, n := range st.Nodes {
 		since := "-"
 		if n.StateSinceMs > 0 {
@@ -313,8 +322,16 @@ func printStatus(w io.Writer, st *shoalpb.ClusterState) {
 		if zone == "" {
 			zone = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", n.Id, n.Addr, zone, strconv.FormatFloat(n.Weight, 'g', -1, 64),
-			n.State.Name(), since, n.StateReason, replicas[n.Id], leaders[n.Id])
+		beat, used, hosted := "-", "-", "-"
+		if hb := st.NodeHeartbeats[n.Id]; hb != nil {
+			beat = heartbeatAge(hb.AgeMs)
+			if hb.Stats != nil {
+				used = humanBytes(hb.Stats.UsedBytes)
+			}
+			hosted = fmt.Sprintf("%d/%d", hb.Replicas, hb.Leaders)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", n.Id, n.Addr, zone, strconv.FormatFloat(n.Weight, 'g', -1, 64),
+			n.State.Name(), since, n.StateReason, replicas[n.Id], leaders[n.Id], beat, used, hosted)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -337,4 +354,13 @@ func printStatus(w io.Writer, st *shoalpb.ClusterState) {
 	tw.Flush()
 	fmt.Fprintln(w)
 	printOperators(w, st, false)
+}
+
+// heartbeatAge formats how long ago a heartbeat arrived, e.g. "0.4s ago".
+func heartbeatAge(ms int64) string {
+	d := time.Duration(max(ms, 0)) * time.Millisecond
+	if d < time.Minute {
+		return fmt.Sprintf("%.1fs ago", d.Seconds())
+	}
+	return d.Round(time.Second).String() + " ago"
 }

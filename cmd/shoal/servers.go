@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/shoaldb/shoal/internal/master"
 	"github.com/shoaldb/shoal/internal/master/schedule"
@@ -85,8 +87,11 @@ func newMasterCmd(g *globalFlags) *cobra.Command {
 all, this one included) that keeps the cluster's metadata: the storage nodes
 and their states, the shard table, and the placement decisions.
 
+Without --listen a master listens on its own address in --peers.
+
 Start the first time with --bootstrap on one master to fix the shard count and
-the replication factor; they cannot change afterwards.
+the replication factor (--shards, --replicas: only with --bootstrap); they
+cannot change afterwards.
 
   shoal master --id 1 --peers 1=127.0.0.1:7000 --bootstrap --shards 64 --replicas 3`,
 		Args: cobra.NoArgs,
@@ -95,12 +100,8 @@ the replication factor; they cannot change afterwards.
 			if err != nil {
 				return err
 			}
-			cfg.ID = uint64(id)
-			if cfg.Peers, err = parsePeers(peers); err != nil {
+			if err := finishMasterConfig(cmd.Flags(), &cfg, id, peers); err != nil {
 				return err
-			}
-			if len(cfg.Peers) == 0 {
-				cfg.Peers = map[uint64]string{cfg.ID: cfg.ListenAddr}
 			}
 			if cfg.DataDir == "" {
 				cfg.DataDir = fmt.Sprintf("./shoal-master-%d", cfg.ID)
@@ -131,20 +132,51 @@ the replication factor; they cannot change afterwards.
 	}
 	f := cmd.Flags()
 	f.IntVar(&id, "id", envInt("SHOAL_MASTER_ID", 1), "this master's ID, one of --peers (env SHOAL_MASTER_ID)")
-	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7000"), "gRPC address (env SHOAL_LISTEN)")
+	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7000"), "gRPC address; when not given, this master's address in --peers, or 127.0.0.1:7000 without --peers (env SHOAL_LISTEN)")
 	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7080"), "HTTP address for /status, /healthz, /metrics, /debug/pprof and the admin API; empty for none (env SHOAL_HTTP)")
 	f.StringVar(&dialFrom, "dial-from", envOr("SHOAL_DIAL_FROM", ""), "local IP address outgoing connections leave from; default: the system's choice (env SHOAL_DIAL_FROM)")
 	f.StringVar(&peers, "peers", envOr("SHOAL_PEERS", ""), "every master as id=host:port, comma separated; default: this one alone (env SHOAL_PEERS)")
 	f.StringVar(&cfg.DataDir, "data-dir", envOr("SHOAL_DATA_DIR", ""), "data directory (default ./shoal-master-<id>) (env SHOAL_DATA_DIR)")
 	f.BoolVar(&cfg.Bootstrap, "bootstrap", envBool("SHOAL_BOOTSTRAP"), "bootstrap the cluster with --shards and --replicas (env SHOAL_BOOTSTRAP)")
-	f.IntVar(&cfg.Shards, "shards", envInt("SHOAL_SHARDS", 64), "shards at bootstrap, a power of two (env SHOAL_SHARDS)")
-	f.IntVar(&cfg.Replicas, "replicas", envInt("SHOAL_REPLICAS", 3), "replicas per shard at bootstrap, 1..7 (env SHOAL_REPLICAS)")
+	f.IntVar(&cfg.Shards, "shards", envInt("SHOAL_SHARDS", 64), "shards at bootstrap, a power of two; only with --bootstrap (env SHOAL_SHARDS)")
+	f.IntVar(&cfg.Replicas, "replicas", envInt("SHOAL_REPLICAS", 3), "replicas per shard at bootstrap, 1..7; only with --bootstrap (env SHOAL_REPLICAS)")
 	f.DurationVar(&cfg.NodeDownAfter, "node-down-after", envDuration("SHOAL_NODE_DOWN_AFTER", 30*time.Second), "a node silent this long is down (env SHOAL_NODE_DOWN_AFTER)")
 	f.DurationVar(&cfg.RepairAfter, "repair-after", envDuration("SHOAL_REPAIR_AFTER", 10*time.Minute), "replace the replicas of a node down this long (env SHOAL_REPAIR_AFTER)")
 	f.DurationVar(&cfg.OperatorStepTimeout, "operator-step-timeout", envDuration("SHOAL_OPERATOR_STEP_TIMEOUT", 10*time.Minute), "roll back an operator whose step (a snapshot included) takes longer (env SHOAL_OPERATOR_STEP_TIMEOUT)")
 	f.IntVar(&cfg.Scheduler.MaxOperators, "max-operators", envInt("SHOAL_MAX_OPERATORS", schedule.DefaultMaxOperators), "operators in flight in the cluster at most (env SHOAL_MAX_OPERATORS)")
 	f.IntVar(&cfg.Scheduler.MaxOperatorsPerNode, "max-operators-per-node", envInt("SHOAL_MAX_OPERATORS_PER_NODE", schedule.DefaultMaxOperatorsPerNode), "replica moves touching one node at most (env SHOAL_MAX_OPERATORS_PER_NODE)")
 	return cmd
+}
+
+// finishMasterConfig fills in cfg's ID, peers and listen address from the
+// flags, and refuses bootstrap settings given without --bootstrap.
+func finishMasterConfig(f *pflag.FlagSet, cfg *master.Config, id int, peers string) error {
+	if id <= 0 {
+		return fmt.Errorf("--id %d: want a positive master ID", id)
+	}
+	cfg.ID = uint64(id)
+	var err error
+	if cfg.Peers, err = parsePeers(peers); err != nil {
+		return err
+	}
+	_, listenEnv := os.LookupEnv("SHOAL_LISTEN")
+	listenSet := f.Changed("listen") || listenEnv
+	switch {
+	case len(cfg.Peers) == 0:
+		cfg.Peers = map[uint64]string{cfg.ID: cfg.ListenAddr}
+	case cfg.Peers[cfg.ID] == "":
+		return fmt.Errorf("--id %d is not one of --peers %s", cfg.ID, peers)
+	case !listenSet:
+		// Listen where the other masters reach this one.
+		cfg.ListenAddr = cfg.Peers[cfg.ID]
+	}
+	// Given on the command line (or in --config) they would be silently
+	// ignored; SHOAL_SHARDS and SHOAL_REPLICAS may be set for every master
+	// alike, and only the bootstrapping one reads them.
+	if !cfg.Bootstrap && (f.Changed("shards") || f.Changed("replicas")) {
+		return errors.New("--shards and --replicas are fixed at bootstrap; pass them with --bootstrap only")
+	}
+	return nil
 }
 
 func newNodeCmd(g *globalFlags) *cobra.Command {

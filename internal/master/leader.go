@@ -69,6 +69,7 @@ func (s *Server) leading() bool {
 		s.lmu.leaderNodes = map[uint64]uint64{}
 		s.lmu.shardStats = map[uint64]shardStat{}
 		s.lmu.snaps = map[snapKey]*snapReport{}
+		s.lmu.beats = map[uint64]nodeBeat{}
 		// A new leadership: every node gets a full NodeDownAfter from now
 		// before it can be declared down, so a failover declares nobody
 		// down by itself.
@@ -197,8 +198,19 @@ func (s *Server) Heartbeat(ctx context.Context, req *shoalpb.HeartbeatRequest) (
 	if n == nil || n.State == shoalpb.NodeState_NODE_STATE_REMOVED {
 		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, "cluster %s has no node %d (or it was removed)", cl.ClusterId, req.NodeId))
 	}
+	now := time.Now()
+	leaders := 0
+	for _, r := range req.Replicas {
+		if r.Role == string(raftstore.RoleLeader) {
+			leaders++
+		}
+	}
+	beat := nodeBeat{at: now, hb: &shoalpb.NodeHeartbeat{
+		LastHeartbeatMs: now.UnixMilli(), Stats: req.Stats, Replicas: uint32(len(req.Replicas)), Leaders: uint32(leaders),
+	}}
 	s.lmu.Lock()
-	s.lmu.lastSeen[n.Id] = time.Now()
+	s.lmu.lastSeen[n.Id] = now
+	s.lmu.beats[n.Id] = beat
 	for k, p := range s.lmu.snaps {
 		if p.fromNode == n.Id {
 			delete(s.lmu.snaps, k)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -106,86 +107,213 @@ func TestBootstrapPlacesShardsAndSpreadsLeaders(t *testing.T) {
 	}
 }
 
-// TestMasterLeaderFailover kills the master leader while nodes register and
-// heartbeat: a new leader serves within 3 s, no registration is lost, and
-// the nodes go on heartbeating without help.
+// TestMasterLeaderFailover kills the master leader of a group of 3 and of
+// 5 while 5 nodes heartbeat and registrations are under way: a new leader
+// serves a metadata write over gRPC within 3 s, no metadata is lost, a
+// registration in flight makes one node, and every node heartbeats the new
+// leader by itself.
 func TestMasterLeaderFailover(t *testing.T) {
-	c := tc.Start(t, tc.Options{Masters: 3, Nodes: 0, Shards: 16, Replicas: 3})
+	for _, masters := range []int{3, 5} {
+		t.Run(fmt.Sprintf("%d masters", masters), func(t *testing.T) { testMasterLeaderFailover(t, masters) })
+	}
+}
+
+func testMasterLeaderFailover(t *testing.T, masters int) {
+	c := tc.Start(t, tc.Options{Masters: masters, Nodes: 5, Shards: 16, Replicas: 3})
 	ctx := ctxFor(t, 90*time.Second)
-	var leader *tc.Master
-	if err := tc.WaitFor(ctx, func() error {
-		var err error
-		leader, err = c.MasterLeader()
-		if err != nil {
-			return err
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn := dialMasters(t, c)
+	// The fake nodes registered below must get no replicas.
+	if err := conn.Call(ctx, func(ctx context.Context, mc shoalpb.MasterClient) error {
+		_, err := mc.SetScheduling(ctx, &shoalpb.SetSchedulingRequest{Paused: true})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.MasterLeader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	heartbeating := func(m *tc.Master, nodes []*tc.Node) error {
+		hb := m.Server().Heartbeats()
+		for _, n := range nodes {
+			if _, ok := hb[n.ID]; !ok {
+				return fmt.Errorf("master %d has no heartbeat from node %d (has %v)", m.ID, n.ID, hb)
+			}
 		}
-		if leader.Server().Cluster() == nil {
-			return errors.New("not bootstrapped")
+		return nil
+	}
+	if err := tc.WaitFor(ctx, func() error { return heartbeating(leader, c.Nodes) }); err != nil {
+		t.Fatal(err)
+	}
+	before := leaderState(t, ctx, c)
+	if before.LeaderMaster != leader.ID || len(before.Nodes) != 5 {
+		t.Fatalf("before the kill: master %d leads, %d nodes", before.LeaderMaster, len(before.Nodes))
+	}
+	original := slices.Clone(c.Nodes)
+
+	// Registrations of fake nodes, one every 20ms, each retried with its
+	// token until it is answered; and a sixth real node joining.
+	wctx, stopWriters := context.WithCancel(ctx)
+	defer stopWriters()
+	type reg struct {
+		addr string
+		id   uint64
+	}
+	var (
+		mu    sync.Mutex
+		acked []reg
+		sent  int
+	)
+	ackedCount := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			addr := fmt.Sprintf("127.0.0.1:%d", 20000+i)
+			mu.Lock()
+			sent++
+			mu.Unlock()
+			n, err := registerFake(wctx, conn, &shoalpb.RegisterNodeRequest{Addr: addr, Weight: 1, RegistrationToken: fmt.Sprintf("failover-%d", i)})
+			if err != nil {
+				if wctx.Err() == nil {
+					t.Errorf("registration %d: %v", i, err)
+				}
+				return
+			}
+			mu.Lock()
+			acked = append(acked, reg{addr, n.Id})
+			mu.Unlock()
+			select {
+			case <-wctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	var sixth *tc.Node
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var err error
+		if sixth, err = c.AddNode(); err != nil {
+			t.Error(err)
+		}
+	}()
+	if err := tc.WaitFor(ctx, func() error {
+		if ackedCount() < 3 {
+			return errors.New("registrations not flowing yet")
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// Start 5 nodes concurrently and kill the leader as they register.
-	nodes := make(chan *tc.Node, 5)
-	var wg sync.WaitGroup
-	for range 5 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n, err := c.AddNode()
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			nodes <- n
-		}()
+
+	// Kill the leader; the clock runs until a new leader serves a write.
+	clients := map[uint64]shoalpb.MasterClient{}
+	for _, m := range c.Masters {
+		if m != leader {
+			clients[m.ID] = dialMaster(t, m.Addr)
+		}
 	}
 	killed := time.Now()
 	leader.Stop()
+	ackedAtKill := ackedCount()
 	var next *tc.Master
-	if err := tc.WaitFor(ctx, func() error {
-		var err error
-		next, err = c.MasterLeader()
-		if err != nil {
-			return err
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+	for next == nil {
+		for _, m := range c.Masters {
+			if m == leader {
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+			_, err := clients[m.ID].SetScheduling(cctx, &shoalpb.SetSchedulingRequest{Paused: true})
+			cancel()
+			if err == nil {
+				next = m
+				break
+			}
 		}
-		_, err = next.Server().GetCluster(ctx, &shoalpb.GetClusterRequest{})
-		return err
+		if next != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("no master served a write after the leader was killed")
+		case <-poll.C:
+		}
+	}
+	took := time.Since(killed)
+	t.Logf("%d masters: master %d served a metadata write %v after master %d was killed",
+		masters, next.ID, took.Round(time.Millisecond), leader.ID)
+	if took > 3*time.Second {
+		t.Errorf("a new master leader served a write after %v, want < 3s", took)
+	}
+
+	// Writes go on through the new leader, then stop.
+	if err := tc.WaitFor(ctx, func() error {
+		if ackedCount() < ackedAtKill+3 {
+			return errors.New("registrations not flowing through the new leader")
+		}
+		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	took := time.Since(killed)
-	t.Logf("master %d took over %v after master %d was killed", next.ID, took.Round(time.Millisecond), leader.ID)
-	if took > 3*time.Second {
-		t.Errorf("new master leader after %v, want <= 3s", took)
-	}
+	stopWriters()
 	wg.Wait()
-	close(nodes)
-	ids := map[uint64]bool{}
-	for n := range nodes {
-		if ids[n.ID] {
-			t.Fatalf("node ID %d given twice", n.ID)
-		}
-		ids[n.ID] = true
+	if t.Failed() {
+		t.FailNow()
 	}
-	if len(ids) != 5 {
-		t.Fatalf("%d nodes started", len(ids))
+
+	// Nothing was lost; a registration in flight made one node.
+	after := leaderState(t, ctx, c)
+	if after.LeaderMaster != next.ID {
+		t.Fatalf("master %d leads now, not %d", after.LeaderMaster, next.ID)
 	}
-	if err := c.WaitPlaced(ctx); err != nil {
-		t.Fatal(err)
+	if !proto.Equal(before.Cluster, after.Cluster) {
+		t.Fatalf("cluster %v became %v", before.Cluster, after.Cluster)
 	}
-	st, err := c.ClusterState()
-	if err != nil {
-		t.Fatal(err)
+	if after.Routes.Version < before.Routes.Version {
+		t.Fatalf("route table version %d, was %d before the kill", after.Routes.Version, before.Routes.Version)
 	}
-	for _, n := range st.Nodes {
-		if !ids[n.Id] || n.State != shoalpb.NodeState_NODE_STATE_UP {
-			t.Fatalf("node %d is %v in the new leader's records", n.Id, n.State)
+	for _, n := range before.Nodes {
+		a := nodeIn(after, n.Id)
+		if a == nil || a.Addr != n.Addr || a.RegisteredMs != n.RegisteredMs || a.State != shoalpb.NodeState_NODE_STATE_UP {
+			t.Fatalf("node %v became %v", n, a)
 		}
 	}
-	if len(st.Nodes) != 5 {
-		t.Fatalf("the new leader knows %d nodes, want 5", len(st.Nodes))
+	byAddr := map[string][]uint64{}
+	for _, n := range after.Nodes {
+		byAddr[n.Addr] = append(byAddr[n.Addr], n.Id)
+	}
+	for addr, ids := range byAddr {
+		if len(ids) > 1 {
+			t.Errorf("nodes %v registered at %s: a retried registration made a second node", ids, addr)
+		}
+	}
+	for _, r := range acked {
+		if ids := byAddr[r.addr]; len(ids) != 1 || ids[0] != r.id {
+			t.Errorf("registration at %s answered node %d; the new leader has %v", r.addr, r.id, ids)
+		}
+	}
+	if ids := byAddr[sixth.Addr]; len(ids) != 1 || ids[0] != sixth.ID {
+		t.Errorf("the sixth node is node %d at %s; the new leader has %v there", sixth.ID, sixth.Addr, ids)
+	}
+	t.Logf("%d registrations sent, %d answered (%d before the kill); %d nodes", sent, len(acked), ackedAtKill, len(after.Nodes))
+
+	// The nodes heartbeat the new leader without help.
+	if err := tc.WaitFor(ctx, func() error { return heartbeating(next, append(original, sixth)) }); err != nil {
+		t.Fatal(err)
 	}
 	// The old leader comes back as a follower with everything.
 	if err := leader.Restart(); err != nil {

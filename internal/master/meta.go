@@ -28,6 +28,7 @@ var (
 	routePref     = "route/"
 	opPrefix      = "op/"
 	donePrefix    = "opdone/"
+	tokenPrefix   = "regtoken/"
 	schedulingKey = metaKey("scheduling")
 )
 
@@ -39,6 +40,11 @@ func nodeKey(id uint64) []byte  { return metaKey(fmt.Sprintf("%s%020d", nodePref
 func routeKey(id uint64) []byte { return metaKey(fmt.Sprintf("%s%020d", routePref, id)) }
 func opKey(id uint64) []byte    { return metaKey(fmt.Sprintf("%s%020d", opPrefix, id)) }
 func doneKey(id uint64) []byte  { return metaKey(fmt.Sprintf("%s%020d", donePrefix, id)) }
+func tokenKey(t string) []byte  { return metaKey(tokenPrefix + t) }
+
+// maxTokenLen bounds a registration token.
+const maxTokenLen = 64
+
 func prefixSpan(p string) keys.Span {
 	s := metaKey(p)
 	e := append(slices.Clone(s[:len(s)-1]), s[len(s)-1]+1)
@@ -57,6 +63,9 @@ type metaState struct {
 		nodes   map[uint64]*shoalpb.NodeInfo
 		routes  map[uint64]*shoalpb.ShardRoute
 		ids     *shoalpb.MetaIDs
+		// tokens maps the registration tokens of new nodes to the IDs
+		// they were given, so a retried registration finds its node.
+		tokens map[string]uint64
 		// ops are the operators in flight, by ID; finished the last
 		// keepFinished finished ones, oldest first.
 		ops        map[uint64]*shoalpb.Operator
@@ -102,6 +111,17 @@ func (m *metaState) load() error {
 	}); err != nil {
 		return err
 	}
+	tokens := map[string]uint64{}
+	if err := scan(r, prefixSpan(tokenPrefix), func(v []byte) error {
+		reg := &shoalpb.NodeRegistration{}
+		if err := proto.Unmarshal(v, reg); err != nil {
+			return err
+		}
+		tokens[reg.Token] = reg.NodeId
+		return nil
+	}); err != nil {
+		return err
+	}
 	routes := map[uint64]*shoalpb.ShardRoute{}
 	if err := scan(r, prefixSpan(routePref), func(v []byte) error {
 		rt := &shoalpb.ShardRoute{}
@@ -140,7 +160,7 @@ func (m *metaState) load() error {
 		return err
 	}
 	m.mu.Lock()
-	m.mu.cluster, m.mu.ids, m.mu.nodes, m.mu.routes = cluster, ids, nodes, routes
+	m.mu.cluster, m.mu.ids, m.mu.nodes, m.mu.routes, m.mu.tokens = cluster, ids, nodes, routes, tokens
 	m.mu.ops, m.mu.finished, m.mu.scheduling = ops, finished, sched
 	m.notifyLocked()
 	m.mu.Unlock()
@@ -518,14 +538,27 @@ func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRe
 	if req.Addr == "" || req.Weight <= 0 || !validWeight(req.Weight) {
 		return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "a node needs an address and a positive weight"), nil
 	}
+	if len(req.RegistrationToken) > maxTokenLen {
+		return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "registration token of %d bytes: at most %d", len(req.RegistrationToken), maxTokenLen), nil
+	}
+	id, byToken := req.NodeId, false
+	if id == 0 && req.RegistrationToken != "" {
+		// A retry of a registration that committed: the same node.
+		id, byToken = m.mu.tokens[req.RegistrationToken], true
+	}
 	var n *shoalpb.NodeInfo
-	if req.NodeId != 0 {
-		old := m.mu.nodes[req.NodeId]
+	if id != 0 {
+		old := m.mu.nodes[id]
 		if old == nil {
-			return fail(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, "cluster %s has no node %d", cl.ClusterId, req.NodeId), nil
+			return fail(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, "cluster %s has no node %d", cl.ClusterId, id), nil
 		}
 		if old.State == shoalpb.NodeState_NODE_STATE_REMOVED {
-			return fail(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, "node %d was removed from cluster %s", req.NodeId, cl.ClusterId), nil
+			if byToken {
+				return fail(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE,
+					"this registration token already registered node %d, which was removed from cluster %s; start the node on an empty data directory to join as a new node",
+					id, cl.ClusterId), nil
+			}
+			return fail(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, "node %d was removed from cluster %s", id, cl.ClusterId), nil
 		}
 		n = proto.Clone(old).(*shoalpb.NodeInfo)
 		if n.State == shoalpb.NodeState_NODE_STATE_DOWN {
@@ -540,6 +573,12 @@ func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRe
 		m.mu.ids.NextNode++
 		if err := b.SetProto(idsKey, m.mu.ids); err != nil {
 			return nil, err
+		}
+		if t := req.RegistrationToken; t != "" {
+			if err := b.SetProto(tokenKey(t), &shoalpb.NodeRegistration{Token: t, NodeId: n.Id}); err != nil {
+				return nil, err
+			}
+			m.mu.tokens[t] = n.Id
 		}
 	}
 	n.Addr, n.RespAddr, n.HttpAddr = req.Addr, req.RespAddr, req.HttpAddr

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/master/schedule"
@@ -91,7 +92,8 @@ func (s *Server) RegisterNode(ctx context.Context, req *shoalpb.RegisterNodeRequ
 	if err := s.requireLeader(); err != nil {
 		return nil, s.toStatus(err)
 	}
-	res, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_RegisterNode{RegisterNode: req}})
+	cmd := &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_RegisterNode{RegisterNode: req}}
+	res, err := s.propose(ctx, cmd)
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
@@ -101,9 +103,17 @@ func (s *Server) RegisterNode(ctx context.Context, req *shoalpb.RegisterNodeRequ
 		s.lmu.lastSeen[res.Node.Id] = time.Now()
 	}
 	s.lmu.Unlock()
-	s.log.Info("node registered", "node", res.Node.Id, "addr", res.Node.Addr, "zone", res.Node.Zone, "weight", res.Node.Weight,
-		"again", req.NodeId != 0)
-	return &shoalpb.RegisterNodeResponse{ClusterId: res.Cluster.ClusterId, Node: res.Node}, nil
+	n := res.Node
+	// A node is new if this command created it; otherwise it registered
+	// again (a restart with its ID, or a retry with its token), and a down
+	// node is up again.
+	again := n.RegisteredMs != cmd.NowMs || req.NodeId != 0
+	s.log.Info("node registered", "node", n.Id, "addr", n.Addr, "zone", n.Zone, "weight", n.Weight,
+		"again", again, "by_token", req.NodeId == 0 && again, "state", n.State.Name(), "reason", n.StateReason)
+	if again && n.State == shoalpb.NodeState_NODE_STATE_UP && n.StateSinceMs == cmd.NowMs {
+		s.log.Info("node up again", "node", n.Id, "state", n.State.Name(), "reason", n.StateReason)
+	}
+	return &shoalpb.RegisterNodeResponse{ClusterId: res.Cluster.ClusterId, Node: n}, nil
 }
 
 // GetRoutes implements shoalpb.MasterServer; followers serve it too.
@@ -145,6 +155,7 @@ func (s *Server) clusterState() *shoalpb.ClusterState {
 	inFlight, finished := s.meta.operators()
 	cs.Operators, cs.Finished = s.withProgress(inFlight), finished
 	cs.NodeOpsPerSec = map[uint64]float64{}
+	isLeader := s.IsLeader()
 	s.lmu.Lock()
 	for _, rt := range t.Shards {
 		st, ok := s.lmu.shardStats[rt.Shard.ShardId]
@@ -157,6 +168,15 @@ func (s *Server) clusterState() *shoalpb.ClusterState {
 			}
 		}
 		cs.OpsPerSec += st.ops
+	}
+	if isLeader {
+		now := time.Now()
+		cs.NodeHeartbeats = make(map[uint64]*shoalpb.NodeHeartbeat, len(s.lmu.beats))
+		for id, b := range s.lmu.beats {
+			hb := proto.Clone(b.hb).(*shoalpb.NodeHeartbeat)
+			hb.AgeMs = now.Sub(b.at).Milliseconds()
+			cs.NodeHeartbeats[id] = hb
+		}
 	}
 	s.lmu.Unlock()
 	st, err := s.store.Status(MetaShard)

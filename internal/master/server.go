@@ -183,6 +183,9 @@ type Server struct {
 		// snaps are the snapshots nodes report sending, by shard and
 		// receiving node.
 		snaps map[snapKey]*snapReport
+		// beats are the nodes' last heartbeats: when they arrived and
+		// what they said (stats, replica and leader counts).
+		beats map[uint64]nodeBeat
 	}
 
 	// baseCtx ends when the master stops.
@@ -298,6 +301,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.metrics = metrics.NewRegistry()
 	grpcMetrics := metrics.NewGRPC(s.metrics)
 	metrics.RegisterEngine(s.metrics, s.eng)
+	// The meta group's Raft counters (elections, snapshots, truncations).
+	metrics.RegisterStore(s.metrics, s.store)
 	s.metrics.MustRegister(masterCollector{s}, s.opsFinished)
 	s.grpc = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary()))...)
 	s.transport.Register(s.grpc)
@@ -382,6 +387,12 @@ func (s *Server) Heartbeats() map[uint64]time.Time {
 		}
 	}
 	return out
+}
+
+// nodeBeat is a node's last heartbeat to this master as leader.
+type nodeBeat struct {
+	at time.Time
+	hb *shoalpb.NodeHeartbeat
 }
 
 // IsLeader reports whether this master leads the meta group.

@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -20,6 +22,9 @@ import (
 var (
 	clusterIDKey = keys.IdentityKey("cluster")
 	nodeIDKey    = keys.IdentityKey("node")
+	// regTokenKey holds the token a new node registers with, kept before
+	// its first attempt (see RegisterNodeRequest.registration_token).
+	regTokenKey = keys.IdentityKey("registration-token")
 )
 
 // ErrWrongCluster is returned by Start when the node's data belongs to
@@ -47,6 +52,14 @@ func (n *Node) join(ctx context.Context) error {
 	req := &shoalpb.RegisterNodeRequest{
 		ClusterId: string(clusterID), NodeId: nodeID, Addr: n.cfg.AdvertiseAddr,
 		RespAddr: n.cfg.RESPAddr, HttpAddr: n.cfg.HTTPAddr, Zone: n.cfg.Zone, Weight: n.cfg.Weight,
+	}
+	if nodeID == 0 {
+		// A registration can commit and its answer be lost (the master
+		// leader fails); the retry, or the next start, sends the same
+		// token and gets the same node instead of a second one.
+		if req.RegistrationToken, err = n.registrationToken(); err != nil {
+			return err
+		}
 	}
 	if nodeID != 0 {
 		n.log.Info("registering again", "node", nodeID, "cluster", string(clusterID))
@@ -105,6 +118,28 @@ func (n *Node) join(ctx context.Context) error {
 	n.routes.update(t)
 	n.log.Info("joined the cluster", "node", n.cfg.NodeID, "cluster", n.cfg.ClusterID)
 	return nil
+}
+
+// registrationToken returns the token this node registers with as a new
+// node: the one on disk, or a new random one, synced to disk before it is
+// returned.
+func (n *Node) registrationToken() (string, error) {
+	b, ok, err := n.engine.Get(regTokenKey)
+	if err != nil {
+		return "", fmt.Errorf("node: registration token: %w", err)
+	}
+	if ok && len(b) > 0 {
+		return string(b), nil
+	}
+	r := make([]byte, 16)
+	if _, err := rand.Read(r); err != nil {
+		return "", fmt.Errorf("node: registration token: %w", err)
+	}
+	tok := hex.EncodeToString(r)
+	if err := n.engine.Write(regTokenKey, []byte(tok)); err != nil {
+		return "", fmt.Errorf("node: keep the registration token: %w", err)
+	}
+	return tok, nil
 }
 
 // routeCache is the node's copy of the route table, for resolving peers.
