@@ -189,6 +189,8 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 		cacheMiB        int
 		memtableMiB     int
 		entryCacheKiB   int
+		snapMiBps       int
+		maxSnapshots    int
 	)
 	cmd := &cobra.Command{
 		Use:   "node",
@@ -220,9 +222,14 @@ the replicas they place on it.
 				return fmt.Errorf("--cache-mb and --raft-entry-cache-kb must be at least 1, --memtable-mb between 1 and 4095")
 			}
 			cfg.CacheBytes, cfg.MemTableBytes = int64(cacheMiB)<<20, uint64(memtableMiB)<<20
+			if maxSnapshots < 1 {
+				return fmt.Errorf("--max-snapshots %d: want at least 1", maxSnapshots)
+			}
 			cfg.Store = func(o *raftstore.Options) {
 				o.ReadLease = readLease
 				o.EntryCacheBytes = entryCacheKiB << 10
+				o.SnapshotBytesPerSec = int64(snapMiBps) << 20 // 0: default; negative: unlimited
+				o.MaxSnapshotSends, o.MaxSnapshotReceives = maxSnapshots, maxSnapshots
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -262,6 +269,8 @@ the replicas they place on it.
 	f.IntVar(&cacheMiB, "cache-mb", envInt("SHOAL_CACHE_MB", 128), "Pebble block cache, MiB (env SHOAL_CACHE_MB); see docs/operations.md for the node's memory bound")
 	f.IntVar(&memtableMiB, "memtable-mb", envInt("SHOAL_MEMTABLE_MB", 32), "size of one Pebble memtable, MiB; up to two are held (env SHOAL_MEMTABLE_MB)")
 	f.IntVar(&entryCacheKiB, "raft-entry-cache-kb", envInt("SHOAL_RAFT_ENTRY_CACHE_KB", 1024), "per replica, the most recent Raft log entries kept in memory, KiB; only entries not yet applied and acknowledged everywhere stay (env SHOAL_RAFT_ENTRY_CACHE_KB)")
+	f.IntVar(&snapMiBps, "snapshot-mb-per-sec", envInt("SHOAL_SNAPSHOT_MB_PER_SEC", 128), "the rate this node sends replica snapshots at (moves, repair), all together, MiB/s; -1 for no limit (env SHOAL_SNAPSHOT_MB_PER_SEC)")
+	f.IntVar(&maxSnapshots, "max-snapshots", envInt("SHOAL_MAX_SNAPSHOTS", 2), "snapshots this node sends at once (more wait) and receives at once (more are refused; their senders retry) (env SHOAL_MAX_SNAPSHOTS)")
 	f.DurationVar(&readLease, "read-lease", envDuration("SHOAL_READ_LEASE", 0), "how long a shard leader serves linearizable reads from its own state after its followers confirmed it; 0: the default and most, 700ms; negative (-1s) turns leases off, every read then asks the followers: for hosts that can be frozen with their monotonic clock stopped, e.g. suspended or live-migrated VMs (env SHOAL_READ_LEASE)")
 	return cmd
 }
