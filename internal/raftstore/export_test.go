@@ -24,3 +24,10 @@ func LeaseState(s *Store, shard uint64) (held, voteGuard bool) {
 	}
 	return r.lease.Load() != nil, time.Now().Before(r.voteGuardUntil)
 }
+
+// VoteGuardSet reports whether this node's replica of shard started with a
+// vote guard at all (lease.go), whether or not it has run out.
+func VoteGuardSet(s *Store, shard uint64) bool {
+	r, err := s.replica(shard)
+	return err == nil && !r.voteGuardUntil.IsZero()
+}

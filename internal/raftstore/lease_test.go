@@ -141,6 +141,13 @@ func TestRestartedReplicaIgnoresVotes(t *testing.T) {
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Freshly bootstrapped replicas are in the bootstrap term, which no
+	// leader has: they must not ignore the first campaign.
+	for _, n := range c.Nodes {
+		if raftstore.VoteGuardSet(n.Store(), 1) {
+			t.Fatalf("node %d: a bootstrapped replica ignored votes", n.ID)
+		}
+	}
 	if _, err := c.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte("v"))); err != nil {
 		t.Fatal(err)
 	}

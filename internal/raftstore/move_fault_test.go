@@ -8,6 +8,7 @@ import (
 
 	"github.com/cockroachdb/errors/oserror"
 
+	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
@@ -175,8 +176,13 @@ func TestKillSourceLeaderMidMove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := onNodes(d)[from]; ok || onNodes(d)[4] != 0 {
-		t.Fatalf("after the move: %v", d)
+	// VOTER is the zero role: check node 4 is in the descriptor at all.
+	roles := onNodes(d)
+	if _, ok := roles[from]; ok {
+		t.Fatalf("node %d still in %v", from, d)
+	}
+	if role, ok := roles[4]; len(roles) != 3 || !ok || role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
+		t.Fatalf("after the move node 4 is not a voter of 3: %v", d)
 	}
 	checkSame(ctx, t, c, 1, 3)
 	if got := c.Node(4).Store().Stats().SnapshotsApplied; got != 1 {

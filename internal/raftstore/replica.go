@@ -212,9 +212,11 @@ func (r *Replica) startRaft() error {
 	r.raw = raw
 	r.term = r.storage.HardState().GetTerm()
 	r.appliedPub.Store(r.applied)
-	if o.ReadLease > 0 && r.term > 0 {
+	if o.ReadLease > 0 && r.term > raftlog.InitialIndex {
 		// It may have acknowledged a heartbeat of a leader whose lease
-		// runs on (lease.go).
+		// runs on (lease.go). Not in the bootstrap term, which no leader
+		// ever has (an election raises the term): a bootstrapped replica
+		// must not ignore the first campaign.
 		r.voteGuardUntil = time.Now().Add(time.Duration(o.ElectionTicks) * o.TickInterval)
 	}
 	r.publishStatus()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -350,29 +349,7 @@ func (n *Node) Shutdown(ctx context.Context) int {
 
 // Crash simulates a power loss: the node stops at once and loses every
 // write that was not synced. It needs Options.CrashableFS.
-func (n *Node) Crash() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if !n.running {
-		return
-	}
-	mem, ok := n.fs.(*vfs.MemFS)
-	if !ok {
-		n.c.t.Fatalf("testcluster: Crash needs Options.CrashableFS")
-	}
-	// The crash point: from here nothing the node sends reaches its peers
-	// (it could acknowledge writes it syncs after the image below), and the
-	// post-crash image holds only what was synced before it.
-	n.c.Net.Freeze(n.ID)
-	// Stop the store before the image is taken: a store left running would
-	// go on syncing, and as a leader count its own acknowledgement of a
-	// sync the image lacks. What it synced while stopping is in the image
-	// (a slightly later crash); what it did not sync is lost.
-	n.n.Store().Stop()
-	n.fs = mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
-	n.running = false
-	_ = n.n.Stop()
-}
+func (n *Node) Crash() { n.CrashKeeping(0, 0) }
 
 // CrashImage returns what the node's filesystem would hold after a power
 // loss now: exactly what was synced. It needs Options.CrashableFS. Freeze
@@ -476,32 +453,5 @@ func Retryable(err error) bool {
 // retrying while there is no leader, until ctx ends. Errors that leave the
 // outcome unknown (timeouts, a store stopping) are returned, not retried.
 func (c *Cluster) Propose(ctx context.Context, shard uint64, cmd []byte) (any, error) {
-	target := uint64(0)
-	backoff := time.Millisecond
-	for {
-		if target == 0 || !c.Node(target).Running() {
-			if n, err := c.Leader(shard); err == nil {
-				target = n.ID
-			} else {
-				target = c.Nodes[rand.N(len(c.Nodes))].ID
-			}
-		}
-		n := c.Node(target)
-		res, err := n.Store().Propose(ctx, shard, cmd)
-		if err == nil || !Retryable(err) {
-			return res, err
-		}
-		var nl *raftstore.NotLeaderError
-		if errors.As(err, &nl) && nl.LeaderNode != 0 && nl.LeaderNode != target {
-			target = nl.LeaderNode
-			continue
-		}
-		target = 0
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (last: %w)", ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 50*time.Millisecond)
-	}
+	return c.ProposeObserved(ctx, shard, cmd, nil)
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/raftstore"
@@ -185,4 +188,73 @@ func (c *Cluster) Checksums(ctx context.Context, shard uint64) (map[uint64]rafts
 		return nil
 	})
 	return out, err
+}
+
+// ProposeObserved is Propose that calls retried (if not nil) with every
+// error it retries, and the node that returned it, before retrying: tests
+// use it to check which errors a client that follows the leader meets,
+// during a move for instance, where any retry is invisible to Propose's
+// caller.
+func (c *Cluster) ProposeObserved(ctx context.Context, shard uint64, cmd []byte, retried func(node uint64, err error)) (any, error) {
+	target := uint64(0)
+	backoff := time.Millisecond
+	for {
+		if target == 0 || !c.Node(target).Running() {
+			if n, err := c.Leader(shard); err == nil {
+				target = n.ID
+			} else {
+				target = c.Nodes[rand.N(len(c.Nodes))].ID
+			}
+		}
+		n := c.Node(target)
+		res, err := n.Store().Propose(ctx, shard, cmd)
+		if err == nil || !Retryable(err) {
+			return res, err
+		}
+		if retried != nil {
+			retried(target, err)
+		}
+		var nl *raftstore.NotLeaderError
+		if errors.As(err, &nl) && nl.LeaderNode != 0 && nl.LeaderNode != target {
+			target = nl.LeaderNode
+			continue
+		}
+		target = 0
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (last: %w)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 50*time.Millisecond)
+	}
+}
+
+// CrashKeeping is Crash, except that each write not synced at the crash (a
+// data block or a directory entry) survives with probability percent/100,
+// drawn from seed: as when the OS wrote some dirty pages back before the
+// power went. 100 keeps everything written, files half written included
+// (as a kill -9 would); 0 is Crash. It needs Options.CrashableFS.
+func (n *Node) CrashKeeping(percent int, seed uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.running {
+		return
+	}
+	mem, ok := n.fs.(*vfs.MemFS)
+	if !ok {
+		n.c.t.Fatalf("testcluster: CrashKeeping needs Options.CrashableFS")
+	}
+	// The crash point: from here nothing the node sends reaches its peers
+	// (it could acknowledge writes it syncs after the image below), and the
+	// post-crash image holds only what was synced before it (and what
+	// percent lets survive).
+	n.c.Net.Freeze(n.ID)
+	// Stop the store before the image is taken: a store left running would
+	// go on syncing, and as a leader count its own acknowledgement of a
+	// sync the image lacks. What it synced while stopping is in the image
+	// (a slightly later crash); what it did not sync is lost.
+	n.n.Store().Stop()
+	n.fs = mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: percent, RNG: rand.New(rand.NewPCG(seed, seed))})
+	n.running = false
+	_ = n.n.Stop()
 }
