@@ -78,7 +78,8 @@ type Options struct {
 	// kept more log than a memtable holds, so entries went through flushes
 	// and compactions before their truncation deleted them, and writes cost
 	// about a quarter more CPU (docs/benchmarks.md). A follower further
-	// behind than twice the bounds catches up by snapshot.
+	// behind than twice the bounds catches up by snapshot; the entries
+	// after a snapshot being sent are kept up to twice MaxLogBytes.
 	MaxLogEntries int
 	MaxLogBytes   uint64
 	// SnapshotBytesPerSec throttles the snapshots this node sends, all

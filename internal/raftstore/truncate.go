@@ -15,7 +15,11 @@ const truncateEveryTicks = 10
 // truncates its own log; nothing is proposed. A follower keeps nothing it
 // has applied. A leader keeps what its followers in the replicate state
 // still lack, unless that would keep more than twice the bounds: then the
-// laggards will get a snapshot instead.
+// laggards will get a snapshot instead. It also keeps the entries after a
+// snapshot it is sending, as long as they are within twice the byte bound
+// (whatever their number): the receiver goes on from the log once the
+// snapshot is in, instead of needing another snapshot because the writes
+// that came during the first one were truncated.
 //
 // The truncation goes into this iteration's log batch. Everything up to the
 // applied index was applied by a batch committed before it, so the log is
@@ -32,15 +36,26 @@ func (r *Replica) maybeTruncateLog() {
 	first, _ := r.storage.FirstIndex()
 	target := r.applied
 	if r.state == raft.StateLeader {
-		keep := target
+		keep, keepSnap := target, target
 		r.raw.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
-			if id != r.replicaID && pr.State == tracker.StateReplicate {
+			switch {
+			case id == r.replicaID:
+			case pr.State == tracker.StateReplicate:
 				keep = min(keep, pr.Match)
+			case pr.State == tracker.StateSnapshot && pr.PendingSnapshot > 0:
+				keepSnap = min(keepSnap, pr.PendingSnapshot)
 			}
 		})
 		last, _ := r.storage.LastIndex()
-		if last-keep <= 2*uint64(o.MaxLogEntries) && (entries == 0 || bytes/entries*(last-keep) <= 2*o.MaxLogBytes) {
+		avg := uint64(0)
+		if entries > 0 {
+			avg = bytes / entries
+		}
+		if last-keep <= 2*uint64(o.MaxLogEntries) && avg*(last-keep) <= 2*o.MaxLogBytes {
 			target = keep
+		}
+		if keepSnap < target && avg*(last-keepSnap) <= 2*o.MaxLogBytes {
+			target = keepSnap
 		}
 	}
 	if target < first {
