@@ -262,16 +262,16 @@ type snapshotWatch struct {
 	maxListed    int // listed (sending or receiving, as watched)
 	maxStreaming int // that have the slot and data left to move
 	waitedBehind bool
+	// queuedWithData: a snapshot listed as queued had counted or sent data.
+	queuedWithData bool
 }
 
 // watchSnapshots watches n's sending (or receiving) snapshots. A received
 // snapshot is listed only while it holds a receiving slot. A sending one is
-// listed from the MsgSnap on: while it waits for a sending slot it has no
-// total yet (counted once it has one), and it is still listed for a moment
-// after giving its slot back, when all its data is sent. So "streaming",
-// holding a slot for sure, is a total and data left to send; a snapshot
-// that sent all its data may still hold its slot while the receiver
-// answers, but then the next one cannot have its total yet.
+// listed from the MsgSnap on, Queued while it waits for a sending slot, and
+// still for a moment after giving its slot back, when all its data is sent.
+// So "streaming", holding a slot for sure, is not queued with data left to
+// send.
 func watchSnapshots(n *tc.Node, sending bool) *snapshotWatch {
 	w := &snapshotWatch{stop: make(chan struct{}), done: make(chan struct{})}
 	s := n.Store()
@@ -285,9 +285,12 @@ func watchSnapshots(n *tc.Node, sending bool) *snapshotWatch {
 				}
 				listed++
 				switch {
-				case p.TotalBytes == 0:
+				case p.Queued:
 					waiting++
-				case p.Bytes < p.TotalBytes:
+					if p.TotalBytes != 0 || p.Bytes != 0 {
+						w.queuedWithData = true
+					}
+				case p.TotalBytes == 0 || p.Bytes < p.TotalBytes:
 					streaming++
 				}
 			}
@@ -369,6 +372,9 @@ func TestSnapshotSendLimit(t *testing.T) {
 	}
 	if w.maxListed < 2 || !w.waitedBehind {
 		t.Fatalf("the second snapshot never waited behind the first (at most %d listed at once)", w.maxListed)
+	}
+	if w.queuedWithData {
+		t.Fatal("a snapshot listed as queued had counted or sent data")
 	}
 	if st := sender.Store().Stats(); st.SnapshotsSent < 2 {
 		t.Fatalf("node 2 sent %d snapshots, want 2", st.SnapshotsSent)

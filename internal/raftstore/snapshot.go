@@ -72,7 +72,11 @@ type SnapshotProgress struct {
 	// Bytes of keys and values so far, of TotalBytes in all (0 until the
 	// sender has counted them).
 	Bytes, TotalBytes int64
-	Started           time.Time
+	// Queued is true on the sender while the snapshot waits for one of
+	// Options.MaxSnapshotSends slots; Started is when it was queued until
+	// it gets one, then when it started streaming.
+	Queued  bool
+	Started time.Time
 }
 
 type snapshotTracker struct {
@@ -84,7 +88,7 @@ type snapshotTracker struct {
 }
 
 type trackedSnapshot struct {
-	mu sync.Mutex // guards SnapshotProgress.TotalBytes
+	mu sync.Mutex // guards SnapshotProgress.TotalBytes, Queued and Started
 	SnapshotProgress
 	bytes atomic.Int64
 }
@@ -181,7 +185,7 @@ func (r *Replica) sendSnapshot(m *raftpb.Message, toNode uint64) {
 		},
 	}
 	ts := s.snaps.start(SnapshotProgress{
-		ID: data.Id, Shard: r.shardID, FromNode: s.opts.NodeID, ToNode: toNode, Sending: true, Started: time.Now(),
+		ID: data.Id, Shard: r.shardID, FromNode: s.opts.NodeID, ToNode: toNode, Sending: true, Queued: true, Started: time.Now(),
 	})
 	to := m.GetTo()
 	log := r.log.With("snapshot", data.Id, "to_node", toNode)
@@ -225,6 +229,9 @@ func (s *Store) streamSnapshot(header *shoalpb.SnapshotChunk, snap *storage.Snap
 	case <-ctx.Done():
 		return ErrStopped
 	}
+	ts.mu.Lock()
+	ts.Queued, ts.Started = false, time.Now()
+	ts.mu.Unlock()
 	// Count what will be sent, so that both ends can show progress against
 	// an exact total. Reading is much faster than sending; this costs a
 	// fraction of the stream's time.
