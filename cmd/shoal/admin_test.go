@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
 // startPlayground runs the playground with args until every shard is led
@@ -35,8 +36,8 @@ func startPlayground(t *testing.T, args ...string) string {
 func runPlaygroundReady(t *testing.T, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	out := &syncBuffer{}
-	cmd := newRootCmd(out, &syncBuffer{})
+	out := &tc.SyncBuffer{}
+	cmd := newRootCmd(out, &tc.SyncBuffer{})
 	cmd.SetArgs(append([]string{"playground", "--master-port", "0", "--log-level", "error", "--data-dir", t.TempDir()}, args...))
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()

@@ -1,31 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
-
-// syncBuffer is a bytes.Buffer safe for one writer and polling readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // runUntilReady runs the playground command until it reports every shard
 // led, then interrupts it and returns its output.
@@ -33,8 +15,8 @@ func runUntilReady(t *testing.T, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &syncBuffer{}
-	cmd := newRootCmd(out, &syncBuffer{})
+	out := &tc.SyncBuffer{}
+	cmd := newRootCmd(out, &tc.SyncBuffer{})
 	cmd.SetArgs(append([]string{"playground", "--master-port", "0", "--log-level", "error"}, args...))
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
@@ -67,7 +49,7 @@ func TestPlaygroundStartsAndRestarts(t *testing.T) {
 	runUntilReady(t, "--data-dir", dir, "--shards", "8")
 
 	// Another shard count on the same directory is refused.
-	cmd := newRootCmd(&syncBuffer{}, &syncBuffer{})
+	cmd := newRootCmd(&tc.SyncBuffer{}, &tc.SyncBuffer{})
 	cmd.SetArgs([]string{"playground", "--master-port", "0", "--data-dir", dir, "--shards", "16"})
 	err := cmd.ExecuteContext(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "--shards 8") {
@@ -83,7 +65,7 @@ func TestPlaygroundFlagValidation(t *testing.T) {
 		{"--replicas", "4"},
 		{"--log-level", "loud"},
 	} {
-		cmd := newRootCmd(&syncBuffer{}, &syncBuffer{})
+		cmd := newRootCmd(&tc.SyncBuffer{}, &tc.SyncBuffer{})
 		cmd.SetArgs(append([]string{"playground", "--data-dir", t.TempDir()}, args...))
 		if err := cmd.ExecuteContext(context.Background()); err == nil {
 			t.Errorf("playground %v: no error", args)
@@ -94,8 +76,8 @@ func TestPlaygroundFlagValidation(t *testing.T) {
 // run executes a shoal command line and returns its output.
 func run(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	out := &syncBuffer{}
-	cmd := newRootCmd(out, &syncBuffer{})
+	out := &tc.SyncBuffer{}
+	cmd := newRootCmd(out, &tc.SyncBuffer{})
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(context.Background())
 	return out.String(), err
@@ -104,8 +86,8 @@ func run(t *testing.T, args ...string) (string, error) {
 func TestClientCommandsAgainstPlayground(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &syncBuffer{}
-	cmd := newRootCmd(out, &syncBuffer{})
+	out := &tc.SyncBuffer{}
+	cmd := newRootCmd(out, &tc.SyncBuffer{})
 	cmd.SetArgs([]string{"playground", "--master-port", "0", "--log-level", "error", "--data-dir", t.TempDir(), "--shards", "8"})
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/master"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
 // unsetEnv removes environment variables for the test (they are restored
@@ -172,8 +173,8 @@ func TestMasterServesOnItsPeerAddress(t *testing.T) {
 	peers := fmt.Sprintf("1=%s,2=%s,3=%s", addrs[0], addrs[1], addrs[2])
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &syncBuffer{}
-	cmd := newRootCmd(out, &syncBuffer{})
+	out := &tc.SyncBuffer{}
+	cmd := newRootCmd(out, &tc.SyncBuffer{})
 	cmd.SetArgs([]string{"master", "--id", "2", "--peers", peers, "--http", "", "--log-level", "error",
 		"--data-dir", filepath.Join(t.TempDir(), "m2")})
 	done := make(chan error, 1)

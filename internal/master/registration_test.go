@@ -1,7 +1,6 @@
 package master_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -497,31 +496,13 @@ func TestHeartbeatStatsOfRealNodes(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers (a log).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestFailureDetectorHeartbeatsResumed: a node that stops heartbeating
 // goes down after NodeDownAfter, and up again, with its reason and a new
 // state_since, when its heartbeats resume; registering again brings a
 // down node up too, and the master logs that transition.
 func TestFailureDetectorHeartbeatsResumed(t *testing.T) {
 	const downAfter = time.Second
-	logs := &syncBuffer{}
+	logs := &tc.SyncBuffer{}
 	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 0, Shards: 8, Replicas: 3,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Master: func(cfg *master.Config) { cfg.NodeDownAfter = downAfter }})
