@@ -268,6 +268,7 @@ the replicas they place on it.
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
 	f.IntVar(&cacheMiB, "cache-mb", envInt("SHOAL_CACHE_MB", 128), "Pebble block cache, MiB (env SHOAL_CACHE_MB); see docs/operations.md for the node's memory bound")
 	f.IntVar(&memtableMiB, "memtable-mb", envInt("SHOAL_MEMTABLE_MB", 32), "size of one Pebble memtable, MiB; up to two are held (env SHOAL_MEMTABLE_MB)")
+	f.DurationVar(&cfg.MinSyncInterval, "wal-min-sync-interval", envDuration("SHOAL_WAL_MIN_SYNC_INTERVAL", 0), "least time between two syncs of the write-ahead log: a write waits at most this long for others to share its sync, and is acknowledged only once synced; 0: the default, 300µs; negative (-1ns) syncs at once (env SHOAL_WAL_MIN_SYNC_INTERVAL)")
 	f.IntVar(&entryCacheKiB, "raft-entry-cache-kb", envInt("SHOAL_RAFT_ENTRY_CACHE_KB", 1024), "per replica, the most recent Raft log entries kept in memory, KiB; only entries not yet applied and acknowledged everywhere stay (env SHOAL_RAFT_ENTRY_CACHE_KB)")
 	f.IntVar(&snapMiBps, "snapshot-mb-per-sec", envInt("SHOAL_SNAPSHOT_MB_PER_SEC", 128), "the rate this node sends replica snapshots at (moves, repair), all together, MiB/s; -1 for no limit (env SHOAL_SNAPSHOT_MB_PER_SEC)")
 	f.IntVar(&maxSnapshots, "max-snapshots", envInt("SHOAL_MAX_SNAPSHOTS", 2), "snapshots this node sends at once (more wait) and receives at once (more are refused; their senders retry) (env SHOAL_MAX_SNAPSHOTS)")

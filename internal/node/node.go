@@ -80,9 +80,11 @@ type Config struct {
 	// Shards are the shards placed on the cluster; the node bootstraps its
 	// replicas of those it does not hold yet.
 	Shards []*shoalpb.ShardDescriptor
-	// CacheBytes and MemTableBytes size Pebble; see storage.Options.
-	CacheBytes    int64
-	MemTableBytes uint64
+	// CacheBytes and MemTableBytes size Pebble, and MinSyncInterval paces
+	// its log syncs; see storage.Options for them and their defaults.
+	CacheBytes      int64
+	MemTableBytes   uint64
+	MinSyncInterval time.Duration
 	// Store adjusts the store's options (timing, limits, knobs) before it is
 	// created.
 	Store func(o *raftstore.Options)
@@ -187,7 +189,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}()
 
 	n.engine, err = storage.Open(storage.Options{
-		Dir: cfg.DataDir, FS: cfg.FS, CacheBytes: cfg.CacheBytes, MemTableBytes: cfg.MemTableBytes, Logger: n.log,
+		Dir: cfg.DataDir, FS: cfg.FS, CacheBytes: cfg.CacheBytes, MemTableBytes: cfg.MemTableBytes,
+		MinSyncInterval: cfg.MinSyncInterval, Logger: n.log,
 	})
 	if err != nil {
 		return nil, err

@@ -35,8 +35,9 @@ var smKey = keys.DataKey(0, []byte("applied-by-sm"))
 // crashModel is what the writer believes is committed to the engine.
 type crashModel struct {
 	trunc   *shoalpb.TruncatedState
-	ents    []*raftpb.Entry // indexes trunc.Index+1 ... last; never mutated in place
-	hs      *raftpb.HardState
+	ents    []*raftpb.Entry   // indexes trunc.Index+1 ... last; never mutated in place
+	hs      *raftpb.HardState // as written
+	commit  uint64            // Raft's commit index, which may be ahead of hs's
 	applied *shoalpb.AppliedState
 }
 
@@ -133,7 +134,7 @@ func (w *crashWriter) newEnts(start uint64, n int) []*raftpb.Entry {
 // it does not use AsyncStorageWrites) lets them include this Ready's own.
 // With crashInside the power fails between steps 2 and 3.
 func (w *crashWriter) ready(applyUnstable, crashInside bool) {
-	commit, last := w.m.hs.GetCommit(), w.m.last()
+	commit, last := w.m.commit, w.m.last()
 	stable := w.syncedModel.last()
 	next := w.m // the model once the log batch is in
 	var ents []*raftpb.Entry
@@ -166,13 +167,15 @@ func (w *crashWriter) ready(applyUnstable, crashInside bool) {
 	if ents != nil {
 		must(w.t, w.s.Append(logBatch, ents))
 	}
-	if mustSync || newCommit != commit {
-		vote := w.m.hs.GetVote()
-		if w.term != w.m.hs.GetTerm() {
-			vote = uint64(1 + w.rng.IntN(3))
-		}
-		next.hs = &raftpb.HardState{Term: new(w.term), Vote: new(vote), Commit: new(newCommit)}
+	next.commit = newCommit
+	if hs := (&raftpb.HardState{Term: new(w.term), Vote: w.m.hs.Vote, Commit: new(newCommit)}); w.s.MustWriteHardState(hs) {
+		// A new term, with a vote: written.
+		hs.Vote = new(uint64(1 + w.rng.IntN(3)))
+		next.hs = hs
 		must(w.t, w.s.SetHardState(logBatch, next.hs))
+	} else if newCommit != commit {
+		// Only the commit index moved: raftstore writes nothing.
+		w.s.SetCommit(newCommit)
 	}
 
 	applyTo := min(newCommit, stable)
@@ -280,7 +283,7 @@ func runCrash(t *testing.T, seed uint64, pct int, plantApplyBeforeLog bool, st *
 	hs, _, err := s.InitialState()
 	must(t, err)
 	w := &crashWriter{t: t, rng: rng, eng: eng, s: s, term: InitialIndex, voters: voters, stats: st,
-		m: crashModel{trunc: s.Truncated(), hs: hs, applied: s.Applied()}}
+		m: crashModel{trunc: s.Truncated(), hs: s.HardState(), commit: hs.GetCommit(), applied: s.Applied()}}
 	w.hist = []string{w.m.fingerprint()}
 	w.markSynced()
 

@@ -431,6 +431,28 @@ func (s *Storage) Append(b *storage.Batch, ents []*raftpb.Entry) error {
 	return nil
 }
 
+// MustWriteHardState reports whether hs has to be written: its term or
+// vote differ from the HardState on disk. A HardState whose commit index
+// alone moved need not be; the caller records it with SetCommit instead.
+// Raft does not need its commit index durable: after a restart
+// InitialState raises it to the applied index, and the leader tells the
+// rest. On a busy node this saves a write (and a memtable insert) per
+// replica in almost every Ready, as a leader's commit index moves with
+// every acknowledgement and a follower's with every append.
+func (s *Storage) MustWriteHardState(hs *raftpb.HardState) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return hs.GetTerm() != s.mu.hardState.GetTerm() || hs.GetVote() != s.mu.hardState.GetVote()
+}
+
+// SetCommit records a commit index in memory, not on disk (see
+// MustWriteHardState); the next HardState written carries it.
+func (s *Storage) SetCommit(commit uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mu.hardState.Commit = new(commit)
+}
+
 // SetHardState stages hs in b.
 func (s *Storage) SetHardState(b *storage.Batch, hs *raftpb.HardState) error {
 	if err := b.SetProto(keys.HardStateKey(s.shard), hs); err != nil {
@@ -442,7 +464,8 @@ func (s *Storage) SetHardState(b *storage.Batch, hs *raftpb.HardState) error {
 	return nil
 }
 
-// HardState returns the HardState as last written or loaded.
+// HardState returns the HardState as last written or loaded, with the
+// commit index last set.
 func (s *Storage) HardState() *raftpb.HardState {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -529,3 +529,64 @@ func TestShardsIsolated(t *testing.T) {
 		}
 	}
 }
+
+// A HardState whose commit index alone moved is not written: the commit
+// index lives in memory until the next term or vote change writes it, and
+// a reopened Storage reports the commit index from the applied state.
+func TestCommitOnlyHardStateNotWritten(t *testing.T) {
+	fs := vfs.NewMem()
+	eng := openEngine(t, fs)
+	const shard = 12
+	b := eng.NewBatch()
+	must(t, Bootstrap(b, shard, &raftpb.ConfState{Voters: []uint64{1, 2, 3}}))
+	must(t, b.Commit(true))
+	b.Close()
+	s, err := Load(eng, shard, 0)
+	must(t, err)
+	appendCommit(t, eng, s, entsAt(6, 6, 6, 7, 7, 7)...)
+	written := &raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(2)), Commit: new(uint64(8))}
+	b = eng.NewBatch()
+	must(t, s.SetHardState(b, written))
+	must(t, b.Commit(true))
+	b.Close()
+
+	for _, tc := range []struct {
+		hs   *raftpb.HardState
+		want bool
+	}{
+		{&raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(2)), Commit: new(uint64(11))}, false},
+		{&raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(2)), Commit: new(uint64(8))}, false},
+		{&raftpb.HardState{Term: new(uint64(8)), Vote: new(uint64(2)), Commit: new(uint64(11))}, true},
+		{&raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(3)), Commit: new(uint64(8))}, true},
+		{&raftpb.HardState{Term: new(uint64(8)), Commit: new(uint64(8))}, true},
+	} {
+		if got := s.MustWriteHardState(tc.hs); got != tc.want {
+			t.Errorf("MustWriteHardState(%v) after writing %v = %v, want %v", tc.hs, written, got, tc.want)
+		}
+	}
+
+	s.SetCommit(11)
+	if hs := s.HardState(); hs.GetCommit() != 11 || hs.GetTerm() != 7 || hs.GetVote() != 2 {
+		t.Fatalf("HardState() after SetCommit(11) = %v, want term 7 vote 2 commit 11", hs)
+	}
+	if hs, _, _ := s.InitialState(); hs.GetCommit() != 11 {
+		t.Fatalf("InitialState commit after SetCommit(11) = %d", hs.GetCommit())
+	}
+	// Entries up to 10 applied (unsynced, like an apply batch); then the
+	// node restarts: the disk has commit 8, and Raft is told 10, the
+	// applied index.
+	b = eng.NewBatch()
+	must(t, s.SetApplied(b, &shoalpb.AppliedState{Index: 10, Term: 7, ConfState: &raftpb.ConfState{Voters: []uint64{1, 2, 3}}}))
+	must(t, b.Commit(false))
+	b.Close()
+	must(t, eng.Close())
+	eng = openEngine(t, fs)
+	s, err = Load(eng, shard, 0)
+	must(t, err)
+	if hs := s.HardState(); !proto.Equal(hs, written) {
+		t.Fatalf("HardState on disk = %v, want the one written, %v", hs, written)
+	}
+	if hs, _, _ := s.InitialState(); hs.GetCommit() != 10 || hs.GetTerm() != 7 || hs.GetVote() != 2 {
+		t.Fatalf("InitialState after restart = %v, want term 7 vote 2 commit 10 (the applied index)", hs)
+	}
+}

@@ -497,13 +497,19 @@ func (r *Replica) phase1(w *worker) error {
 		w.send(r, rd.Messages, r.maybeQuiesceLeader(&rd))
 		r.sentEarly = true
 	}
-	if len(rd.Entries) > 0 || rd.HardState != nil {
+	hs := rd.HardState
+	if hs != nil && !r.storage.MustWriteHardState(hs) {
+		// Only the commit index moved: nothing to write (raftlog).
+		r.storage.SetCommit(hs.GetCommit())
+		hs = nil
+	}
+	if len(rd.Entries) > 0 || hs != nil {
 		err := r.store.stageLog(rd.MustSync, func(b *storage.Batch) error {
 			if err := r.storage.Append(b, rd.Entries); err != nil {
 				return err
 			}
-			if rd.HardState != nil {
-				return r.storage.SetHardState(b, rd.HardState)
+			if hs != nil {
+				return r.storage.SetHardState(b, hs)
 			}
 			return nil
 		})

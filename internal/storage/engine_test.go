@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"go.etcd.io/raft/v3/raftpb"
@@ -89,8 +90,8 @@ func TestOpenCloseReopen(t *testing.T) {
 	if err := b.Commit(true); !errors.Is(err, storage.ErrClosed) {
 		t.Fatalf("Commit on a closed engine = %v, want ErrClosed", err)
 	}
-	if s := e.Stats(); s.Commits != 2 || s.Syncs != 1 {
-		t.Fatalf("Stats after a failed commit = %+v, want 2 commits, 1 sync", s)
+	if s := e.Stats(); s.Commits != 2 || s.Syncs != 1 || s.Records != 2 {
+		t.Fatalf("Stats after a failed commit = %+v, want 2 commits, 1 sync, 2 records", s)
 	}
 
 	e2 := open(t, fs)
@@ -141,6 +142,21 @@ func TestStatsCountCommitsAndSyncs(t *testing.T) {
 	b.Close()
 	if got := e.Stats(); got.Commits != 8 || got.Syncs != 5 {
 		t.Fatalf("after an empty synced batch: Stats = %+v, want 8 commits, 5 syncs", got)
+	}
+	// Records: one per set, delete or range deletion committed.
+	if got := e.Stats().Records; got != 7 {
+		t.Fatalf("Records = %d after 7 single writes and an empty batch, want 7", got)
+	}
+	b = e.NewBatch()
+	_ = b.Set([]byte("a"), []byte("1"), nil)
+	_ = b.Delete([]byte("b"), nil)
+	_ = b.DeleteSpan(keys.Span{Start: []byte("c"), End: []byte("d")})
+	if err := b.Commit(false); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if got := e.Stats().Records; got != 10 {
+		t.Fatalf("Records = %d after a batch of a set, a delete and a range deletion, want 10", got)
 	}
 }
 
@@ -435,6 +451,37 @@ func TestCrashPrefix(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// Synced commits are paced by MinSyncInterval: each sync waits until the
+// interval since the previous one has passed, so n synced commits in a row
+// take at least n-1 intervals; unsynced commits do not wait.
+func TestMinSyncIntervalPacesSyncs(t *testing.T) {
+	const interval = 40 * time.Millisecond
+	e, err := storage.Open(storage.Options{Dir: "db", FS: vfs.NewMem(), MinSyncInterval: interval, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	commit(t, e, true, "k0", "v")
+	start := time.Now()
+	for i := 1; i <= 4; i++ {
+		commit(t, e, true, fmt.Sprint("k", i), "v")
+	}
+	// Each of the 4 syncs waited for the interval since the one before
+	// (less the time the first took to return, which is why the bound is
+	// 3.5 intervals rather than 4).
+	if took := time.Since(start); took < 7*interval/2 {
+		t.Fatalf("4 synced commits took %v, want at least %v with MinSyncInterval %v", took, 7*interval/2, interval)
+	}
+	if s := e.Stats(); s.Syncs != 5 {
+		t.Fatalf("Syncs = %d, want 5", s.Syncs)
+	}
+	for i := range 5 {
+		if v, ok := mustGet(t, e.Reader(), fmt.Appendf(nil, "k%d", i)); !ok || v != "v" {
+			t.Fatalf("k%d = %q, %v after its synced commit", i, v, ok)
 		}
 	}
 }
