@@ -274,6 +274,12 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 	// elected yet) than right, so the client asks the replica again
 	// rather than going back to wait on the silent node.
 	var silent map[string]time.Time
+	// immediate counts the retries sent at once since the last wait. Two
+	// replicas can each name the other as leader for a while (a leader
+	// handover in flight, or a stale replica), so after
+	// maxImmediateRetries in a row the client waits its backoff even for
+	// news, rather than bounce between them as fast as the network allows.
+	immediate := 0
 	for {
 		rt, addr, _ := c.routes.target(slot, c.opts.forward, exclude)
 		if addr == "" {
@@ -370,9 +376,11 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 			}
 			return fmt.Errorf("%w: %w", ErrTimeout, last)
 		}
-		if retryNow {
+		if retryNow && immediate < maxImmediateRetries {
+			immediate++
 			continue
 		}
+		immediate = 0
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
@@ -380,6 +388,11 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 		backoff = min(2*backoff, c.opts.maxBackoff)
 	}
 }
+
+// maxImmediateRetries is how many retries in a row a request sends without
+// waiting, when each answer brought news (a new leader, a newer shard
+// descriptor, another replica to try).
+const maxImmediateRetries = 3
 
 // final maps a wire error that retrying cannot fix.
 func (c *Client) final(d *shoalpb.ErrorDetail, err error) error {

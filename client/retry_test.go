@@ -106,3 +106,56 @@ func TestNotLeaderHintOverridesExclusion(t *testing.T) {
 		t.Errorf("followers saw %d attempts; the client should have gone back to the named leader", n)
 	}
 }
+
+// TestNotLeaderPingPongBacksOff reproduces a leader handover seen from the
+// client: for a while each of two replicas names the other as leader.
+// Every answer is news, but the client must not bounce between them as
+// fast as the network allows: after a few immediate retries it waits its
+// backoff, and once the new leader serves, the write succeeds.
+func TestNotLeaderPingPongBacksOff(t *testing.T) {
+	const handover = 300 * time.Millisecond
+	var nodes [2]*scriptedNode
+	var addrs [2]string
+	for i := range nodes {
+		nodes[i] = &scriptedNode{}
+		addrs[i] = serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, nodes[i]) })
+	}
+	var start atomic.Pointer[time.Time]
+	names := func(other int) func(int64) error {
+		return func(int64) error {
+			now := time.Now()
+			start.CompareAndSwap(nil, &now)
+			if other == 0 || time.Since(*start.Load()) < handover {
+				return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER,
+					LeaderId: uint64(other + 1), LeaderAddr: addrs[other]}, "the other node leads")
+			}
+			return nil // node 2 has taken over
+		}
+	}
+	nodes[0].put, nodes[1].put = names(1), names(0)
+	desc := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: keys.SlotCount, Epoch: 1}
+	table := &shoalpb.RouteTable{ClusterId: "c", Version: 1, Shards: []*shoalpb.ShardRoute{{Shard: desc, LeaderReplica: 1}}}
+	for i := range nodes {
+		desc.Replicas = append(desc.Replicas, &shoalpb.ReplicaDescriptor{NodeId: uint64(i + 1), ReplicaId: uint64(i + 1), Role: shoalpb.ReplicaRole_REPLICA_ROLE_VOTER})
+		table.Nodes = append(table.Nodes, &shoalpb.NodeInfo{Id: uint64(i + 1), Addr: addrs[i]})
+	}
+	masterAddr := serve(t, func(s *grpc.Server) { shoalpb.RegisterMasterServer(s, &fakeMaster{table: table}) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Open(ctx, []string{masterAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	applied, err := c.Put(ctx, []byte("k"), []byte("v"))
+	if err != nil || !applied {
+		t.Fatalf("Put = %v, %v; want applied once node 2 leads", applied, err)
+	}
+	// Waits of 2, 4, ... 128 ms fill the handover with at most 4 attempts
+	// each (one, then 3 immediate retries): about 30. Bouncing without
+	// waits makes one attempt per round trip, hundreds in 300 ms.
+	if n := nodes[0].calls.Load() + nodes[1].calls.Load(); n > 45 {
+		t.Errorf("%d attempts during a %v handover; want the client to back off (at most 45)", n, handover)
+	}
+}
