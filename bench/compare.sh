@@ -41,6 +41,8 @@
 #   MEMDISK_KEYS=1000000  report their servers' summed RSS and data size
 #   RESULTS_DIR=...       default ${TMPDIR:-/tmp}/shoal-compare-DATE
 #   KEEP=1                keep the data directories
+#   SHOAL_BIN=...         run this shoal binary (servers and load generator)
+#                         instead of building the checkout's (bench/ab.sh)
 #   PORT_BASE=21000       ports used: PORT_BASE .. PORT_BASE+7500 on 127.0.0.1,
 #                         below Linux's ephemeral range (32768..) so that no
 #                         outgoing connection of another program takes one
@@ -197,9 +199,13 @@ rss_kib() {
 
 # --- the benchmark -----------------------------------------------------------
 
-echo "== build"
-CGO_ENABLED=0 go build -o "$work/bin/shoal" ./cmd/shoal
-SHOAL=$work/bin/shoal
+if [ -n "${SHOAL_BIN:-}" ]; then
+  SHOAL=$SHOAL_BIN
+else
+  echo "== build"
+  CGO_ENABLED=0 go build -o "$work/bin/shoal" ./cmd/shoal
+  SHOAL=$work/bin/shoal
+fi
 
 results=$RESULTS_DIR/results.tsv
 printf 'system\ttarget\tworkload\tops\terrors\tseconds\tops_per_sec\tp50_ms\tp99_ms\tp999_ms\tcpu_s\tcpu_s_per_1000_ops\tclient_cpu_s\tother_cpu_s\n' >"$results"
