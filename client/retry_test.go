@@ -57,6 +57,26 @@ func serve(t *testing.T, register func(*grpc.Server)) string {
 	return lis.Addr().String()
 }
 
+// openOneShard opens a client on a fake master whose route table has one
+// shard, all slots, with a voter on each of the nodes at addrs (node i+1 at
+// addrs[i]); it names node 1 the leader.
+func openOneShard(ctx context.Context, t *testing.T, addrs []string) *client.Client {
+	t.Helper()
+	desc := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: keys.SlotCount, Epoch: 1}
+	table := &shoalpb.RouteTable{ClusterId: "c", Version: 1, Shards: []*shoalpb.ShardRoute{{Shard: desc, LeaderReplica: 1}}}
+	for i, addr := range addrs {
+		desc.Replicas = append(desc.Replicas, &shoalpb.ReplicaDescriptor{NodeId: uint64(i + 1), ReplicaId: uint64(i + 1), Role: shoalpb.ReplicaRole_REPLICA_ROLE_VOTER})
+		table.Nodes = append(table.Nodes, &shoalpb.NodeInfo{Id: uint64(i + 1), Addr: addr})
+	}
+	masterAddr := serve(t, func(s *grpc.Server) { shoalpb.RegisterMasterServer(s, &fakeMaster{table: table}) })
+	c, err := client.Open(ctx, []string{masterAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // TestNotLeaderHintOverridesExclusion reproduces a fresh cluster in which
 // the leader-to-be answered "no replica here" before it had created its
 // replica: the client must go back to it once another replica names it
@@ -80,21 +100,9 @@ func TestNotLeaderHintOverridesExclusion(t *testing.T) {
 			return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 1, LeaderAddr: addrs[0]}, "node 1 leads")
 		}
 	}
-	desc := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: keys.SlotCount, Epoch: 1}
-	table := &shoalpb.RouteTable{ClusterId: "c", Version: 1, Shards: []*shoalpb.ShardRoute{{Shard: desc, LeaderReplica: 1}}}
-	for i := range nodes {
-		desc.Replicas = append(desc.Replicas, &shoalpb.ReplicaDescriptor{NodeId: uint64(i + 1), ReplicaId: uint64(i + 1), Role: shoalpb.ReplicaRole_REPLICA_ROLE_VOTER})
-		table.Nodes = append(table.Nodes, &shoalpb.NodeInfo{Id: uint64(i + 1), Addr: addrs[i]})
-	}
-	masterAddr := serve(t, func(s *grpc.Server) { shoalpb.RegisterMasterServer(s, &fakeMaster{table: table}) })
-
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Open(ctx, []string{masterAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := openOneShard(ctx, t, addrs[:])
 	applied, err := c.Put(ctx, []byte("k"), []byte("v"))
 	if err != nil || !applied {
 		t.Fatalf("Put = %v, %v; want applied", applied, err)
@@ -133,21 +141,9 @@ func TestNotLeaderPingPongBacksOff(t *testing.T) {
 		}
 	}
 	nodes[0].put, nodes[1].put = names(1), names(0)
-	desc := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: keys.SlotCount, Epoch: 1}
-	table := &shoalpb.RouteTable{ClusterId: "c", Version: 1, Shards: []*shoalpb.ShardRoute{{Shard: desc, LeaderReplica: 1}}}
-	for i := range nodes {
-		desc.Replicas = append(desc.Replicas, &shoalpb.ReplicaDescriptor{NodeId: uint64(i + 1), ReplicaId: uint64(i + 1), Role: shoalpb.ReplicaRole_REPLICA_ROLE_VOTER})
-		table.Nodes = append(table.Nodes, &shoalpb.NodeInfo{Id: uint64(i + 1), Addr: addrs[i]})
-	}
-	masterAddr := serve(t, func(s *grpc.Server) { shoalpb.RegisterMasterServer(s, &fakeMaster{table: table}) })
-
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Open(ctx, []string{masterAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := openOneShard(ctx, t, addrs[:])
 	applied, err := c.Put(ctx, []byte("k"), []byte("v"))
 	if err != nil || !applied {
 		t.Fatalf("Put = %v, %v; want applied once node 2 leads", applied, err)
