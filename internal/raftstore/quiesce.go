@@ -20,8 +20,8 @@ import (
 // applied here and replicated to every member, no lease in use. It marks
 // its next heartbeats "quiesce" and stops ticking after sending them. A
 // follower that gets such a heartbeat from its leader while its own log
-// ends at the heartbeat's commit index stops ticking too, remembering the
-// leader's node. Anything else a quiet replica gets wakes it: a proposal,
+// ends at the heartbeat's commit index, and no read of its own is in
+// flight, stops ticking too, remembering the leader's node. Anything else a quiet replica gets wakes it: a proposal,
 // a read that finds no lease, a transfer, any Raft message other than a
 // heartbeat answer (on the leader) or the quiesce heartbeat itself (on a
 // follower).
@@ -161,6 +161,11 @@ func (r *Replica) maybeQuiesceLeader(rd *raft.Ready) bool {
 // from its leader quiets it if its log ends at the leader's commit.
 func (r *Replica) maybeQuiesceFollower(m *shoalpb.RaftMessage) {
 	if !m.Quiesce || m.Message.GetType() != raftpb.MsgHeartbeat || r.store.opts.DisableQuiesce {
+		return
+	}
+	if len(r.pendingReads) > 0 || len(r.readBatches) > 0 || len(r.waitingReads) > 0 {
+		// A read in flight needs the ticks: a ReadIndex request that got
+		// no answer is asked again on a tick (retryReads).
 		return
 	}
 	bs := r.raw.BasicStatus()

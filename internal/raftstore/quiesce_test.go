@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/raft/v3/raftpb"
+
 	"github.com/shoaldb/shoal/internal/raftstore"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
@@ -140,5 +142,60 @@ func TestQuietLeaderCutOff(t *testing.T) {
 	waitRead(ctx, t, old, shard, k, "after")
 	if st, _ := old.Store().Status(shard); st.Role == raftstore.RoleLeader {
 		t.Fatal("the old leader still leads after healing")
+	}
+}
+
+// TestFollowerWithReadInFlightStaysAwake loses a follower's ReadIndex
+// request while its leader is about to quiesce. The follower must not go
+// quiet on the leader's quiesce heartbeat: a quiet replica does not tick,
+// so it would never ask again, and the read would wait for its deadline.
+// Awake, it asks again after ReadRetryTicks, which wakes the leader.
+func TestFollowerWithReadInFlightStaysAwake(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shard := c.Shards[0].ShardId
+	waitQuiet(ctx, t, c, 1)
+	leader, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var follower *tc.Node
+	for _, n := range c.Nodes {
+		if n.ID != leader.ID {
+			follower = n
+		}
+	}
+	c.Net.DropType(follower.ID, leader.ID, raftpb.MsgReadIndex)
+	// A write wakes the shard; the leader quiesces again a few idle ticks
+	// after it, having heard nothing of the read.
+	if _, err := c.Propose(ctx, shard, tc.PutCmd(keyInShard(c, shard, "r"), []byte("v"))); err != nil {
+		t.Fatal(err)
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		readErr <- follower.Store().ReadIndex(rctx, shard)
+	}()
+	if err := tc.WaitFor(ctx, func() error {
+		if q := leader.Store().Stats().QuietReplicas; q != 1 {
+			return fmt.Errorf("leader not quiet yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.Net.Heal()
+	select {
+	case err := <-readErr:
+		if err != nil {
+			t.Fatalf("follower read: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("follower read still waiting 5 s after its requests got through again (follower quiet: %v)",
+			follower.Store().Stats().QuietReplicas == 1)
 	}
 }

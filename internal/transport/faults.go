@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/raft/v3/raftpb"
+
 	"github.com/shoaldb/shoal/api/shoalpb"
 )
 
@@ -16,18 +18,20 @@ import (
 // partition would (no error: the sender learns nothing, as with a black
 // hole). Rules are directional: a link from a to b is independent of b to a.
 type Network struct {
-	mu      sync.RWMutex
-	blocked map[link]bool
-	delay   map[link]time.Duration
-	frozen  map[uint64]bool
-	dropped atomic.Uint64
+	mu        sync.RWMutex
+	blocked   map[link]bool
+	delay     map[link]time.Duration
+	frozen    map[uint64]bool
+	dropTypes map[link]map[raftpb.MessageType]bool
+	dropped   atomic.Uint64
 }
 
 type link struct{ from, to uint64 }
 
 // NewNetwork returns a Network that delivers everything.
 func NewNetwork() *Network {
-	return &Network{blocked: map[link]bool{}, delay: map[link]time.Duration{}, frozen: map[uint64]bool{}}
+	return &Network{blocked: map[link]bool{}, delay: map[link]time.Duration{}, frozen: map[uint64]bool{},
+		dropTypes: map[link]map[raftpb.MessageType]bool{}}
 }
 
 // Wrap returns the sender of node that goes through n.
@@ -110,12 +114,46 @@ func (n *Network) Thaw(node uint64) {
 	n.mu.Unlock()
 }
 
+// DropType drops the Raft messages of type t from node from to node to,
+// and delivers the rest of their batches: a lost message of one kind,
+// where Block loses the whole link.
+func (n *Network) DropType(from, to uint64, t raftpb.MessageType) {
+	n.mu.Lock()
+	l := link{from, to}
+	if n.dropTypes[l] == nil {
+		n.dropTypes[l] = map[raftpb.MessageType]bool{}
+	}
+	n.dropTypes[l][t] = true
+	n.mu.Unlock()
+}
+
 // Heal removes every rule except freezes.
 func (n *Network) Heal() {
 	n.mu.Lock()
 	clear(n.blocked)
 	clear(n.delay)
+	clear(n.dropTypes)
 	n.mu.Unlock()
+}
+
+// filter returns msgs without those of the types dropped from from to to.
+func (n *Network) filter(from, to uint64, msgs []*shoalpb.RaftMessage) []*shoalpb.RaftMessage {
+	n.mu.RLock()
+	types := n.dropTypes[link{from, to}]
+	if len(types) == 0 {
+		n.mu.RUnlock()
+		return msgs
+	}
+	var kept []*shoalpb.RaftMessage
+	for _, m := range msgs {
+		if types[m.GetMessage().GetType()] {
+			n.dropped.Add(1)
+			continue
+		}
+		kept = append(kept, m)
+	}
+	n.mu.RUnlock()
+	return kept
 }
 
 // Dropped returns how many messages the Network dropped.
@@ -148,6 +186,9 @@ type faultySender struct {
 }
 
 func (f *faultySender) Send(to uint64, msgs []*shoalpb.RaftMessage) error {
+	if msgs = f.net.filter(f.node, to, msgs); len(msgs) == 0 {
+		return nil
+	}
 	blocked, delay := f.net.rule(f.node, to)
 	switch {
 	case blocked:

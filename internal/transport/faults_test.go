@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/raft/v3/raftpb"
+
 	"github.com/shoaldb/shoal/api/shoalpb"
 )
 
@@ -126,3 +128,31 @@ var errNotYet = errorString("not yet")
 type errorString string
 
 func (e errorString) Error() string { return string(e) }
+
+func TestNetworkDropType(t *testing.T) {
+	net := NewNetwork()
+	s1 := &sink{got: map[uint64][]time.Time{}}
+	n1 := net.Wrap(1, s1)
+	msg := func(typ raftpb.MessageType) *shoalpb.RaftMessage {
+		return &shoalpb.RaftMessage{ShardId: 1, Message: &raftpb.Message{Type: typ.Enum()}}
+	}
+	batch := func() []*shoalpb.RaftMessage {
+		return []*shoalpb.RaftMessage{msg(raftpb.MsgApp), msg(raftpb.MsgReadIndex), msg(raftpb.MsgHeartbeat)}
+	}
+	net.DropType(1, 2, raftpb.MsgReadIndex)
+	_ = n1.Send(2, batch())
+	_ = n1.Send(3, batch())
+	if s1.n(2) != 2 || s1.n(3) != 3 || net.Dropped() != 1 {
+		t.Fatalf("DropType(1, 2, MsgReadIndex): 1->2 got %d of 3 (want 2), 1->3 got %d (want 3), dropped %d (want 1)",
+			s1.n(2), s1.n(3), net.Dropped())
+	}
+	_ = n1.Send(2, []*shoalpb.RaftMessage{msg(raftpb.MsgReadIndex)})
+	if s1.n(2) != 2 || net.Dropped() != 2 {
+		t.Fatalf("a batch of only dropped messages: got %d, dropped %d", s1.n(2), net.Dropped())
+	}
+	net.Heal()
+	_ = n1.Send(2, batch())
+	if s1.n(2) != 5 {
+		t.Fatalf("after Heal 1->2 got %d, want 5", s1.n(2))
+	}
+}
