@@ -27,8 +27,9 @@ import (
 // follower).
 //
 // Failure detection moves from the shard to the node. Every tick a store
-// sends a keepalive to the nodes it shares shards with, and notes when it
-// last heard anything from each node. A quiet follower whose leader's node
+// sends a keepalive to the nodes it shares shards with (unless its loop is
+// stuck, see loopStuck), and notes when it last heard anything from each
+// node. A quiet follower whose leader's node
 // has been silent for quietSilence (default 900 ms) wakes and advances its
 // election clock to one tick short of the timeout, so it campaigns within
 // the next election timeout instead of waiting a whole one more: idle
@@ -252,6 +253,22 @@ func (r *Replica) peerSilent(now time.Time) bool {
 	return false
 }
 
+// loopStuck reports whether the loop's current iteration has run for half
+// an election timeout or more (a disk that stopped answering a sync, a
+// deadlock). The ticker runs apart from the loop, so its keepalives would
+// otherwise keep the followers of this node's quiet shards asleep while
+// nothing here answers them; without keepalives they notice the silence
+// and elect new leaders, as the followers of its busy shards do when its
+// heartbeats stop.
+func (s *Store) loopStuck(now time.Time) bool {
+	start := s.iterStart.Load()
+	if start == 0 {
+		return false
+	}
+	ran := now.Sub(s.peers.start) - time.Duration(start)
+	return ran >= time.Duration(s.opts.ElectionTicks/2)*s.opts.TickInterval
+}
+
 // quietSilence is how long a quiet follower's leader's node must be silent
 // before the follower wakes and advances its election clock: longer than
 // any lease by a tick, and at least (ElectionTicks-1) ticks, the least a
@@ -268,6 +285,9 @@ func (s *Store) quietSilence() time.Duration {
 // alive; quiet followers there watch for it. The list of nodes is refreshed
 // every ElectionTicks ticks; peers is the ticker goroutine's.
 func (s *Store) sendKeepalives(rs []*Replica, ticks int, peers *[]uint64) {
+	if s.loopStuck(time.Now()) {
+		return
+	}
 	if ticks%s.opts.ElectionTicks == 0 {
 		seen := map[uint64]bool{}
 		*peers = (*peers)[:0]

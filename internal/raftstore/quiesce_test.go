@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -198,4 +199,86 @@ func TestFollowerWithReadInFlightStaysAwake(t *testing.T) {
 		t.Fatalf("follower read still waiting 5 s after its requests got through again (follower quiet: %v)",
 			follower.Store().Stats().QuietReplicas == 1)
 	}
+}
+
+// TestStuckLoopFailsOver blocks one node's loop in the middle of an
+// iteration (a sync that never returns) while it leads quiet shards. Its
+// ticker runs apart from the loop; were it to go on sending keepalives,
+// the followers of those quiet shards would sleep on while nothing on the
+// node answers. It stops once the iteration has run half an election
+// timeout, so they notice the silence and elect new leaders that take
+// writes.
+func TestStuckLoopFailsOver(t *testing.T) {
+	const shards = 8
+	var stuckNode atomic.Uint64
+	release := make(chan struct{})
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: shards, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
+		StoreOptions: func(node uint64, o *raftstore.Options) {
+			k := raftstore.Knobs{}
+			if o.Knobs != nil {
+				k = *o.Knobs
+			}
+			k.BeforeLogCommit = func() {
+				if stuckNode.Load() == node {
+					<-release
+				}
+			}
+			o.Knobs = &k
+		}})
+	// Registered after the cluster's own cleanup, so it runs first and the
+	// stuck loop can finish before its node stops.
+	t.Cleanup(func() { close(release) })
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	led := map[uint64][]uint64{}
+	for _, d := range c.Shards {
+		n, err := c.Leader(d.ShardId)
+		if err != nil {
+			t.Fatal(err)
+		}
+		led[n.ID] = append(led[n.ID], d.ShardId)
+	}
+	victim := uint64(1)
+	for id, ss := range led {
+		if len(ss) > len(led[victim]) {
+			victim = id
+		}
+	}
+	if len(led[victim]) < 2 {
+		t.Fatalf("node %d leads %d shards, want 2 or more", victim, len(led[victim]))
+	}
+	waitQuiet(ctx, t, c, shards)
+	// A write to one of its shards gets the node's loop stuck before its
+	// sync; its other shards stay quiet.
+	stuckNode.Store(victim)
+	writeShard, quiet := led[victim][0], led[victim][1:]
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		_, _ = c.Node(victim).Store().Propose(wctx, writeShard, tc.PutCmd(keyInShard(c, writeShard, "stuck"), []byte("v")))
+	}()
+	start := time.Now()
+	for _, shard := range quiet {
+		var leader *tc.Node
+		if err := tc.WaitFor(ctxFor(t, 15*time.Second), func() error {
+			for _, n := range c.Nodes {
+				if n.ID == victim {
+					continue
+				}
+				if st, err := n.Store().Status(shard); err == nil && st.Role == raftstore.RoleLeader {
+					leader = n
+					return nil
+				}
+			}
+			return fmt.Errorf("shard %d: no leader besides stuck node %d", shard, victim)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leader.Store().Propose(ctx, shard, tc.PutCmd(keyInShard(c, shard, "after"), []byte("v"))); err != nil {
+			t.Fatalf("shard %d: write at new leader node %d: %v", shard, leader.ID, err)
+		}
+	}
+	t.Logf("%d quiet shards of the stuck node failed over within %v", len(quiet), time.Since(start))
 }

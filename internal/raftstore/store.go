@@ -177,6 +177,11 @@ type Store struct {
 	logMustSync bool
 	logReplicas int
 
+	// iterStart is when the loop's current iteration began (on the peer
+	// clock, see quiesce.go), 0 between iterations: the ticker stops
+	// sending keepalives while an iteration is stuck.
+	iterStart atomic.Int64
+
 	proposalSeq atomic.Uint64
 	started     atomic.Bool
 	// stopping is set before waiters are failed on Stop; replicas refuse new
@@ -798,7 +803,10 @@ func (s *Store) loop() {
 		if batch == nil {
 			return
 		}
-		if err := s.iterate(batch); err != nil {
+		s.iterStart.Store(max(1, int64(time.Since(s.peers.start))))
+		err := s.iterate(batch)
+		s.iterStart.Store(0)
+		if err != nil {
 			s.fatal(err)
 			return
 		}
