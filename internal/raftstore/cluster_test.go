@@ -59,6 +59,43 @@ func waitNewLeader(ctx context.Context, t *testing.T, c *tc.Cluster, shard, old 
 	}
 }
 
+// leaderAndOther returns the node leading shard and another node (a
+// follower when every node has a replica).
+func leaderAndOther(t *testing.T, c *tc.Cluster, shard uint64) (leader, other *tc.Node) {
+	t.Helper()
+	leader, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		if n.ID != leader.ID {
+			return leader, n
+		}
+	}
+	t.Fatalf("shard %d: no node besides its leader %d", shard, leader.ID)
+	return nil, nil
+}
+
+// busiestLeader returns the node leading the most shards and those shards.
+func busiestLeader(t *testing.T, c *tc.Cluster) (uint64, []uint64) {
+	t.Helper()
+	led := map[uint64][]uint64{}
+	for _, d := range c.Shards {
+		n, err := c.Leader(d.ShardId)
+		if err != nil {
+			t.Fatal(err)
+		}
+		led[n.ID] = append(led[n.ID], d.ShardId)
+	}
+	busiest := uint64(1)
+	for id, shards := range led {
+		if len(shards) > len(led[busiest]) {
+			busiest = id
+		}
+	}
+	return busiest, led[busiest]
+}
+
 // waitRead waits until a linearizable read of key at n returns want.
 func waitRead(ctx context.Context, t *testing.T, n *tc.Node, shard uint64, key []byte, want string) {
 	t.Helper()
@@ -170,21 +207,7 @@ func TestLeaderFailover(t *testing.T) {
 // one did within 3 s. what describes the shards in the log line.
 func stopBusiestLeader(ctx context.Context, t *testing.T, c *tc.Cluster, what string) {
 	t.Helper()
-	led := map[uint64][]uint64{}
-	for _, d := range c.Shards {
-		n, err := c.Leader(d.ShardId)
-		if err != nil {
-			t.Fatal(err)
-		}
-		led[n.ID] = append(led[n.ID], d.ShardId)
-	}
-	victim := uint64(1)
-	for id, shards := range led {
-		if len(shards) > len(led[victim]) {
-			victim = id
-		}
-	}
-	shards := led[victim]
+	victim, shards := busiestLeader(t, c)
 	stopped := time.Now()
 	c.Node(victim).Stop()
 

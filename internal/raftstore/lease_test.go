@@ -151,17 +151,7 @@ func TestRestartedReplicaIgnoresVotes(t *testing.T) {
 	if _, err := c.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte("v"))); err != nil {
 		t.Fatal(err)
 	}
-	leader, err := c.Leader(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var follower *tc.Node
-	for _, n := range c.Nodes {
-		if n.ID != leader.ID {
-			follower = n
-			break
-		}
-	}
+	_, follower := leaderAndOther(t, c, 1)
 	follower.Stop()
 	if err := follower.Restart(); err != nil {
 		t.Fatal(err)

@@ -65,16 +65,7 @@ func TestQuiesce(t *testing.T) {
 	if _, err := c.Propose(ctx, shard, tc.PutCmd(k, []byte("v2"))); err != nil {
 		t.Fatal(err)
 	}
-	leader, err := c.Leader(shard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var follower *tc.Node
-	for _, n := range c.Nodes {
-		if n.ID != leader.ID {
-			follower = n
-		}
-	}
+	leader, follower := leaderAndOther(t, c, shard)
 	waitRead(ctx, t, follower, shard, k, "v2")
 	waitQuiet(ctx, t, c, shards)
 	if q := leader.Store().Stats().Quiesced; q < shards+1 {
@@ -159,16 +150,7 @@ func TestFollowerWithReadInFlightStaysAwake(t *testing.T) {
 	}
 	shard := c.Shards[0].ShardId
 	waitQuiet(ctx, t, c, 1)
-	leader, err := c.Leader(shard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var follower *tc.Node
-	for _, n := range c.Nodes {
-		if n.ID != leader.ID {
-			follower = n
-		}
-	}
+	leader, follower := leaderAndOther(t, c, shard)
 	c.Net.DropType(follower.ID, leader.ID, raftpb.MsgReadIndex)
 	// A write wakes the shard; the leader quiesces again a few idle ticks
 	// after it, having heard nothing of the read.
@@ -232,28 +214,15 @@ func TestStuckLoopFailsOver(t *testing.T) {
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
-	led := map[uint64][]uint64{}
-	for _, d := range c.Shards {
-		n, err := c.Leader(d.ShardId)
-		if err != nil {
-			t.Fatal(err)
-		}
-		led[n.ID] = append(led[n.ID], d.ShardId)
-	}
-	victim := uint64(1)
-	for id, ss := range led {
-		if len(ss) > len(led[victim]) {
-			victim = id
-		}
-	}
-	if len(led[victim]) < 2 {
-		t.Fatalf("node %d leads %d shards, want 2 or more", victim, len(led[victim]))
+	victim, led := busiestLeader(t, c)
+	if len(led) < 2 {
+		t.Fatalf("node %d leads %d shards, want 2 or more", victim, len(led))
 	}
 	waitQuiet(ctx, t, c, shards)
 	// A write to one of its shards gets the node's loop stuck before its
 	// sync; its other shards stay quiet.
 	stuckNode.Store(victim)
-	writeShard, quiet := led[victim][0], led[victim][1:]
+	writeShard, quiet := led[0], led[1:]
 	go func() {
 		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
