@@ -450,6 +450,10 @@ func (s *Storage) MustWriteHardState(hs *raftpb.HardState) bool {
 func (s *Storage) SetCommit(commit uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if c := s.mu.hardState.Commit; c != nil {
+		*c = commit // s.mu.hardState is never handed out without a copy
+		return
+	}
 	s.mu.hardState.Commit = new(commit)
 }
 

@@ -198,6 +198,10 @@ func (c *Cluster) Checksums(ctx context.Context, shard uint64) (map[uint64]rafts
 func (c *Cluster) ProposeObserved(ctx context.Context, shard uint64, cmd []byte, retried func(node uint64, err error)) (any, error) {
 	target := uint64(0)
 	backoff := time.Millisecond
+	// hops counts NotLeader hints followed at once since the last wait: two
+	// replicas can name each other during a handover, and following them
+	// without a pause spins (as the Go client avoids, client/client.go).
+	hops := 0
 	for {
 		if target == 0 || !c.Node(target).Running() {
 			if n, err := c.Leader(shard); err == nil {
@@ -217,9 +221,14 @@ func (c *Cluster) ProposeObserved(ctx context.Context, shard uint64, cmd []byte,
 		var nl *raftstore.NotLeaderError
 		if errors.As(err, &nl) && nl.LeaderNode != 0 && nl.LeaderNode != target {
 			target = nl.LeaderNode
-			continue
+			if hops < 3 {
+				hops++
+				continue
+			}
+		} else {
+			target = 0
 		}
-		target = 0
+		hops = 0
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w (last: %w)", ctx.Err(), err)
