@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"path"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,10 +52,21 @@ func Mount(mux *http.ServeMux, reg *prometheus.Registry) {
 var latencyBuckets = prometheus.ExponentialBuckets(50e-6, 2, 18)
 
 // requests counts requests by what they were and their result, and times
-// them by what they were.
+// them by what they were. Both label sets are small and fixed (command or
+// method names, result words), so the children are looked up once each and
+// kept in seen: a request then costs two atomic updates, not two label
+// hashes and map lookups under the vectors' locks.
 type requests struct {
 	count   *prometheus.CounterVec
 	latency *prometheus.HistogramVec
+	seen    *sync.Map // requestLabels -> *requestMetrics
+}
+
+type requestLabels struct{ what, result string }
+
+type requestMetrics struct {
+	count   prometheus.Counter
+	latency prometheus.Observer
 }
 
 // newRequests registers <name>_total{what, result} and <name>_seconds{what}.
@@ -66,14 +78,24 @@ func newRequests(reg prometheus.Registerer, name, what, result, help string) req
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: name + "_seconds", Help: help + " latency, by " + what + ".", Buckets: latencyBuckets,
 		}, []string{what}),
+		seen: &sync.Map{},
 	}
 	reg.MustRegister(r.count, r.latency)
 	return r
 }
 
 func (r requests) observe(what, result string, d time.Duration) {
-	r.count.WithLabelValues(what, result).Inc()
-	r.latency.WithLabelValues(what).Observe(d.Seconds())
+	k := requestLabels{what, result}
+	m, ok := r.seen.Load(k)
+	if !ok {
+		m, _ = r.seen.LoadOrStore(k, &requestMetrics{
+			count:   r.count.WithLabelValues(what, result),
+			latency: r.latency.WithLabelValues(what),
+		})
+	}
+	rm := m.(*requestMetrics)
+	rm.count.Inc()
+	rm.latency.Observe(d.Seconds())
 }
 
 // GRPC counts and times a gRPC server's unary requests by method and
