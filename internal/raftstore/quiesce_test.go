@@ -75,8 +75,12 @@ func TestQuiesce(t *testing.T) {
 
 // TestQuietLeaderFailover stops the node that leads the most shards once
 // every shard is quiet: the followers notice its silence (no keepalives)
-// and every shard elects a new leader and accepts a write within 3 s, as
-// busy shards do (TestLeaderFailover).
+// and every shard elects a new leader and accepts a write. The limit is
+// that of busy shards (TestLeaderFailover, 3 s) plus the 900 ms of silence
+// a quiet follower waits for before its election clock runs (quiesce.go):
+// alone on this machine the slowest shard takes 1.6-1.8 s, like busy ones,
+// but a CI run with other packages' tests on the same two cores once took
+// 3.3 s.
 func TestQuietLeaderFailover(t *testing.T) {
 	const shards = 64
 	c := tc.Start(t, tc.Options{Nodes: 3, Shards: shards, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
@@ -85,7 +89,7 @@ func TestQuietLeaderFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitQuiet(ctx, t, c, shards)
-	stopBusiestLeader(ctx, t, c, "quiet ")
+	stopBusiestLeader(ctx, t, c, "quiet ", 3*time.Second+900*time.Millisecond)
 }
 
 // TestQuietLeaderCutOff isolates the node that leads quiet shards: the
