@@ -606,17 +606,14 @@ func (c *DockerCluster) Heal(ctx context.Context) error {
 // nothing, and the next cluster takes another subnet), rather than failing
 // a test over the daemon's bookkeeping.
 func (c *DockerCluster) removeNetwork(ctx context.Context) error {
-	attached := func() ([]string, error) {
-		names, err := c.docker(ctx, "network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{end}}", c.network)
-		return strings.Fields(names), err
-	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		_, err := c.docker(ctx, "network", "rm", c.network)
 		if err == nil || !strings.Contains(err.Error(), "active endpoints") {
 			return err
 		}
-		names, ierr := attached()
+		out, ierr := c.docker(ctx, "network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{end}}", c.network)
+		names := strings.Fields(out)
 		for _, name := range names {
 			_, _ = c.docker(ctx, "network", "disconnect", "--force", c.network, name)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/shoaldb/shoal/internal/kv"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/storage"
+	"github.com/shoaldb/shoal/internal/testcluster"
 )
 
 // nopTransport drops every message: a single-node store never needs one.
@@ -45,24 +46,6 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
-}
-
-// logBuffer collects log output; tests fail if the DB warned.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 const numShards = 4
@@ -93,7 +76,7 @@ func startDBLeaderless(t *testing.T, opts kv.Options, leaderless uint64) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	warnings := &logBuffer{}
+	warnings := &testcluster.SyncBuffer{} // tests fail if the DB warned
 	logger := slog.New(slog.NewTextHandler(warnings, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	store, err := raftstore.NewStore(raftstore.Options{
 		NodeID:    1,

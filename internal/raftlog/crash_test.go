@@ -168,14 +168,14 @@ func (w *crashWriter) ready(applyUnstable, crashInside bool) {
 		must(w.t, w.s.Append(logBatch, ents))
 	}
 	next.commit = newCommit
-	if hs := (&raftpb.HardState{Term: new(w.term), Vote: w.m.hs.Vote, Commit: new(newCommit)}); w.s.MustWriteHardState(hs) {
+	hs := &raftpb.HardState{Term: new(w.term), Vote: w.m.hs.Vote, Commit: new(newCommit)}
+	if w.term != w.m.hs.GetTerm() {
 		// A new term, with a vote: written.
 		hs.Vote = new(uint64(1 + w.rng.IntN(3)))
+	}
+	if !w.s.CommitOnly(hs) {
 		next.hs = hs
 		must(w.t, w.s.SetHardState(logBatch, next.hs))
-	} else if newCommit != commit {
-		// Only the commit index moved: raftstore writes nothing.
-		w.s.SetCommit(newCommit)
 	}
 
 	applyTo := min(newCommit, stable)

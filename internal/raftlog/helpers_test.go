@@ -140,6 +140,15 @@ func must(t testing.TB, err error) {
 }
 
 // appendCommit appends ents in one synced batch.
+// writeHardState writes hs with a synced commit.
+func writeHardState(t testing.TB, eng *storage.Engine, s *Storage, hs *raftpb.HardState) {
+	t.Helper()
+	b := eng.NewBatch()
+	defer b.Close()
+	must(t, s.SetHardState(b, hs))
+	must(t, b.Commit(true))
+}
+
 func appendCommit(t testing.TB, eng *storage.Engine, s *Storage, ents ...*raftpb.Entry) {
 	t.Helper()
 	b := eng.NewBatch()

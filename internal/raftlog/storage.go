@@ -431,30 +431,27 @@ func (s *Storage) Append(b *storage.Batch, ents []*raftpb.Entry) error {
 	return nil
 }
 
-// MustWriteHardState reports whether hs has to be written: its term or
-// vote differ from the HardState on disk. A HardState whose commit index
-// alone moved need not be; the caller records it with SetCommit instead.
-// Raft does not need its commit index durable: after a restart
-// InitialState raises it to the applied index, and the leader tells the
-// rest. On a busy node this saves a write (and a memtable insert) per
-// replica in almost every Ready, as a leader's commit index moves with
-// every acknowledgement and a follower's with every append.
-func (s *Storage) MustWriteHardState(hs *raftpb.HardState) bool {
+// CommitOnly reports whether hs differs from the HardState as written only
+// in its commit index, and if so records that commit index in memory: hs
+// need not be written. Otherwise (a new term or vote) it changes nothing
+// and hs must be written with SetHardState. Raft does not need its commit
+// index durable: after a restart InitialState raises it to the applied
+// index, and the leader tells the rest. On a busy node this saves a write
+// (and a memtable insert) per replica in almost every Ready, as a leader's
+// commit index moves with every acknowledgement and a follower's with
+// every append; the next HardState written carries the commit index.
+func (s *Storage) CommitOnly(hs *raftpb.HardState) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return hs.GetTerm() != s.mu.hardState.GetTerm() || hs.GetVote() != s.mu.hardState.GetVote()
-}
-
-// SetCommit records a commit index in memory, not on disk (see
-// MustWriteHardState); the next HardState written carries it.
-func (s *Storage) SetCommit(commit uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c := s.mu.hardState.Commit; c != nil {
-		*c = commit // s.mu.hardState is never handed out without a copy
-		return
+	cur := s.mu.hardState
+	if hs.GetTerm() != cur.GetTerm() || hs.GetVote() != cur.GetVote() {
+		return false
 	}
-	s.mu.hardState.Commit = new(commit)
+	if cur.Commit == nil {
+		cur.Commit = new(uint64)
+	}
+	*cur.Commit = hs.GetCommit() // s.mu.hardState is never handed out without a copy
+	return true
 }
 
 // SetHardState stages hs in b.

@@ -344,10 +344,7 @@ func TestInitialState(t *testing.T) {
 	// HardState round trip, through a reopen.
 	appendCommit(t, eng, s, entsAt(6, 6, 6, 7, 7, 7)...)
 	want := &raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(2)), Commit: new(uint64(8))}
-	b = eng.NewBatch()
-	must(t, s.SetHardState(b, want))
-	must(t, b.Commit(true))
-	b.Close()
+	writeHardState(t, eng, s, want)
 	if got := s.HardState(); !proto.Equal(got, want) {
 		t.Fatalf("HardState() = %v, want %v", got, want)
 	}
@@ -530,7 +527,7 @@ func TestShardsIsolated(t *testing.T) {
 	}
 }
 
-// A HardState whose commit index alone moved is not written: the commit
+// A HardState whose commit index alone moved need not be written: the commit
 // index lives in memory until the next term or vote change writes it, and
 // a reopened Storage reports the commit index from the applied state.
 func TestCommitOnlyHardStateNotWritten(t *testing.T) {
@@ -545,32 +542,33 @@ func TestCommitOnlyHardStateNotWritten(t *testing.T) {
 	must(t, err)
 	appendCommit(t, eng, s, entsAt(6, 6, 6, 7, 7, 7)...)
 	written := &raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(2)), Commit: new(uint64(8))}
-	b = eng.NewBatch()
-	must(t, s.SetHardState(b, written))
-	must(t, b.Commit(true))
-	b.Close()
+	writeHardState(t, eng, s, written)
 
-	for _, tc := range []struct {
-		hs   *raftpb.HardState
-		want bool
-	}{
-		{&raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(2)), Commit: new(uint64(11))}, false},
-		{&raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(2)), Commit: new(uint64(8))}, false},
-		{&raftpb.HardState{Term: new(uint64(8)), Vote: new(uint64(2)), Commit: new(uint64(11))}, true},
-		{&raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(3)), Commit: new(uint64(8))}, true},
-		{&raftpb.HardState{Term: new(uint64(8)), Commit: new(uint64(8))}, true},
+	// A new term or vote must be written: CommitOnly says so and changes
+	// nothing, not even the commit index it carries.
+	for _, hs := range []*raftpb.HardState{
+		{Term: new(uint64(8)), Vote: new(uint64(2)), Commit: new(uint64(11))},
+		{Term: new(uint64(7)), Vote: new(uint64(3)), Commit: new(uint64(11))},
+		{Term: new(uint64(8)), Commit: new(uint64(11))},
 	} {
-		if got := s.MustWriteHardState(tc.hs); got != tc.want {
-			t.Errorf("MustWriteHardState(%v) after writing %v = %v, want %v", tc.hs, written, got, tc.want)
+		if s.CommitOnly(hs) {
+			t.Errorf("CommitOnly(%v) after writing %v = true, want false", hs, written)
 		}
 	}
-
-	s.SetCommit(11)
+	if hs := s.HardState(); !proto.Equal(hs, written) {
+		t.Fatalf("HardState() after refused CommitOnly calls = %v, want %v", hs, written)
+	}
+	// The same term and vote: only the commit index moved, kept in memory.
+	for _, commit := range []uint64{8, 11} {
+		if !s.CommitOnly(&raftpb.HardState{Term: new(uint64(7)), Vote: new(uint64(2)), Commit: new(commit)}) {
+			t.Fatalf("CommitOnly(term 7, vote 2, commit %d) = false, want true", commit)
+		}
+	}
 	if hs := s.HardState(); hs.GetCommit() != 11 || hs.GetTerm() != 7 || hs.GetVote() != 2 {
-		t.Fatalf("HardState() after SetCommit(11) = %v, want term 7 vote 2 commit 11", hs)
+		t.Fatalf("HardState() after CommitOnly(commit 11) = %v, want term 7 vote 2 commit 11", hs)
 	}
 	if hs, _, _ := s.InitialState(); hs.GetCommit() != 11 {
-		t.Fatalf("InitialState commit after SetCommit(11) = %d", hs.GetCommit())
+		t.Fatalf("InitialState commit after CommitOnly(commit 11) = %d", hs.GetCommit())
 	}
 	// Entries up to 10 applied (unsynced, like an apply batch); then the
 	// node restarts: the disk has commit 8, and Raft is told 10, the

@@ -21,10 +21,10 @@ import (
 // its next heartbeats "quiesce" and stops ticking after sending them. A
 // follower that gets such a heartbeat from its leader while its own log
 // ends at the heartbeat's commit index, and no read of its own is in
-// flight, stops ticking too, remembering the leader's node. Anything else a quiet replica gets wakes it: a proposal,
-// a read that finds no lease, a transfer, any Raft message other than a
-// heartbeat answer (on the leader) or the quiesce heartbeat itself (on a
-// follower).
+// flight, stops ticking too, remembering the leader's node. Anything else
+// a quiet replica gets wakes it: a proposal, a read that finds no lease, a
+// transfer, any Raft message other than a heartbeat answer (on the leader)
+// or the quiesce heartbeat itself (on a follower).
 //
 // Failure detection moves from the shard to the node. Every tick a store
 // sends a keepalive to the nodes it shares shards with (unless its loop is

@@ -498,10 +498,8 @@ func (r *Replica) phase1(w *worker) error {
 		r.sentEarly = true
 	}
 	hs := rd.HardState
-	if hs != nil && !r.storage.MustWriteHardState(hs) {
-		// Only the commit index moved: nothing to write (raftlog).
-		r.storage.SetCommit(hs.GetCommit())
-		hs = nil
+	if hs != nil && r.storage.CommitOnly(hs) {
+		hs = nil // only the commit index moved: nothing to write
 	}
 	if len(rd.Entries) > 0 || hs != nil {
 		err := r.store.stageLog(rd.MustSync, func(b *storage.Batch) error {

@@ -38,11 +38,12 @@ type Options struct {
 	// log: a sync asked for sooner waits until it has passed, and every
 	// commit that arrives meanwhile is made durable by the same sync. A
 	// commit with sync still returns only once it is on disk. Default
-	// 300µs; negative turns it off (sync at once). On the 2-core machine of
-	// docs/benchmarks.md this doubles the writes a sync carries and raises
-	// write throughput at 64 and more concurrent writers, because a sync
-	// costs tens of microseconds of CPU; one writer alone never waits,
-	// since its syncs come further apart than this.
+	// 300µs; negative turns it off (sync at once). A sync costs tens of
+	// microseconds of CPU (BenchmarkSyncCPU), so under load fewer, fuller
+	// syncs leave more CPU for writes: on the 2-core machine of
+	// docs/benchmarks.md, 64 Redis clients wrote about a fifth more. One
+	// writer alone rarely waits, since its syncs come further apart than
+	// this.
 	MinSyncInterval time.Duration
 	// Logger receives Pebble's logs and events. Default: discarded.
 	Logger *slog.Logger
