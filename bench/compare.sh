@@ -29,6 +29,9 @@
 #   WORKLOADS="load w c a" workloads in order; load inserts $RECORDS keys
 #   RECORDS=50000         keys (load inserts them, the others pick among them)
 #   CONCURRENCY=64        clients
+#   PIPELINE=1            commands per round trip per client, for the RESP
+#                         targets (Shoal's and Redis's) only: the Go client
+#                         and etcd send one request per call
 #   VALUE_SIZE=100        bytes per value
 #   SYSTEMS="shoal etcd redis"
 #   SHOAL_TARGETS="shoal resp"  how Shoal is driven (Go client, Redis port)
@@ -57,6 +60,7 @@ PHASE_SECONDS=${PHASE_SECONDS:-20}
 WORKLOADS=${WORKLOADS:-load w c a}
 RECORDS=${RECORDS:-50000}
 CONCURRENCY=${CONCURRENCY:-64}
+PIPELINE=${PIPELINE:-1}
 VALUE_SIZE=${VALUE_SIZE:-100}
 SYSTEMS=${SYSTEMS:-shoal etcd redis}
 SHOAL_TARGETS=${SHOAL_TARGETS:-shoal resp}
@@ -216,7 +220,8 @@ printf 'system\tkeys\trss_mib\tdisk_mib\n' >"$memdisk"
 phases() {
   local system=$1 target=$2 flags=$3
   shift 3
-  local w
+  local w pipe=1
+  if [ "$target" = resp ]; then pipe=$PIPELINE; fi
   for w in $WORKLOADS; do
     local json=$RESULTS_DIR/$system-$target-$w.json
     local before after busy0 busy1 client
@@ -230,7 +235,7 @@ phases() {
     client=$( {
       TIMEFORMAT='%3U %3S'
       time timeout -k 10 $((PHASE_SECONDS + 600)) "$SHOAL" bench --target "$target" $flags \
-        --workload "$w" --records "$RECORDS" --concurrency "$CONCURRENCY" --value-size "$VALUE_SIZE" \
+        --workload "$w" --records "$RECORDS" --concurrency "$CONCURRENCY" --pipeline "$pipe" --value-size "$VALUE_SIZE" \
         --duration "${PHASE_SECONDS}s" --json >"$json" 2>"$json.progress" || true
     } 2>&1 | awk '{print $1 + $2}')
     after=$(cpu_ticks "$@")
@@ -404,7 +409,7 @@ done
 echo
 shape=
 case " $SYSTEMS " in *" shoal "*) shape=", shoal: $SHOAL_SHARDS shards, $SHOAL_NODES nodes, $SHOAL_REPLICAS replicas" ;; esac
-echo "== $(nproc) CPUs, $CONCURRENCY clients, $VALUE_SIZE-byte values, $RECORDS keys, ${PHASE_SECONDS}s per timed workload$shape"
+echo "== $(nproc) CPUs, $CONCURRENCY clients, pipeline $PIPELINE (RESP), $VALUE_SIZE-byte values, $RECORDS keys, ${PHASE_SECONDS}s per timed workload$shape"
 column -t -s $'\t' "$results"
 if [ "$MEMDISK" = 1 ]; then
   echo

@@ -49,3 +49,13 @@ func (b respBackend) Topology() resp.Topology {
 	}
 	return t
 }
+
+// ShardOf returns the shard of slot: the local replica's, else the route
+// table's.
+func (b respBackend) ShardOf(slot uint16) uint64 {
+	if shard, err := b.n.store.ShardBySlot(slot); err == nil {
+		return shard
+	}
+	shard, _ := b.n.routes.leaderOf(slot)
+	return shard
+}

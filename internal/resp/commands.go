@@ -137,45 +137,44 @@ func truncate(b []byte, n int) string {
 }
 
 // dispatch runs one command. It returns the command's name in lower case
-// ("unknown" for a command it does not know) and whether the connection
-// should close (QUIT).
-func (c *conn) dispatch(args [][]byte) (string, bool) {
+// ("unknown" for a command it does not know).
+func (c *conn) dispatch(args [][]byte) string {
 	name := strings.ToLower(string(args[0]))
 	cmd := c.s.table()[name]
 	if cmd == nil {
 		name = "unknown"
 		if !c.authed {
 			c.wr.Error(errNoAuth)
-			return name, false
+			return name
 		}
 		c.wr.Error(unknownCommand(args))
-		return name, false
+		return name
 	}
 	if !c.authed && !cmd.noAuth {
 		c.wr.Error(errNoAuth)
-		return name, false
+		return name
 	}
 	if (cmd.arity > 0 && len(args) != cmd.arity) || (cmd.arity < 0 && len(args) < -cmd.arity) {
 		c.wr.Error(wrongArgs(name))
-		return name, false
+		return name
 	}
 	if cmd.keys != nil {
 		ks := cmd.keys(args)
 		if len(ks) == 0 {
 			c.wr.Error(wrongArgs(name))
-			return name, false
+			return name
 		}
 		slot := keys.Slot(ks[0])
 		for _, k := range ks[1:] {
 			if keys.Slot(k) != slot {
 				c.wr.Error(errCrossSlot)
-				return name, false
+				return name
 			}
 		}
 		c.slot = slot
 	}
 	cmd.run(c, args)
-	return name, name == "quit"
+	return name
 }
 
 // header is the KV request header of this connection's commands. Until

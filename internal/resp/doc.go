@@ -11,6 +11,14 @@
 // answered -MOVED to the leader, or -TRYAGAIN while the shard elects one,
 // unless the server is a proxy, which forwards instead.
 //
+// A connection's commands take effect in order, with one relaxation for
+// pipelines: the key commands of a pipeline run at the same time, except
+// that a command waits for the connection's running command on the same
+// shard (Backend.ShardOf). So commands on one shard keep their order, as on
+// one Redis master, while commands on different shards may take effect in
+// any order, as on different Redis Cluster masters; replies are always
+// written in order. Every other command waits for all before it.
+//
 // Limits protect the node from its clients: a command has at most MaxArgs
 // arguments and MaxQueryBytes in all, an argument at most MaxBulkBytes, an
 // inline command at most MaxInlineBytes; an unauthenticated client on a

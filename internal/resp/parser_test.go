@@ -252,6 +252,7 @@ func TestDeclaredLengthsCostNothing(t *testing.T) {
 type noBackend struct{ shoalpb.UnimplementedKVServer }
 
 func (noBackend) Topology() resp.Topology { return resp.Topology{} }
+func (noBackend) ShardOf(uint16) uint64   { return 0 }
 
 func startServer(t *testing.T, opts resp.Options) string {
 	t.Helper()

@@ -1,6 +1,8 @@
 package resp
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
 )
 
 // Backend executes commands: the node's KV service, called in process.
@@ -20,6 +23,9 @@ type Backend interface {
 	shoalpb.KVServer
 	// Topology returns the cluster as this node sees it now.
 	Topology() Topology
+	// ShardOf returns the shard that holds slot, or 0 if the node does not
+	// know. It is called for every pipelined command, so it must be cheap.
+	ShardOf(slot uint16) uint64
 }
 
 // Topology is the Redis Cluster view of a Shoal cluster.
@@ -69,6 +75,10 @@ type Options struct {
 	IdleTimeout time.Duration
 	// MaxConns bounds concurrent connections. Default 10000.
 	MaxConns int
+	// MaxPipelined bounds the commands of one connection's pipeline that
+	// run at the same time (see conn.serve); 1 runs every command alone.
+	// Default 64.
+	MaxPipelined int
 	// Observe, when set, is called after every command with its name (in
 	// lower case, "unknown" for commands the server does not know), its
 	// result ("ok", or the first word of the error reply: "ERR", "MOVED",
@@ -85,6 +95,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = 10000
+	}
+	if o.MaxPipelined <= 0 {
+		o.MaxPipelined = 64
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -176,7 +189,10 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// conn is one client connection. Its commands run one at a time, in order.
+// conn is one client connection. Its commands take effect in order, as
+// Redis's do, with one relaxation for pipelines (see serve): commands on
+// different shards may take effect in any order. Replies always come in
+// order.
 type conn struct {
 	s        *Server
 	nc       net.Conn
@@ -190,10 +206,28 @@ type conn struct {
 	name    string
 	libName string
 	libVer  string
+	// inflight are the pipelined commands running, in the order they were
+	// read; their replies are written in that order (drain).
+	inflight []*pipelined
+	// spare are finished pipelined commands kept for reuse.
+	spare []*pipelined
+}
+
+// pipelined is a command of a pipeline that runs while the connection reads
+// the commands after it. It writes its reply into buf.
+type pipelined struct {
+	shard uint64
+	done  chan struct{}
+	buf   bytes.Buffer
+	wr    *Writer
+	// c is a copy of the connection's state for the command to run on:
+	// only commands that leave the connection's state alone run pipelined.
+	c conn
 }
 
 func (c *conn) serve() {
 	defer func() {
+		c.drain()
 		c.nc.Close()
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
@@ -210,44 +244,162 @@ func (c *conn) serve() {
 		}
 		args, err := c.rd.ReadCommand(lim)
 		if err != nil {
+			c.drain()
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
 				c.wr.Error("ERR " + pe.Error())
 				if c.wr.Flush() == nil {
 					c.lingerClose()
 				}
+				return
 			}
+			c.wr.Flush()
 			return
 		}
 		if args != nil {
 			c.s.stats.commands.Add(1)
-			var start time.Time
-			obs := c.s.opts.Observe
-			if obs != nil {
-				start = time.Now()
-			}
-			c.wr.lastErr = ""
-			name, quit := c.dispatch(args)
-			if obs != nil {
-				result := "ok"
-				if c.wr.lastErr != "" {
-					result, _, _ = strings.Cut(c.wr.lastErr, " ")
+			// A pipeline's keyed commands run at once, so that its writes
+			// share Raft rounds instead of waiting for one each; on one
+			// shard they still run one after another, in order.
+			if cmd, name, slot, ok := c.pipelinable(args); ok && (len(c.inflight) > 0 || c.rd.Buffered()) {
+				c.launch(cmd, name, slot, args)
+			} else {
+				c.drain()
+				c.runNow(args)
+				if name == "quit" {
+					c.wr.Flush()
+					return
 				}
-				obs(name, result, time.Since(start))
-			}
-			if quit {
-				c.wr.Flush()
-				return
 			}
 		}
 		// Answer a pipeline in one write: flush when nothing more is
 		// waiting.
 		if !c.rd.Buffered() {
+			c.drain()
 			if err := c.wr.Flush(); err != nil {
 				return
 			}
 		}
 	}
+}
+
+// runNow runs one command on the connection and writes its reply.
+func (c *conn) runNow(args [][]byte) {
+	var start time.Time
+	obs := c.s.opts.Observe
+	if obs != nil {
+		start = time.Now()
+	}
+	c.wr.lastErr = ""
+	name := c.dispatch(args)
+	if obs != nil {
+		obs(name, result(c.wr), time.Since(start))
+	}
+}
+
+// result is the Observe result of the command whose reply w holds.
+func result(w *Writer) string {
+	if w.lastErr == "" {
+		return "ok"
+	}
+	r, _, _ := strings.Cut(w.lastErr, " ")
+	return r
+}
+
+// pipelinable reports whether args is a command that may run pipelined: a
+// known keyed command, with valid arity and keys in one slot, on an
+// authenticated connection. Anything else runs alone, where dispatch
+// answers its errors in order.
+func (c *conn) pipelinable(args [][]byte) (cmd *command, name string, slot uint16, ok bool) {
+	name = strings.ToLower(string(args[0]))
+	cmd = c.s.table()[name]
+	if cmd == nil || cmd.keys == nil || !c.authed || c.s.opts.MaxPipelined <= 1 {
+		return nil, name, 0, false
+	}
+	if (cmd.arity > 0 && len(args) != cmd.arity) || (cmd.arity < 0 && len(args) < -cmd.arity) {
+		return nil, name, 0, false
+	}
+	ks := cmd.keys(args)
+	if len(ks) == 0 {
+		return nil, name, 0, false
+	}
+	slot = keys.Slot(ks[0])
+	for _, k := range ks[1:] {
+		if keys.Slot(k) != slot {
+			return nil, name, 0, false
+		}
+	}
+	return cmd, name, slot, true
+}
+
+// launch starts a pipelined command. It first waits for this connection's
+// running command on the same shard, so that commands on one shard take
+// effect in the order they were sent, and for all of them when
+// MaxPipelined are running.
+func (c *conn) launch(cmd *command, name string, slot uint16, args [][]byte) {
+	shard := c.s.backend.ShardOf(slot)
+	if shard == 0 {
+		// Unknown: order by slot instead (shard IDs start at 1).
+		shard = 1<<63 | uint64(slot)
+	}
+	if len(c.inflight) >= c.s.opts.MaxPipelined {
+		c.drain()
+	}
+	for _, p := range c.inflight {
+		if p.shard == shard {
+			<-p.done
+		}
+	}
+	p := c.newPipelined()
+	p.shard = shard
+	p.c = conn{s: c.s, id: c.id, authed: c.authed, readonly: c.readonly, slot: slot,
+		name: c.name, libName: c.libName, libVer: c.libVer, wr: p.wr}
+	p.wr.SetProto(c.wr.Proto())
+	c.inflight = append(c.inflight, p)
+	go func() {
+		defer close(p.done)
+		var start time.Time
+		obs := c.s.opts.Observe
+		if obs != nil {
+			start = time.Now()
+		}
+		cmd.run(&p.c, args)
+		p.wr.w.Flush() // into p.buf, which cannot fail
+		if obs != nil {
+			obs(name, result(p.wr), time.Since(start))
+		}
+	}()
+}
+
+func (c *conn) newPipelined() *pipelined {
+	var p *pipelined
+	if n := len(c.spare); n > 0 {
+		p = c.spare[n-1]
+		c.spare = c.spare[:n-1]
+		p.buf.Reset()
+		p.wr.w.Reset(&p.buf)
+		p.wr.lastErr = ""
+	} else {
+		p = &pipelined{}
+		p.wr = &Writer{w: bufio.NewWriterSize(&p.buf, 512)}
+	}
+	p.done = make(chan struct{})
+	return p
+}
+
+// drain waits for the running pipelined commands and writes their replies,
+// in order.
+func (c *conn) drain() {
+	for i, p := range c.inflight {
+		<-p.done
+		c.wr.raw(p.buf.Bytes())
+		p.c = conn{}
+		if p.buf.Cap() <= 64<<10 {
+			c.spare = append(c.spare, p)
+		}
+		c.inflight[i] = nil
+	}
+	c.inflight = c.inflight[:0]
 }
 
 // How long, and how much of what the client still sends, lingerClose

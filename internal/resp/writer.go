@@ -155,3 +155,6 @@ func sanitize(s string) string {
 	}
 	return s
 }
+
+// raw writes b, replies already encoded, as they are.
+func (w *Writer) raw(b []byte) { w.w.Write(b) }

@@ -1,0 +1,264 @@
+package resp_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/resp"
+)
+
+// gateBackend is a KV backend for testing how a connection runs a
+// pipeline. Its slots map onto gateShards shards. Put holds every call
+// until gate calls are inside at once (then lets every call through), and
+// records, per shard, the order of the keys and whether two calls ever
+// overlapped.
+type gateBackend struct {
+	shoalpb.UnimplementedKVServer
+	gate int
+
+	mu         sync.Mutex
+	open       chan struct{}
+	inside     int
+	active     map[uint64]int
+	overlap    []string
+	order      map[uint64][]string
+	maxInTotal int
+}
+
+const gateShards = 4
+
+func newGateBackend(gate int) *gateBackend {
+	return &gateBackend{gate: gate, open: make(chan struct{}), active: map[uint64]int{}, order: map[uint64][]string{}}
+}
+
+func (b *gateBackend) Topology() resp.Topology { return resp.Topology{} }
+
+func (b *gateBackend) ShardOf(slot uint16) uint64 { return uint64(slot%gateShards) + 1 }
+
+func (b *gateBackend) Put(ctx context.Context, req *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
+	shard := b.ShardOf(keys.Slot(req.Key))
+	b.mu.Lock()
+	b.active[shard]++
+	if b.active[shard] > 1 {
+		b.overlap = append(b.overlap, string(req.Key))
+	}
+	b.order[shard] = append(b.order[shard], string(req.Key))
+	b.inside++
+	b.maxInTotal = max(b.maxInTotal, b.inside)
+	if b.inside == b.gate {
+		close(b.open)
+	}
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		b.active[shard]--
+		b.inside--
+		b.mu.Unlock()
+	}()
+	select {
+	case <-b.open:
+		return &shoalpb.PutResponse{Applied: true}, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("held at the gate: %w", ctx.Err())
+	}
+}
+
+// keysOnShards returns n keys for each of the gate backend's shards.
+func keysOnShards(n int) map[uint64][]string {
+	out := map[uint64][]string{}
+	b := &gateBackend{}
+	for i, full := 0, 0; full < gateShards; i++ {
+		k := "k" + strconv.Itoa(i)
+		s := b.ShardOf(keys.Slot([]byte(k)))
+		if len(out[s]) < n {
+			out[s] = append(out[s], k)
+			if len(out[s]) == n {
+				full++
+			}
+		}
+	}
+	return out
+}
+
+func startGateServer(t *testing.T, b *gateBackend, opts resp.Options) string {
+	t.Helper()
+	srv := resp.NewServer(b, opts)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return lis.Addr().String()
+}
+
+// sendPipeline writes cmds in one write and reads one reply line per
+// command.
+func sendPipeline(t *testing.T, addr string, cmds [][]string) []string {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.SetDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var req strings.Builder
+	for _, c := range cmds {
+		fmt.Fprintf(&req, "*%d\r\n", len(c))
+		for _, a := range c {
+			fmt.Fprintf(&req, "$%d\r\n%s\r\n", len(a), a)
+		}
+	}
+	if _, err := nc.Write([]byte(req.String())); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(nc)
+	replies := make([]string, len(cmds))
+	for i := range replies {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reply %d of %d: %v", i+1, len(cmds), err)
+		}
+		replies[i] = strings.TrimRight(line, "\r\n")
+	}
+	return replies
+}
+
+// TestPipelineRunsShardsAtOnce sends a pipeline of SETs over all the
+// backend's shards. The backend holds every Put until one per shard is
+// inside at once: a connection that ran its pipeline one command at a time
+// would time out at the gate. Commands on one shard must still reach the
+// backend one at a time, in the order sent.
+func TestPipelineRunsShardsAtOnce(t *testing.T) {
+	b := newGateBackend(gateShards)
+	addr := startGateServer(t, b, resp.Options{CommandTimeout: 2 * time.Second})
+	perShard := keysOnShards(5)
+	var cmds [][]string
+	var sent []string
+	for i := range 5 {
+		for s := uint64(1); s <= gateShards; s++ {
+			k := perShard[s][i]
+			cmds = append(cmds, []string{"SET", k, "v"})
+			sent = append(sent, k)
+		}
+	}
+	for i, r := range sendPipeline(t, addr, cmds) {
+		if r != "+OK" {
+			t.Fatalf("reply %d (SET %s): %q; the pipeline's shards did not run at once", i, sent[i], r)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.overlap) > 0 {
+		t.Fatalf("commands on one shard overlapped: %v", b.overlap)
+	}
+	for s, ks := range perShard {
+		if !slices.Equal(b.order[s], ks) {
+			t.Fatalf("shard %d saw %v, sent %v", s, b.order[s], ks)
+		}
+	}
+	if b.maxInTotal > gateShards {
+		t.Fatalf("%d commands ran at once over %d shards", b.maxInTotal, gateShards)
+	}
+}
+
+// TestPipelineRepliesInOrder mixes pipelined commands with commands that
+// run alone (unknown commands, a wrong arity, PING): every reply comes in
+// the order of the commands.
+func TestPipelineRepliesInOrder(t *testing.T) {
+	b := newGateBackend(2)
+	addr := startGateServer(t, b, resp.Options{CommandTimeout: 2 * time.Second})
+	ks := keysOnShards(2)
+	cmds := [][]string{
+		{"SET", ks[1][0], "v"},
+		{"SET", ks[2][0], "v"}, // with the one above, opens the gate
+		{"NOSUCHCOMMAND", "x"},
+		{"SET", ks[3][0], "v"},
+		{"GET"},
+		{"SET", ks[4][0], "v"},
+		{"PING"},
+		{"SET", ks[1][1], "v"},
+	}
+	want := []string{"+OK", "+OK", "-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'x' ", "+OK",
+		"-ERR wrong number of arguments for 'get' command", "+OK", "+PONG", "+OK"}
+	got := sendPipeline(t, addr, cmds)
+	if !slices.Equal(got, want) {
+		t.Fatalf("replies\n%q\nwant\n%q", got, want)
+	}
+}
+
+// TestPipelineMaxPipelinedOne keeps the old behaviour: with MaxPipelined 1
+// every command runs alone, so a backend that waits for two calls at once
+// never sees them.
+func TestPipelineMaxPipelinedOne(t *testing.T) {
+	b := newGateBackend(2)
+	addr := startGateServer(t, b, resp.Options{CommandTimeout: 300 * time.Millisecond, MaxPipelined: 1})
+	ks := keysOnShards(1)
+	got := sendPipeline(t, addr, [][]string{{"SET", ks[1][0], "v"}, {"SET", ks[2][0], "v"}})
+	for i, r := range got {
+		if !strings.HasPrefix(r, "-") {
+			t.Fatalf("reply %d: %q; want the gate's timeout, as commands run one at a time", i, r)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.maxInTotal != 1 {
+		t.Fatalf("%d commands ran at once with MaxPipelined 1", b.maxInTotal)
+	}
+}
+
+// TestPipelineOrderOnCluster pipelines, through go-redis's ClusterClient
+// against a real cluster, INCRs of one key between SETs and GETs of
+// others: the INCRs reply 1, 2, 3, ... in order, and every GET sees the
+// SET sent before it.
+func TestPipelineOrderOnCluster(t *testing.T) {
+	c := startCluster(t, resp.Options{})
+	ctx := ctxFor(t, 60*time.Second)
+	rc := clusterClient(t, c, nil)
+	const n = 300
+	incrs := make([]*redis.IntCmd, n)
+	gets := make([]*redis.StringCmd, n)
+	_, err := rc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range n {
+			k := "order-" + strconv.Itoa(i%40)
+			p.Set(ctx, k, i, 0)
+			incrs[i] = p.Incr(ctx, "order-counter")
+			gets[i] = p.Get(ctx, k)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if v, err := incrs[i].Result(); err != nil || v != int64(i+1) {
+			t.Fatalf("INCR %d replied %d, %v; want %d", i, v, err, i+1)
+		}
+		if v, err := gets[i].Int(); err != nil || v != i {
+			t.Fatalf("GET after SET %d replied %v, %v", i, gets[i].Val(), err)
+		}
+	}
+	if v, err := rc.Get(ctx, "order-counter").Int(); err != nil || v != n {
+		t.Fatalf("counter %d, %v; want %d", v, err, n)
+	}
+}
