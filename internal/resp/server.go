@@ -261,12 +261,18 @@ func (c *conn) serve() {
 			// A pipeline's keyed commands run at once, so that its writes
 			// share Raft rounds instead of waiting for one each; on one
 			// shard they still run one after another, in order.
-			if cmd, name, slot, ok := c.pipelinable(args); ok && (len(c.inflight) > 0 || c.rd.Buffered()) {
+			if len(c.inflight) == 0 && !c.rd.Buffered() {
+				// Not in a pipeline: the common case of one command
+				// per round trip.
+				if c.runNow(args) == "quit" {
+					c.wr.Flush()
+					return
+				}
+			} else if cmd, name, slot, ok := c.pipelinable(args); ok {
 				c.launch(cmd, name, slot, args)
 			} else {
 				c.drain()
-				c.runNow(args)
-				if name == "quit" {
+				if c.runNow(args) == "quit" {
 					c.wr.Flush()
 					return
 				}
@@ -283,8 +289,9 @@ func (c *conn) serve() {
 	}
 }
 
-// runNow runs one command on the connection and writes its reply.
-func (c *conn) runNow(args [][]byte) {
+// runNow runs one command on the connection and writes its reply. It
+// returns the command's name (see dispatch).
+func (c *conn) runNow(args [][]byte) string {
 	var start time.Time
 	obs := c.s.opts.Observe
 	if obs != nil {
@@ -295,6 +302,7 @@ func (c *conn) runNow(args [][]byte) {
 	if obs != nil {
 		obs(name, result(c.wr), time.Since(start))
 	}
+	return name
 }
 
 // result is the Observe result of the command whose reply w holds.
