@@ -207,23 +207,36 @@ func TestPipelineRepliesInOrder(t *testing.T) {
 	}
 }
 
-// TestPipelineMaxPipelinedOne keeps the old behaviour: with MaxPipelined 1
-// every command runs alone, so a backend that waits for two calls at once
-// never sees them.
-func TestPipelineMaxPipelinedOne(t *testing.T) {
-	b := newGateBackend(2)
-	addr := startGateServer(t, b, resp.Options{CommandTimeout: 300 * time.Millisecond, MaxPipelined: 1})
-	ks := keysOnShards(1)
-	got := sendPipeline(t, addr, [][]string{{"SET", ks[1][0], "v"}, {"SET", ks[2][0], "v"}})
-	for i, r := range got {
-		if !strings.HasPrefix(r, "-") {
-			t.Fatalf("reply %d: %q; want the gate's timeout, as commands run one at a time", i, r)
-		}
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.maxInTotal != 1 {
-		t.Fatalf("%d commands ran at once with MaxPipelined 1", b.maxInTotal)
+// TestPipelineBounds checks the options that bound a pipeline: with
+// MaxPipelined 1, or a MaxPipelinedBytes below two commands' arguments,
+// commands run one at a time, so a backend that waits for two calls at
+// once never sees them and each times out.
+func TestPipelineBounds(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		opts resp.Options
+	}{
+		{"MaxPipelined=1", resp.Options{MaxPipelined: 1}},
+		{"MaxPipelinedBytes=150", resp.Options{MaxPipelinedBytes: 150}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newGateBackend(2)
+			tt.opts.CommandTimeout = 300 * time.Millisecond
+			addr := startGateServer(t, b, tt.opts)
+			ks := keysOnShards(1)
+			value := strings.Repeat("v", 100)
+			got := sendPipeline(t, addr, [][]string{{"SET", ks[1][0], value}, {"SET", ks[2][0], value}})
+			for i, r := range got {
+				if !strings.HasPrefix(r, "-") {
+					t.Fatalf("reply %d: %q; want the gate's timeout, as commands run one at a time", i, r)
+				}
+			}
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if b.maxInTotal != 1 {
+				t.Fatalf("%d commands ran at once", b.maxInTotal)
+			}
+		})
 	}
 }
 

@@ -79,6 +79,11 @@ type Options struct {
 	// run at the same time (see conn.serve); 1 runs every command alone.
 	// Default 64.
 	MaxPipelined int
+	// MaxPipelinedBytes bounds the argument bytes of one connection's
+	// commands running at once: a pipelined command that would go past it
+	// first waits for those before it, so that a pipeline of large values
+	// holds no more in memory than this (or one command). Default 16 MiB.
+	MaxPipelinedBytes int
 	// Observe, when set, is called after every command with its name (in
 	// lower case, "unknown" for commands the server does not know), its
 	// result ("ok", or the first word of the error reply: "ERR", "MOVED",
@@ -98,6 +103,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.MaxPipelined <= 0 {
 		o.MaxPipelined = 64
+	}
+	if o.MaxPipelinedBytes <= 0 {
+		o.MaxPipelinedBytes = 16 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -209,6 +217,8 @@ type conn struct {
 	// inflight are the pipelined commands running, in the order they were
 	// read; their replies are written in that order (drain).
 	inflight []*pipelined
+	// inflightBytes is the argument bytes of inflight.
+	inflightBytes int
 	// spare are finished pipelined commands kept for reuse.
 	spare []*pipelined
 }
@@ -217,6 +227,7 @@ type conn struct {
 // the commands after it. It writes its reply into buf.
 type pipelined struct {
 	shard uint64
+	size  int // argument bytes
 	done  chan struct{}
 	buf   bytes.Buffer
 	wr    *Writer
@@ -350,7 +361,12 @@ func (c *conn) launch(cmd *command, name string, slot uint16, args [][]byte) {
 		// Unknown: order by slot instead (shard IDs start at 1).
 		shard = 1<<63 | uint64(slot)
 	}
-	if len(c.inflight) >= c.s.opts.MaxPipelined {
+	size := 0
+	for _, a := range args {
+		size += len(a)
+	}
+	c.writeFinished()
+	if len(c.inflight) >= c.s.opts.MaxPipelined || c.inflightBytes+size > c.s.opts.MaxPipelinedBytes {
 		c.drain()
 	}
 	for _, p := range c.inflight {
@@ -359,7 +375,8 @@ func (c *conn) launch(cmd *command, name string, slot uint16, args [][]byte) {
 		}
 	}
 	p := c.newPipelined()
-	p.shard = shard
+	p.shard, p.size = shard, size
+	c.inflightBytes += size
 	p.c = conn{s: c.s, id: c.id, authed: c.authed, readonly: c.readonly, slot: slot,
 		name: c.name, libName: c.libName, libVer: c.libVer, wr: p.wr}
 	p.wr.SetProto(c.wr.Proto())
@@ -398,16 +415,47 @@ func (c *conn) newPipelined() *pipelined {
 // drain waits for the running pipelined commands and writes their replies,
 // in order.
 func (c *conn) drain() {
-	for i, p := range c.inflight {
+	for _, p := range c.inflight {
 		<-p.done
-		c.wr.raw(p.buf.Bytes())
-		p.c = conn{}
-		if p.buf.Cap() <= 64<<10 {
-			c.spare = append(c.spare, p)
-		}
-		c.inflight[i] = nil
+		c.finish(p)
 	}
+	clear(c.inflight)
 	c.inflight = c.inflight[:0]
+}
+
+// writeFinished writes the replies of the pipelined commands that have
+// finished in order (all before them have too), so that their memory goes
+// before more commands start.
+func (c *conn) writeFinished() {
+	n := 0
+	for n < len(c.inflight) && finished(c.inflight[n]) {
+		c.finish(c.inflight[n])
+		n++
+	}
+	if n > 0 {
+		m := copy(c.inflight, c.inflight[n:])
+		clear(c.inflight[m:])
+		c.inflight = c.inflight[:m]
+	}
+}
+
+func finished(p *pipelined) bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// finish writes the reply of p, which has finished, and keeps p for reuse.
+func (c *conn) finish(p *pipelined) {
+	c.wr.raw(p.buf.Bytes())
+	c.inflightBytes -= p.size
+	p.c = conn{}
+	if p.buf.Cap() <= 64<<10 {
+		c.spare = append(c.spare, p)
+	}
 }
 
 // How long, and how much of what the client still sends, lingerClose
