@@ -264,6 +264,7 @@ the replicas they place on it.
 	f.StringVar(&cfg.RESPAddr, "resp", envOr("SHOAL_RESP", "127.0.0.1:6379"), "Redis protocol (RESP) address; empty for none (env SHOAL_RESP)")
 	f.StringVar(&cfg.RESP.Password, "resp-password", envOr("SHOAL_RESP_PASSWORD", ""), "password Redis clients must give with AUTH; empty for none (env SHOAL_RESP_PASSWORD)")
 	f.BoolVar(&cfg.RESP.Proxy, "resp-proxy", envBool("SHOAL_RESP_PROXY"), "serve every key from this node by forwarding, for clients that do not follow MOVED (env SHOAL_RESP_PROXY)")
+	f.IntVar(&cfg.RESP.MaxPipelined, "resp-max-pipelined", envInt("SHOAL_RESP_MAX_PIPELINED", 64), "commands of one Redis connection's pipeline that run at once (commands on one shard still run in order); 1 runs every command alone (env SHOAL_RESP_MAX_PIPELINED)")
 	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status, /healthz, /metrics and /debug/pprof; empty for none (env SHOAL_HTTP)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
 	f.IntVar(&cacheMiB, "cache-mb", envInt("SHOAL_CACHE_MB", 128), "Pebble block cache, MiB (env SHOAL_CACHE_MB); see docs/operations.md for the node's memory bound")
