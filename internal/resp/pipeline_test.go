@@ -27,6 +27,9 @@ import (
 type gateBackend struct {
 	shoalpb.UnimplementedKVServer
 	gate int
+	// fickle makes ShardOf name a new shard on every call, as a node's
+	// answer can change while a slot's replica arrives or leaves.
+	fickle bool
 
 	mu         sync.Mutex
 	open       chan struct{}
@@ -35,6 +38,7 @@ type gateBackend struct {
 	overlap    []string
 	order      map[uint64][]string
 	maxInTotal int
+	calls      int
 }
 
 const gateShards = 4
@@ -45,10 +49,18 @@ func newGateBackend(gate int) *gateBackend {
 
 func (b *gateBackend) Topology() resp.Topology { return resp.Topology{} }
 
-func (b *gateBackend) ShardOf(slot uint16) uint64 { return uint64(slot%gateShards) + 1 }
+func (b *gateBackend) ShardOf(slot uint16) uint64 {
+	if b.fickle {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.calls++
+		return uint64(b.calls)
+	}
+	return uint64(slot%gateShards) + 1
+}
 
 func (b *gateBackend) Put(ctx context.Context, req *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
-	shard := b.ShardOf(keys.Slot(req.Key))
+	shard := uint64(keys.Slot(req.Key)%gateShards) + 1
 	b.mu.Lock()
 	b.active[shard]++
 	if b.active[shard] > 1 {
@@ -237,6 +249,27 @@ func TestPipelineBounds(t *testing.T) {
 				t.Fatalf("%d commands ran at once", b.maxInTotal)
 			}
 		})
+	}
+}
+
+// TestPipelineOrderBySlot sends two SETs of one key while the backend
+// names a different shard for the key each time it is asked: they must
+// still run one after the other, so the gate, which waits for two calls at
+// once, never opens.
+func TestPipelineOrderBySlot(t *testing.T) {
+	b := newGateBackend(2)
+	b.fickle = true
+	addr := startGateServer(t, b, resp.Options{CommandTimeout: 300 * time.Millisecond})
+	got := sendPipeline(t, addr, [][]string{{"SET", "k", "1"}, {"SET", "k", "2"}})
+	for i, r := range got {
+		if !strings.HasPrefix(r, "-") {
+			t.Fatalf("reply %d: %q; two commands on one key ran at once", i, r)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.maxInTotal != 1 || len(b.overlap) > 0 {
+		t.Fatalf("%d commands at once, overlapping %v", b.maxInTotal, b.overlap)
 	}
 }
 

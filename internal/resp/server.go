@@ -79,10 +79,15 @@ type Options struct {
 	// run at the same time (see conn.serve); 1 runs every command alone.
 	// Default 64.
 	MaxPipelined int
-	// MaxPipelinedBytes bounds the argument bytes of one connection's
-	// commands running at once: a pipelined command that would go past it
-	// first waits for those before it, so that a pipeline of large values
-	// holds no more in memory than this (or one command). Default 16 MiB.
+	// MaxPipelinedBytes bounds what one connection's pipelined commands
+	// hold: their arguments, and the replies of those that finished while
+	// one before them still runs. A pipelined command that would go past
+	// it first waits for those before it, so that a pipeline of large
+	// values holds about this much (or one command) instead of
+	// MaxPipelined values. (The replies of the commands running at once
+	// are not known in advance: up to MaxPipelined large values can still
+	// be read at once, as a Redis client's output buffer, unbounded by
+	// default, can hold them.) Default 16 MiB.
 	MaxPipelinedBytes int
 	// Observe, when set, is called after every command with its name (in
 	// lower case, "unknown" for commands the server does not know), its
@@ -223,11 +228,22 @@ type conn struct {
 	spare []*pipelined
 }
 
+// A connection keeps up to maxSpares finished pipelined commands whose
+// reply buffers grew to at most maxSpareReply, for its next pipeline: an
+// idle connection holds at most about 36 KiB of them.
+const (
+	maxSpares     = 8
+	maxSpareReply = 4 << 10
+)
+
 // pipelined is a command of a pipeline that runs while the connection reads
 // the commands after it. It writes its reply into buf.
 type pipelined struct {
 	shard uint64
+	slot  uint16
 	size  int // argument bytes
+	// reply is the size of the reply, set before done is closed.
+	reply int
 	done  chan struct{}
 	buf   bytes.Buffer
 	wr    *Writer
@@ -352,9 +368,10 @@ func (c *conn) pipelinable(args [][]byte) (cmd *command, name string, slot uint1
 }
 
 // launch starts a pipelined command. It first waits for this connection's
-// running command on the same shard, so that commands on one shard take
-// effect in the order they were sent, and for all of them when
-// MaxPipelined are running.
+// running command on the same shard (or slot: a slot's shard as this node
+// knows it can change between two commands), so that commands on one shard
+// take effect in the order they were sent, and for all of them when
+// MaxPipelined or MaxPipelinedBytes would be exceeded.
 func (c *conn) launch(cmd *command, name string, slot uint16, args [][]byte) {
 	shard := c.s.backend.ShardOf(slot)
 	if shard == 0 {
@@ -366,16 +383,16 @@ func (c *conn) launch(cmd *command, name string, slot uint16, args [][]byte) {
 		size += len(a)
 	}
 	c.writeFinished()
-	if len(c.inflight) >= c.s.opts.MaxPipelined || c.inflightBytes+size > c.s.opts.MaxPipelinedBytes {
+	if len(c.inflight) >= c.s.opts.MaxPipelined || c.heldBytes()+size > c.s.opts.MaxPipelinedBytes {
 		c.drain()
 	}
 	for _, p := range c.inflight {
-		if p.shard == shard {
+		if p.shard == shard || p.slot == slot {
 			<-p.done
 		}
 	}
 	p := c.newPipelined()
-	p.shard, p.size = shard, size
+	p.shard, p.slot, p.size = shard, slot, size
 	c.inflightBytes += size
 	p.c = conn{s: c.s, id: c.id, authed: c.authed, readonly: c.readonly, slot: slot,
 		name: c.name, libName: c.libName, libVer: c.libVer, wr: p.wr}
@@ -390,10 +407,23 @@ func (c *conn) launch(cmd *command, name string, slot uint16, args [][]byte) {
 		}
 		cmd.run(&p.c, args)
 		p.wr.w.Flush() // into p.buf, which cannot fail
+		p.reply = p.buf.Len()
 		if obs != nil {
 			obs(name, result(p.wr), time.Since(start))
 		}
 	}()
+}
+
+// heldBytes is what the pipelined commands hold: their arguments and the
+// replies of those finished.
+func (c *conn) heldBytes() int {
+	n := c.inflightBytes
+	for _, p := range c.inflight {
+		if finished(p) {
+			n += p.reply
+		}
+	}
+	return n
 }
 
 func (c *conn) newPipelined() *pipelined {
@@ -453,7 +483,7 @@ func (c *conn) finish(p *pipelined) {
 	c.wr.raw(p.buf.Bytes())
 	c.inflightBytes -= p.size
 	p.c = conn{}
-	if p.buf.Cap() <= 64<<10 {
+	if p.buf.Cap() <= maxSpareReply && len(c.spare) < maxSpares {
 		c.spare = append(c.spare, p)
 	}
 }
