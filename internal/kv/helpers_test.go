@@ -84,6 +84,7 @@ func (h *harness) applyRaw(data ...[]byte) []*shoalpb.KVCommandResult {
 		h.t.Fatal(err)
 	}
 	checkExpiryIndex(h.t, h.eng.Reader())
+	checkSessionCache(h.t, h.sm, h.eng.Reader())
 	out := make([]*shoalpb.KVCommandResult, len(res))
 	for i, r := range res {
 		kr, ok := r.(*shoalpb.KVCommandResult)
@@ -93,6 +94,26 @@ func (h *harness) applyRaw(data ...[]byte) []*shoalpb.KVCommandResult {
 		out[i] = kr
 	}
 	return out
+}
+
+// checkSessionCache fails unless every session record sm caches is the one
+// stored (session.go's invariant).
+func checkSessionCache(t testing.TB, sm raftstore.StateMachine, r storage.Reader) {
+	t.Helper()
+	ksm, ok := sm.(*stateMachine)
+	if !ok {
+		return
+	}
+	for id, cached := range ksm.sessions {
+		stored := &shoalpb.SessionRecord{}
+		found, err := storage.GetProto(r, keys.SessionKey(ksm.shard, id), stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !found || !proto.Equal(cached, stored) {
+			t.Fatalf("session %d: cached %v, stored (found %v) %v", id, cached, found, stored)
+		}
+	}
 }
 
 // one applies a single command and returns its result.

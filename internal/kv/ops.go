@@ -316,6 +316,9 @@ func (sm *stateMachine) deleteIdleSession(b *storage.Batch, id uint64, idleBefor
 	if err != nil || !ok || s.LastActiveMs >= idleBeforeMs {
 		return false, err
 	}
+	// Staged in the overlay: written only if the whole command succeeds.
+	// Dropping the cached record either way is safe.
+	sm.uncacheSession(id)
 	sm.ov.deleteRaw(k)
 	return true, nil
 }

@@ -15,14 +15,60 @@ import (
 // changing it is a format change.
 const maxSessionResults = 256
 
+// The state machine keeps up to maxCachedSessions session records of its
+// shard decoded in memory, those holding at most maxCachedResults results,
+// so that a write in a session does not read and decode its record from
+// Pebble (in a profile of Go client writes that was about 8% of the nodes'
+// CPU). Worst case, about 64 × 16 small results per shard.
+const (
+	maxCachedSessions = 64
+	maxCachedResults  = 16
+)
+
+// session returns the record of session id as the batch b holds it: from
+// the cache, else read from b. The caller may change it and must then
+// write it to b and pass it to cacheSession, or drop it from the cache.
+func (sm *stateMachine) session(b *storage.Batch, id uint64) (*shoalpb.SessionRecord, error) {
+	if s, ok := sm.sessions[id]; ok {
+		return s, nil
+	}
+	s := &shoalpb.SessionRecord{}
+	if _, err := storage.GetProto(b, keys.SessionKey(sm.shard, id), s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// cacheSession records s as what b now holds for session id.
+//
+// INVARIANT: a cached record is exactly what the apply batch (and so, once
+// it commits, Pebble) holds for its session. Every write of a session
+// record goes through here and every delete through uncacheSession; a
+// snapshot replaces the state machine, and with it the cache.
+func (sm *stateMachine) cacheSession(id uint64, s *shoalpb.SessionRecord) {
+	if len(s.Results) > maxCachedResults {
+		delete(sm.sessions, id)
+		return
+	}
+	if _, ok := sm.sessions[id]; !ok && len(sm.sessions) >= maxCachedSessions {
+		clear(sm.sessions)
+	}
+	if sm.sessions == nil {
+		sm.sessions = make(map[uint64]*shoalpb.SessionRecord)
+	}
+	sm.sessions[id] = s
+}
+
+func (sm *stateMachine) uncacheSession(id uint64) { delete(sm.sessions, id) }
+
 // applyInSession applies cmd at most once per (session_id, seq): a retry
 // gets the first result back, a sequence the client already acknowledged is
 // refused, and anything else is applied and its result remembered in the
 // session record, written in the same batch as the command's effects.
 func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand) (*shoalpb.KVCommandResult, error) {
 	key := keys.SessionKey(sm.shard, cmd.SessionId)
-	s := &shoalpb.SessionRecord{}
-	if _, err := storage.GetProto(b, key, s); err != nil {
+	s, err := sm.session(b, cmd.SessionId)
+	if err != nil {
 		return nil, err
 	}
 	if cmd.Seq < s.AckedBelow {
@@ -39,6 +85,8 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	if err != nil {
 		return nil, err
 	}
+	// s changes now: until it is written, it must not stay cached.
+	sm.uncacheSession(cmd.SessionId)
 	if s.Results == nil {
 		s.Results = make(map[uint64]*shoalpb.KVCommandResult)
 	}
@@ -54,6 +102,7 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	if err := b.Set(key, sm.buf, nil); err != nil {
 		return nil, err
 	}
+	sm.cacheSession(cmd.SessionId, s)
 	return res, nil
 }
 

@@ -1,7 +1,9 @@
 package kv
 
 import (
+	"bytes"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"testing"
@@ -144,5 +146,74 @@ func TestDeleteExpiredRemovesIdleSessions(t *testing.T) {
 	// Removing a session forgets its results: the same seq applies afresh.
 	if r := h.one(inSession(1, 0, 0, cmdAt(t0+30, incrOp("c", 1)))); r.Error != 0 || r.Results[0].IntValue != 1 {
 		t.Fatalf("after removal: %v", r)
+	}
+}
+
+// TestSessionCacheMatchesUncached applies one random stream of session
+// commands (retries, stale sequences, acknowledgements, failures, more
+// sessions than the cache keeps and more results than it caches, idle
+// session removal) to two state machines: one kept across batches, which
+// caches session records, and one rebuilt before every batch, which reads
+// every record from Pebble. Their results and stored bytes must be equal.
+func TestSessionCacheMatchesUncached(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	cached := newHarness(t, allSlots())
+	fresh := newHarness(t, allSlots())
+	type sess struct{ next, acked uint64 }
+	sessions := make([]sess, maxCachedSessions*2)
+	now := int64(t0)
+	for batch := range 400 {
+		var cmds []*shoalpb.KVCommand
+		for range 1 + rng.IntN(8) {
+			now += int64(rng.IntN(3))
+			id := uint64(1 + rng.IntN(len(sessions)))
+			if rng.IntN(4) > 0 {
+				id = uint64(1 + rng.IntN(4)) // a few busy sessions
+			}
+			s := &sessions[id-1]
+			seq := s.next
+			switch r := rng.IntN(10); {
+			case r == 0 && seq > 0:
+				seq = uint64(rng.IntN(int(seq))) // a retry, or a stale one
+			case r == 1:
+				s.acked = s.next // acknowledge all
+			default:
+				s.next++
+			}
+			// Up to maxCachedResults+8 unacknowledged: records cross the
+			// cache's size bound both ways.
+			if s.next > s.acked+maxCachedResults+8 {
+				s.acked = s.next - uint64(rng.IntN(maxCachedResults+8))
+			}
+			var op *shoalpb.KVOp
+			switch rng.IntN(4) {
+			case 0:
+				op = putOp("k"+strconv.Itoa(rng.IntN(20)), strconv.Itoa(batch))
+			case 1:
+				op = incrOp("n"+strconv.Itoa(rng.IntN(5)), 1)
+			case 2:
+				op = incrOp("k"+strconv.Itoa(rng.IntN(20)), 1) // fails on a non-integer
+			default:
+				op = &shoalpb.KVOp{Op: &shoalpb.KVOp_DeleteExpired{DeleteExpired: &shoalpb.DeleteExpiredOp{
+					IdleSessions: []uint64{id, uint64(1 + rng.IntN(len(sessions)))}, SessionsIdleBeforeMs: now - 5}}}
+				cmds = append(cmds, cmdAt(now, op))
+				continue
+			}
+			cmds = append(cmds, inSession(id, seq, s.acked, cmdAt(now, op)))
+		}
+		fresh.sm = NewStateMachine(allSlots(), StateMachineOptions{Logger: discardLogger()})
+		got, want := cached.apply(cmds...), fresh.apply(cmds...)
+		for i := range got {
+			if !proto.Equal(got[i], want[i]) {
+				t.Fatalf("batch %d command %d (%v): cached %v, uncached %v", batch, i, cmds[i], got[i], want[i])
+			}
+		}
+	}
+	a, b := dumpAll(t, cached.eng), dumpAll(t, fresh.eng)
+	if !slices.EqualFunc(a, b, func(x, y [2][]byte) bool { return bytes.Equal(x[0], y[0]) && bytes.Equal(x[1], y[1]) }) {
+		t.Fatalf("stored state differs: %d records cached, %d uncached", len(a), len(b))
+	}
+	if n := len(cached.sm.(*stateMachine).sessions); n == 0 || n > maxCachedSessions {
+		t.Fatalf("%d sessions cached; want 1..%d", n, maxCachedSessions)
 	}
 }

@@ -55,6 +55,8 @@ type stateMachine struct {
 	// memory of its largest value.
 	ov  overlay
 	buf []byte
+	// sessions caches session records (session.go).
+	sessions map[uint64]*shoalpb.SessionRecord
 }
 
 const maxScratch = 64 << 10
