@@ -55,5 +55,7 @@
 // session keeps at most 256 results; when a client never
 // acknowledges, the oldest are dropped and the mark raised past them, so a
 // late retry of one is refused rather than applied twice. The sweeper removes
-// sessions idle for longer than Options.SessionTTL.
+// sessions idle for longer than Options.SessionTTL. The state machine keeps
+// a few small session records decoded (session.go); a cached record is
+// always exactly the one its apply batch holds.
 package kv
