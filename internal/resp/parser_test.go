@@ -256,7 +256,14 @@ func (noBackend) ShardOf(uint16) uint64   { return 0 }
 
 func startServer(t *testing.T, opts resp.Options) string {
 	t.Helper()
-	srv := resp.NewServer(noBackend{}, opts)
+	return startServerOn(t, noBackend{}, opts)
+}
+
+// startServerOn serves RESP on a loopback port with backend until the test
+// ends, and returns the address.
+func startServerOn(t *testing.T, backend resp.Backend, opts resp.Options) string {
+	t.Helper()
+	srv := resp.NewServer(backend, opts)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

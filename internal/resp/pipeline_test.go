@@ -104,24 +104,6 @@ func keysOnShards(n int) map[uint64][]string {
 	return out
 }
 
-func startGateServer(t *testing.T, b *gateBackend, opts resp.Options) string {
-	t.Helper()
-	srv := resp.NewServer(b, opts)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		srv.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return lis.Addr().String()
-}
-
 // sendPipeline writes cmds in one write and reads one reply line per
 // command.
 func sendPipeline(t *testing.T, addr string, cmds [][]string) []string {
@@ -163,7 +145,7 @@ func sendPipeline(t *testing.T, addr string, cmds [][]string) []string {
 // backend one at a time, in the order sent.
 func TestPipelineRunsShardsAtOnce(t *testing.T) {
 	b := newGateBackend(gateShards)
-	addr := startGateServer(t, b, resp.Options{CommandTimeout: 2 * time.Second})
+	addr := startServerOn(t, b, resp.Options{CommandTimeout: 2 * time.Second})
 	perShard := keysOnShards(5)
 	var cmds [][]string
 	var sent []string
@@ -199,7 +181,7 @@ func TestPipelineRunsShardsAtOnce(t *testing.T) {
 // the order of the commands.
 func TestPipelineRepliesInOrder(t *testing.T) {
 	b := newGateBackend(2)
-	addr := startGateServer(t, b, resp.Options{CommandTimeout: 2 * time.Second})
+	addr := startServerOn(t, b, resp.Options{CommandTimeout: 2 * time.Second})
 	ks := keysOnShards(2)
 	cmds := [][]string{
 		{"SET", ks[1][0], "v"},
@@ -234,7 +216,7 @@ func TestPipelineBounds(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newGateBackend(2)
 			tt.opts.CommandTimeout = 300 * time.Millisecond
-			addr := startGateServer(t, b, tt.opts)
+			addr := startServerOn(t, b, tt.opts)
 			ks := keysOnShards(1)
 			value := strings.Repeat("v", 100)
 			got := sendPipeline(t, addr, [][]string{{"SET", ks[1][0], value}, {"SET", ks[2][0], value}})
@@ -259,7 +241,7 @@ func TestPipelineBounds(t *testing.T) {
 func TestPipelineOrderBySlot(t *testing.T) {
 	b := newGateBackend(2)
 	b.fickle = true
-	addr := startGateServer(t, b, resp.Options{CommandTimeout: 300 * time.Millisecond})
+	addr := startServerOn(t, b, resp.Options{CommandTimeout: 300 * time.Millisecond})
 	got := sendPipeline(t, addr, [][]string{{"SET", "k", "1"}, {"SET", "k", "2"}})
 	for i, r := range got {
 		if !strings.HasPrefix(r, "-") {
