@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"google.golang.org/protobuf/proto"
 
@@ -110,12 +109,6 @@ func Open(opts Options) (*Engine, error) {
 	if d := opts.MinSyncInterval; d > 0 {
 		po.WALMinSyncInterval = func() time.Duration { return d }
 	}
-	// A Bloom filter of 10 bits per key (about 1% false positives) in every
-	// table, L0 included: a point read (GET, a read-modify-write command,
-	// a Raft log entry not cached) skips the tables that cannot hold its
-	// key instead of seeking their index and data blocks. The other levels
-	// inherit L0's policy.
-	po.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
 	// Filled in here so that SST writers get the same options as the DB.
 	po.EnsureDefaults()
 	db, err := pebble.Open(opts.Dir, po)

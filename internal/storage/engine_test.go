@@ -485,39 +485,3 @@ func TestMinSyncIntervalPacesSyncs(t *testing.T) {
 		}
 	}
 }
-
-// TestBloomFilterSkipsTables flushes keys into tables, then reads keys that
-// are absent but within the tables' key ranges: each table's Bloom filter
-// must answer for it, so Pebble counts
-// filter hits (tables skipped without reading a data block). Without
-// filters the count stays 0.
-func TestBloomFilterSkipsTables(t *testing.T) {
-	e := open(t, vfs.NewMem())
-	value := bytes.Repeat([]byte("v"), 1000)
-	for round := range 3000 {
-		b := e.NewBatch()
-		if err := b.Set([]byte(fmt.Sprintf("present-%05d", round)), value, nil); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Commit(false); err != nil {
-			t.Fatal(err)
-		}
-		b.Close()
-	}
-	// 3 MB through 1 MiB memtables: at least one flush to a table.
-	deadline := time.Now().Add(20 * time.Second)
-	for e.Metrics().Total().TablesCount == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no table after 20 s: %d flushes", e.Metrics().Flush.Count)
-		}
-		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
-	}
-	for i := range 200 {
-		if _, ok := mustGet(t, e.Reader(), []byte(fmt.Sprintf("present-%05d-absent", i))); ok {
-			t.Fatal("found an absent key")
-		}
-	}
-	if m := e.Metrics().Filter; m.Hits == 0 {
-		t.Fatalf("filter hits %d, misses %d: reads of absent keys did not use a Bloom filter", m.Hits, m.Misses)
-	}
-}
