@@ -136,45 +136,64 @@ func truncate(b []byte, n int) string {
 	return string(b)
 }
 
-// dispatch runs one command. It returns the command's name in lower case
-// ("unknown" for a command it does not know).
-func (c *conn) dispatch(args [][]byte) string {
-	name := strings.ToLower(string(args[0]))
-	cmd := c.s.table()[name]
-	if cmd == nil {
-		name = "unknown"
+// resolved is a command looked up and checked before it runs.
+type resolved struct {
+	cmd *command
+	// name is the command's name in lower case ("unknown" for a command
+	// the server does not know).
+	name string
+	// slot is the slot of its keys (keyed commands only).
+	slot uint16
+	// reject, when set, is the error reply the command gets instead of
+	// running: unknown, not authenticated, a wrong arity or CROSSSLOT.
+	reject string
+}
+
+// resolve looks args up in the command table and checks them.
+func (c *conn) resolve(args [][]byte) resolved {
+	r := resolved{name: strings.ToLower(string(args[0]))}
+	r.cmd = c.s.table()[r.name]
+	switch {
+	case r.cmd == nil:
+		r.name, r.reject = "unknown", unknownCommand(args)
 		if !c.authed {
-			c.wr.Error(errNoAuth)
-			return name
+			r.reject = errNoAuth
 		}
-		c.wr.Error(unknownCommand(args))
-		return name
+		return r
+	case !c.authed && !r.cmd.noAuth:
+		r.reject = errNoAuth
+		return r
+	case (r.cmd.arity > 0 && len(args) != r.cmd.arity) || (r.cmd.arity < 0 && len(args) < -r.cmd.arity):
+		r.reject = wrongArgs(r.name)
+		return r
+	case r.cmd.keys == nil:
+		return r
 	}
-	if !c.authed && !cmd.noAuth {
-		c.wr.Error(errNoAuth)
-		return name
+	ks := r.cmd.keys(args)
+	if len(ks) == 0 {
+		r.reject = wrongArgs(r.name)
+		return r
 	}
-	if (cmd.arity > 0 && len(args) != cmd.arity) || (cmd.arity < 0 && len(args) < -cmd.arity) {
-		c.wr.Error(wrongArgs(name))
-		return name
-	}
-	if cmd.keys != nil {
-		ks := cmd.keys(args)
-		if len(ks) == 0 {
-			c.wr.Error(wrongArgs(name))
-			return name
+	r.slot = keys.Slot(ks[0])
+	for _, k := range ks[1:] {
+		if keys.Slot(k) != r.slot {
+			r.reject = errCrossSlot
+			return r
 		}
-		slot := keys.Slot(ks[0])
-		for _, k := range ks[1:] {
-			if keys.Slot(k) != slot {
-				c.wr.Error(errCrossSlot)
-				return name
-			}
-		}
-		c.slot = slot
 	}
-	cmd.run(c, args)
-	return name
+	return r
+}
+
+// run runs a resolved command on c, or answers why it cannot run.
+func (c *conn) run(r resolved, args [][]byte) {
+	if r.reject != "" {
+		c.wr.Error(r.reject)
+		return
+	}
+	if r.cmd.keys != nil {
+		c.slot = r.slot
+	}
+	r.cmd.run(c, args)
 }
 
 // header is the KV request header of this connection's commands. Until

@@ -56,11 +56,14 @@ func (b *gateBackend) ShardOf(slot uint16) uint64 {
 		b.calls++
 		return uint64(b.calls)
 	}
-	return uint64(slot%gateShards) + 1
+	return gateShard(slot)
 }
 
+// gateShard is the shard of slot for the gate backend.
+func gateShard(slot uint16) uint64 { return uint64(slot%gateShards) + 1 }
+
 func (b *gateBackend) Put(ctx context.Context, req *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
-	shard := uint64(keys.Slot(req.Key)%gateShards) + 1
+	shard := gateShard(keys.Slot(req.Key))
 	b.mu.Lock()
 	b.active[shard]++
 	if b.active[shard] > 1 {
@@ -90,10 +93,9 @@ func (b *gateBackend) Put(ctx context.Context, req *shoalpb.PutRequest) (*shoalp
 // keysOnShards returns n keys for each of the gate backend's shards.
 func keysOnShards(n int) map[uint64][]string {
 	out := map[uint64][]string{}
-	b := &gateBackend{}
 	for i, full := 0, 0; full < gateShards; i++ {
 		k := "k" + strconv.Itoa(i)
-		s := b.ShardOf(keys.Slot([]byte(k)))
+		s := gateShard(keys.Slot([]byte(k)))
 		if len(out[s]) < n {
 			out[s] = append(out[s], k)
 			if len(out[s]) == n {

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
-	"github.com/shoaldb/shoal/internal/keys"
 )
 
 // Backend executes commands: the node's KV service, called in process.
@@ -288,18 +287,13 @@ func (c *conn) serve() {
 			// A pipeline's keyed commands run at once, so that its writes
 			// share Raft rounds instead of waiting for one each; on one
 			// shard they still run one after another, in order.
-			if len(c.inflight) == 0 && !c.rd.Buffered() {
-				// Not in a pipeline: the common case of one command
-				// per round trip.
-				if c.runNow(args) == "quit" {
-					c.wr.Flush()
-					return
-				}
-			} else if cmd, name, slot, ok := c.pipelinable(args); ok {
-				c.launch(cmd, name, slot, args)
+			r := c.resolve(args)
+			if (len(c.inflight) > 0 || c.rd.Buffered()) && c.pipelinable(r) {
+				c.launch(r, args)
 			} else {
 				c.drain()
-				if c.runNow(args) == "quit" {
+				c.observed(r.name, c.wr, func() { c.run(r, args) })
+				if r.name == "quit" {
 					c.wr.Flush()
 					return
 				}
@@ -316,55 +310,29 @@ func (c *conn) serve() {
 	}
 }
 
-// runNow runs one command on the connection and writes its reply. It
-// returns the command's name (see dispatch).
-func (c *conn) runNow(args [][]byte) string {
-	var start time.Time
+// observed runs fn, a command writing its reply to w, and reports it to
+// Options.Observe.
+func (c *conn) observed(name string, w *Writer, fn func()) {
 	obs := c.s.opts.Observe
-	if obs != nil {
-		start = time.Now()
+	if obs == nil {
+		fn()
+		return
 	}
-	c.wr.lastErr = ""
-	name := c.dispatch(args)
-	if obs != nil {
-		obs(name, result(c.wr), time.Since(start))
+	start := time.Now()
+	w.lastErr = ""
+	fn()
+	result := "ok"
+	if w.lastErr != "" {
+		result, _, _ = strings.Cut(w.lastErr, " ")
 	}
-	return name
+	obs(name, result, time.Since(start))
 }
 
-// result is the Observe result of the command whose reply w holds.
-func result(w *Writer) string {
-	if w.lastErr == "" {
-		return "ok"
-	}
-	r, _, _ := strings.Cut(w.lastErr, " ")
-	return r
-}
-
-// pipelinable reports whether args is a command that may run pipelined: a
-// known keyed command, with valid arity and keys in one slot, on an
-// authenticated connection. Anything else runs alone, where dispatch
-// answers its errors in order.
-func (c *conn) pipelinable(args [][]byte) (cmd *command, name string, slot uint16, ok bool) {
-	name = strings.ToLower(string(args[0]))
-	cmd = c.s.table()[name]
-	if cmd == nil || cmd.keys == nil || !c.authed || c.s.opts.MaxPipelined <= 1 {
-		return nil, name, 0, false
-	}
-	if (cmd.arity > 0 && len(args) != cmd.arity) || (cmd.arity < 0 && len(args) < -cmd.arity) {
-		return nil, name, 0, false
-	}
-	ks := cmd.keys(args)
-	if len(ks) == 0 {
-		return nil, name, 0, false
-	}
-	slot = keys.Slot(ks[0])
-	for _, k := range ks[1:] {
-		if keys.Slot(k) != slot {
-			return nil, name, 0, false
-		}
-	}
-	return cmd, name, slot, true
+// pipelinable reports whether r may run pipelined: a keyed command that
+// passed its checks (anything else runs alone, so that its reply, and its
+// effect on the connection, stay in order), with pipelining on.
+func (c *conn) pipelinable(r resolved) bool {
+	return r.reject == "" && r.cmd.keys != nil && c.s.opts.MaxPipelined > 1
 }
 
 // launch starts a pipelined command. It first waits for this connection's
@@ -372,7 +340,8 @@ func (c *conn) pipelinable(args [][]byte) (cmd *command, name string, slot uint1
 // knows it can change between two commands), so that commands on one shard
 // take effect in the order they were sent, and for all of them when
 // MaxPipelined or MaxPipelinedBytes would be exceeded.
-func (c *conn) launch(cmd *command, name string, slot uint16, args [][]byte) {
+func (c *conn) launch(r resolved, args [][]byte) {
+	slot := r.slot
 	shard := c.s.backend.ShardOf(slot)
 	if shard == 0 {
 		// Unknown: order by slot instead (shard IDs start at 1).
@@ -400,17 +369,9 @@ func (c *conn) launch(cmd *command, name string, slot uint16, args [][]byte) {
 	c.inflight = append(c.inflight, p)
 	go func() {
 		defer close(p.done)
-		var start time.Time
-		obs := c.s.opts.Observe
-		if obs != nil {
-			start = time.Now()
-		}
-		cmd.run(&p.c, args)
+		c.observed(r.name, p.wr, func() { r.cmd.run(&p.c, args) })
 		p.wr.w.Flush() // into p.buf, which cannot fail
 		p.reply = p.buf.Len()
-		if obs != nil {
-			obs(name, result(p.wr), time.Since(start))
-		}
 	}()
 }
 
@@ -433,7 +394,6 @@ func (c *conn) newPipelined() *pipelined {
 		c.spare = c.spare[:n-1]
 		p.buf.Reset()
 		p.wr.w.Reset(&p.buf)
-		p.wr.lastErr = ""
 	} else {
 		p = &pipelined{}
 		p.wr = &Writer{w: bufio.NewWriterSize(&p.buf, 512)}
