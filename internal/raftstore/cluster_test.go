@@ -205,8 +205,16 @@ func TestLeaderFailover(t *testing.T) {
 // stopBusiestLeader stops the node that leads the most shards, writes to
 // each of them until the write succeeds, and fails the test unless every
 // one did within limit. what describes the shards in the log line.
+//
+// limit is for a plain build. Under the race detector, with other packages'
+// tests on the same two cores, it is half as long again: a clean-clone CI
+// run at c139345 saw 3.17 s against the busy shards' 3 s there, while the
+// plain build's slowest shard stays under 2 s.
 func stopBusiestLeader(ctx context.Context, t *testing.T, c *tc.Cluster, what string, limit time.Duration) {
 	t.Helper()
+	if raceEnabled {
+		limit = limit * 3 / 2
+	}
 	victim, shards := busiestLeader(t, c)
 	stopped := time.Now()
 	c.Node(victim).Stop()
