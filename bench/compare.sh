@@ -44,6 +44,15 @@
 #   MEMDISK_KEYS=1000000  report their servers' summed RSS and data size
 #   RESULTS_DIR=...       default ${TMPDIR:-/tmp}/shoal-compare-DATE
 #   KEEP=1                keep the data directories
+#   PROFILE=1             take CPU profiles during each timed workload: of
+#                         every Shoal node (from /debug/pprof on its HTTP
+#                         port), merged into $RESULTS_DIR/shoal-TARGET-WORKLOAD.pprof,
+#                         and of the load generator for every system
+#                         (shoal bench --cpu-profile), in
+#                         $RESULTS_DIR/SYSTEM-TARGET-WORKLOAD.client.pprof;
+#                         read with `go tool pprof -top FILE`. Profiling
+#                         costs a few percent of CPU: compare numbers only
+#                         between runs that both profile, or neither.
 #   SHOAL_BIN=...         run this shoal binary (servers and load generator)
 #                         instead of building the checkout's (bench/ab.sh)
 #   PORT_BASE=21000       ports used: PORT_BASE .. PORT_BASE+7500 on 127.0.0.1,
@@ -69,6 +78,8 @@ MEMDISK_KEYS=${MEMDISK_KEYS:-1000000}
 PORT_BASE=${PORT_BASE:-21000}
 RESULTS_DIR=${RESULTS_DIR:-${TMPDIR:-/tmp}/shoal-compare-$(date +%Y%m%d-%H%M%S)}
 KEEP=${KEEP:-0}
+PROFILE=${PROFILE:-0}
+profile_urls=() # the nodes' /debug/pprof/profile URLs while Shoal runs (PROFILE=1)
 CLK_TCK=$(getconf CLK_TCK)
 
 # Shoal's cluster shape. SHOAL_SHARDS and SHOAL_REPLICAS are also the
@@ -226,6 +237,16 @@ phases() {
     local json=$RESULTS_DIR/$system-$target-$w.json
     local before after busy0 busy1 client
     echo "-- $system via $target: workload $w"
+    local prof_pids=() prof_files=() u n=0 cflags=""
+    if [ "$PROFILE" = 1 ] && [ "$w" != load ]; then cflags="--cpu-profile $RESULTS_DIR/$system-$target-$w.client.pprof"; fi
+    if [ "$PROFILE" = 1 ] && [ "$w" != load ] && [ ${#profile_urls[@]} -gt 0 ]; then
+      for u in "${profile_urls[@]}"; do
+        n=$((n + 1))
+        prof_files+=("$RESULTS_DIR/$system-$target-$w.node$n.pprof")
+        curl -sf -o "${prof_files[-1]}" "$u?seconds=$((PHASE_SECONDS > 3 ? PHASE_SECONDS - 2 : 1))" &
+        prof_pids+=($!)
+      done
+    fi
     busy0=$(busy_ticks)
     before=$(cpu_ticks "$@")
     # Bounded: the load stops after RECORDS inserts, the others after
@@ -234,12 +255,18 @@ phases() {
     # shellcheck disable=SC2086
     client=$( {
       TIMEFORMAT='%3U %3S'
-      time timeout -k 10 $((PHASE_SECONDS + 600)) "$SHOAL" bench --target "$target" $flags \
+      time timeout -k 10 $((PHASE_SECONDS + 600)) "$SHOAL" bench --target "$target" $flags $cflags \
         --workload "$w" --records "$RECORDS" --concurrency "$CONCURRENCY" --pipeline "$pipe" --value-size "$VALUE_SIZE" \
         --duration "${PHASE_SECONDS}s" --json >"$json" 2>"$json.progress" || true
     } 2>&1 | awk '{print $1 + $2}')
     after=$(cpu_ticks "$@")
     busy1=$(busy_ticks)
+    if [ ${#prof_pids[@]} -gt 0 ]; then
+      wait "${prof_pids[@]}" || fail "$system via $target, workload $w: a CPU profile failed"
+      go tool pprof -proto "${prof_files[@]}" >"$RESULTS_DIR/$system-$target-$w.pprof" 2>/dev/null ||
+        fail "merging the CPU profiles of $system via $target, workload $w"
+      echo "   profile: $RESULTS_DIR/$system-$target-$w.pprof"
+    fi
     if ! jq -e .ops "$json" >/dev/null 2>&1; then
       tail -n 5 "$json.progress" >&2
       fail "$system via $target, workload $w: no result"
@@ -293,6 +320,7 @@ run_shoal() {
       --resp 127.0.0.1:$((base + 380 + i)) --data-dir "$d/node$i" --log-level warn
     eval "nodes+=(\$pid_shoal_node$i)"
     resp+=("127.0.0.1:$((base + 380 + i))")
+    profile_urls+=("http://127.0.0.1:$((base + 180 + i))/debug/pprof/profile")
   done
   # Ready when all SHOAL_SHARDS shards show a leader.
   shoal_led() {
@@ -318,6 +346,7 @@ run_shoal() {
   fi
   stop_pids "${spids[@]}"
   pids=()
+  profile_urls=()
 }
 
 run_etcd() {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"text/tabwriter"
@@ -155,6 +157,8 @@ type benchFlags struct {
 	target    string
 	endpoints string
 	password  string
+	// cpuProfile names a file for the load generator's own CPU profile.
+	cpuProfile string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -208,6 +212,7 @@ for scripts.`,
 	fl.DurationVar(&b.o.Duration, "duration", 30*time.Second, "how long to run (not for load)")
 	fl.IntVar(&b.o.Ops, "ops", 0, "stop after this many operations (0: run for --duration)")
 	fl.StringVar(&b.dist, "distribution", "uniform", "key distribution: uniform or zipfian")
+	fl.StringVar(&b.cpuProfile, "cpu-profile", "", "write the load generator's own CPU profile (pprof) to this file, to see what driving the target costs")
 	return cmd
 }
 
@@ -244,11 +249,24 @@ func runBench(ctx context.Context, f *clientFlags, b *benchFlags, out, errw io.W
 		return fmt.Errorf("--concurrency %d: want 1 or more", o.Concurrency)
 	}
 	o.Timeout = f.timeout
+	var pf *os.File
+	if b.cpuProfile != "" {
+		if pf, err = os.Create(b.cpuProfile); err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		defer pf.Close()
+	}
 	target, closeTarget, err := openBenchTarget(ctx, f, b, o.Concurrency)
 	if err != nil {
 		return err
 	}
 	defer closeTarget()
+	if pf != nil {
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	o.Progress = func(p bench.Progress) {
 		fmt.Fprintf(errw, "%6.0fs  %10d ops  %9.0f ops/s  %d errors\n", p.Elapsed.Seconds(), p.Ops, p.OpsPerSec, p.Errors)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -62,9 +64,15 @@ func TestBenchShoalAndRESPTargets(t *testing.T) {
 	}
 	// Reads through the Redis port, spread over the nodes (go-redis follows
 	// MOVED to each key's leader), without errors.
-	res = runBenchJSON(t, "--target", "resp", eps, "--workload", "c", "--records", "300", "--ops", "500", "--concurrency", "4")
+	// With the load generator's own CPU profile, a gzipped pprof file.
+	prof := filepath.Join(t.TempDir(), "client.pprof")
+	res = runBenchJSON(t, "--target", "resp", eps, "--workload", "c", "--records", "300", "--ops", "500", "--concurrency", "4",
+		"--cpu-profile", prof)
 	if res.Target != "resp" || res.Ops < 500 || res.Errors != 0 || res.Read.Count != res.Ops || res.Pipeline != 1 {
 		t.Fatalf("reads through the Redis port: %+v", res.Result)
+	}
+	if b, err := os.ReadFile(prof); err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Fatalf("--cpu-profile %s: %d bytes, %v; want a gzipped pprof profile", prof, len(b), err)
 	}
 	// Pipelined load through the Redis port, then check through the Go
 	// client that every record of it is there with its 100 bytes.
@@ -185,6 +193,7 @@ func TestBenchFlagErrors(t *testing.T) {
 		{[]string{"--endpoints", "127.0.0.1:1", "--master", "127.0.0.1:1"}, "--endpoints is for"},
 		{[]string{"--workload", "q"}, "unknown workload"},
 		{[]string{"--distribution", "normal"}, "want uniform or zipfian"},
+		{[]string{"--cpu-profile", "/nonexistent/dir/cpu.pprof"}, "--cpu-profile"},
 	} {
 		_, err := run(t, append([]string{"bench", "--timeout", "2s"}, c.args...)...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
