@@ -187,6 +187,7 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 		shutdownTimeout time.Duration
 		readLease       time.Duration
 		cacheMiB        int
+		rowCacheMiB     int
 		memtableMiB     int
 		entryCacheKiB   int
 		snapMiBps       int
@@ -222,6 +223,13 @@ the replicas they place on it.
 				return fmt.Errorf("--cache-mb and --raft-entry-cache-kb must be at least 1, --memtable-mb between 1 and 4095")
 			}
 			cfg.CacheBytes, cfg.MemTableBytes = int64(cacheMiB)<<20, uint64(memtableMiB)<<20
+			if rowCacheMiB < 0 {
+				return fmt.Errorf("--row-cache-mb %d: want 0 (no row cache) or more", rowCacheMiB)
+			}
+			cfg.RowCacheBytes = int64(rowCacheMiB) << 20
+			if rowCacheMiB == 0 {
+				cfg.RowCacheBytes = -1
+			}
 			if maxSnapshots < 1 {
 				return fmt.Errorf("--max-snapshots %d: want at least 1", maxSnapshots)
 			}
@@ -268,6 +276,7 @@ the replicas they place on it.
 	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status, /healthz, /metrics and /debug/pprof; empty for none (env SHOAL_HTTP)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
 	f.IntVar(&cacheMiB, "cache-mb", envInt("SHOAL_CACHE_MB", 128), "Pebble block cache, MiB (env SHOAL_CACHE_MB); see docs/operations.md for the node's memory bound")
+	f.IntVar(&rowCacheMiB, "row-cache-mb", envInt("SHOAL_ROW_CACHE_MB", node.DefaultRowCacheBytes>>20), "values of recently read keys kept in memory, so that reading a hot key skips the storage engine, MiB; 0 turns it off (env SHOAL_ROW_CACHE_MB)")
 	f.IntVar(&memtableMiB, "memtable-mb", envInt("SHOAL_MEMTABLE_MB", 32), "size of one Pebble memtable, MiB; up to two are held (env SHOAL_MEMTABLE_MB)")
 	f.DurationVar(&cfg.MinSyncInterval, "wal-min-sync-interval", envDuration("SHOAL_WAL_MIN_SYNC_INTERVAL", 0), "least time between two syncs of the write-ahead log: a write waits at most this long for others to share its sync, and is acknowledged only once synced; 0: the default, 300µs; negative (-1ns) syncs at once (env SHOAL_WAL_MIN_SYNC_INTERVAL)")
 	f.IntVar(&entryCacheKiB, "raft-entry-cache-kb", envInt("SHOAL_RAFT_ENTRY_CACHE_KB", 1024), "per replica, the most recent Raft log entries kept in memory, KiB; only entries not yet applied and acknowledged everywhere stay (env SHOAL_RAFT_ENTRY_CACHE_KB)")

@@ -174,7 +174,7 @@ func (d *DB) Get(ctx context.Context, key []byte, o ReadOptions) (Value, bool, e
 			return Value{}, false, fmt.Errorf("kv: get: %w", err)
 		}
 	}
-	v, at, ok, err := Get(d.store.Engine().Reader(), slot, key, d.nowMs())
+	v, at, ok, err := d.get(slot, key)
 	if err == nil {
 		err = d.store.Serving(shard)
 	}

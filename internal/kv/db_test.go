@@ -55,6 +55,7 @@ type env struct {
 	store *raftstore.Store
 	eng   *storage.Engine
 	clock *fakeClock
+	rows  *kv.RowCache
 }
 
 // startDB runs a DB over a single-node store with numShards shards covering
@@ -78,15 +79,21 @@ func startDBLeaderless(t *testing.T, opts kv.Options, leaderless uint64) *env {
 	}
 	warnings := &testcluster.SyncBuffer{} // tests fail if the DB warned
 	logger := slog.New(slog.NewTextHandler(warnings, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// Every DB test reads through a row cache, as a node does.
+	if opts.RowCache == nil {
+		opts.RowCache = kv.NewRowCache(1 << 20)
+	}
+	rows := opts.RowCache
 	store, err := raftstore.NewStore(raftstore.Options{
 		NodeID:    1,
 		Engine:    eng,
 		Transport: nopTransport{},
 		NewStateMachine: func(d *shoalpb.ShardDescriptor) raftstore.StateMachine {
-			return kv.NewStateMachine(d, kv.StateMachineOptions{Logger: logger})
+			return kv.NewStateMachine(d, kv.StateMachineOptions{Logger: logger, RowCache: rows})
 		},
-		TickInterval: 10 * time.Millisecond,
-		Logger:       slog.New(slog.DiscardHandler),
+		BeforeDataReset: rows.BlockSlots,
+		TickInterval:    10 * time.Millisecond,
+		Logger:          slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +144,7 @@ func startDBLeaderless(t *testing.T, opts kv.Options, leaderless uint64) *env {
 		}
 		return nil
 	})
-	return &env{db: db, store: store, eng: eng, clock: clock}
+	return &env{db: db, store: store, eng: eng, clock: clock, rows: rows}
 }
 
 // waitFor polls cond until it returns nil, failing the test at the

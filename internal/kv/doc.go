@@ -58,4 +58,17 @@
 // sessions idle for longer than Options.SessionTTL. The state machine keeps
 // a few small session records decoded (session.go); a cached record is
 // always exactly the one its apply batch holds.
+//
+// # Row cache
+//
+// DB.Get reads through the node's RowCache, if it has one: the stored
+// records of recently read keys, so that a hot key costs a map lookup
+// instead of a search of Pebble's memtables and levels. Reads through the
+// cache are exactly as linearizable as reads of the engine: the state
+// machines tell the cache of every data key they write before the apply
+// batch is committed and again once it is (raftstore.Committer), and the
+// store brackets every other change of a shard's data (snapshot ingest,
+// replica removal) with RowCache.BlockSlots; rowcache.go states the
+// invariant. MultiGet and Scan read an engine snapshot or iterator, not the
+// cache.
 package kv

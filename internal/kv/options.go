@@ -37,6 +37,11 @@ type Options struct {
 	// SessionTTL is how long a client session may stay idle before the
 	// sweeper removes it; a retry after that may apply twice. Default 1h.
 	SessionTTL time.Duration
+	// RowCache serves reads of recently read keys from memory; it must be
+	// the one the node's state machines announce their writes to
+	// (StateMachineOptions.RowCache), and the node's store must bracket
+	// other changes of data with its BlockSlots. Default nil: no cache.
+	RowCache *RowCache
 }
 
 // EnsureDefaults replaces zero (and meaningless negative) values with their

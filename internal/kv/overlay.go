@@ -58,6 +58,11 @@ type overlay struct {
 	// deletes are raw keys to delete on flush: orphaned expiry-index
 	// entries and idle sessions.
 	deletes [][]byte
+	// written collects, when track is set, the data keys flush wrote or
+	// deleted; reset leaves it to its owner (the state machine, which
+	// tells the row cache).
+	track   bool
+	written [][]byte
 }
 
 func (o *overlay) reset() {
@@ -161,6 +166,11 @@ func (o *overlay) flush(b *storage.Batch, buf []byte) ([]byte, error) {
 			if err := b.Delete(r.dataKey, nil); err != nil {
 				return buf, err
 			}
+		default:
+			continue
+		}
+		if o.track {
+			o.written = append(o.written, r.dataKey)
 		}
 	}
 	for _, k := range o.deletes {

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"time"
@@ -17,6 +18,11 @@ func Get(r storage.Reader, slot uint16, key []byte, nowMs int64) (value []byte, 
 	if err != nil || !ok {
 		return nil, 0, false, err
 	}
+	return decodeLive(key, raw, nowMs)
+}
+
+// decodeLive decodes key's stored record raw as of nowMs.
+func decodeLive(key, raw []byte, nowMs int64) (value []byte, expireAtMs int64, found bool, err error) {
 	v, at, err := DecodeValue(raw)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("kv: key %q: %w", key, err)
@@ -25,6 +31,30 @@ func Get(r storage.Reader, slot uint16, key []byte, nowMs int64) (value []byte, 
 		return nil, 0, false, nil
 	}
 	return v, at, true, nil
+}
+
+// get reads key, in slot, from the row cache or else the engine (filling
+// the cache), as Get does. The value is a copy the caller owns.
+func (d *DB) get(slot uint16, key []byte) (value []byte, expireAtMs int64, found bool, err error) {
+	c := d.opts.RowCache
+	if c == nil {
+		return Get(d.store.Engine().Reader(), slot, key, d.nowMs())
+	}
+	dk := keys.DataKey(slot, key)
+	raw, t, hit := c.lookup(dk)
+	if !hit {
+		var ok bool
+		if raw, ok, err = storage.Get(d.store.Engine().Reader(), dk); err != nil || !ok {
+			return nil, 0, false, err
+		}
+		c.fill(slot, dk, raw, t) // raw is this read's own copy: the cache keeps it
+	}
+	// raw is the cache's now: the caller gets a copy of the value.
+	v, at, ok, err := decodeLive(key, raw, d.nowMs())
+	if !ok || err != nil {
+		return nil, 0, ok, err
+	}
+	return bytes.Clone(v), at, true, nil
 }
 
 // ScanResult is one page of a scan.

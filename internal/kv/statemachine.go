@@ -19,6 +19,10 @@ type StateMachineOptions struct {
 	// Logger receives the state machine's logs; the caller adds the node's
 	// attributes. Default: discarded.
 	Logger *slog.Logger
+	// RowCache is the node's cache of read values (Options.RowCache): the
+	// state machine announces every data key it writes to it, before the
+	// batch is committed and once it is (Committed). Default nil.
+	RowCache *RowCache
 }
 
 // Error texts of failed commands, as Redis words them, so that the RESP
@@ -57,6 +61,10 @@ type stateMachine struct {
 	buf []byte
 	// sessions caches session records (session.go).
 	sessions map[uint64]*shoalpb.SessionRecord
+	// rows is the node's row cache; writing holds the data keys announced
+	// to it (begin) whose batch is not committed yet.
+	rows    *RowCache
+	writing [][]byte
 }
 
 const maxScratch = 64 << 10
@@ -72,7 +80,8 @@ func NewStateMachine(desc *shoalpb.ShardDescriptor, opts StateMachineOptions) ra
 		start: desc.GetStartSlot(),
 		end:   desc.GetEndSlot(),
 		log:   opts.Logger.With("shard", desc.GetShardId()),
-		ov:    overlay{index: make(map[string]int)},
+		ov:    overlay{index: make(map[string]int), track: opts.RowCache != nil},
+		rows:  opts.RowCache,
 	}
 }
 
@@ -92,7 +101,25 @@ func (sm *stateMachine) Apply(b *storage.Batch, cmds []raftstore.Command) ([]any
 		}
 		out[i] = res
 	}
+	// Drop the written keys from the row cache before the batch is
+	// committed (rowcache.go); Committed lets them be cached again.
+	for _, dk := range sm.ov.written {
+		sm.rows.begin(dk)
+	}
+	sm.writing = append(sm.writing, sm.ov.written...)
+	clear(sm.ov.written)
+	sm.ov.written = sm.ov.written[:0]
 	return out, nil
+}
+
+// Committed implements raftstore.Committer: the batch holding what Apply
+// staged is committed.
+func (sm *stateMachine) Committed() {
+	for _, dk := range sm.writing {
+		sm.rows.end(dk)
+	}
+	clear(sm.writing)
+	sm.writing = sm.writing[:0]
 }
 
 // applyCommand decodes and applies one command, through its session if it

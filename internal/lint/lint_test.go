@@ -35,7 +35,7 @@ var allowed = map[string][]string{
 	"internal/node":             {"api/shoalpb", "client", "internal/resp", "internal/keys", "internal/storage", "internal/raftlog", "internal/raftstore", "internal/transport", "internal/kv", "internal/metrics"},
 	"internal/master":           {"api/shoalpb", "internal/keys", "internal/storage", "internal/raftlog", "internal/raftstore", "internal/transport", "internal/master/schedule", "internal/master/dashboard", "internal/metrics"},
 	"internal/master/dashboard": {},
-	"internal/metrics":          {"internal/raftstore", "internal/storage"},
+	"internal/metrics":          {"internal/kv", "internal/raftstore", "internal/storage"},
 	"internal/bench":            {},
 	"internal/master/schedule":  {"api/shoalpb"},
 	"internal/resp":             {"api/shoalpb", "internal/keys", "client"},

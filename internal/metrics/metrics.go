@@ -5,7 +5,8 @@
 // tests) keep separate metrics.
 //
 // Names: shoal_grpc_* for gRPC requests, shoal_resp_* for Redis commands,
-// shoal_raft_* for the multi-Raft store, shoal_storage_* for Pebble and
+// shoal_raft_* for the multi-Raft store, shoal_storage_* for Pebble,
+// shoal_kv_* for the key-value layer and
 // shoal_master_* for the master's view of the cluster. Counters read
 // cumulative values that the store keeps anyway (Store.Stats), so a scrape
 // costs one pass over them and nothing on the hot path.
@@ -26,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/shoaldb/shoal/internal/kv"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/storage"
 )
@@ -244,6 +246,39 @@ func (c engineCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- hm
 		}
 	}
+}
+
+// RegisterRowCache registers the statistics of the key-value layer's row
+// cache (nil: nothing).
+func RegisterRowCache(reg prometheus.Registerer, c *kv.RowCache) {
+	if c != nil {
+		reg.MustRegister(rowCacheCollector{c})
+	}
+}
+
+type rowCacheCollector struct{ c *kv.RowCache }
+
+var (
+	descRowHits      = prometheus.NewDesc("shoal_kv_row_cache_hits_total", "Reads served by the row cache.", nil, nil)
+	descRowMisses    = prometheus.NewDesc("shoal_kv_row_cache_misses_total", "Reads that went to the engine.", nil, nil)
+	descRowEvictions = prometheus.NewDesc("shoal_kv_row_cache_evictions_total", "Entries evicted to stay within the cache's size.", nil, nil)
+	descRowBytes     = prometheus.NewDesc("shoal_kv_row_cache_bytes", "Bytes the row cache holds (keys, values, bookkeeping).", nil, nil)
+	descRowEntries   = prometheus.NewDesc("shoal_kv_row_cache_entries", "Keys the row cache holds.", nil, nil)
+)
+
+func (c rowCacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRowHits, descRowMisses, descRowEvictions, descRowBytes, descRowEntries} {
+		ch <- d
+	}
+}
+
+func (c rowCacheCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.c.Stats()
+	ch <- prometheus.MustNewConstMetric(descRowHits, prometheus.CounterValue, float64(st.Hits))
+	ch <- prometheus.MustNewConstMetric(descRowMisses, prometheus.CounterValue, float64(st.Misses))
+	ch <- prometheus.MustNewConstMetric(descRowEvictions, prometheus.CounterValue, float64(st.Evictions))
+	ch <- prometheus.MustNewConstMetric(descRowBytes, prometheus.GaugeValue, float64(st.Bytes))
+	ch <- prometheus.MustNewConstMetric(descRowEntries, prometheus.GaugeValue, float64(st.Entries))
 }
 
 // nsToSeconds re-emits Pebble's unnamed fsync histogram (in nanoseconds)

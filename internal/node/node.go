@@ -25,6 +25,9 @@ import (
 	"github.com/shoaldb/shoal/internal/transport"
 )
 
+// DefaultRowCacheBytes is Config.RowCacheBytes's default.
+const DefaultRowCacheBytes = 64 << 20
+
 // Config configures a node. Zero values take the documented defaults.
 //
 // A node runs in one of two modes. With Masters set it joins a cluster run
@@ -85,6 +88,10 @@ type Config struct {
 	CacheBytes      int64
 	MemTableBytes   uint64
 	MinSyncInterval time.Duration
+	// RowCacheBytes bounds the row cache, which serves reads of recently
+	// read keys from memory (kv.RowCache). Default 64 MiB; negative turns
+	// it off. It is used only with the default state machine.
+	RowCacheBytes int64
 	// Store adjusts the store's options (timing, limits, knobs) before it is
 	// created.
 	Store func(o *raftstore.Options)
@@ -262,8 +269,14 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 
 	newSM := cfg.NewStateMachine
+	var rows *kv.RowCache // stays nil with another state machine: it would not keep the cache in step
 	if newSM == nil {
-		smOpts := kv.StateMachineOptions{Logger: n.log}
+		rowBytes := cfg.RowCacheBytes
+		if rowBytes == 0 {
+			rowBytes = DefaultRowCacheBytes
+		}
+		rows = kv.NewRowCache(rowBytes)
+		smOpts := kv.StateMachineOptions{Logger: n.log, RowCache: rows}
 		newSM = func(desc *shoalpb.ShardDescriptor) raftstore.StateMachine { return kv.NewStateMachine(desc, smOpts) }
 	}
 	so := raftstore.Options{
@@ -271,6 +284,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Engine:          n.engine,
 		Transport:       sender,
 		NewStateMachine: newSM,
+		BeforeDataReset: rows.BlockSlots,
 		Logger:          n.log,
 		// A new leader heartbeats at once, so that the masters (and through
 		// them clients and CLUSTER SLOTS) learn it without waiting a beat.
@@ -320,6 +334,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if kvOpts.Logger == nil {
 		kvOpts.Logger = n.log
 	}
+	kvOpts.RowCache = rows
+	metrics.RegisterRowCache(n.metrics, rows)
 	n.store.Start()
 	n.kv = kv.New(n.store, kvOpts)
 	// Serve only once everything the services use exists.

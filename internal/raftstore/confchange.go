@@ -464,6 +464,7 @@ func (r *Replica) destroy(reason error) error {
 	b := r.store.eng.NewBatch()
 	defer b.Close()
 	if r.initialized {
+		defer r.store.beforeDataReset(r.desc)()
 		if err := b.DeleteSpan(keys.DataSpan(r.desc.StartSlot, r.desc.EndSlot)); err != nil {
 			return err
 		}

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
@@ -57,9 +60,36 @@ func onNodes(d *shoalpb.ShardDescriptor) map[uint64]shoalpb.ReplicaRole {
 
 // TestAddLearnerBySnapshotAndMove adds a learner to a shard whose log is
 // truncated, so it can only catch up by snapshot, then moves a replica.
+//
+// It also checks that the store brackets both changes of the shard's data
+// made outside Apply (the learner's snapshot, node 2's removal) with
+// Options.BeforeDataReset: before the engine changes, and done after.
 func TestAddLearnerBySnapshotAndMove(t *testing.T) {
+	var mu sync.Mutex
+	var resets []string
+	probe := []byte("k-0-0") // the first key load writes
 	c := tc.Start(t, tc.Options{Nodes: 4, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM, Logger: debugLogger(t),
-		StoreOptions: func(_ uint64, o *raftstore.Options) { o.MaxLogEntries = 50 }})
+		StoreOptions: func(node uint64, o *raftstore.Options) {
+			o.MaxLogEntries = 50
+			eng := o.Engine
+			o.BeforeDataReset = func(start, end uint32) func() {
+				_, before, _ := tc.ReadKey(eng.Reader(), probe)
+				return func() {
+					_, after, _ := tc.ReadKey(eng.Reader(), probe)
+					mu.Lock()
+					defer mu.Unlock()
+					resets = append(resets, fmt.Sprintf("node %d slots [%d,%d): %v -> %v", node, start, end, before, after))
+				}
+			}
+		}})
+	sawReset := func(want string) {
+		t.Helper()
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Contains(resets, want) {
+			t.Fatalf("BeforeDataReset calls %q, want one %q", resets, want)
+		}
+	}
 	ctx := ctxFor(t, 60*time.Second)
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
@@ -82,6 +112,7 @@ func TestAddLearnerBySnapshotAndMove(t *testing.T) {
 	if got := c.Node(4).Store().Stats().SnapshotsApplied; got == 0 {
 		t.Fatal("learner caught up without a snapshot")
 	}
+	sawReset(fmt.Sprintf("node 4 slots [0,%d): false -> true", keys.SlotCount))
 	checkSame(ctx, t, c, 1, 4)
 
 	d, err := c.MoveReplica(ctx, 1, 2, 4)
@@ -107,6 +138,7 @@ func TestAddLearnerBySnapshotAndMove(t *testing.T) {
 	if v, ok, _ := tc.ReadKey(c.Node(2).Engine().Reader(), keyInShard(c, 1, "k-0")); ok {
 		t.Fatalf("node 2 still holds data: %q", v)
 	}
+	sawReset(fmt.Sprintf("node 2 slots [0,%d): true -> false", keys.SlotCount))
 	load(ctx, t, c, 1, "after", 20, 100)
 	checkSame(ctx, t, c, 1, 3)
 }

@@ -21,6 +21,13 @@ type Options struct {
 	Transport Transport
 	// NewStateMachine creates the state machine of a replica. Required.
 	NewStateMachine func(desc *shoalpb.ShardDescriptor) StateMachine
+	// BeforeDataReset, if set, is called before the engine's data of the
+	// slots [startSlot, endSlot) changes other than through
+	// StateMachine.Apply (a snapshot is ingested, a removed replica's data
+	// is deleted); the function it returns is called once the change is
+	// done and the replica has its new state machine. kv's row cache uses
+	// it to drop and stop caching those slots meanwhile. Default nil.
+	BeforeDataReset func(startSlot, endSlot uint32) (done func())
 
 	// Workers is the size of the worker pool that processes replicas.
 	// Default max(2, GOMAXPROCS).

@@ -806,6 +806,9 @@ func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
 		if len(res) != len(cmds) {
 			return fmt.Errorf("raftstore: shard %d: state machine returned %d results for %d commands", r.shardID, len(res), len(cmds))
 		}
+		if c, ok := r.sm.(Committer); ok {
+			w.committers = append(w.committers, c)
+		}
 		for i, p := range owners {
 			if p != nil {
 				w.results = append(w.results, delivery{p: p, r: result{value: res[i]}})

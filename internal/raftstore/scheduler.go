@@ -90,6 +90,9 @@ type worker struct {
 	// applied are the replicas that applied entries or learned read indexes
 	// in this phase; their reads are served after apply is committed.
 	applied []*Replica
+	// committers are the state machines that staged writes in apply and
+	// asked to learn when it is committed (Committer).
+	committers []Committer
 	// destroy are replicas to destroy after the phase 3 apply commit.
 	destroy []*Replica
 	// outbox holds outgoing messages by destination node.

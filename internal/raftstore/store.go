@@ -51,6 +51,16 @@ type StateMachine interface {
 	Apply(b *storage.Batch, cmds []Command) ([]any, error)
 }
 
+// Committer is a StateMachine that needs to know when the writes Apply
+// staged are committed to the engine (kv's keeps a cache of the data in
+// step with it). The store calls Committed once the batch holding them is
+// committed, before their proposers are answered and before reads waiting
+// for their index are served; a state machine the store replaced in the
+// meantime (a snapshot) is still told.
+type Committer interface {
+	Committed()
+}
+
 // Role is a replica's Raft role.
 type Role string
 
@@ -626,6 +636,14 @@ func (s *Store) Propose(ctx context.Context, shard uint64, cmd []byte) (any, err
 	}
 }
 
+// beforeDataReset calls Options.BeforeDataReset for the slots of desc.
+func (s *Store) beforeDataReset(desc *shoalpb.ShardDescriptor) (done func()) {
+	if f := s.opts.BeforeDataReset; f != nil {
+		return f(desc.GetStartSlot(), desc.GetEndSlot())
+	}
+	return func() {}
+}
+
 // ReadIndex returns once this replica has applied every write that was
 // committed when ReadIndex was called: reading its state afterwards is
 // linearizable. It works on leaders and followers.
@@ -939,6 +957,11 @@ func (w *worker) finishApply() error {
 			return fmt.Errorf("raftstore: apply commit: %w", err)
 		}
 	}
+	for i, c := range w.committers {
+		c.Committed()
+		w.committers[i] = nil
+	}
+	w.committers = w.committers[:0]
 	for i, d := range w.results {
 		d.p.finish(d.r)
 		w.results[i] = delivery{}
