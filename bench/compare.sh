@@ -33,6 +33,8 @@
 #                         targets (Shoal's and Redis's) only: the Go client
 #                         and etcd send one request per call
 #   VALUE_SIZE=100        bytes per value
+#   DISTRIBUTION=uniform  which keys the timed workloads pick: uniform or
+#                         zipfian (YCSB's default: a few keys are hot)
 #   SYSTEMS="shoal etcd redis"
 #   SHOAL_TARGETS="shoal resp"  how Shoal is driven (Go client, Redis port)
 #   SHOAL_SHARDS=64       Shoal's shards (a power of two)
@@ -71,6 +73,7 @@ RECORDS=${RECORDS:-50000}
 CONCURRENCY=${CONCURRENCY:-64}
 PIPELINE=${PIPELINE:-1}
 VALUE_SIZE=${VALUE_SIZE:-100}
+DISTRIBUTION=${DISTRIBUTION:-uniform}
 SYSTEMS=${SYSTEMS:-shoal etcd redis}
 SHOAL_TARGETS=${SHOAL_TARGETS:-shoal resp}
 MEMDISK=${MEMDISK:-0}
@@ -257,7 +260,7 @@ phases() {
       TIMEFORMAT='%3U %3S'
       time timeout -k 10 $((PHASE_SECONDS + 600)) "$SHOAL" bench --target "$target" $flags $cflags \
         --workload "$w" --records "$RECORDS" --concurrency "$CONCURRENCY" --pipeline "$pipe" --value-size "$VALUE_SIZE" \
-        --duration "${PHASE_SECONDS}s" --json >"$json" 2>"$json.progress" || true
+        --distribution "$DISTRIBUTION" --duration "${PHASE_SECONDS}s" --json >"$json" 2>"$json.progress" || true
     } 2>&1 | awk '{print $1 + $2}')
     after=$(cpu_ticks "$@")
     busy1=$(busy_ticks)
@@ -438,7 +441,7 @@ done
 echo
 shape=
 case " $SYSTEMS " in *" shoal "*) shape=", shoal: $SHOAL_SHARDS shards, $SHOAL_NODES nodes, $SHOAL_REPLICAS replicas" ;; esac
-echo "== $(nproc) CPUs, $CONCURRENCY clients, pipeline $PIPELINE (RESP), $VALUE_SIZE-byte values, $RECORDS keys, ${PHASE_SECONDS}s per timed workload$shape"
+echo "== $(nproc) CPUs, $CONCURRENCY clients, pipeline $PIPELINE (RESP), $VALUE_SIZE-byte values, $RECORDS keys ($DISTRIBUTION), ${PHASE_SECONDS}s per timed workload$shape"
 column -t -s $'\t' "$results"
 if [ "$MEMDISK" = 1 ]; then
   echo

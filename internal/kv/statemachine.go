@@ -92,6 +92,15 @@ func (sm *stateMachine) Apply(b *storage.Batch, cmds []raftstore.Command) ([]any
 	out := make([]any, len(cmds))
 	for i, c := range cmds {
 		res, err := sm.applyCommand(b, c.Data)
+		// Drop the keys the command wrote from the row cache before the
+		// batch is committed (rowcache.go); Committed lets them be cached
+		// again.
+		for _, dk := range sm.ov.written {
+			sm.rows.begin(dk)
+		}
+		sm.writing = append(sm.writing, sm.ov.written...)
+		clear(sm.ov.written)
+		sm.ov.written = sm.ov.written[:0]
 		sm.ov.reset()
 		if cap(sm.buf) > maxScratch {
 			sm.buf = nil
@@ -101,14 +110,6 @@ func (sm *stateMachine) Apply(b *storage.Batch, cmds []raftstore.Command) ([]any
 		}
 		out[i] = res
 	}
-	// Drop the written keys from the row cache before the batch is
-	// committed (rowcache.go); Committed lets them be cached again.
-	for _, dk := range sm.ov.written {
-		sm.rows.begin(dk)
-	}
-	sm.writing = append(sm.writing, sm.ov.written...)
-	clear(sm.ov.written)
-	sm.ov.written = sm.ov.written[:0]
 	return out, nil
 }
 
