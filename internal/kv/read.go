@@ -33,6 +33,10 @@ func decodeLive(key, raw []byte, nowMs int64) (value []byte, expireAtMs int64, f
 	return v, at, true, nil
 }
 
+// RowCacheStats returns the counters and size of the DB's row cache (zero
+// without one).
+func (d *DB) RowCacheStats() RowCacheStats { return d.opts.RowCache.Stats() }
+
 // get reads key, in slot, from the row cache or else the engine (filling
 // the cache), as Get does. The value is a copy the caller owns.
 func (d *DB) get(slot uint16, key []byte) (value []byte, expireAtMs int64, found bool, err error) {

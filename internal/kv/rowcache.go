@@ -55,7 +55,8 @@ const rowCacheStripes = 64
 const rowEntryOverhead = 112
 
 type rowStripe struct {
-	mu sync.Mutex
+	// mu is held for reading by lookups, for writing by everything else.
+	mu sync.RWMutex
 	// gen moves whenever a write of one of the stripe's keys begins or
 	// ends, or a BlockSlots drops entries.
 	gen     uint64
@@ -75,7 +76,8 @@ type rowEntry struct {
 	slot uint16
 	raw  []byte
 	pos  int
-	used bool
+	// used is set by lookups (under the read lock), cleared by eviction.
+	used atomic.Bool
 }
 
 type slotRange struct{ start, end uint32 }
@@ -116,16 +118,18 @@ func (c *RowCache) stripe(dk []byte) *rowStripe {
 // The record is shared: the caller must not modify it.
 func (c *RowCache) lookup(dk []byte) (raw []byte, t rowTicket, hit bool) {
 	s := c.stripe(dk)
-	s.mu.Lock()
+	s.mu.RLock()
 	if e := s.entries[string(dk)]; e != nil {
-		e.used = true
+		if !e.used.Load() {
+			e.used.Store(true)
+		}
 		raw = e.raw
-		s.mu.Unlock()
+		s.mu.RUnlock()
 		c.hits.Add(1)
 		return raw, rowTicket{}, true
 	}
 	t = rowTicket{stripe: s, gen: s.gen, epoch: c.epoch.Load(), refused: s.writing[string(dk)] > 0}
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	c.misses.Add(1)
 	return nil, t, false
 }
@@ -157,8 +161,8 @@ func (c *RowCache) fill(slot uint16, dk, raw []byte, t rowTicket) {
 			s.hand = 0
 		}
 		v := s.clock[s.hand]
-		if v.used || v == e {
-			v.used = false
+		if v.used.Load() || v == e {
+			v.used.Store(false)
 			s.hand++
 			continue
 		}

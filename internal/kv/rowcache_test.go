@@ -176,11 +176,11 @@ func TestRowCacheEvicts(t *testing.T) {
 	if st.Evictions == 0 || st.Entries < 100 {
 		t.Fatalf("stats %+v: want evictions and a cache still in use", st)
 	}
-	// Values too large for a stripe's share are not cached.
+	// Values too large for a quarter of a stripe's share are not cached.
 	big := keys.DataKey(1, []byte("big"))
 	_, tk, _ = c.lookup(big)
-	c.fill(1, big, make([]byte, budget), tk)
+	c.fill(1, big, make([]byte, 200), tk) // over a quarter of a stripe's 1 KiB with its key and overhead
 	if _, hit := cached(c, big); hit {
-		t.Fatal("a value larger than the cache was cached")
+		t.Fatal("a value over a quarter of its stripe's share was cached")
 	}
 }

@@ -67,6 +67,7 @@ func onNodes(d *shoalpb.ShardDescriptor) map[uint64]shoalpb.ReplicaRole {
 func TestAddLearnerBySnapshotAndMove(t *testing.T) {
 	var mu sync.Mutex
 	var resets []string
+	var calls int            // BeforeDataReset calls whose done has not run
 	probe := []byte("k-0-0") // the first key load writes
 	c := tc.Start(t, tc.Options{Nodes: 4, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM, Logger: debugLogger(t),
 		StoreOptions: func(node uint64, o *raftstore.Options) {
@@ -74,20 +75,31 @@ func TestAddLearnerBySnapshotAndMove(t *testing.T) {
 			eng := o.Engine
 			o.BeforeDataReset = func(start, end uint32) func() {
 				_, before, _ := tc.ReadKey(eng.Reader(), probe)
+				mu.Lock()
+				calls++
+				mu.Unlock()
 				return func() {
 					_, after, _ := tc.ReadKey(eng.Reader(), probe)
 					mu.Lock()
 					defer mu.Unlock()
+					calls--
 					resets = append(resets, fmt.Sprintf("node %d slots [%d,%d): %v -> %v", node, start, end, before, after))
 				}
 			}
 		}})
-	sawReset := func(want string) {
+	// sawReset waits for a bracket of BeforeDataReset and its done (the
+	// store calls done after its other work for the change).
+	sawReset := func(ctx context.Context, want string) {
 		t.Helper()
-		mu.Lock()
-		defer mu.Unlock()
-		if !slices.Contains(resets, want) {
-			t.Fatalf("BeforeDataReset calls %q, want one %q", resets, want)
+		if err := tc.WaitFor(ctx, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Contains(resets, want) {
+				return fmt.Errorf("BeforeDataReset calls %q, want one %q", resets, want)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
 		}
 	}
 	ctx := ctxFor(t, 60*time.Second)
@@ -112,7 +124,7 @@ func TestAddLearnerBySnapshotAndMove(t *testing.T) {
 	if got := c.Node(4).Store().Stats().SnapshotsApplied; got == 0 {
 		t.Fatal("learner caught up without a snapshot")
 	}
-	sawReset(fmt.Sprintf("node 4 slots [0,%d): false -> true", keys.SlotCount))
+	sawReset(ctx, fmt.Sprintf("node 4 slots [0,%d): false -> true", keys.SlotCount))
 	checkSame(ctx, t, c, 1, 4)
 
 	d, err := c.MoveReplica(ctx, 1, 2, 4)
@@ -138,9 +150,20 @@ func TestAddLearnerBySnapshotAndMove(t *testing.T) {
 	if v, ok, _ := tc.ReadKey(c.Node(2).Engine().Reader(), keyInShard(c, 1, "k-0")); ok {
 		t.Fatalf("node 2 still holds data: %q", v)
 	}
-	sawReset(fmt.Sprintf("node 2 slots [0,%d): true -> false", keys.SlotCount))
+	sawReset(ctx, fmt.Sprintf("node 2 slots [0,%d): true -> false", keys.SlotCount))
 	load(ctx, t, c, 1, "after", 20, 100)
 	checkSame(ctx, t, c, 1, 3)
+	// Every bracket is closed.
+	if err := tc.WaitFor(ctx, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if calls != 0 {
+			return fmt.Errorf("%d BeforeDataReset calls without their done", calls)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func debugLogger(t *testing.T) *slog.Logger {

@@ -800,14 +800,16 @@ func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
 			return nil
 		}
 		res, err := r.sm.Apply(b, cmds)
+		// Told even when Apply failed: it may have staged writes. (Told
+		// once per Apply call; Committed is idempotent.)
+		if c, ok := r.sm.(Committer); ok {
+			w.committers = append(w.committers, c)
+		}
 		if err != nil {
 			return fmt.Errorf("raftstore: shard %d: apply: %w", r.shardID, err)
 		}
 		if len(res) != len(cmds) {
 			return fmt.Errorf("raftstore: shard %d: state machine returned %d results for %d commands", r.shardID, len(res), len(cmds))
-		}
-		if c, ok := r.sm.(Committer); ok {
-			w.committers = append(w.committers, c)
 		}
 		for i, p := range owners {
 			if p != nil {

@@ -954,14 +954,11 @@ func (w *worker) finishApply() error {
 		err := b.Commit(false)
 		b.Close()
 		if err != nil {
+			w.committed() // the engine is unchanged: nothing stale to keep out
 			return fmt.Errorf("raftstore: apply commit: %w", err)
 		}
 	}
-	for i, c := range w.committers {
-		c.Committed()
-		w.committers[i] = nil
-	}
-	w.committers = w.committers[:0]
+	w.committed()
 	for i, d := range w.results {
 		d.p.finish(d.r)
 		w.results[i] = delivery{}
@@ -982,6 +979,16 @@ func (w *worker) finishApply() error {
 	}
 	w.destroy = w.destroy[:0]
 	return nil
+}
+
+// committed tells the state machines that staged writes in the apply batch
+// that it was committed (Committer).
+func (w *worker) committed() {
+	for i, c := range w.committers {
+		c.Committed()
+		w.committers[i] = nil
+	}
+	w.committers = w.committers[:0]
 }
 
 func (w *worker) applyBatch() *storage.Batch {
