@@ -236,3 +236,22 @@ func TestStatusShowsHeartbeats(t *testing.T) {
 		t.Fatalf("node 2 (no heartbeat) row ends %q\n%s", got, b.String())
 	}
 }
+
+// TestNodeSizeFlagErrors: sizes a node cannot use are refused before it
+// starts, with the flag named.
+func TestNodeSizeFlagErrors(t *testing.T) {
+	unsetEnv(t, append(serverEnv, "SHOAL_ROW_CACHE_MB", "SHOAL_CACHE_MB", "SHOAL_MAX_SNAPSHOTS")...)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--row-cache-mb", "-1"}, "--row-cache-mb -1: want 0 (no row cache) or more"},
+		{[]string{"--cache-mb", "0"}, "--cache-mb and --raft-entry-cache-kb must be at least 1"},
+		{[]string{"--max-snapshots", "0"}, "--max-snapshots 0: want at least 1"},
+	} {
+		args := append([]string{"node", "--data-dir", t.TempDir(), "--http", "", "--log-level", "error"}, c.args...)
+		if _, err := run(t, args...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("shoal %v: %v, want an error with %q", args, err, c.want)
+		}
+	}
+}
