@@ -138,8 +138,8 @@ func (c *RowCache) lookup(dk []byte) (raw []byte, t rowTicket, hit bool) {
 // after lookup returned t, unless something may have changed it since.
 // raw must not be modified afterwards.
 func (c *RowCache) fill(slot uint16, dk, raw []byte, t rowTicket) {
-	if t.refused || c.isBlocked(slot) {
-		return
+	if t.stripe == nil || t.refused || c.isBlocked(slot) {
+		return // t is a hit's, or refuses
 	}
 	size := int64(len(dk)+len(raw)) + rowEntryOverhead
 	if size > c.budget/4 {

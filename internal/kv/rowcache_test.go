@@ -1,10 +1,12 @@
 package kv
 
 import (
+	"bytes"
 	"fmt"
 	"testing"
 
 	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/storage"
 )
 
 func cached(c *RowCache, dk []byte) (string, bool) {
@@ -26,6 +28,11 @@ func TestRowCacheFillAndLookup(t *testing.T) {
 	st := c.Stats()
 	if st.Entries != 1 || st.Hits != 1 || st.Misses != 2 || st.Fills != 1 {
 		t.Fatalf("stats %+v", st)
+	}
+	_, hitTicket, _ := c.lookup(dk)
+	c.fill(7, dk, []byte("other"), hitTicket) // a hit's ticket fills nothing
+	if v, _ := cached(c, dk); v != "v1" {
+		t.Fatalf("a fill with a hit's ticket replaced the entry: %q", v)
 	}
 	if NewRowCache(0) != nil || NewRowCache(-1) != nil {
 		t.Fatal("a cache of no bytes is not nil")
@@ -183,4 +190,82 @@ func TestRowCacheEvicts(t *testing.T) {
 	if _, hit := cached(c, big); hit {
 		t.Fatal("a value over a quarter of its stripe's share was cached")
 	}
+}
+
+// BenchmarkRowCache measures a hit, and a miss followed by its fill (with
+// evictions once the cache is full), on 100-byte values; the engine read a
+// hit saves is in BenchmarkEngineGet.
+//
+//	go test -run '^$' -bench 'RowCache|EngineGet' ./internal/kv/
+func BenchmarkRowCache(b *testing.B) {
+	val := make([]byte, 100)
+	dks := make([][]byte, 100000)
+	for i := range dks {
+		dks[i] = keys.DataKey(uint16(i%keys.SlotCount), fmt.Appendf(nil, "key-%d", i))
+	}
+	b.Run("hit", func(b *testing.B) {
+		c := NewRowCache(64 << 20)
+		for i, dk := range dks {
+			_, tk, _ := c.lookup(dk)
+			c.fill(uint16(i%keys.SlotCount), dk, val, tk)
+		}
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				if _, _, hit := c.lookup(dks[i%len(dks)]); !hit {
+					b.Fatal("miss")
+				}
+				i += 7919
+			}
+		})
+	})
+	b.Run("miss-fill-evict", func(b *testing.B) {
+		c := NewRowCache(1 << 20) // holds about 4,000 of the 100,000 keys
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			dk := dks[i%len(dks)]
+			if _, tk, hit := c.lookup(dk); !hit {
+				c.fill(uint16(i%keys.SlotCount), dk, bytes.Clone(val), tk)
+			}
+		}
+	})
+}
+
+// BenchmarkEngineGet reads 100-byte values of 100,000 keys just written to
+// an engine sized as a node's (32 MiB memtables, 128 MiB cache): what a
+// row cache miss costs beside the cache's own work.
+func BenchmarkEngineGet(b *testing.B) {
+	eng, err := storage.Open(storage.Options{Dir: b.TempDir(), CacheBytes: 128 << 20, MemTableBytes: 32 << 20, Logger: discardLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer eng.Close()
+	val := make([]byte, 100)
+	dks := make([][]byte, 100000)
+	for i := range dks {
+		dks[i] = keys.DataKey(uint16(i%keys.SlotCount), fmt.Appendf(nil, "key-%d", i))
+	}
+	for i := 0; i < len(dks); i += 1000 {
+		bt := eng.NewBatch()
+		for _, dk := range dks[i : i+1000] {
+			if err := bt.Set(dk, val, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := bt.Commit(false); err != nil {
+			b.Fatal(err)
+		}
+		bt.Close()
+	}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if _, ok, err := eng.Get(dks[i%len(dks)]); err != nil || !ok {
+				b.Fatal("missing key", err)
+			}
+			i += 7919
+		}
+	})
 }
