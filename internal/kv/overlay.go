@@ -59,8 +59,9 @@ type overlay struct {
 	// entries and idle sessions.
 	deletes [][]byte
 	// written collects, when track is set, the data keys flush wrote or
-	// deleted; reset leaves it to its owner (the state machine, which
-	// tells the row cache).
+	// deleted; reset leaves it to its owner, the state machine, which
+	// tells the row cache of them and empties it once their batch is
+	// committed.
 	track   bool
 	written [][]byte
 }

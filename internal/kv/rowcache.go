@@ -43,8 +43,6 @@ type RowCache struct {
 	epoch   atomic.Uint64
 	blockMu sync.Mutex
 	blocked atomic.Pointer[[]slotRange]
-
-	hits, misses, fills, evictions atomic.Uint64
 }
 
 // rowCacheStripes is the number of independently locked parts of a cache.
@@ -68,7 +66,12 @@ type rowStripe struct {
 	bytes int64
 	// writing counts the writes of each key that began and have not ended.
 	writing map[string]int
-	_       [64]byte // keeps stripes' locks on separate cache lines
+	// Counters, per stripe so that readers on different cores do not
+	// share one cache line: hits and misses are counted under the read
+	// lock, fills and evictions under the write lock.
+	hits, misses     atomic.Uint64
+	fills, evictions uint64
+	_                [64]byte // keeps stripes' locks on separate cache lines
 }
 
 type rowEntry struct {
@@ -125,12 +128,12 @@ func (c *RowCache) lookup(dk []byte) (raw []byte, t rowTicket, hit bool) {
 		}
 		raw = e.raw
 		s.mu.RUnlock()
-		c.hits.Add(1)
+		s.hits.Add(1)
 		return raw, rowTicket{}, true
 	}
 	t = rowTicket{stripe: s, gen: s.gen, epoch: c.epoch.Load(), refused: s.writing[string(dk)] > 0}
 	s.mu.RUnlock()
-	c.misses.Add(1)
+	s.misses.Add(1)
 	return nil, t, false
 }
 
@@ -155,7 +158,7 @@ func (c *RowCache) fill(slot uint16, dk, raw []byte, t rowTicket) {
 	s.entries[e.key] = e
 	s.clock = append(s.clock, e)
 	s.bytes += size
-	c.fills.Add(1)
+	s.fills++
 	for s.bytes > c.budget && len(s.clock) > 1 {
 		if s.hand >= len(s.clock) {
 			s.hand = 0
@@ -167,7 +170,7 @@ func (c *RowCache) fill(slot uint16, dk, raw []byte, t rowTicket) {
 			continue
 		}
 		s.remove(v)
-		c.evictions.Add(1)
+		s.evictions++
 	}
 }
 
@@ -281,13 +284,17 @@ func (c *RowCache) Stats() RowCacheStats {
 	if c == nil {
 		return RowCacheStats{}
 	}
-	st := RowCacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Fills: c.fills.Load(), Evictions: c.evictions.Load()}
+	var st RowCacheStats
 	for i := range c.stripes {
 		s := &c.stripes[i]
-		s.mu.Lock()
+		s.mu.RLock()
+		st.Hits += s.hits.Load()
+		st.Misses += s.misses.Load()
+		st.Fills += s.fills
+		st.Evictions += s.evictions
 		st.Entries += int64(len(s.clock))
 		st.Bytes += s.bytes
-		s.mu.Unlock()
+		s.mu.RUnlock()
 	}
 	return st
 }

@@ -61,10 +61,9 @@ type stateMachine struct {
 	buf []byte
 	// sessions caches session records (session.go).
 	sessions map[uint64]*shoalpb.SessionRecord
-	// rows is the node's row cache; writing holds the data keys announced
-	// to it (begin) whose batch is not committed yet.
-	rows    *RowCache
-	writing [][]byte
+	// rows is the node's row cache; ov.written holds the data keys
+	// announced to it (begin) whose batch is not committed yet.
+	rows *RowCache
 }
 
 const maxScratch = 64 << 10
@@ -91,16 +90,14 @@ func NewStateMachine(desc *shoalpb.ShardDescriptor, opts StateMachineOptions) ra
 func (sm *stateMachine) Apply(b *storage.Batch, cmds []raftstore.Command) ([]any, error) {
 	out := make([]any, len(cmds))
 	for i, c := range cmds {
+		n := len(sm.ov.written)
 		res, err := sm.applyCommand(b, c.Data)
 		// Drop the keys the command wrote from the row cache before the
 		// batch is committed (rowcache.go); Committed lets them be cached
 		// again.
-		for _, dk := range sm.ov.written {
+		for _, dk := range sm.ov.written[n:] {
 			sm.rows.begin(dk)
 		}
-		sm.writing = append(sm.writing, sm.ov.written...)
-		clear(sm.ov.written)
-		sm.ov.written = sm.ov.written[:0]
 		sm.ov.reset()
 		if cap(sm.buf) > maxScratch {
 			sm.buf = nil
@@ -116,11 +113,11 @@ func (sm *stateMachine) Apply(b *storage.Batch, cmds []raftstore.Command) ([]any
 // Committed implements raftstore.Committer: the batch holding what Apply
 // staged is committed.
 func (sm *stateMachine) Committed() {
-	for _, dk := range sm.writing {
+	for _, dk := range sm.ov.written {
 		sm.rows.end(dk)
 	}
-	clear(sm.writing)
-	sm.writing = sm.writing[:0]
+	clear(sm.ov.written)
+	sm.ov.written = sm.ov.written[:0]
 }
 
 // applyCommand decodes and applies one command, through its session if it

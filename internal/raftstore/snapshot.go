@@ -582,12 +582,9 @@ func (r *Replica) applySnapshot(snap *raftpb.Snapshot) error {
 			r.shardID, meta.GetIndex(), meta.GetTerm())
 	}
 	start := time.Now()
-	// The snapshot replaces the data of the slots it names (and of the
-	// replica's old ones: the same for a shard that was never resized).
+	// The snapshot replaces the data of its shard's slots (which never
+	// change: shards move whole, they are not split).
 	defer r.store.beforeDataReset(in.data.Shard)()
-	if r.initialized {
-		defer r.store.beforeDataReset(r.desc)()
-	}
 	if err := r.store.eng.Ingest(context.Background(), in.paths); err != nil {
 		return fmt.Errorf("raftstore: shard %d: ingest snapshot: %w", r.shardID, err)
 	}
