@@ -33,6 +33,7 @@ type gateBackend struct {
 
 	mu         sync.Mutex
 	open       chan struct{}
+	opened     bool // open is closed: it stays open
 	inside     int
 	active     map[uint64]int
 	overlap    []string
@@ -72,7 +73,10 @@ func (b *gateBackend) Put(ctx context.Context, req *shoalpb.PutRequest) (*shoalp
 	b.order[shard] = append(b.order[shard], string(req.Key))
 	b.inside++
 	b.maxInTotal = max(b.maxInTotal, b.inside)
-	if b.inside == b.gate {
+	// Once open, the gate stays open: later calls can bring inside back
+	// up to gate, and must not close it again.
+	if b.inside == b.gate && !b.opened {
+		b.opened = true
 		close(b.open)
 	}
 	b.mu.Unlock()
