@@ -51,7 +51,7 @@ func (n *Node) join(ctx context.Context) error {
 	}
 	req := &shoalpb.RegisterNodeRequest{
 		ClusterId: string(clusterID), NodeId: nodeID, Addr: n.cfg.AdvertiseAddr,
-		RespAddr: n.cfg.RESPAddr, HttpAddr: n.cfg.HTTPAddr, Zone: n.cfg.Zone, Weight: n.cfg.Weight,
+		RespAddr: n.cfg.RESPAdvertiseAddr, HttpAddr: n.httpAdvertise, Zone: n.cfg.Zone, Weight: n.cfg.Weight,
 	}
 	if nodeID == 0 {
 		// A registration can commit and its answer be lost (the master

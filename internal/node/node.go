@@ -45,13 +45,21 @@ type Config struct {
 	Zone   string
 	Weight float64
 	// AdvertiseAddr is the gRPC address other nodes and clients use.
-	// Default: the address it listens on.
+	// Default: the address it listens on, which must then not be a
+	// wildcard (0.0.0.0, ::): New refuses to advertise one, since a peer
+	// dialing it reaches itself.
 	AdvertiseAddr string
-	// RESPAddr is where the node serves the Redis protocol, and what it
-	// advertises; "" serves none. Ignored when RESPListener is set (whose
-	// address is used instead).
+	// RESPAddr is where the node serves the Redis protocol; "" serves none.
+	// Ignored when RESPListener is set (whose address is used instead).
 	RESPAddr     string
 	RESPListener net.Listener
+	// RESPAdvertiseAddr is the Redis address clients are sent to (CLUSTER
+	// SLOTS, CLUSTER SHARDS, CLUSTER NODES, MOVED and ASK), like Redis's
+	// cluster-announce-ip and -port: set it when clients reach the node
+	// through another address (NAT, a container's published port).
+	// Default: the RESP address, with a wildcard host replaced by
+	// AdvertiseAddr's. The HTTP address is advertised the same way.
+	RESPAdvertiseAddr string
 	// RESP configures the Redis protocol server (password, proxy mode,
 	// limits).
 	RESP resp.Options
@@ -152,14 +160,17 @@ func (c *Config) validate() error {
 
 // Node is a running storage node.
 type Node struct {
-	cfg       Config
-	log       *slog.Logger
-	addr      string
-	engine    *storage.Engine
-	store     *raftstore.Store
-	transport *transport.Transport
-	kv        *kv.DB
-	server    *grpc.Server
+	cfg  Config
+	log  *slog.Logger
+	addr string
+	// httpAdvertise is the HTTP address the node registers (HTTPAddr with
+	// a wildcard host replaced by AdvertiseAddr's), "" without HTTP.
+	httpAdvertise string
+	engine        *storage.Engine
+	store         *raftstore.Store
+	transport     *transport.Transport
+	kv            *kv.DB
+	server        *grpc.Server
 
 	kvsvc *kvService
 
@@ -215,6 +226,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	cleanups = append(cleanups, func() { lis.Close() })
 	n.addr = lis.Addr().String()
 	if cfg.AdvertiseAddr == "" {
+		if isWildcard(n.addr) {
+			return nil, fmt.Errorf("node: listening on %s, a wildcard address, with no Config.AdvertiseAddr (--advertise): give the address other nodes and clients reach this node at", n.addr)
+		}
 		n.cfg.AdvertiseAddr = n.addr
 	}
 
@@ -227,6 +241,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if n.cfg.HTTPListener != nil {
 		cleanups = append(cleanups, func() { n.cfg.HTTPListener.Close() })
 		n.cfg.HTTPAddr = n.cfg.HTTPListener.Addr().String()
+		n.httpAdvertise = advertised(n.cfg.HTTPAddr, n.cfg.AdvertiseAddr)
 	}
 	if cfg.RESPListener == nil && cfg.RESPAddr != "" {
 		var lc net.ListenConfig
@@ -237,6 +252,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if n.cfg.RESPListener != nil {
 		cleanups = append(cleanups, func() { n.cfg.RESPListener.Close() })
 		n.cfg.RESPAddr = n.cfg.RESPListener.Addr().String()
+		if n.cfg.RESPAdvertiseAddr == "" {
+			n.cfg.RESPAdvertiseAddr = advertised(n.cfg.RESPAddr, n.cfg.AdvertiseAddr)
+		}
+	} else {
+		n.cfg.RESPAdvertiseAddr = ""
 	}
 
 	resolve := cfg.Resolve
@@ -484,4 +504,35 @@ func (n *Node) Stop() error {
 		n.log.Info("node stopped")
 	})
 	return err
+}
+
+// isWildcard reports whether addr (host:port) names every local address:
+// no host, 0.0.0.0 or ::.
+func isWildcard(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+// advertised returns addr, or if its host is a wildcard, addr's port on
+// the host of like (an advertised host:port).
+func advertised(addr, like string) string {
+	if !isWildcard(addr) {
+		return addr
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	host, _, err := net.SplitHostPort(like)
+	if err != nil {
+		return addr
+	}
+	return net.JoinHostPort(host, port)
 }

@@ -25,7 +25,7 @@ func (b respBackend) Topology() resp.Topology {
 			Up: ni.State == shoalpb.NodeState_NODE_STATE_UP || ni.State == shoalpb.NodeState_NODE_STATE_DRAINING}
 	}
 	if _, ok := t.Nodes[n.cfg.NodeID]; !ok {
-		t.Nodes[n.cfg.NodeID] = resp.NodeInfo{RESPAddr: n.cfg.RESPAddr, Up: true}
+		t.Nodes[n.cfg.NodeID] = resp.NodeInfo{RESPAddr: n.cfg.RESPAdvertiseAddr, Up: true}
 	}
 	for _, rt := range table.GetShards() {
 		d := rt.Shard
