@@ -55,6 +55,9 @@
 #                         read with `go tool pprof -top FILE`. Profiling
 #                         costs a few percent of CPU: compare numbers only
 #                         between runs that both profile, or neither.
+#   SERVER_GOMAXPROCS=N   run every server process (Shoal's master and
+#                         nodes, etcd, Redis) with GOMAXPROCS=N; default:
+#                         unset, Go's own (the machine's cores)
 #   SHOAL_BIN=...         run this shoal binary (servers and load generator)
 #                         instead of building the checkout's (bench/ab.sh)
 #   PORT_BASE=21000       ports used: PORT_BASE .. PORT_BASE+7500 on 127.0.0.1,
@@ -79,6 +82,7 @@ SHOAL_TARGETS=${SHOAL_TARGETS:-shoal resp}
 MEMDISK=${MEMDISK:-0}
 MEMDISK_KEYS=${MEMDISK_KEYS:-1000000}
 PORT_BASE=${PORT_BASE:-21000}
+SERVER_GOMAXPROCS=${SERVER_GOMAXPROCS:-}
 RESULTS_DIR=${RESULTS_DIR:-${TMPDIR:-/tmp}/shoal-compare-$(date +%Y%m%d-%H%M%S)}
 KEEP=${KEEP:-0}
 PROFILE=${PROFILE:-0}
@@ -165,6 +169,9 @@ fail() {
 start() {
   local name=$1 log=$2
   shift 2
+  if [ -n "$SERVER_GOMAXPROCS" ]; then
+    set -- env GOMAXPROCS="$SERVER_GOMAXPROCS" "$@"
+  fi
   "$@" >"$log" 2>&1 &
   pids+=($!)
   eval "pid_$name=$!"
