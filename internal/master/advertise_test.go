@@ -94,11 +94,13 @@ func TestNodeAdvertisesReachableAddresses(t *testing.T) {
 		t.Fatalf("registered RESP %q and HTTP %q; want %q and %q", ni.RespAddr, ni.HttpAddr, wantRESP, wantHTTP)
 	}
 
-	// Redis clients are sent there: CLUSTER SLOTS names it for every slot
-	// once the node leads the shards.
+	// Redis clients are sent there: CLUSTER SLOTS (older clients) and
+	// CLUSTER SHARDS (Redis 7 clients) name it for every slot once the
+	// node leads the shards.
 	rc := redis.NewClient(&redis.Options{Addr: respLis.Addr().String(), Protocol: 2})
 	t.Cleanup(func() { rc.Close() })
 	if err := tc.WaitFor(ctx, func() error {
+		//lint:ignore SA1019 CLUSTER SLOTS is what older clients send; it must advertise the address too.
 		slots, err := rc.ClusterSlots(ctx).Result()
 		if err != nil {
 			return err
@@ -112,6 +114,20 @@ func TestNodeAdvertisesReachableAddresses(t *testing.T) {
 		}
 		if covered != 16384 {
 			return fmt.Errorf("CLUSTER SLOTS covers %d slots", covered)
+		}
+		shards, err := rc.ClusterShards(ctx).Result()
+		if err != nil {
+			return err
+		}
+		if len(shards) == 0 {
+			return fmt.Errorf("CLUSTER SHARDS lists no shard")
+		}
+		for _, sh := range shards {
+			for _, nd := range sh.Nodes {
+				if got := net.JoinHostPort(nd.Endpoint, strconv.FormatInt(nd.Port, 10)); got != wantRESP {
+					return fmt.Errorf("CLUSTER SHARDS names %s for slots %v; want %s", got, sh.Slots, wantRESP)
+				}
+			}
 		}
 		return nil
 	}); err != nil {
