@@ -55,9 +55,9 @@
 #                         read with `go tool pprof -top FILE`. Profiling
 #                         costs a few percent of CPU: compare numbers only
 #                         between runs that both profile, or neither.
-#   SERVER_GOMAXPROCS=N   run every server process (Shoal's master and
-#                         nodes, etcd, Redis) with GOMAXPROCS=N; default:
-#                         unset, Go's own (the machine's cores)
+#   SERVER_GOMAXPROCS=N   run the Go servers (Shoal's master and nodes,
+#                         etcd) with GOMAXPROCS=N (Redis ignores it);
+#                         default: unset, Go's own (the machine's cores)
 #   SHOAL_BIN=...         run this shoal binary (servers and load generator)
 #                         instead of building the checkout's (bench/ab.sh)
 #   PORT_BASE=21000       ports used: PORT_BASE .. PORT_BASE+7500 on 127.0.0.1,
@@ -448,6 +448,7 @@ done
 echo
 shape=
 case " $SYSTEMS " in *" shoal "*) shape=", shoal: $SHOAL_SHARDS shards, $SHOAL_NODES nodes, $SHOAL_REPLICAS replicas" ;; esac
+[ -n "$SERVER_GOMAXPROCS" ] && shape+=", servers with GOMAXPROCS=$SERVER_GOMAXPROCS"
 echo "== $(nproc) CPUs, $CONCURRENCY clients, pipeline $PIPELINE (RESP), $VALUE_SIZE-byte values, $RECORDS keys ($DISTRIBUTION), ${PHASE_SECONDS}s per timed workload$shape"
 column -t -s $'\t' "$results"
 if [ "$MEMDISK" = 1 ]; then

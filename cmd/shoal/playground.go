@@ -150,13 +150,14 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 			return fmt.Errorf("node %d redis protocol: %w", i+1, err)
 		}
 		n, err := node.Start(ctx, node.Config{
-			Masters:      []string{m.Addr()},
-			DataDir:      filepath.Join(f.dataDir, fmt.Sprintf("node%d", i+1)),
-			Listener:     lis,
-			HTTPListener: hl,
-			RESPListener: rl,
-			RESP:         resp.Options{Password: f.respPassword, Proxy: f.respProxy},
-			Logger:       log,
+			Masters:       []string{m.Addr()},
+			DataDir:       filepath.Join(f.dataDir, fmt.Sprintf("node%d", i+1)),
+			AdvertiseAddr: loopbackIfWildcard(lis.Addr()),
+			Listener:      lis,
+			HTTPListener:  hl,
+			RESPListener:  rl,
+			RESP:          resp.Options{Password: f.respPassword, Proxy: f.respProxy},
+			Logger:        log,
 		})
 		if err != nil {
 			lis.Close()
@@ -248,6 +249,19 @@ Every shard has a leader. Try, from another terminal:
 or the Go client: client.Open(ctx, []string{%[1]q}), or any Redis Cluster client.
 Ctrl-C stops the cluster; starting again on the same --data-dir brings the data back.
 `, m.Addr(), portOf(nodes[0].RESPAddr()))
+}
+
+// loopbackIfWildcard returns "" (advertise the listen address) unless addr
+// is a wildcard address (--host 0.0.0.0), then loopback with its port: the
+// playground's nodes all run on this machine, and a node refuses to
+// advertise a wildcard address.
+func loopbackIfWildcard(addr net.Addr) string {
+	a, ok := addr.(*net.TCPAddr)
+	if !ok || !a.IP.IsUnspecified() {
+		return ""
+	}
+	// A wildcard listener, IPv4 or dual-stack, takes IPv4 loopback.
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.Port))
 }
 
 func portOf(addr string) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +142,24 @@ func TestClientCommandsAgainstPlayground(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPlaygroundAdvertisesLoopbackForWildcard: with --host 0.0.0.0 (or ::)
+// the playground's nodes advertise loopback, which a node on this machine
+// can dial; any other host is advertised as it listens.
+func TestPlaygroundAdvertisesLoopbackForWildcard(t *testing.T) {
+	for _, c := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.IPv4zero, Port: 7101}, "127.0.0.1:7101"},
+		{&net.TCPAddr{IP: net.IPv6unspecified, Port: 7102}, "127.0.0.1:7102"},
+		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 7103}, ""},
+		{&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 7104}, ""},
+	} {
+		if got := loopbackIfWildcard(c.addr); got != c.want {
+			t.Errorf("loopbackIfWildcard(%v) = %q, want %q", c.addr, got, c.want)
+		}
 	}
 }

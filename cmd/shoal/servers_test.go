@@ -237,10 +237,10 @@ func TestStatusShowsHeartbeats(t *testing.T) {
 	}
 }
 
-// TestNodeSizeFlagErrors: sizes a node cannot use are refused before it
-// starts, with the flag named.
-func TestNodeSizeFlagErrors(t *testing.T) {
-	unsetEnv(t, append(serverEnv, "SHOAL_ROW_CACHE_MB", "SHOAL_CACHE_MB", "SHOAL_MAX_SNAPSHOTS")...)
+// TestNodeFlagErrors: sizes a node cannot use, and addresses it cannot
+// advertise, are refused before it starts, with the flag named.
+func TestNodeFlagErrors(t *testing.T) {
+	unsetEnv(t, append(serverEnv, "SHOAL_ROW_CACHE_MB", "SHOAL_CACHE_MB", "SHOAL_MAX_SNAPSHOTS", "SHOAL_ADVERTISE", "SHOAL_RESP_ADVERTISE")...)
 	for _, c := range []struct {
 		args []string
 		want string
@@ -248,6 +248,9 @@ func TestNodeSizeFlagErrors(t *testing.T) {
 		{[]string{"--row-cache-mb", "-1"}, "--row-cache-mb -1: want 0 (no row cache) or more"},
 		{[]string{"--cache-mb", "0"}, "--cache-mb and --raft-entry-cache-kb must be at least 1"},
 		{[]string{"--max-snapshots", "0"}, "--max-snapshots 0: want at least 1"},
+		{[]string{"--advertise", "10.0.0.5"}, `Config.AdvertiseAddr (--advertise) "10.0.0.5": want host:port`},
+		{[]string{"--advertise", "0.0.0.0:7100"}, "a wildcard host cannot be dialed"},
+		{[]string{"--resp-advertise", "[::]:6379"}, `Config.RESPAdvertiseAddr (--resp-advertise) "[::]:6379": a wildcard host`},
 	} {
 		args := append([]string{"node", "--data-dir", t.TempDir(), "--http", "", "--log-level", "error"}, c.args...)
 		if _, err := run(t, args...); err == nil || !strings.Contains(err.Error(), c.want) {

@@ -134,11 +134,12 @@ func TestNodeAdvertisesReachableAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// An explicit RESP address to advertise wins (NAT, a published port).
+	// An explicit RESP address to advertise wins (NAT, a published port);
+	// INFO still reports the port the node listens on, as Redis does.
 	const announced = "192.0.2.7:16379"
-	grpc2 := loopbackListener(t)
+	grpc2, resp2 := loopbackListener(t), loopbackListener(t)
 	n2, err := node.Start(ctx, node.Config{Masters: masters, DataDir: t.TempDir(),
-		Listener: grpc2, RESPListener: wildcardListener{loopbackListener(t), "0.0.0.0"}, RESPAdvertiseAddr: announced})
+		Listener: grpc2, RESPListener: wildcardListener{resp2, "0.0.0.0"}, RESPAdvertiseAddr: announced})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,5 +148,30 @@ func TestNodeAdvertisesReachableAddresses(t *testing.T) {
 		t.Fatal(err)
 	} else if ni.RespAddr != announced || ni.Addr != grpc2.Addr().String() {
 		t.Fatalf("second node registered gRPC %q, RESP %q; want %q, %q", ni.Addr, ni.RespAddr, grpc2.Addr(), announced)
+	}
+	rc2 := redis.NewClient(&redis.Options{Addr: resp2.Addr().String(), Protocol: 2})
+	t.Cleanup(func() { rc2.Close() })
+	info, err := rc2.Info(ctx, "server").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "tcp_port:" + portOf(t, resp2) + "\r\n"; !strings.Contains(info, want) {
+		t.Fatalf("INFO server of a node advertising %s lacks %q:\n%s", announced, want, info)
+	}
+
+	// Addresses that cannot be dialed are refused before the node starts.
+	for _, c := range []struct{ cfg node.Config }{
+		{node.Config{AdvertiseAddr: "10.0.0.5"}},
+		{node.Config{AdvertiseAddr: ":7100"}},
+		{node.Config{RESPAdvertiseAddr: "[::]:6379"}},
+	} {
+		cfg := c.cfg
+		cfg.Masters, cfg.DataDir, cfg.Listener = masters, t.TempDir(), loopbackListener(t)
+		if n, err := node.Start(ctx, cfg); err == nil {
+			_ = n.Stop()
+			t.Errorf("a node advertising gRPC %q, RESP %q started", cfg.AdvertiseAddr, cfg.RESPAdvertiseAddr)
+		} else if !strings.Contains(err.Error(), "AdvertiseAddr") {
+			t.Errorf("advertising gRPC %q, RESP %q: %v; want an error naming the setting", cfg.AdvertiseAddr, cfg.RESPAdvertiseAddr, err)
+		}
 	}
 }

@@ -44,10 +44,10 @@ type Config struct {
 	// Weight defaults to 1.
 	Zone   string
 	Weight float64
-	// AdvertiseAddr is the gRPC address other nodes and clients use.
-	// Default: the address it listens on, which must then not be a
-	// wildcard (0.0.0.0, ::): New refuses to advertise one, since a peer
-	// dialing it reaches itself.
+	// AdvertiseAddr is the gRPC address other nodes and clients use, a
+	// host:port whose host is not a wildcard. Default: the address it
+	// listens on, which must then not be a wildcard (0.0.0.0, ::): Start
+	// refuses to advertise one, since a peer dialing it reaches itself.
 	AdvertiseAddr string
 	// RESPAddr is where the node serves the Redis protocol; "" serves none.
 	// Ignored when RESPListener is set (whose address is used instead).
@@ -63,9 +63,10 @@ type Config struct {
 	// RESP configures the Redis protocol server (password, proxy mode,
 	// limits).
 	RESP resp.Options
-	// HTTPAddr serves /healthz and /status (JSON) and is advertised; ""
-	// serves no HTTP. Ignored when HTTPListener is set (whose address is
-	// advertised instead).
+	// HTTPAddr serves /healthz and /status (JSON); "" serves no HTTP.
+	// Ignored when HTTPListener is set (whose address is used instead).
+	// The node advertises it with a wildcard host replaced by
+	// AdvertiseAddr's.
 	HTTPAddr     string
 	HTTPListener net.Listener
 	// HeartbeatInterval is how often the node heartbeats the master.
@@ -122,6 +123,20 @@ type Config struct {
 func (c *Config) validate() error {
 	if c.DataDir == "" {
 		return errors.New("node: Config.DataDir is required")
+	}
+	for _, a := range []struct{ name, flag, addr string }{
+		{"AdvertiseAddr", "--advertise", c.AdvertiseAddr},
+		{"RESPAdvertiseAddr", "--resp-advertise", c.RESPAdvertiseAddr},
+	} {
+		if a.addr == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a.addr); err != nil || port == "" {
+			return fmt.Errorf("node: Config.%s (%s) %q: want host:port", a.name, a.flag, a.addr)
+		}
+		if isWildcard(a.addr) {
+			return fmt.Errorf("node: Config.%s (%s) %q: a wildcard host cannot be dialed; give the address others reach this node at", a.name, a.flag, a.addr)
+		}
 	}
 	if len(c.Masters) > 0 {
 		if c.NodeID != 0 || c.ClusterID != "" || c.Resolve != nil || len(c.Shards) > 0 {

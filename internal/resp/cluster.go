@@ -487,7 +487,14 @@ func cmdInfo(c *conn, a [][]byte) {
 	c.s.mu.Lock()
 	clients := len(c.s.conns)
 	c.s.mu.Unlock()
-	_, port := splitAddr(t.Nodes[t.Self].RESPAddr)
+	// The port this node listens on, as Redis reports it, not the one it
+	// advertises (they differ behind NAT or a published container port).
+	port := 0
+	if a, ok := c.nc.LocalAddr().(*net.TCPAddr); ok {
+		port = a.Port
+	} else {
+		_, port = splitAddr(t.Nodes[t.Self].RESPAddr)
+	}
 	add("server",
 		"redis_version:"+redisVersion, "redis_mode:cluster", "server_name:shoal",
 		"os:"+runtime.GOOS, "arch_bits:64", "process_id:"+strconv.Itoa(os.Getpid()),
