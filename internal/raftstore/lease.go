@@ -31,7 +31,12 @@ import (
 //
 //   - A leadership transfer makes its target campaign with a vote that
 //     followers grant despite their lease. A leader drops its lease before
-//     it starts a transfer and takes none for the rest of that term.
+//     it starts a transfer and takes none while the transfer runs. Once it
+//     has told the target to campaign (MsgTimeoutNow) it takes none for the
+//     rest of that term, even if the transfer is abandoned: the message may
+//     still arrive. A transfer abandoned before that (the target never
+//     caught up within an election timeout) sent nothing that makes anyone
+//     campaign, so leases resume.
 //   - A follower that restarts forgets its leader and would vote at once. A
 //     replica that has voted or followed before (its HardState has a term)
 //     ignores (pre-)votes for ElectionTicks after it starts.
@@ -98,13 +103,15 @@ func (r *Replica) grantLease(b *readBatch, index uint64) {
 	r.lease.Store(&lease{term: bs.GetTerm(), until: until, index: index})
 }
 
-// revokeLease drops the lease; with forTerm, no lease is taken again in
-// the current term (a leadership transfer is starting).
-func (r *Replica) revokeLease(forTerm bool) {
+// revokeLease drops the lease: a leadership transfer is starting, and
+// grantLease takes none until it ends.
+func (r *Replica) revokeLease() { r.lease.Store(nil) }
+
+// sentTimeoutNow records that this leader told a transfer's target to
+// campaign in term: no lease is taken for the rest of it.
+func (r *Replica) sentTimeoutNow(term uint64) {
 	r.lease.Store(nil)
-	if forTerm {
-		r.noLeaseTerm = r.raw.BasicStatus().GetTerm()
-	}
+	r.noLeaseTerm = max(r.noLeaseTerm, term)
 }
 
 // renewLease issues a ReadIndex round with no reads when the lease is in

@@ -172,3 +172,118 @@ func TestRestartedReplicaIgnoresVotes(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLeaseAfterAbandonedTransfer: a leader whose transfer is abandoned
+// before its target was told to campaign (the target never caught up)
+// takes leases again in the same term; one that did tell its target
+// (MsgTimeoutNow, here lost on the way) takes none for the rest of the
+// term, since the target may still campaign with votes that leases do not
+// hold back.
+func TestLeaseAfterAbandonedTransfer(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	k := []byte("k")
+	if _, err := c.Propose(ctx, 1, tc.PutCmd(k, []byte("v0"))); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.Leader(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := leader.Store()
+	var target *tc.Node
+	for _, id := range c.NodeIDs() {
+		if id != leader.ID {
+			target = c.Node(id)
+			break
+		}
+	}
+	targetReplica := func() uint64 {
+		st, err := target.Store().Status(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.ReplicaID
+	}()
+	term := func() uint64 {
+		st, err := s.Status(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Term
+	}
+	leased := func(ctx context.Context) error {
+		return tc.WaitFor(ctx, func() error {
+			if _, _, err := readAt(ctx, leader, 1, k); err != nil {
+				return err
+			}
+			if held, _ := raftstore.LeaseState(s, 1); !held {
+				return errors.New("no lease")
+			}
+			return nil
+		})
+	}
+	if err := leased(ctx); err != nil {
+		t.Fatal(err)
+	}
+	term0 := term()
+
+	// The target is cut off and falls behind: Raft never tells it to
+	// campaign, and abandons the transfer after an election timeout.
+	c.Net.Isolate(target.ID, c.NodeIDs())
+	if _, err := s.Propose(ctx, 1, tc.PutCmd(k, []byte("v1"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TransferLeader(ctx, 1, targetReplica); !errors.Is(err, raftstore.ErrTransferFailed) {
+		t.Fatalf("transfer to a cut-off replica: %v; want ErrTransferFailed", err)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = leased(lctx)
+	cancel()
+	if err != nil {
+		t.Fatalf("no lease again after a transfer abandoned before MsgTimeoutNow: %v", err)
+	}
+	if term() != term0 {
+		t.Fatalf("term moved from %d to %d: the test needs the same term", term0, term())
+	}
+
+	// The target catches up, then is cut off again: the transfer sends it
+	// MsgTimeoutNow at once, which is lost, and is abandoned too.
+	c.Net.Heal()
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := s.Status(1)
+		if err != nil {
+			return err
+		}
+		if got, want := st.Progress[targetReplica].Match, st.Progress[st.ReplicaID].Match; got != want {
+			return fmt.Errorf("target matches %d of %d", got, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.Net.Isolate(target.ID, c.NodeIDs())
+	if err := s.TransferLeader(ctx, 1, targetReplica); !errors.Is(err, raftstore.ErrTransferFailed) {
+		t.Fatalf("transfer to a replica cut off after catching up: %v; want ErrTransferFailed", err)
+	}
+	if term() != term0 {
+		t.Fatalf("term moved from %d to %d: the test needs the same term", term0, term())
+	}
+	// Each read takes a ReadIndex round whose answer would grant a lease
+	// if one could be taken.
+	before := s.Stats().LeaseReads
+	for i := range 3 {
+		if v, _, err := readAt(ctx, leader, 1, k); err != nil || v != "v1" {
+			t.Fatalf("read %d: %q, %v", i, v, err)
+		}
+		if held, _ := raftstore.LeaseState(s, 1); held {
+			t.Fatalf("a lease was taken in term %d after MsgTimeoutNow was sent in it", term0)
+		}
+	}
+	if got := s.Stats().LeaseReads; got != before {
+		t.Fatalf("%d reads served under a lease after MsgTimeoutNow", got-before)
+	}
+}

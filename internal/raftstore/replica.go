@@ -108,8 +108,8 @@ type Replica struct {
 	// senders maps replicas that sent messages here to their nodes.
 	senders map[uint64]uint64
 
-	// noLeaseTerm is a term in which a leadership transfer started: no
-	// lease is taken in it (lease.go).
+	// noLeaseTerm is a term in which this leader sent a transfer's target
+	// MsgTimeoutNow: no lease is taken in it (lease.go).
 	noLeaseTerm uint64
 
 	// idleTicks counts a leader's ticks in a row with its shard idle;
@@ -453,7 +453,7 @@ func (r *Replica) phase1(w *worker) error {
 		r.raw.ReportUnreachable(id)
 	}
 	for _, to := range transfers {
-		r.revokeLease(true)
+		r.revokeLease()
 		r.raw.TransferLeader(to)
 	}
 	if r.tickPending.Swap(false) {
@@ -566,7 +566,7 @@ func (r *Replica) step(w *worker, m *shoalpb.RaftMessage) {
 	}
 	switch m.Message.GetType() {
 	case raftpb.MsgTransferLeader:
-		r.revokeLease(true)
+		r.revokeLease()
 	case raftpb.MsgVote, raftpb.MsgPreVote:
 		if r.ignoreVote(m.Message) {
 			return

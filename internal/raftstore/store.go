@@ -1007,9 +1007,12 @@ func (w *worker) send(r *Replica, msgs []*raftpb.Message, quiesce bool) {
 			w.store.stats.dropped.Add(1)
 			continue
 		}
-		if m.GetType() == raftpb.MsgSnap {
+		switch m.GetType() {
+		case raftpb.MsgSnap:
 			r.sendSnapshot(m, to)
 			continue
+		case raftpb.MsgTimeoutNow:
+			r.sentTimeoutNow(m.GetTerm())
 		}
 		w.outbox[to] = append(w.outbox[to], &shoalpb.RaftMessage{
 			ShardId:  r.shardID,

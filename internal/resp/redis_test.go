@@ -428,7 +428,11 @@ func TestAuth(t *testing.T) {
 func TestPipelineAndLargeValues(t *testing.T) {
 	c := startCluster(t, resp.Options{})
 	ctx := ctxFor(t, 60*time.Second)
-	rc := clusterClient(t, c, nil)
+	// This test is about sizes, not speed: an 8 MiB write replicated to
+	// three nodes under -race on a busy 2-core machine took longer than
+	// go-redis's 3 s default read timeout (a clean-clone CI run at
+	// 10dbcc2 failed on it), so the test's deadline bounds it instead.
+	rc := clusterClient(t, c, &redis.ClusterOptions{ReadTimeout: 50 * time.Second, WriteTimeout: 50 * time.Second})
 	pipe := rc.Pipeline()
 	for i := range 500 {
 		pipe.Set(ctx, "pipe-"+strconv.Itoa(i), i, 0)
