@@ -269,6 +269,16 @@ func TestLeaseAfterAbandonedTransfer(t *testing.T) {
 	if err := s.TransferLeader(ctx, 1, targetReplica); !errors.Is(err, raftstore.ErrTransferFailed) {
 		t.Fatalf("transfer to a replica cut off after catching up: %v; want ErrTransferFailed", err)
 	}
+	// TransferLeader gives up on wall-clock time, Raft on processed ticks:
+	// wait until Raft has abandoned the transfer too (it refuses
+	// proposals while one runs), so that the reads below could be granted
+	// a lease if one were allowed.
+	if err := tc.WaitFor(ctx, func() error {
+		_, err := s.Propose(ctx, 1, tc.PutCmd(k, []byte("v2")))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if term() != term0 {
 		t.Fatalf("term moved from %d to %d: the test needs the same term", term0, term())
 	}
@@ -276,7 +286,7 @@ func TestLeaseAfterAbandonedTransfer(t *testing.T) {
 	// if one could be taken.
 	before := s.Stats().LeaseReads
 	for i := range 3 {
-		if v, _, err := readAt(ctx, leader, 1, k); err != nil || v != "v1" {
+		if v, _, err := readAt(ctx, leader, 1, k); err != nil || v != "v2" {
 			t.Fatalf("read %d: %q, %v", i, v, err)
 		}
 		if held, _ := raftstore.LeaseState(s, 1); held {
