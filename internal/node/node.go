@@ -535,19 +535,14 @@ func isWildcard(addr string) bool {
 	return ip != nil && ip.IsUnspecified()
 }
 
-// advertised returns addr, or if its host is a wildcard, addr's port on
-// the host of like (an advertised host:port).
+// advertised returns addr (a listener's), or if its host is a wildcard,
+// addr's port on the host of like (AdvertiseAddr, which validate and Start
+// made a host:port).
 func advertised(addr, like string) string {
 	if !isWildcard(addr) {
 		return addr
 	}
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	host, _, err := net.SplitHostPort(like)
-	if err != nil {
-		return addr
-	}
+	_, port, _ := net.SplitHostPort(addr) // parsed by isWildcard
+	host, _, _ := net.SplitHostPort(like)
 	return net.JoinHostPort(host, port)
 }
