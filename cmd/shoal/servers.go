@@ -275,6 +275,7 @@ the replicas they place on it.
 	f.BoolVar(&cfg.RESP.Proxy, "resp-proxy", envBool("SHOAL_RESP_PROXY"), "serve every key from this node by forwarding, for clients that do not follow MOVED (env SHOAL_RESP_PROXY)")
 	f.IntVar(&cfg.RESP.MaxPipelined, "resp-max-pipelined", envInt("SHOAL_RESP_MAX_PIPELINED", 64), "commands of one Redis connection's pipeline that run at once (commands on one shard still run in order); 1 runs every command alone (env SHOAL_RESP_MAX_PIPELINED)")
 	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status, /healthz, /metrics and /debug/pprof; empty for none (env SHOAL_HTTP)")
+	f.DurationVar(&cfg.LeaderWait, "leader-wait", envDuration("SHOAL_LEADER_WAIT", 0), "how long a request for a shard that is electing a leader waits for the election to end before failing (Redis: -TRYAGAIN); 0: the default, the election timeout, 1s; negative (-1ns) fails at once (env SHOAL_LEADER_WAIT)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
 	f.IntVar(&cacheMiB, "cache-mb", envInt("SHOAL_CACHE_MB", 128), "Pebble block cache, MiB (env SHOAL_CACHE_MB); see docs/operations.md for the node's memory bound")
 	f.IntVar(&rowCacheMiB, "row-cache-mb", envInt("SHOAL_ROW_CACHE_MB", node.DefaultRowCacheBytes>>20), "values of recently read keys kept in memory, so that reading a hot key skips the storage engine, MiB; 0 turns it off (env SHOAL_ROW_CACHE_MB)")

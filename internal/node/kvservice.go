@@ -197,117 +197,161 @@ func readOptions(h *shoalpb.RequestHeader) kv.ReadOptions {
 	return kv.ReadOptions{Stale: h.GetConsistency() == shoalpb.ReadConsistency_READ_CONSISTENCY_STALE}
 }
 
+// serve runs one request: routed, then forwarded to the shard's leader or
+// run here by local, which returns the response for the shard it ran on.
+// A request that finds its shard electing a leader (NO_LEADER, which is
+// never an ambiguous failure: nothing was proposed) waits for the election
+// to end, up to Config.LeaderWait from its first such answer, and is
+// routed again, so that a short election costs a client time rather than
+// an error (Redis clients give up on -TRYAGAIN after a few quick retries).
+func serve[R any](ctx context.Context, s *kvService, h *shoalpb.RequestHeader, slot uint16, write bool,
+	forward func(c shoalpb.KVClient) (R, error), local func(shard uint64) (R, error)) (R, error) {
+	var until time.Time
+	for {
+		var resp R
+		t, err := s.route(h, slot, write)
+		shard := noLeaderShard(err)
+		if err == nil {
+			if t.forward != nil {
+				resp, err = forward(t.forward)
+				return resp, s.toStatus(err)
+			}
+			if resp, err = local(t.shard); err == nil || !errors.Is(err, raftstore.ErrNoLeader) {
+				return resp, s.toStatus(err)
+			}
+			shard = t.shard
+		}
+		if shard == 0 || !s.awaitLeader(ctx, shard, &until) {
+			return resp, s.toStatus(err)
+		}
+	}
+}
+
+// noLeaderShard returns the shard of a routing answer NO_LEADER, else 0.
+func noLeaderShard(err error) uint64 {
+	var re *routeError
+	if errors.As(err, &re) && re.detail.GetCode() == shoalpb.ErrorCode_ERROR_CODE_NO_LEADER {
+		return re.detail.GetShardId()
+	}
+	return 0
+}
+
+// awaitLeader waits until this node's replica of shard knows a leader,
+// until *until (set to LeaderWait from now on the first call of a request)
+// or, with ctx's deadline, through half the time left: the other half is
+// left to answer before the caller gives up (the Go client's attempt
+// timeout would take a late answer for a lost node, and a write's for an
+// ambiguous one). It reports whether a leader is known, so the request can
+// be routed again.
+func (s *kvService) awaitLeader(ctx context.Context, shard uint64, until *time.Time) bool {
+	if s.n.leaderWait <= 0 {
+		return false
+	}
+	now := time.Now()
+	if until.IsZero() {
+		*until = now.Add(s.n.leaderWait)
+	}
+	end := *until
+	if d, ok := ctx.Deadline(); ok && now.Add(d.Sub(now)/2).Before(end) {
+		end = now.Add(d.Sub(now) / 2)
+	}
+	wctx, cancel := context.WithDeadline(ctx, end)
+	defer cancel()
+	st, err := s.n.store.WaitLeader(wctx, shard)
+	return err == nil && st.LeaderReplica != 0 && !st.Removed
+}
+
 // Get implements shoalpb.KVServer.
 func (s *kvService) Get(ctx context.Context, req *shoalpb.GetRequest) (*shoalpb.GetResponse, error) {
 	h := ensureHeader(&req.Header)
-	t, err := s.route(h, keys.Slot(req.Key), false)
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	if t.forward != nil {
-		resp, err := t.forward.Get(ctx, req)
-		return resp, s.toStatus(err)
-	}
-	v, found, err := s.n.kv.Get(ctx, req.Key, readOptions(h))
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	resp := &shoalpb.GetResponse{Header: s.header(h, t.shard), Found: found, Value: v.Data}
-	if !v.ExpireAt.IsZero() {
-		resp.ExpireAtMs = v.ExpireAt.UnixMilli()
-	}
-	return resp, nil
+	return serve(ctx, s, h, keys.Slot(req.Key), false,
+		func(c shoalpb.KVClient) (*shoalpb.GetResponse, error) { return c.Get(ctx, req) },
+		func(shard uint64) (*shoalpb.GetResponse, error) {
+			v, found, err := s.n.kv.Get(ctx, req.Key, readOptions(h))
+			if err != nil {
+				return nil, err
+			}
+			resp := &shoalpb.GetResponse{Header: s.header(h, shard), Found: found, Value: v.Data}
+			if !v.ExpireAt.IsZero() {
+				resp.ExpireAtMs = v.ExpireAt.UnixMilli()
+			}
+			return resp, nil
+		})
 }
 
 // Put implements shoalpb.KVServer.
 func (s *kvService) Put(ctx context.Context, req *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
 	h := ensureHeader(&req.Header)
-	t, err := s.route(h, keys.Slot(req.Key), true)
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	if t.forward != nil {
-		resp, err := t.forward.Put(ctx, req)
-		return resp, s.toStatus(err)
-	}
-	var cond kv.Condition
-	switch req.Condition {
-	case shoalpb.Condition_CONDITION_NOT_EXISTS:
-		cond = kv.IfNotExists
-	case shoalpb.Condition_CONDITION_EXISTS:
-		cond = kv.IfExists
-	}
-	r, err := s.n.kv.Put(ctx, req.Key, req.Value, kv.PutOptions{
-		Condition: cond, TTL: ttl(req.TtlMs), ExpireAt: expireAt(req.ExpireAtMs), KeepTTL: req.KeepTtl,
-		ReturnOld: req.ReturnOld, Session: session(h),
-	})
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	return &shoalpb.PutResponse{Header: s.header(h, t.shard), Applied: r.Applied, Found: r.Found, Old: r.Old}, nil
+	return serve(ctx, s, h, keys.Slot(req.Key), true,
+		func(c shoalpb.KVClient) (*shoalpb.PutResponse, error) { return c.Put(ctx, req) },
+		func(shard uint64) (*shoalpb.PutResponse, error) {
+			var cond kv.Condition
+			switch req.Condition {
+			case shoalpb.Condition_CONDITION_NOT_EXISTS:
+				cond = kv.IfNotExists
+			case shoalpb.Condition_CONDITION_EXISTS:
+				cond = kv.IfExists
+			}
+			r, err := s.n.kv.Put(ctx, req.Key, req.Value, kv.PutOptions{
+				Condition: cond, TTL: ttl(req.TtlMs), ExpireAt: expireAt(req.ExpireAtMs), KeepTTL: req.KeepTtl,
+				ReturnOld: req.ReturnOld, Session: session(h),
+			})
+			if err != nil {
+				return nil, err
+			}
+			return &shoalpb.PutResponse{Header: s.header(h, shard), Applied: r.Applied, Found: r.Found, Old: r.Old}, nil
+		})
 }
 
 // Delete implements shoalpb.KVServer.
 func (s *kvService) Delete(ctx context.Context, req *shoalpb.DeleteRequest) (*shoalpb.DeleteResponse, error) {
 	h := ensureHeader(&req.Header)
-	t, err := s.route(h, keys.Slot(req.Key), true)
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	if t.forward != nil {
-		resp, err := t.forward.Delete(ctx, req)
-		return resp, s.toStatus(err)
-	}
-	r, err := s.n.kv.Delete(ctx, req.Key, kv.DeleteOptions{ReturnOld: req.ReturnOld, Session: session(h)})
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	return &shoalpb.DeleteResponse{Header: s.header(h, t.shard), Found: r.Found, Old: r.Old}, nil
+	return serve(ctx, s, h, keys.Slot(req.Key), true,
+		func(c shoalpb.KVClient) (*shoalpb.DeleteResponse, error) { return c.Delete(ctx, req) },
+		func(shard uint64) (*shoalpb.DeleteResponse, error) {
+			r, err := s.n.kv.Delete(ctx, req.Key, kv.DeleteOptions{ReturnOld: req.ReturnOld, Session: session(h)})
+			if err != nil {
+				return nil, err
+			}
+			return &shoalpb.DeleteResponse{Header: s.header(h, shard), Found: r.Found, Old: r.Old}, nil
+		})
 }
 
 // CompareAndSet implements shoalpb.KVServer.
 func (s *kvService) CompareAndSet(ctx context.Context, req *shoalpb.CompareAndSetRequest) (*shoalpb.CompareAndSetResponse, error) {
 	h := ensureHeader(&req.Header)
-	t, err := s.route(h, keys.Slot(req.Key), true)
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	if t.forward != nil {
-		resp, err := t.forward.CompareAndSet(ctx, req)
-		return resp, s.toStatus(err)
-	}
-	expected := req.Expected
-	if req.ExpectAbsent {
-		if len(expected) > 0 {
-			return nil, s.toStatus(fmt.Errorf("%w: expect_absent with an expected value", kv.ErrInvalid))
-		}
-		expected = nil
-	} else if expected == nil {
-		expected = []byte{}
-	}
-	r, err := s.n.kv.CompareAndSet(ctx, req.Key, expected, req.Value, kv.CASOptions{TTL: ttl(req.TtlMs), Session: session(h)})
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	return &shoalpb.CompareAndSetResponse{Header: s.header(h, t.shard), Swapped: r.Swapped, Found: r.Found, Current: r.Current}, nil
+	return serve(ctx, s, h, keys.Slot(req.Key), true,
+		func(c shoalpb.KVClient) (*shoalpb.CompareAndSetResponse, error) { return c.CompareAndSet(ctx, req) },
+		func(shard uint64) (*shoalpb.CompareAndSetResponse, error) {
+			expected := req.Expected
+			if req.ExpectAbsent {
+				if len(expected) > 0 {
+					return nil, fmt.Errorf("%w: expect_absent with an expected value", kv.ErrInvalid)
+				}
+				expected = nil
+			} else if expected == nil {
+				expected = []byte{}
+			}
+			r, err := s.n.kv.CompareAndSet(ctx, req.Key, expected, req.Value, kv.CASOptions{TTL: ttl(req.TtlMs), Session: session(h)})
+			if err != nil {
+				return nil, err
+			}
+			return &shoalpb.CompareAndSetResponse{Header: s.header(h, shard), Swapped: r.Swapped, Found: r.Found, Current: r.Current}, nil
+		})
 }
 
 // Incr implements shoalpb.KVServer.
 func (s *kvService) Incr(ctx context.Context, req *shoalpb.IncrRequest) (*shoalpb.IncrResponse, error) {
 	h := ensureHeader(&req.Header)
-	t, err := s.route(h, keys.Slot(req.Key), true)
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	if t.forward != nil {
-		resp, err := t.forward.Incr(ctx, req)
-		return resp, s.toStatus(err)
-	}
-	v, err := s.n.kv.IncrBy(ctx, req.Key, req.Delta, kv.WriteOptions{Session: session(h)})
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	return &shoalpb.IncrResponse{Header: s.header(h, t.shard), Value: v}, nil
+	return serve(ctx, s, h, keys.Slot(req.Key), true,
+		func(c shoalpb.KVClient) (*shoalpb.IncrResponse, error) { return c.Incr(ctx, req) },
+		func(shard uint64) (*shoalpb.IncrResponse, error) {
+			v, err := s.n.kv.IncrBy(ctx, req.Key, req.Delta, kv.WriteOptions{Session: session(h)})
+			if err != nil {
+				return nil, err
+			}
+			return &shoalpb.IncrResponse{Header: s.header(h, shard), Value: v}, nil
+		})
 }
 
 // Batch implements shoalpb.KVServer.
@@ -320,19 +364,15 @@ func (s *kvService) Batch(ctx context.Context, req *shoalpb.BatchRequest) (*shoa
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
-	t, err := s.route(h, keys.Slot(key), true)
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	if t.forward != nil {
-		resp, err := t.forward.Batch(ctx, req)
-		return resp, s.toStatus(err)
-	}
-	res, err := s.n.kv.Exec(ctx, req.Ops, kv.WriteOptions{Session: session(h)})
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	return &shoalpb.BatchResponse{Header: s.header(h, t.shard), Results: res.Results}, nil
+	return serve(ctx, s, h, keys.Slot(key), true,
+		func(c shoalpb.KVClient) (*shoalpb.BatchResponse, error) { return c.Batch(ctx, req) },
+		func(shard uint64) (*shoalpb.BatchResponse, error) {
+			res, err := s.n.kv.Exec(ctx, req.Ops, kv.WriteOptions{Session: session(h)})
+			if err != nil {
+				return nil, err
+			}
+			return &shoalpb.BatchResponse{Header: s.header(h, shard), Results: res.Results}, nil
+		})
 }
 
 func opKey(op *shoalpb.KVOp) ([]byte, error) {
@@ -359,19 +399,15 @@ func (s *kvService) Scan(ctx context.Context, req *shoalpb.ScanRequest) (*shoalp
 	if req.StartSlot >= req.EndSlot || req.EndSlot > keys.SlotCount {
 		return nil, s.toStatus(fmt.Errorf("%w: slots [%d, %d)", kv.ErrInvalid, req.StartSlot, req.EndSlot))
 	}
-	t, err := s.route(h, uint16(req.StartSlot), false)
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	if t.forward != nil {
-		resp, err := t.forward.Scan(ctx, req)
-		return resp, s.toStatus(err)
-	}
-	res, err := s.n.kv.Scan(ctx, t.shard, req.StartSlot, req.EndSlot, req.Cursor, int(req.Limit), req.KeysOnly, readOptions(h))
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	return &shoalpb.ScanResponse{Header: s.header(h, t.shard), Keys: res.Keys, Values: res.Values, Cursor: res.Cursor}, nil
+	return serve(ctx, s, h, uint16(req.StartSlot), false,
+		func(c shoalpb.KVClient) (*shoalpb.ScanResponse, error) { return c.Scan(ctx, req) },
+		func(shard uint64) (*shoalpb.ScanResponse, error) {
+			res, err := s.n.kv.Scan(ctx, shard, req.StartSlot, req.EndSlot, req.Cursor, int(req.Limit), req.KeysOnly, readOptions(h))
+			if err != nil {
+				return nil, err
+			}
+			return &shoalpb.ScanResponse{Header: s.header(h, shard), Keys: res.Keys, Values: res.Values, Cursor: res.Cursor}, nil
+		})
 }
 
 func ensureHeader(h **shoalpb.RequestHeader) *shoalpb.RequestHeader {
@@ -388,26 +424,22 @@ func (s *kvService) MultiGet(ctx context.Context, req *shoalpb.MultiGetRequest) 
 		return &shoalpb.MultiGetResponse{Header: &shoalpb.ResponseHeader{NodeId: s.n.cfg.NodeID}}, nil
 	}
 	// Keys in other shards than the first's fail where the keys are read.
-	t, err := s.route(h, keys.Slot(req.Keys[0]), false)
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	if t.forward != nil {
-		resp, err := t.forward.MultiGet(ctx, req)
-		return resp, s.toStatus(err)
-	}
-	vals, found, err := s.n.kv.MultiGet(ctx, req.Keys, readOptions(h))
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	resp := &shoalpb.MultiGetResponse{Header: s.header(h, t.shard), Found: found}
-	for _, v := range vals {
-		resp.Values = append(resp.Values, v.Data)
-		at := int64(0)
-		if !v.ExpireAt.IsZero() {
-			at = v.ExpireAt.UnixMilli()
-		}
-		resp.ExpireAtMs = append(resp.ExpireAtMs, at)
-	}
-	return resp, nil
+	return serve(ctx, s, h, keys.Slot(req.Keys[0]), false,
+		func(c shoalpb.KVClient) (*shoalpb.MultiGetResponse, error) { return c.MultiGet(ctx, req) },
+		func(shard uint64) (*shoalpb.MultiGetResponse, error) {
+			vals, found, err := s.n.kv.MultiGet(ctx, req.Keys, readOptions(h))
+			if err != nil {
+				return nil, err
+			}
+			resp := &shoalpb.MultiGetResponse{Header: s.header(h, shard), Found: found}
+			for _, v := range vals {
+				resp.Values = append(resp.Values, v.Data)
+				at := int64(0)
+				if !v.ExpireAt.IsZero() {
+					at = v.ExpireAt.UnixMilli()
+				}
+				resp.ExpireAtMs = append(resp.ExpireAtMs, at)
+			}
+			return resp, nil
+		})
 }

@@ -72,6 +72,13 @@ type Config struct {
 	// HeartbeatInterval is how often the node heartbeats the master.
 	// Default 1s.
 	HeartbeatInterval time.Duration
+	// LeaderWait is how long a request for a shard that is electing a
+	// leader waits here for the election to end before it fails with
+	// NO_LEADER (Redis: -TRYAGAIN). Default the election timeout (1s with
+	// the store's default timing): most elections end within it, and a
+	// Redis client's read timeout (go-redis 3s, Jedis 2s) is longer.
+	// Negative fails at once.
+	LeaderWait time.Duration
 
 	// NodeID is this node's ID, never 0 (static mode).
 	NodeID uint64
@@ -188,6 +195,8 @@ type Node struct {
 	server        *grpc.Server
 
 	kvsvc *kvService
+	// leaderWait is Config.LeaderWait with its default.
+	leaderWait time.Duration
 
 	http *http.Server
 	resp *resp.Server
@@ -338,6 +347,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	cleanups = append(cleanups, n.store.Stop)
+	n.leaderWait = cfg.LeaderWait
+	if n.leaderWait == 0 {
+		n.leaderWait = n.store.ElectionTimeout()
+	}
 	for _, d := range cfg.Shards {
 		if !placedOn(d, cfg.NodeID) {
 			continue

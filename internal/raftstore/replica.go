@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -127,6 +128,12 @@ type Replica struct {
 	voteGuardUntil time.Time
 
 	status atomic.Pointer[ReplicaStatus]
+	// statusWaiters counts the callers of Store.WaitLeader waiting on this
+	// replica; while there are any, publishing a status closes
+	// statusChanged (guarded by statusMu) to wake them.
+	statusWaiters atomic.Int32
+	statusMu      sync.Mutex
+	statusChanged chan struct{}
 	// lease is the leader's read lease, nil if none; leaseUsed is set when a
 	// read was served under it; appliedPub is the applied index whose
 	// writes are committed to the engine. Read by any goroutine.
@@ -257,6 +264,43 @@ func (r *Replica) publishStatus() {
 	}
 	st.LogEntries, st.LogBytes = entries, bytes
 	r.status.Store(st)
+	if r.statusWaiters.Load() > 0 {
+		r.statusMu.Lock()
+		if r.statusChanged != nil {
+			close(r.statusChanged)
+			r.statusChanged = nil
+		}
+		r.statusMu.Unlock()
+	}
+}
+
+// waitLeader waits until the replica knows a leader or is removed, or ctx
+// ends, and returns its last status. The waiter is counted before the
+// status is read, so a status published after that read sees it and wakes
+// it.
+func (r *Replica) waitLeader(ctx context.Context) ReplicaStatus {
+	r.statusWaiters.Add(1)
+	defer r.statusWaiters.Add(-1)
+	for first := true; ; first = false {
+		r.statusMu.Lock()
+		if r.statusChanged == nil {
+			r.statusChanged = make(chan struct{})
+		}
+		changed := r.statusChanged
+		r.statusMu.Unlock()
+		st := r.Status()
+		if st.LeaderReplica != 0 || st.Removed {
+			return st
+		}
+		if first {
+			r.store.stats.leaderWaits.Add(1)
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return st
+		}
+	}
 }
 
 // refreshProgress takes a fresh copy of the leader's view of its followers

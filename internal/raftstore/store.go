@@ -137,6 +137,9 @@ type Stats struct {
 	// round of messages; ReadRounds the ReadIndex rounds issued (for
 	// reads that found no lease, on followers, and to renew leases).
 	LeaseReads, ReadRounds uint64
+	// LeaderWaits counts the WaitLeader calls that found the shard without
+	// a leader and waited (requests that arrived during an election).
+	LeaderWaits uint64
 	// Quiesced counts the times a replica went quiet; QuietReplicas is how
 	// many are quiet now (quiesce.go).
 	Quiesced      uint64
@@ -215,6 +218,7 @@ type Store struct {
 		created, removed                      atomic.Uint64
 		campaigns, leaderships                atomic.Uint64
 		leaseReads, readRounds                atomic.Uint64
+		leaderWaits                           atomic.Uint64
 		quiesced                              atomic.Uint64
 	}
 	peers *peerClock
@@ -403,6 +407,7 @@ func (s *Store) Stats() Stats {
 		Campaigns:         s.stats.campaigns.Load(),
 		Leaderships:       s.stats.leaderships.Load(),
 		LeaseReads:        s.stats.leaseReads.Load(),
+		LeaderWaits:       s.stats.leaderWaits.Load(),
 		ReadRounds:        s.stats.readRounds.Load(),
 		Quiesced:          s.stats.quiesced.Load(),
 		Iterations:        s.stats.iterations.Load(),
@@ -684,6 +689,25 @@ func (s *Store) Status(shard uint64) (ReplicaStatus, error) {
 		return ReplicaStatus{}, err
 	}
 	return r.Status(), nil
+}
+
+// WaitLeader waits, at most until ctx ends, until this node's replica of
+// shard knows a leader (an election under way ends), and returns its
+// status then: a request that found no leader can then be served or sent
+// to the leader instead of failing. The status has no leader when ctx
+// ended first, and is Removed when the replica was removed meanwhile.
+func (s *Store) WaitLeader(ctx context.Context, shard uint64) (ReplicaStatus, error) {
+	r, err := s.replica(shard)
+	if err != nil {
+		return ReplicaStatus{}, err
+	}
+	return r.waitLeader(ctx), nil
+}
+
+// ElectionTimeout is the least time a follower waits without hearing from
+// its leader before it campaigns: ElectionTicks ticks.
+func (s *Store) ElectionTimeout() time.Duration {
+	return time.Duration(s.opts.ElectionTicks) * s.opts.TickInterval
 }
 
 // Serving checks, after a read of the engine, that this node still serves

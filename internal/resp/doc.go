@@ -8,7 +8,8 @@
 // shard is a slot range whose master is the shard's Raft leader and whose
 // replicas are its followers. Keys are executed through the node's KV
 // service (a Backend); a key whose shard this node does not lead is
-// answered -MOVED to the leader, or -TRYAGAIN while the shard elects one,
+// answered -MOVED to the leader, or -TRYAGAIN while the shard elects one
+// (after the Backend waited for the election, node.Config.LeaderWait),
 // unless the server is a proxy, which forwards instead.
 //
 // A connection's commands take effect in order, with one relaxation for

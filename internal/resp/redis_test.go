@@ -39,7 +39,16 @@ func startCluster(t testing.TB, opts resp.Options) *tc.Cluster {
 // (TestTryAgainWithoutLeader takes leaders away on purpose.)
 func startClusterShards(t testing.TB, shards int, opts resp.Options) *tc.Cluster {
 	t.Helper()
-	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: shards, Replicas: 3, RESP: true, RESPOpts: opts})
+	return startClusterWith(t, tc.Options{Shards: shards, RESPOpts: opts})
+}
+
+// startClusterWith is startClusterShards with more of the cluster's options
+// (o.Shards and o.RESPOpts among them).
+func startClusterWith(t testing.TB, o tc.Options) *tc.Cluster {
+	t.Helper()
+	shards := o.Shards
+	o.Masters, o.Nodes, o.Replicas, o.RESP = 1, 3, 3, true
+	c := tc.Start(t, o)
 	ctx := ctxFor(t, 60*time.Second)
 	if err := c.WaitPlaced(ctx); err != nil {
 		t.Fatal(err)
@@ -571,6 +580,79 @@ func TestIncrByFloat(t *testing.T) {
 	}
 	if v, err := rc.Get(ctx, "float:shared").Result(); err != nil || v != "100" {
 		t.Fatalf("after %d concurrent increments of 0.5: %q %v, want 100", writers*each, v, err)
+	}
+}
+
+// TestRequestWaitsOutElection sends a write to a node whose shards are
+// electing leaders and cannot finish (two of three nodes stopped): it waits
+// there (node.Config.LeaderWait) instead of failing -TRYAGAIN at once, and
+// once a node is back and the shard elects, it is answered: done, or
+// -MOVED to the new leader. Without the wait the write would fail
+// -TRYAGAIN before the restart.
+func TestRequestWaitsOutElection(t *testing.T) {
+	c := startClusterWith(t, tc.Options{Shards: 16, LeaderWait: time.Minute, RESPOpts: resp.Options{CommandTimeout: 3 * time.Minute}})
+	ctx := ctxFor(t, 2*time.Minute)
+	survivor := c.Nodes[0]
+	plain := redis.NewClient(&redis.Options{Addr: survivor.RESPAddr, Protocol: 2, MaxRetries: -1, ReadTimeout: 2 * time.Minute})
+	t.Cleanup(func() { plain.Close() })
+
+	c.Nodes[1].Stop()
+	c.Nodes[2].Stop()
+	// Every shard's replica here names no leader once it has campaigned.
+	if err := tc.WaitFor(ctx, func() error {
+		for _, st := range survivor.Store().Replicas() {
+			if st.LeaderReplica != 0 {
+				return fmt.Errorf("shard %d still names leader r%d", st.ShardID, st.LeaderReplica)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A write, which needs the leader, and a read after READONLY, which
+	// this follower serves once it can confirm a leader's commit index
+	// (the routing and the read path each find no leader).
+	wrote := make(chan error, 1)
+	go func() { wrote <- plain.Set(ctx, "wait-election", "v", 0).Err() }()
+	conn := plain.Conn()
+	t.Cleanup(func() { conn.Close() })
+	if err := conn.ReadOnly(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan error, 1)
+	go func() { read <- conn.Get(ctx, "wait-election-read").Err() }()
+	// Both are waiting once the store counts two waits.
+	if err := tc.WaitFor(ctx, func() error {
+		select {
+		case err := <-wrote:
+			t.Fatalf("the write was answered while no leader could be elected: %v", err)
+		case err := <-read:
+			t.Fatalf("the read was answered while no leader could be elected: %v", err)
+		default:
+		}
+		if n := survivor.Store().Stats().LeaderWaits; n < 2 {
+			return fmt.Errorf("%d requests waiting for a leader, want 2", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Nodes[1].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	for what, ch := range map[string]chan error{"write": wrote, "read": read} {
+		select {
+		case err := <-ch:
+			if err != nil && !errors.Is(err, redis.Nil) && !strings.HasPrefix(err.Error(), "MOVED ") {
+				t.Fatalf("the %s that waited for the election: %v, want an answer or MOVED", what, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("the %s was not answered after the shard could elect a leader", what)
+		}
+	}
+	rc := clusterClient(t, c, nil)
+	if err := tc.WaitFor(ctx, func() error { return rc.Set(ctx, "wait-election", "v2", 0).Err() }); err != nil {
+		t.Fatal(err)
 	}
 }
 

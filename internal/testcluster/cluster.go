@@ -61,6 +61,8 @@ type Options struct {
 	// these options.
 	RESP     bool
 	RESPOpts resp.Options
+	// LeaderWait is every node's node.Config.LeaderWait.
+	LeaderWait time.Duration
 	// Logger receives every node's logs. Default: errors only, to stderr.
 	Logger *slog.Logger
 }
@@ -235,6 +237,7 @@ func (n *Node) start() error {
 		MemTableBytes:   4 << 20,
 		NewStateMachine: c.opts.NewStateMachine,
 		KV:              c.opts.KV,
+		LeaderWait:      c.opts.LeaderWait,
 		Logger:          c.opts.Logger,
 	}
 	// The fault network and store options are keyed by the node's ID,
