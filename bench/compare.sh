@@ -58,6 +58,8 @@
 #   SERVER_GOMAXPROCS=N   run the Go servers (Shoal's master and nodes,
 #                         etcd) with GOMAXPROCS=N (Redis ignores it);
 #                         default: unset, Go's own (the machine's cores)
+#   SERVER_GODEBUG=...    run the Go servers with GODEBUG set to this, e.g.
+#                         madvdontneed=0 (docs/benchmarks.md); default unset
 #   SHOAL_BIN=...         run this shoal binary (servers and load generator)
 #                         instead of building the checkout's (bench/ab.sh)
 #   PORT_BASE=21000       ports used: PORT_BASE .. PORT_BASE+7500 on 127.0.0.1,
@@ -83,6 +85,7 @@ MEMDISK=${MEMDISK:-0}
 MEMDISK_KEYS=${MEMDISK_KEYS:-1000000}
 PORT_BASE=${PORT_BASE:-21000}
 SERVER_GOMAXPROCS=${SERVER_GOMAXPROCS:-}
+SERVER_GODEBUG=${SERVER_GODEBUG:-}
 RESULTS_DIR=${RESULTS_DIR:-${TMPDIR:-/tmp}/shoal-compare-$(date +%Y%m%d-%H%M%S)}
 KEEP=${KEEP:-0}
 PROFILE=${PROFILE:-0}
@@ -171,6 +174,9 @@ start() {
   shift 2
   if [ -n "$SERVER_GOMAXPROCS" ]; then
     set -- env GOMAXPROCS="$SERVER_GOMAXPROCS" "$@"
+  fi
+  if [ -n "$SERVER_GODEBUG" ]; then
+    set -- env GODEBUG="$SERVER_GODEBUG" "$@"
   fi
   "$@" >"$log" 2>&1 &
   pids+=($!)
@@ -449,6 +455,7 @@ echo
 shape=
 case " $SYSTEMS " in *" shoal "*) shape=", shoal: $SHOAL_SHARDS shards, $SHOAL_NODES nodes, $SHOAL_REPLICAS replicas" ;; esac
 [ -n "$SERVER_GOMAXPROCS" ] && shape+=", servers with GOMAXPROCS=$SERVER_GOMAXPROCS"
+[ -n "$SERVER_GODEBUG" ] && shape+=", servers with GODEBUG=$SERVER_GODEBUG"
 echo "== $(nproc) CPUs, $CONCURRENCY clients, pipeline $PIPELINE (RESP), $VALUE_SIZE-byte values, $RECORDS keys ($DISTRIBUTION), ${PHASE_SECONDS}s per timed workload$shape"
 column -t -s $'\t' "$results"
 if [ "$MEMDISK" = 1 ]; then
