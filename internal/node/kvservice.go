@@ -258,7 +258,7 @@ func (s *kvService) awaitLeader(ctx context.Context, shard uint64, until *time.T
 	wctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 	st, err := s.n.store.WaitLeader(wctx, shard)
-	return err == nil && st.LeaderReplica != 0 && !st.Removed
+	return err == nil && st.LeaderNode != 0 && !st.Removed
 }
 
 // Get implements shoalpb.KVServer.

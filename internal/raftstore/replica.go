@@ -274,8 +274,8 @@ func (r *Replica) publishStatus() {
 	}
 }
 
-// waitLeader waits until the replica knows a leader or is removed, or ctx
-// ends, and returns its last status. The waiter is counted before the
+// waitLeader waits until the replica knows a leader and its node (what
+// routing needs) or is removed, or ctx ends, and returns its last status. The waiter is counted before the
 // status is read, so a status published after that read sees it and wakes
 // it.
 func (r *Replica) waitLeader(ctx context.Context) ReplicaStatus {
@@ -289,7 +289,7 @@ func (r *Replica) waitLeader(ctx context.Context) ReplicaStatus {
 		changed := r.statusChanged
 		r.statusMu.Unlock()
 		st := r.Status()
-		if st.LeaderReplica != 0 || st.Removed {
+		if st.LeaderNode != 0 || st.Removed {
 			return st
 		}
 		if first {

@@ -692,7 +692,7 @@ func (s *Store) Status(shard uint64) (ReplicaStatus, error) {
 }
 
 // WaitLeader waits, at most until ctx ends, until this node's replica of
-// shard knows a leader (an election under way ends), and returns its
+// shard knows a leader and its node (an election under way ends), and returns its
 // status then: a request that found no leader can then be served or sent
 // to the leader instead of failing. The status has no leader when ctx
 // ended first, and is Removed when the replica was removed meanwhile.
