@@ -1,0 +1,70 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
+)
+
+// TestLeaderWaitLeavesTimeToAnswer sends a write with a deadline to a node
+// whose shard cannot elect a leader, with a LeaderWait far longer than
+// the deadline: the node waits only half the time left and answers
+// NO_LEADER before the deadline, so the caller learns the write was not
+// made instead of timing out on an ambiguous one (the Go client's attempt
+// timeout).
+func TestLeaderWaitLeavesTimeToAnswer(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, LeaderWait: time.Minute})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	survivor := c.Nodes[0]
+	c.Nodes[1].Stop()
+	c.Nodes[2].Stop()
+	if err := tc.WaitFor(ctx, func() error {
+		if st := survivor.Store().Replicas()[0]; st.LeaderReplica != 0 {
+			return fmt.Errorf("survivor still names leader r%d", st.LeaderReplica)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(survivor.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	kvc := shoalpb.NewKVClient(conn)
+
+	const deadline = 2 * time.Second
+	rctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	start := time.Now()
+	_, err = kvc.Put(rctx, &shoalpb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	took := time.Since(start)
+	if d := shoalpb.DetailOf(err); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_NO_LEADER || d.GetAmbiguous() {
+		t.Fatalf("write without a leader, %v deadline: %v (code %v, ambiguous %v), want NO_LEADER, not ambiguous",
+			deadline, err, d.GetCode(), d.GetAmbiguous())
+	}
+	if status.Code(err) == codes.DeadlineExceeded || errors.Is(rctx.Err(), context.DeadlineExceeded) {
+		t.Fatalf("the answer came after the deadline (%v)", took)
+	}
+	// The wait itself: no answer before a third of the deadline has
+	// passed (half of it, less the time the request took to arrive).
+	if took < deadline/3 {
+		t.Fatalf("answered NO_LEADER after %v, without waiting for the election", took)
+	}
+	if n := survivor.Store().Stats().LeaderWaits; n == 0 {
+		t.Fatal("no leader wait counted")
+	}
+}
