@@ -160,7 +160,7 @@ var (
 		{"shoal_raft_replicas_created_total", "Replicas created empty for a snapshot.", func(s raftstore.Stats) uint64 { return s.ReplicasCreated }},
 		{"shoal_raft_replicas_removed_total", "Replicas destroyed.", func(s raftstore.Stats) uint64 { return s.ReplicasRemoved }},
 		{"shoal_raft_elections_total", "Elections started by replicas here (became candidate).", func(s raftstore.Stats) uint64 { return s.Campaigns }},
-		{"shoal_raft_leader_waits_total", "Requests that found their shard electing a leader and waited for it (node --leader-wait).", func(s raftstore.Stats) uint64 { return s.LeaderWaits }},
+		{"shoal_raft_leader_waits_total", "Waits of requests that found their shard electing a leader (node --leader-wait); a request can wait more than once.", func(s raftstore.Stats) uint64 { return s.LeaderWaits }},
 		{"shoal_raft_leader_changes_total", "Times a replica here became leader (election or transfer).", func(s raftstore.Stats) uint64 { return s.Leaderships }},
 	}
 	descReplicas = prometheus.NewDesc("shoal_raft_replicas", "Replicas on this node, by Raft role.", []string{"role"}, nil)

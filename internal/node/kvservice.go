@@ -52,7 +52,14 @@ func (s *kvService) route(h *shoalpb.RequestHeader, slot uint16, write bool) (ta
 			if (!write && !h.GetLeaderOnly()) || st.Role == raftstore.RoleLeader {
 				return target{shard: shard, local: true}, nil
 			}
-			return s.toLeader(h, shard, st.LeaderNode)
+			t, err := s.toLeader(h, shard, st.LeaderNode)
+			var re *routeError
+			if errors.As(err, &re) && st.LeaderNode == 0 {
+				// This node's replica serves the slot and will learn the
+				// next leader: the request may wait for it (serve).
+				re.replicaHere = true
+			}
+			return t, err
 		}
 	}
 	// No replica here: the route table names the leader (master mode).
@@ -102,6 +109,9 @@ func (s *kvService) addrOf(node uint64) string {
 type routeError struct {
 	detail *shoalpb.ErrorDetail
 	msg    string
+	// replicaHere marks a NO_LEADER from a replica on this node that
+	// serves the slot, one whose election a request can wait out.
+	replicaHere bool
 }
 
 func (e *routeError) Error() string { return e.msg }
@@ -201,7 +211,8 @@ func readOptions(h *shoalpb.RequestHeader) kv.ReadOptions {
 // run here by local, which returns the response for the shard it ran on.
 // A request that finds its shard electing a leader (NO_LEADER, which is
 // never an ambiguous failure: nothing was proposed) waits for the election
-// to end, up to Config.LeaderWait from its first such answer, and is
+// to end, up to Config.LeaderWait from its first such answer (and a third
+// of the time left before its deadline, awaitLeader), and is
 // routed again, so that a short election costs a client time rather than
 // an error (Redis clients give up on -TRYAGAIN after a few quick retries).
 func serve[R any](ctx context.Context, s *kvService, h *shoalpb.RequestHeader, slot uint16, write bool,
@@ -227,10 +238,15 @@ func serve[R any](ctx context.Context, s *kvService, h *shoalpb.RequestHeader, s
 	}
 }
 
-// noLeaderShard returns the shard of a routing answer NO_LEADER, else 0.
+// noLeaderShard returns the shard of a routing answer NO_LEADER from a
+// replica here that serves the slot, else 0. A NO_LEADER from the route
+// table (no replica here serves the slot) is not waited for: a replica
+// here that does not serve it yet (an empty one, waiting for its
+// snapshot) may keep naming a leader that is gone, which would end every
+// wait at once.
 func noLeaderShard(err error) uint64 {
 	var re *routeError
-	if errors.As(err, &re) && re.detail.GetCode() == shoalpb.ErrorCode_ERROR_CODE_NO_LEADER {
+	if errors.As(err, &re) && re.replicaHere && re.detail.GetCode() == shoalpb.ErrorCode_ERROR_CODE_NO_LEADER {
 		return re.detail.GetShardId()
 	}
 	return 0
@@ -238,13 +254,14 @@ func noLeaderShard(err error) uint64 {
 
 // awaitLeader waits until this node's replica of shard knows a leader,
 // until *until (set to LeaderWait from now on the first call of a request)
-// or, with ctx's deadline, through half the time left: the other half is
-// left to answer before the caller gives up (the Go client's attempt
-// timeout would take a late answer for a lost node, and a write's for an
-// ambiguous one). It reports whether a leader is known, so the request can
-// be routed again.
+// or, with ctx's deadline, through a third of the time left: the rest is
+// left to run the request and answer before the caller gives up (the Go
+// client's attempt timeout would take a late answer for a lost node, and
+// a write's for an ambiguous one). It reports whether a leader is known,
+// so the request can be routed again; false once *until has passed or ctx
+// has ended, so a request never loops past them.
 func (s *kvService) awaitLeader(ctx context.Context, shard uint64, until *time.Time) bool {
-	if s.n.leaderWait <= 0 {
+	if s.n.leaderWait <= 0 || ctx.Err() != nil {
 		return false
 	}
 	now := time.Now()
@@ -252,8 +269,11 @@ func (s *kvService) awaitLeader(ctx context.Context, shard uint64, until *time.T
 		*until = now.Add(s.n.leaderWait)
 	}
 	end := *until
-	if d, ok := ctx.Deadline(); ok && now.Add(d.Sub(now)/2).Before(end) {
-		end = now.Add(d.Sub(now) / 2)
+	if d, ok := ctx.Deadline(); ok && now.Add(d.Sub(now)/3).Before(end) {
+		end = now.Add(d.Sub(now) / 3)
+	}
+	if !now.Before(end) {
+		return false
 	}
 	wctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()

@@ -138,7 +138,8 @@ type Stats struct {
 	// reads that found no lease, on followers, and to renew leases).
 	LeaseReads, ReadRounds uint64
 	// LeaderWaits counts the WaitLeader calls that found the shard without
-	// a leader and waited (requests that arrived during an election).
+	// a leader and waited (requests that arrived during an election; one
+	// request can wait more than once).
 	LeaderWaits uint64
 	// Quiesced counts the times a replica went quiet; QuietReplicas is how
 	// many are quiet now (quiesce.go).
