@@ -29,10 +29,12 @@ type kvService struct {
 // target is where a request for key goes.
 type target struct {
 	shard uint64
-	// local: this node executes it.
-	local bool
-	// forward is the client of the node to forward to (nil: answer err).
+	// forward is the client of the node to forward to; nil (and no
+	// error): this node executes it.
 	forward shoalpb.KVClient
+	// electing, with a NO_LEADER error, says the shard's replica here
+	// serves the slot and has no leader yet: serve may wait for one.
+	electing bool
 }
 
 // route decides where a request for a key in slot is served. write says
@@ -50,16 +52,14 @@ func (s *kvService) route(h *shoalpb.RequestHeader, slot uint16, write bool) (ta
 		st, err := store.Status(shard)
 		if err == nil && !st.Removed {
 			if (!write && !h.GetLeaderOnly()) || st.Role == raftstore.RoleLeader {
-				return target{shard: shard, local: true}, nil
+				return target{shard: shard}, nil
 			}
-			t, err := s.toLeader(h, shard, st.LeaderNode)
-			var re *routeError
-			if errors.As(err, &re) && st.LeaderNode == 0 {
+			if st.LeaderNode == 0 {
 				// This node's replica serves the slot and will learn the
-				// next leader: the request may wait for it (serve).
-				re.replicaHere = true
+				// next leader: serve may wait for it.
+				return target{shard: shard, electing: true}, noLeader(shard)
 			}
-			return t, err
+			return s.toLeader(h, shard, st.LeaderNode)
 		}
 	}
 	// No replica here: the route table names the leader (master mode).
@@ -76,8 +76,7 @@ func (s *kvService) route(h *shoalpb.RequestHeader, slot uint16, write bool) (ta
 // when asked to be direct, when the leader is unknown, or after maxHops.
 func (s *kvService) toLeader(h *shoalpb.RequestHeader, shard, leader uint64) (target, error) {
 	if leader == 0 {
-		return target{}, &routeError{detail: &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NO_LEADER, ShardId: shard},
-			msg: fmt.Sprintf("shard %d has no leader", shard)}
+		return target{}, noLeader(shard)
 	}
 	addr := s.addrOf(leader)
 	if h.GetDirect() || h.GetHops() >= maxHops || addr == "" || leader == s.n.cfg.NodeID {
@@ -91,6 +90,11 @@ func (s *kvService) toLeader(h *shoalpb.RequestHeader, shard, leader uint64) (ta
 	}
 	h.Hops++
 	return target{shard: shard, forward: shoalpb.NewKVClient(conn)}, nil
+}
+
+func noLeader(shard uint64) error {
+	return &routeError{detail: &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NO_LEADER, ShardId: shard},
+		msg: fmt.Sprintf("shard %d has no leader", shard)}
 }
 
 func (s *kvService) addrOf(node uint64) string {
@@ -109,9 +113,6 @@ func (s *kvService) addrOf(node uint64) string {
 type routeError struct {
 	detail *shoalpb.ErrorDetail
 	msg    string
-	// replicaHere marks a NO_LEADER from a replica on this node that
-	// serves the slot, one whose election a request can wait out.
-	replicaHere bool
 }
 
 func (e *routeError) Error() string { return e.msg }
@@ -221,35 +222,26 @@ func serve[R any](ctx context.Context, s *kvService, h *shoalpb.RequestHeader, s
 	for {
 		var resp R
 		t, err := s.route(h, slot, write)
-		shard := noLeaderShard(err)
-		if err == nil {
-			if t.forward != nil {
-				resp, err = forward(t.forward)
-				return resp, s.toStatus(err)
-			}
+		switch {
+		case err == nil && t.forward != nil:
+			resp, err = forward(t.forward)
+			return resp, s.toStatus(err)
+		case err == nil:
 			if resp, err = local(t.shard); err == nil || !errors.Is(err, raftstore.ErrNoLeader) {
 				return resp, s.toStatus(err)
 			}
-			shard = t.shard
+		case !t.electing:
+			// A NO_LEADER from the route table (no replica here serves the
+			// slot) is not waited for: a replica here that does not serve
+			// it yet (an empty one, waiting for its snapshot) may keep
+			// naming a leader that is gone, which would end every wait at
+			// once.
+			return resp, s.toStatus(err)
 		}
-		if shard == 0 || !s.awaitLeader(ctx, shard, &until) {
+		if !s.awaitLeader(ctx, t.shard, &until) {
 			return resp, s.toStatus(err)
 		}
 	}
-}
-
-// noLeaderShard returns the shard of a routing answer NO_LEADER from a
-// replica here that serves the slot, else 0. A NO_LEADER from the route
-// table (no replica here serves the slot) is not waited for: a replica
-// here that does not serve it yet (an empty one, waiting for its
-// snapshot) may keep naming a leader that is gone, which would end every
-// wait at once.
-func noLeaderShard(err error) uint64 {
-	var re *routeError
-	if errors.As(err, &re) && re.replicaHere && re.detail.GetCode() == shoalpb.ErrorCode_ERROR_CODE_NO_LEADER {
-		return re.detail.GetShardId()
-	}
-	return 0
 }
 
 // awaitLeader waits until this node's replica of shard knows a leader,
@@ -269,8 +261,10 @@ func (s *kvService) awaitLeader(ctx context.Context, shard uint64, until *time.T
 		*until = now.Add(s.n.leaderWait)
 	}
 	end := *until
-	if d, ok := ctx.Deadline(); ok && now.Add(d.Sub(now)/3).Before(end) {
-		end = now.Add(d.Sub(now) / 3)
+	if d, ok := ctx.Deadline(); ok {
+		if third := now.Add(d.Sub(now) / 3); third.Before(end) {
+			end = third
+		}
 	}
 	if !now.Before(end) {
 		return false

@@ -3,7 +3,6 @@ package node_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
@@ -31,12 +30,7 @@ func TestLeaderWaitLeavesTimeToAnswer(t *testing.T) {
 	survivor := c.Nodes[0]
 	c.Nodes[1].Stop()
 	c.Nodes[2].Stop()
-	if err := tc.WaitFor(ctx, func() error {
-		if st := survivor.Store().Replicas()[0]; st.LeaderReplica != 0 {
-			return fmt.Errorf("survivor still names leader r%d", st.LeaderReplica)
-		}
-		return nil
-	}); err != nil {
+	if err := survivor.WaitLeaderless(ctx); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := grpc.NewClient(survivor.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -275,9 +275,9 @@ func (r *Replica) publishStatus() {
 }
 
 // waitLeader waits until the replica knows a leader and its node (what
-// routing needs) or is removed, or ctx ends, and returns its last status. The waiter is counted before the
-// status is read, so a status published after that read sees it and wakes
-// it.
+// routing needs) or is removed, or ctx ends, and returns its last status.
+// The waiter is counted before the status is read, so a status published
+// after that read sees it and wakes it.
 func (r *Replica) waitLeader(ctx context.Context) ReplicaStatus {
 	r.statusWaiters.Add(1)
 	defer r.statusWaiters.Add(-1)

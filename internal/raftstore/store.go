@@ -693,9 +693,9 @@ func (s *Store) Status(shard uint64) (ReplicaStatus, error) {
 }
 
 // WaitLeader waits, at most until ctx ends, until this node's replica of
-// shard knows a leader and its node (an election under way ends), and returns its
-// status then: a request that found no leader can then be served or sent
-// to the leader instead of failing. The status has no leader when ctx
+// shard knows a leader and its node (an election under way ends), and
+// returns its status then: a request that found no leader can then be
+// served or sent to the leader instead of failing. The status has no leader when ctx
 // ended first, and is Removed when the replica was removed meanwhile.
 func (s *Store) WaitLeader(ctx context.Context, shard uint64) (ReplicaStatus, error) {
 	r, err := s.replica(shard)

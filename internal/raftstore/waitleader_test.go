@@ -38,12 +38,7 @@ func TestWaitLeader(t *testing.T) {
 	c.Nodes[1].Stop()
 	c.Nodes[2].Stop()
 	// The survivor names the stopped leader until it campaigns.
-	if err := tc.WaitFor(ctx, func() error {
-		if st := survivor.Store().Replicas()[0]; st.LeaderReplica != 0 {
-			return fmt.Errorf("survivor still names leader r%d", st.LeaderReplica)
-		}
-		return nil
-	}); err != nil {
+	if err := survivor.WaitLeaderless(ctx); err != nil {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)

@@ -598,15 +598,7 @@ func TestRequestWaitsOutElection(t *testing.T) {
 
 	c.Nodes[1].Stop()
 	c.Nodes[2].Stop()
-	// Every shard's replica here names no leader once it has campaigned.
-	if err := tc.WaitFor(ctx, func() error {
-		for _, st := range survivor.Store().Replicas() {
-			if st.LeaderReplica != 0 {
-				return fmt.Errorf("shard %d still names leader r%d", st.ShardID, st.LeaderReplica)
-			}
-		}
-		return nil
-	}); err != nil {
+	if err := survivor.WaitLeaderless(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// A write, which needs the leader, and a read after READONLY, which

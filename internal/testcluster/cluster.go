@@ -429,6 +429,20 @@ func (c *Cluster) Leader(shard uint64) (*Node, error) {
 	return found, nil
 }
 
+// WaitLeaderless waits until none of n's replicas names a leader: each
+// has campaigned (say, once the nodes holding the rest of its shards
+// stopped) and no election has ended.
+func (n *Node) WaitLeaderless(ctx context.Context) error {
+	return WaitFor(ctx, func() error {
+		for _, st := range n.Store().Replicas() {
+			if st.LeaderReplica != 0 {
+				return fmt.Errorf("node %d: shard %d still names leader r%d", n.ID, st.ShardID, st.LeaderReplica)
+			}
+		}
+		return nil
+	})
+}
+
 // WaitForLeaders waits until every shard has a leader among running nodes.
 func (c *Cluster) WaitForLeaders(ctx context.Context) error {
 	return WaitFor(ctx, func() error {
