@@ -671,3 +671,70 @@ func TestCrashBeforeLogCommitOnCatchUp(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMessagesCountedByType checks the per-type counts of sent messages:
+// they add up to MessagesSent, and sequential writes show as one append
+// with entries per follower per write, their acknowledgements, and the
+// leader's empty appends that announce each new commit index.
+func TestMessagesCountedByType(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 30*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shard := c.Shards[0].ShardId
+	leader, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := map[uint64]raftstore.Stats{}
+	for _, n := range c.Nodes {
+		before[n.ID] = n.Store().Stats()
+	}
+	const writes = 20
+	for i := range writes {
+		if _, err := c.Propose(ctx, shard, tc.PutCmd([]byte("k"), fmt.Appendf(nil, "v%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every follower acknowledges every write: wait for them to, and for
+	// the leader's notices of the last commit.
+	if err := tc.WaitFor(ctx, func() error {
+		for _, n := range c.Nodes {
+			if n.ID == leader.ID {
+				continue
+			}
+			if got := n.Store().Stats().MessagesSentByType["MsgAppResp"] - before[n.ID].MessagesSentByType["MsgAppResp"]; got < writes {
+				return fmt.Errorf("node %d sent %d acknowledgements", n.ID, got)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	st, was := leader.Store().Stats(), before[leader.ID]
+	apps := st.MessagesSentByType["MsgApp"] - was.MessagesSentByType["MsgApp"]
+	empty := st.EmptyAppendsSent - was.EmptyAppendsSent
+	t.Logf("leader sent %d appends, %d of them empty, for %d writes", apps, empty, writes)
+	if apps-empty < 2*writes {
+		t.Errorf("leader sent %d appends with entries for %d writes to 2 followers, want at least %d", apps-empty, writes, 2*writes)
+	}
+	if empty == 0 {
+		t.Errorf("leader sent no empty appends: commit notices not counted")
+	}
+	// Once the stores are stopped the counts are final and add up.
+	for _, n := range c.Nodes {
+		n.Stop()
+		st := n.Store().Stats()
+		var sum uint64
+		for _, v := range st.MessagesSentByType {
+			sum += v
+		}
+		if sum != st.MessagesSent {
+			t.Errorf("node %d: by type %v sum to %d, MessagesSent %d", n.ID, st.MessagesSentByType, sum, st.MessagesSent)
+		}
+		if st.EmptyAppendsSent > st.MessagesSentByType["MsgApp"] {
+			t.Errorf("node %d: %d empty appends of %d appends", n.ID, st.EmptyAppendsSent, st.MessagesSentByType["MsgApp"])
+		}
+	}
+}

@@ -120,6 +120,12 @@ type Stats struct {
 	// MessagesSent and MessagesDropped count outgoing Raft messages;
 	// MessagesReceived incoming ones handed to replicas.
 	MessagesSent, MessagesDropped, MessagesReceived uint64
+	// MessagesSentByType splits MessagesSent by Raft message type (the
+	// raftpb name, "MsgApp"; types never sent are absent). EmptyAppendsSent
+	// counts the MsgApps among them that carried no entries: a leader's
+	// notices of a new commit index and its probes.
+	MessagesSentByType map[string]uint64
+	EmptyAppendsSent   uint64
 	// EntryCacheBytes is the memory the replicas' log entry caches hold now.
 	EntryCacheBytes int
 	// SnapshotsSent, SnapshotsReceived and SnapshotsFailed count snapshot
@@ -215,6 +221,8 @@ type Store struct {
 		iterations, logSyncs, logSyncReplicas atomic.Uint64
 		proposals, applied                    atomic.Uint64
 		sent, dropped, received               atomic.Uint64
+		sentByType                            [numMessageTypes]atomic.Uint64
+		emptyAppends                          atomic.Uint64
 		snapshotsApplied, truncations         atomic.Uint64
 		created, removed                      atomic.Uint64
 		campaigns, leaderships                atomic.Uint64
@@ -419,7 +427,36 @@ func (s *Store) Stats() Stats {
 		MessagesSent:      s.stats.sent.Load(),
 		MessagesDropped:   s.stats.dropped.Load(),
 		MessagesReceived:  s.stats.received.Load(),
+
+		MessagesSentByType: s.sentByType(),
+		EmptyAppendsSent:   s.stats.emptyAppends.Load(),
 	}
+}
+
+// numMessageTypes bounds the Raft message types counted by type; a type
+// past it (a newer raft) is counted under the last.
+const numMessageTypes = int(raftpb.MsgForgetLeader) + 1
+
+func (s *Store) sentByType() map[string]uint64 {
+	out := map[string]uint64{}
+	for t := range s.stats.sentByType {
+		if n := s.stats.sentByType[t].Load(); n > 0 {
+			out[raftpb.MessageType(t).String()] = n
+		}
+	}
+	return out
+}
+
+// countSent counts messages handed to the transport.
+func (s *Store) countSent(msgs []*shoalpb.RaftMessage) {
+	for _, m := range msgs {
+		t := min(int(m.Message.GetType()), numMessageTypes-1)
+		s.stats.sentByType[t].Add(1)
+		if t == int(raftpb.MsgApp) && len(m.Message.GetEntries()) == 0 {
+			s.stats.emptyAppends.Add(1)
+		}
+	}
+	s.stats.sent.Add(uint64(len(msgs)))
 }
 
 func (s *Store) replica(shard uint64) (*Replica, error) {
@@ -956,7 +993,7 @@ func (s *Store) flushOutboxes() {
 			s.reportUnreachable(msgs)
 			continue
 		}
-		s.stats.sent.Add(uint64(len(msgs)))
+		s.countSent(msgs)
 	}
 }
 
