@@ -55,6 +55,11 @@
 #                         read with `go tool pprof -top FILE`. Profiling
 #                         costs a few percent of CPU: compare numbers only
 #                         between runs that both profile, or neither.
+#   (always, for Shoal)   each node's Raft counters (shoal_raft_*_total on
+#                         /metrics) are read before and after each workload;
+#                         their growth, summed over the nodes and per
+#                         operation, goes to $RESULTS_DIR/shoal-TARGET-WORKLOAD.raft.tsv
+#                         and the messages sent per operation are printed
 #   SERVER_GOMAXPROCS=N   run the Go servers (Shoal's master and nodes,
 #                         etcd) with GOMAXPROCS=N (Redis ignores it);
 #                         default: unset, Go's own (the machine's cores)
@@ -90,6 +95,7 @@ RESULTS_DIR=${RESULTS_DIR:-${TMPDIR:-/tmp}/shoal-compare-$(date +%Y%m%d-%H%M%S)}
 KEEP=${KEEP:-0}
 PROFILE=${PROFILE:-0}
 profile_urls=() # the nodes' /debug/pprof/profile URLs while Shoal runs (PROFILE=1)
+metrics_urls=() # the nodes' /metrics URLs while Shoal runs
 CLK_TCK=$(getconf CLK_TCK)
 
 # Shoal's cluster shape. SHOAL_SHARDS and SHOAL_REPLICAS are also the
@@ -263,6 +269,7 @@ phases() {
         prof_pids+=($!)
       done
     fi
+    raft_counters >"$RESULTS_DIR/$system-$target-$w.raft0"
     busy0=$(busy_ticks)
     before=$(cpu_ticks "$@")
     # Bounded: the load stops after RECORDS inserts, the others after
@@ -277,6 +284,8 @@ phases() {
     } 2>&1 | awk '{print $1 + $2}')
     after=$(cpu_ticks "$@")
     busy1=$(busy_ticks)
+    raft_counters >"$RESULTS_DIR/$system-$target-$w.raft1"
+    raft_deltas "$RESULTS_DIR/$system-$target-$w" "$(jq -r '.ops // 0' "$json" 2>/dev/null || echo 0)"
     if [ ${#prof_pids[@]} -gt 0 ]; then
       wait "${prof_pids[@]}" || fail "$system via $target, workload $w: a CPU profile failed"
       go tool pprof -proto "${prof_files[@]}" >"$RESULTS_DIR/$system-$target-$w.pprof" 2>/dev/null ||
@@ -300,6 +309,31 @@ phases() {
        (if .ops > 0 then ($c / .ops * 1000 * 1000 | round / 1000) else 0 end), ($cl | r2), ($other | r2)] | @tsv' "$json" |
       tee -a "$results"
   done
+}
+
+# raft_counters prints the Shoal nodes' Raft counters (shoal_raft_*_total,
+# with their labels), summed over the nodes; nothing for other systems.
+raft_counters() {
+  local u
+  [ ${#metrics_urls[@]} -gt 0 ] || return 0
+  for u in "${metrics_urls[@]}"; do curl -sf "$u" || true; done |
+    awk '/^shoal_raft_[a-z_]*_total[{ ]/ {a[$1] += $2} END {for (k in a) printf "%s %.0f\n", k, a[k]}' | sort
+}
+
+# raft_deltas PREFIX OPS writes PREFIX.raft.tsv, each Raft counter's growth
+# over the phase and per operation, from PREFIX.raft0 and PREFIX.raft1, and
+# prints the messages sent per operation.
+raft_deltas() {
+  local prefix=$1 ops=$2
+  [ -s "$prefix.raft1" ] || { rm -f "$prefix.raft0" "$prefix.raft1"; return 0; }
+  join -a 2 -e 0 -o 0,1.2,2.2 "$prefix.raft0" "$prefix.raft1" |
+    awk -v ops="$ops" 'BEGIN {OFS = "\t"; print "counter", "delta", "per_op"}
+      {d = $3 - $2; print $1, d, (ops > 0 ? sprintf("%.3f", d / ops) : 0)}' >"$prefix.raft.tsv"
+  rm -f "$prefix.raft0" "$prefix.raft1"
+  awk -F '\t' '$1 == "shoal_raft_messages_sent_total" {m = $3}
+    $1 == "shoal_raft_empty_appends_sent_total" {e = $3}
+    $1 == "shoal_raft_loop_iterations_total" {it = $2}
+    END {if (m != "") printf "   raft: %s messages sent per op (%s empty appends), %s loop iterations\n", m, e, it}' "$prefix.raft.tsv"
 }
 
 # load_memdisk SYSTEM FLAGS DATA_DIRS PIDS: loads MEMDISK_KEYS keys, then
@@ -337,6 +371,7 @@ run_shoal() {
     eval "nodes+=(\$pid_shoal_node$i)"
     resp+=("127.0.0.1:$((base + 380 + i))")
     profile_urls+=("http://127.0.0.1:$((base + 180 + i))/debug/pprof/profile")
+    metrics_urls+=("http://127.0.0.1:$((base + 180 + i))/metrics")
   done
   # Ready when all SHOAL_SHARDS shards show a leader.
   shoal_led() {
@@ -363,6 +398,7 @@ run_shoal() {
   stop_pids "${spids[@]}"
   pids=()
   profile_urls=()
+  metrics_urls=()
 }
 
 run_etcd() {
