@@ -1,6 +1,10 @@
 package raftstore
 
-import "time"
+import (
+	"time"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
 
 // QueuedRequests returns how many proposals and reads wait in the queues of
 // this node's replica of shard: tests use it to order events without
@@ -31,3 +35,7 @@ func VoteGuardSet(s *Store, shard uint64) bool {
 	r, err := s.replica(shard)
 	return err == nil && !r.voteGuardUntil.IsZero()
 }
+
+// CountSent counts msgs as sent, as the store does when the transport takes
+// them.
+func CountSent(s *Store, msgs []*shoalpb.RaftMessage) { s.countSent(msgs) }
