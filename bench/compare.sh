@@ -312,12 +312,20 @@ phases() {
 }
 
 # raft_counters prints the Shoal nodes' Raft counters (shoal_raft_*_total,
-# with their labels), summed over the nodes; nothing for other systems.
+# with their labels), summed over the nodes; nothing for other systems. A
+# node that does not answer makes it print nothing (and warn): a partial
+# sum would give wrong deltas.
 raft_counters() {
-  local u
+  local u out
   [ ${#metrics_urls[@]} -gt 0 ] || return 0
-  for u in "${metrics_urls[@]}"; do curl -sf "$u" || true; done |
-    awk '/^shoal_raft_[a-z_]*_total[{ ]/ {a[$1] += $2} END {for (k in a) printf "%s %.0f\n", k, a[k]}' | sort
+  for u in "${metrics_urls[@]}"; do
+    if ! out+=$(curl -sf --max-time 5 "$u")$'\n'; then
+      echo "   warning: no metrics from $u; no Raft counters for this workload" >&2
+      return 0
+    fi
+  done
+  printf '%s' "$out" |
+    awk '/^shoal_raft_[a-z_]*_total[{ ]/ {a[$1] += $2} END {for (k in a) printf "%s %.0f\n", k, a[k]}' | LC_ALL=C sort
 }
 
 # raft_deltas PREFIX OPS writes PREFIX.raft.tsv, each Raft counter's growth
@@ -325,15 +333,18 @@ raft_counters() {
 # prints the messages sent per operation.
 raft_deltas() {
   local prefix=$1 ops=$2
-  [ -s "$prefix.raft1" ] || { rm -f "$prefix.raft0" "$prefix.raft1"; return 0; }
-  join -a 2 -e 0 -o 0,1.2,2.2 "$prefix.raft0" "$prefix.raft1" |
+  if [ ! -s "$prefix.raft0" ] || [ ! -s "$prefix.raft1" ]; then
+    rm -f "$prefix.raft0" "$prefix.raft1"
+    return 0
+  fi
+  LC_ALL=C join -a 2 -e 0 -o 0,1.2,2.2 "$prefix.raft0" "$prefix.raft1" |
     awk -v ops="$ops" 'BEGIN {OFS = "\t"; print "counter", "delta", "per_op"}
       {d = $3 - $2; print $1, d, (ops > 0 ? sprintf("%.3f", d / ops) : 0)}' >"$prefix.raft.tsv"
   rm -f "$prefix.raft0" "$prefix.raft1"
   awk -F '\t' '$1 == "shoal_raft_messages_sent_total" {m = $3}
     $1 == "shoal_raft_empty_appends_sent_total" {e = $3}
-    $1 == "shoal_raft_loop_iterations_total" {it = $2}
-    END {if (m != "") printf "   raft: %s messages sent per op (%s empty appends), %s loop iterations\n", m, e, it}' "$prefix.raft.tsv"
+    $1 == "shoal_raft_loop_iterations_total" {it = $3}
+    END {if (m != "") printf "   raft: per op, %s messages sent (%s empty appends), %s store loop iterations\n", m, e, it}' "$prefix.raft.tsv"
 }
 
 # load_memdisk SYSTEM FLAGS DATA_DIRS PIDS: loads MEMDISK_KEYS keys, then

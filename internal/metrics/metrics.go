@@ -152,6 +152,7 @@ var (
 		{"shoal_raft_messages_sent_total", "Raft messages sent.", func(s raftstore.Stats) uint64 { return s.MessagesSent }},
 		{"shoal_raft_messages_dropped_total", "Raft messages dropped (queue full, peer unreachable).", func(s raftstore.Stats) uint64 { return s.MessagesDropped }},
 		{"shoal_raft_empty_appends_sent_total", "Raft appends sent with no entries (a leader's notices of a new commit index, and probes).", func(s raftstore.Stats) uint64 { return s.EmptyAppendsSent }},
+		{"shoal_raft_commit_notices_dropped_total", "Commit-index notices a leader did not send, to followers that had acknowledged every entry.", func(s raftstore.Stats) uint64 { return s.CommitNoticesDropped }},
 		{"shoal_raft_messages_received_total", "Raft messages received.", func(s raftstore.Stats) uint64 { return s.MessagesReceived }},
 		{"shoal_raft_snapshots_sent_total", "Snapshots streamed to other nodes.", func(s raftstore.Stats) uint64 { return s.SnapshotsSent }},
 		{"shoal_raft_snapshots_received_total", "Snapshots received.", func(s raftstore.Stats) uint64 { return s.SnapshotsReceived }},
@@ -167,7 +168,7 @@ var (
 	descReplicas = prometheus.NewDesc("shoal_raft_replicas", "Replicas on this node, by Raft role.", []string{"role"}, nil)
 	descTerms    = prometheus.NewDesc("shoal_raft_term_sum", "Sum of the Raft terms of this node's replicas: it grows with every election.", nil, nil)
 	descCache    = prometheus.NewDesc("shoal_raft_entry_cache_bytes", "Bytes held by the replicas' Raft entry caches.", nil, nil)
-	descSentType = prometheus.NewDesc("shoal_raft_messages_sent_by_type_total", "Raft messages sent, by Raft message type.", []string{"type"}, nil)
+	descSentType = prometheus.NewDesc("shoal_raft_messages_sent_by_type_total", "Raft messages sent, by Raft message type (Removed: notices to removed replicas).", []string{"type"}, nil)
 )
 
 func counterDesc(i int) *prometheus.Desc {

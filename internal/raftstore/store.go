@@ -121,11 +121,16 @@ type Stats struct {
 	// MessagesReceived incoming ones handed to replicas.
 	MessagesSent, MessagesDropped, MessagesReceived uint64
 	// MessagesSentByType splits MessagesSent by Raft message type (the
-	// raftpb name, "MsgApp"; types never sent are absent). EmptyAppendsSent
-	// counts the MsgApps among them that carried no entries: a leader's
-	// notices of a new commit index and its probes.
-	MessagesSentByType map[string]uint64
-	EmptyAppendsSent   uint64
+	// raftpb name, "MsgApp"; "Removed" for the notices that tell a replica
+	// it was removed, "Other" for a type this build does not know; types
+	// never sent are absent). EmptyAppendsSent counts the MsgApps among
+	// them that carried no entries: a leader's notices of a new commit
+	// index, and its probes. CommitNoticesDropped counts the commit notices
+	// a leader did not send, to followers that had acknowledged everything
+	// (replica.go, dropCommitNotices). Read while the store runs, the
+	// counts by type may be ahead of MessagesSent by one batch.
+	MessagesSentByType                     map[string]uint64
+	EmptyAppendsSent, CommitNoticesDropped uint64
 	// EntryCacheBytes is the memory the replicas' log entry caches hold now.
 	EntryCacheBytes int
 	// SnapshotsSent, SnapshotsReceived and SnapshotsFailed count snapshot
@@ -221,8 +226,8 @@ type Store struct {
 		iterations, logSyncs, logSyncReplicas atomic.Uint64
 		proposals, applied                    atomic.Uint64
 		sent, dropped, received               atomic.Uint64
-		sentByType                            [numMessageTypes]atomic.Uint64
-		emptyAppends                          atomic.Uint64
+		sentByType                            [numSentKinds]atomic.Uint64
+		emptyAppends, noticesDropped          atomic.Uint64
 		snapshotsApplied, truncations         atomic.Uint64
 		created, removed                      atomic.Uint64
 		campaigns, leaderships                atomic.Uint64
@@ -428,21 +433,36 @@ func (s *Store) Stats() Stats {
 		MessagesDropped:   s.stats.dropped.Load(),
 		MessagesReceived:  s.stats.received.Load(),
 
-		MessagesSentByType: s.sentByType(),
-		EmptyAppendsSent:   s.stats.emptyAppends.Load(),
+		MessagesSentByType:   s.sentByType(),
+		EmptyAppendsSent:     s.stats.emptyAppends.Load(),
+		CommitNoticesDropped: s.stats.noticesDropped.Load(),
 	}
 }
 
-// numMessageTypes bounds the Raft message types counted by type; a type
-// past it (a newer raft) is counted under the last.
-const numMessageTypes = int(raftpb.MsgForgetLeader) + 1
+// The kinds of sent messages counted apart: every Raft message type etcd
+// raft v3.7 has, then removal notices, then any other type.
+const (
+	numMessageTypes = int(raftpb.MsgForgetLeader) + 1
+	sentRemoved     = numMessageTypes
+	sentOther       = numMessageTypes + 1
+	numSentKinds    = numMessageTypes + 2
+)
 
 func (s *Store) sentByType() map[string]uint64 {
 	out := map[string]uint64{}
 	for t := range s.stats.sentByType {
-		if n := s.stats.sentByType[t].Load(); n > 0 {
-			out[raftpb.MessageType(t).String()] = n
+		n := s.stats.sentByType[t].Load()
+		if n == 0 {
+			continue
 		}
+		name := "Other"
+		switch {
+		case t == sentRemoved:
+			name = "Removed"
+		case t < numMessageTypes:
+			name = raftpb.MessageType(t).String()
+		}
+		out[name] = n
 	}
 	return out
 }
@@ -450,7 +470,13 @@ func (s *Store) sentByType() map[string]uint64 {
 // countSent counts messages handed to the transport.
 func (s *Store) countSent(msgs []*shoalpb.RaftMessage) {
 	for _, m := range msgs {
-		t := min(int(m.Message.GetType()), numMessageTypes-1)
+		t := int(m.Message.GetType())
+		switch {
+		case m.Removed:
+			t = sentRemoved
+		case t >= numMessageTypes:
+			t = sentOther
+		}
 		s.stats.sentByType[t].Add(1)
 		if t == int(raftpb.MsgApp) && len(m.Message.GetEntries()) == 0 {
 			s.stats.emptyAppends.Add(1)
