@@ -837,3 +837,59 @@ func TestRemovedFollowerToldAtOnce(t *testing.T) {
 		t.Errorf("the removed follower went after %v, more than %v: it was not told of the commit", took, limit)
 	}
 }
+
+// TestLostAppendRecovered checks that a follower whose append was lost on
+// the way (silently: the leader is not told) catches up with no further
+// writes. The leader learns of the gap from the follower's heartbeat
+// answer and sends an empty append, which the follower rejects; that empty
+// append must not be taken for a commit notice and dropped
+// (dropCommitNotices), or the follower would stay behind.
+func TestLostAppendRecovered(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	ctx := ctxFor(t, 30*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shard := c.Shards[0].ShardId
+	if _, err := c.Propose(ctx, shard, tc.PutCmd([]byte("k"), []byte("v1"))); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var follower *tc.Node
+	for _, n := range c.Nodes {
+		if n.ID != leader.ID {
+			follower = n
+			break
+		}
+	}
+	// The write's append to follower is lost; the other follower makes
+	// the quorum.
+	c.Net.Block(leader.ID, follower.ID)
+	if _, err := c.Propose(ctx, shard, tc.PutCmd([]byte("k"), []byte("v2"))); err != nil {
+		t.Fatal(err)
+	}
+	c.Net.Unblock(leader.ID, follower.ID)
+	ls, err := leader.Store().Status(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := follower.Store().Status(shard)
+		if err != nil {
+			return err
+		}
+		if st.Applied < ls.Applied {
+			return fmt.Errorf("node %d applied %d of %d", follower.ID, st.Applied, ls.Applied)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	v, ok, err := readAt(ctx, follower, shard, []byte("k"))
+	if err != nil || !ok || v != "v2" {
+		t.Fatalf("follower reads %q, %v, %v; want v2", v, ok, err)
+	}
+}
