@@ -1074,31 +1074,29 @@ func (r *Replica) noteConfChanges(ents []*raftpb.Entry) {
 }
 
 // dropCommitNotices removes from a leader's messages the appends that carry
-// no entries to a follower that has acknowledged every entry sent to it:
-// etcd raft sends one to every follower each time the commit index
-// advances, only to tell it (TiKV's skip_bcast_commit skips them for every follower; this is
-// narrower). Such a
-// follower learns the index instead from the next append, which carries it,
-// or from the next heartbeat (HeartbeatTicks), which carries it up to the
-// follower's match; a quiesce heartbeat does too. With writes that come one
-// at a time per shard this saves about one message in five
-// (docs/benchmarks.md). The price is latency only: a shard that stops
-// writing has its last commit reach such followers up to a heartbeat later.
-// (A dropped notice still counts as sent in the follower's Progress,
-// sentCommit, so raft does not send it again after the next
-// acknowledgement either; heartbeats carry the index.)
+// no entries to a follower that has acknowledged every entry sent to it
+// (Match+1 == Next). etcd raft sends one to every follower each time the
+// commit index advances, only to tell it; such a follower learns the index
+// instead from the next append, or from the next heartbeat
+// (HeartbeatTicks), which carries it up to the follower's match (a quiesce
+// heartbeat does too). With writes that come one at a time per shard this
+// saves about one message in five (docs/benchmarks.md). The price is
+// latency only: a shard that stops writing has its last commit reach such
+// followers up to a heartbeat later. A dropped notice still counts as sent
+// in the follower's Progress (sentCommit), so raft does not send it again
+// after the next acknowledgement either. TiKV's skip_bcast_commit skips
+// these notices for every follower; this rule is narrower:
+//
+//   - A follower with entries in flight keeps its notice: to it an empty
+//     append is also how the leader recovers an append lost on the way
+//     (sent after a heartbeat answer; TestLostAppendRecovered), and the
+//     notice spares its reads a heartbeat's wait for the index.
+//   - While a configuration change may be appended and not applied here
+//     (confIndex), every notice is sent: a removed replica must apply its
+//     removal to learn it (TestRemovedFollowerToldAtOnce).
 //
 // The rule leans on how etcd raft v3.7 uses empty appends, not on its API:
-// recheck it (TestCommitNotices, and the cases above) on a raft upgrade.
-//
-// Only a follower with nothing in flight (Match+1 == Next) loses its
-// notice: to one with entries in flight an empty append is how the leader
-// recovers an append lost on the way (sent again after a heartbeat
-// answer), and a notice sent while its acknowledgement was on the way saves
-// its follower reads waiting a heartbeat for the index. Nothing else waits
-// for a follower to apply, except a configuration change, which a removed
-// replica must apply to learn its removal: while one may be appended and not
-// applied here, every notice is sent.
+// recheck it, and these tests, on a raft upgrade.
 func (r *Replica) dropCommitNotices(msgs []*raftpb.Message) []*raftpb.Message {
 	if r.confIndex > r.applied {
 		return msgs

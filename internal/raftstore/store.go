@@ -467,8 +467,11 @@ func (s *Store) sentByType() map[string]uint64 {
 	return out
 }
 
-// countSent counts messages handed to the transport.
+// countSent counts messages handed to the transport: counted here first,
+// so that the loop pays one atomic add per kind per batch, not per message.
 func (s *Store) countSent(msgs []*shoalpb.RaftMessage) {
+	var kinds [numSentKinds]uint64
+	var empty uint64
 	for _, m := range msgs {
 		t := int(m.Message.GetType())
 		switch {
@@ -477,10 +480,18 @@ func (s *Store) countSent(msgs []*shoalpb.RaftMessage) {
 		case t >= numMessageTypes:
 			t = sentOther
 		}
-		s.stats.sentByType[t].Add(1)
+		kinds[t]++
 		if t == int(raftpb.MsgApp) && len(m.Message.GetEntries()) == 0 {
-			s.stats.emptyAppends.Add(1)
+			empty++
 		}
+	}
+	for t, n := range kinds {
+		if n > 0 {
+			s.stats.sentByType[t].Add(n)
+		}
+	}
+	if empty > 0 {
+		s.stats.emptyAppends.Add(empty)
 	}
 	s.stats.sent.Add(uint64(len(msgs)))
 }
