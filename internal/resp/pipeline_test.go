@@ -3,6 +3,7 @@ package resp_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -294,5 +295,38 @@ func TestPipelineOrderOnCluster(t *testing.T) {
 	}
 	if v, err := rc.Get(ctx, "order-counter").Int(); err != nil || v != n {
 		t.Fatalf("counter %d, %v; want %d", v, err, n)
+	}
+}
+
+// TestCommandTimeoutOnReusedContext checks the bound a connection's
+// commands get from the context it reuses (conn.ctx): a command sent while
+// most of CommandTimeout has gone since the context was made still gets at
+// least CommandTimeout, not what is left of it.
+func TestCommandTimeoutOnReusedContext(t *testing.T) {
+	const timeout = 400 * time.Millisecond
+	b := newGateBackend(2) // a lone SET waits at the gate until its deadline
+	addr := startServerOn(t, b, resp.Options{CommandTimeout: timeout})
+	rc := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1, ReadTimeout: 20 * time.Second, MaxRetries: -1})
+	defer rc.Close()
+	ctx := ctxFor(t, 30*time.Second)
+	// GET fails at once (the backend has none) but makes the connection's
+	// context; more GETs reuse it until 60% of the timeout has gone.
+	start := time.Now()
+	for time.Since(start) < timeout*6/10 {
+		if err := rc.Get(ctx, "k").Err(); err == nil || errors.Is(err, redis.Nil) {
+			t.Fatalf("GET: %v; want the backend's error", err)
+		}
+	}
+	sent := time.Now()
+	err := rc.Set(ctx, "k", "v", 0).Err()
+	took := time.Since(sent)
+	if err == nil {
+		t.Fatal("SET passed a gate that never opens")
+	}
+	if took < timeout {
+		t.Fatalf("SET timed out after %v (%v); want at least the command timeout, %v", took, err, timeout)
+	}
+	if took > 10*time.Second {
+		t.Fatalf("SET took %v to time out", took)
 	}
 }
