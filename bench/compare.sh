@@ -32,6 +32,13 @@
 #   PIPELINE=1            commands per round trip per client, for the RESP
 #                         targets (Shoal's and Redis's) only: the Go client
 #                         and etcd send one request per call
+#   RESP_CLIENT=builtin   the client of the RESP targets: builtin (shoal
+#                         bench's own, least CPU per operation) or go-redis
+#                         (go-redis's ClusterClient); the load generator
+#                         shares the machine with the servers. A binary
+#                         without --resp-client uses go-redis: for
+#                         bench/ab.sh with such a revision on one side,
+#                         set RESP_CLIENT=go-redis so both sides match
 #   VALUE_SIZE=100        bytes per value
 #   DISTRIBUTION=uniform  which keys the timed workloads pick: uniform or
 #                         zipfian (YCSB's default: a few keys are hot)
@@ -82,6 +89,7 @@ WORKLOADS=${WORKLOADS:-load w c a}
 RECORDS=${RECORDS:-50000}
 CONCURRENCY=${CONCURRENCY:-64}
 PIPELINE=${PIPELINE:-1}
+RESP_CLIENT=${RESP_CLIENT:-builtin}
 VALUE_SIZE=${VALUE_SIZE:-100}
 DISTRIBUTION=${DISTRIBUTION:-uniform}
 SYSTEMS=${SYSTEMS:-shoal etcd redis}
@@ -243,6 +251,13 @@ else
   CGO_ENABLED=0 go build -o "$work/bin/shoal" ./cmd/shoal
   SHOAL=$work/bin/shoal
 fi
+# A binary older than --resp-client (bench/ab.sh with an old revision) has
+# go-redis only.
+resp_flags="--resp-client $RESP_CLIENT"
+if ! "$SHOAL" bench --help 2>&1 | grep -q -- --resp-client; then
+  resp_flags=""
+  RESP_CLIENT="go-redis (the binary has no --resp-client)"
+fi
 
 results=$RESULTS_DIR/results.tsv
 printf 'system\ttarget\tworkload\tops\terrors\tseconds\tops_per_sec\tp50_ms\tp99_ms\tp999_ms\tcpu_s\tcpu_s_per_1000_ops\tclient_cpu_s\tother_cpu_s\n' >"$results"
@@ -254,7 +269,10 @@ phases() {
   local system=$1 target=$2 flags=$3
   shift 3
   local w pipe=1
-  if [ "$target" = resp ]; then pipe=$PIPELINE; fi
+  if [ "$target" = resp ]; then
+    pipe=$PIPELINE
+    flags="$flags $resp_flags"
+  fi
   for w in $WORKLOADS; do
     local json=$RESULTS_DIR/$system-$target-$w.json
     local before after busy0 busy1 client
@@ -503,7 +521,7 @@ shape=
 case " $SYSTEMS " in *" shoal "*) shape=", shoal: $SHOAL_SHARDS shards, $SHOAL_NODES nodes, $SHOAL_REPLICAS replicas" ;; esac
 [ -n "$SERVER_GOMAXPROCS" ] && shape+=", servers with GOMAXPROCS=$SERVER_GOMAXPROCS"
 [ -n "$SERVER_GODEBUG" ] && shape+=", servers with GODEBUG=$SERVER_GODEBUG"
-echo "== $(nproc) CPUs, $CONCURRENCY clients, pipeline $PIPELINE (RESP), $VALUE_SIZE-byte values, $RECORDS keys ($DISTRIBUTION), ${PHASE_SECONDS}s per timed workload$shape"
+echo "== $(nproc) CPUs, $CONCURRENCY clients, pipeline $PIPELINE (RESP, $RESP_CLIENT client), $VALUE_SIZE-byte values, $RECORDS keys ($DISTRIBUTION), ${PHASE_SECONDS}s per timed workload$shape"
 column -t -s $'\t' "$results"
 if [ "$MEMDISK" = 1 ]; then
   echo

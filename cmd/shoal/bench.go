@@ -157,6 +157,9 @@ type benchFlags struct {
 	target    string
 	endpoints string
 	password  string
+	// respClient is the Redis Cluster client of --target resp: builtin or
+	// go-redis.
+	respClient string
 	// cpuProfile names a file for the load generator's own CPU profile.
 	cpuProfile string
 }
@@ -175,14 +178,18 @@ only), w (updates only). Run load first so that reads find their keys.
 --target chooses the store and the client:
 
   shoal  Shoal through the Go client (default), at --master.
-  resp   a Redis Cluster through go-redis's ClusterClient (GET and SET, reads
-         at each slot's master): Shoal's Redis port or a real Redis Cluster,
-         at --endpoints (default 127.0.0.1:6380).
+  resp   a Redis Cluster: Shoal's Redis port or a real Redis Cluster, at
+         --endpoints (default 127.0.0.1:6380); GET and SET at each slot's
+         master. --resp-client builtin (default) is a minimal cluster
+         client that follows MOVED and ASK and costs little CPU per
+         operation, so that on a machine shared with the servers the load
+         generator takes less from them; go-redis is go-redis's
+         ClusterClient, a full client as applications use.
   etcd   etcd's v3 KV API over gRPC (Put and linearizable Range), one
          connection per member, at --endpoints (default 127.0.0.1:2379).
 
---pipeline N sends N operations per round trip with go-redis pipelines
-(resp only); each operation is counted, and its latency is that of its
+--pipeline N sends N operations per round trip, grouped by node (resp
+only); each operation is counted, and its latency is that of its
 pipeline's round trip. The Go client and etcd's KV API send one request per
 call (a Shoal Batch or an etcd Txn is atomic, not a pipeline), so shoal and
 etcd take only --pipeline 1: raise --concurrency for more requests in flight.
@@ -203,6 +210,7 @@ for scripts.`,
 	fl := cmd.Flags()
 	fl.StringVar(&b.target, "target", "shoal", "what to drive: shoal (Go client), resp (Redis Cluster protocol) or etcd")
 	fl.StringVar(&b.endpoints, "endpoints", "", "resp and etcd: comma-separated addresses of the cluster's members (default 127.0.0.1:6380 for resp, 127.0.0.1:2379 for etcd)")
+	fl.StringVar(&b.respClient, "resp-client", "builtin", "resp: the client, builtin (least CPU per operation) or go-redis")
 	fl.StringVar(&b.password, "password", envOr("SHOAL_RESP_PASSWORD", ""), "resp: password for AUTH (env SHOAL_RESP_PASSWORD)")
 	fl.StringVar(&b.workload, "workload", "a", "load, a, b, c or w")
 	fl.IntVar(&b.o.Records, "records", 100000, "number of keys")
@@ -244,6 +252,9 @@ func runBench(ctx context.Context, f *clientFlags, b *benchFlags, out, errw io.W
 	}
 	if b.target != "shoal" && b.target != "resp" && b.target != "etcd" {
 		return fmt.Errorf("--target %q: want shoal, resp or etcd", b.target)
+	}
+	if b.respClient != "builtin" && b.respClient != "go-redis" {
+		return fmt.Errorf("--resp-client %q: want builtin or go-redis", b.respClient)
 	}
 	if o.Concurrency < 1 {
 		return fmt.Errorf("--concurrency %d: want 1 or more", o.Concurrency)
@@ -309,6 +320,13 @@ func openBenchTarget(ctx context.Context, f *clientFlags, b *benchFlags, concurr
 	switch b.target {
 	case "resp":
 		addrs := splitList(b.endpoints, "127.0.0.1:6380")
+		if b.respClient == "builtin" {
+			c, err := bench.NewRESPCluster(octx, bench.RESPOptions{Addrs: addrs, Password: b.password, DialTimeout: f.timeout})
+			if err != nil {
+				return nil, nil, fmt.Errorf("redis cluster %s: %w", strings.Join(addrs, ","), err)
+			}
+			return c, func() { c.Close() }, nil
+		}
 		c := redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs:    addrs,
 			Password: b.password,

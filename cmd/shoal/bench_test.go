@@ -62,9 +62,9 @@ func TestBenchShoalAndRESPTargets(t *testing.T) {
 	if res.Target != "shoal" || res.Ops != 300 || res.Errors != 0 || res.Update.Count != 300 {
 		t.Fatalf("load through the Go client: %+v", res.Result)
 	}
-	// Reads through the Redis port, spread over the nodes (go-redis follows
-	// MOVED to each key's leader), without errors.
-	// With the load generator's own CPU profile, a gzipped pprof file.
+	// Reads through the Redis port with the built-in client, spread over
+	// the nodes by the slot map, without errors. With the load generator's
+	// own CPU profile, a gzipped pprof file.
 	prof := filepath.Join(t.TempDir(), "client.pprof")
 	res = runBenchJSON(t, "--target", "resp", eps, "--workload", "c", "--records", "300", "--ops", "500", "--concurrency", "4",
 		"--cpu-profile", prof)
@@ -92,10 +92,17 @@ func TestBenchShoalAndRESPTargets(t *testing.T) {
 			t.Fatalf("%s after the pipelined load: found %v, %d bytes, %v", key, found, len(it.Value), err)
 		}
 	}
-	res = runBenchJSON(t, "--target", "resp", eps, "--workload", "a", "--records", "250", "--pipeline", "8", "--ops", "800",
-		"--concurrency", "4")
-	if res.Ops < 800 || res.Errors != 0 || res.Read.Count == 0 || res.Update.Count == 0 {
-		t.Fatalf("pipelined mix through the Redis port: %+v", res.Result)
+	for _, client := range []string{"builtin", "go-redis"} {
+		res = runBenchJSON(t, "--target", "resp", eps, "--resp-client", client, "--workload", "a", "--records", "250", "--pipeline", "8", "--ops", "800",
+			"--concurrency", "4")
+		if res.Ops < 800 || res.Errors != 0 || res.Read.Count == 0 || res.Update.Count == 0 {
+			t.Fatalf("pipelined mix through the Redis port, %s client: %+v", client, res.Result)
+		}
+		res = runBenchJSON(t, "--target", "resp", eps, "--resp-client", client, "--workload", "w", "--records", "250", "--ops", "300",
+			"--concurrency", "4")
+		if res.Ops < 300 || res.Errors != 0 || res.Update.Count != res.Ops {
+			t.Fatalf("writes through the Redis port, %s client: %+v", client, res.Result)
+		}
 	}
 }
 
@@ -192,6 +199,7 @@ func TestBenchFlagErrors(t *testing.T) {
 		{[]string{"--target", "resp", "--pipeline", "0"}, "want 1 or more"},
 		{[]string{"--endpoints", "127.0.0.1:1", "--master", "127.0.0.1:1"}, "--endpoints is for"},
 		{[]string{"--workload", "q"}, "unknown workload"},
+		{[]string{"--target", "resp", "--resp-client", "hiredis"}, "want builtin or go-redis"},
 		{[]string{"--distribution", "normal"}, "want uniform or zipfian"},
 		{[]string{"--cpu-profile", "/nonexistent/dir/cpu.pprof"}, "--cpu-profile"},
 	} {
