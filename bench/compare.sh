@@ -254,10 +254,14 @@ fi
 # A binary older than --resp-client (bench/ab.sh with an old revision) has
 # go-redis only.
 resp_flags="--resp-client $RESP_CLIENT"
-if ! "$SHOAL" bench --help 2>&1 | grep -q -- --resp-client; then
-  resp_flags=""
-  RESP_CLIENT="go-redis (the binary has no --resp-client)"
-fi
+bench_help=$("$SHOAL" bench --help 2>&1)
+case $bench_help in
+  *--resp-client*) ;;
+  *)
+    resp_flags=""
+    RESP_CLIENT="go-redis (the binary has no --resp-client)"
+    ;;
+esac
 
 results=$RESULTS_DIR/results.tsv
 printf 'system\ttarget\tworkload\tops\terrors\tseconds\tops_per_sec\tp50_ms\tp99_ms\tp999_ms\tcpu_s\tcpu_s_per_1000_ops\tclient_cpu_s\tother_cpu_s\n' >"$results"

@@ -62,9 +62,9 @@ func TestBenchShoalAndRESPTargets(t *testing.T) {
 	if res.Target != "shoal" || res.Ops != 300 || res.Errors != 0 || res.Update.Count != 300 {
 		t.Fatalf("load through the Go client: %+v", res.Result)
 	}
-	// Reads through the Redis port with the built-in client, spread over
-	// the nodes by the slot map, without errors. With the load generator's
-	// own CPU profile, a gzipped pprof file.
+	// Reads through the Redis port with the built-in client, without
+	// errors. With the load generator's own CPU profile, a gzipped pprof
+	// file.
 	prof := filepath.Join(t.TempDir(), "client.pprof")
 	res = runBenchJSON(t, "--target", "resp", eps, "--workload", "c", "--records", "300", "--ops", "500", "--concurrency", "4",
 		"--cpu-profile", prof)

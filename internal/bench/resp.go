@@ -23,8 +23,8 @@ type RESPOptions struct {
 	Addrs []string
 	// Password, when set, is sent with AUTH on every new connection.
 	Password string
-	// DialTimeout bounds connecting, AUTH and reading the slot map.
-	// Default 5s.
+	// DialTimeout bounds connecting and AUTH, and a reload of the slot
+	// map in the background (after MOVED). Default 5s.
 	DialTimeout time.Duration
 	// MaxRedirects bounds the MOVED and ASK redirections one command
 	// follows. Default 5.
@@ -74,6 +74,8 @@ type RESPCluster struct {
 	// storm of MOVED replies reloads at most once per reloadEvery.
 	lastReload atomic.Int64
 	wg         sync.WaitGroup
+	// redirects counts the MOVED and ASK replies followed.
+	redirects atomic.Uint64
 }
 
 // reloadEvery is the least time between two background reloads of the
@@ -131,6 +133,9 @@ func (c *RESPCluster) Close() error {
 	return nil
 }
 
+// Redirects returns how many MOVED and ASK replies were followed.
+func (c *RESPCluster) Redirects() uint64 { return c.redirects.Load() }
+
 // Get reads key with GET; a missing key is not an error.
 func (c *RESPCluster) Get(ctx context.Context, key []byte) error {
 	if err := c.do(ctx, key, nil, true); err != nil {
@@ -178,6 +183,9 @@ func (c *RESPCluster) Pipeline(ctx context.Context, ops []Op) error {
 			}
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	for gi := range groups {
 		g := &groups[gi]
 		cn, err := c.conn(ctx, g.node)
@@ -212,12 +220,18 @@ func (c *RESPCluster) Pipeline(ctx context.Context, ops []Op) error {
 				}
 				break
 			}
-			switch {
-			case msg == "":
-			case strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK "):
-				redirected = append(redirected, i)
-			default:
+			if msg == "" {
+				continue
+			}
+			kind, addr, ok := parseRedirect(msg, g.node.addr)
+			if !ok {
 				ops[i].Err = fmt.Errorf("%s: %s", opName(ops[i]), msg)
+				continue
+			}
+			redirected = append(redirected, i)
+			c.redirects.Add(1)
+			if kind == "MOVED" {
+				c.moved(keys.Slot(ops[i].Key), addr)
 			}
 		}
 		if g.cn != nil {
@@ -249,6 +263,9 @@ func (c *RESPCluster) do(ctx context.Context, key, value []byte, read bool) erro
 	op := Op{Read: read, Key: key, Value: value}
 	asking := false
 	for redirects := 0; ; redirects++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		cn, err := c.conn(ctx, n)
 		if err != nil {
 			return err
@@ -268,31 +285,48 @@ func (c *RESPCluster) do(ctx context.Context, key, value []byte, read bool) erro
 		if msg == "" {
 			return nil
 		}
-		kind, addr, ok := parseRedirect(msg)
+		kind, addr, ok := parseRedirect(msg, n.addr)
 		if !ok {
 			return errors.New(msg)
 		}
 		if redirects >= c.o.MaxRedirects {
 			return fmt.Errorf("%w: %d, last: %s", ErrRedirects, redirects, msg)
 		}
-		n = c.node(addr)
+		c.redirects.Add(1)
 		asking = kind == "ASK"
-		if !asking {
-			c.mu.Lock()
-			c.slots[slot] = n
-			c.mu.Unlock()
-			c.reloadSoon()
+		if asking {
+			n = c.node(addr)
+		} else {
+			n = c.moved(slot, addr)
 		}
 	}
 }
 
-// parseRedirect reads "MOVED <slot> <addr>" or "ASK <slot> <addr>".
-func parseRedirect(msg string) (kind, addr string, ok bool) {
+// moved records that slot is at addr (a MOVED reply) and reloads the slot
+// map in the background, since a slot seldom moves alone.
+func (c *RESPCluster) moved(slot uint16, addr string) *respNode {
+	n := c.node(addr)
+	c.mu.Lock()
+	c.slots[slot] = n
+	c.mu.Unlock()
+	c.reloadSoon()
+	return n
+}
+
+// parseRedirect reads "MOVED <slot> <addr>" or "ASK <slot> <addr>", from
+// the node at from: an address with no host (":port", the node's endpoint
+// being unknown) is on from's host.
+func parseRedirect(msg, from string) (kind, addr string, ok bool) {
 	f := strings.Fields(msg)
 	if len(f) != 3 || f[0] != "MOVED" && f[0] != "ASK" {
 		return "", "", false
 	}
-	return f[0], f[2], true
+	addr = f[2]
+	if strings.HasPrefix(addr, ":") {
+		host, _, _ := net.SplitHostPort(from)
+		addr = net.JoinHostPort(host, addr[1:])
+	}
+	return f[0], addr, true
 }
 
 // appendOp appends op as a RESP command: GET key or SET key value.
@@ -315,8 +349,8 @@ func appendBulk(b, s []byte) []byte {
 }
 
 // nodeFor returns the node serving slot, reading the slot map first if the
-// slot is not in it; with no node known for it, a seed address (which
-// redirects if it must).
+// slot is not in it (at most once per reloadEvery); with no node known for
+// it, a seed address (which redirects if it must).
 func (c *RESPCluster) nodeFor(ctx context.Context, slot uint16) (*respNode, error) {
 	c.mu.RLock()
 	n := c.slots[slot]
@@ -324,8 +358,10 @@ func (c *RESPCluster) nodeFor(ctx context.Context, slot uint16) (*respNode, erro
 	if n != nil {
 		return n, nil
 	}
-	if err := c.reload(ctx); err != nil {
-		return nil, err
+	if time.Since(time.Unix(0, c.lastReload.Load())) >= reloadEvery {
+		if err := c.reload(ctx); err != nil {
+			return nil, err
+		}
 	}
 	c.mu.RLock()
 	n = c.slots[slot]
@@ -390,10 +426,11 @@ func (c *RESPCluster) conn(ctx context.Context, n *respNode) (*respConn, error) 
 
 // release gives back a connection with no reply pending.
 func (c *RESPCluster) release(n *respNode, cn *respConn) {
+	// c.mu is held until cn is in the list, so that Close, which closes
+	// the list's connections after it sets closed, cannot miss it.
 	c.mu.RLock()
-	closed := c.closed
-	c.mu.RUnlock()
-	if closed {
+	defer c.mu.RUnlock()
+	if c.closed {
 		cn.nc.Close()
 		return
 	}
@@ -440,6 +477,9 @@ func (c *RESPCluster) reload(ctx context.Context) error {
 	var errs []error
 	for _, a := range addrs {
 		ranges, err := c.clusterSlots(ctx, a)
+		if err == nil && len(ranges) == 0 {
+			err = fmt.Errorf("%s: CLUSTER SLOTS: no slot is served", a)
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -514,6 +554,9 @@ func parseSlots(v any, host string) ([]slotRange, error) {
 		}
 		h, ok4 := master[0].(string)
 		port, ok5 := master[1].(int64)
+		if !ok4 && master[0] == nil {
+			h, ok4 = "", true // NULL: the endpoint is unknown
+		}
 		if !ok4 || !ok5 {
 			return nil, errors.New("malformed node")
 		}
@@ -549,9 +592,6 @@ func (cn *respConn) setDeadline(ctx context.Context) error {
 
 // send writes cn.buf.
 func (cn *respConn) send(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	if err := cn.setDeadline(ctx); err != nil {
 		return err
 	}

@@ -111,10 +111,32 @@ func (n *scriptedNode) count(name string) int {
 	return n.seen[name]
 }
 
-// slotsReply is CLUSTER SLOTS' reply giving every slot to addr.
-func slotsReply(addr string) string {
-	host, port, _ := net.SplitHostPort(addr)
-	return fmt.Sprintf("*1\r\n*3\r\n:0\r\n:%d\r\n*3\r\n$%d\r\n%s\r\n:%s\r\n$2\r\nid\r\n", keys.SlotCount-1, len(host), host, port)
+// slotsReply is CLUSTER SLOTS' reply giving every slot to addr but those
+// in except, which go to the address named there.
+func slotsReply(addr string, except map[uint16]string) string {
+	type rng struct {
+		start, end int
+		addr       string
+	}
+	var rs []rng
+	for s := 0; s < keys.SlotCount; s++ {
+		a := addr
+		if e, ok := except[uint16(s)]; ok {
+			a = e
+		}
+		if len(rs) > 0 && rs[len(rs)-1].addr == a {
+			rs[len(rs)-1].end = s
+			continue
+		}
+		rs = append(rs, rng{s, s, a})
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(rs))
+	for _, r := range rs {
+		host, port, _ := net.SplitHostPort(r.addr)
+		fmt.Fprintf(&b, "*3\r\n:%d\r\n:%d\r\n*3\r\n$%d\r\n%s\r\n:%s\r\n$2\r\nid\r\n", r.start, r.end, len(host), host, port)
+	}
+	return b.String()
 }
 
 func bulk(s string) string { return fmt.Sprintf("$%d\r\n%s\r\n", len(s), s) }
@@ -130,12 +152,17 @@ func TestRESPClusterRedirections(t *testing.T) {
 	moved := "moved-key"
 	asked := "asked-key"
 	movedSlot, askedSlot := keys.Slot([]byte(moved)), keys.Slot([]byte(asked))
-	// a holds every slot but moved-key's, which went to b, and asked-key's,
-	// which is migrating to b (ASK). b serves asked-key only after ASKING.
+	// a holds every slot but moved-key's, which went to b (after the first
+	// CLUSTER SLOTS, which still gives it to a), and asked-key's, which is
+	// migrating to b (ASK). b serves asked-key only after ASKING.
+	slotsAsked := 0
 	a.reply = func(args []string, _ bool) string {
 		switch {
 		case args[0] == "CLUSTER":
-			return slotsReply(a.addr)
+			if slotsAsked++; slotsAsked == 1 {
+				return slotsReply(a.addr, nil)
+			}
+			return slotsReply(a.addr, map[uint16]string{movedSlot: b.addr})
 		case len(args) > 1 && args[1] == moved:
 			return fmt.Sprintf("-MOVED %d %s\r\n", movedSlot, b.addr)
 		case len(args) > 1 && args[1] == asked:
@@ -150,7 +177,7 @@ func TestRESPClusterRedirections(t *testing.T) {
 	b.reply = func(args []string, asking bool) string {
 		switch {
 		case args[0] == "CLUSTER":
-			return slotsReply(b.addr)
+			return slotsReply(a.addr, map[uint16]string{movedSlot: b.addr})
 		case len(args) > 1 && args[1] == asked && !asking:
 			return fmt.Sprintf("-MOVED %d %s\r\n", askedSlot, a.addr)
 		case args[0] == "GET":
@@ -211,13 +238,36 @@ func TestRESPClusterRedirections(t *testing.T) {
 	if b.count("SET "+moved) != 1 || b.count("GET "+asked) != 1 {
 		t.Fatalf("b saw SET %s %d times, GET %s %d times; want 1, 1", moved, b.count("SET "+moved), asked, b.count("GET "+asked))
 	}
+	// MOVED once, ASK twice, then ASK in the pipeline and again when the
+	// operation was sent alone.
+	if got := c.Redirects(); got != 5 {
+		t.Fatalf("%d redirections followed, want 5", got)
+	}
+}
+
+func TestParseRedirect(t *testing.T) {
+	for _, tt := range []struct {
+		msg, kind, addr string
+		ok              bool
+	}{
+		{"MOVED 3999 127.0.0.2:6381", "MOVED", "127.0.0.2:6381", true},
+		{"ASK 3999 127.0.0.2:6381", "ASK", "127.0.0.2:6381", true},
+		{"MOVED 3999 :6381", "MOVED", "127.0.0.9:6381", true}, // unknown endpoint: the replying node's host
+		{"MOVED 3999", "", "", false},
+		{"ERR MOVED 1 2", "", "", false},
+	} {
+		kind, addr, ok := parseRedirect(tt.msg, "127.0.0.9:6380")
+		if kind != tt.kind || addr != tt.addr || ok != tt.ok {
+			t.Errorf("parseRedirect(%q) = %q, %q, %v; want %q, %q, %v", tt.msg, kind, addr, ok, tt.kind, tt.addr, tt.ok)
+		}
+	}
 }
 
 func TestRESPClusterRedirectLoop(t *testing.T) {
 	a, b := newScriptedNode(t), newScriptedNode(t)
 	a.reply = func(args []string, _ bool) string {
 		if args[0] == "CLUSTER" {
-			return slotsReply(a.addr)
+			return slotsReply(a.addr, nil)
 		}
 		return fmt.Sprintf("-MOVED %d %s\r\n", keys.Slot([]byte(args[1])), b.addr)
 	}
@@ -248,7 +298,7 @@ func TestRESPClusterAuth(t *testing.T) {
 			}
 			return "+OK\r\n"
 		case "CLUSTER":
-			return slotsReply(a.addr)
+			return slotsReply(a.addr, nil)
 		}
 		return bulk("v")
 	}
@@ -280,8 +330,8 @@ func TestRESPClusterNoNode(t *testing.T) {
 
 // TestRESPClusterOnShoal drives a real Shoal cluster's Redis front end
 // with a slot map in which every slot names a node that does not lead it:
-// every first command is redirected by a real MOVED, and every value
-// written reads back.
+// commands are redirected by real MOVED replies, and every value written
+// reads back.
 func TestRESPClusterOnShoal(t *testing.T) {
 	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Replicas: 3, Shards: 8, RESP: true})
 	ctx := testCtx(t)
@@ -342,6 +392,10 @@ func TestRESPClusterOnShoal(t *testing.T) {
 			t.Fatalf("SET %s: %v", key(i), err)
 		}
 	}
+	afterSets := rc.Redirects()
+	if afterSets == 0 {
+		t.Fatal("the writes followed no redirection")
+	}
 	scramble()
 	ops := make([]Op, n)
 	for i := range ops {
@@ -354,6 +408,12 @@ func TestRESPClusterOnShoal(t *testing.T) {
 		if op.Err != nil {
 			t.Fatalf("pipelined GET %s: %v", op.Key, op.Err)
 		}
+	}
+	// Leaders may still move (the master balances them), so a scrambled
+	// slot can turn out right: each phase must have been redirected, not
+	// every command of it.
+	if got := rc.Redirects(); got <= afterSets {
+		t.Fatalf("the pipelined reads followed no redirection (%d before, %d after)", afterSets, got)
 	}
 	// The values, read back by a full client.
 	gr := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})

@@ -68,8 +68,9 @@ type Options struct {
 	Proxy bool
 	// Limits bound requests; see Limits.
 	Limits Limits
-	// CommandTimeout bounds one command: it fails after at least this long
-	// and at most 1.5 times it (see conn.ctx). Default 10s.
+	// CommandTimeout bounds each backend call of a command (one for most
+	// commands): the call fails after at least this long and at most 1.5
+	// times it (see conn.ctx). Default 10s.
 	CommandTimeout time.Duration
 	// IdleTimeout closes connections idle this long; 0 keeps them.
 	IdleTimeout time.Duration
@@ -372,7 +373,7 @@ func (c *conn) launch(r resolved, args [][]byte) {
 	p := c.newPipelined()
 	p.shard, p.slot, p.size = shard, slot, size
 	c.inflightBytes += size
-	c.ctx() // renewed here if due, so that the copy below need not renew it
+	c.ctx() // renewed here if due, so that the copy below seldom must (if it does, its context runs out at its deadline)
 	p.c = conn{s: c.s, id: c.id, authed: c.authed, readonly: c.readonly, slot: slot,
 		name: c.name, libName: c.libName, libVer: c.libVer, wr: p.wr, cmdCtx: c.cmdCtx, cmdEnd: c.cmdEnd}
 	p.wr.SetProto(c.wr.Proto())
