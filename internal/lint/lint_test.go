@@ -36,7 +36,7 @@ var allowed = map[string][]string{
 	"internal/master":           {"api/shoalpb", "internal/keys", "internal/storage", "internal/raftlog", "internal/raftstore", "internal/transport", "internal/master/schedule", "internal/master/dashboard", "internal/metrics"},
 	"internal/master/dashboard": {},
 	"internal/metrics":          {"internal/kv", "internal/raftstore", "internal/storage"},
-	"internal/bench":            {},
+	"internal/bench":            {"internal/keys"},
 	"internal/master/schedule":  {"api/shoalpb"},
 	"internal/resp":             {"api/shoalpb", "internal/keys", "client"},
 	"internal/admin":            {"api/shoalpb"},
