@@ -65,7 +65,7 @@ type RESPCluster struct {
 	mu    sync.RWMutex
 	slots [keys.SlotCount]*respNode // nil: not known
 	nodes map[string]*respNode
-	// closed is set by Close; connections given back after it are closed.
+	// closed is set by Close (and then on every node, under its lock).
 	closed bool
 
 	// reloading is set while a background reload of the slot map runs.
@@ -86,6 +86,8 @@ type respNode struct {
 	addr string
 	mu   sync.Mutex
 	idle []*respConn
+	// closed is set by Close: a connection given back is closed, not kept.
+	closed bool
 }
 
 type respConn struct {
@@ -123,6 +125,7 @@ func (c *RESPCluster) Close() error {
 	c.mu.Unlock()
 	for _, n := range nodes {
 		n.mu.Lock()
+		n.closed = true
 		for _, cn := range n.idle {
 			cn.nc.Close()
 		}
@@ -138,7 +141,7 @@ func (c *RESPCluster) Redirects() uint64 { return c.redirects.Load() }
 
 // Get reads key with GET; a missing key is not an error.
 func (c *RESPCluster) Get(ctx context.Context, key []byte) error {
-	if err := c.do(ctx, key, nil, true); err != nil {
+	if err := c.do(ctx, Op{Read: true, Key: key}); err != nil {
 		return fmt.Errorf("GET: %w", err)
 	}
 	return nil
@@ -146,7 +149,7 @@ func (c *RESPCluster) Get(ctx context.Context, key []byte) error {
 
 // Put writes key with SET.
 func (c *RESPCluster) Put(ctx context.Context, key, value []byte) error {
-	if err := c.do(ctx, key, value, false); err != nil {
+	if err := c.do(ctx, Op{Key: key, Value: value}); err != nil {
 		return fmt.Errorf("SET: %w", err)
 	}
 	return nil
@@ -239,7 +242,7 @@ func (c *RESPCluster) Pipeline(ctx context.Context, ops []Op) error {
 		}
 	}
 	for _, i := range redirected {
-		if err := c.do(ctx, ops[i].Key, ops[i].Value, ops[i].Read); err != nil {
+		if err := c.do(ctx, ops[i]); err != nil {
 			ops[i].Err = fmt.Errorf("%s: %w", opName(ops[i]), err)
 		}
 	}
@@ -253,14 +256,13 @@ func opName(op Op) string {
 	return "SET"
 }
 
-// do runs one GET (read) or SET, following redirections.
-func (c *RESPCluster) do(ctx context.Context, key, value []byte, read bool) error {
-	slot := keys.Slot(key)
+// do runs one GET or SET, following redirections.
+func (c *RESPCluster) do(ctx context.Context, op Op) error {
+	slot := keys.Slot(op.Key)
 	n, err := c.nodeFor(ctx, slot)
 	if err != nil {
 		return err
 	}
-	op := Op{Read: read, Key: key, Value: value}
 	asking := false
 	for redirects := 0; ; redirects++ {
 		if err := ctx.Err(); err != nil {
@@ -383,7 +385,7 @@ func (c *RESPCluster) node(addr string) *respNode {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if n = c.nodes[addr]; n == nil {
-		n = &respNode{addr: addr}
+		n = &respNode{addr: addr, closed: c.closed}
 		c.nodes[addr] = n
 	}
 	return n
@@ -426,17 +428,13 @@ func (c *RESPCluster) conn(ctx context.Context, n *respNode) (*respConn, error) 
 
 // release gives back a connection with no reply pending.
 func (c *RESPCluster) release(n *respNode, cn *respConn) {
-	// c.mu is held until cn is in the list, so that Close, which closes
-	// the list's connections after it sets closed, cannot miss it.
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.closed {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
 		cn.nc.Close()
 		return
 	}
-	n.mu.Lock()
 	n.idle = append(n.idle, cn)
-	n.mu.Unlock()
 }
 
 // reloadSoon reloads the slot map in the background, unless a reload runs
@@ -516,7 +514,11 @@ func (c *RESPCluster) clusterSlots(ctx context.Context, addr string) ([]slotRang
 		cn.nc.Close()
 		return nil, err
 	}
-	v, err := cn.readValue(0)
+	line, err := cn.line()
+	var v any
+	if err == nil {
+		v, err = cn.value(line, 0, true)
+	}
 	if err != nil {
 		cn.nc.Close()
 		return nil, fmt.Errorf("%s: CLUSTER SLOTS: %w", addr, err)
@@ -632,62 +634,31 @@ func (cn *respConn) readReply() (string, error) {
 	if line[0] == '-' {
 		return string(line[1:]), nil
 	}
-	return "", cn.skip(line, 0)
+	_, err = cn.value(line, 0, false)
+	return "", err
 }
 
 // maxDepth bounds the nesting of replies read.
 const maxDepth = 8
 
-// skip reads what follows the header line of a reply.
-func (cn *respConn) skip(line []byte, depth int) error {
-	switch line[0] {
-	case '+', '-', ':':
-		return nil
-	case '$':
-		n, err := strconv.Atoi(string(line[1:]))
-		if err != nil || n < -1 {
-			return fmt.Errorf("bench: bad bulk length %q", line)
-		}
-		if n < 0 {
-			return nil
-		}
-		_, err = cn.br.Discard(n + 2)
-		return err
-	case '*':
-		n, err := strconv.Atoi(string(line[1:]))
-		if err != nil || n < -1 || depth >= maxDepth {
-			return fmt.Errorf("bench: bad array %q", line)
-		}
-		for range n {
-			l, err := cn.line()
-			if err != nil {
-				return err
-			}
-			if err := cn.skip(l, depth+1); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return fmt.Errorf("bench: unexpected reply %q", line)
-}
-
-// respErr is an error reply read by readValue.
+// respErr is an error reply read by value.
 type respErr string
 
-// readValue reads one reply: string (simple or bulk), int64, []any,
-// respErr, or nil.
-func (cn *respConn) readValue(depth int) (any, error) {
-	line, err := cn.line()
-	if err != nil {
-		return nil, err
-	}
+// value reads the rest of the reply whose header line is line. With keep
+// it returns it: a string (simple or bulk), int64, []any, respErr, or nil;
+// without, it skips it, decoding nothing it need not.
+func (cn *respConn) value(line []byte, depth int, keep bool) (any, error) {
 	switch line[0] {
-	case '+':
-		return string(line[1:]), nil
-	case '-':
-		return respErr(line[1:]), nil
-	case ':':
+	case '+', '-', ':':
+		if !keep {
+			return nil, nil
+		}
+		switch line[0] {
+		case '+':
+			return string(line[1:]), nil
+		case '-':
+			return respErr(line[1:]), nil
+		}
 		n, err := strconv.ParseInt(string(line[1:]), 10, 64)
 		if err != nil {
 			return nil, fmt.Errorf("bench: bad integer %q", line)
@@ -700,6 +671,10 @@ func (cn *respConn) readValue(depth int) (any, error) {
 		}
 		if n < 0 {
 			return nil, nil
+		}
+		if !keep {
+			_, err = cn.br.Discard(n + 2)
+			return nil, err
 		}
 		b := make([]byte, n+2)
 		if _, err := io.ReadFull(cn.br, b); err != nil {
@@ -714,10 +689,21 @@ func (cn *respConn) readValue(depth int) (any, error) {
 		if n < 0 {
 			return nil, nil
 		}
-		out := make([]any, n)
-		for i := range out {
-			if out[i], err = cn.readValue(depth + 1); err != nil {
+		var out []any
+		if keep {
+			out = make([]any, n)
+		}
+		for i := range n {
+			l, err := cn.line()
+			if err != nil {
 				return nil, err
+			}
+			v, err := cn.value(l, depth+1, keep)
+			if err != nil {
+				return nil, err
+			}
+			if keep {
+				out[i] = v
 			}
 		}
 		return out, nil

@@ -1104,10 +1104,12 @@ func (r *Replica) dropCommitNotices(msgs []*raftpb.Message) []*raftpb.Message {
 	out := msgs[:0]
 	for _, m := range msgs {
 		if m.GetType() == raftpb.MsgApp && len(m.GetEntries()) == 0 && r.caughtUp(m.GetTo()) {
-			r.store.stats.noticesDropped.Add(1)
 			continue
 		}
 		out = append(out, m)
+	}
+	if n := len(msgs) - len(out); n > 0 {
+		r.store.stats.noticesDropped.Add(uint64(n)) // once per Ready, not per message
 	}
 	return out
 }

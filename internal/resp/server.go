@@ -227,11 +227,10 @@ type conn struct {
 	inflightBytes int
 	// spare are finished pipelined commands kept for reuse.
 	spare []*pipelined
-	// cmdCtx is the context commands run under, with deadline cmdEnd (see
-	// ctx); cmdCancel cancels it when the connection ends.
+	// cmdCtx is the context commands run under (see ctx); cmdCancel
+	// cancels it when the connection ends.
 	cmdCtx    context.Context
 	cmdCancel context.CancelFunc
-	cmdEnd    time.Time
 }
 
 // A connection keeps up to maxSpares finished pipelined commands whose
@@ -375,7 +374,7 @@ func (c *conn) launch(r resolved, args [][]byte) {
 	c.inflightBytes += size
 	c.ctx() // renewed here if due, so that the copy below seldom must (if it does, its context runs out at its deadline)
 	p.c = conn{s: c.s, id: c.id, authed: c.authed, readonly: c.readonly, slot: slot,
-		name: c.name, libName: c.libName, libVer: c.libVer, wr: p.wr, cmdCtx: c.cmdCtx, cmdEnd: c.cmdEnd}
+		name: c.name, libName: c.libName, libVer: c.libVer, wr: p.wr, cmdCtx: c.cmdCtx}
 	p.wr.SetProto(c.wr.Proto())
 	c.inflight = append(c.inflight, p)
 	go func() {
@@ -491,10 +490,13 @@ func (c *conn) lingerClose() {
 // than CommandTimeout is left. The old one is not cancelled (a pipelined
 // command may still run under it); it runs out at its deadline.
 func (c *conn) ctx() (context.Context, context.CancelFunc) {
-	if t := c.s.opts.CommandTimeout; c.cmdCtx == nil || time.Until(c.cmdEnd) < t {
-		c.cmdEnd = time.Now().Add(t + t/2)
-		c.cmdCtx, c.cmdCancel = context.WithDeadline(context.Background(), c.cmdEnd)
+	t := c.s.opts.CommandTimeout
+	if c.cmdCtx != nil {
+		if end, _ := c.cmdCtx.Deadline(); time.Until(end) >= t {
+			return c.cmdCtx, noCancel
+		}
 	}
+	c.cmdCtx, c.cmdCancel = context.WithTimeout(context.Background(), t+t/2)
 	return c.cmdCtx, noCancel
 }
 
