@@ -141,6 +141,7 @@ type Transport struct {
 	opts    Options
 	log     *slog.Logger
 	handler atomic.Pointer[Handler]
+	codec   *Codec
 
 	mu struct {
 		sync.Mutex
@@ -161,7 +162,7 @@ func New(opts Options) (*Transport, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: opts, log: opts.Logger.With("component", "transport")}
+	t := &Transport{opts: opts, log: opts.Logger.With("component", "transport"), codec: NewCodec()}
 	t.mu.peers = map[uint64]*peer{}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	if opts.Handler != nil {
@@ -177,9 +178,12 @@ func (t *Transport) SetHandler(h Handler) { t.handler.Store(&h) }
 func (t *Transport) Register(srv *grpc.Server) { shoalpb.RegisterRaftTransportServer(srv, t) }
 
 // ServerOptions are the gRPC server options Raft streams need: message
-// limits and keepalive enforcement that admits the client's pings.
+// limits, keepalive enforcement that admits the client's pings, and the
+// codec that decodes Raft batches by hand (Codec; any other message goes
+// to the stock proto codec).
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(NewCodec()),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
@@ -441,7 +445,7 @@ func (p *peer) connectAndSend(log *slog.Logger) error {
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(p.t.ctx)
 	defer cancel()
-	stream, err := shoalpb.NewRaftTransportClient(conn).RaftStream(ctx)
+	stream, err := shoalpb.NewRaftTransportClient(conn).RaftStream(ctx, p.t.codec.callOption())
 	if err != nil {
 		return fmt.Errorf("open stream to %s: %w", addr, err)
 	}
