@@ -829,6 +829,103 @@ func TestRemovedFollowerToldAtOnce(t *testing.T) {
 	}
 }
 
+// TestRemovedFollowerToldAfterLeaderRestart is TestRemovedFollowerToldAtOnce
+// for a leader that restarts with the removal in its log, appended and not
+// yet committed: the replica no longer knows that the entry is a
+// configuration change (it learns that as it appends one), so until it has
+// applied the log it had at restart it must tell every commit at once
+// (dropCommitNotices). Otherwise the removed follower, having acknowledged
+// everything, would not be told of the commit, and the leader, once it
+// applied the removal, would never contact it again.
+func TestRemovedFollowerToldAfterLeaderRestart(t *testing.T) {
+	const electionTicks = 50
+	c := tc.Start(t, tc.Options{Nodes: 2, Shards: 1, Replicas: 2, NewStateMachine: tc.NewRegisterSM,
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = electionTicks }})
+	ctx := ctxFor(t, 90*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shard := c.Shards[0].ShardId
+	if _, err := c.Propose(ctx, shard, tc.PutCmd([]byte("k"), []byte("v"))); err != nil {
+		t.Fatal(err)
+	}
+	leader, follower := leaderAndOther(t, c, shard)
+	before, err := leader.Store().Status(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The removal is appended on the leader but cannot commit: its append
+	// to the follower is lost.
+	c.Net.Block(leader.ID, follower.ID)
+	changeCtx, cancelChange := context.WithCancel(ctx)
+	changed := make(chan error, 1)
+	go func() {
+		_, err := leader.Store().ChangeReplicas(changeCtx, shard, before.Descriptor.Epoch, []raftstore.ReplicaChange{{
+			Type: raftstore.RemoveReplica, NodeID: follower.ID, ReplicaID: replicaOn(t, before.Descriptor, follower.ID)}})
+		changed <- err
+	}()
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := leader.Store().Status(shard)
+		if err != nil {
+			return err
+		}
+		if st.LogEntries <= before.LogEntries {
+			return fmt.Errorf("the leader's log holds %d entries, as before the change", st.LogEntries)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	leader.Stop()
+	cancelChange()
+	<-changed
+	c.Net.Unblock(leader.ID, follower.ID)
+	if err := leader.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	// The restarted node, whose log is longer, is elected again (after an
+	// election timeout) and commits the removal with its first entry.
+	var elected time.Time
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := leader.Store().Status(shard)
+		if err != nil {
+			return err
+		}
+		if st.Role != raftstore.RoleLeader {
+			return fmt.Errorf("node %d is %v", leader.ID, st.Role)
+		}
+		elected = time.Now()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := follower.Store().Status(shard)
+		if err == nil && !st.Removed {
+			return fmt.Errorf("node %d still holds its replica of shard %d", follower.ID, shard)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(elected)
+	t.Logf("the removed follower went %v after the restarted leader was elected", took)
+	if limit := follower.Store().ElectionTimeout() / 2; took > limit {
+		t.Errorf("the removed follower went after %v, more than %v: it was not told of the commit", took, limit)
+	}
+}
+
+func replicaOn(t *testing.T, d *shoalpb.ShardDescriptor, node uint64) uint64 {
+	t.Helper()
+	for _, r := range d.Replicas {
+		if r.NodeId == node {
+			return r.ReplicaId
+		}
+	}
+	t.Fatalf("shard %d has no replica on node %d", d.ShardId, node)
+	return 0
+}
+
 // TestLostAppendRecovered checks that a follower whose append was lost on
 // the way (silently: the leader is not told) catches up with no further
 // writes. The leader learns of the gap from the follower's heartbeat
