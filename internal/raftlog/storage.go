@@ -36,9 +36,11 @@ type Storage struct {
 		sync.Mutex
 		hardState *raftpb.HardState
 		applied   *shoalpb.AppliedState
-		truncated *shoalpb.TruncatedState
-		lastIndex uint64
-		lastTerm  uint64
+		// appliedEnc encodes the applied state (SetApplied).
+		appliedEnc appliedEncoder
+		truncated  *shoalpb.TruncatedState
+		lastIndex  uint64
+		lastTerm   uint64
 		// logBytes approximates the encoded size of the entries in
 		// [first, last]: exact sums on append, proportional estimates when
 		// entries are overwritten or truncated.
@@ -476,12 +478,17 @@ func (s *Storage) HardState() *raftpb.HardState {
 // SetApplied stages the applied state in b. It must go in the same batch as
 // the state machine changes of the entries up to as.Index.
 func (s *Storage) SetApplied(b *storage.Batch, as *shoalpb.AppliedState) error {
-	if err := b.SetProto(keys.AppliedStateKey(s.shard), as); err != nil {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, err := s.mu.appliedEnc.encode(as)
+	if err != nil {
+		return fmt.Errorf("raftlog: shard %d: encode applied state: %w", s.shard, err)
+	}
+	// The batch copies v.
+	if err := b.Set(keys.AppliedStateKey(s.shard), v, nil); err != nil {
 		return err
 	}
-	s.mu.Lock()
 	s.mu.applied = as
-	s.mu.Unlock()
 	return nil
 }
 
