@@ -790,17 +790,7 @@ func TestSentMessagesCounted(t *testing.T) {
 // follower once it applies the change, and the follower finds out only
 // when its election timeout (5 s here) makes it campaign.
 func TestRemovedFollowerToldAtOnce(t *testing.T) {
-	const electionTicks = 50
-	c := tc.Start(t, tc.Options{Nodes: 2, Shards: 1, Replicas: 2, NewStateMachine: tc.NewRegisterSM,
-		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = electionTicks }})
-	ctx := ctxFor(t, 60*time.Second)
-	if err := c.WaitForLeaders(ctx); err != nil {
-		t.Fatal(err)
-	}
-	shard := c.Shards[0].ShardId
-	if _, err := c.Propose(ctx, shard, tc.PutCmd([]byte("k"), []byte("v"))); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, shard := startRemovalPair(t, 60*time.Second)
 	_, follower := leaderAndOther(t, c, shard)
 	start := time.Now()
 	if _, err := c.ChangeReplicas(ctx, shard, func(d *shoalpb.ShardDescriptor) []raftstore.ReplicaChange {
@@ -813,20 +803,46 @@ func TestRemovedFollowerToldAtOnce(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	waitRemovedWithin(ctx, t, follower, shard, start, "the change was proposed")
+}
+
+// waitRemovedWithin waits until node no longer holds its replica of shard
+// and fails the test if that took more than half an election timeout
+// since start: it was not told of the commit of its removal.
+func waitRemovedWithin(ctx context.Context, t *testing.T, node *tc.Node, shard uint64, start time.Time, since string) {
+	t.Helper()
 	if err := tc.WaitFor(ctx, func() error {
-		st, err := follower.Store().Status(shard)
+		st, err := node.Store().Status(shard)
 		if err == nil && !st.Removed {
-			return fmt.Errorf("node %d still holds its replica of shard %d", follower.ID, shard)
+			return fmt.Errorf("node %d still holds its replica of shard %d", node.ID, shard)
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
-	t.Logf("the removed follower went %v after the change was proposed", took)
-	if limit := follower.Store().ElectionTimeout() / 2; took > limit {
+	t.Logf("the removed follower went %v after %s", took, since)
+	if limit := node.Store().ElectionTimeout() / 2; took > limit {
 		t.Errorf("the removed follower went after %v, more than %v: it was not told of the commit", took, limit)
 	}
+}
+
+// startRemovalPair starts two nodes with one shard whose election timeout
+// is long (50 ticks), so that a removed follower that is not told of the
+// commit stays well past the limit of waitRemovedWithin.
+func startRemovalPair(t *testing.T, timeout time.Duration) (*tc.Cluster, context.Context, uint64) {
+	t.Helper()
+	c := tc.Start(t, tc.Options{Nodes: 2, Shards: 1, Replicas: 2, NewStateMachine: tc.NewRegisterSM,
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = 50 }})
+	ctx := ctxFor(t, timeout)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shard := c.Shards[0].ShardId
+	if _, err := c.Propose(ctx, shard, tc.PutCmd([]byte("k"), []byte("v"))); err != nil {
+		t.Fatal(err)
+	}
+	return c, ctx, shard
 }
 
 // TestRemovedFollowerToldAfterLeaderRestart is TestRemovedFollowerToldAtOnce
@@ -838,17 +854,7 @@ func TestRemovedFollowerToldAtOnce(t *testing.T) {
 // everything, would not be told of the commit, and the leader, once it
 // applied the removal, would never contact it again.
 func TestRemovedFollowerToldAfterLeaderRestart(t *testing.T) {
-	const electionTicks = 50
-	c := tc.Start(t, tc.Options{Nodes: 2, Shards: 1, Replicas: 2, NewStateMachine: tc.NewRegisterSM,
-		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = electionTicks }})
-	ctx := ctxFor(t, 90*time.Second)
-	if err := c.WaitForLeaders(ctx); err != nil {
-		t.Fatal(err)
-	}
-	shard := c.Shards[0].ShardId
-	if _, err := c.Propose(ctx, shard, tc.PutCmd([]byte("k"), []byte("v"))); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, shard := startRemovalPair(t, 90*time.Second)
 	leader, follower := leaderAndOther(t, c, shard)
 	before, err := leader.Store().Status(shard)
 	if err != nil {
@@ -899,20 +905,7 @@ func TestRemovedFollowerToldAfterLeaderRestart(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := tc.WaitFor(ctx, func() error {
-		st, err := follower.Store().Status(shard)
-		if err == nil && !st.Removed {
-			return fmt.Errorf("node %d still holds its replica of shard %d", follower.ID, shard)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	took := time.Since(elected)
-	t.Logf("the removed follower went %v after the restarted leader was elected", took)
-	if limit := follower.Store().ElectionTimeout() / 2; took > limit {
-		t.Errorf("the removed follower went after %v, more than %v: it was not told of the commit", took, limit)
-	}
+	waitRemovedWithin(ctx, t, follower, shard, elected, "the restarted leader was elected")
 }
 
 func replicaOn(t *testing.T, d *shoalpb.ShardDescriptor, node uint64) uint64 {

@@ -144,19 +144,63 @@ func tag(num protowire.Number, typ protowire.Type) byte { return byte(num)<<3 | 
 func sizeVarintField(v uint64) int { return 1 + protowire.SizeVarint(v) }
 func sizeBytesField(n int) int     { return 1 + protowire.SizeBytes(n) }
 
+func appendVarintField(buf []byte, num protowire.Number, v uint64) []byte {
+	return protowire.AppendVarint(append(buf, tag(num, protowire.VarintType)), v)
+}
+
+func appendBytesField(buf []byte, num protowire.Number, v []byte) []byte {
+	return protowire.AppendBytes(append(buf, tag(num, protowire.BytesType)), v)
+}
+
+// appendLen appends the tag and length of an embedded message of n bytes.
+func appendLen(buf []byte, num protowire.Number, n int) []byte {
+	return protowire.AppendVarint(append(buf, tag(num, protowire.BytesType)), uint64(n))
+}
+
+// A proto3 scalar is sent when it is not zero.
+func sizeNonZero(v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	return sizeVarintField(v)
+}
+
+func appendNonZero(buf []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return buf
+	}
+	return appendVarintField(buf, num, v)
+}
+
+func boolVarint(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// A proto2 scalar is sent when its pointer is set, whatever its value.
+func sizeSet(p *uint64) int {
+	if p == nil {
+		return 0
+	}
+	return sizeVarintField(*p)
+}
+
+func appendSet(buf []byte, num protowire.Number, p *uint64) []byte {
+	if p == nil {
+		return buf
+	}
+	return appendVarintField(buf, num, *p)
+}
+
 // enumVarint is how protobuf encodes an enum: its int32, sign-extended.
 func enumVarint[E ~int32](e E) uint64 { return uint64(int64(e)) }
 
 func sizeBatch(b *shoalpb.RaftMessageBatch) int {
-	n := 0
+	n := sizeNonZero(b.FromNode) + sizeNonZero(b.ToNode)
 	if len(b.ClusterId) > 0 {
 		n += sizeBytesField(len(b.ClusterId))
-	}
-	if b.FromNode != 0 {
-		n += sizeVarintField(b.FromNode)
-	}
-	if b.ToNode != 0 {
-		n += sizeVarintField(b.ToNode)
 	}
 	for _, m := range b.Messages {
 		n += sizeBytesField(sizeRaftMessage(m))
@@ -166,99 +210,47 @@ func sizeBatch(b *shoalpb.RaftMessageBatch) int {
 
 func appendBatch(buf []byte, b *shoalpb.RaftMessageBatch) []byte {
 	if len(b.ClusterId) > 0 {
-		buf = append(buf, tag(batchClusterID, protowire.BytesType))
-		buf = protowire.AppendString(buf, b.ClusterId)
+		buf = appendBytesField(buf, batchClusterID, []byte(b.ClusterId))
 	}
-	if b.FromNode != 0 {
-		buf = append(buf, tag(batchFromNode, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, b.FromNode)
-	}
-	if b.ToNode != 0 {
-		buf = append(buf, tag(batchToNode, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, b.ToNode)
-	}
+	buf = appendNonZero(buf, batchFromNode, b.FromNode)
+	buf = appendNonZero(buf, batchToNode, b.ToNode)
 	for _, m := range b.Messages {
-		buf = append(buf, tag(batchMessages, protowire.BytesType))
-		buf = protowire.AppendVarint(buf, uint64(sizeRaftMessage(m)))
-		buf = appendRaftMessage(buf, m)
+		buf = appendRaftMessage(appendLen(buf, batchMessages, sizeRaftMessage(m)), m)
 	}
 	return buf
 }
 
 func sizeRaftMessage(m *shoalpb.RaftMessage) int {
-	n := 0
-	if m.ShardId != 0 {
-		n += sizeVarintField(m.ShardId)
-	}
-	if m.FromNode != 0 {
-		n += sizeVarintField(m.FromNode)
-	}
-	if m.ToNode != 0 {
-		n += sizeVarintField(m.ToNode)
-	}
-	if m.Epoch != 0 {
-		n += sizeVarintField(m.Epoch)
-	}
+	n := sizeNonZero(m.ShardId) + sizeNonZero(m.FromNode) + sizeNonZero(m.ToNode) + sizeNonZero(m.Epoch) +
+		sizeNonZero(boolVarint(m.Removed)) + sizeNonZero(boolVarint(m.Quiesce))
 	if m.Message != nil {
 		n += sizeBytesField(sizeMessage(m.Message))
-	}
-	if m.Removed {
-		n += 2
-	}
-	if m.Quiesce {
-		n += 2
 	}
 	return n
 }
 
 func appendRaftMessage(buf []byte, m *shoalpb.RaftMessage) []byte {
-	if m.ShardId != 0 {
-		buf = append(buf, tag(rmShardID, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, m.ShardId)
-	}
-	if m.FromNode != 0 {
-		buf = append(buf, tag(rmFromNode, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, m.FromNode)
-	}
-	if m.ToNode != 0 {
-		buf = append(buf, tag(rmToNode, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, m.ToNode)
-	}
-	if m.Epoch != 0 {
-		buf = append(buf, tag(rmEpoch, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, m.Epoch)
-	}
+	buf = appendNonZero(buf, rmShardID, m.ShardId)
+	buf = appendNonZero(buf, rmFromNode, m.FromNode)
+	buf = appendNonZero(buf, rmToNode, m.ToNode)
+	buf = appendNonZero(buf, rmEpoch, m.Epoch)
 	if m.Message != nil {
-		buf = append(buf, tag(rmMessage, protowire.BytesType))
-		buf = protowire.AppendVarint(buf, uint64(sizeMessage(m.Message)))
-		buf = appendMessage(buf, m.Message)
+		buf = appendMessage(appendLen(buf, rmMessage, sizeMessage(m.Message)), m.Message)
 	}
-	if m.Removed {
-		buf = append(buf, tag(rmRemoved, protowire.VarintType), 1)
-	}
-	if m.Quiesce {
-		buf = append(buf, tag(rmQuiesce, protowire.VarintType), 1)
-	}
-	return buf
+	buf = appendNonZero(buf, rmRemoved, boolVarint(m.Removed))
+	return appendNonZero(buf, rmQuiesce, boolVarint(m.Quiesce))
 }
 
-// sizeMessage and appendMessage follow proto2 presence: a scalar is sent
-// when its pointer is set, whatever its value.
+// sizeMessage and appendMessage write the fields in field number order, as
+// protobuf does.
 func sizeMessage(m *raftpb.Message) int {
-	n := 0
+	n := sizeSet(m.To) + sizeSet(m.From) + sizeSet(m.Term) + sizeSet(m.LogTerm) + sizeSet(m.Index) +
+		sizeSet(m.Commit) + sizeSet(m.RejectHint) + sizeSet(m.Vote)
 	if m.Type != nil {
 		n += sizeVarintField(enumVarint(*m.Type))
 	}
-	for _, p := range [...]*uint64{m.To, m.From, m.Term, m.LogTerm, m.Index} {
-		if p != nil {
-			n += sizeVarintField(*p)
-		}
-	}
 	for _, e := range m.Entries {
 		n += sizeBytesField(sizeEntry(e))
-	}
-	if m.Commit != nil {
-		n += sizeVarintField(*m.Commit)
 	}
 	if m.Snapshot != nil {
 		n += sizeBytesField(proto.Size(m.Snapshot))
@@ -266,14 +258,8 @@ func sizeMessage(m *raftpb.Message) int {
 	if m.Reject != nil {
 		n += 2
 	}
-	if m.RejectHint != nil {
-		n += sizeVarintField(*m.RejectHint)
-	}
 	if m.Context != nil {
 		n += sizeBytesField(len(m.Context))
-	}
-	if m.Vote != nil {
-		n += sizeVarintField(*m.Vote)
 	}
 	for _, r := range m.Responses {
 		n += sizeBytesField(sizeMessage(r))
@@ -283,67 +269,40 @@ func sizeMessage(m *raftpb.Message) int {
 
 func appendMessage(buf []byte, m *raftpb.Message) []byte {
 	if m.Type != nil {
-		buf = append(buf, tag(msgType, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, enumVarint(*m.Type))
+		buf = appendVarintField(buf, msgType, enumVarint(*m.Type))
 	}
-	for i, p := range [...]*uint64{m.To, m.From, m.Term, m.LogTerm, m.Index} {
-		if p != nil {
-			buf = append(buf, tag(protowire.Number(msgTo+i), protowire.VarintType))
-			buf = protowire.AppendVarint(buf, *p)
-		}
-	}
+	buf = appendSet(buf, msgTo, m.To)
+	buf = appendSet(buf, msgFrom, m.From)
+	buf = appendSet(buf, msgTerm, m.Term)
+	buf = appendSet(buf, msgLogTerm, m.LogTerm)
+	buf = appendSet(buf, msgIndex, m.Index)
 	for _, e := range m.Entries {
-		buf = append(buf, tag(msgEntries, protowire.BytesType))
-		buf = protowire.AppendVarint(buf, uint64(sizeEntry(e)))
-		buf = appendEntry(buf, e)
+		buf = appendEntry(appendLen(buf, msgEntries, sizeEntry(e)), e)
 	}
-	if m.Commit != nil {
-		buf = append(buf, tag(msgCommit, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, *m.Commit)
-	}
+	buf = appendSet(buf, msgCommit, m.Commit)
 	if m.Snapshot != nil {
-		buf = append(buf, tag(msgSnapshot, protowire.BytesType))
-		buf = protowire.AppendVarint(buf, uint64(proto.Size(m.Snapshot)))
+		buf = appendLen(buf, msgSnapshot, proto.Size(m.Snapshot))
 		// proto.Size just cached the sizes the append uses.
 		buf, _ = proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(buf, m.Snapshot)
 	}
 	if m.Reject != nil {
-		v := byte(0)
-		if *m.Reject {
-			v = 1
-		}
-		buf = append(buf, tag(msgReject, protowire.VarintType), v)
+		buf = appendVarintField(buf, msgReject, boolVarint(*m.Reject))
 	}
-	if m.RejectHint != nil {
-		buf = append(buf, tag(msgRejectHint, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, *m.RejectHint)
-	}
+	buf = appendSet(buf, msgRejectHint, m.RejectHint)
 	if m.Context != nil {
-		buf = append(buf, tag(msgContext, protowire.BytesType))
-		buf = protowire.AppendBytes(buf, m.Context)
+		buf = appendBytesField(buf, msgContext, m.Context)
 	}
-	if m.Vote != nil {
-		buf = append(buf, tag(msgVote, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, *m.Vote)
-	}
+	buf = appendSet(buf, msgVote, m.Vote)
 	for _, r := range m.Responses {
-		buf = append(buf, tag(msgResponses, protowire.BytesType))
-		buf = protowire.AppendVarint(buf, uint64(sizeMessage(r)))
-		buf = appendMessage(buf, r)
+		buf = appendMessage(appendLen(buf, msgResponses, sizeMessage(r)), r)
 	}
 	return buf
 }
 
 func sizeEntry(e *raftpb.Entry) int {
-	n := 0
+	n := sizeSet(e.Term) + sizeSet(e.Index)
 	if e.Type != nil {
 		n += sizeVarintField(enumVarint(*e.Type))
-	}
-	if e.Term != nil {
-		n += sizeVarintField(*e.Term)
-	}
-	if e.Index != nil {
-		n += sizeVarintField(*e.Index)
 	}
 	if e.Data != nil {
 		n += sizeBytesField(len(e.Data))
@@ -353,20 +312,12 @@ func sizeEntry(e *raftpb.Entry) int {
 
 func appendEntry(buf []byte, e *raftpb.Entry) []byte {
 	if e.Type != nil {
-		buf = append(buf, tag(entType, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, enumVarint(*e.Type))
+		buf = appendVarintField(buf, entType, enumVarint(*e.Type))
 	}
-	if e.Term != nil {
-		buf = append(buf, tag(entTerm, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, *e.Term)
-	}
-	if e.Index != nil {
-		buf = append(buf, tag(entIndex, protowire.VarintType))
-		buf = protowire.AppendVarint(buf, *e.Index)
-	}
+	buf = appendSet(buf, entTerm, e.Term)
+	buf = appendSet(buf, entIndex, e.Index)
 	if e.Data != nil {
-		buf = append(buf, tag(entData, protowire.BytesType))
-		buf = protowire.AppendBytes(buf, e.Data)
+		buf = appendBytesField(buf, entData, e.Data)
 	}
 	return buf
 }
