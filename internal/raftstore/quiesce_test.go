@@ -146,8 +146,18 @@ func TestQuietLeaderCutOff(t *testing.T) {
 // quiet on the leader's quiesce heartbeat: a quiet replica does not tick,
 // so it would never ask again, and the read would wait for its deadline.
 // Awake, it asks again after ReadRetryTicks, which wakes the leader.
+//
+// Awake, it also counts towards an election: the quiet leader sends it no
+// heartbeats. By default a read is asked again after ElectionTicks, when
+// the election timeout (ElectionTicks to twice that) may already have
+// fired, and a follower that campaigns forgets its leader and fails its
+// reads with ErrNoLeader; under load the test lost that race (once, in a
+// full `go test ./...`). So here reads are asked again after 5 ticks and
+// elections wait 50: the retry comes well before any election, and a
+// quiet follower, which does not tick, still never asks again.
 func TestFollowerWithReadInFlightStaysAwake(t *testing.T) {
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks, o.ReadRetryTicks = 50, 5 }})
 	ctx := ctxFor(t, 60*time.Second)
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
