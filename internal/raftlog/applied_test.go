@@ -101,3 +101,27 @@ func BenchmarkAppliedEncoding(b *testing.B) {
 		}
 	})
 }
+
+// TestAppliedEncodingUnknownFields checks that a configuration carrying
+// unknown fields (from a newer raft) is never taken from the cache: its
+// encoding includes them, as protobuf's does.
+func TestAppliedEncodingUnknownFields(t *testing.T) {
+	var e appliedEncoder
+	plain := &raftpb.ConfState{Voters: []uint64{1, 2, 3}}
+	withUnknown := proto.CloneOf(plain)
+	withUnknown.ProtoReflect().SetUnknown([]byte{0x78, 0x01}) // field 15, varint 1
+	for i, cs := range []*raftpb.ConfState{plain, withUnknown, withUnknown, plain} {
+		as := &shoalpb.AppliedState{Index: uint64(10 + i), Term: 2, ConfState: cs}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(as)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := e.encode(as)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("state %d: encoded %x, protobuf %x", i, got, want)
+		}
+	}
+}

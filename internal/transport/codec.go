@@ -30,12 +30,15 @@ import (
 // under a write load (docs/benchmarks.md); this codec makes one allocation
 // per message for its scalars and one for its entries' data.
 //
-// The decoder follows protobuf's rules for what the sender may vary: fields
-// in any order, a repeated scalar field's last value wins, unknown fields
-// and unknown enum values are skipped (protobuf keeps them as unknown
-// fields; nothing in Shoal reads those). It refuses what no encoder
-// produces and protobuf would merge: an embedded message field (a Raft
-// message, a snapshot) given twice.
+// The decoder follows protobuf-go's rules for what the sender may vary:
+// fields in any order, a repeated scalar field's last value wins, an enum
+// takes any value; it skips unknown fields (protobuf keeps them; nothing in
+// Shoal reads them). It refuses what no encoder produces and protobuf would
+// merge, an embedded message field (a Raft message, a snapshot) given
+// twice, and responses nested deeper than protobuf's recursion limit. The
+// encoder writes no unknown fields (Shoal sets none) and treats a nil
+// element of a repeated message field as an empty message, as protobuf
+// does.
 type Codec struct {
 	fallback         encoding.CodecV2
 	encoded, decoded atomic.Uint64
@@ -66,6 +69,9 @@ func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 	b, ok := v.(*shoalpb.RaftMessageBatch)
 	if !ok {
 		return c.fallback.Marshal(v)
+	}
+	if !utf8.ValidString(b.ClusterId) {
+		return nil, fmt.Errorf("transport: cluster ID %q is not UTF-8", b.ClusterId)
 	}
 	c.encoded.Add(1)
 	n := sizeBatch(b)
@@ -221,6 +227,9 @@ func appendBatch(buf []byte, b *shoalpb.RaftMessageBatch) []byte {
 }
 
 func sizeRaftMessage(m *shoalpb.RaftMessage) int {
+	if m == nil {
+		return 0
+	}
 	n := sizeNonZero(m.ShardId) + sizeNonZero(m.FromNode) + sizeNonZero(m.ToNode) + sizeNonZero(m.Epoch) +
 		sizeNonZero(boolVarint(m.Removed)) + sizeNonZero(boolVarint(m.Quiesce))
 	if m.Message != nil {
@@ -230,6 +239,9 @@ func sizeRaftMessage(m *shoalpb.RaftMessage) int {
 }
 
 func appendRaftMessage(buf []byte, m *shoalpb.RaftMessage) []byte {
+	if m == nil {
+		return buf
+	}
 	buf = appendNonZero(buf, rmShardID, m.ShardId)
 	buf = appendNonZero(buf, rmFromNode, m.FromNode)
 	buf = appendNonZero(buf, rmToNode, m.ToNode)
@@ -244,6 +256,9 @@ func appendRaftMessage(buf []byte, m *shoalpb.RaftMessage) []byte {
 // sizeMessage and appendMessage write the fields in field number order, as
 // protobuf does.
 func sizeMessage(m *raftpb.Message) int {
+	if m == nil {
+		return 0
+	}
 	n := sizeSet(m.To) + sizeSet(m.From) + sizeSet(m.Term) + sizeSet(m.LogTerm) + sizeSet(m.Index) +
 		sizeSet(m.Commit) + sizeSet(m.RejectHint) + sizeSet(m.Vote)
 	if m.Type != nil {
@@ -268,6 +283,9 @@ func sizeMessage(m *raftpb.Message) int {
 }
 
 func appendMessage(buf []byte, m *raftpb.Message) []byte {
+	if m == nil {
+		return buf
+	}
 	if m.Type != nil {
 		buf = appendVarintField(buf, msgType, enumVarint(*m.Type))
 	}
@@ -300,6 +318,9 @@ func appendMessage(buf []byte, m *raftpb.Message) []byte {
 }
 
 func sizeEntry(e *raftpb.Entry) int {
+	if e == nil {
+		return 0
+	}
 	n := sizeSet(e.Term) + sizeSet(e.Index)
 	if e.Type != nil {
 		n += sizeVarintField(enumVarint(*e.Type))
@@ -311,6 +332,9 @@ func sizeEntry(e *raftpb.Entry) int {
 }
 
 func appendEntry(buf []byte, e *raftpb.Entry) []byte {
+	if e == nil {
+		return buf
+	}
 	if e.Type != nil {
 		buf = appendVarintField(buf, entType, enumVarint(*e.Type))
 	}
@@ -413,7 +437,7 @@ func decodeBatch(buf []byte, b *shoalpb.RaftMessageBatch) error {
 		}
 		r.skip(num, typ)
 	}
-	d := chunks{rms: make([]shoalpb.RaftMessage, n), slabs: make([]messageSlab, n)}
+	d := chunks{left: n}
 	b.Messages = make([]*shoalpb.RaftMessage, 0, n)
 	r := reader{buf: buf}
 	for {
@@ -437,7 +461,7 @@ func decodeBatch(buf []byte, b *shoalpb.RaftMessageBatch) error {
 			if r.err != nil {
 				break
 			}
-			m := &d.rms[len(b.Messages)]
+			m := d.raftMessage()
 			if err := decodeRaftMessage(v, m, &d); err != nil {
 				return err
 			}
@@ -452,14 +476,33 @@ func decodeBatch(buf []byte, b *shoalpb.RaftMessageBatch) error {
 	return r.err
 }
 
-// chunks are the allocations a batch's messages are carved from.
+// chunks are the allocations a batch's messages are carved from, at most
+// chunkSize at a time: a message kept alive keeps its chunk (and what its
+// neighbours point to) alive, and a batch of empty messages must not make
+// one huge allocation.
 type chunks struct {
+	left  int // messages counted and not yet taken
 	rms   []shoalpb.RaftMessage
 	slabs []messageSlab
 }
 
-// slab returns the next message slab.
+const chunkSize = 64
+
+func (d *chunks) raftMessage() *shoalpb.RaftMessage {
+	if len(d.rms) == 0 {
+		d.rms = make([]shoalpb.RaftMessage, max(1, min(d.left, chunkSize)))
+	}
+	d.left--
+	m := &d.rms[0]
+	d.rms = d.rms[1:]
+	return m
+}
+
+// slab returns a slab for the current message's Raft message.
 func (d *chunks) slab() *messageSlab {
+	if len(d.slabs) == 0 {
+		d.slabs = make([]messageSlab, max(1, min(d.left+1, chunkSize)))
+	}
 	s := &d.slabs[0]
 	d.slabs = d.slabs[1:]
 	return s
@@ -494,8 +537,15 @@ func decodeRaftMessage(buf []byte, m *shoalpb.RaftMessage, d *chunks) error {
 				return fmt.Errorf("%w: a raft message given twice", ErrMalformed)
 			}
 			var err error
-			if m.Message, err = decodeMessage(v, d.slab()); err != nil {
+			if m.Message, err = decodeMessage(v, d.slab(), 0); err != nil {
 				return err
+			}
+			if m.Message.GetType() == raftpb.MsgReadIndex {
+				// Raft keeps a read request until it is answered: decode
+				// it again on its own, so that it keeps no chunk alive.
+				if m.Message, err = decodeMessage(v, &messageSlab{}, 0); err != nil {
+					return err
+				}
 			}
 		default:
 			r.skip(num, typ)
@@ -523,8 +573,16 @@ type entrySlab struct {
 	term, index uint64
 }
 
-// decodeMessage decodes buf into s's message.
-func decodeMessage(buf []byte, s *messageSlab) (*raftpb.Message, error) {
+// maxDepth bounds the nesting of responses, as protobuf's recursion limit
+// does: each level costs a few bytes of input and a stack frame.
+const maxDepth = protowire.DefaultRecursionLimit - 3
+
+// decodeMessage decodes buf into s's message; depth counts the responses
+// it is nested in.
+func decodeMessage(buf []byte, s *messageSlab, depth int) (*raftpb.Message, error) {
+	if depth > maxDepth {
+		return nil, fmt.Errorf("%w: responses nested more than %d deep", ErrMalformed, maxDepth)
+	}
 	m := &s.msg
 	r := reader{buf: buf}
 	for {
@@ -535,10 +593,9 @@ func decodeMessage(buf []byte, s *messageSlab) (*raftpb.Message, error) {
 		if typ == protowire.VarintType {
 			switch num {
 			case msgType:
-				if v := int32(r.varint()); r.err == nil && raftpb.MessageType_name[v] != "" {
-					s.typ = raftpb.MessageType(v)
-					m.Type = &s.typ
-				}
+				// Any value, as protobuf-go decodes an enum (open, even
+				// in proto2).
+				s.typ, m.Type = raftpb.MessageType(int32(r.varint())), &s.typ
 			case msgTo:
 				s.to, m.To = r.varint(), &s.to
 			case msgFrom:
@@ -588,7 +645,7 @@ func decodeMessage(buf []byte, s *messageSlab) (*raftpb.Message, error) {
 		case msgContext:
 			m.Context = append(make([]byte, 0, len(v)), v...)
 		case msgResponses:
-			resp, err := decodeMessage(v, &messageSlab{})
+			resp, err := decodeMessage(v, &messageSlab{}, depth+1)
 			if err != nil {
 				return nil, err
 			}
@@ -613,10 +670,7 @@ func decodeEntry(buf []byte) (*raftpb.Entry, error) {
 		}
 		switch {
 		case typ == protowire.VarintType && num == entType:
-			if v := int32(r.varint()); r.err == nil && raftpb.EntryType_name[v] != "" {
-				e.typ = raftpb.EntryType(v)
-				e.ent.Type = &e.typ
-			}
+			e.typ, e.ent.Type = raftpb.EntryType(int32(r.varint())), &e.typ
 		case typ == protowire.VarintType && num == entTerm:
 			e.term, e.ent.Term = r.varint(), &e.term
 		case typ == protowire.VarintType && num == entIndex:

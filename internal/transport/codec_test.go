@@ -9,11 +9,13 @@ import (
 	"net"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -60,7 +62,11 @@ func randomBatch(r *rand.Rand) *shoalpb.RaftMessageBatch {
 	message = func(depth int) *raftpb.Message {
 		m := &raftpb.Message{To: maybe(), From: maybe(), Term: maybe(), LogTerm: maybe(),
 			Index: maybe(), Commit: maybe(), RejectHint: maybe(), Vote: maybe(), Context: someBytes()}
-		if r.IntN(4) > 0 {
+		switch r.IntN(8) {
+		case 0:
+		case 1:
+			m.Type = raftpb.MessageType(int32(r.Uint32())).Enum() // unknown, maybe negative
+		default:
 			m.Type = raftpb.MessageType(r.IntN(len(raftpb.MessageType_name))).Enum()
 		}
 		if r.IntN(3) == 0 {
@@ -79,7 +85,7 @@ func randomBatch(r *rand.Rand) *shoalpb.RaftMessageBatch {
 				ConfState: &raftpb.ConfState{Voters: []uint64{u(), u()}, Learners: []uint64{u()}, AutoLeave: new(true)},
 			}}
 		}
-		if depth == 0 && r.IntN(8) == 0 {
+		if depth < 3 && r.IntN(8) == 0 {
 			for range 1 + r.IntN(2) {
 				m.Responses = append(m.Responses, message(depth+1))
 			}
@@ -209,13 +215,19 @@ func TestCodecRefuses(t *testing.T) {
 	if out.ClusterId != "c" || len(out.Messages) != 1 || out.Messages[0].ShardId != 3 {
 		t.Fatalf("decoded %v", &out)
 	}
+	// An enum takes any value, as protobuf-go decodes it.
 	unknownType := marshal(t, c, &shoalpb.RaftMessageBatch{Messages: []*shoalpb.RaftMessage{
-		{Message: &raftpb.Message{Type: raftpb.MessageType(999).Enum(), To: new(uint64(2))}}}})
+		{Message: &raftpb.Message{Type: raftpb.MessageType(999).Enum(), To: new(uint64(2)),
+			Entries: []*raftpb.Entry{{Type: raftpb.EntryType(-3).Enum()}}}}}})
 	if err := unmarshal(c, unknownType, &out); err != nil {
 		t.Fatal(err)
 	}
-	if m := out.Messages[0].Message; m.Type != nil || m.GetTo() != 2 {
-		t.Fatalf("unknown message type decoded as %v", m)
+	var want shoalpb.RaftMessageBatch
+	if err := proto.Unmarshal(unknownType, &want); err != nil {
+		t.Fatal(err)
+	}
+	if m := out.Messages[0].Message; m.GetType() != 999 || m.Entries[0].GetType() != -3 || !proto.Equal(&out, &want) {
+		t.Fatalf("unknown enum values decoded as %v, protobuf decodes %v", &out, &want)
 	}
 	// Anything else is the stock codec's.
 	resp := marshal(t, c, &shoalpb.RaftStreamResponse{BatchesReceived: 5})
@@ -285,12 +297,13 @@ func FuzzCodecDecode(f *testing.F) {
 // (stock codec) and one of this version talk.
 func TestCodecInteroperates(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
+	serverCodec := NewCodec()
 	for _, tc := range []struct {
 		name       string
 		serverOpts []grpc.ServerOption
 		clientOpts []grpc.CallOption
 	}{
-		{name: "stock client, codec server", serverOpts: ServerOptions()},
+		{name: "stock client, codec server", serverOpts: serverOptions(serverCodec)},
 		{name: "codec client, stock server", clientOpts: []grpc.CallOption{grpc.ForceCodecV2(NewCodec())}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -336,6 +349,9 @@ func TestCodecInteroperates(t *testing.T) {
 				}
 				return nil
 			})
+			if tc.serverOpts != nil && serverCodec.Stats().Decoded == 0 {
+				t.Fatal("the server's codec decoded nothing")
+			}
 			rec.mu.Lock()
 			defer rec.mu.Unlock()
 			for i, m := range rec.msgs {
@@ -364,6 +380,80 @@ func TestTransportUsesCodec(t *testing.T) {
 	})
 	if st := a.t.codec.Stats(); st.Encoded == 0 {
 		t.Fatalf("the sender's codec encoded nothing: %+v", st)
+	}
+}
+
+// TestCodecNesting checks responses nested within protobuf's recursion
+// limit decode as protobuf decodes them, and that deeper nesting is refused
+// (not a stack overflow).
+func TestCodecNesting(t *testing.T) {
+	c := NewCodec()
+	nested := func(depth int) []byte {
+		inner := []byte{}
+		for range depth {
+			inner = append(protowire.AppendVarint([]byte{tag(msgResponses, protowire.BytesType)}, uint64(len(inner))), inner...)
+		}
+		rm := append(protowire.AppendVarint([]byte{tag(rmMessage, protowire.BytesType)}, uint64(len(inner))), inner...)
+		return append(protowire.AppendVarint([]byte{tag(batchMessages, protowire.BytesType)}, uint64(len(rm))), rm...)
+	}
+	var ours, theirs shoalpb.RaftMessageBatch
+	in := nested(100)
+	if err := unmarshal(c, in, &ours); err != nil {
+		t.Fatal(err)
+	}
+	if err := proto.Unmarshal(in, &theirs); err != nil || !proto.Equal(&ours, &theirs) {
+		t.Fatalf("100 levels: protobuf %v, equal %v", err, proto.Equal(&ours, &theirs))
+	}
+	deep := nested(protowire.DefaultRecursionLimit + 10)
+	if err := unmarshal(c, deep, &ours); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("%d levels: got %v, want ErrMalformed", protowire.DefaultRecursionLimit+10, err)
+	}
+	if err := proto.Unmarshal(deep, &theirs); err == nil {
+		t.Fatal("protobuf accepts it")
+	}
+}
+
+// TestCodecNilElements checks that a nil element of a repeated message
+// field is encoded as protobuf encodes it (an empty message), not a panic.
+func TestCodecNilElements(t *testing.T) {
+	c := NewCodec()
+	b := &shoalpb.RaftMessageBatch{Messages: []*shoalpb.RaftMessage{nil, {ShardId: 1, Message: &raftpb.Message{
+		Entries: []*raftpb.Entry{nil, {Data: []byte("x")}}, Responses: []*raftpb.Message{nil}}}}}
+	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := marshal(t, c, b); !bytes.Equal(got, want) {
+		t.Fatalf("encoded %x, protobuf %x", got, want)
+	}
+	if _, err := c.Marshal(&shoalpb.RaftMessageBatch{ClusterId: "\xff"}); err == nil {
+		t.Fatal("a cluster ID that is not UTF-8 was encoded")
+	}
+}
+
+// TestCodecReadIndexOwnSlab checks that a read request, which Raft keeps
+// until it is answered, does not share its allocation with the batch's
+// other messages (it would keep them, and their entries, alive).
+func TestCodecReadIndexOwnSlab(t *testing.T) {
+	c := NewCodec()
+	app := func() *shoalpb.RaftMessage {
+		return &shoalpb.RaftMessage{ShardId: 1, Message: &raftpb.Message{Type: raftpb.MsgApp.Enum(),
+			Entries: []*raftpb.Entry{{Data: make([]byte, 100)}}}}
+	}
+	read := &shoalpb.RaftMessage{ShardId: 2, Message: &raftpb.Message{Type: raftpb.MsgReadIndex.Enum(),
+		Entries: []*raftpb.Entry{{Data: []byte("ctx")}}}}
+	var out shoalpb.RaftMessageBatch
+	if err := unmarshal(c, marshal(t, c, &shoalpb.RaftMessageBatch{Messages: []*shoalpb.RaftMessage{app(), read, app()}}), &out); err != nil {
+		t.Fatal(err)
+	}
+	first := uintptr(unsafe.Pointer(out.Messages[0].Message))
+	last := uintptr(unsafe.Pointer(out.Messages[2].Message))
+	r := uintptr(unsafe.Pointer(out.Messages[1].Message))
+	if last-first != 2*unsafe.Sizeof(messageSlab{}) {
+		t.Fatalf("the appends are not in one chunk (%d bytes apart)", last-first)
+	}
+	if r >= first && r <= last {
+		t.Fatal("the read request lies in the chunk of the batch's other messages")
 	}
 }
 

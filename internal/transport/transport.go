@@ -181,9 +181,11 @@ func (t *Transport) Register(srv *grpc.Server) { shoalpb.RegisterRaftTransportSe
 // limits, keepalive enforcement that admits the client's pings, and the
 // codec that decodes Raft batches by hand (Codec; any other message goes
 // to the stock proto codec).
-func ServerOptions() []grpc.ServerOption {
+func ServerOptions() []grpc.ServerOption { return serverOptions(NewCodec()) }
+
+func serverOptions(c *Codec) []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.ForceServerCodecV2(NewCodec()),
+		grpc.ForceServerCodecV2(c),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxSendMsgSize(MaxMessageBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
