@@ -61,18 +61,23 @@ func TestAppliedEncoding(t *testing.T) {
 		if r.IntN(50) == 0 {
 			term++
 		}
-		as := &shoalpb.AppliedState{Index: index, Term: term, ConfState: cs}
-		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(as)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := e.encode(as)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("state %d (%v): encoded %x, protobuf %x", i, as, got, want)
-		}
+		checkEncodes(t, &e, i, &shoalpb.AppliedState{Index: index, Term: term, ConfState: cs})
+	}
+}
+
+// checkEncodes fails the test unless e encodes as as protobuf does.
+func checkEncodes(t *testing.T, e *appliedEncoder, i int, as *shoalpb.AppliedState) {
+	t.Helper()
+	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(as)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.encode(as)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("state %d (%v): encoded %x, protobuf %x", i, as, got, want)
 	}
 }
 
@@ -111,17 +116,6 @@ func TestAppliedEncodingUnknownFields(t *testing.T) {
 	withUnknown := proto.CloneOf(plain)
 	withUnknown.ProtoReflect().SetUnknown([]byte{0x78, 0x01}) // field 15, varint 1
 	for i, cs := range []*raftpb.ConfState{plain, withUnknown, withUnknown, plain} {
-		as := &shoalpb.AppliedState{Index: uint64(10 + i), Term: 2, ConfState: cs}
-		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(as)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := e.encode(as)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("state %d: encoded %x, protobuf %x", i, got, want)
-		}
+		checkEncodes(t, &e, i, &shoalpb.AppliedState{Index: uint64(10 + i), Term: 2, ConfState: cs})
 	}
 }

@@ -27,8 +27,10 @@ import (
 // field, so protobuf's generic decoder makes about ten allocations per Raft
 // message and its encoder walks each message twice through reflection
 // tables. Encoding and decoding the stream took 9-10% of the nodes' CPU
-// under a write load (docs/benchmarks.md); this codec makes one allocation
-// per message for its scalars and one for its entries' data.
+// under a write load (docs/benchmarks.md). This codec sizes each message
+// once; it decodes a batch's messages and their scalars in chunks of up to
+// 64, and each entry in two allocations (the entry, its data), since
+// entries outlive their batch in Raft's log.
 //
 // The decoder follows protobuf-go's rules for what the sender may vary:
 // fields in any order, a repeated scalar field's last value wins, an enum
@@ -74,9 +76,10 @@ func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 		return nil, fmt.Errorf("transport: cluster ID %q is not UTF-8", b.ClusterId)
 	}
 	c.encoded.Add(1)
-	n := sizeBatch(b)
+	var small [64]msgSizes
+	n, sizes := sizeBatch(b, small[:0])
 	if mem.IsBelowBufferPoolingThreshold(n) {
-		buf := appendBatch(make([]byte, 0, n), b)
+		buf := appendBatch(make([]byte, 0, n), b, sizes)
 		if len(buf) != n {
 			return nil, fmt.Errorf("transport: raft batch encoded to %d bytes, sized %d", len(buf), n)
 		}
@@ -84,7 +87,7 @@ func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 	}
 	pool := mem.DefaultBufferPool()
 	bp := pool.Get(n)
-	*bp = appendBatch((*bp)[:0], b)
+	*bp = appendBatch((*bp)[:0], b, sizes)
 	if len(*bp) != n {
 		pool.Put(bp)
 		return nil, fmt.Errorf("transport: raft batch encoded to %d bytes, sized %d", len(*bp), n)
@@ -203,42 +206,52 @@ func appendSet(buf []byte, num protowire.Number, p *uint64) []byte {
 // enumVarint is how protobuf encodes an enum: its int32, sign-extended.
 func enumVarint[E ~int32](e E) uint64 { return uint64(int64(e)) }
 
-func sizeBatch(b *shoalpb.RaftMessageBatch) int {
+// msgSizes are the encoded sizes of one message of a batch and of its Raft
+// message: sizeBatch computes them once, appendBatch writes them as length
+// prefixes.
+type msgSizes struct{ rm, msg int }
+
+func sizeBatch(b *shoalpb.RaftMessageBatch, sizes []msgSizes) (int, []msgSizes) {
 	n := sizeNonZero(b.FromNode) + sizeNonZero(b.ToNode)
 	if len(b.ClusterId) > 0 {
 		n += sizeBytesField(len(b.ClusterId))
 	}
 	for _, m := range b.Messages {
-		n += sizeBytesField(sizeRaftMessage(m))
+		sz := sizeRaftMessage(m)
+		sizes = append(sizes, sz)
+		n += sizeBytesField(sz.rm)
 	}
-	return n
+	return n, sizes
 }
 
-func appendBatch(buf []byte, b *shoalpb.RaftMessageBatch) []byte {
+func appendBatch(buf []byte, b *shoalpb.RaftMessageBatch, sizes []msgSizes) []byte {
 	if len(b.ClusterId) > 0 {
 		buf = appendBytesField(buf, batchClusterID, []byte(b.ClusterId))
 	}
 	buf = appendNonZero(buf, batchFromNode, b.FromNode)
 	buf = appendNonZero(buf, batchToNode, b.ToNode)
-	for _, m := range b.Messages {
-		buf = appendRaftMessage(appendLen(buf, batchMessages, sizeRaftMessage(m)), m)
+	for i, m := range b.Messages {
+		buf = appendRaftMessage(appendLen(buf, batchMessages, sizes[i].rm), m, sizes[i].msg)
 	}
 	return buf
 }
 
-func sizeRaftMessage(m *shoalpb.RaftMessage) int {
+func sizeRaftMessage(m *shoalpb.RaftMessage) msgSizes {
 	if m == nil {
-		return 0
+		return msgSizes{}
 	}
 	n := sizeNonZero(m.ShardId) + sizeNonZero(m.FromNode) + sizeNonZero(m.ToNode) + sizeNonZero(m.Epoch) +
 		sizeNonZero(boolVarint(m.Removed)) + sizeNonZero(boolVarint(m.Quiesce))
+	msg := 0
 	if m.Message != nil {
-		n += sizeBytesField(sizeMessage(m.Message))
+		msg = sizeMessage(m.Message)
+		n += sizeBytesField(msg)
 	}
-	return n
+	return msgSizes{rm: n, msg: msg}
 }
 
-func appendRaftMessage(buf []byte, m *shoalpb.RaftMessage) []byte {
+// appendRaftMessage appends m, whose Raft message encodes to msgSize bytes.
+func appendRaftMessage(buf []byte, m *shoalpb.RaftMessage, msgSize int) []byte {
 	if m == nil {
 		return buf
 	}
@@ -247,7 +260,7 @@ func appendRaftMessage(buf []byte, m *shoalpb.RaftMessage) []byte {
 	buf = appendNonZero(buf, rmToNode, m.ToNode)
 	buf = appendNonZero(buf, rmEpoch, m.Epoch)
 	if m.Message != nil {
-		buf = appendMessage(appendLen(buf, rmMessage, sizeMessage(m.Message)), m.Message)
+		buf = appendMessage(appendLen(buf, rmMessage, msgSize), m.Message)
 	}
 	buf = appendNonZero(buf, rmRemoved, boolVarint(m.Removed))
 	return appendNonZero(buf, rmQuiesce, boolVarint(m.Quiesce))

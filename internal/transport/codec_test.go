@@ -149,9 +149,8 @@ func TestCodecMatchesProto(t *testing.T) {
 	}
 }
 
-// TestCodecDecodedIsIndependent checks that a decoded batch owns its bytes
-// (gRPC reuses the buffer it decoded from) and that entries sharing one
-// data allocation cannot write over each other.
+// TestCodecDecodedIsIndependent checks that a decoded batch owns its bytes:
+// gRPC reuses the buffer it decoded from.
 func TestCodecDecodedIsIndependent(t *testing.T) {
 	c := NewCodec()
 	in := &shoalpb.RaftMessageBatch{Messages: []*shoalpb.RaftMessage{{ShardId: 1, Message: &raftpb.Message{
@@ -167,10 +166,6 @@ func TestCodecDecodedIsIndependent(t *testing.T) {
 	m := out.Messages[0].Message
 	if string(m.Entries[0].Data) != "aaaa" || string(m.Entries[1].Data) != "bbbb" || string(m.Context) != "ctx" {
 		t.Fatalf("decoded data changed with the buffer: %v", m)
-	}
-	m.Entries[0].Data = append(m.Entries[0].Data, "XX"...)
-	if string(m.Entries[1].Data) != "bbbb" {
-		t.Fatalf("an append to entry 1's data overwrote entry 2's: %q", m.Entries[1].Data)
 	}
 	if m.To != nil || m.Index != nil {
 		t.Fatal("an unset field is set")
