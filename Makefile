@@ -3,7 +3,9 @@
 
 GO        ?= go
 PKGS      ?= ./...
-RAFT_DIR   = $(shell $(GO) list -m -f '{{.Dir}}' go.etcd.io/raft/v3)
+# Downloaded first: `go list -m` prints no directory for a module that is
+# not in the module cache yet (a fresh machine).
+RAFT_DIR   = $(shell $(GO) mod download -json go.etcd.io/raft/v3 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')
 PROTOC_GEN_GO_VERSION      = v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION = v1.6.2
 STATICCHECK_VERSION        = v0.8.2
