@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -388,4 +389,63 @@ func TestLargeBatchesSplit(t *testing.T) {
 	if st.StreamErrors != 0 || st.MessagesDropped != 0 || st.BatchesSent < 5 {
 		t.Fatalf("stats %+v: want no errors or drops, and the batch split in several", st)
 	}
+}
+
+// countingConn counts the bytes read from a connection.
+type countingConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// TestStreamQuietBackwards checks that a Raft stream's receiver sends its
+// sender next to nothing: no bandwidth-delay pings or window updates for
+// each batch (StreamWindowBytes), which cost a write and a read system
+// call on both nodes per batch.
+func TestStreamQuietBackwards(t *testing.T) {
+	bk := &book{addrs: map[uint64]string{}}
+	b := startEndpoint(t, bk, 2, "c", "")
+	var read atomic.Int64
+	var d net.Dialer
+	a, err := New(Options{NodeID: 1, ClusterID: "c", Resolve: bk.resolve, Handler: newRecorder(),
+		Dialer: func(ctx context.Context, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			return countingConn{Conn: c, read: &read}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	// One batch at a time, each received before the next is sent, so that
+	// every batch is a data frame of its own.
+	const n = 500
+	for i := range n {
+		if err := a.Send(2, []*shoalpb.RaftMessage{msg(7, 1, 2, i)}); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		waitFor(t, 10*time.Second, func() error {
+			if c := b.rec.count(); c != i+1 {
+				return fmt.Errorf("received %d of %d", c, i+1)
+			}
+			return nil
+		})
+	}
+	if st := a.Stats(); st.BatchesSent != n || st.Connects != 1 {
+		t.Fatalf("stats %+v: want %d stream messages on one connection", st, n)
+	}
+	// The connection's preface, settings and their acks, and a keepalive
+	// ping or two take a few hundred bytes; a ping per batch would be
+	// 17 bytes each, 8.5 KB.
+	if got := read.Load(); got > 1024 {
+		t.Errorf("sender read %d bytes from the receiver for %d batches (%.1f per batch)", got, n, float64(got)/n)
+	}
+	t.Logf("sender read %d bytes for %d batches", read.Load(), n)
 }
