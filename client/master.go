@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
@@ -42,13 +41,13 @@ type MasterConn struct {
 }
 
 // DialMasters returns a connection to the masters at addrs. It does not
-// wait for any to answer.
+// wait for any to answer. Without opts it uses DefaultDialOptions.
 func DialMasters(addrs []string, opts ...grpc.DialOption) (*MasterConn, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("client: no master addresses")
 	}
 	if len(opts) == 0 {
-		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		opts = DefaultDialOptions()
 	}
 	return &MasterConn{addrs: addrs, opts: opts, conns: map[string]*grpc.ClientConn{}}, nil
 }

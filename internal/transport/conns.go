@@ -29,7 +29,11 @@ func (p *Conns) Get(addr string) (*grpc.ClientConn, error) {
 	if c := p.conns[addr]; c != nil {
 		return c, nil
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(StreamWindowBytes),
+		grpc.WithInitialConnWindowSize(ConnWindowBytes),
+	}
 	if p.Dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(p.Dialer))
 	}
