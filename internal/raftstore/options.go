@@ -77,7 +77,13 @@ type Options struct {
 	// quiesce.go). Default false: a shard idle for a few ticks goes quiet.
 	DisableQuiesce bool
 	// ReadRetryTicks: a ReadIndex request not answered within this many
-	// ticks is sent again. Default ElectionTicks.
+	// ticks is sent again. Default ElectionTicks/2 (at least 1), as etcd
+	// asks again after 500 ms with its 1 s election timeout: a follower
+	// whose request was lost while its leader is quiet ticks towards an
+	// election (the quiet leader sends it no heartbeats), and asking again
+	// wakes the leader before the follower's election timeout, which is at
+	// least ElectionTicks, can fire. Asked after ElectionTicks, the
+	// follower could campaign first and fail its reads with ErrNoLeader.
 	ReadRetryTicks int
 	// MaxLogEntries and MaxLogBytes bound each replica's Raft log: beyond
 	// either, it is truncated (see maybeTruncateLog). Defaults 1000 entries
@@ -184,7 +190,7 @@ func (o *Options) validate() error {
 		return fmt.Errorf("raftstore: ReadLease %v is longer than the %v a follower is sure to refuse votes after a heartbeat", o.ReadLease, maxLease)
 	}
 	if o.ReadRetryTicks <= 0 {
-		o.ReadRetryTicks = o.ElectionTicks
+		o.ReadRetryTicks = max(1, o.ElectionTicks/2)
 	}
 	if o.MaxLogEntries <= 0 {
 		o.MaxLogEntries = 1000

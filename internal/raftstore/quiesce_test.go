@@ -148,16 +148,15 @@ func TestQuietLeaderCutOff(t *testing.T) {
 // Awake, it asks again after ReadRetryTicks, which wakes the leader.
 //
 // Awake, it also counts towards an election: the quiet leader sends it no
-// heartbeats. By default a read is asked again after ElectionTicks, when
-// the election timeout (ElectionTicks to twice that) may already have
-// fired, and a follower that campaigns forgets its leader and fails its
-// reads with ErrNoLeader; under load the test lost that race (once, in a
-// full `go test ./...`). So here reads are asked again after 5 ticks and
-// elections wait 50: the retry comes well before any election, and a
-// quiet follower, which does not tick, still never asks again.
+// heartbeats. With the default options the read is asked again after
+// ElectionTicks/2, half an election timeout before the follower may
+// campaign (its clock restarted at the leader's quiesce heartbeat, after
+// the read was issued); a follower that campaigned would forget its
+// leader and fail the read with ErrNoLeader. When reads were asked again
+// only after ElectionTicks, the test lost that race under load (once, in
+// a full `go test ./...`).
 func TestFollowerWithReadInFlightStaysAwake(t *testing.T) {
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
-		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks, o.ReadRetryTicks = 50, 5 }})
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
 	ctx := ctxFor(t, 60*time.Second)
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
