@@ -68,8 +68,8 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 
 // DefaultDialOptions are the dial options a Client uses unless
 // WithDialOptions replaces them: insecure credentials, and fixed
-// flow-control windows (2 MiB per stream, 8 MiB per connection, as the
-// nodes' servers use). Fixed windows turn off gRPC's bandwidth-delay
+// flow-control windows (2 MiB per stream, 8 MiB per connection: the
+// nodes' servers use the same, internal/transport.StreamWindowBytes). Fixed windows turn off gRPC's bandwidth-delay
 // estimator, which otherwise answers nearly every response with a PING
 // and a window update: two more frames, and system calls on both ends,
 // per request.

@@ -13,7 +13,6 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/client"
@@ -288,7 +287,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if len(cfg.Masters) > 0 {
 		var dopts []grpc.DialOption
 		if cfg.Dialer != nil {
-			dopts = append(dopts, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(cfg.Dialer))
+			dopts = append(client.DefaultDialOptions(), grpc.WithContextDialer(cfg.Dialer))
 		}
 		if n.masters, err = client.DialMasters(cfg.Masters, dopts...); err != nil {
 			return nil, err

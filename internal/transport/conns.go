@@ -29,15 +29,7 @@ func (p *Conns) Get(addr string) (*grpc.ClientConn, error) {
 	if c := p.conns[addr]; c != nil {
 		return c, nil
 	}
-	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(StreamWindowBytes),
-		grpc.WithInitialConnWindowSize(ConnWindowBytes),
-	}
-	if p.Dialer != nil {
-		opts = append(opts, grpc.WithContextDialer(p.Dialer))
-	}
-	c, err := grpc.NewClient(addr, opts...)
+	c, err := grpc.NewClient(addr, baseDialOptions(p.Dialer)...)
 	if err != nil {
 		return nil, err
 	}
@@ -73,4 +65,18 @@ func DialerFrom(ip string) (func(ctx context.Context, addr string) (net.Conn, er
 	return func(ctx context.Context, addr string) (net.Conn, error) {
 		return d.DialContext(ctx, "tcp", addr)
 	}, nil
+}
+
+// baseDialOptions are the options of every connection this package dials:
+// plaintext, the fixed flow-control windows, and d as the dialer if set.
+func baseDialOptions(d func(ctx context.Context, addr string) (net.Conn, error)) []grpc.DialOption {
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(StreamWindowBytes),
+		grpc.WithInitialConnWindowSize(ConnWindowBytes),
+	}
+	if d != nil {
+		opts = append(opts, grpc.WithContextDialer(d))
+	}
+	return opts
 }

@@ -14,7 +14,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -371,17 +370,10 @@ func (t *Transport) Snapshot(stream shoalpb.RaftTransport_SnapshotServer) error 
 }
 
 func (t *Transport) dialOptions() []grpc.DialOption {
-	dopts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(StreamWindowBytes),
-		grpc.WithInitialConnWindowSize(ConnWindowBytes),
+	return append(baseDialOptions(t.opts.Dialer),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}),
-	}
-	if d := t.opts.Dialer; d != nil {
-		dopts = append(dopts, grpc.WithContextDialer(d))
-	}
-	return dopts
+	)
 }
 
 // peer owns the stream to one destination node.
