@@ -39,6 +39,10 @@ var (
 	// ErrAmbiguous: a write may or may not have been applied, and retrying
 	// could not settle it (no session, or the deadline passed).
 	ErrAmbiguous = errors.New("shoal: outcome unknown")
+	// ErrDiskFull: the shard's leader has less free disk space than its
+	// reserve. Nothing was written; deletes are still accepted, and writes
+	// are again once space is freed.
+	ErrDiskFull = errors.New("shoal: disk full")
 	// ErrClosed: the client is closed.
 	ErrClosed = errors.New("shoal: client closed")
 )
@@ -420,6 +424,8 @@ func (c *Client) final(d *shoalpb.ErrorDetail, err error) error {
 		return fmt.Errorf("%w: %w", ErrTooLarge, err)
 	case shoalpb.ErrorCode_ERROR_CODE_CROSS_SHARD:
 		return fmt.Errorf("%w: %w", ErrCrossShard, err)
+	case shoalpb.ErrorCode_ERROR_CODE_DISK_FULL:
+		return fmt.Errorf("%w: %w", ErrDiskFull, err)
 	case shoalpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:
 		// The write's sequence was already settled: it was applied, but its
 		// result is gone.

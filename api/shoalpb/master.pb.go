@@ -123,6 +123,9 @@ const (
 	ErrorCode_ERROR_CODE_STALE_SEQUENCE ErrorCode = 16
 	// The node is stopping; nothing was done unless ambiguous is set.
 	ErrorCode_ERROR_CODE_UNAVAILABLE ErrorCode = 17
+	// The leader's disk has less free space than its reserve: writes are
+	// refused, deletes accepted, until space is freed. Nothing was done.
+	ErrorCode_ERROR_CODE_DISK_FULL ErrorCode = 18
 )
 
 // Enum value maps for ErrorCode.
@@ -146,6 +149,7 @@ var (
 		15: "ERROR_CODE_CROSS_SHARD",
 		16: "ERROR_CODE_STALE_SEQUENCE",
 		17: "ERROR_CODE_UNAVAILABLE",
+		18: "ERROR_CODE_DISK_FULL",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":        0,
@@ -166,6 +170,7 @@ var (
 		"ERROR_CODE_CROSS_SHARD":        15,
 		"ERROR_CODE_STALE_SEQUENCE":     16,
 		"ERROR_CODE_UNAVAILABLE":        17,
+		"ERROR_CODE_DISK_FULL":          18,
 	}
 )
 
@@ -991,6 +996,11 @@ type NodeStats struct {
 	CapacityBytes uint64                 `protobuf:"varint,1,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
 	UsedBytes     uint64                 `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
 	OpsPerSec     float64                `protobuf:"fixed64,3,opt,name=ops_per_sec,json=opsPerSec,proto3" json:"ops_per_sec,omitempty"`
+	// Free bytes on the data directory's filesystem (0 when unknown).
+	FreeBytes uint64 `protobuf:"varint,4,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	// The node refuses writes and incoming replicas: its free space is
+	// below its reserve (shoal node --disk-reserve-mb).
+	DiskFull      bool `protobuf:"varint,5,opt,name=disk_full,json=diskFull,proto3" json:"disk_full,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1044,6 +1054,20 @@ func (x *NodeStats) GetOpsPerSec() float64 {
 		return x.OpsPerSec
 	}
 	return 0
+}
+
+func (x *NodeStats) GetFreeBytes() uint64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
+func (x *NodeStats) GetDiskFull() bool {
+	if x != nil {
+		return x.DiskFull
+	}
+	return false
 }
 
 type HeartbeatRequest struct {
@@ -3536,12 +3560,15 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\a \x01(\x04R\tsizeBytes\x12\x1e\n" +
 	"\vops_per_sec\x18\b \x01(\x01R\topsPerSec\x12/\n" +
-	"\x05shard\x18\t \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\"q\n" +
+	"\x05shard\x18\t \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\"\xad\x01\n" +
 	"\tNodeStats\x12%\n" +
 	"\x0ecapacity_bytes\x18\x01 \x01(\x04R\rcapacityBytes\x12\x1d\n" +
 	"\n" +
 	"used_bytes\x18\x02 \x01(\x04R\tusedBytes\x12\x1e\n" +
-	"\vops_per_sec\x18\x03 \x01(\x01R\topsPerSec\"\x89\x02\n" +
+	"\vops_per_sec\x18\x03 \x01(\x01R\topsPerSec\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\x04 \x01(\x04R\tfreeBytes\x12\x1b\n" +
+	"\tdisk_full\x18\x05 \x01(\bR\bdiskFull\"\x89\x02\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
@@ -3729,7 +3756,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\rNODE_STATE_UP\x10\x01\x12\x13\n" +
 	"\x0fNODE_STATE_DOWN\x10\x02\x12\x17\n" +
 	"\x13NODE_STATE_DRAINING\x10\x03\x12\x16\n" +
-	"\x12NODE_STATE_REMOVED\x10\x04*\x8a\x04\n" +
+	"\x12NODE_STATE_REMOVED\x10\x04*\xa4\x04\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x1c\n" +
@@ -3749,7 +3776,8 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x14ERROR_CODE_TOO_LARGE\x10\x0e\x12\x1a\n" +
 	"\x16ERROR_CODE_CROSS_SHARD\x10\x0f\x12\x1d\n" +
 	"\x19ERROR_CODE_STALE_SEQUENCE\x10\x10\x12\x1a\n" +
-	"\x16ERROR_CODE_UNAVAILABLE\x10\x11*\xf8\x01\n" +
+	"\x16ERROR_CODE_UNAVAILABLE\x10\x11\x12\x18\n" +
+	"\x14ERROR_CODE_DISK_FULL\x10\x12*\xf8\x01\n" +
 	"\fOperatorKind\x12\x1d\n" +
 	"\x19OPERATOR_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14OPERATOR_KIND_REPAIR\x10\x01\x12\x1b\n" +

@@ -26,6 +26,7 @@ var grpcCodes = map[ErrorCode]codes.Code{
 	ErrorCode_ERROR_CODE_OVERFLOW:           codes.OutOfRange,
 	ErrorCode_ERROR_CODE_TIMEOUT:            codes.DeadlineExceeded,
 	ErrorCode_ERROR_CODE_OVERLOADED:         codes.ResourceExhausted,
+	ErrorCode_ERROR_CODE_DISK_FULL:          codes.ResourceExhausted,
 }
 
 // GRPCCode returns the gRPC status code that errors with code c carry.

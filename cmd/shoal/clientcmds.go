@@ -243,9 +243,11 @@ func newClusterCmd() *cobra.Command {
 		Long: `Show masters, nodes, shards, leaders and operators.
 
 In the node table REPLICAS and LEADERS count the route table's replicas;
-HEARTBEAT (its age), USED (disk) and HOSTED (replicas/leaders) are what the
-node said in its last heartbeat to the leading master, "-" when that master
-has none (a follower answered, or the node has not heartbeated it yet).`,
+HEARTBEAT (its age), USED (disk), FREE (free space on the node's disk,
+"(full)" while it refuses writes for want of it) and HOSTED
+(replicas/leaders) are what the node said in its last heartbeat to the
+leading master, "-" when that master has none (a follower answered, or the
+node has not heartbeated it yet).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
@@ -309,10 +311,11 @@ func printStatus(w io.Writer, st *shoalpb.ClusterState) {
 		}
 	}
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	// REPLICAS and LEADERS are the route table's; HEARTBEAT, USED and
-	// HOSTED (replicas/leaders) are what the node said in its last
-	// heartbeat to the leading master ("-" when it has none).
-	fmt.Fprintln(tw, "NODE\tADDR\tZONE\tWEIGHT\tSTATE\tSINCE\tREASON\tREPLICAS\tLEADERS\tHEARTBEAT\tUSED\tHOSTED")
+	// REPLICAS and LEADERS are the route table's; HEARTBEAT, USED, FREE
+	// and HOSTED (replicas/leaders) are what the node said in its last
+	// heartbeat to the leading master ("-" when it has none). FREE says
+	// "(full)" while the node refuses writes for want of disk space.
+	fmt.Fprintln(tw, "NODE\tADDR\tZONE\tWEIGHT\tSTATE\tSINCE\tREASON\tREPLICAS\tLEADERS\tHEARTBEAT\tUSED\tFREE\tHOSTED")
 	for _, n := range st.Nodes {
 		since := "-"
 		if n.StateSinceMs > 0 {
@@ -322,16 +325,22 @@ func printStatus(w io.Writer, st *shoalpb.ClusterState) {
 		if zone == "" {
 			zone = "-"
 		}
-		beat, used, hosted := "-", "-", "-"
+		beat, used, free, hosted := "-", "-", "-", "-"
 		if hb := st.NodeHeartbeats[n.Id]; hb != nil {
 			beat = heartbeatAge(hb.AgeMs)
 			if hb.Stats != nil {
 				used = humanBytes(hb.Stats.UsedBytes)
+				if hb.Stats.FreeBytes > 0 {
+					free = humanBytes(hb.Stats.FreeBytes)
+				}
+				if hb.Stats.DiskFull {
+					free += " (full)"
+				}
 			}
 			hosted = fmt.Sprintf("%d/%d", hb.Replicas, hb.Leaders)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", n.Id, n.Addr, zone, strconv.FormatFloat(n.Weight, 'g', -1, 64),
-			n.State.Name(), since, n.StateReason, replicas[n.Id], leaders[n.Id], beat, used, hosted)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", n.Id, n.Addr, zone, strconv.FormatFloat(n.Weight, 'g', -1, 64),
+			n.State.Name(), since, n.StateReason, replicas[n.Id], leaders[n.Id], beat, used, free, hosted)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

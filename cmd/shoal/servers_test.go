@@ -203,18 +203,20 @@ func TestMasterServesOnItsPeerAddress(t *testing.T) {
 }
 
 // TestStatusShowsHeartbeats: the node table of `cluster status` shows each
-// node's last heartbeat, used bytes and hosted replicas and leaders, "-"
-// for a node without a heartbeat.
+// node's last heartbeat, used and free bytes (marked when the disk is full)
+// and hosted replicas and leaders, "-" for a node without a heartbeat.
 func TestStatusShowsHeartbeats(t *testing.T) {
 	st := &shoalpb.ClusterState{
 		Cluster: &shoalpb.ClusterInfo{ClusterId: "c1", Shards: 8, Replicas: 3},
 		Nodes: []*shoalpb.NodeInfo{
 			{Id: 1, Addr: "10.0.0.1:7100", Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
 			{Id: 2, Addr: "10.0.0.2:7100", Weight: 1, State: shoalpb.NodeState_NODE_STATE_DOWN},
+			{Id: 3, Addr: "10.0.0.3:7100", Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
 		},
 		Routes: &shoalpb.RouteTable{},
 		NodeHeartbeats: map[uint64]*shoalpb.NodeHeartbeat{
-			1: {LastHeartbeatMs: 1, AgeMs: 1500, Stats: &shoalpb.NodeStats{UsedBytes: 3 << 20, CapacityBytes: 1 << 30}, Replicas: 7, Leaders: 2},
+			1: {LastHeartbeatMs: 1, AgeMs: 1500, Stats: &shoalpb.NodeStats{UsedBytes: 3 << 20, CapacityBytes: 1 << 30, FreeBytes: 5 << 20}, Replicas: 7, Leaders: 2},
+			3: {LastHeartbeatMs: 1, AgeMs: 500, Stats: &shoalpb.NodeStats{UsedBytes: 3 << 20, FreeBytes: 1 << 20, DiskFull: true}, Replicas: 7, Leaders: 2},
 		},
 	}
 	var b bytes.Buffer
@@ -226,21 +228,24 @@ func TestStatusShowsHeartbeats(t *testing.T) {
 		}
 	}
 	header := strings.Join(rows["NODE"], " ")
-	if !strings.HasSuffix(header, "REPLICAS LEADERS HEARTBEAT USED HOSTED") {
+	if !strings.HasSuffix(header, "REPLICAS LEADERS HEARTBEAT USED FREE HOSTED") {
 		t.Fatalf("node table header %q\n%s", header, b.String())
 	}
-	if got := strings.Join(rows["1"][len(rows["1"])-5:], " "); got != "1.5s ago 3.0 MiB 7/2" {
-		t.Fatalf("node 1 row ends %q, want heartbeat, used and hosted\n%s", got, b.String())
+	if got := strings.Join(rows["1"][len(rows["1"])-7:], " "); got != "1.5s ago 3.0 MiB 5.0 MiB 7/2" {
+		t.Fatalf("node 1 row ends %q, want heartbeat, used, free and hosted\n%s", got, b.String())
 	}
-	if got := strings.Join(rows["2"][len(rows["2"])-3:], " "); got != "- - -" {
+	if got := strings.Join(rows["2"][len(rows["2"])-4:], " "); got != "- - - -" {
 		t.Fatalf("node 2 (no heartbeat) row ends %q\n%s", got, b.String())
+	}
+	if got := strings.Join(rows["3"][len(rows["3"])-8:], " "); got != "0.5s ago 3.0 MiB 1.0 MiB (full) 7/2" {
+		t.Fatalf("node 3 (disk full) row ends %q\n%s", got, b.String())
 	}
 }
 
 // TestNodeFlagErrors: sizes a node cannot use, and addresses it cannot
 // advertise, are refused before it starts, with the flag named.
 func TestNodeFlagErrors(t *testing.T) {
-	unsetEnv(t, append(serverEnv, "SHOAL_ROW_CACHE_MB", "SHOAL_CACHE_MB", "SHOAL_MAX_SNAPSHOTS", "SHOAL_ADVERTISE", "SHOAL_RESP_ADVERTISE")...)
+	unsetEnv(t, append(serverEnv, "SHOAL_ROW_CACHE_MB", "SHOAL_CACHE_MB", "SHOAL_MAX_SNAPSHOTS", "SHOAL_DISK_RESERVE_MB", "SHOAL_ADVERTISE", "SHOAL_RESP_ADVERTISE")...)
 	for _, c := range []struct {
 		args []string
 		want string
@@ -248,6 +253,7 @@ func TestNodeFlagErrors(t *testing.T) {
 		{[]string{"--row-cache-mb", "-1"}, "--row-cache-mb -1: want 0 (no row cache) or more"},
 		{[]string{"--cache-mb", "0"}, "--cache-mb and --raft-entry-cache-kb must be at least 1"},
 		{[]string{"--max-snapshots", "0"}, "--max-snapshots 0: want at least 1"},
+		{[]string{"--disk-reserve-mb", "-2"}, "--disk-reserve-mb -2: want -1 (the default reserve), 0 (none) or more"},
 		{[]string{"--advertise", "10.0.0.5"}, `Config.AdvertiseAddr (--advertise) "10.0.0.5": want host:port`},
 		{[]string{"--advertise", "0.0.0.0:7100"}, "a wildcard host cannot be dialed"},
 		{[]string{"--resp-advertise", "[::]:6379"}, `Config.RESPAdvertiseAddr (--resp-advertise) "[::]:6379": a wildcard host`},

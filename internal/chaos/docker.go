@@ -287,8 +287,10 @@ func (c *DockerCluster) args(s Server) []string {
 		}
 		return a
 	}
+	// No disk reserve: these runs are about faults, not free space, and
+	// must not depend on the free space of the machine they run on.
 	return []string{"node", "--master", strings.Join(c.MasterAddrs(), ","),
-		"--listen", s.GRPCAddr, "--http", s.HTTPAddr, "--resp", s.RESPAddr, "--data-dir", "/data"}
+		"--listen", s.GRPCAddr, "--http", s.HTTPAddr, "--resp", s.RESPAddr, "--data-dir", "/data", "--disk-reserve-mb", "0"}
 }
 
 // create makes the server's volume and starts its container.

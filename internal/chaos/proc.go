@@ -127,8 +127,10 @@ func (c *ProcCluster) args(s Server) []string {
 			"--bootstrap", "--shards", strconv.Itoa(c.opts.Shards), "--replicas", strconv.Itoa(c.opts.Replicas),
 			"--node-down-after", c.opts.NodeDownAfter.String(), "--repair-after", c.opts.RepairAfter.String()}, common...)
 	}
+	// No disk reserve: these runs are about faults, not free space, and
+	// must not depend on the free space of the machine they run on.
 	return append([]string{"node", "--master", strings.Join(c.MasterAddrs(), ","), "--resp", s.RESPAddr,
-		"--shutdown-timeout", "2s"}, common...)
+		"--shutdown-timeout", "2s", "--disk-reserve-mb", "0"}, common...)
 }
 
 // Start starts the named server (again) from its data directory. Its

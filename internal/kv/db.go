@@ -414,6 +414,11 @@ func (d *DB) propose(ctx context.Context, shard uint64, cmd *shoalpb.KVCommand, 
 		}
 		cmd.SessionId, cmd.Seq, cmd.AckedBelow = s.ID, s.Seq, s.AckedBelow
 	}
+	if grows(cmd.GetOps()) {
+		if err := d.opts.Space.Check(); err != nil {
+			return nil, err
+		}
+	}
 	cmd.MaxValueBytes = int64(d.opts.Limits.MaxValueBytes)
 	data, err := proto.Marshal(cmd)
 	if err != nil {
@@ -428,6 +433,19 @@ func (d *DB) propose(ctx context.Context, shard uint64, cmd *shoalpb.KVCommand, 
 		return nil, fmt.Errorf("kv: shard %d: unexpected result %T (is the store running the kv state machine?)", shard, v)
 	}
 	return res, resultError(res)
+}
+
+// grows reports whether ops may add data: everything but deletes, which a
+// node whose disk is full still accepts so that space can be freed.
+func grows(ops []*shoalpb.KVOp) bool {
+	for _, op := range ops {
+		switch op.GetOp().(type) {
+		case *shoalpb.KVOp_Delete, *shoalpb.KVOp_DeleteExpired:
+		default:
+			return true
+		}
+	}
+	return false
 }
 
 func (d *DB) nowMs() int64 { return d.opts.Clock().UnixMilli() }

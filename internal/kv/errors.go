@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/storage"
 )
 
 // Sentinel errors of DB. Errors from the store (raftstore.ErrNotLeader and
@@ -25,6 +26,10 @@ var (
 	ErrInvalid = errors.New("kv: invalid request")
 	// ErrCrossShard: a batch whose keys live in more than one shard.
 	ErrCrossShard = errors.New("kv: keys in more than one shard")
+	// ErrDiskFull: a write refused because the node's disk has less free
+	// space than its reserve (Options.Space). Nothing was written; deletes
+	// are still accepted.
+	ErrDiskFull = storage.ErrDiskFull
 )
 
 // CommandError is a command the state machine refused by its own rules.

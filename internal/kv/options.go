@@ -3,6 +3,8 @@ package kv
 import (
 	"log/slog"
 	"time"
+
+	"github.com/shoaldb/shoal/internal/storage"
 )
 
 // Limits bound what a write may store. Zero or negative values take the
@@ -42,6 +44,11 @@ type Options struct {
 	// (StateMachineOptions.RowCache), and the node's store must bracket
 	// other changes of data with its BlockSlots. Default nil: no cache.
 	RowCache *RowCache
+	// Space refuses writes with an error wrapping ErrDiskFull while the
+	// node's disk is below its reserve; deletes are still accepted. It is
+	// asked only for commands this node proposes, that is for shards it
+	// leads. Default nil: writes are never refused for space.
+	Space *storage.SpaceGuard
 }
 
 // EnsureDefaults replaces zero (and meaningless negative) values with their

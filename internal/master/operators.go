@@ -409,6 +409,9 @@ func (s *Server) snapshot() schedule.Snapshot {
 	}
 	t, _ := s.meta.routeTable()
 	s.lmu.Lock()
+	for i := range snap.Nodes {
+		snap.Nodes[i].DiskFull = s.lmu.beats[snap.Nodes[i].ID].hb.GetStats().GetDiskFull()
+	}
 	for _, rt := range t.Shards {
 		st := s.lmu.shardStats[rt.Shard.ShardId]
 		snap.Shards = append(snap.Shards, schedule.ShardStatus{

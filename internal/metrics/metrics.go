@@ -152,6 +152,7 @@ var (
 		{"shoal_raft_messages_sent_total", "Raft messages sent.", func(s raftstore.Stats) uint64 { return s.MessagesSent }},
 		{"shoal_raft_messages_dropped_total", "Raft messages dropped (queue full, peer unreachable).", func(s raftstore.Stats) uint64 { return s.MessagesDropped }},
 		{"shoal_raft_empty_appends_sent_total", "Raft appends sent with no entries (a leader's notices of a new commit index, and probes).", func(s raftstore.Stats) uint64 { return s.EmptyAppendsSent }},
+		{"shoal_raft_appends_refused_disk_full_total", "Received appends with entries dropped because the disk was below half its reserve.", func(s raftstore.Stats) uint64 { return s.AppendsRefusedDiskFull }},
 		{"shoal_raft_commit_notices_dropped_total", "Commit-index notices a leader did not send, to followers that had acknowledged every entry.", func(s raftstore.Stats) uint64 { return s.CommitNoticesDropped }},
 		{"shoal_raft_messages_received_total", "Raft messages received.", func(s raftstore.Stats) uint64 { return s.MessagesReceived }},
 		{"shoal_raft_snapshots_sent_total", "Snapshots streamed to other nodes.", func(s raftstore.Stats) uint64 { return s.SnapshotsSent }},
@@ -254,6 +255,41 @@ func (c engineCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- hm
 		}
 	}
+}
+
+// RegisterSpace registers what the node's disk-space guard measured: free
+// bytes, the reserve, and whether writes are refused (nil: nothing).
+func RegisterSpace(reg prometheus.Registerer, g *storage.SpaceGuard) {
+	if g != nil {
+		reg.MustRegister(spaceCollector{g})
+	}
+}
+
+type spaceCollector struct{ g *storage.SpaceGuard }
+
+var (
+	descDiskFree    = prometheus.NewDesc("shoal_disk_free_bytes", "Free bytes on the data directory's filesystem (absent when it cannot be measured).", nil, nil)
+	descDiskReserve = prometheus.NewDesc("shoal_disk_reserve_bytes", "Free space below which the node refuses writes (deletes are accepted); negative when off.", nil, nil)
+	descDiskFull    = prometheus.NewDesc("shoal_disk_full", "1 while the node refuses writes because its disk is below the reserve.", nil, nil)
+)
+
+func (c spaceCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descDiskFree
+	ch <- descDiskReserve
+	ch <- descDiskFull
+}
+
+func (c spaceCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.g.Status()
+	if s.Known {
+		ch <- prometheus.MustNewConstMetric(descDiskFree, prometheus.GaugeValue, float64(s.Available))
+	}
+	ch <- prometheus.MustNewConstMetric(descDiskReserve, prometheus.GaugeValue, float64(s.Reserve))
+	full := 0.0
+	if s.Full {
+		full = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descDiskFull, prometheus.GaugeValue, full)
 }
 
 // RegisterRowCache registers the statistics of the key-value layer's row

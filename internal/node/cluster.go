@@ -284,6 +284,9 @@ func (n *Node) heartbeat(ctx context.Context, stats *replicaStats) (*shoalpb.Hea
 		req.Stats.CapacityBytes = du.TotalBytes
 	}
 	req.Stats.UsedBytes = n.engine.Metrics().DiskSpaceUsage()
+	if sp := n.space.Status(); sp.Known {
+		req.Stats.FreeBytes, req.Stats.DiskFull = sp.Available, sp.Full
+	}
 	var resp *shoalpb.HeartbeatResponse
 	err := n.masters.Call(ctx, func(ctx context.Context, c shoalpb.MasterClient) error {
 		var err error

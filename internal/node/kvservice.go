@@ -179,6 +179,8 @@ func (s *kvService) toStatus(err error) error {
 		d.Code = shoalpb.ErrorCode_ERROR_CODE_OVERFLOW
 	case errors.Is(err, kv.ErrTooLarge), errors.Is(err, raftstore.ErrEntryTooLarge):
 		d.Code = shoalpb.ErrorCode_ERROR_CODE_TOO_LARGE
+	case errors.Is(err, kv.ErrDiskFull):
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_DISK_FULL
 	case errors.Is(err, kv.ErrCrossShard):
 		d.Code = shoalpb.ErrorCode_ERROR_CODE_CROSS_SHARD
 	case errors.Is(err, kv.ErrStaleSequence):

@@ -108,6 +108,15 @@ type Config struct {
 	// read keys from memory (kv.RowCache). Default 64 MiB; negative turns
 	// it off. It is used only with the default state machine.
 	RowCacheBytes int64
+	// DiskReserveBytes is the free space kept on DataDir's filesystem:
+	// below it the node refuses writes to the shards it leads (deletes are
+	// accepted) with DISK_FULL and replicas moving in; below half of it,
+	// it also stops taking entries from other leaders (its replicas fall
+	// behind, and catch up once space is freed). So the disk does not fill
+	// in the middle of a Raft log write (Pebble then stops the process),
+	// and compactions keep room to reclaim deleted keys. Default (0): storage.DefaultSpaceReserve (1 GiB), or 5% of the
+	// filesystem when that is less. Negative: writes are never refused.
+	DiskReserveBytes int64
 	// Store adjusts the store's options (timing, limits, knobs) before it is
 	// created.
 	Store func(o *raftstore.Options)
@@ -189,6 +198,7 @@ type Node struct {
 	// a wildcard host replaced by AdvertiseAddr's), "" without HTTP.
 	httpAdvertise string
 	engine        *storage.Engine
+	space         *storage.SpaceGuard
 	store         *raftstore.Store
 	transport     *transport.Transport
 	kv            *kv.DB
@@ -323,7 +333,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		smOpts := kv.StateMachineOptions{Logger: n.log, RowCache: rows}
 		newSM = func(desc *shoalpb.ShardDescriptor) raftstore.StateMachine { return kv.NewStateMachine(desc, smOpts) }
 	}
+	n.space = storage.NewSpaceGuard(n.engine.FS(), n.cfg.DataDir, storage.SpaceOptions{Reserve: cfg.DiskReserveBytes, Logger: n.log})
+	if st := n.space.Status(); !st.Known && st.Reserve >= 0 {
+		n.log.Warn("cannot measure free disk space: writes will not be refused when the disk fills", "dir", n.cfg.DataDir, "err", st.Err)
+	}
 	so := raftstore.Options{
+		Space:           n.space,
 		NodeID:          n.cfg.NodeID,
 		Engine:          n.engine,
 		Transport:       sender,
@@ -384,6 +399,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	kvOpts.RowCache = rows
 	metrics.RegisterRowCache(n.metrics, rows)
+	kvOpts.Space = n.space
+	metrics.RegisterSpace(n.metrics, n.space)
 	n.store.Start()
 	n.kv = kv.New(n.store, kvOpts)
 	// Serve only once everything the services use exists.
@@ -503,6 +520,11 @@ func handoverTarget(st raftstore.ReplicaStatus) uint64 {
 	}
 	return best
 }
+
+// DiskSpace measures the free space of the node's data directory (at most
+// every 100ms) and says whether the node is refusing writes for it
+// (Config.DiskReserveBytes).
+func (n *Node) DiskSpace() storage.SpaceStatus { return n.space.Status() }
 
 // Stop shuts the node down; see the package doc for the order. It returns
 // the error that stopped the store, if any.

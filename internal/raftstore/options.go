@@ -106,6 +106,13 @@ type Options struct {
 	// SnapshotChunkBytes is the size of one snapshot stream message.
 	// Default 1 MiB.
 	SnapshotChunkBytes int
+	// Space tells whether the node's disk is below its reserve. While it
+	// is, the store refuses incoming snapshots; below half the reserve it
+	// also drops received appends that carry entries: a follower on a full
+	// disk falls behind (its leader sends them again once it answers)
+	// instead of filling the disk, which would stop the node (Pebble exits
+	// when it cannot write its log). Default nil: never full.
+	Space *storage.SpaceGuard
 	// Logger receives the store's logs; the caller adds the node's
 	// attributes. Default: discarded.
 	Logger *slog.Logger

@@ -375,6 +375,9 @@ func (s *Store) HandleSnapshot(ctx context.Context, first *shoalpb.SnapshotChunk
 	if err := s.admitReplica(h.ShardId, m.GetTo(), h.Epoch); err != nil {
 		return err
 	}
+	if err := s.opts.Space.Check(); err != nil {
+		return fmt.Errorf("raftstore: node %d refuses snapshot %s: %w", s.opts.NodeID, data.Id, err)
+	}
 	select {
 	case s.recvSlots <- struct{}{}:
 		defer func() { <-s.recvSlots }()

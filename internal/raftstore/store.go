@@ -120,6 +120,9 @@ type Stats struct {
 	// MessagesSent and MessagesDropped count outgoing Raft messages;
 	// MessagesReceived incoming ones handed to replicas.
 	MessagesSent, MessagesDropped, MessagesReceived uint64
+	// AppendsRefusedDiskFull counts received appends with entries dropped
+	// because the disk was below half its reserve (Options.Space).
+	AppendsRefusedDiskFull uint64
 	// MessagesSentByType splits MessagesSent by Raft message type (the
 	// raftpb name, "MsgApp"; "Removed" for the notices that tell a replica
 	// it was removed, "Other" for a type this build does not know; types
@@ -228,6 +231,7 @@ type Store struct {
 		sent, dropped, received               atomic.Uint64
 		sentByType                            [numSentKinds]atomic.Uint64
 		emptyAppends, noticesDropped          atomic.Uint64
+		droppedDiskFull                       atomic.Uint64
 		snapshotsApplied, truncations         atomic.Uint64
 		created, removed                      atomic.Uint64
 		campaigns, leaderships                atomic.Uint64
@@ -432,6 +436,8 @@ func (s *Store) Stats() Stats {
 		MessagesSent:      s.stats.sent.Load(),
 		MessagesDropped:   s.stats.dropped.Load(),
 		MessagesReceived:  s.stats.received.Load(),
+
+		AppendsRefusedDiskFull: s.stats.droppedDiskFull.Load(),
 
 		MessagesSentByType:   s.sentByType(),
 		EmptyAppendsSent:     s.stats.emptyAppends.Load(),
@@ -828,9 +834,24 @@ func (s *Store) HandleRaftBatch(msgs []*shoalpb.RaftMessage) {
 	if len(msgs) > 0 && msgs[0].FromNode != 0 {
 		s.peers.heard(msgs[0].FromNode, time.Now())
 	}
+	full := -1 // unknown until a message carries entries
 	for _, m := range msgs {
 		if m.ShardId == 0 && m.Message == nil {
 			continue // a keepalive (quiesce.go)
+		}
+		if m.Message.GetType() == raftpb.MsgApp && len(m.Message.GetEntries()) > 0 {
+			if full < 0 {
+				full = 0
+				if s.opts.Space.CheckExhausted() != nil {
+					full = 1
+				}
+			}
+			if full == 1 {
+				// Lost, as far as Raft can tell: the leader sends the
+				// entries again once this replica answers.
+				s.stats.droppedDiskFull.Add(1)
+				continue
+			}
 		}
 		to := m.Message.GetTo()
 		r, err := s.replica(m.ShardId)

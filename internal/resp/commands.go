@@ -226,6 +226,13 @@ func (c *conn) fail(err error) {
 		c.wr.Error(errTooLarge)
 	case shoalpb.ErrorCode_ERROR_CODE_CROSS_SHARD:
 		c.wr.Error(errCrossSlot)
+	case shoalpb.ErrorCode_ERROR_CODE_DISK_FULL:
+		// "ERR disk full: 12 MiB free, below the reserve of …", without
+		// the layers the message went through.
+		if i := strings.Index(msg, "disk full"); i >= 0 {
+			msg = msg[i:]
+		}
+		c.wr.Error("ERR " + msg)
 	case shoalpb.ErrorCode_ERROR_CODE_TIMEOUT, shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE:
 		if d.Ambiguous {
 			c.wr.Error(errAmbiguous)

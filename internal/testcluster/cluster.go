@@ -61,6 +61,14 @@ type Options struct {
 	// these options.
 	RESP     bool
 	RESPOpts resp.Options
+	// DiskReserveBytes is every node's node.Config.DiskReserveBytes, except
+	// that 0 turns the reserve off: tests that are not about disk space
+	// must not depend on the free space of the machine they run on.
+	DiskReserveBytes int64
+	// PrepareDir, if set, is called with each node's index (0-based) and
+	// data directory before the node first starts; a test mounts a small
+	// filesystem there, say.
+	PrepareDir func(i int, dir string) error
 	// LeaderWait is every node's node.Config.LeaderWait.
 	LeaderWait time.Duration
 	// Logger receives every node's logs. Default: errors only, to stderr.
@@ -102,6 +110,10 @@ func (c *Cluster) AddNode() (*Node, error) {
 
 // Node returns the running node (or the last one).
 func (n *Node) Node() *node.Node { return n.current() }
+
+// FS returns the filesystem the node's engine is on: a *vfs.MemFS with
+// Options.CrashableFS, else vfs.Default.
+func (n *Node) FS() vfs.FS { return n.fs }
 
 // Dir returns the node's data directory.
 func (n *Node) Dir() string { return n.dir }
@@ -153,6 +165,14 @@ func Start(t testing.TB, opts Options) *Cluster {
 			n.fs = vfs.NewCrashableMem()
 		} else {
 			n.fs = vfs.Default
+		}
+		if opts.PrepareDir != nil {
+			if err := os.MkdirAll(n.dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := opts.PrepareDir(i, n.dir); err != nil {
+				t.Fatal(err)
+			}
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
@@ -239,6 +259,9 @@ func (n *Node) start() error {
 		KV:              c.opts.KV,
 		LeaderWait:      c.opts.LeaderWait,
 		Logger:          c.opts.Logger,
+	}
+	if cfg.DiskReserveBytes = c.opts.DiskReserveBytes; cfg.DiskReserveBytes == 0 {
+		cfg.DiskReserveBytes = -1
 	}
 	// The fault network and store options are keyed by the node's ID,
 	// which in master mode is known only once it has registered.

@@ -232,6 +232,11 @@ func (e *ddEnv) updateNode(n *NodeStatus, kv map[string]string) error {
 			}
 			n.State = shoalpb.NodeState(st)
 			n.StateSinceMs = e.s.NowMs
+		case "disk":
+			if v != "full" && v != "ok" {
+				return fmt.Errorf("disk=%s: want full or ok", v)
+			}
+			n.DiskFull = v == "full"
 		case "for":
 		default:
 			return fmt.Errorf("unknown node field %q", k)
@@ -585,6 +590,9 @@ func (e *ddEnv) show(shards bool) string {
 		zone := ""
 		if n.Zone != "" {
 			zone = " zone=" + n.Zone
+		}
+		if n.DiskFull {
+			state += " disk-full"
 		}
 		fmt.Fprintf(&b, "n%d%s weight=%v %s: %d replicas%s, %d leaders%s\n", n.ID, zone, n.Weight, state,
 			rep[n.ID], ratio(n, rep[n.ID], upR), lead[n.ID], ratio(n, lead[n.ID], upL))

@@ -8,20 +8,29 @@ import (
 	"github.com/shoaldb/shoal/api/shoalpb"
 )
 
-// drainLeaders hands the leadership of shards led from draining nodes to
-// voters on up nodes.
+// drainLeaders hands the leadership of shards led from draining nodes, and
+// from nodes whose disk is full (their leaders refuse writes), to voters
+// on up nodes with room.
 func (c *cluster) drainLeaders() {
 	for _, sh := range c.shards {
 		if !c.room() {
 			return
 		}
 		l := sh.leader()
-		if c.busy[sh.id()] || l == nil || c.state(l.NodeId) != shoalpb.NodeState_NODE_STATE_DRAINING {
+		if c.busy[sh.id()] || l == nil {
+			continue
+		}
+		reason := ""
+		switch {
+		case c.state(l.NodeId) == shoalpb.NodeState_NODE_STATE_DRAINING:
+			reason = fmt.Sprintf("node %d is draining", l.NodeId)
+		case c.nodes[l.NodeId].DiskFull:
+			reason = fmt.Sprintf("node %d's disk is full", l.NodeId)
+		default:
 			continue
 		}
 		if to := c.successor(sh, l.ReplicaId); to != 0 {
-			c.admit(move{sh: sh, kind: shoalpb.OperatorKind_OPERATOR_KIND_LEADER_BALANCE,
-				reason: fmt.Sprintf("node %d is draining", l.NodeId), lead: to})
+			c.admit(move{sh: sh, kind: shoalpb.OperatorKind_OPERATOR_KIND_LEADER_BALANCE, reason: reason, lead: to})
 		}
 	}
 }

@@ -340,7 +340,7 @@ func (c *cluster) state(id uint64) shoalpb.NodeState {
 
 // placeable reports whether a node may receive replicas and leaders.
 func (c *cluster) placeable(id uint64) bool {
-	return c.state(id) == shoalpb.NodeState_NODE_STATE_UP && c.nodes[id].Weight > 0
+	return c.state(id) == shoalpb.NodeState_NODE_STATE_UP && c.nodes[id].Weight > 0 && !c.nodes[id].DiskFull
 }
 
 // live reports whether a node is heartbeating: its replicas are healthy

@@ -17,6 +17,11 @@ type NodeStatus struct {
 	State  shoalpb.NodeState
 	// StateSinceMs is when the node entered State (Unix ms).
 	StateSinceMs int64
+	// DiskFull is set when the node's last heartbeat said its disk is
+	// below its reserve: like a node without weight, it gets no new
+	// replicas (it would refuse their snapshots) or leaders (they would
+	// refuse writes).
+	DiskFull bool
 }
 
 // ShardStatus is one shard as the master leader sees it: the descriptor

@@ -1,0 +1,157 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// ErrDiskFull is returned for a write refused because the filesystem under
+// the engine has less free space than its reserve (SpaceGuard). Nothing of
+// the write was done.
+var ErrDiskFull = errors.New("disk full")
+
+// DefaultSpaceReserve is the most free space SpaceGuard keeps by default; on
+// a filesystem smaller than 20 times it, the default is 5% of the
+// filesystem instead.
+const DefaultSpaceReserve = 1 << 30
+
+// SpaceOptions configure a SpaceGuard.
+type SpaceOptions struct {
+	// Reserve is the free space, in bytes, below which writes that grow the
+	// data are refused. Default (0): DefaultSpaceReserve, or 5% of the
+	// filesystem when that is less. Negative: never refuse.
+	Reserve int64
+	// MaxAge is how long a measurement of the free space is used before
+	// the filesystem is asked again. Default 100ms.
+	MaxAge time.Duration
+	// Clock is the time source. Default time.Now.
+	Clock func() time.Time
+	// Logger is told when writes start being refused and when they are
+	// accepted again. Default: discarded.
+	Logger *slog.Logger
+}
+
+// SpaceGuard tells whether the filesystem holding a directory has room for
+// more data: it keeps a reserve free so that a node never finds its disk
+// full in the middle of a Raft log write (which stops the node), and so
+// that compactions, which need room to run before they free any, can still
+// reclaim the space of deleted keys. It measures the free space at most
+// once per MaxAge, so Check is cheap enough to call for every write. It is
+// safe for concurrent use.
+//
+// INVARIANT: when the free space cannot be measured (a filesystem without
+// statfs, such as an in-memory one), Check refuses nothing.
+type SpaceGuard struct {
+	fs      vfs.FS
+	dir     string
+	reserve int64 // negative: off
+	maxAge  time.Duration
+	clock   func() time.Time
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	measured time.Time
+	avail    uint64
+	known    bool
+	err      error // the last measurement's error
+	full     bool
+}
+
+// NewSpaceGuard returns a guard of the filesystem fs that holds dir.
+func NewSpaceGuard(fs vfs.FS, dir string, o SpaceOptions) *SpaceGuard {
+	if o.MaxAge <= 0 {
+		o.MaxAge = 100 * time.Millisecond
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	g := &SpaceGuard{fs: fs, dir: dir, reserve: o.Reserve, maxAge: o.MaxAge, clock: o.Clock, log: o.Logger}
+	if g.reserve == 0 {
+		g.reserve = DefaultSpaceReserve
+		if du, err := fs.GetDiskUsage(dir); err == nil && du.TotalBytes > 0 {
+			g.reserve = min(g.reserve, int64(du.TotalBytes/20))
+		}
+	}
+	return g
+}
+
+// SpaceStatus is what a SpaceGuard last measured.
+type SpaceStatus struct {
+	// Reserve is the free space kept, in bytes; negative when the guard
+	// is off.
+	Reserve int64
+	// Available is the free space, in bytes, as of the last measurement;
+	// Known is false when it could not be measured (Err says why).
+	Available uint64
+	Known     bool
+	Err       error
+	// Full is set while writes are refused (free space below the
+	// reserve), Exhausted while replication is too (below half of it).
+	Full, Exhausted bool
+}
+
+// Status measures the free space if the last measurement is older than
+// MaxAge and returns the result.
+func (g *SpaceGuard) Status() SpaceStatus {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if now := g.clock(); g.measured.IsZero() || now.Sub(g.measured) >= g.maxAge {
+		g.measured = now
+		du, err := g.fs.GetDiskUsage(g.dir)
+		g.avail, g.known, g.err = du.AvailBytes, err == nil, err
+		full := g.reserve >= 0 && g.known && g.avail < uint64(g.reserve)
+		switch {
+		case full && !g.full:
+			g.log.Warn("disk full: refusing writes, accepting deletes",
+				"dir", g.dir, "free_mib", g.avail>>20, "reserve_mib", g.reserve>>20)
+		case !full && g.full:
+			g.log.Info("disk has room again: accepting writes", "dir", g.dir, "free_mib", g.avail>>20)
+		}
+		g.full = full
+	}
+	return SpaceStatus{
+		Reserve: g.reserve, Available: g.avail, Known: g.known, Err: g.err,
+		Full: g.full, Exhausted: g.full && g.avail < uint64(g.reserve/2),
+	}
+}
+
+// Check returns an error wrapping ErrDiskFull while the free space is below
+// the reserve, and nil otherwise. It is asked before writes that would add
+// data: a client's write, a replica moving in.
+func (g *SpaceGuard) Check() error {
+	if g == nil || g.reserve < 0 {
+		return nil
+	}
+	s := g.Status()
+	if !s.Full {
+		return nil
+	}
+	return fmt.Errorf("%w: %d MiB free, below the reserve of %d MiB; only deletes are accepted until space is freed",
+		ErrDiskFull, s.Available>>20, s.Reserve>>20)
+}
+
+// CheckExhausted returns an error wrapping ErrDiskFull while the free space
+// is below half the reserve, and nil otherwise. It is asked before
+// replicating entries to this node. Between the two thresholds a node
+// still takes the entries its shards' leaders send, so that the deletes
+// that free space can commit while every node is past the reserve; below
+// half of it, the node stops writing before its disk fills.
+func (g *SpaceGuard) CheckExhausted() error {
+	if g == nil || g.reserve < 0 {
+		return nil
+	}
+	s := g.Status()
+	if !s.Exhausted {
+		return nil
+	}
+	return fmt.Errorf("%w: %d MiB free, below half the reserve of %d MiB",
+		ErrDiskFull, s.Available>>20, s.Reserve>>20)
+}

@@ -1,0 +1,122 @@
+package storage
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// fakeClock is a clock the test moves by hand.
+type fakeClock struct{ now time.Time }
+
+func (c *fakeClock) Now() time.Time { return c.now }
+
+func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
+	fs := vfs.NewMem()
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 200 << 20, TotalBytes: 1 << 40})
+	g := NewSpaceGuard(fs, "/data", SpaceOptions{Reserve: 100 << 20, Clock: clock.Now})
+	if err := g.Check(); err != nil {
+		t.Fatalf("200 MiB free, 100 reserved: %v", err)
+	}
+
+	// The measurement is kept for MaxAge (100ms by default): a change is
+	// seen only once it has passed.
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 99 << 20, TotalBytes: 1 << 40})
+	clock.now = clock.now.Add(99 * time.Millisecond)
+	if err := g.Check(); err != nil {
+		t.Fatalf("within MaxAge of the last measurement: %v", err)
+	}
+	clock.now = clock.now.Add(time.Millisecond)
+	err := g.Check()
+	if !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("99 MiB free, 100 reserved: got %v, want ErrDiskFull", err)
+	}
+	if want := "disk full: 99 MiB free, below the reserve of 100 MiB; only deletes are accepted until space is freed"; err.Error() != want {
+		t.Fatalf("message %q, want %q", err, want)
+	}
+	if s := g.Status(); !s.Full || !s.Known || s.Available != 99<<20 || s.Reserve != 100<<20 {
+		t.Fatalf("status %+v", s)
+	}
+
+	if err := g.CheckExhausted(); err != nil {
+		t.Fatalf("99 MiB free, 100 reserved: replication refused (%v); it should be only below half", err)
+	}
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 49 << 20, TotalBytes: 1 << 40})
+	clock.now = clock.now.Add(100 * time.Millisecond)
+	if err := g.CheckExhausted(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("49 MiB free, 100 reserved: replication got %v, want ErrDiskFull", err)
+	}
+	if s := g.Status(); !s.Full || !s.Exhausted {
+		t.Fatalf("status %+v", s)
+	}
+
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 100 << 20, TotalBytes: 1 << 40})
+	clock.now = clock.now.Add(100 * time.Millisecond)
+	if err := g.Check(); err != nil {
+		t.Fatalf("exactly the reserve free: %v", err)
+	}
+}
+
+func TestSpaceGuardDefaultsAndOff(t *testing.T) {
+	fs := vfs.NewMem()
+	// Unmeasurable (MemFS without usage): nothing is refused.
+	if err := NewSpaceGuard(fs, "/data", SpaceOptions{}).Check(); err != nil {
+		t.Fatalf("unknown free space: %v", err)
+	}
+	for _, tc := range []struct {
+		total, want uint64
+	}{
+		{total: 1 << 40, want: DefaultSpaceReserve}, // 1 TiB: the cap
+		{total: 4 << 30, want: (4 << 30) / 20},      // 4 GiB: 5%
+	} {
+		fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 1, TotalBytes: tc.total})
+		g := NewSpaceGuard(fs, "/data", SpaceOptions{})
+		if s := g.Status(); s.Reserve != int64(tc.want) || !s.Full {
+			t.Errorf("total %d: status %+v, want reserve %d and full", tc.total, s, tc.want)
+		}
+	}
+	g := NewSpaceGuard(fs, "/data", SpaceOptions{Reserve: -1})
+	if err, errx := g.Check(), g.CheckExhausted(); err != nil || errx != nil {
+		t.Fatalf("reserve off, 1 byte free: %v, %v", err, errx)
+	}
+	var none *SpaceGuard
+	if err, errx := none.Check(), none.CheckExhausted(); err != nil || errx != nil {
+		t.Fatalf("nil guard: %v, %v", err, errx)
+	}
+}
+
+// TestSpaceGuardOnTmpfs fills a real (tmpfs) filesystem past the reserve
+// and frees it again. It needs to mount, so it runs as root only.
+func TestSpaceGuardOnTmpfs(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64m"); err != nil {
+		t.Skipf("cannot mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	g := NewSpaceGuard(vfs.Default, dir, SpaceOptions{Reserve: 16 << 20, Clock: clock.Now})
+	if err := g.Check(); err != nil {
+		t.Fatalf("empty 64 MiB tmpfs: %v", err)
+	}
+	filler := filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 56<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clock.now = clock.now.Add(time.Second)
+	if err := g.Check(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("8 MiB free of 64, 16 reserved: got %v, want ErrDiskFull", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	clock.now = clock.now.Add(time.Second)
+	if err := g.Check(); err != nil {
+		t.Fatalf("after freeing: %v", err)
+	}
+}
