@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -54,12 +55,17 @@ type SpaceGuard struct {
 	clock   func() time.Time
 	log     *slog.Logger
 
-	mu       sync.Mutex
-	measured time.Time
+	// due is when the next measurement is due (Unix ns); full and
+	// exhausted are the last one's verdicts. Check reads them without the
+	// lock, so a write pays a clock read and two atomic loads.
+	due             atomic.Int64
+	full, exhausted atomic.Bool
+
+	mu       sync.Mutex // serialises measurements and guards what follows
+	measured bool
 	avail    uint64
 	known    bool
 	err      error // the last measurement's error
-	full     bool
 }
 
 // NewSpaceGuard returns a guard of the filesystem fs that holds dir.
@@ -103,23 +109,36 @@ type SpaceStatus struct {
 func (g *SpaceGuard) Status() SpaceStatus {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if now := g.clock(); g.measured.IsZero() || now.Sub(g.measured) >= g.maxAge {
-		g.measured = now
-		du, err := g.fs.GetDiskUsage(g.dir)
-		g.avail, g.known, g.err = du.AvailBytes, err == nil, err
-		full := g.reserve >= 0 && g.known && g.avail < uint64(g.reserve)
-		switch {
-		case full && !g.full:
-			g.log.Warn("disk full: refusing writes, accepting deletes",
-				"dir", g.dir, "free_mib", g.avail>>20, "reserve_mib", g.reserve>>20)
-		case !full && g.full:
-			g.log.Info("disk has room again: accepting writes", "dir", g.dir, "free_mib", g.avail>>20)
-		}
-		g.full = full
+	if now := g.clock().UnixNano(); !g.measured || now >= g.due.Load() {
+		g.measure(now)
 	}
 	return SpaceStatus{
 		Reserve: g.reserve, Available: g.avail, Known: g.known, Err: g.err,
-		Full: g.full, Exhausted: g.full && g.avail < uint64(g.reserve/2),
+		Full: g.full.Load(), Exhausted: g.exhausted.Load(),
+	}
+}
+
+// measure asks the filesystem for its free space. g.mu is held.
+func (g *SpaceGuard) measure(now int64) {
+	du, err := g.fs.GetDiskUsage(g.dir)
+	g.measured, g.avail, g.known, g.err = true, du.AvailBytes, err == nil, err
+	full := g.reserve >= 0 && g.known && g.avail < uint64(g.reserve)
+	switch was := g.full.Load(); {
+	case full && !was:
+		g.log.Warn("disk full: refusing writes, accepting deletes",
+			"dir", g.dir, "free_mib", g.avail>>20, "reserve_mib", g.reserve>>20)
+	case !full && was:
+		g.log.Info("disk has room again: accepting writes", "dir", g.dir, "free_mib", g.avail>>20)
+	}
+	g.full.Store(full)
+	g.exhausted.Store(full && g.avail < uint64(g.reserve/2))
+	g.due.Store(now + int64(g.maxAge))
+}
+
+// refresh measures again if a measurement is due.
+func (g *SpaceGuard) refresh() {
+	if g.clock().UnixNano() >= g.due.Load() {
+		g.Status()
 	}
 }
 
@@ -130,10 +149,10 @@ func (g *SpaceGuard) Check() error {
 	if g == nil || g.reserve < 0 {
 		return nil
 	}
-	s := g.Status()
-	if !s.Full {
+	if g.refresh(); !g.full.Load() {
 		return nil
 	}
+	s := g.Status()
 	return fmt.Errorf("%w: %d MiB free, below the reserve of %d MiB; only deletes are accepted until space is freed",
 		ErrDiskFull, s.Available>>20, s.Reserve>>20)
 }
@@ -148,10 +167,10 @@ func (g *SpaceGuard) CheckExhausted() error {
 	if g == nil || g.reserve < 0 {
 		return nil
 	}
-	s := g.Status()
-	if !s.Exhausted {
+	if g.refresh(); !g.exhausted.Load() {
 		return nil
 	}
+	s := g.Status()
 	return fmt.Errorf("%w: %d MiB free, below half the reserve of %d MiB",
 		ErrDiskFull, s.Available>>20, s.Reserve>>20)
 }
