@@ -108,7 +108,8 @@ func TestDiskFullRefusesWritesKeepsData(t *testing.T) {
 		}
 	}
 
-	setFree(65 << 20)
+	setFree(71 << 20) // 10% above the reserve: a full node needs that much
+
 	if err := tc.WaitFor(ctx, func() error {
 		for i := range n {
 			if err := rc.Set(ctx, fmt.Sprintf("new%d", i), "x", 0).Err(); err != nil {

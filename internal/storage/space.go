@@ -100,7 +100,8 @@ type SpaceStatus struct {
 	Known     bool
 	Err       error
 	// Full is set while writes are refused (free space below the
-	// reserve), Exhausted while replication is too (below half of it).
+	// reserve; once set, until 110% of it is free), Exhausted while
+	// replication is too (below half of it).
 	Full, Exhausted bool
 }
 
@@ -122,8 +123,16 @@ func (g *SpaceGuard) Status() SpaceStatus {
 func (g *SpaceGuard) measure(now int64) {
 	du, err := g.fs.GetDiskUsage(g.dir)
 	g.measured, g.avail, g.known, g.err = true, du.AvailBytes, err == nil, err
-	full := g.reserve >= 0 && g.known && g.avail < uint64(g.reserve)
-	switch was := g.full.Load(); {
+	// Once full, the disk counts as full until a tenth of the reserve
+	// more is free, so that a node hovering at the reserve does not flap
+	// (and the masters do not move its leaders back and forth).
+	was := g.full.Load()
+	limit := uint64(g.reserve)
+	if was {
+		limit += limit / 10
+	}
+	full := g.reserve >= 0 && g.known && g.avail < limit
+	switch {
 	case full && !was:
 		g.log.Warn("disk full: refusing writes, accepting deletes",
 			"dir", g.dir, "free_mib", g.avail>>20, "reserve_mib", g.reserve>>20)
@@ -143,7 +152,8 @@ func (g *SpaceGuard) refresh() {
 }
 
 // Check returns an error wrapping ErrDiskFull while the free space is below
-// the reserve, and nil otherwise. It is asked before writes that would add
+// the reserve (once below, until it is a tenth of the reserve above it),
+// and nil otherwise. It is asked before writes that would add
 // data: a client's write, a replica moving in.
 func (g *SpaceGuard) Check() error {
 	if g == nil || g.reserve < 0 {

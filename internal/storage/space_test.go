@@ -56,10 +56,26 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 		t.Fatalf("status %+v", s)
 	}
 
+	// Once full, the disk stays so until 10% more than the reserve is
+	// free.
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 109 << 20, TotalBytes: 1 << 40})
+	clock.now = clock.now.Add(100 * time.Millisecond)
+	if err := g.Check(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("109 MiB free after being full, 100 reserved: got %v, want still ErrDiskFull", err)
+	}
+	if err := g.CheckExhausted(); err != nil {
+		t.Fatalf("109 MiB free: replication refused: %v", err)
+	}
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 110 << 20, TotalBytes: 1 << 40})
+	clock.now = clock.now.Add(100 * time.Millisecond)
+	if err := g.Check(); err != nil {
+		t.Fatalf("110 MiB free, 100 reserved: %v", err)
+	}
+	// And a fresh fall below the reserve counts again at the reserve.
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 100 << 20, TotalBytes: 1 << 40})
 	clock.now = clock.now.Add(100 * time.Millisecond)
 	if err := g.Check(); err != nil {
-		t.Fatalf("exactly the reserve free: %v", err)
+		t.Fatalf("exactly the reserve free, not full before: %v", err)
 	}
 }
 
