@@ -40,8 +40,9 @@ var (
 	// could not settle it (no session, or the deadline passed).
 	ErrAmbiguous = errors.New("shoal: outcome unknown")
 	// ErrDiskFull: the shard's leader has less free disk space than its
-	// reserve. Nothing was written; deletes are still accepted, and writes
-	// are again once space is freed.
+	// reserve. Nothing was written (unless ErrAmbiguous is set too: an
+	// earlier attempt of the write may have been); deletes are still
+	// accepted, and writes are again once space is freed.
 	ErrDiskFull = errors.New("shoal: disk full")
 	// ErrClosed: the client is closed.
 	ErrClosed = errors.New("shoal: client closed")
@@ -387,6 +388,11 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 			c.routes.forgetLeader(slot)
 			retryNow = true
 		default:
+			if write && mayHaveApplied && d.GetCode() == shoalpb.ErrorCode_ERROR_CODE_DISK_FULL {
+				// An earlier attempt may have been applied; this one was
+				// refused before the session could say so.
+				return fmt.Errorf("%w: %w", ErrAmbiguous, c.final(d, err))
+			}
 			return c.final(d, err)
 		}
 		if ctx.Err() != nil {

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -153,5 +154,42 @@ func TestNotLeaderPingPongBacksOff(t *testing.T) {
 	// waits makes one attempt per round trip, hundreds in 300 ms.
 	if n := nodes[0].calls.Load() + nodes[1].calls.Load(); n > 45 {
 		t.Errorf("%d attempts during a %v handover; want the client to back off (at most 45)", n, handover)
+	}
+}
+
+// TestDiskFullAfterAmbiguousAttempt: a write whose first attempt timed out
+// on the leader (it may have been applied) and whose retry is refused for
+// disk space is ambiguous, not "nothing written"; a write refused at once
+// is plainly ErrDiskFull and not retried.
+func TestDiskFullAfterAmbiguousAttempt(t *testing.T) {
+	full := shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_DISK_FULL}, "disk full: 40 MiB free")
+	for _, tc := range []struct {
+		name          string
+		first         error
+		wantAmbiguous bool
+		wantCalls     int64
+	}{
+		{"refused at once", full, false, 1},
+		{"refused on the retry", shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_TIMEOUT, Ambiguous: true}, "timed out"), true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			node := &scriptedNode{put: func(n int64) error {
+				if n == 1 {
+					return tc.first
+				}
+				return full
+			}}
+			addr := serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, node) })
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c := openOneShard(ctx, t, []string{addr})
+			_, err := c.Put(ctx, []byte("k"), []byte("v"))
+			if !errors.Is(err, client.ErrDiskFull) || errors.Is(err, client.ErrAmbiguous) != tc.wantAmbiguous {
+				t.Fatalf("Put: %v; want ErrDiskFull, ambiguous %v", err, tc.wantAmbiguous)
+			}
+			if n := node.calls.Load(); n != tc.wantCalls {
+				t.Errorf("%d attempts, want %d", n, tc.wantCalls)
+			}
+		})
 	}
 }

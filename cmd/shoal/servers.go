@@ -232,8 +232,8 @@ the replicas they place on it.
 				cfg.RowCacheBytes = -1
 			}
 			switch {
-			case diskReserveMiB < -1:
-				return fmt.Errorf("--disk-reserve-mb %d: want -1 (the default reserve), 0 (none) or more", diskReserveMiB)
+			case diskReserveMiB < -1 || diskReserveMiB > 1<<30:
+				return fmt.Errorf("--disk-reserve-mb %d: want -1 (the default reserve), 0 (none) or up to %d", diskReserveMiB, 1<<30)
 			case diskReserveMiB == -1:
 				cfg.DiskReserveBytes = 0 // node's default
 			case diskReserveMiB == 0:
@@ -289,7 +289,7 @@ the replicas they place on it.
 	f.DurationVar(&cfg.LeaderWait, "leader-wait", envDuration("SHOAL_LEADER_WAIT", 0), "how long a request for a shard that is electing a leader waits for the election to end before failing (Redis: -TRYAGAIN); 0: the default, the election timeout, 1s; negative (-1ns) fails at once (env SHOAL_LEADER_WAIT)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
 	f.IntVar(&cacheMiB, "cache-mb", envInt("SHOAL_CACHE_MB", 128), "Pebble block cache, MiB (env SHOAL_CACHE_MB); see docs/operations.md for the node's memory bound")
-	f.IntVar(&diskReserveMiB, "disk-reserve-mb", envInt("SHOAL_DISK_RESERVE_MB", -1), "free disk space the node keeps, MiB: below it the node refuses writes to the shards it leads (deletes are accepted) until space is freed; -1 for 1024 or 5% of the disk, whichever is less; 0 turns it off (env SHOAL_DISK_RESERVE_MB)")
+	f.IntVar(&diskReserveMiB, "disk-reserve-mb", envInt("SHOAL_DISK_RESERVE_MB", -1), "free disk space the node keeps, MiB: below it the node refuses writes to the shards it leads (deletes are accepted) and replicas moving in until space is freed, and below half of it stops taking other leaders' entries; -1 for 1024 or 5% of the disk, whichever is less; 0 turns it off (env SHOAL_DISK_RESERVE_MB); see docs/operations.md")
 	f.IntVar(&rowCacheMiB, "row-cache-mb", envInt("SHOAL_ROW_CACHE_MB", node.DefaultRowCacheBytes>>20), "values of recently read keys kept in memory, so that reading a hot key skips the storage engine, MiB; 0 turns it off (env SHOAL_ROW_CACHE_MB)")
 	f.IntVar(&memtableMiB, "memtable-mb", envInt("SHOAL_MEMTABLE_MB", 32), "size of one Pebble memtable, MiB; up to two are held (env SHOAL_MEMTABLE_MB)")
 	f.DurationVar(&cfg.MinSyncInterval, "wal-min-sync-interval", envDuration("SHOAL_WAL_MIN_SYNC_INTERVAL", 0), "least time between two syncs of the write-ahead log: a write waits at most this long for others to share its sync, and is acknowledged only once synced; 0: the default, 300µs; negative (-1ns) syncs at once (env SHOAL_WAL_MIN_SYNC_INTERVAL)")

@@ -253,7 +253,7 @@ func TestNodeFlagErrors(t *testing.T) {
 		{[]string{"--row-cache-mb", "-1"}, "--row-cache-mb -1: want 0 (no row cache) or more"},
 		{[]string{"--cache-mb", "0"}, "--cache-mb and --raft-entry-cache-kb must be at least 1"},
 		{[]string{"--max-snapshots", "0"}, "--max-snapshots 0: want at least 1"},
-		{[]string{"--disk-reserve-mb", "-2"}, "--disk-reserve-mb -2: want -1 (the default reserve), 0 (none) or more"},
+		{[]string{"--disk-reserve-mb", "-2"}, "--disk-reserve-mb -2: want -1 (the default reserve), 0 (none) or up to 1073741824"},
 		{[]string{"--advertise", "10.0.0.5"}, `Config.AdvertiseAddr (--advertise) "10.0.0.5": want host:port`},
 		{[]string{"--advertise", "0.0.0.0:7100"}, "a wildcard host cannot be dialed"},
 		{[]string{"--resp-advertise", "[::]:6379"}, `Config.RESPAdvertiseAddr (--resp-advertise) "[::]:6379": a wildcard host`},

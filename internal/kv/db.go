@@ -414,7 +414,7 @@ func (d *DB) propose(ctx context.Context, shard uint64, cmd *shoalpb.KVCommand, 
 		}
 		cmd.SessionId, cmd.Seq, cmd.AckedBelow = s.ID, s.Seq, s.AckedBelow
 	}
-	if grows(cmd.GetOps()) {
+	if grows(cmd) {
 		if err := d.opts.Space.Check(); err != nil {
 			return nil, err
 		}
@@ -435,12 +435,17 @@ func (d *DB) propose(ctx context.Context, shard uint64, cmd *shoalpb.KVCommand, 
 	return res, resultError(res)
 }
 
-// grows reports whether ops may add data: everything but deletes, which a
-// node whose disk is full still accepts so that space can be freed.
-func grows(ops []*shoalpb.KVOp) bool {
-	for _, op := range ops {
-		switch op.GetOp().(type) {
+// grows reports whether cmd may add data: everything but deletes (an
+// expiry already past deletes too), which a node whose disk is full still
+// accepts so that space can be freed.
+func grows(cmd *shoalpb.KVCommand) bool {
+	for _, op := range cmd.GetOps() {
+		switch o := op.GetOp().(type) {
 		case *shoalpb.KVOp_Delete, *shoalpb.KVOp_DeleteExpired:
+		case *shoalpb.KVOp_Expire:
+			if !expired(o.Expire.GetExpireAtMs(), cmd.GetNowMs()) {
+				return true
+			}
 		default:
 			return true
 		}

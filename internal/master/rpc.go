@@ -248,6 +248,12 @@ func (s *Server) SetScheduling(ctx context.Context, req *shoalpb.SetSchedulingRe
 	if err := s.requireLeader(); err != nil {
 		return nil, s.toStatus(err)
 	}
+	// After the planners: a scheduler round that found scheduling on has
+	// recorded its operators before the pause is, so when a pause returns
+	// no round starts another (TestHTTPAdmin waited for the operators in
+	// flight to finish, then met one recorded after the pause).
+	s.planMu.Lock()
+	defer s.planMu.Unlock()
 	if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetScheduling{SetScheduling: req}}); err != nil {
 		return nil, s.toStatus(err)
 	}

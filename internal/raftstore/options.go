@@ -106,8 +106,9 @@ type Options struct {
 	// SnapshotChunkBytes is the size of one snapshot stream message.
 	// Default 1 MiB.
 	SnapshotChunkBytes int
-	// Space tells whether the node's disk is below its reserve. While it
-	// is, the store refuses incoming snapshots; below half the reserve it
+	// Space tells whether the node's disk is below its reserve. The store
+	// refuses an incoming snapshot unless the disk has room for it (and
+	// the others being received) above the reserve; below half the reserve it
 	// also drops received appends that carry entries: a follower on a full
 	// disk falls behind (its leader sends them again once it answers)
 	// instead of filling the disk, which would stop the node (Pebble exits

@@ -375,15 +375,20 @@ func (s *Store) HandleSnapshot(ctx context.Context, first *shoalpb.SnapshotChunk
 	if err := s.admitReplica(h.ShardId, m.GetTo(), h.Epoch); err != nil {
 		return err
 	}
-	if err := s.opts.Space.Check(); err != nil {
-		return fmt.Errorf("raftstore: node %d refuses snapshot %s: %w", s.opts.NodeID, data.Id, err)
-	}
 	select {
 	case s.recvSlots <- struct{}{}:
 		defer func() { <-s.recvSlots }()
 	default:
 		return fmt.Errorf("%w: node %d is receiving %d snapshots already", ErrOverloaded, s.opts.NodeID, cap(s.recvSlots))
 	}
+	// Room for this snapshot and the others being received, above the
+	// disk's reserve; the sender tries again later.
+	size := first.TotalBytes
+	if err := s.opts.Space.CheckRoom(s.recvBytes.Add(size)); err != nil {
+		s.recvBytes.Add(-size)
+		return fmt.Errorf("raftstore: node %d refuses snapshot %s: %w", s.opts.NodeID, data.Id, err)
+	}
+	defer s.recvBytes.Add(-size)
 	ts := s.snaps.start(SnapshotProgress{
 		ID: data.Id, Shard: h.ShardId, FromNode: h.FromNode, ToNode: s.opts.NodeID,
 		TotalBytes: int64(first.TotalBytes), Started: time.Now(),

@@ -223,6 +223,8 @@ type Store struct {
 	snaps     snapshotTracker
 	sendSlots chan struct{}
 	recvSlots chan struct{}
+	// recvBytes is the size of the snapshots being received.
+	recvBytes atomic.Uint64
 	snapLimit *byteLimiter
 
 	stats struct {

@@ -60,6 +60,8 @@ type SpaceGuard struct {
 	// lock, so a write pays a clock read and two atomic loads.
 	due             atomic.Int64
 	full, exhausted atomic.Bool
+	// measuring is set while a measurement Check started runs.
+	measuring atomic.Bool
 
 	mu       sync.Mutex // serialises measurements and guards what follows
 	measured bool
@@ -144,16 +146,37 @@ func (g *SpaceGuard) measure(now int64) {
 	g.due.Store(now + int64(g.maxAge))
 }
 
-// refresh measures again if a measurement is due.
+// refresh starts a measurement in the background if one is due, so that
+// a check never waits for the filesystem (statfs on a failing or remote
+// disk can hang) and is answered from the last one.
 func (g *SpaceGuard) refresh() {
-	if g.clock().UnixNano() >= g.due.Load() {
-		g.Status()
+	if g.clock().UnixNano() >= g.due.Load() && g.measuring.CompareAndSwap(false, true) {
+		go func() {
+			defer g.measuring.Store(false)
+			g.Status()
+		}()
 	}
+}
+
+// CheckRoom returns an error wrapping ErrDiskFull unless the disk, as
+// measured now (or within MaxAge), has room for n more bytes above the
+// reserve. It is asked before receiving a replica's snapshot of n bytes.
+func (g *SpaceGuard) CheckRoom(n uint64) error {
+	if g == nil || g.reserve < 0 {
+		return nil
+	}
+	s := g.Status()
+	if !s.Known || (!s.Full && s.Available >= uint64(s.Reserve)+n) {
+		return nil
+	}
+	return fmt.Errorf("%w: %d MiB free, no room for %d MiB above the reserve of %d MiB",
+		ErrDiskFull, s.Available>>20, n>>20, s.Reserve>>20)
 }
 
 // Check returns an error wrapping ErrDiskFull while the free space is below
 // the reserve (once below, until it is a tenth of the reserve above it),
-// and nil otherwise. It is asked before writes that would add
+// and nil otherwise. It answers from the last measurement, starting a new
+// one in the background once MaxAge has passed. It is asked before writes that would add
 // data: a client's write, a replica moving in.
 func (g *SpaceGuard) Check() error {
 	if g == nil || g.reserve < 0 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -11,16 +12,31 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
-// fakeClock is a clock the test moves by hand.
-type fakeClock struct{ now time.Time }
+// fakeClock is a clock the test moves by hand (advance), safe to read
+// from the guard's background measurements.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
 
-func (c *fakeClock) Now() time.Time { return c.now }
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
 
 func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 	fs := vfs.NewMem()
 	clock := &fakeClock{now: time.Unix(1000, 0)}
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 200 << 20, TotalBytes: 1 << 40})
 	g := NewSpaceGuard(fs, "/data", SpaceOptions{Reserve: 100 << 20, Clock: clock.Now})
+	g.Status() // the first measurement, as a node takes at start
 	if err := g.Check(); err != nil {
 		t.Fatalf("200 MiB free, 100 reserved: %v", err)
 	}
@@ -28,11 +44,12 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 	// The measurement is kept for MaxAge (100ms by default): a change is
 	// seen only once it has passed.
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 99 << 20, TotalBytes: 1 << 40})
-	clock.now = clock.now.Add(99 * time.Millisecond)
+	clock.advance(99 * time.Millisecond)
 	if err := g.Check(); err != nil {
 		t.Fatalf("within MaxAge of the last measurement: %v", err)
 	}
-	clock.now = clock.now.Add(time.Millisecond)
+	clock.advance(time.Millisecond)
+	g.Status() // Check answers from the last measurement: take one now
 	err := g.Check()
 	if !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("99 MiB free, 100 reserved: got %v, want ErrDiskFull", err)
@@ -48,7 +65,8 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 		t.Fatalf("99 MiB free, 100 reserved: replication refused (%v); it should be only below half", err)
 	}
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 49 << 20, TotalBytes: 1 << 40})
-	clock.now = clock.now.Add(100 * time.Millisecond)
+	clock.advance(100 * time.Millisecond)
+	g.Status()
 	if err := g.CheckExhausted(); !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("49 MiB free, 100 reserved: replication got %v, want ErrDiskFull", err)
 	}
@@ -59,7 +77,8 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 	// Once full, the disk stays so until 10% more than the reserve is
 	// free.
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 109 << 20, TotalBytes: 1 << 40})
-	clock.now = clock.now.Add(100 * time.Millisecond)
+	clock.advance(100 * time.Millisecond)
+	g.Status()
 	if err := g.Check(); !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("109 MiB free after being full, 100 reserved: got %v, want still ErrDiskFull", err)
 	}
@@ -67,16 +86,69 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 		t.Fatalf("109 MiB free: replication refused: %v", err)
 	}
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 110 << 20, TotalBytes: 1 << 40})
-	clock.now = clock.now.Add(100 * time.Millisecond)
+	clock.advance(100 * time.Millisecond)
+	g.Status()
 	if err := g.Check(); err != nil {
 		t.Fatalf("110 MiB free, 100 reserved: %v", err)
 	}
 	// And a fresh fall below the reserve counts again at the reserve.
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 100 << 20, TotalBytes: 1 << 40})
-	clock.now = clock.now.Add(100 * time.Millisecond)
+	clock.advance(100 * time.Millisecond)
+	g.Status()
 	if err := g.Check(); err != nil {
 		t.Fatalf("exactly the reserve free, not full before: %v", err)
 	}
+	// A snapshot needs room for itself above the reserve.
+	if err := g.CheckRoom(1 << 20); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("room for 1 MiB with the reserve just free: %v, want ErrDiskFull", err)
+	}
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 101 << 20, TotalBytes: 1 << 40})
+	clock.advance(100 * time.Millisecond)
+	if err := g.CheckRoom(1 << 20); err != nil {
+		t.Fatalf("room for 1 MiB with 101 MiB free, 100 reserved: %v", err)
+	}
+}
+
+// TestSpaceGuardChecksDoNotWait: a check that finds a measurement due
+// starts it in the background and answers from the last one, so a
+// filesystem that hangs stalls no write.
+func TestSpaceGuardChecksDoNotWait(t *testing.T) {
+	fs := &blockingUsageFS{FS: vfs.NewMem(), release: make(chan struct{}), asked: make(chan struct{}, 1)}
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	g := NewSpaceGuard(fs, "/data", SpaceOptions{Reserve: 100 << 20, Clock: clock.Now})
+	g.due.Store(0) // a measurement is due
+	if err := g.Check(); err != nil {
+		t.Fatalf("no measurement yet: %v", err)
+	}
+	<-fs.asked // the background measurement is stuck in statfs
+	if err, errx := g.Check(), g.CheckExhausted(); err != nil || errx != nil {
+		t.Fatalf("while statfs hangs: %v, %v", err, errx)
+	}
+	close(fs.release)
+	// Status waits for the measurement under way, which holds the lock,
+	// and (the clock standing still) takes no other.
+	if s := g.Status(); !s.Full {
+		t.Fatalf("after the background measurement (1 MiB free): %+v", s)
+	}
+	if err := g.Check(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("Check after the background measurement: %v", err)
+	}
+}
+
+// blockingUsageFS reports 1 MiB free, once release is closed.
+type blockingUsageFS struct {
+	vfs.FS
+	release chan struct{}
+	asked   chan struct{}
+}
+
+func (f *blockingUsageFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
+	select {
+	case f.asked <- struct{}{}:
+	default:
+	}
+	<-f.release
+	return vfs.DiskUsage{AvailBytes: 1 << 20, TotalBytes: 1 << 40}, nil
 }
 
 func TestSpaceGuardDefaultsAndOff(t *testing.T) {
@@ -117,6 +189,7 @@ func TestSpaceGuardOnTmpfs(t *testing.T) {
 	t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
 	clock := &fakeClock{now: time.Unix(1000, 0)}
 	g := NewSpaceGuard(vfs.Default, dir, SpaceOptions{Reserve: 16 << 20, Clock: clock.Now})
+	g.Status()
 	if err := g.Check(); err != nil {
 		t.Fatalf("empty 64 MiB tmpfs: %v", err)
 	}
@@ -124,14 +197,16 @@ func TestSpaceGuardOnTmpfs(t *testing.T) {
 	if err := os.WriteFile(filler, make([]byte, 56<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	clock.now = clock.now.Add(time.Second)
+	clock.advance(time.Second)
+	g.Status()
 	if err := g.Check(); !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("8 MiB free of 64, 16 reserved: got %v, want ErrDiskFull", err)
 	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	clock.now = clock.now.Add(time.Second)
+	clock.advance(time.Second)
+	g.Status()
 	if err := g.Check(); err != nil {
 		t.Fatalf("after freeing: %v", err)
 	}

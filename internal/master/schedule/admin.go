@@ -41,7 +41,7 @@ func MoveReplica(s Snapshot, shard, from, to uint64) (*shoalpb.Operator, error) 
 	case leaving == nil:
 		return nil, refused("node %d holds no replica of shard %d", from, shard)
 	case !c.placeable(to):
-		return nil, refused("node %d is not up (or has no weight): it cannot take a replica", to)
+		return nil, refused("node %d is not up (or has no weight, or its disk is full): it cannot take a replica", to)
 	}
 	m := move{sh: sh, kind: shoalpb.OperatorKind_OPERATOR_KIND_ADMIN, from: leaving, to: to,
 		reason: fmt.Sprintf("administrator: move shard %d from node %d to node %d", shard, from, to)}
@@ -70,7 +70,7 @@ func TransferLeader(s Snapshot, shard, to uint64) (*shoalpb.Operator, error) {
 	case target == nil:
 		return nil, refused("node %d holds no voter of shard %d", to, shard)
 	case !c.placeable(to):
-		return nil, refused("node %d is not up (or has no weight): it cannot take the leadership", to)
+		return nil, refused("node %d is not up (or has no weight, or its disk is full): it cannot take the leadership", to)
 	case sh.LeaderReplica == target.ReplicaId:
 		return nil, refused("node %d already leads shard %d", to, shard)
 	}
