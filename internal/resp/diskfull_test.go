@@ -353,3 +353,52 @@ func replicasBehind(c *tc.Cluster, n *tc.Node) (int, error) {
 	}
 	return behind, nil
 }
+
+// TestDiskFullLeadersMoveAway fills one node's disk (below the reserve,
+// above half of it) with the scheduler running: the masters learn it from
+// the heartbeats and hand the node's leaderships to nodes with room, after
+// which every key takes writes again.
+func TestDiskFullLeadersMoveAway(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: 16, Replicas: 3, RESP: true,
+		CrashableFS: true, DiskReserveBytes: 64 << 20})
+	ctx := ctxFor(t, 90*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		n.FS().(*vfs.MemFS).TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 1 << 30, TotalBytes: 1 << 40})
+	}
+	full := c.Nodes[0]
+	full.FS().(*vfs.MemFS).TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 40 << 20, TotalBytes: 1 << 40})
+
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := c.ClusterState()
+		if err != nil {
+			return err
+		}
+		if hb := st.NodeHeartbeats[full.ID]; !hb.GetStats().GetDiskFull() || hb.GetStats().GetFreeBytes() != 40<<20 {
+			return fmt.Errorf("node %d's heartbeat: %v", full.ID, hb.GetStats())
+		}
+		for _, rt := range st.Routes.Shards {
+			for _, r := range rt.Shard.Replicas {
+				if r.ReplicaId == rt.LeaderReplica && r.NodeId == full.ID {
+					return fmt.Errorf("node %d still leads shard %d", full.ID, rt.Shard.ShardId)
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rc := clusterClient(t, c, &redis.ClusterOptions{MaxRedirects: 8})
+	if err := tc.WaitFor(ctx, func() error {
+		for i := range 64 {
+			if err := rc.Set(ctx, fmt.Sprintf("k%d", i), "v", 0).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("writes with the full node's leaderships moved: %v", err)
+	}
+}
