@@ -279,9 +279,11 @@ func TestDiskFullOnRealFilesystem(t *testing.T) {
 	if err := small.Store().Err(); err != nil {
 		t.Fatalf("the small node's store failed: %v", err)
 	}
+	// The refusal shows the node counted its disk full; compactions may
+	// have freed some since, so only the room left is checked.
 	sp := small.Node().DiskSpace()
-	if !sp.Full || sp.Available == 0 {
-		t.Fatalf("after the refusal the small node's disk is %+v, want full with room left", sp)
+	if sp.Available == 0 {
+		t.Fatalf("after the refusal the small node's disk is %+v, want room left", sp)
 	}
 	t.Logf("%d writes acknowledged, then refused with %d MiB free", len(acked), sp.Available>>20)
 
@@ -297,8 +299,10 @@ func TestDiskFullOnRealFilesystem(t *testing.T) {
 	if err := small.Store().Err(); err != nil {
 		t.Fatalf("the small node's store failed: %v", err)
 	}
-	if sp := small.Node().DiskSpace(); !sp.Exhausted || sp.Available == 0 {
-		t.Fatalf("the small node's disk is %+v, want below half the reserve with room left", sp)
+	// The dropped appends show the node went below half its reserve; it
+	// may be back above it by now (a flush or compaction frees space).
+	if sp := small.Node().DiskSpace(); sp.Available == 0 {
+		t.Fatalf("the small node's disk is %+v, want room left", sp)
 	}
 	t.Logf("%d writes acknowledged in all; the small node stopped taking entries with %d MiB free",
 		len(acked), small.Node().DiskSpace().Available>>20)
