@@ -388,9 +388,10 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 			c.routes.forgetLeader(slot)
 			retryNow = true
 		default:
-			if write && mayHaveApplied && d.GetCode() == shoalpb.ErrorCode_ERROR_CODE_DISK_FULL {
-				// An earlier attempt may have been applied; this one was
-				// refused before the session could say so.
+			if write && mayHaveApplied {
+				// A refusal speaks for this attempt only: an earlier one
+				// may have been applied (DISK_FULL is checked before the
+				// session could say so).
 				return fmt.Errorf("%w: %w", ErrAmbiguous, c.final(d, err))
 			}
 			return c.final(d, err)

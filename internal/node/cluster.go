@@ -280,13 +280,10 @@ func (n *Node) heartbeat(ctx context.Context, stats *replicaStats) (*shoalpb.Hea
 	}
 	req.Stats = &shoalpb.NodeStats{OpsPerSec: ops}
 	req.Snapshots = n.snapshotReports()
-	if du, err := n.engine.FS().GetDiskUsage(n.cfg.DataDir); err == nil {
-		req.Stats.CapacityBytes = du.TotalBytes
+	if sp := n.space.Status(); sp.Known {
+		req.Stats.CapacityBytes, req.Stats.FreeBytes, req.Stats.DiskFull = sp.Total, sp.Available, sp.Full
 	}
 	req.Stats.UsedBytes = n.engine.Metrics().DiskSpaceUsage()
-	if sp := n.space.Status(); sp.Known {
-		req.Stats.FreeBytes, req.Stats.DiskFull = sp.Available, sp.Full
-	}
 	var resp *shoalpb.HeartbeatResponse
 	err := n.masters.Call(ctx, func(ctx context.Context, c shoalpb.MasterClient) error {
 		var err error

@@ -114,8 +114,9 @@ type Config struct {
 	// it also stops taking entries from other leaders (its replicas fall
 	// behind, and catch up once space is freed). So the disk does not fill
 	// in the middle of a Raft log write (Pebble then stops the process),
-	// and compactions keep room to reclaim deleted keys. Default (0): storage.DefaultSpaceReserve (1 GiB), or 5% of the
-	// filesystem when that is less. Negative: writes are never refused.
+	// and compactions keep room to reclaim deleted keys. Default (0):
+	// storage.DefaultSpaceReserve (1 GiB), or 5% of the filesystem when
+	// that is less. Negative: writes are never refused.
 	DiskReserveBytes int64
 	// Store adjusts the store's options (timing, limits, knobs) before it is
 	// created.

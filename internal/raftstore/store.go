@@ -844,7 +844,7 @@ func (s *Store) HandleRaftBatch(msgs []*shoalpb.RaftMessage) {
 		if m.Message.GetType() == raftpb.MsgApp && len(m.Message.GetEntries()) > 0 {
 			if full < 0 {
 				full = 0
-				if s.opts.Space.CheckExhausted() != nil {
+				if s.opts.Space.Exhausted() {
 					full = 1
 				}
 			}

@@ -41,12 +41,13 @@ type SpaceOptions struct {
 // more data: it keeps a reserve free so that a node never finds its disk
 // full in the middle of a Raft log write (which stops the node), and so
 // that compactions, which need room to run before they free any, can still
-// reclaim the space of deleted keys. It measures the free space at most
-// once per MaxAge, so Check is cheap enough to call for every write. It is
-// safe for concurrent use.
+// reclaim the space of deleted keys. It measures the free space when it is
+// made and then at most once per MaxAge; Check and Exhausted answer from
+// the last measurement without waiting for the filesystem, so they are
+// cheap enough for every write. It is safe for concurrent use.
 //
 // INVARIANT: when the free space cannot be measured (a filesystem without
-// statfs, such as an in-memory one), Check refuses nothing.
+// statfs, such as an in-memory one), nothing is refused.
 type SpaceGuard struct {
 	fs      vfs.FS
 	dir     string
@@ -55,22 +56,22 @@ type SpaceGuard struct {
 	clock   func() time.Time
 	log     *slog.Logger
 
-	// due is when the next measurement is due (Unix ns); full and
-	// exhausted are the last one's verdicts. Check reads them without the
-	// lock, so a write pays a clock read and two atomic loads.
+	// The last measurement, read without the lock: when the next is due
+	// (Unix ns), the free bytes and the verdicts.
 	due             atomic.Int64
+	avail           atomic.Uint64
 	full, exhausted atomic.Bool
-	// measuring is set while a measurement Check started runs.
+	// measuring is set while a measurement a check started runs.
 	measuring atomic.Bool
 
-	mu       sync.Mutex // serialises measurements and guards what follows
-	measured bool
-	avail    uint64
-	known    bool
-	err      error // the last measurement's error
+	mu    sync.Mutex // serialises measurements and guards what follows
+	total uint64
+	known bool
+	err   error // the last measurement's error
 }
 
-// NewSpaceGuard returns a guard of the filesystem fs that holds dir.
+// NewSpaceGuard returns a guard of the filesystem fs that holds dir,
+// having measured it once.
 func NewSpaceGuard(fs vfs.FS, dir string, o SpaceOptions) *SpaceGuard {
 	if o.MaxAge <= 0 {
 		o.MaxAge = 100 * time.Millisecond
@@ -82,12 +83,16 @@ func NewSpaceGuard(fs vfs.FS, dir string, o SpaceOptions) *SpaceGuard {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	g := &SpaceGuard{fs: fs, dir: dir, reserve: o.Reserve, maxAge: o.MaxAge, clock: o.Clock, log: o.Logger}
+	du, err := fs.GetDiskUsage(dir)
 	if g.reserve == 0 {
 		g.reserve = DefaultSpaceReserve
-		if du, err := fs.GetDiskUsage(dir); err == nil && du.TotalBytes > 0 {
+		if err == nil && du.TotalBytes > 0 {
 			g.reserve = min(g.reserve, int64(du.TotalBytes/20))
 		}
 	}
+	g.mu.Lock()
+	g.record(g.clock().UnixNano(), du, err)
+	g.mu.Unlock()
 	return g
 }
 
@@ -96,11 +101,12 @@ type SpaceStatus struct {
 	// Reserve is the free space kept, in bytes; negative when the guard
 	// is off.
 	Reserve int64
-	// Available is the free space, in bytes, as of the last measurement;
-	// Known is false when it could not be measured (Err says why).
-	Available uint64
-	Known     bool
-	Err       error
+	// Available and Total are the free and whole space, in bytes, as of
+	// the last measurement; Known is false when it could not be measured
+	// (Err says why).
+	Available, Total uint64
+	Known            bool
+	Err              error
 	// Full is set while writes are refused (free space below the
 	// reserve; once set, until 110% of it is free), Exhausted while
 	// replication is too (below half of it).
@@ -112,19 +118,21 @@ type SpaceStatus struct {
 func (g *SpaceGuard) Status() SpaceStatus {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if now := g.clock().UnixNano(); !g.measured || now >= g.due.Load() {
-		g.measure(now)
+	if now := g.clock().UnixNano(); now >= g.due.Load() {
+		du, err := g.fs.GetDiskUsage(g.dir)
+		g.record(now, du, err)
 	}
 	return SpaceStatus{
-		Reserve: g.reserve, Available: g.avail, Known: g.known, Err: g.err,
+		Reserve: g.reserve, Available: g.avail.Load(), Total: g.total, Known: g.known, Err: g.err,
 		Full: g.full.Load(), Exhausted: g.exhausted.Load(),
 	}
 }
 
-// measure asks the filesystem for its free space. g.mu is held.
-func (g *SpaceGuard) measure(now int64) {
-	du, err := g.fs.GetDiskUsage(g.dir)
-	g.measured, g.avail, g.known, g.err = true, du.AvailBytes, err == nil, err
+// record takes a measurement of the filesystem taken at now. g.mu is held.
+func (g *SpaceGuard) record(now int64, du vfs.DiskUsage, err error) {
+	g.total, g.known, g.err = du.TotalBytes, err == nil, err
+	avail := du.AvailBytes
+	g.avail.Store(avail)
 	// Once full, the disk counts as full until a tenth of the reserve
 	// more is free, so that a node hovering at the reserve does not flap
 	// (and the masters do not move its leaders back and forth).
@@ -133,16 +141,16 @@ func (g *SpaceGuard) measure(now int64) {
 	if was {
 		limit += limit / 10
 	}
-	full := g.reserve >= 0 && g.known && g.avail < limit
+	full := g.reserve >= 0 && g.known && avail < limit
 	switch {
 	case full && !was:
 		g.log.Warn("disk full: refusing writes, accepting deletes",
-			"dir", g.dir, "free_mib", g.avail>>20, "reserve_mib", g.reserve>>20)
+			"dir", g.dir, "free_mib", avail>>20, "reserve_mib", g.reserve>>20)
 	case !full && was:
-		g.log.Info("disk has room again: accepting writes", "dir", g.dir, "free_mib", g.avail>>20)
+		g.log.Info("disk has room again: accepting writes", "dir", g.dir, "free_mib", avail>>20)
 	}
 	g.full.Store(full)
-	g.exhausted.Store(full && g.avail < uint64(g.reserve/2))
+	g.exhausted.Store(full && avail < uint64(g.reserve/2))
 	g.due.Store(now + int64(g.maxAge))
 }
 
@@ -160,7 +168,8 @@ func (g *SpaceGuard) refresh() {
 
 // CheckRoom returns an error wrapping ErrDiskFull unless the disk, as
 // measured now (or within MaxAge), has room for n more bytes above the
-// reserve. It is asked before receiving a replica's snapshot of n bytes.
+// reserve. It is asked before receiving a replica's snapshot of n bytes,
+// off the write path, so it may wait for the filesystem.
 func (g *SpaceGuard) CheckRoom(n uint64) error {
 	if g == nil || g.reserve < 0 {
 		return nil
@@ -175,9 +184,7 @@ func (g *SpaceGuard) CheckRoom(n uint64) error {
 
 // Check returns an error wrapping ErrDiskFull while the free space is below
 // the reserve (once below, until it is a tenth of the reserve above it),
-// and nil otherwise. It answers from the last measurement, starting a new
-// one in the background once MaxAge has passed. It is asked before writes that would add
-// data: a client's write, a replica moving in.
+// and nil otherwise. It is asked before every write that would add data.
 func (g *SpaceGuard) Check() error {
 	if g == nil || g.reserve < 0 {
 		return nil
@@ -185,25 +192,20 @@ func (g *SpaceGuard) Check() error {
 	if g.refresh(); !g.full.Load() {
 		return nil
 	}
-	s := g.Status()
 	return fmt.Errorf("%w: %d MiB free, below the reserve of %d MiB; only deletes are accepted until space is freed",
-		ErrDiskFull, s.Available>>20, s.Reserve>>20)
+		ErrDiskFull, g.avail.Load()>>20, g.reserve>>20)
 }
 
-// CheckExhausted returns an error wrapping ErrDiskFull while the free space
-// is below half the reserve, and nil otherwise. It is asked before
-// replicating entries to this node. Between the two thresholds a node
-// still takes the entries its shards' leaders send, so that the deletes
-// that free space can commit while every node is past the reserve; below
-// half of it, the node stops writing before its disk fills.
-func (g *SpaceGuard) CheckExhausted() error {
+// Exhausted reports whether the free space is below half the reserve. It
+// is asked before taking replicated entries: between the two thresholds a
+// node still takes the entries its shards' leaders send, so that the
+// deletes that free space can commit while every node is past the
+// reserve; below half of it, the node stops writing before its disk
+// fills.
+func (g *SpaceGuard) Exhausted() bool {
 	if g == nil || g.reserve < 0 {
-		return nil
+		return false
 	}
-	if g.refresh(); !g.exhausted.Load() {
-		return nil
-	}
-	s := g.Status()
-	return fmt.Errorf("%w: %d MiB free, below half the reserve of %d MiB",
-		ErrDiskFull, s.Available>>20, s.Reserve>>20)
+	g.refresh()
+	return g.exhausted.Load()
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -36,7 +37,6 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1000, 0)}
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 200 << 20, TotalBytes: 1 << 40})
 	g := NewSpaceGuard(fs, "/data", SpaceOptions{Reserve: 100 << 20, Clock: clock.Now})
-	g.Status() // the first measurement, as a node takes at start
 	if err := g.Check(); err != nil {
 		t.Fatalf("200 MiB free, 100 reserved: %v", err)
 	}
@@ -61,14 +61,14 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 		t.Fatalf("status %+v", s)
 	}
 
-	if err := g.CheckExhausted(); err != nil {
-		t.Fatalf("99 MiB free, 100 reserved: replication refused (%v); it should be only below half", err)
+	if g.Exhausted() {
+		t.Fatal("99 MiB free, 100 reserved: replication refused; it should be only below half")
 	}
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 49 << 20, TotalBytes: 1 << 40})
 	clock.advance(100 * time.Millisecond)
 	g.Status()
-	if err := g.CheckExhausted(); !errors.Is(err, ErrDiskFull) {
-		t.Fatalf("49 MiB free, 100 reserved: replication got %v, want ErrDiskFull", err)
+	if !g.Exhausted() {
+		t.Fatal("49 MiB free, 100 reserved: replication still taken")
 	}
 	if s := g.Status(); !s.Full || !s.Exhausted {
 		t.Fatalf("status %+v", s)
@@ -82,8 +82,8 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 	if err := g.Check(); !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("109 MiB free after being full, 100 reserved: got %v, want still ErrDiskFull", err)
 	}
-	if err := g.CheckExhausted(); err != nil {
-		t.Fatalf("109 MiB free: replication refused: %v", err)
+	if g.Exhausted() {
+		t.Fatal("109 MiB free: replication refused")
 	}
 	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 110 << 20, TotalBytes: 1 << 40})
 	clock.advance(100 * time.Millisecond)
@@ -110,43 +110,54 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 }
 
 // TestSpaceGuardChecksDoNotWait: a check that finds a measurement due
-// starts it in the background and answers from the last one, so a
-// filesystem that hangs stalls no write.
+// starts it in the background and answers from the last one, full or
+// not, so a filesystem that hangs stalls no write.
 func TestSpaceGuardChecksDoNotWait(t *testing.T) {
-	fs := &blockingUsageFS{FS: vfs.NewMem(), release: make(chan struct{}), asked: make(chan struct{}, 1)}
+	fs := &blockingUsageFS{FS: vfs.NewMem(), asked: make(chan struct{}), release: make(chan struct{})}
 	clock := &fakeClock{now: time.Unix(1000, 0)}
-	g := NewSpaceGuard(fs, "/data", SpaceOptions{Reserve: 100 << 20, Clock: clock.Now})
-	g.due.Store(0) // a measurement is due
+	g := NewSpaceGuard(fs, "/data", SpaceOptions{Reserve: 100 << 20, Clock: clock.Now}) // 1 GiB free
+	clock.advance(100 * time.Millisecond)
 	if err := g.Check(); err != nil {
-		t.Fatalf("no measurement yet: %v", err)
+		t.Fatalf("1 GiB free: %v", err)
 	}
 	<-fs.asked // the background measurement is stuck in statfs
-	if err, errx := g.Check(), g.CheckExhausted(); err != nil || errx != nil {
-		t.Fatalf("while statfs hangs: %v, %v", err, errx)
+	if err, ex := g.Check(), g.Exhausted(); err != nil || ex {
+		t.Fatalf("while statfs hangs: %v, exhausted %v; want the last answer", err, ex)
 	}
-	close(fs.release)
+	fs.release <- struct{}{} // it finds 1 MiB free
 	// Status waits for the measurement under way, which holds the lock,
 	// and (the clock standing still) takes no other.
-	if s := g.Status(); !s.Full {
+	if s := g.Status(); !s.Full || !s.Exhausted {
 		t.Fatalf("after the background measurement (1 MiB free): %+v", s)
 	}
+
+	// Full, the answer (with its message) does not wait either.
+	clock.advance(100 * time.Millisecond)
 	if err := g.Check(); !errors.Is(err, ErrDiskFull) {
-		t.Fatalf("Check after the background measurement: %v", err)
+		t.Fatalf("1 MiB free: %v", err)
 	}
+	<-fs.asked
+	if err, ex := g.Check(), g.Exhausted(); !errors.Is(err, ErrDiskFull) || !ex {
+		t.Fatalf("full, while statfs hangs: %v, exhausted %v", err, ex)
+	}
+	fs.release <- struct{}{}
+	g.Status()
 }
 
-// blockingUsageFS reports 1 MiB free, once release is closed.
+// blockingUsageFS reports 1 GiB free when first asked; each later call
+// says it was asked, waits to be released and reports 1 MiB free.
 type blockingUsageFS struct {
 	vfs.FS
-	release chan struct{}
+	calls   atomic.Int32
 	asked   chan struct{}
+	release chan struct{}
 }
 
 func (f *blockingUsageFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
-	select {
-	case f.asked <- struct{}{}:
-	default:
+	if f.calls.Add(1) == 1 {
+		return vfs.DiskUsage{AvailBytes: 1 << 30, TotalBytes: 1 << 40}, nil
 	}
+	f.asked <- struct{}{}
 	<-f.release
 	return vfs.DiskUsage{AvailBytes: 1 << 20, TotalBytes: 1 << 40}, nil
 }
@@ -170,12 +181,12 @@ func TestSpaceGuardDefaultsAndOff(t *testing.T) {
 		}
 	}
 	g := NewSpaceGuard(fs, "/data", SpaceOptions{Reserve: -1})
-	if err, errx := g.Check(), g.CheckExhausted(); err != nil || errx != nil {
-		t.Fatalf("reserve off, 1 byte free: %v, %v", err, errx)
+	if err, ex := g.Check(), g.Exhausted(); err != nil || ex {
+		t.Fatalf("reserve off, 1 byte free: %v, exhausted %v", err, ex)
 	}
 	var none *SpaceGuard
-	if err, errx := none.Check(), none.CheckExhausted(); err != nil || errx != nil {
-		t.Fatalf("nil guard: %v, %v", err, errx)
+	if err, ex := none.Check(), none.Exhausted(); err != nil || ex {
+		t.Fatalf("nil guard: %v, exhausted %v", err, ex)
 	}
 }
 
