@@ -65,10 +65,11 @@ browser-test:
 # The fault-tolerance suite: 3 masters and 5 nodes as real processes on
 # 127.0.0.11-13 and 127.0.0.21-25, killed, paused and partitioned (iptables:
 # needs root) under the Go client and go-redis; histories checked for
-# linearizability and lost writes. See docs/reliability.md.
+# linearizability and lost writes; and a node whose disk (a loop-mounted
+# ext4) is frozen with fsfreeze must exit. See docs/reliability.md.
 CHAOS_DURATION ?= 30s
 chaos-short:
-	CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -tags chaos -count=1 -run 'TestChaos$$' -v -timeout 30m ./internal/chaos/
+	CHAOS_DURATION=$(CHAOS_DURATION) $(GO) test -tags chaos -count=1 -run 'TestChaos$$|TestDiskStallProcess' -v -timeout 30m ./internal/chaos/
 
 # The long version: more and longer runs, and the planted bugs the checker
 # must catch. CHAOS_SUMMARY=file writes the table of docs/reliability.md.

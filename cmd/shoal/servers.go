@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"github.com/shoaldb/shoal/internal/master/schedule"
 	"github.com/shoaldb/shoal/internal/node"
 	"github.com/shoaldb/shoal/internal/raftstore"
+	"github.com/shoaldb/shoal/internal/storage"
 	"github.com/shoaldb/shoal/internal/transport"
 )
 
@@ -79,6 +81,7 @@ func newMasterCmd(g *globalFlags) *cobra.Command {
 		peers    string
 		dialFrom string
 		id       int
+		stall    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "master",
@@ -112,11 +115,13 @@ cannot change afterwards.
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if cfg.MaxDiskStall, err = maxDiskStall(stall); err != nil {
+				return err
+			}
 			srv, err := master.Start(ctx, cfg)
 			if err != nil {
 				return err
 			}
-			defer srv.Stop()
 			fmt.Fprintf(cmd.OutOrStdout(), "master %d serving gRPC on %s", srv.ID(), srv.Addr())
 			if cfg.HTTPAddr != "" {
 				fmt.Fprintf(cmd.OutOrStdout(), ", HTTP on %s", cfg.HTTPAddr)
@@ -124,9 +129,11 @@ cannot change afterwards.
 			fmt.Fprintln(cmd.OutOrStdout())
 			select {
 			case <-ctx.Done():
+				srv.Stop()
 				return nil
 			case err := <-srv.Err():
-				return err
+				stopWithin(failedStopTimeout, log, srv.Stop)
+				return fmt.Errorf("master failed: %w", err)
 			}
 		},
 	}
@@ -144,6 +151,7 @@ cannot change afterwards.
 	f.DurationVar(&cfg.RepairAfter, "repair-after", envDuration("SHOAL_REPAIR_AFTER", 10*time.Minute), "replace the replicas of a node down this long (env SHOAL_REPAIR_AFTER)")
 	f.DurationVar(&cfg.OperatorStepTimeout, "operator-step-timeout", envDuration("SHOAL_OPERATOR_STEP_TIMEOUT", 10*time.Minute), "roll back an operator whose step (a snapshot included) takes longer (env SHOAL_OPERATOR_STEP_TIMEOUT)")
 	f.IntVar(&cfg.Scheduler.MaxOperators, "max-operators", envInt("SHOAL_MAX_OPERATORS", schedule.DefaultMaxOperators), "operators in flight in the cluster at most (env SHOAL_MAX_OPERATORS)")
+	maxDiskStallFlag(f, &stall)
 	f.IntVar(&cfg.Scheduler.MaxOperatorsPerNode, "max-operators-per-node", envInt("SHOAL_MAX_OPERATORS_PER_NODE", schedule.DefaultMaxOperatorsPerNode), "replica moves touching one node at most (env SHOAL_MAX_OPERATORS_PER_NODE)")
 	return cmd
 }
@@ -189,6 +197,7 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 		cacheMiB        int
 		rowCacheMiB     int
 		diskReserveMiB  int
+		stall           time.Duration
 		memtableMiB     int
 		entryCacheKiB   int
 		snapMiBps       int
@@ -231,6 +240,9 @@ the replicas they place on it.
 			if rowCacheMiB == 0 {
 				cfg.RowCacheBytes = -1
 			}
+			if cfg.MaxDiskStall, err = maxDiskStall(stall); err != nil {
+				return err
+			}
 			switch {
 			case diskReserveMiB < -1 || diskReserveMiB > 1<<30:
 				return fmt.Errorf("--disk-reserve-mb %d: want -1 (the default reserve), 0 (none) or up to %d", diskReserveMiB, 1<<30)
@@ -257,7 +269,15 @@ the replicas they place on it.
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "node %d of cluster %s serving gRPC on %s\n", n.ID(), n.ClusterID(), n.Addr())
-			<-ctx.Done()
+			select {
+			case <-ctx.Done():
+			case err := <-n.Err():
+				// A supervisor (systemd, Kubernetes) restarts the node; if
+				// it cannot come back, the masters count it down and move
+				// its replicas.
+				stopWithin(failedStopTimeout, log, func() { n.Stop() })
+				return fmt.Errorf("node failed: %w", err)
+			}
 			// Hand the leaderships over before going, so clients see a
 			// leader change rather than an election.
 			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
@@ -290,6 +310,7 @@ the replicas they place on it.
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")
 	f.IntVar(&cacheMiB, "cache-mb", envInt("SHOAL_CACHE_MB", 128), "Pebble block cache, MiB (env SHOAL_CACHE_MB); see docs/operations.md for the node's memory bound")
 	f.IntVar(&diskReserveMiB, "disk-reserve-mb", envInt("SHOAL_DISK_RESERVE_MB", -1), "free disk space the node keeps, MiB: below it the node refuses writes to the shards it leads (deletes are accepted) and replicas moving in until space is freed, and below half of it stops taking other leaders' entries; -1 for 1024 or 5% of the disk, whichever is less; 0 turns it off (env SHOAL_DISK_RESERVE_MB); see docs/operations.md")
+	maxDiskStallFlag(f, &stall)
 	f.IntVar(&rowCacheMiB, "row-cache-mb", envInt("SHOAL_ROW_CACHE_MB", node.DefaultRowCacheBytes>>20), "values of recently read keys kept in memory, so that reading a hot key skips the storage engine, MiB; 0 turns it off (env SHOAL_ROW_CACHE_MB)")
 	f.IntVar(&memtableMiB, "memtable-mb", envInt("SHOAL_MEMTABLE_MB", 32), "size of one Pebble memtable, MiB; up to two are held (env SHOAL_MEMTABLE_MB)")
 	f.DurationVar(&cfg.MinSyncInterval, "wal-min-sync-interval", envDuration("SHOAL_WAL_MIN_SYNC_INTERVAL", 0), "least time between two syncs of the write-ahead log: a write waits at most this long for others to share its sync, and is acknowledged only once synced; 0: the default, 300µs; negative (-1ns) syncs at once (env SHOAL_WAL_MIN_SYNC_INTERVAL)")
@@ -298,4 +319,44 @@ the replicas they place on it.
 	f.IntVar(&maxSnapshots, "max-snapshots", envInt("SHOAL_MAX_SNAPSHOTS", 2), "snapshots this node sends at once (more wait) and receives at once (more are refused; their senders retry) (env SHOAL_MAX_SNAPSHOTS)")
 	f.DurationVar(&readLease, "read-lease", envDuration("SHOAL_READ_LEASE", 0), "how long a shard leader serves linearizable reads from its own state after its followers confirmed it; 0: the default and most, 700ms; negative (-1s) turns leases off, every read then asks the followers: for hosts that can be frozen with their monotonic clock stopped, e.g. suspended or live-migrated VMs (env SHOAL_READ_LEASE)")
 	return cmd
+}
+
+// failedStopTimeout bounds the stop of a server that failed by itself: with
+// a stalled disk, its Stop may never return.
+const failedStopTimeout = 5 * time.Second
+
+// stopWithin runs stop, waiting for it at most d.
+func stopWithin(d time.Duration, log *slog.Logger, stop func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		stop()
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		log.Error("stop did not finish; exiting without it", "waited", d)
+	}
+}
+
+// maxDiskStallFlag adds --max-disk-stall, shared by `shoal master` and
+// `shoal node`.
+func maxDiskStallFlag(f *pflag.FlagSet, d *time.Duration) {
+	f.DurationVar(d, "max-disk-stall", envDuration("SHOAL_MAX_DISK_STALL", storage.DefaultMaxStall),
+		"a disk write or sync that has not returned after this long makes the process exit with an error, for a supervisor to restart it (the masters move a node's replicas once it stays down); 0 only logs slow disk operations (env SHOAL_MAX_DISK_STALL); see docs/operations.md")
+}
+
+// maxDiskStall turns --max-disk-stall into the Config field (negative: off).
+func maxDiskStall(d time.Duration) (time.Duration, error) {
+	switch {
+	case d < 0:
+		return 0, fmt.Errorf("--max-disk-stall %v: want 0 (off) or more", d)
+	case d == 0:
+		return -1, nil
+	case d < time.Second:
+		return 0, fmt.Errorf("--max-disk-stall %v: want at least 1s (disk operations are checked every 2s)", d)
+	}
+	return d, nil
 }

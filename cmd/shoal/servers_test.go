@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -245,7 +246,7 @@ func TestStatusShowsHeartbeats(t *testing.T) {
 // TestNodeFlagErrors: sizes a node cannot use, and addresses it cannot
 // advertise, are refused before it starts, with the flag named.
 func TestNodeFlagErrors(t *testing.T) {
-	unsetEnv(t, append(serverEnv, "SHOAL_ROW_CACHE_MB", "SHOAL_CACHE_MB", "SHOAL_MAX_SNAPSHOTS", "SHOAL_DISK_RESERVE_MB", "SHOAL_ADVERTISE", "SHOAL_RESP_ADVERTISE")...)
+	unsetEnv(t, append(serverEnv, "SHOAL_ROW_CACHE_MB", "SHOAL_CACHE_MB", "SHOAL_MAX_SNAPSHOTS", "SHOAL_DISK_RESERVE_MB", "SHOAL_ADVERTISE", "SHOAL_RESP_ADVERTISE", "SHOAL_MAX_DISK_STALL")...)
 	for _, c := range []struct {
 		args []string
 		want string
@@ -254,6 +255,8 @@ func TestNodeFlagErrors(t *testing.T) {
 		{[]string{"--cache-mb", "0"}, "--cache-mb and --raft-entry-cache-kb must be at least 1"},
 		{[]string{"--max-snapshots", "0"}, "--max-snapshots 0: want at least 1"},
 		{[]string{"--disk-reserve-mb", "-2"}, "--disk-reserve-mb -2: want -1 (the default reserve), 0 (none) or up to 1073741824"},
+		{[]string{"--max-disk-stall", "-1s"}, "--max-disk-stall -1s: want 0 (off) or more"},
+		{[]string{"--max-disk-stall", "500ms"}, "--max-disk-stall 500ms: want at least 1s"},
 		{[]string{"--advertise", "10.0.0.5"}, `Config.AdvertiseAddr (--advertise) "10.0.0.5": want host:port`},
 		{[]string{"--advertise", "0.0.0.0:7100"}, "a wildcard host cannot be dialed"},
 		{[]string{"--resp-advertise", "[::]:6379"}, `Config.RESPAdvertiseAddr (--resp-advertise) "[::]:6379": a wildcard host`},
@@ -261,6 +264,34 @@ func TestNodeFlagErrors(t *testing.T) {
 		args := append([]string{"node", "--data-dir", t.TempDir(), "--http", "", "--log-level", "error"}, c.args...)
 		if _, err := run(t, args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("shoal %v: %v, want an error with %q", args, err, c.want)
+		}
+	}
+}
+
+// A failed server is stopped if it can be, but a Stop that hangs (a
+// stalled disk) does not keep the process from exiting.
+func TestStopWithin(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	stopped := false
+	stopWithin(time.Minute, log, func() { stopped = true })
+	if !stopped {
+		t.Fatal("stop did not run")
+	}
+	hang := make(chan struct{})
+	defer close(hang)
+	start := time.Now()
+	stopWithin(50*time.Millisecond, log, func() { <-hang })
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("stopWithin(50ms) returned after %v", d)
+	}
+}
+
+func TestMaxDiskStall(t *testing.T) {
+	for _, c := range []struct {
+		in, want time.Duration
+	}{{0, -1}, {time.Second, time.Second}, {20 * time.Second, 20 * time.Second}} {
+		if got, err := maxDiskStall(c.in); err != nil || got != c.want {
+			t.Errorf("maxDiskStall(%v) = %v, %v; want %v", c.in, got, err, c.want)
 		}
 	}
 }

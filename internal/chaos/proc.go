@@ -36,6 +36,8 @@ type ProcOptions struct {
 	// Chain is the iptables chain the cluster's cuts go in; it is created,
 	// hooked into INPUT and removed on Close. Default "SHOAL-CHAOS".
 	Chain string
+	// NodeArgs are added to every `shoal node` command line.
+	NodeArgs []string
 	// Logger receives the harness's logs. Default: discarded.
 	Logger *slog.Logger
 }
@@ -56,8 +58,10 @@ type ProcCluster struct {
 }
 
 type proc struct {
-	cmd    *exec.Cmd
-	done   chan struct{}
+	cmd  *exec.Cmd
+	done chan struct{}
+	// err is what Wait returned, set before done is closed.
+	err    error
 	paused bool
 }
 
@@ -129,8 +133,9 @@ func (c *ProcCluster) args(s Server) []string {
 	}
 	// No disk reserve: these runs are about faults, not free space, and
 	// must not depend on the free space of the machine they run on.
-	return append([]string{"node", "--master", strings.Join(c.MasterAddrs(), ","), "--resp", s.RESPAddr,
+	args := append([]string{"node", "--master", strings.Join(c.MasterAddrs(), ","), "--resp", s.RESPAddr,
 		"--shutdown-timeout", "2s", "--disk-reserve-mb", "0"}, common...)
+	return append(args, c.opts.NodeArgs...)
 }
 
 // Start starts the named server (again) from its data directory. Its
@@ -164,7 +169,7 @@ func (c *ProcCluster) Start(ctx context.Context, name string) error {
 	}
 	p := &proc{cmd: cmd, done: make(chan struct{})}
 	go func() {
-		_ = cmd.Wait()
+		p.err = cmd.Wait()
 		logf.Close()
 		close(p.done)
 	}()
@@ -189,6 +194,24 @@ func (c *ProcCluster) Running(_ context.Context, name string) (bool, error) {
 		return false, nil
 	default:
 		return true, nil
+	}
+}
+
+// Exited returns, once the named server's process has exited by itself or
+// been killed, what its Wait returned (an *exec.ExitError for a non-zero
+// status); exited is false while it runs.
+func (c *ProcCluster) Exited(name string) (exited bool, err error) {
+	c.mu.Lock()
+	p := c.procs[name]
+	c.mu.Unlock()
+	if p == nil {
+		return false, nil
+	}
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
 	}
 }
 

@@ -42,13 +42,14 @@ var allowed = map[string][]string{
 	"internal/admin":            {"api/shoalpb"},
 	"internal/testcluster":      {"*"},
 	"internal/chaos":            {"*"},
+	"internal/faultfs":          {},
 	"internal/lint":             {},
 	"cmd/shoal":                 {"*"},
 }
 
 // testOnly packages may be imported only from tests and cmd-free test
 // infrastructure.
-var testOnly = map[string]bool{"internal/testcluster": true, "internal/chaos": true}
+var testOnly = map[string]bool{"internal/testcluster": true, "internal/chaos": true, "internal/faultfs": true}
 
 type pkgFiles struct {
 	files, tests []*ast.File

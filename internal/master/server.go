@@ -46,6 +46,11 @@ type Config struct {
 	DataDir string
 	// FS is the filesystem of DataDir. Default vfs.Default.
 	FS vfs.FS
+	// MaxDiskStall is how long a disk operation may hang before the
+	// master fails (Err delivers storage.ErrDiskStalled; `shoal master`
+	// exits on it). Default (0): storage.DefaultMaxStall (20s); negative:
+	// only logged.
+	MaxDiskStall time.Duration
 	// Bootstrap makes this master bootstrap the cluster with Shards shards
 	// (a power of two, default 64) and Replicas replicas per shard
 	// (default 3). Bootstrapping again with the same numbers is harmless;
@@ -229,7 +234,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			}
 		}
 	}()
-	s.eng, err = storage.Open(storage.Options{Dir: cfg.DataDir, FS: cfg.FS, CacheBytes: 32 << 20, MemTableBytes: 16 << 20, Logger: s.log})
+	s.eng, err = storage.Open(storage.Options{Dir: cfg.DataDir, FS: cfg.FS, CacheBytes: 32 << 20, MemTableBytes: 16 << 20,
+		MaxStall: cfg.MaxDiskStall, OnStall: s.failed, Logger: s.log})
 	if err != nil {
 		return nil, err
 	}

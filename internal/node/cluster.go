@@ -209,7 +209,7 @@ func (n *Node) Routes() *shoalpb.RouteTable {
 
 // heartbeatLoop reports to the master every HeartbeatInterval and does the
 // work it answers with. Failures (a master failover, a partition) are
-// logged and retried at the next beat.
+// logged and retried at the next beat. It ends when the node fails (Err).
 func (n *Node) heartbeatLoop() {
 	defer n.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -223,6 +223,11 @@ func (n *Node) heartbeatLoop() {
 	stats := newReplicaStats()
 	failing := false
 	for {
+		if n.Failure() != nil {
+			// A failed node says nothing more: the masters count it down
+			// and move its replicas, rather than trust what it reports.
+			return
+		}
 		hctx, hcancel := context.WithTimeout(ctx, 2*n.cfg.HeartbeatInterval)
 		resp, err := n.heartbeat(hctx, stats)
 		hcancel()

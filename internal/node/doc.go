@@ -9,6 +9,14 @@
 // layer, the store (waiters fail with raftstore.ErrStopped), and the engine
 // last, once nothing can write to it.
 //
-// Placement is static for now (Config.Shards and Config.Peers); the master
-// takes that over in a later issue.
+// In master mode (Config.Masters) the node registers, heartbeats, and does
+// the work the masters answer with (new replicas, leader transfers); with
+// Config.Shards it holds a static placement instead (tests).
+//
+// A node fails, rather than hangs, on an error it cannot continue past: its
+// store failed, or a disk operation stalled for Config.MaxDiskStall. The
+// first such error is delivered once by Err; from then on the node sends no
+// heartbeat (the masters count it down and repair its replicas) and
+// /healthz reports it. Stop is not called for it, since with a stalled disk
+// it could wait forever: the process is expected to exit.
 package node

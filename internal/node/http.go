@@ -39,7 +39,7 @@ type replicaJSON struct {
 func (n *Node) serveHTTP(lis net.Listener) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := n.store.Err(); err != nil {
+		if err := n.Failure(); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}

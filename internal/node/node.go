@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -118,6 +119,15 @@ type Config struct {
 	// storage.DefaultSpaceReserve (1 GiB), or 5% of the filesystem when
 	// that is less. Negative: writes are never refused.
 	DiskReserveBytes int64
+	// MaxDiskStall is how long a disk operation (a write, a sync, a file
+	// creation) may hang before the node fails: it stops heartbeating, so
+	// the masters count it down and, after their repair delay, replace its
+	// replicas, its /healthz answers 503, and Err delivers the error
+	// (`shoal node` exits on it, for a supervisor to restart). The Raft
+	// groups it leads elect new leaders elsewhere once they stop hearing
+	// from it. Default (0): storage.DefaultMaxStall (20s). Negative: slow
+	// operations are only logged.
+	MaxDiskStall time.Duration
 	// Store adjusts the store's options (timing, limits, knobs) before it is
 	// created.
 	Store func(o *raftstore.Options)
@@ -223,6 +233,11 @@ type Node struct {
 	beatNow chan struct{}
 	wg      sync.WaitGroup
 
+	// failure is the first error the node cannot continue past (its store
+	// failed, its disk stalled); errC delivers it once.
+	failure atomic.Pointer[error]
+	errC    chan error
+
 	stopOnce sync.Once
 }
 
@@ -231,7 +246,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, stopC: make(chan struct{}), routes: newRouteCache(), beatNow: make(chan struct{}, 1)}
+	n := &Node{cfg: cfg, log: cfg.Logger, stopC: make(chan struct{}), routes: newRouteCache(), beatNow: make(chan struct{}, 1),
+		errC: make(chan error, 1)}
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -243,7 +259,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	n.engine, err = storage.Open(storage.Options{
 		Dir: cfg.DataDir, FS: cfg.FS, CacheBytes: cfg.CacheBytes, MemTableBytes: cfg.MemTableBytes,
-		MinSyncInterval: cfg.MinSyncInterval, Logger: n.log,
+		MinSyncInterval: cfg.MinSyncInterval, MaxStall: cfg.MaxDiskStall, OnStall: n.fail, Logger: n.log,
 	})
 	if err != nil {
 		return nil, err
@@ -345,6 +361,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Transport:       sender,
 		NewStateMachine: newSM,
 		BeforeDataReset: rows.BlockSlots,
+		OnFailure:       n.fail,
 		Logger:          n.log,
 		// A new leader heartbeats at once, so that the masters (and through
 		// them clients and CLUSTER SLOTS) learn it without waiting a beat.
@@ -526,6 +543,32 @@ func handoverTarget(st raftstore.ReplicaStatus) uint64 {
 // every 100ms) and says whether the node is refusing writes for it
 // (Config.DiskReserveBytes).
 func (n *Node) DiskSpace() storage.SpaceStatus { return n.space.Status() }
+
+// fail records an error the node cannot continue past; the first one is
+// delivered by Err and stops the heartbeats. It does not stop the node:
+// with a stalled disk, Stop could wait forever.
+func (n *Node) fail(err error) {
+	if !n.failure.CompareAndSwap(nil, &err) {
+		return
+	}
+	n.log.Error("node failed: it stops heartbeating; restart it once the cause is mended", "err", err)
+	n.errC <- err
+}
+
+// Err delivers the first error the node cannot continue past: its store
+// failed (a storage error), or a disk operation stalled for
+// Config.MaxDiskStall. The node then no longer heartbeats and /healthz
+// reports the error. A process should exit: Stop may wait for the
+// stalled disk.
+func (n *Node) Err() <-chan error { return n.errC }
+
+// Failure returns the error Err delivered, or nil.
+func (n *Node) Failure() error {
+	if p := n.failure.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
 // Stop shuts the node down; see the package doc for the order. It returns
 // the error that stopped the store, if any.

@@ -121,6 +121,9 @@ type Options struct {
 	// shard's leader (a node uses it to tell the masters at once). It runs
 	// on a worker and must not block. Default: none.
 	OnLeader func(shard uint64)
+	// OnFailure, if set, is called once with the error that stopped the
+	// store (Err), from the goroutine that met it. Default: none.
+	OnFailure func(error)
 	// Knobs are test hooks; nil in production.
 	Knobs *Knobs
 }

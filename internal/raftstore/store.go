@@ -394,6 +394,9 @@ func (s *Store) Err() error {
 func (s *Store) fatal(err error) {
 	if s.failure.CompareAndSwap(nil, &err) {
 		s.log.Error("store failed, stopping", "err", err)
+		if f := s.opts.OnFailure; f != nil {
+			f(err)
+		}
 		go s.Stop()
 	}
 }

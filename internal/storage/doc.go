@@ -16,4 +16,8 @@
 //     commit is measured.
 //   - A failed commit is not retried here: the caller must treat it as fatal
 //     for the data it carried.
+//   - Every write-side filesystem operation is timed (Pebble's disk health
+//     checks); one that hangs for Options.MaxStall is reported once to
+//     Options.OnStall as ErrDiskStalled, and never for a process that was
+//     stopped rather than a disk that stalled (stallDetector).
 package storage

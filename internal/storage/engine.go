@@ -45,6 +45,20 @@ type Options struct {
 	// writer alone rarely waits, since its syncs come further apart than
 	// this.
 	MinSyncInterval time.Duration
+	// MaxStall is how long a disk operation of the engine (a write, a
+	// sync, creating, renaming or removing a file) may go without
+	// returning before the engine reports ErrDiskStalled to OnStall.
+	// Default 20s, as CockroachDB's storage.max_sync_duration; negative
+	// turns it off, leaving only the logs of slow operations. Operations
+	// are looked at every 2 seconds, so a stall is seen up to 2 seconds
+	// late; a stop of the whole process (SIGSTOP) does not count, see
+	// stallDetector.
+	MaxStall time.Duration
+	// OnStall is called once, on a background goroutine, when a disk
+	// operation has stalled for MaxStall; the error wraps ErrDiskStalled.
+	// The stalled operation may never return, so the callee should not
+	// wait for the engine (Close waits for it). Default: only logged.
+	OnStall func(error)
 	// Logger receives Pebble's logs and events. Default: discarded.
 	Logger *slog.Logger
 }
@@ -62,19 +76,27 @@ func (o *Options) ensureDefaults() {
 	if o.MinSyncInterval == 0 {
 		o.MinSyncInterval = 300 * time.Microsecond
 	}
+	if o.MaxStall == 0 {
+		o.MaxStall = DefaultMaxStall
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 }
 
+// DefaultMaxStall is Options.MaxStall's default.
+const DefaultMaxStall = 20 * time.Second
+
 // Engine is a node's Pebble database.
 type Engine struct {
-	db     *pebble.DB
-	po     *pebble.Options
-	fs     vfs.FS
-	dir    string
-	log    *slog.Logger
-	closed atomic.Bool
+	db *pebble.DB
+	po *pebble.Options
+	fs vfs.FS
+	// healthFS stops the goroutine of Pebble's disk health checks.
+	healthFS io.Closer
+	dir      string
+	log      *slog.Logger
+	closed   atomic.Bool
 
 	syncs   atomic.Uint64
 	commits atomic.Uint64
@@ -97,9 +119,13 @@ func Open(opts Options) (*Engine, error) {
 	}
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref()
-	e := &Engine{fs: opts.FS, dir: opts.Dir, log: opts.Logger.With("component", "pebble")}
+	e := &Engine{dir: opts.Dir, log: opts.Logger.With("component", "pebble")}
+	// Every write-side operation on the filesystem is timed: Pebble's
+	// health checks report those in flight for longer than the threshold.
+	stalls := newStallDetector(opts.MaxStall, e.log, opts.OnStall)
+	e.fs, e.healthFS = vfs.WithDiskHealthChecks(opts.FS, stalls.slow, nil, stalls.report)
 	po := &pebble.Options{
-		FS:                 opts.FS,
+		FS:                 e.fs,
 		Cache:              cache,
 		MemTableSize:       opts.MemTableBytes,
 		FormatMajorVersion: pebble.FormatNewest,
@@ -113,6 +139,7 @@ func Open(opts Options) (*Engine, error) {
 	po.EnsureDefaults()
 	db, err := pebble.Open(opts.Dir, po)
 	if err != nil {
+		e.healthFS.Close()
 		return nil, fmt.Errorf("storage: open %s: %w", opts.Dir, err)
 	}
 	e.db, e.po = db, po
@@ -125,13 +152,16 @@ func (e *Engine) Close() error {
 	if e.closed.Swap(true) {
 		return nil
 	}
-	return e.db.Close()
+	err := e.db.Close()
+	e.healthFS.Close()
+	return err
 }
 
 // Dir returns the database directory.
 func (e *Engine) Dir() string { return e.dir }
 
-// FS returns the filesystem the database lives on.
+// FS returns the filesystem the database lives on, with its write-side
+// operations timed by the stall detection (Options.MaxStall).
 func (e *Engine) FS() vfs.FS { return e.fs }
 
 // Stats returns the engine's counters.

@@ -34,9 +34,6 @@ func (e *Engine) eventListener() *pebble.EventListener {
 		DataCorruption: func(info pebble.DataCorruptionInfo) {
 			l.Error("data corruption", "path", info.Path, "err", info.Details)
 		},
-		DiskSlow: func(info pebble.DiskSlowInfo) {
-			l.Warn("disk slow", "op", info.OpType.String(), "path", info.Path, "duration", info.Duration)
-		},
 		WriteStallBegin: func(info pebble.WriteStallBeginInfo) { l.Warn("write stall begin", "reason", info.Reason) },
 		WriteStallEnd:   func() { l.Info("write stall end") },
 	}

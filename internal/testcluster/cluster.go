@@ -69,6 +69,12 @@ type Options struct {
 	// data directory before the node first starts; a test mounts a small
 	// filesystem there, say.
 	PrepareDir func(i int, dir string) error
+	// WrapFS, if set, gives node i (0-based) the filesystem it returns in
+	// place of the one it is passed; a test injects disk faults with it
+	// (internal/faultfs).
+	WrapFS func(i int, fs vfs.FS) vfs.FS
+	// MaxDiskStall is every node's node.Config.MaxDiskStall.
+	MaxDiskStall time.Duration
 	// LeaderWait is every node's node.Config.LeaderWait.
 	LeaderWait time.Duration
 	// Logger receives every node's logs. Default: errors only, to stderr.
@@ -100,6 +106,9 @@ func (c *Cluster) AddNode() (*Node, error) {
 	if c.opts.CrashableFS {
 		n.fs = vfs.NewCrashableMem()
 	}
+	if c.opts.WrapFS != nil {
+		n.fs = c.opts.WrapFS(i, n.fs)
+	}
 	c.Nodes = append(c.Nodes, n)
 	c.mu.Unlock()
 	if err := n.start(); err != nil {
@@ -112,7 +121,7 @@ func (c *Cluster) AddNode() (*Node, error) {
 func (n *Node) Node() *node.Node { return n.current() }
 
 // FS returns the filesystem the node's engine is on: a *vfs.MemFS with
-// Options.CrashableFS, else vfs.Default.
+// Options.CrashableFS, else vfs.Default, either wrapped by Options.WrapFS.
 func (n *Node) FS() vfs.FS { return n.fs }
 
 // Dir returns the node's data directory.
@@ -165,6 +174,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 			n.fs = vfs.NewCrashableMem()
 		} else {
 			n.fs = vfs.Default
+		}
+		if opts.WrapFS != nil {
+			n.fs = opts.WrapFS(i, n.fs)
 		}
 		if opts.PrepareDir != nil {
 			if err := os.MkdirAll(n.dir, 0o755); err != nil {
@@ -258,6 +270,7 @@ func (n *Node) start() error {
 		NewStateMachine: c.opts.NewStateMachine,
 		KV:              c.opts.KV,
 		LeaderWait:      c.opts.LeaderWait,
+		MaxDiskStall:    c.opts.MaxDiskStall,
 		Logger:          c.opts.Logger,
 	}
 	if cfg.DiskReserveBytes = c.opts.DiskReserveBytes; cfg.DiskReserveBytes == 0 {
