@@ -1000,7 +1000,10 @@ type NodeStats struct {
 	FreeBytes uint64 `protobuf:"varint,4,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
 	// The node refuses writes and incoming replicas: its free space is
 	// below its reserve (shoal node --disk-reserve-mb).
-	DiskFull      bool `protobuf:"varint,5,opt,name=disk_full,json=diskFull,proto3" json:"disk_full,omitempty"`
+	DiskFull bool `protobuf:"varint,5,opt,name=disk_full,json=diskFull,proto3" json:"disk_full,omitempty"`
+	// Below half its reserve: the node drops the entries other leaders send
+	// it, so its replicas count for no quorum until space is freed.
+	DiskExhausted bool `protobuf:"varint,6,opt,name=disk_exhausted,json=diskExhausted,proto3" json:"disk_exhausted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1066,6 +1069,13 @@ func (x *NodeStats) GetFreeBytes() uint64 {
 func (x *NodeStats) GetDiskFull() bool {
 	if x != nil {
 		return x.DiskFull
+	}
+	return false
+}
+
+func (x *NodeStats) GetDiskExhausted() bool {
+	if x != nil {
+		return x.DiskExhausted
 	}
 	return false
 }
@@ -1418,9 +1428,13 @@ type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Work  []*Work                `protobuf:"bytes,1,rep,name=work,proto3" json:"work,omitempty"`
 	// Set when the node's copy of the route table is older than version.
-	Routes        *RouteTable `protobuf:"bytes,2,opt,name=routes,proto3" json:"routes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Routes *RouteTable `protobuf:"bytes,2,opt,name=routes,proto3" json:"routes,omitempty"`
+	// The nodes whose latest heartbeat said disk_exhausted: a leader refuses
+	// writes to a shard whose voters on other nodes leave no quorum with
+	// room, rather than let them time out.
+	DiskExhaustedNodes []uint64 `protobuf:"varint,3,rep,packed,name=disk_exhausted_nodes,json=diskExhaustedNodes,proto3" json:"disk_exhausted_nodes,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *HeartbeatResponse) Reset() {
@@ -1463,6 +1477,13 @@ func (x *HeartbeatResponse) GetWork() []*Work {
 func (x *HeartbeatResponse) GetRoutes() *RouteTable {
 	if x != nil {
 		return x.Routes
+	}
+	return nil
+}
+
+func (x *HeartbeatResponse) GetDiskExhaustedNodes() []uint64 {
+	if x != nil {
+		return x.DiskExhaustedNodes
 	}
 	return nil
 }
@@ -3560,7 +3581,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\a \x01(\x04R\tsizeBytes\x12\x1e\n" +
 	"\vops_per_sec\x18\b \x01(\x01R\topsPerSec\x12/\n" +
-	"\x05shard\x18\t \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\"\xad\x01\n" +
+	"\x05shard\x18\t \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\"\xd4\x01\n" +
 	"\tNodeStats\x12%\n" +
 	"\x0ecapacity_bytes\x18\x01 \x01(\x04R\rcapacityBytes\x12\x1d\n" +
 	"\n" +
@@ -3568,7 +3589,8 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\vops_per_sec\x18\x03 \x01(\x01R\topsPerSec\x12\x1d\n" +
 	"\n" +
 	"free_bytes\x18\x04 \x01(\x04R\tfreeBytes\x12\x1b\n" +
-	"\tdisk_full\x18\x05 \x01(\bR\bdiskFull\"\x89\x02\n" +
+	"\tdisk_full\x18\x05 \x01(\bR\bdiskFull\x12%\n" +
+	"\x0edisk_exhausted\x18\x06 \x01(\bR\rdiskExhausted\"\x89\x02\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
@@ -3593,10 +3615,11 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x12TransferLeaderWork\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x1d\n" +
 	"\n" +
-	"to_replica\x18\x02 \x01(\x04R\ttoReplica\"e\n" +
+	"to_replica\x18\x02 \x01(\x04R\ttoReplica\"\x97\x01\n" +
 	"\x11HeartbeatResponse\x12\"\n" +
 	"\x04work\x18\x01 \x03(\v2\x0e.shoal.v1.WorkR\x04work\x12,\n" +
-	"\x06routes\x18\x02 \x01(\v2\x14.shoal.v1.RouteTableR\x06routes\"\x12\n" +
+	"\x06routes\x18\x02 \x01(\v2\x14.shoal.v1.RouteTableR\x06routes\x120\n" +
+	"\x14disk_exhausted_nodes\x18\x03 \x03(\x04R\x12diskExhaustedNodes\"\x12\n" +
 	"\x10GetRoutesRequest\"9\n" +
 	"\x12WatchRoutesRequest\x12#\n" +
 	"\rafter_version\x18\x01 \x01(\x04R\fafterVersion\"\x13\n" +

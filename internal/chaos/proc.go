@@ -36,8 +36,9 @@ type ProcOptions struct {
 	// Chain is the iptables chain the cluster's cuts go in; it is created,
 	// hooked into INPUT and removed on Close. Default "SHOAL-CHAOS".
 	Chain string
-	// NodeArgs are added to every `shoal node` command line.
-	NodeArgs []string
+	// NodeArgs, if set, returns what to add to the named node's `shoal
+	// node` command line.
+	NodeArgs func(name string) []string
 	// Logger receives the harness's logs. Default: discarded.
 	Logger *slog.Logger
 }
@@ -135,7 +136,10 @@ func (c *ProcCluster) args(s Server) []string {
 	// must not depend on the free space of the machine they run on.
 	args := append([]string{"node", "--master", strings.Join(c.MasterAddrs(), ","), "--resp", s.RESPAddr,
 		"--shutdown-timeout", "2s", "--disk-reserve-mb", "0"}, common...)
-	return append(args, c.opts.NodeArgs...)
+	if c.opts.NodeArgs != nil {
+		args = append(args, c.opts.NodeArgs(s.Name)...)
+	}
+	return args
 }
 
 // Start starts the named server (again) from its data directory. Its

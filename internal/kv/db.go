@@ -419,6 +419,11 @@ func (d *DB) propose(ctx context.Context, shard uint64, cmd *shoalpb.KVCommand, 
 			return nil, err
 		}
 	}
+	if f := d.opts.QuorumSpace; f != nil {
+		if err := f(shard); err != nil {
+			return nil, err
+		}
+	}
 	cmd.MaxValueBytes = int64(d.opts.Limits.MaxValueBytes)
 	data, err := proto.Marshal(cmd)
 	if err != nil {

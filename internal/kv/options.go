@@ -49,6 +49,12 @@ type Options struct {
 	// asked only for commands this node proposes, that is for shards it
 	// leads. Default nil: writes are never refused for space.
 	Space *storage.SpaceGuard
+	// QuorumSpace, if set, is asked before proposing any command (deletes
+	// too) to shard: an error, wrapping ErrDiskFull, refuses it. A node
+	// uses it to refuse writes that cannot commit because too many of the
+	// shard's voters are on nodes whose disks take no entries. Default
+	// nil: not asked.
+	QuorumSpace func(shard uint64) error
 }
 
 // EnsureDefaults replaces zero (and meaningless negative) values with their

@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -219,6 +220,7 @@ func (s *Server) Heartbeat(ctx context.Context, req *shoalpb.HeartbeatRequest) (
 	for _, p := range req.Snapshots {
 		s.lmu.snaps[snapKey{p.ShardId, p.ToNode}] = &snapReport{SnapshotReport: p, fromNode: n.Id}
 	}
+	exhausted := s.exhaustedLocked(now)
 	for _, r := range req.Replicas {
 		if r.Role != string(raftstore.RoleLeader) || r.Shard == nil {
 			continue
@@ -244,11 +246,25 @@ func (s *Server) Heartbeat(ctx context.Context, req *shoalpb.HeartbeatRequest) (
 		}
 		s.log.Info("node up again", "node", n.Id, "reason", "heartbeats resumed")
 	}
-	resp := &shoalpb.HeartbeatResponse{Work: s.workFor(n.Id, req)}
+	resp := &shoalpb.HeartbeatResponse{Work: s.workFor(n.Id, req), DiskExhaustedNodes: exhausted}
 	if req.RoutesVersion < s.meta.version() {
 		resp.Routes, _ = s.meta.routeTable()
 	}
 	return resp, nil
+}
+
+// exhaustedLocked lists the nodes whose latest heartbeat, within
+// NodeDownAfter of now, said their disk is below half its reserve (they take
+// no Raft entries), in ascending order. Requires s.lmu.
+func (s *Server) exhaustedLocked(now time.Time) []uint64 {
+	var out []uint64
+	for id, b := range s.lmu.beats {
+		if b.hb.GetStats().GetDiskExhausted() && now.Sub(b.at) <= s.cfg.NodeDownAfter {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // workFor decides what node should do: create its replicas of the initial

@@ -410,7 +410,8 @@ func (s *Server) snapshot() schedule.Snapshot {
 	t, _ := s.meta.routeTable()
 	s.lmu.Lock()
 	for i := range snap.Nodes {
-		snap.Nodes[i].DiskFull = s.lmu.beats[snap.Nodes[i].ID].hb.GetStats().GetDiskFull()
+		st := s.lmu.beats[snap.Nodes[i].ID].hb.GetStats()
+		snap.Nodes[i].DiskFull, snap.Nodes[i].DiskExhausted = st.GetDiskFull(), st.GetDiskExhausted()
 	}
 	for _, rt := range t.Shards {
 		st := s.lmu.shardStats[rt.Shard.ShardId]

@@ -267,6 +267,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	cleanups = append(cleanups, s.transport.Close)
 	so := raftstore.Options{
 		NodeID: cfg.ID, Engine: s.eng, Transport: s.transport, NewStateMachine: s.meta.newStateMachine, Logger: s.log,
+		OnFailure: s.failed,
 		// The meta group's log is small and truncated early.
 		MaxLogEntries: 1000,
 		// A quiet leader does not run CheckQuorum: a master leader cut off

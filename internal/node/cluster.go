@@ -243,10 +243,13 @@ func (n *Node) heartbeatLoop() {
 			}
 			failing = false
 			n.routes.update(resp.Routes)
+			n.setExhausted(resp.DiskExhaustedNodes)
 			n.doWork(ctx, resp.Work)
 		}
 		select {
 		case <-ctx.Done():
+			return
+		case <-n.failedC:
 			return
 		case <-t.C:
 		case <-n.beatNow:
@@ -287,8 +290,12 @@ func (n *Node) heartbeat(ctx context.Context, stats *replicaStats) (*shoalpb.Hea
 	req.Snapshots = n.snapshotReports()
 	if sp := n.space.Status(); sp.Known {
 		req.Stats.CapacityBytes, req.Stats.FreeBytes, req.Stats.DiskFull = sp.Total, sp.Available, sp.Full
+		req.Stats.DiskExhausted = sp.Exhausted
 	}
 	req.Stats.UsedBytes = n.engine.Metrics().DiskSpaceUsage()
+	if err := n.Failure(); err != nil {
+		return nil, err // failed while this beat was being put together
+	}
 	var resp *shoalpb.HeartbeatResponse
 	err := n.masters.Call(ctx, func(ctx context.Context, c shoalpb.MasterClient) error {
 		var err error

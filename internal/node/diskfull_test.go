@@ -109,3 +109,83 @@ func TestDiskFullRefusesIncomingReplica(t *testing.T) {
 		}
 	}
 }
+
+// TestDiskExhaustedFollowersElectAndServeReads stops a shard's leader while
+// its two followers, caught up, are below half their disk reserve (they
+// drop appends that carry data). They elect a leader between them, and
+// its first entry, which is empty, must still be taken: a leader serves
+// reads only once an entry of its term is committed.
+func TestDiskExhaustedFollowersElectAndServeReads(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, CrashableFS: true, DiskReserveBytes: 64 << 20})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shard := c.Shards[0].ShardId
+	leader, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.KV().Put(ctx, []byte("k"), []byte("v"), kv.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Every replica has applied the write: nothing with data is left for
+	// the followers to take.
+	applied := leader.Store().Replicas()[0].Applied
+	if err := tc.WaitFor(ctx, func() error {
+		for _, n := range c.Nodes {
+			if st, err := n.Store().Status(shard); err != nil || st.Applied < applied {
+				return fmt.Errorf("node %d applied %d of %d (%v)", n.ID, st.Applied, applied, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var followers []*tc.Node
+	for _, n := range c.Nodes {
+		if n != leader {
+			followers = append(followers, n)
+			n.FS().(*vfs.MemFS).TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 10 << 20, TotalBytes: 1 << 40})
+		}
+	}
+	for _, n := range followers {
+		if err := tc.WaitFor(ctx, func() error {
+			if !n.Node().DiskSpace().Exhausted {
+				return errors.New("not exhausted yet")
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	leader.Stop()
+	if err := tc.WaitFor(ctx, func() error {
+		l, err := c.Leader(shard)
+		if err != nil {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		v, ok, err := l.KV().Get(rctx, []byte("k"), kv.ReadOptions{})
+		if err != nil {
+			return err
+		}
+		if !ok || string(v.Data) != "v" {
+			t.Fatalf("k = %q, %v on the new leader", v.Data, ok)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("a read on the exhausted followers' new leader: %v", err)
+	}
+	// Writes are refused there: the new leader's own disk is below its
+	// reserve.
+	l, err := c.Leader(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.KV().Put(ctx, []byte("k"), []byte("w"), kv.PutOptions{}); !errors.Is(err, kv.ErrDiskFull) {
+		t.Fatalf("write on an exhausted leader: %v, want ErrDiskFull", err)
+	}
+}

@@ -237,6 +237,11 @@ type Node struct {
 	// failed, its disk stalled); errC delivers it once.
 	failure atomic.Pointer[error]
 	errC    chan error
+	failedC chan struct{} // closed on failure
+
+	// exhausted is the masters' latest list of nodes below half their
+	// disk reserve (quorumspace.go), nil when there are none.
+	exhausted atomic.Pointer[[]uint64]
 
 	stopOnce sync.Once
 }
@@ -247,7 +252,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, stopC: make(chan struct{}), routes: newRouteCache(), beatNow: make(chan struct{}, 1),
-		errC: make(chan error, 1)}
+		errC: make(chan error, 1), failedC: make(chan struct{})}
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -418,6 +423,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	kvOpts.RowCache = rows
 	metrics.RegisterRowCache(n.metrics, rows)
 	kvOpts.Space = n.space
+	kvOpts.QuorumSpace = n.quorumSpace
 	metrics.RegisterSpace(n.metrics, n.space)
 	n.store.Start()
 	n.kv = kv.New(n.store, kvOpts)
@@ -551,8 +557,10 @@ func (n *Node) fail(err error) {
 	if !n.failure.CompareAndSwap(nil, &err) {
 		return
 	}
-	n.log.Error("node failed: it stops heartbeating; restart it once the cause is mended", "err", err)
+	close(n.failedC)
 	n.errC <- err
+	// Not on this goroutine: a log on the stalled disk would hold it.
+	go n.log.Error("node failed: it stops heartbeating; restart it once the cause is mended", "err", err)
 }
 
 // Err delivers the first error the node cannot continue past: its store

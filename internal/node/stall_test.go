@@ -24,7 +24,14 @@ import (
 func TestDiskStallFailsNode(t *testing.T) {
 	var disk *faultfs.FS
 	c := tc.Start(t, tc.Options{
-		Masters: 1, Nodes: 3, Shards: 8, CrashableFS: true, MaxDiskStall: time.Second,
+		Masters: 1, Nodes: 3, Shards: 8, CrashableFS: true,
+		// The others keep the default, so that only the stalled disk fails.
+		MaxDiskStall: func(i int) time.Duration {
+			if i == 0 {
+				return time.Second
+			}
+			return 0
+		},
 		WrapFS: func(i int, fs vfs.FS) vfs.FS {
 			if i != 0 {
 				return fs

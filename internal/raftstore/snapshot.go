@@ -427,8 +427,12 @@ func (s *Store) writeSnapshot(ctx context.Context, m *raftpb.Message, data *shoa
 		return nil, fmt.Errorf("raftstore: snapshot dir: %w", err)
 	}
 	ok := false
+	var ws []*storage.SSTWriter
 	defer func() {
 		if !ok {
+			for _, w := range ws {
+				w.Abort()
+			}
 			s.removeAll(dir)
 		}
 	}()
@@ -438,7 +442,6 @@ func (s *Store) writeSnapshot(ctx context.Context, m *raftpb.Message, data *shoa
 	raftSpan := keys.ShardRaftSpan(shard)
 	hsKey := keys.HardStateKey(shard)
 
-	var ws []*storage.SSTWriter
 	create := func(name string) (*storage.SSTWriter, error) {
 		w, err := s.eng.CreateSST(fs.PathJoin(dir, name))
 		if err == nil {

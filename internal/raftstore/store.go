@@ -844,7 +844,7 @@ func (s *Store) HandleRaftBatch(msgs []*shoalpb.RaftMessage) {
 		if m.ShardId == 0 && m.Message == nil {
 			continue // a keepalive (quiesce.go)
 		}
-		if m.Message.GetType() == raftpb.MsgApp && len(m.Message.GetEntries()) > 0 {
+		if m.Message.GetType() == raftpb.MsgApp && carriesData(m.Message.GetEntries()) {
 			if full < 0 {
 				full = 0
 				if s.opts.Space.Exhausted() {
@@ -884,6 +884,20 @@ func (s *Store) HandleRaftBatch(msgs []*shoalpb.RaftMessage) {
 			s.stats.dropped.Add(1)
 		}
 	}
+}
+
+// carriesData reports whether any of ents has a payload. A node below half
+// its disk reserve drops the appends that do, but takes those of empty
+// entries only: a new leader's first entry of its term is one, and until a
+// quorum has it the leader serves no reads, nor learns that writes cannot
+// commit.
+func carriesData(ents []*raftpb.Entry) bool {
+	for _, e := range ents {
+		if len(e.GetData()) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Store) createForMessage(m *shoalpb.RaftMessage) *Replica {

@@ -1,6 +1,7 @@
 package resp_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/client"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
@@ -404,5 +406,140 @@ func TestDiskFullLeadersMoveAway(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatalf("writes with the full node's leaderships moved: %v", err)
+	}
+}
+
+// TestDiskFullMajorityRefusedAtOnce puts two of three nodes below half
+// their reserve, where they take no entries: the third node, which has
+// room, must refuse writes (deletes too) to its shards at once with DISK_FULL,
+// naming the nodes, rather than accept writes that cannot commit and time
+// out with an unknown outcome. Once one node has room again, every shard
+// takes writes.
+func TestDiskFullMajorityRefusedAtOnce(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: 16, Replicas: 3, RESP: true,
+		CrashableFS: true, DiskReserveBytes: 64 << 20})
+	ctx := ctxFor(t, 90*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	setFree := func(n *tc.Node, free uint64) {
+		n.FS().(*vfs.MemFS).TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: free, TotalBytes: 1 << 40})
+	}
+	for _, n := range c.Nodes {
+		setFree(n, 1<<30)
+	}
+	rc := clusterClient(t, c, &redis.ClusterOptions{MaxRedirects: 8})
+	if err := tc.WaitFor(ctx, func() error {
+		for i := range 64 {
+			if err := rc.Set(ctx, fmt.Sprintf("k%d", i), "before", 0).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Leaders stay where they are: this is about the nodes' refusals, not
+	// the scheduler's moves (testdata/diskfull.txt).
+	m, err := c.MasterLeader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Server().SetScheduling(ctx, &shoalpb.SetSchedulingRequest{Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	setFree(c.Nodes[0], 10<<20)
+	setFree(c.Nodes[1], 10<<20)
+	want := fmt.Sprintf("cannot commit: 2 of its 3 voters are on nodes [%d %d], below half their disk reserve",
+		min(c.Nodes[0].ID, c.Nodes[1].ID), max(c.Nodes[0].ID, c.Nodes[1].ID))
+	// Once the masters have the two heartbeats and the third node their
+	// answer (writes sent before that may wait for a commit that cannot
+	// come, and time out), the third node refuses writes for its shards'
+	// quorum.
+	probe := "probe"
+	if err := tc.WaitFor(ctx, func() error {
+		for i := range 64 {
+			k := fmt.Sprintf("k%d", i)
+			sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			err := rc.Set(sctx, k, "during", 0).Err()
+			cancel()
+			if err != nil && strings.Contains(err.Error(), want) {
+				probe = k
+				return nil
+			}
+		}
+		return errors.New("no write refused for its quorum yet")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// From then on every write is refused at once: by the exhausted nodes
+	// for their own disks, by the third node for its shards' quorum.
+	quorum := 0
+	for i := range 64 {
+		k := fmt.Sprintf("k%d", i)
+		start := time.Now()
+		err := rc.Set(ctx, k, "refused", 0).Err()
+		switch {
+		case err == nil:
+			t.Fatalf("%s written with two nodes exhausted", k)
+		case !strings.HasPrefix(err.Error(), "ERR disk full"):
+			t.Fatalf("%s: %v, want ERR disk full", k, err)
+		case time.Since(start) > time.Second:
+			t.Fatalf("%s refused after %v: a refusal must not wait for a commit", k, time.Since(start))
+		}
+		if strings.Contains(err.Error(), want) {
+			quorum++
+		}
+	}
+	t.Logf("after %s: %d of 64 writes refused for their quorum, the others by the exhausted nodes", probe, quorum)
+	if quorum == 0 || quorum == 64 {
+		t.Fatalf("%d of 64 writes refused for their quorum, want some (the third node's shards) and not all", quorum)
+	}
+	// Deletes cannot commit either, and are refused the same way on the
+	// node with room (the exhausted nodes accept deletes for their own
+	// disks, but those too would need a voter that takes entries).
+	refusedDel := map[string]bool{}
+	for i := range 64 {
+		k := fmt.Sprintf("k%d", i)
+		switch err := rc.Del(ctx, k).Err(); {
+		case err == nil: // an exhausted node's shard: it commits with the third node
+		case strings.Contains(err.Error(), want):
+			refusedDel[k] = true
+		default:
+			t.Fatalf("del %s: %v", k, err)
+		}
+	}
+	if len(refusedDel) != quorum {
+		t.Fatalf("%d deletes refused for their quorum, want %d as for the writes", len(refusedDel), quorum)
+	}
+	// Nothing refused was done: no key holds the refused value, and the
+	// keys whose delete was refused are still there. (A write of the probe
+	// loop, sent before the nodes measured their disks, may have been
+	// taken.)
+	for i := range 64 {
+		k := fmt.Sprintf("k%d", i)
+		v, err := rc.Get(ctx, k).Result()
+		if err != nil && !(errors.Is(err, redis.Nil) && !refusedDel[k]) || v == "refused" {
+			t.Fatalf("%s = %q, %v after refused writes and deletes", k, v, err)
+		}
+	}
+
+	// One node has room again, and the scheduler runs: the third node's
+	// shards commit with it, and the leaders of the node still exhausted
+	// move to nodes with room, so every key takes writes.
+	setFree(c.Nodes[0], 1<<30)
+	if _, err := m.Server().SetScheduling(ctx, &shoalpb.SetSchedulingRequest{Paused: false}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		for i := range 64 {
+			if err := rc.Set(ctx, fmt.Sprintf("k%d", i), "after", 0).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("writes once one node has room again: %v", err)
 	}
 }

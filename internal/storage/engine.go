@@ -50,8 +50,9 @@ type Options struct {
 	// returning before the engine reports ErrDiskStalled to OnStall.
 	// Default 20s, as CockroachDB's storage.max_sync_duration; negative
 	// turns it off, leaving only the logs of slow operations. Operations
-	// are looked at every 2 seconds, so a stall is seen up to 2 seconds
-	// late; a stop of the whole process (SIGSTOP) does not count, see
+	// in flight are looked at every 2 seconds, so a stall is reported 1 to
+	// 3 seconds after the limit (with the default, 21-23 s after it
+	// began); a stop of the whole process (SIGSTOP) does not count, see
 	// stallDetector.
 	MaxStall time.Duration
 	// OnStall is called once, on a background goroutine, when a disk

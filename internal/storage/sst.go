@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/cockroachdb/pebble/v2/objstorage"
 	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
 	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/shoaldb/shoal/internal/keys"
 )
@@ -15,10 +17,12 @@ import (
 // order. A range deletion and points in the same file do not affect each
 // other: once ingested, the deletion removes only older data.
 type SSTWriter struct {
-	w     *sstable.Writer
-	path  string
-	keys  int
-	bytes int64
+	w      *sstable.Writer
+	file   objstorage.Writable
+	closed bool
+	path   string
+	keys   int
+	bytes  int64
 }
 
 // CreateSST creates an SST file at path on the engine's filesystem.
@@ -27,9 +31,16 @@ func (e *Engine) CreateSST(path string) (*SSTWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: create sst %s: %w", path, err)
 	}
+	// Synced every 512 KiB on the way, as Pebble syncs its own tables, so
+	// that the final sync of a large file is short: a sync hung for
+	// Options.MaxStall fails the engine.
+	f = vfs.NewSyncingFile(f, vfs.SyncingFileOptions{BytesPerSync: sstBytesPerSync})
+	file := objstorageprovider.NewFileWritable(f)
 	opts := e.po.MakeWriterOptions(0, e.db.FormatMajorVersion().MaxTableFormat())
-	return &SSTWriter{w: sstable.NewWriter(objstorageprovider.NewFileWritable(f), opts), path: path}, nil
+	return &SSTWriter{w: sstable.NewWriter(file, opts), file: file, path: path}, nil
 }
+
+const sstBytesPerSync = 512 << 10
 
 // Set adds a key.
 func (w *SSTWriter) Set(key, value []byte) error {
@@ -58,8 +69,18 @@ func (w *SSTWriter) Bytes() int64 { return w.bytes }
 // Path returns the file's path.
 func (w *SSTWriter) Path() string { return w.path }
 
+// Abort closes the file without finishing it, if Close has not been
+// called; the caller removes it.
+func (w *SSTWriter) Abort() {
+	if !w.closed {
+		w.closed = true
+		w.file.Abort()
+	}
+}
+
 // Close finishes and syncs the file.
 func (w *SSTWriter) Close() error {
+	w.closed = true
 	if err := w.w.Close(); err != nil {
 		return fmt.Errorf("storage: finish sst %s: %w", w.path, err)
 	}

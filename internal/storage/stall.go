@@ -32,7 +32,8 @@ func slowThreshold(maxStall time.Duration) time.Duration {
 	if maxStall <= 0 {
 		return 5 * time.Second
 	}
-	return min(5*time.Second, maxStall/2)
+	// Never 0, which would turn Pebble's checks off.
+	return max(min(5*time.Second, maxStall/2), time.Nanosecond)
 }
 
 // stallDetector receives Pebble's reports of slow disk operations, logs them
@@ -81,15 +82,17 @@ func (d *stallDetector) report(info vfs.DiskSlowInfo) {
 		d.fired = true
 	}
 	d.mu.Unlock()
-	if logIt && !fire {
-		d.log.Warn("disk slow", "op", info.OpType.String(), "path", info.Path, "duration", info.Duration.Round(time.Millisecond))
-	}
+	// Logs are written on goroutines of their own, after the failure is
+	// reported: a log on the stalled disk (or a full pipe to one) must
+	// not hold up Pebble's monitor, or the report.
 	if fire {
 		err := fmt.Errorf("%w: %s of %s has not returned for %v (the limit is %v)",
 			ErrDiskStalled, info.OpType, info.Path, info.Duration.Round(time.Millisecond), d.maxStall)
-		d.log.Error("disk stalled", "err", err)
 		if d.onStall != nil {
 			d.onStall(err)
 		}
+		go d.log.Error("disk stalled", "err", err)
+	} else if logIt {
+		go d.log.Warn("disk slow", "op", info.OpType.String(), "path", info.Path, "duration", info.Duration.Round(time.Millisecond))
 	}
 }

@@ -3,7 +3,9 @@ package storage
 import (
 	"errors"
 	"log/slog"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,8 +90,8 @@ func TestStallDetectorIgnoresAStoppedProcess(t *testing.T) {
 
 func TestStallDetectorOffOnlyLogs(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1000, 0)}
-	var logs strings.Builder
-	d := newStallDetector(-1, slog.New(slog.NewTextHandler(&logs, nil)), func(error) { t.Fatal("failed with the limit off") })
+	logs := &lockedBuffer{}
+	d := newStallDetector(-1, slog.New(slog.NewTextHandler(logs, nil)), func(error) { t.Fatal("failed with the limit off") })
 	d.now = clock.Now
 	info := vfs.DiskSlowInfo{Path: "/data/000012.log", OpType: vfs.OpTypeWrite}
 	for i := 0; i < 30; i++ { // a minute of reports
@@ -97,8 +99,31 @@ func TestStallDetectorOffOnlyLogs(t *testing.T) {
 		d.report(info)
 		clock.advance(2 * time.Second)
 	}
-	// Logged at most every 10 s: 6 lines for 60 s.
+	// Logged at most every 10 s: 6 lines for 60 s. They are written on
+	// goroutines of their own: wait for them (no more can come).
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(logs.String(), "disk slow") < 6 && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
 	if n := strings.Count(logs.String(), "disk slow"); n != 6 {
 		t.Fatalf("%d log lines for a minute of slow writes, want 6:\n%s", n, logs.String())
 	}
+}
+
+// lockedBuffer is a log destination safe for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -73,8 +73,9 @@ type Options struct {
 	// place of the one it is passed; a test injects disk faults with it
 	// (internal/faultfs).
 	WrapFS func(i int, fs vfs.FS) vfs.FS
-	// MaxDiskStall is every node's node.Config.MaxDiskStall.
-	MaxDiskStall time.Duration
+	// MaxDiskStall, if set, gives node i (0-based) its
+	// node.Config.MaxDiskStall.
+	MaxDiskStall func(i int) time.Duration
 	// LeaderWait is every node's node.Config.LeaderWait.
 	LeaderWait time.Duration
 	// Logger receives every node's logs. Default: errors only, to stderr.
@@ -270,8 +271,10 @@ func (n *Node) start() error {
 		NewStateMachine: c.opts.NewStateMachine,
 		KV:              c.opts.KV,
 		LeaderWait:      c.opts.LeaderWait,
-		MaxDiskStall:    c.opts.MaxDiskStall,
 		Logger:          c.opts.Logger,
+	}
+	if c.opts.MaxDiskStall != nil {
+		cfg.MaxDiskStall = c.opts.MaxDiskStall(c.index(n))
 	}
 	if cfg.DiskReserveBytes = c.opts.DiskReserveBytes; cfg.DiskReserveBytes == 0 {
 		cfg.DiskReserveBytes = -1

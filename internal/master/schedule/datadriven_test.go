@@ -233,10 +233,10 @@ func (e *ddEnv) updateNode(n *NodeStatus, kv map[string]string) error {
 			n.State = shoalpb.NodeState(st)
 			n.StateSinceMs = e.s.NowMs
 		case "disk":
-			if v != "full" && v != "ok" {
-				return fmt.Errorf("disk=%s: want full or ok", v)
+			if v != "full" && v != "exhausted" && v != "ok" {
+				return fmt.Errorf("disk=%s: want full, exhausted or ok", v)
 			}
-			n.DiskFull = v == "full"
+			n.DiskFull, n.DiskExhausted = v != "ok", v == "exhausted"
 		case "for":
 		default:
 			return fmt.Errorf("unknown node field %q", k)
@@ -591,7 +591,10 @@ func (e *ddEnv) show(shards bool) string {
 		if n.Zone != "" {
 			zone = " zone=" + n.Zone
 		}
-		if n.DiskFull {
+		switch {
+		case n.DiskExhausted:
+			state += " disk-exhausted"
+		case n.DiskFull:
 			state += " disk-full"
 		}
 		fmt.Fprintf(&b, "n%d%s weight=%v %s: %d replicas%s, %d leaders%s\n", n.ID, zone, n.Weight, state,

@@ -126,7 +126,7 @@ func (c *cluster) transferTree(s uint64, led map[uint64][]*shard) map[uint64]mov
 			for _, r := range sh.Desc.Replicas {
 				v := r.NodeId
 				if _, seen := hops[v]; seen || v == s || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER ||
-					!c.placeable(v) || sh.hot && !c.hotStaysSpread(u, v) {
+					!c.placeable(v) || !c.commitsUnder(sh, v) || sh.hot && !c.hotStaysSpread(u, v) {
 					continue
 				}
 				hops[v] = move{sh: sh, kind: shoalpb.OperatorKind_OPERATOR_KIND_LEADER_BALANCE, lead: r.ReplicaId}

@@ -117,7 +117,8 @@ func (c *cluster) moveLeader(m move) {
 func (c *cluster) successor(sh *shard, leaving uint64) uint64 {
 	var best *shoalpb.ReplicaDescriptor
 	for _, r := range sh.Desc.Replicas {
-		if r.ReplicaId == leaving || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER || !c.placeable(r.NodeId) {
+		if r.ReplicaId == leaving || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER || !c.placeable(r.NodeId) ||
+			!c.commitsUnder(sh, r.NodeId) {
 			continue
 		}
 		if best == nil || c.lessLed(sh, r.NodeId, best.NodeId) {
@@ -128,6 +129,25 @@ func (c *cluster) successor(sh *shard, leaving uint64) uint64 {
 		return 0
 	}
 	return best.ReplicaId
+}
+
+// commitsUnder reports whether sh could commit with its leader on node: a
+// majority of its voters must take entries, and those on nodes whose disks
+// are exhausted do not (a leader's own entries are kept whatever its
+// disk). A leader moved where it cannot commit would not even serve reads:
+// a new leader must first commit an entry of its term.
+func (c *cluster) commitsUnder(sh *shard, node uint64) bool {
+	voters, take := 0, 0
+	for _, r := range sh.Desc.Replicas {
+		if r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
+			continue
+		}
+		voters++
+		if r.NodeId == node || !c.nodes[r.NodeId].DiskExhausted {
+			take++
+		}
+	}
+	return take >= voters/2+1
 }
 
 // lessLed reports whether node a is a better new leader for sh than b.

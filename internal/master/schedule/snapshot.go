@@ -22,6 +22,10 @@ type NodeStatus struct {
 	// replicas (it would refuse their snapshots) or leaders (they would
 	// refuse writes).
 	DiskFull bool
+	// DiskExhausted is set when the node's last heartbeat said its disk is
+	// below half its reserve: it drops the entries leaders send it, so its
+	// voters count for no quorum of a leader elsewhere.
+	DiskExhausted bool
 }
 
 // ShardStatus is one shard as the master leader sees it: the descriptor
