@@ -76,6 +76,23 @@ func buildShoal(t *testing.T, tags ...string) string {
 	return bin
 }
 
+// closeProc stops cl's processes and, if the test failed, logs the last
+// lines of each server's log in dir.
+func closeProc(t *testing.T, cl *ProcCluster, dir string, lines int) {
+	if err := cl.Close(); err != nil {
+		t.Error(err)
+	}
+	if !t.Failed() {
+		return
+	}
+	for _, s := range cl.Servers() {
+		if b, err := os.ReadFile(filepath.Join(dir, s.Name+".log")); err == nil {
+			ls := strings.Split(strings.TrimSpace(string(b)), "\n")
+			t.Logf("--- last lines of %s.log:\n%s", s.Name, strings.Join(ls[max(0, len(ls)-lines):], "\n"))
+		}
+	}
+}
+
 func logger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
@@ -100,19 +117,7 @@ func startCluster(t *testing.T, bin string) *ProcCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := cl.Close(); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			for _, s := range cl.Servers() {
-				if b, err := os.ReadFile(filepath.Join(dir, s.Name+".log")); err == nil {
-					lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-					t.Logf("--- last lines of %s.log:\n%s", s.Name, strings.Join(lines[max(0, len(lines)-30):], "\n"))
-				}
-			}
-		}
-	})
+	t.Cleanup(func() { closeProc(t, cl, dir, 30) })
 	if err := WaitReady(ctx, cl); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/client"
 	"github.com/shoaldb/shoal/internal/keys"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
 // TestDiskStallProcess runs real processes, one node's data directory on
@@ -74,19 +75,7 @@ func TestDiskStallProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	frozen := false
-	t.Cleanup(func() {
-		if err := cl.Close(); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			for _, s := range cl.Servers() {
-				if b, err := os.ReadFile(filepath.Join(dir, s.Name+".log")); err == nil {
-					lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-					t.Logf("--- last lines of %s.log:\n%s", s.Name, strings.Join(lines[max(0, len(lines)-20):], "\n"))
-				}
-			}
-		}
-	})
+	t.Cleanup(func() { closeProc(t, cl, dir, 20) })
 	// Runs before Close: a process waiting on a frozen filesystem cannot
 	// be killed until it thaws.
 	t.Cleanup(func() {
@@ -119,7 +108,7 @@ func TestDiskStallProcess(t *testing.T) {
 		}
 	}
 	for _, k := range shardKeys {
-		if err := waitOK(ctx, func() error { return put(k) }); err != nil {
+		if err := tc.WaitFor(ctx, func() error { return put(k) }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -136,7 +125,7 @@ func TestDiskStallProcess(t *testing.T) {
 		}
 	}()
 	logPath := filepath.Join(dir, "n1.log")
-	if err := waitOK(ctx, func() error {
+	if err := tc.WaitFor(ctx, func() error {
 		b, err := os.ReadFile(logPath)
 		if err != nil {
 			return err
@@ -157,7 +146,7 @@ func TestDiskStallProcess(t *testing.T) {
 	}
 	defer masters.Close()
 	o := &observer{cl: cl, masters: masters}
-	if err := waitOK(ctx, func() error {
+	if err := tc.WaitFor(ctx, func() error {
 		st, err := o.state(ctx)
 		if err != nil {
 			return err
@@ -177,7 +166,7 @@ func TestDiskStallProcess(t *testing.T) {
 	}
 	// Every shard takes writes without it.
 	for _, k := range shardKeys {
-		if err := waitOK(ctx, func() error { return put(k) }); err != nil {
+		if err := tc.WaitFor(ctx, func() error { return put(k) }); err != nil {
 			t.Fatalf("%s after n1 stalled: %v", k, err)
 		}
 	}
@@ -188,7 +177,7 @@ func TestDiskStallProcess(t *testing.T) {
 	}
 	frozen = false
 	var exitErr error
-	if err := waitOK(ctx, func() error {
+	if err := tc.WaitFor(ctx, func() error {
 		exited, err := cl.Exited("n1")
 		if !exited {
 			return errors.New("n1 still runs after its disk thawed")
@@ -208,22 +197,5 @@ func TestDiskStallProcess(t *testing.T) {
 	}
 	if !strings.Contains(string(b), "node failed: storage: disk stalled") {
 		t.Fatalf("n1's log does not end with the reason it exited:\n%s", b[max(0, len(b)-2000):])
-	}
-}
-
-// waitOK polls cond every 100ms until it returns nil or ctx ends.
-func waitOK(ctx context.Context, cond func() error) error {
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
-		case <-t.C:
-		}
 	}
 }
