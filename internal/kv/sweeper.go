@@ -79,6 +79,8 @@ func (s *sweeper) report(shard uint64, err error) {
 		raftstore.ErrNotLeader, raftstore.ErrNoLeader, raftstore.ErrLeadershipLost,
 		raftstore.ErrStopped, raftstore.ErrTimeout, raftstore.ErrShardNotFound,
 		raftstore.ErrShardRemoved, raftstore.ErrOverloaded, context.Canceled,
+		// A majority of the shard's voters take no entries (QuorumSpace).
+		ErrDiskFull,
 	}
 	for _, e := range expected {
 		if errors.Is(err, e) {

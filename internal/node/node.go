@@ -241,7 +241,7 @@ type Node struct {
 
 	// exhausted is the masters' latest list of nodes below half their
 	// disk reserve (quorumspace.go), nil when there are none.
-	exhausted atomic.Pointer[[]uint64]
+	exhausted atomic.Pointer[exhaustedNodes]
 
 	stopOnce sync.Once
 }

@@ -150,7 +150,13 @@ func (g *SpaceGuard) record(now int64, du vfs.DiskUsage, err error) {
 		g.log.Info("disk has room again: accepting writes", "dir", g.dir, "free_mib", avail>>20)
 	}
 	g.full.Store(full)
-	g.exhausted.Store(full && avail < uint64(g.reserve/2))
+	// Exhausted below half the reserve, and once so until 55% of it is
+	// free, as full has its margin.
+	half := uint64(g.reserve / 2)
+	if g.exhausted.Load() {
+		half += half / 10
+	}
+	g.exhausted.Store(full && avail < half)
 	g.due.Store(now + int64(g.maxAge))
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -73,6 +74,19 @@ func TestSpaceGuardRefusesBelowReserve(t *testing.T) {
 	if s := g.Status(); !s.Full || !s.Exhausted {
 		t.Fatalf("status %+v", s)
 	}
+	// Once exhausted, until 10% more than half the reserve is free.
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 54 << 20, TotalBytes: 1 << 40})
+	clock.advance(100 * time.Millisecond)
+	g.Status()
+	if !g.Exhausted() {
+		t.Fatal("54 MiB free after being exhausted, 100 reserved: replication taken again before 55 MiB")
+	}
+	fs.TestingSetDiskUsage(vfs.DiskUsage{AvailBytes: 56 << 20, TotalBytes: 1 << 40})
+	clock.advance(100 * time.Millisecond)
+	g.Status()
+	if g.Exhausted() {
+		t.Fatal("56 MiB free, 100 reserved: replication still refused")
+	}
 
 	// Once full, the disk stays so until 10% more than the reserve is
 	// free.
@@ -129,6 +143,15 @@ func TestSpaceGuardChecksDoNotWait(t *testing.T) {
 	// and (the clock standing still) takes no other.
 	if s := g.Status(); !s.Full || !s.Exhausted {
 		t.Fatalf("after the background measurement (1 MiB free): %+v", s)
+	}
+
+	// The background measurement may still be returning (it clears its
+	// flag after Status); until it has, no check starts another.
+	for deadline := time.Now().Add(10 * time.Second); g.measuring.Load(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the background measurement did not finish")
+		}
+		runtime.Gosched()
 	}
 
 	// Full, the answer (with its message) does not wait either.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/cockroachdb/pebble/v2/objstorage"
 	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -18,7 +17,6 @@ import (
 // other: once ingested, the deletion removes only older data.
 type SSTWriter struct {
 	w      *sstable.Writer
-	file   objstorage.Writable
 	closed bool
 	path   string
 	keys   int
@@ -35,9 +33,8 @@ func (e *Engine) CreateSST(path string) (*SSTWriter, error) {
 	// that the final sync of a large file is short: a sync hung for
 	// Options.MaxStall fails the engine.
 	f = vfs.NewSyncingFile(f, vfs.SyncingFileOptions{BytesPerSync: sstBytesPerSync})
-	file := objstorageprovider.NewFileWritable(f)
 	opts := e.po.MakeWriterOptions(0, e.db.FormatMajorVersion().MaxTableFormat())
-	return &SSTWriter{w: sstable.NewWriter(file, opts), file: file, path: path}, nil
+	return &SSTWriter{w: sstable.NewWriter(objstorageprovider.NewFileWritable(f), opts), path: path}, nil
 }
 
 const sstBytesPerSync = 512 << 10
@@ -69,12 +66,13 @@ func (w *SSTWriter) Bytes() int64 { return w.bytes }
 // Path returns the file's path.
 func (w *SSTWriter) Path() string { return w.path }
 
-// Abort closes the file without finishing it, if Close has not been
-// called; the caller removes it.
+// Abort closes the file, if Close has not been called, so that its handle
+// (and the disk health check watching it) is released; the caller removes
+// it. The writer writes blocks on a goroutine of its own, so the file is
+// finished as by Close rather than closed under it.
 func (w *SSTWriter) Abort() {
 	if !w.closed {
-		w.closed = true
-		w.file.Abort()
+		_ = w.Close()
 	}
 }
 

@@ -3,7 +3,6 @@ package storage
 import (
 	"errors"
 	"log/slog"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -90,7 +89,7 @@ func TestStallDetectorIgnoresAStoppedProcess(t *testing.T) {
 
 func TestStallDetectorOffOnlyLogs(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1000, 0)}
-	logs := &lockedBuffer{}
+	logs := &lockedBuffer{wrote: make(chan struct{}, 100)}
 	d := newStallDetector(-1, slog.New(slog.NewTextHandler(logs, nil)), func(error) { t.Fatal("failed with the limit off") })
 	d.now = clock.Now
 	info := vfs.DiskSlowInfo{Path: "/data/000012.log", OpType: vfs.OpTypeWrite}
@@ -101,9 +100,13 @@ func TestStallDetectorOffOnlyLogs(t *testing.T) {
 	}
 	// Logged at most every 10 s: 6 lines for 60 s. They are written on
 	// goroutines of their own: wait for them (no more can come).
-	deadline := time.Now().Add(10 * time.Second)
-	for strings.Count(logs.String(), "disk slow") < 6 && time.Now().Before(deadline) {
-		runtime.Gosched()
+	deadline := time.After(10 * time.Second)
+	for strings.Count(logs.String(), "disk slow") < 6 {
+		select {
+		case <-logs.wrote:
+		case <-deadline:
+			t.Fatalf("log lines after 10 s:\n%s", logs.String())
+		}
 	}
 	if n := strings.Count(logs.String(), "disk slow"); n != 6 {
 		t.Fatalf("%d log lines for a minute of slow writes, want 6:\n%s", n, logs.String())
@@ -112,14 +115,20 @@ func TestStallDetectorOffOnlyLogs(t *testing.T) {
 
 // lockedBuffer is a log destination safe for concurrent writers.
 type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
+	mu    sync.Mutex
+	b     strings.Builder
+	wrote chan struct{} // a value per write, if there is room
 }
 
 func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
+	n, err := l.b.Write(p)
+	l.mu.Unlock()
+	select {
+	case l.wrote <- struct{}{}:
+	default:
+	}
+	return n, err
 }
 
 func (l *lockedBuffer) String() string {

@@ -73,6 +73,8 @@ func TransferLeader(s Snapshot, shard, to uint64) (*shoalpb.Operator, error) {
 		return nil, refused("node %d is not up (or has no weight, or its disk is full): it cannot take the leadership", to)
 	case sh.LeaderReplica == target.ReplicaId:
 		return nil, refused("node %d already leads shard %d", to, shard)
+	case !c.commitsUnder(sh, to):
+		return nil, refused("shard %d could not commit with its leader on node %d: too many of its voters are on nodes below half their disk reserve", shard, to)
 	}
 	c.admit(move{sh: sh, kind: shoalpb.OperatorKind_OPERATOR_KIND_ADMIN, lead: target.ReplicaId,
 		reason: fmt.Sprintf("administrator: shard %d leader to node %d", shard, to)})

@@ -134,8 +134,9 @@ func (c *cluster) successor(sh *shard, leaving uint64) uint64 {
 // commitsUnder reports whether sh could commit with its leader on node: a
 // majority of its voters must take entries, and those on nodes whose disks
 // are exhausted do not (a leader's own entries are kept whatever its
-// disk). A leader moved where it cannot commit would not even serve reads:
-// a new leader must first commit an entry of its term.
+// disk). A leader moved where it cannot commit refuses every command, and
+// with followers behind it cannot commit even the first entry of its term,
+// which it must before it serves reads.
 func (c *cluster) commitsUnder(sh *shard, node uint64) bool {
 	voters, take := 0, 0
 	for _, r := range sh.Desc.Replicas {

@@ -1,0 +1,38 @@
+package schedule
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// An administrator's transfer to a node under which the shard could not
+// commit (a majority of its voters on nodes below half their disk reserve)
+// is refused; to a node under which it could, it is planned.
+func TestTransferLeaderRefusedWhereTheShardCannotCommit(t *testing.T) {
+	voters := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: 16384, Epoch: 3}
+	for n := uint64(1); n <= 3; n++ {
+		voters.Replicas = append(voters.Replicas, &shoalpb.ReplicaDescriptor{NodeId: n, ReplicaId: 10 + n})
+	}
+	snap := Snapshot{
+		ReplicationFactor: 3, NextReplicaID: 100, NextOperatorID: 1,
+		Nodes: []NodeStatus{
+			{ID: 1, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP, DiskFull: true, DiskExhausted: true},
+			{ID: 2, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
+			{ID: 3, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
+		},
+		Shards: []ShardStatus{{Desc: voters, LeaderReplica: 11}},
+	}
+	// One voter exhausted: the others make a majority.
+	if _, err := TransferLeader(snap, 1, 2); err != nil {
+		t.Fatalf("transfer with one voter exhausted: %v", err)
+	}
+	snap.Nodes[2].DiskFull, snap.Nodes[2].DiskExhausted = true, true
+	// Two exhausted: under node 2 only node 2 itself takes entries. Node 1
+	// (the leader) counts its own log, and commits with node 2.
+	_, err := TransferLeader(snap, 1, 2)
+	if err == nil || !strings.Contains(err.Error(), "could not commit with its leader on node 2") {
+		t.Fatalf("transfer to node 2 with nodes 1 and 3 exhausted: %v, want refused", err)
+	}
+}
