@@ -27,9 +27,7 @@ type exhaustedNodes struct {
 // setExhausted records the masters' latest list of exhausted nodes.
 func (n *Node) setExhausted(nodes []uint64) {
 	if len(nodes) == 0 {
-		if n.exhausted.Load() != nil {
-			n.exhausted.Store(nil)
-		}
+		n.exhausted.Store(nil)
 		return
 	}
 	n.exhausted.Store(&exhaustedNodes{nodes: slices.Clone(nodes), at: time.Now()})
@@ -55,29 +53,18 @@ func (n *Node) quorumSpace(shard uint64) error {
 }
 
 func quorumSpace(d *shoalpb.ShardDescriptor, self uint64, exhausted []uint64) error {
-	incoming := func(r shoalpb.ReplicaRole) bool {
-		return r == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER || r == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER_INCOMING
-	}
-	outgoing := func(r shoalpb.ReplicaRole) bool {
-		return r == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER || r == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER_OUTGOING ||
-			r == shoalpb.ReplicaRole_REPLICA_ROLE_VOTER_DEMOTING
-	}
-	for _, in := range []func(shoalpb.ReplicaRole) bool{incoming, outgoing} {
-		voters := 0
+	cs := raftstore.ConfStateOf(d)
+	for _, voters := range [][]uint64{cs.Voters, cs.VotersOutgoing} {
 		var lacking []uint64
-		for _, r := range d.GetReplicas() {
-			if !in(r.Role) {
-				continue
-			}
-			voters++
-			if r.NodeId != self && slices.Contains(exhausted, r.NodeId) {
-				lacking = append(lacking, r.NodeId)
+		for _, id := range voters {
+			if node := d.Replica(id).GetNodeId(); node != self && slices.Contains(exhausted, node) {
+				lacking = append(lacking, node)
 			}
 		}
-		if voters > 0 && voters-len(lacking) < voters/2+1 {
+		if len(voters) > 0 && len(voters)-len(lacking) < len(voters)/2+1 {
 			slices.Sort(lacking)
 			return fmt.Errorf("%w: shard %d cannot commit: %d of its %d voters are on nodes %v, below half their disk reserve, which take no entries; give those nodes more disk",
-				kv.ErrDiskFull, d.GetShardId(), len(lacking), voters, lacking)
+				kv.ErrDiskFull, d.GetShardId(), len(lacking), len(voters), lacking)
 		}
 	}
 	return nil

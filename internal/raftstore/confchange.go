@@ -194,8 +194,10 @@ func voters(desc *shoalpb.ShardDescriptor) []uint64 {
 	return out
 }
 
-// confStateOf returns the Raft configuration a descriptor stands for.
-func confStateOf(desc *shoalpb.ShardDescriptor) *raftpb.ConfState {
+// ConfStateOf returns the Raft configuration a descriptor stands for: in
+// a joint configuration, Voters is the incoming majority's and
+// VotersOutgoing the outgoing one's; otherwise VotersOutgoing is empty.
+func ConfStateOf(desc *shoalpb.ShardDescriptor) *raftpb.ConfState {
 	cs := &raftpb.ConfState{}
 	joint := IsJoint(desc)
 	for _, r := range desc.Replicas {
@@ -250,7 +252,7 @@ func (r *Replica) applyConfChange(b *storage.Batch, index uint64, cc *raftpb.Con
 		}
 	}
 	r.confState = r.raw.ApplyConfChange(cc)
-	if want := confStateOf(next); !sameConfState(r.confState, want) {
+	if want := ConfStateOf(next); !sameConfState(r.confState, want) {
 		// INVARIANT: the descriptor and Raft agree on the membership.
 		return result{}, fmt.Errorf("raftstore: shard %d: at %d the descriptor %v stands for %v but Raft has %v",
 			r.shardID, index, next, want, r.confState)

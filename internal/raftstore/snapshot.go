@@ -369,7 +369,7 @@ func (s *Store) HandleSnapshot(ctx context.Context, first *shoalpb.SnapshotChunk
 	if desc.GetShardId() != h.ShardId || h.ShardId == 0 || h.ShardId > keys.MaxShardID {
 		return fmt.Errorf("raftstore: snapshot for shard %d carries shard %d", h.ShardId, desc.GetShardId())
 	}
-	if want := confStateOf(desc); !sameConfState(want, m.GetSnapshot().GetMetadata().GetConfState()) {
+	if want := ConfStateOf(desc); !sameConfState(want, m.GetSnapshot().GetMetadata().GetConfState()) {
 		return fmt.Errorf("raftstore: snapshot %s: descriptor and configuration disagree", data.Id)
 	}
 	if err := s.admitReplica(h.ShardId, m.GetTo(), h.Epoch); err != nil {

@@ -844,14 +844,16 @@ func (s *Store) HandleRaftBatch(msgs []*shoalpb.RaftMessage) {
 		if m.ShardId == 0 && m.Message == nil {
 			continue // a keepalive (quiesce.go)
 		}
-		if m.Message.GetType() == raftpb.MsgApp && carriesData(m.Message.GetEntries()) {
+		if m.Message.GetType() == raftpb.MsgApp && len(m.Message.GetEntries()) > 0 {
 			if full < 0 {
 				full = 0
 				if s.opts.Space.Exhausted() {
 					full = 1
 				}
 			}
-			if full == 1 {
+			// The entries are looked at only on a node that is short of
+			// space, not on every append.
+			if full == 1 && carriesData(m.Message.GetEntries()) {
 				// Lost, as far as Raft can tell: the leader sends the
 				// entries again once this replica answers.
 				s.stats.droppedDiskFull.Add(1)
