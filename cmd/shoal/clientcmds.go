@@ -244,7 +244,8 @@ func newClusterCmd() *cobra.Command {
 
 In the node table REPLICAS and LEADERS count the route table's replicas;
 HEARTBEAT (its age), USED (disk), FREE (free space on the node's disk,
-"(full)" while it refuses writes for want of it) and HOSTED
+"(full)" while it refuses writes for want of it, "(exhausted)" while below
+half its reserve it also takes no other leader's entries) and HOSTED
 (replicas/leaders) are what the node said in its last heartbeat to the
 leading master, "-" when that master has none (a follower answered, or the
 node has not heartbeated it yet).`,
@@ -314,7 +315,8 @@ func printStatus(w io.Writer, st *shoalpb.ClusterState) {
 	// REPLICAS and LEADERS are the route table's; HEARTBEAT, USED, FREE
 	// and HOSTED (replicas/leaders) are what the node said in its last
 	// heartbeat to the leading master ("-" when it has none). FREE says
-	// "(full)" while the node refuses writes for want of disk space.
+	// "(full)" while the node refuses writes for want of disk space,
+	// "(exhausted)" while it also drops other leaders' entries.
 	fmt.Fprintln(tw, "NODE\tADDR\tZONE\tWEIGHT\tSTATE\tSINCE\tREASON\tREPLICAS\tLEADERS\tHEARTBEAT\tUSED\tFREE\tHOSTED")
 	for _, n := range st.Nodes {
 		since := "-"
@@ -333,7 +335,10 @@ func printStatus(w io.Writer, st *shoalpb.ClusterState) {
 				if hb.Stats.FreeBytes > 0 {
 					free = humanBytes(hb.Stats.FreeBytes)
 				}
-				if hb.Stats.DiskFull {
+				switch {
+				case hb.Stats.DiskExhausted:
+					free += " (exhausted)"
+				case hb.Stats.DiskFull:
 					free += " (full)"
 				}
 			}

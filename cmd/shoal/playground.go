@@ -90,6 +90,10 @@ func (f *playgroundFlags) listen(ctx context.Context, port int) (net.Listener, e
 	return lc.Listen(ctx, "tcp", net.JoinHostPort(f.host, strconv.Itoa(port)))
 }
 
+// playgroundStopTimeout bounds the stop of the playground's processes,
+// together: a healthy stop takes well under a second.
+const playgroundStopTimeout = 30 * time.Second
+
 func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdout, stderr io.Writer) error {
 	if err := f.validate(); err != nil {
 		return err
@@ -123,16 +127,17 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 		hlis.Close()
 		return err
 	}
-	defer m.Stop()
-
 	var nodes []*node.Node
-	defer func() {
+	// Every process stops, the nodes first, within playgroundStopTimeout:
+	// a stalled disk keeps a stop from returning.
+	defer stopWithin(playgroundStopTimeout, log, func() {
 		for i := len(nodes) - 1; i >= 0; i-- {
 			if err := nodes[i].Stop(); err != nil {
 				log.Error("node stop", "node", nodes[i].ID(), "err", err)
 			}
 		}
-	}()
+		m.Stop()
+	})
 	for i := range f.nodes {
 		lis, err := f.listen(ctx, f.nodeBasePort+i+1)
 		if err != nil {
@@ -174,9 +179,28 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 		return fmt.Errorf("cluster did not become ready: %w", err)
 	}
 	printPlayground(stdout, f, m, hlis.Addr().String(), nodes)
+	failed := make(chan error, len(nodes)+1)
+	go func() {
+		select {
+		case err := <-m.Err():
+			failed <- fmt.Errorf("master failed: %w", err)
+		case <-ctx.Done():
+		}
+	}()
+	for _, n := range nodes {
+		go func() {
+			select {
+			case err := <-n.Err():
+				failed <- fmt.Errorf("node %d failed: %w", n.ID(), err)
+			case <-ctx.Done():
+			}
+		}()
+	}
 	select {
 	case <-ctx.Done():
-	case err := <-m.Err():
+	case err := <-failed:
+		// The playground's processes share one disk: one failing says
+		// the others cannot be trusted either.
 		return err
 	}
 	fmt.Fprintln(stdout, "\nstopping...")

@@ -129,10 +129,10 @@ cannot change afterwards.
 			fmt.Fprintln(cmd.OutOrStdout())
 			select {
 			case <-ctx.Done():
-				srv.Stop()
-				return nil
+				stop() // a second SIGTERM or Ctrl-C ends the process at once
+				return finishStop(stopTimeout, log, srv.Err(), func() error { srv.Stop(); return nil })
 			case err := <-srv.Err():
-				stopWithin(failedStopTimeout, log, srv.Stop)
+				stopWithin(stopTimeout, log, srv.Stop)
 				return fmt.Errorf("master failed: %w", err)
 			}
 		},
@@ -275,24 +275,26 @@ the replicas they place on it.
 				// A supervisor (systemd, Kubernetes) restarts the node; if
 				// it cannot come back, the masters count it down and move
 				// its replicas.
-				stopWithin(failedStopTimeout, log, func() { n.Stop() })
+				stopWithin(stopTimeout, log, func() { n.Stop() })
 				return fmt.Errorf("node failed: %w", err)
 			}
+			stop() // a second SIGTERM or Ctrl-C ends the process at once
 			// Hand the leaderships over before going, so clients see a
 			// leader change rather than an election.
 			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 			defer cancel()
-			if still, err := n.Shutdown(sctx); err != nil {
+			return finishStop(shutdownTimeout+stopTimeout, log, n.Err(), func() error {
+				still, err := n.Shutdown(sctx)
+				if still > 0 {
+					log.Warn("stopped while still leading shards; they elect new leaders", "shards", still)
+				}
 				return err
-			} else if still > 0 {
-				log.Warn("stopped while still leading shards; they elect new leaders", "shards", still)
-			}
-			return nil
+			})
 		},
 	}
 	addNodeAdminCmds(cmd)
 	f := cmd.Flags()
-	f.DurationVar(&shutdownTimeout, "shutdown-timeout", envDuration("SHOAL_SHUTDOWN_TIMEOUT", 10*time.Second), "on SIGTERM or Ctrl-C, hand leaderships to other nodes for at most this long before stopping (env SHOAL_SHUTDOWN_TIMEOUT)")
+	f.DurationVar(&shutdownTimeout, "shutdown-timeout", envDuration("SHOAL_SHUTDOWN_TIMEOUT", 10*time.Second), "on SIGTERM or Ctrl-C, hand leaderships to other nodes for at most this long before stopping; the stop itself gets 5s more, then the process exits without it (a stalled disk); a second SIGTERM or Ctrl-C exits at once (env SHOAL_SHUTDOWN_TIMEOUT)")
 	f.StringVar(&masters, "master", envOr("SHOAL_MASTER", "127.0.0.1:7000"), "masters' gRPC addresses, comma separated (env SHOAL_MASTER)")
 	f.StringVar(&cfg.ListenAddr, "listen", envOr("SHOAL_LISTEN", "127.0.0.1:7100"), "gRPC address (env SHOAL_LISTEN)")
 	f.StringVar(&dialFrom, "dial-from", envOr("SHOAL_DIAL_FROM", ""), "local IP address outgoing connections leave from; default: the system's choice (env SHOAL_DIAL_FROM)")
@@ -321,9 +323,36 @@ the replicas they place on it.
 	return cmd
 }
 
-// failedStopTimeout bounds the stop of a server that failed by itself: with
-// a stalled disk, its Stop may never return.
-const failedStopTimeout = 5 * time.Second
+// stopTimeout bounds a server's Stop (after a node's leadership handover):
+// with a stalled disk, Stop may never return, and nothing acknowledged
+// needs it, since every acknowledged write is already synced.
+const stopTimeout = 5 * time.Second
+
+// finishStop runs graceful, the stop that follows SIGTERM or Ctrl-C, for at
+// most bound. It returns graceful's error; or, if the server fails first
+// (failed: its Err channel, e.g. a disk that stalls during the stop), that
+// failure; or, if graceful has not returned within bound, an error saying
+// so. The process then exits without waiting further.
+func finishStop(bound time.Duration, log *slog.Logger, failed <-chan error, graceful func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- graceful() }()
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case err := <-failed:
+		// Let a stop that is about to finish finish; a stalled one does not.
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		return fmt.Errorf("failed while stopping: %w", err)
+	case <-t.C:
+		log.Error("stop did not finish; exiting without it", "waited", bound)
+		return fmt.Errorf("stop did not finish within %v; exiting without it (every acknowledged write is on disk)", bound)
+	}
+}
 
 // stopWithin runs stop, waiting for it at most d.
 func stopWithin(d time.Duration, log *slog.Logger, stop func()) {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -204,7 +205,8 @@ func TestMasterServesOnItsPeerAddress(t *testing.T) {
 }
 
 // TestStatusShowsHeartbeats: the node table of `cluster status` shows each
-// node's last heartbeat, used and free bytes (marked when the disk is full)
+// node's last heartbeat, used and free bytes (marked when the disk is full
+// or exhausted)
 // and hosted replicas and leaders, "-" for a node without a heartbeat.
 func TestStatusShowsHeartbeats(t *testing.T) {
 	st := &shoalpb.ClusterState{
@@ -213,11 +215,13 @@ func TestStatusShowsHeartbeats(t *testing.T) {
 			{Id: 1, Addr: "10.0.0.1:7100", Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
 			{Id: 2, Addr: "10.0.0.2:7100", Weight: 1, State: shoalpb.NodeState_NODE_STATE_DOWN},
 			{Id: 3, Addr: "10.0.0.3:7100", Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
+			{Id: 4, Addr: "10.0.0.4:7100", Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
 		},
 		Routes: &shoalpb.RouteTable{},
 		NodeHeartbeats: map[uint64]*shoalpb.NodeHeartbeat{
 			1: {LastHeartbeatMs: 1, AgeMs: 1500, Stats: &shoalpb.NodeStats{UsedBytes: 3 << 20, CapacityBytes: 1 << 30, FreeBytes: 5 << 20}, Replicas: 7, Leaders: 2},
 			3: {LastHeartbeatMs: 1, AgeMs: 500, Stats: &shoalpb.NodeStats{UsedBytes: 3 << 20, FreeBytes: 1 << 20, DiskFull: true}, Replicas: 7, Leaders: 2},
+			4: {LastHeartbeatMs: 1, AgeMs: 500, Stats: &shoalpb.NodeStats{UsedBytes: 3 << 20, FreeBytes: 1 << 19, DiskFull: true, DiskExhausted: true}, Replicas: 7, Leaders: 2},
 		},
 	}
 	var b bytes.Buffer
@@ -240,6 +244,9 @@ func TestStatusShowsHeartbeats(t *testing.T) {
 	}
 	if got := strings.Join(rows["3"][len(rows["3"])-8:], " "); got != "0.5s ago 3.0 MiB 1.0 MiB (full) 7/2" {
 		t.Fatalf("node 3 (disk full) row ends %q\n%s", got, b.String())
+	}
+	if got := strings.Join(rows["4"][len(rows["4"])-8:], " "); got != "0.5s ago 3.0 MiB 512.0 KiB (exhausted) 7/2" {
+		t.Fatalf("node 4 (disk exhausted) row ends %q\n%s", got, b.String())
 	}
 }
 
@@ -283,6 +290,59 @@ func TestStopWithin(t *testing.T) {
 	stopWithin(50*time.Millisecond, log, func() { <-hang })
 	if d := time.Since(start); d > 10*time.Second {
 		t.Fatalf("stopWithin(50ms) returned after %v", d)
+	}
+}
+
+// The stop after SIGTERM is bounded: a stop that hangs (a stalled disk)
+// or a failure during it ends the process with an error, not never.
+func TestFinishStop(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	errStop := errors.New("stop failed")
+	if err := finishStop(time.Minute, log, nil, func() error { return nil }); err != nil {
+		t.Fatalf("clean stop: %v", err)
+	}
+	if err := finishStop(time.Minute, log, nil, func() error { return errStop }); !errors.Is(err, errStop) {
+		t.Fatalf("stop error: %v, want %v", err, errStop)
+	}
+
+	hang := make(chan struct{})
+	defer close(hang)
+	start := time.Now()
+	err := finishStop(50*time.Millisecond, log, nil, func() error { <-hang; return nil })
+	if err == nil || !strings.Contains(err.Error(), "stop did not finish within 50ms") {
+		t.Fatalf("hung stop: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("hung stop returned after %v", d)
+	}
+
+	// A failure during the stop: the stop that then finishes is waited
+	// for, one that hangs is not, and the failure is the error either way.
+	errDisk := errors.New("disk stalled")
+	for _, finishes := range []bool{true, false} {
+		failed := make(chan error) // unbuffered: the stop goes on once finishStop has the failure
+		stopped := make(chan struct{})
+		err := finishStop(100*time.Millisecond, log, failed, func() error {
+			failed <- errDisk
+			if !finishes {
+				<-hang
+			}
+			close(stopped)
+			return nil
+		})
+		if !errors.Is(err, errDisk) {
+			t.Fatalf("failure during the stop (stop finishes: %v): %v, want %v", finishes, err, errDisk)
+		}
+		select {
+		case <-stopped:
+			if !finishes {
+				t.Fatal("a hung stop finished")
+			}
+		default:
+			if finishes {
+				t.Fatal("finishStop returned before a stop that finishes")
+			}
+		}
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoaldb/shoal/internal/testlog"
 )
 
 // The suite runs real processes and needs root (iptables). Knobs, by
@@ -93,16 +95,7 @@ func closeProc(t *testing.T, cl *ProcCluster, dir string, lines int) {
 	}
 }
 
-func logger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+func logger(t *testing.T) *slog.Logger { return testlog.New(t, slog.LevelInfo) }
 
 // startCluster starts 3 masters and 5 nodes and waits until they serve.
 func startCluster(t *testing.T, bin string) *ProcCluster {

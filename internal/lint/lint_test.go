@@ -43,13 +43,14 @@ var allowed = map[string][]string{
 	"internal/testcluster":      {"*"},
 	"internal/chaos":            {"*"},
 	"internal/faultfs":          {},
+	"internal/testlog":          {},
 	"internal/lint":             {},
 	"cmd/shoal":                 {"*"},
 }
 
 // testOnly packages may be imported only from tests and cmd-free test
 // infrastructure.
-var testOnly = map[string]bool{"internal/testcluster": true, "internal/chaos": true, "internal/faultfs": true}
+var testOnly = map[string]bool{"internal/testcluster": true, "internal/chaos": true, "internal/faultfs": true, "internal/testlog": true}
 
 type pkgFiles struct {
 	files, tests []*ast.File

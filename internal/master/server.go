@@ -235,7 +235,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}()
 	s.eng, err = storage.Open(storage.Options{Dir: cfg.DataDir, FS: cfg.FS, CacheBytes: 32 << 20, MemTableBytes: 16 << 20,
-		MaxStall: cfg.MaxDiskStall, OnStall: s.failed, Logger: s.log})
+		MaxStall: cfg.MaxDiskStall, OnFailure: s.failed, Logger: s.log})
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,9 @@
 // Config.Shards it holds a static placement instead (tests).
 //
 // A node fails, rather than hangs, on an error it cannot continue past: its
-// store failed, or a disk operation stalled for Config.MaxDiskStall. The
+// store failed, a disk operation stalled for Config.MaxDiskStall, or the
+// disk failed under the storage engine's background work
+// (storage.ErrDiskFailed: an I/O error, a read-only filesystem). The
 // first such error is delivered once by Err; from then on the node sends no
 // heartbeat (the masters count it down and repair its replicas) and
 // /healthz reports it. Stop is not called for it, since with a stalled disk

@@ -264,7 +264,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	n.engine, err = storage.Open(storage.Options{
 		Dir: cfg.DataDir, FS: cfg.FS, CacheBytes: cfg.CacheBytes, MemTableBytes: cfg.MemTableBytes,
-		MinSyncInterval: cfg.MinSyncInterval, MaxStall: cfg.MaxDiskStall, OnStall: n.fail, Logger: n.log,
+		MinSyncInterval: cfg.MinSyncInterval, MaxStall: cfg.MaxDiskStall, OnFailure: n.fail, Logger: n.log,
 	})
 	if err != nil {
 		return nil, err
@@ -564,8 +564,10 @@ func (n *Node) fail(err error) {
 }
 
 // Err delivers the first error the node cannot continue past: its store
-// failed (a storage error), or a disk operation stalled for
-// Config.MaxDiskStall. The node then no longer heartbeats and /healthz
+// failed (a storage error), a disk operation stalled for
+// Config.MaxDiskStall (storage.ErrDiskStalled), or the disk failed under
+// the storage engine (storage.ErrDiskFailed). The node then no longer
+// heartbeats and /healthz
 // reports the error. A process should exit: Stop may wait for the
 // stalled disk.
 func (n *Node) Err() <-chan error { return n.errC }

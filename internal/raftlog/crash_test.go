@@ -17,6 +17,7 @@ import (
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/storage"
+	"github.com/shoaldb/shoal/internal/testlog"
 )
 
 // The crash tests write a replica's Raft state the way internal/raftstore
@@ -249,7 +250,7 @@ func (w *crashWriter) unsyncedAppend() {
 func crashEngine(t *testing.T, fs vfs.FS) (*storage.Engine, error) {
 	return storage.Open(storage.Options{
 		Dir: "db", FS: fs, CacheBytes: 1 << 20, MemTableBytes: 256 << 10,
-		Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelError})),
+		Logger: testlog.New(t, slog.LevelError),
 	})
 }
 

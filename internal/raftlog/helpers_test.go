@@ -14,16 +14,10 @@ import (
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/storage"
+	"github.com/shoaldb/shoal/internal/testlog"
 )
 
 const noLimit = math.MaxUint64
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(bytes.TrimRight(p, "\n")))
-	return len(p), nil
-}
 
 // openEngine opens a Pebble engine in dir "db" of fs, closed at the end of
 // the test. Pebble's warnings and errors go to the test log.
@@ -31,7 +25,7 @@ func openEngine(t testing.TB, fs vfs.FS) *storage.Engine {
 	t.Helper()
 	e, err := storage.Open(storage.Options{
 		Dir: "db", FS: fs, CacheBytes: 1 << 20, MemTableBytes: 256 << 10,
-		Logger: slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger: testlog.New(t, slog.LevelWarn),
 	})
 	if err != nil {
 		t.Fatalf("open engine: %v", err)

@@ -17,7 +17,10 @@
 //   - A failed commit is not retried here: the caller must treat it as fatal
 //     for the data it carried.
 //   - Every write-side filesystem operation is timed (Pebble's disk health
-//     checks); one that hangs for Options.MaxStall is reported once to
-//     Options.OnStall as ErrDiskStalled, and never for a process that was
+//     checks); one that hangs for Options.MaxStall is reported to
+//     Options.OnFailure as ErrDiskStalled, and never for a process that was
 //     stopped rather than a disk that stalled (stallDetector).
+//   - An I/O error, a read-only filesystem or corrupt data met by Pebble's
+//     background work is reported to Options.OnFailure as ErrDiskFailed.
+//     OnFailure hears of the first failure only, once.
 package storage

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,7 +48,7 @@ type Options struct {
 	MinSyncInterval time.Duration
 	// MaxStall is how long a disk operation of the engine (a write, a
 	// sync, creating, renaming or removing a file) may go without
-	// returning before the engine reports ErrDiskStalled to OnStall.
+	// returning before the engine reports ErrDiskStalled to OnFailure.
 	// Default 20s, as CockroachDB's storage.max_sync_duration; negative
 	// turns it off, leaving only the logs of slow operations. Operations
 	// in flight are looked at every 2 seconds, so a stall is reported 1 to
@@ -55,11 +56,18 @@ type Options struct {
 	// began); a stop of the whole process (SIGSTOP) does not count, see
 	// stallDetector.
 	MaxStall time.Duration
-	// OnStall is called once, on a background goroutine, when a disk
-	// operation has stalled for MaxStall; the error wraps ErrDiskStalled.
-	// The stalled operation may never return, so the callee should not
-	// wait for the engine (Close waits for it). Default: only logged.
-	OnStall func(error)
+	// OnFailure is called once, on a background goroutine, with the first
+	// failure of the disk: a disk operation stalled for MaxStall (the error
+	// wraps ErrDiskStalled), or an I/O error, a read-only filesystem or
+	// corrupt data met by Pebble's background work (ErrDiskFailed). The
+	// engine cannot be trusted to make progress after either; the stalled
+	// operation may never return, so the callee should not wait for the
+	// engine (Close waits for it). Default: only logged.
+	//
+	// A write-ahead log that cannot be written or synced is not reported
+	// here: Pebble cannot go on past it and the process exits at once
+	// (pebbleLogger.Fatalf), as Pebble requires.
+	OnFailure func(error)
 	// Logger receives Pebble's logs and events. Default: discarded.
 	Logger *slog.Logger
 }
@@ -99,6 +107,9 @@ type Engine struct {
 	log      *slog.Logger
 	closed   atomic.Bool
 
+	onFailure func(error)
+	failOnce  sync.Once
+
 	syncs   atomic.Uint64
 	commits atomic.Uint64
 	records atomic.Uint64
@@ -120,10 +131,10 @@ func Open(opts Options) (*Engine, error) {
 	}
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref()
-	e := &Engine{dir: opts.Dir, log: opts.Logger.With("component", "pebble")}
+	e := &Engine{dir: opts.Dir, log: opts.Logger.With("component", "pebble"), onFailure: opts.OnFailure}
 	// Every write-side operation on the filesystem is timed: Pebble's
 	// health checks report those in flight for longer than the threshold.
-	stalls := newStallDetector(opts.MaxStall, e.log, opts.OnStall)
+	stalls := newStallDetector(opts.MaxStall, e.log, e.reportFailure)
 	e.fs, e.healthFS = vfs.WithDiskHealthChecks(opts.FS, stalls.slow, nil, stalls.report)
 	po := &pebble.Options{
 		FS:                 e.fs,

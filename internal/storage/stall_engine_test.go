@@ -18,7 +18,7 @@ func TestEngineReportsStalledDisk(t *testing.T) {
 	fs := faultfs.New(vfs.NewMem())
 	stalled := make(chan error, 1)
 	e, err := storage.Open(storage.Options{Dir: "db", FS: fs, CacheBytes: 1 << 20, MemTableBytes: 1 << 20,
-		MaxStall: time.Second, OnStall: func(err error) { stalled <- err }, Logger: testLogger(t)})
+		MaxStall: time.Second, OnFailure: func(err error) { stalled <- err }, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestEngineReportsStalledDisk(t *testing.T) {
 	select {
 	case err := <-stalled:
 		if !errors.Is(err, storage.ErrDiskStalled) {
-			t.Fatalf("OnStall got %v, want ErrDiskStalled", err)
+			t.Fatalf("OnFailure got %v, want ErrDiskStalled", err)
 		}
 		if d := time.Since(start); d < time.Second {
 			t.Fatalf("reported a stall after %v, before MaxStall (1s)", d)
