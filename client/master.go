@@ -24,6 +24,9 @@ var (
 	ErrNotBootstrapped = errors.New("client: cluster not bootstrapped")
 	// ErrUnknownNode: the masters do not know the node (or it was removed).
 	ErrUnknownNode = errors.New("client: unknown node")
+	// ErrStaleData: the node's data directory is older than the one it
+	// last ran with (restored from an old copy); the masters refuse it.
+	ErrStaleData = errors.New("client: the node's data is older than the masters have seen")
 	// ErrBootstrapMismatch: bootstrap parameters differ from the cluster's.
 	ErrBootstrapMismatch = errors.New("client: bootstrap parameters differ from the cluster's")
 	// ErrNoMasters: no master could be reached before the context ended.
@@ -171,6 +174,8 @@ func classify(err error, d *shoalpb.ErrorDetail) error {
 		return fmt.Errorf("%w: %w", ErrUnknownNode, err)
 	case shoalpb.ErrorCode_ERROR_CODE_BOOTSTRAP_MISMATCH:
 		return fmt.Errorf("%w: %w", ErrBootstrapMismatch, err)
+	case shoalpb.ErrorCode_ERROR_CODE_STALE_DATA:
+		return fmt.Errorf("%w: %w", ErrStaleData, err)
 	}
 	return err
 }

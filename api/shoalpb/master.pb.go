@@ -126,6 +126,9 @@ const (
 	// The leader's disk has less free space than its reserve: writes are
 	// refused, deletes accepted, until space is freed. Nothing was done.
 	ErrorCode_ERROR_CODE_DISK_FULL ErrorCode = 18
+	// The node's data directory is older than the one it last ran with (it
+	// was restored from an old copy): the masters refuse to let it join.
+	ErrorCode_ERROR_CODE_STALE_DATA ErrorCode = 19
 )
 
 // Enum value maps for ErrorCode.
@@ -150,6 +153,7 @@ var (
 		16: "ERROR_CODE_STALE_SEQUENCE",
 		17: "ERROR_CODE_UNAVAILABLE",
 		18: "ERROR_CODE_DISK_FULL",
+		19: "ERROR_CODE_STALE_DATA",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":        0,
@@ -171,6 +175,7 @@ var (
 		"ERROR_CODE_STALE_SEQUENCE":     16,
 		"ERROR_CODE_UNAVAILABLE":        17,
 		"ERROR_CODE_DISK_FULL":          18,
+		"ERROR_CODE_STALE_DATA":         19,
 	}
 )
 
@@ -292,8 +297,12 @@ type NodeInfo struct {
 	// Set once an administrator chose the zone or weight: a restart of the
 	// node with other flags does not change them.
 	LabelsSetByAdmin bool `protobuf:"varint,11,opt,name=labels_set_by_admin,json=labelsSetByAdmin,proto3" json:"labels_set_by_admin,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The data_seq and start_id of the node's latest registration
+	// (RegisterNodeRequest).
+	DataSeq       uint64 `protobuf:"varint,12,opt,name=data_seq,json=dataSeq,proto3" json:"data_seq,omitempty"`
+	StartId       uint64 `protobuf:"varint,13,opt,name=start_id,json=startId,proto3" json:"start_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
@@ -401,6 +410,20 @@ func (x *NodeInfo) GetLabelsSetByAdmin() bool {
 		return x.LabelsSetByAdmin
 	}
 	return false
+}
+
+func (x *NodeInfo) GetDataSeq() uint64 {
+	if x != nil {
+		return x.DataSeq
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetStartId() uint64 {
+	if x != nil {
+		return x.StartId
+	}
+	return 0
 }
 
 // ClusterInfo is fixed at bootstrap.
@@ -682,8 +705,18 @@ type RegisterNodeRequest struct {
 	// answered, when retried, with the node it created, not a second one.
 	// At most 64 bytes; ignored when node_id is set.
 	RegistrationToken string `protobuf:"bytes,8,opt,name=registration_token,json=registrationToken,proto3" json:"registration_token,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The node's data sequence: a counter kept in its data directory, synced
+	// before it is sent, advanced at every start and every heartbeat. A
+	// directory restored from an older copy comes back with a lower one, and
+	// the masters refuse it (STALE_DATA): its Raft state could forget
+	// entries it acknowledged, or vote twice in a term. 0: not known (an
+	// older node), not checked.
+	DataSeq uint64 `protobuf:"varint,9,opt,name=data_seq,json=dataSeq,proto3" json:"data_seq,omitempty"`
+	// Random, one per start of the node: a retry of the same start's
+	// registration is told apart from another start with the same data_seq.
+	StartId       uint64 `protobuf:"varint,10,opt,name=start_id,json=startId,proto3" json:"start_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterNodeRequest) Reset() {
@@ -770,6 +803,20 @@ func (x *RegisterNodeRequest) GetRegistrationToken() string {
 		return x.RegistrationToken
 	}
 	return ""
+}
+
+func (x *RegisterNodeRequest) GetDataSeq() uint64 {
+	if x != nil {
+		return x.DataSeq
+	}
+	return 0
+}
+
+func (x *RegisterNodeRequest) GetStartId() uint64 {
+	if x != nil {
+		return x.StartId
+	}
+	return 0
 }
 
 // NodeRegistration is the meta group's record of a registration token and
@@ -1089,7 +1136,10 @@ type HeartbeatRequest struct {
 	// The version of the route table the node has.
 	RoutesVersion uint64 `protobuf:"varint,5,opt,name=routes_version,json=routesVersion,proto3" json:"routes_version,omitempty"`
 	// Snapshots the node is sending now (progress of moves).
-	Snapshots     []*SnapshotReport `protobuf:"bytes,6,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
+	Snapshots []*SnapshotReport `protobuf:"bytes,6,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
+	// The node's data sequence, synced before this heartbeat was sent (see
+	// RegisterNodeRequest.data_seq).
+	DataSeq       uint64 `protobuf:"varint,7,opt,name=data_seq,json=dataSeq,proto3" json:"data_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1164,6 +1214,13 @@ func (x *HeartbeatRequest) GetSnapshots() []*SnapshotReport {
 		return x.Snapshots
 	}
 	return nil
+}
+
+func (x *HeartbeatRequest) GetDataSeq() uint64 {
+	if x != nil {
+		return x.DataSeq
+	}
+	return 0
 }
 
 // SnapshotReport is one snapshot a node is streaming.
@@ -3515,7 +3572,7 @@ var File_shoalpb_master_proto protoreflect.FileDescriptor
 
 const file_shoalpb_master_proto_rawDesc = "" +
 	"\n" +
-	"\x14shoalpb/master.proto\x12\bshoal.v1\x1a\x15shoalpb/raftmsg.proto\"\xdc\x02\n" +
+	"\x14shoalpb/master.proto\x12\bshoal.v1\x1a\x15shoalpb/raftmsg.proto\"\x92\x03\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x1b\n" +
@@ -3528,7 +3585,9 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x0estate_since_ms\x18\t \x01(\x03R\fstateSinceMs\x12#\n" +
 	"\rregistered_ms\x18\n" +
 	" \x01(\x03R\fregisteredMs\x12-\n" +
-	"\x13labels_set_by_admin\x18\v \x01(\bR\x10labelsSetByAdmin\"\x89\x01\n" +
+	"\x13labels_set_by_admin\x18\v \x01(\bR\x10labelsSetByAdmin\x12\x19\n" +
+	"\bdata_seq\x18\f \x01(\x04R\adataSeq\x12\x19\n" +
+	"\bstart_id\x18\r \x01(\x04R\astartId\"\x89\x01\n" +
 	"\vClusterInfo\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x16\n" +
@@ -3552,7 +3611,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"MasterInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\bR\x06leader\"\xf6\x01\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\"\xac\x02\n" +
 	"\x13RegisterNodeRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
@@ -3562,7 +3621,10 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\thttp_addr\x18\x05 \x01(\tR\bhttpAddr\x12\x12\n" +
 	"\x04zone\x18\x06 \x01(\tR\x04zone\x12\x16\n" +
 	"\x06weight\x18\a \x01(\x01R\x06weight\x12-\n" +
-	"\x12registration_token\x18\b \x01(\tR\x11registrationToken\"A\n" +
+	"\x12registration_token\x18\b \x01(\tR\x11registrationToken\x12\x19\n" +
+	"\bdata_seq\x18\t \x01(\x04R\adataSeq\x12\x19\n" +
+	"\bstart_id\x18\n" +
+	" \x01(\x04R\astartId\"A\n" +
 	"\x10NodeRegistration\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\x04R\x06nodeId\"]\n" +
@@ -3590,7 +3652,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\n" +
 	"free_bytes\x18\x04 \x01(\x04R\tfreeBytes\x12\x1b\n" +
 	"\tdisk_full\x18\x05 \x01(\bR\bdiskFull\x12%\n" +
-	"\x0edisk_exhausted\x18\x06 \x01(\bR\rdiskExhausted\"\x89\x02\n" +
+	"\x0edisk_exhausted\x18\x06 \x01(\bR\rdiskExhausted\"\xa4\x02\n" +
 	"\x10HeartbeatRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x17\n" +
@@ -3598,7 +3660,8 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x05stats\x18\x03 \x01(\v2\x13.shoal.v1.NodeStatsR\x05stats\x123\n" +
 	"\breplicas\x18\x04 \x03(\v2\x17.shoal.v1.ReplicaReportR\breplicas\x12%\n" +
 	"\x0eroutes_version\x18\x05 \x01(\x04R\rroutesVersion\x126\n" +
-	"\tsnapshots\x18\x06 \x03(\v2\x18.shoal.v1.SnapshotReportR\tsnapshots\"{\n" +
+	"\tsnapshots\x18\x06 \x03(\v2\x18.shoal.v1.SnapshotReportR\tsnapshots\x12\x19\n" +
+	"\bdata_seq\x18\a \x01(\x04R\adataSeq\"{\n" +
 	"\x0eSnapshotReport\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x17\n" +
 	"\ato_node\x18\x02 \x01(\x04R\x06toNode\x12\x14\n" +
@@ -3779,7 +3842,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\rNODE_STATE_UP\x10\x01\x12\x13\n" +
 	"\x0fNODE_STATE_DOWN\x10\x02\x12\x17\n" +
 	"\x13NODE_STATE_DRAINING\x10\x03\x12\x16\n" +
-	"\x12NODE_STATE_REMOVED\x10\x04*\xa4\x04\n" +
+	"\x12NODE_STATE_REMOVED\x10\x04*\xbf\x04\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x1c\n" +
@@ -3800,7 +3863,8 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x16ERROR_CODE_CROSS_SHARD\x10\x0f\x12\x1d\n" +
 	"\x19ERROR_CODE_STALE_SEQUENCE\x10\x10\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\x11\x12\x18\n" +
-	"\x14ERROR_CODE_DISK_FULL\x10\x12*\xf8\x01\n" +
+	"\x14ERROR_CODE_DISK_FULL\x10\x12\x12\x19\n" +
+	"\x15ERROR_CODE_STALE_DATA\x10\x13*\xf8\x01\n" +
 	"\fOperatorKind\x12\x1d\n" +
 	"\x19OPERATOR_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14OPERATOR_KIND_REPAIR\x10\x01\x12\x1b\n" +

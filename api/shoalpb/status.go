@@ -18,6 +18,7 @@ var grpcCodes = map[ErrorCode]codes.Code{
 	ErrorCode_ERROR_CODE_EPOCH_MISMATCH:     codes.FailedPrecondition,
 	ErrorCode_ERROR_CODE_SHARD_NOT_HERE:     codes.FailedPrecondition,
 	ErrorCode_ERROR_CODE_STALE_SEQUENCE:     codes.FailedPrecondition,
+	ErrorCode_ERROR_CODE_STALE_DATA:         codes.FailedPrecondition,
 	ErrorCode_ERROR_CODE_UNKNOWN_NODE:       codes.NotFound,
 	ErrorCode_ERROR_CODE_INVALID:            codes.InvalidArgument,
 	ErrorCode_ERROR_CODE_NOT_INTEGER:        codes.InvalidArgument,

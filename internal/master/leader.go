@@ -76,6 +76,7 @@ func (s *Server) leading() bool {
 		// down by itself.
 		s.lmu.term, s.lmu.since = st.Term, time.Now()
 		s.lmu.lastSeen = map[uint64]time.Time{}
+		s.lmu.dataSeqs = map[uint64]uint64{}
 		s.lmu.hints = map[uint64]*shoalpb.ShardRoute{}
 		for _, n := range s.meta.nodes() {
 			s.lmu.lastSeen[n.Id] = s.lmu.since
@@ -212,6 +213,9 @@ func (s *Server) Heartbeat(ctx context.Context, req *shoalpb.HeartbeatRequest) (
 	s.lmu.Lock()
 	s.lmu.lastSeen[n.Id] = now
 	s.lmu.beats[n.Id] = beat
+	if s.lmu.dataSeqs != nil {
+		s.lmu.dataSeqs[n.Id] = max(s.lmu.dataSeqs[n.Id], req.DataSeq)
+	}
 	for k, p := range s.lmu.snaps {
 		if p.fromNode == n.Id {
 			delete(s.lmu.snaps, k)

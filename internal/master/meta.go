@@ -560,6 +560,12 @@ func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRe
 			}
 			return fail(shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, "node %d was removed from cluster %s", id, cl.ClusterId), nil
 		}
+		// A new start registers with a data sequence above the last
+		// registration's; the same one only as a retry of that start.
+		if req.DataSeq != 0 && old.DataSeq != 0 &&
+			(req.DataSeq < old.DataSeq || req.DataSeq == old.DataSeq && req.StartId != old.StartId) {
+			return fail(shoalpb.ErrorCode_ERROR_CODE_STALE_DATA, "%s", staleDataMsg(id, req.DataSeq, old.DataSeq, "in its previous registration")), nil
+		}
 		n = proto.Clone(old).(*shoalpb.NodeInfo)
 		if n.State == shoalpb.NodeState_NODE_STATE_DOWN {
 			n.State, n.StateReason, n.StateSinceMs = shoalpb.NodeState_NODE_STATE_UP, "registered again", now
@@ -582,6 +588,9 @@ func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRe
 		}
 	}
 	n.Addr, n.RespAddr, n.HttpAddr = req.Addr, req.RespAddr, req.HttpAddr
+	if req.DataSeq != 0 {
+		n.DataSeq, n.StartId = req.DataSeq, req.StartId
+	}
 	if !n.LabelsSetByAdmin {
 		n.Zone, n.Weight = req.Zone, req.Weight
 	}

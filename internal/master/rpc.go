@@ -92,6 +92,10 @@ func (s *Server) RegisterNode(ctx context.Context, req *shoalpb.RegisterNodeRequ
 	if err := s.requireLeader(); err != nil {
 		return nil, s.toStatus(err)
 	}
+	if err := s.registerStale(req); err != nil {
+		s.log.Error("node refused: its data is older than it last reported", "node", req.NodeId, "err", err)
+		return nil, s.toStatus(err)
+	}
 	cmd := &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_RegisterNode{RegisterNode: req}}
 	res, err := s.propose(ctx, cmd)
 	if err != nil {
@@ -114,6 +118,35 @@ func (s *Server) RegisterNode(ctx context.Context, req *shoalpb.RegisterNodeRequ
 		s.log.Info("node up again", "node", n.Id, "state", n.State.Name(), "reason", n.StateReason)
 	}
 	return &shoalpb.RegisterNodeResponse{ClusterId: res.Cluster.ClusterId, Node: n}, nil
+}
+
+// registerStale refuses the registration of a node whose data sequence is
+// not above what its heartbeats carried during this leadership: the node
+// synced each before sending it, so a lower one at a new start means its
+// data directory is an older copy. The meta group checks the same against
+// the node's previous registration, which survives master failovers
+// (metaState.registerLocked); this check also catches a copy taken since
+// that registration, as long as this master has led since.
+func (s *Server) registerStale(req *shoalpb.RegisterNodeRequest) error {
+	if req.NodeId == 0 || req.DataSeq == 0 {
+		return nil
+	}
+	s.lmu.Lock()
+	seen := s.lmu.dataSeqs[req.NodeId]
+	s.lmu.Unlock()
+	if req.DataSeq > seen {
+		return nil
+	}
+	return coded(shoalpb.ErrorCode_ERROR_CODE_STALE_DATA, "%s", staleDataMsg(req.NodeId, req.DataSeq, seen, "carried by its heartbeats"))
+}
+
+// staleDataMsg says why a node whose data is older than the masters have
+// seen is refused, and what to do.
+func staleDataMsg(node, got, seen uint64, where string) string {
+	return fmt.Sprintf("node %d's data directory is older than the one it last ran with (data sequence %d at this start, %d already %s): "+
+		"it was restored from an old copy, and its Raft state could forget writes it acknowledged or vote twice in a term; "+
+		"start it on its latest directory, or remove it (shoal node remove %d) and add the machine as a new node on an empty one",
+		node, got, seen, where, node)
 }
 
 // GetRoutes implements shoalpb.MasterServer; followers serve it too.

@@ -171,6 +171,9 @@ type Server struct {
 		since time.Time
 		// lastSeen is when each node last heartbeated.
 		lastSeen map[uint64]time.Time
+		// dataSeqs are the highest data sequences each node's heartbeats
+		// carried during this leadership (registerStale).
+		dataSeqs map[uint64]uint64
 		// lastRegistered is when a node last registered (placement waits).
 		lastRegistered time.Time
 		// hints are leader hints and descriptors reported since the last

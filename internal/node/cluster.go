@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -25,7 +26,39 @@ var (
 	// regTokenKey holds the token a new node registers with, kept before
 	// its first attempt (see RegisterNodeRequest.registration_token).
 	regTokenKey = keys.IdentityKey("registration-token")
+	// dataSeqKey holds the node's data sequence (advanceDataSeq).
+	dataSeqKey = keys.IdentityKey("data-seq")
 )
+
+// ErrStaleData is returned by Start when the masters refuse the node's data
+// directory as older than the one it last ran with: restored from an old
+// copy, its Raft state could forget writes it acknowledged or vote twice in
+// a term. The data is left as it is.
+var ErrStaleData = errors.New("node: the data directory is older than the one this node last ran with")
+
+// advanceDataSeq adds one to the node's data sequence and syncs it to disk
+// before returning it. The node sends it with its registration and every
+// heartbeat; as each value is on disk before the masters see it, a data
+// directory that comes back with a lower one than they saw is an older
+// copy (RegisterNodeRequest.data_seq).
+func (n *Node) advanceDataSeq() (uint64, error) {
+	n.dataSeqMu.Lock()
+	defer n.dataSeqMu.Unlock()
+	var seq uint64
+	if b, ok, err := n.engine.Get(dataSeqKey); err != nil {
+		return 0, fmt.Errorf("node: data sequence: %w", err)
+	} else if ok {
+		if len(b) != 8 {
+			return 0, fmt.Errorf("node: data sequence record of %d bytes, want 8", len(b))
+		}
+		seq = binary.BigEndian.Uint64(b)
+	}
+	seq++
+	if err := n.engine.Write(dataSeqKey, binary.BigEndian.AppendUint64(nil, seq)); err != nil {
+		return 0, fmt.Errorf("node: keep the data sequence: %w", err)
+	}
+	return seq, nil
+}
 
 // ErrWrongCluster is returned by Start when the node's data belongs to
 // another cluster than the masters'. The data is left as it is.
@@ -49,9 +82,18 @@ func (n *Node) join(ctx context.Context) error {
 		}
 		nodeID = id.GetNode().GetId()
 	}
+	seq, err := n.advanceDataSeq()
+	if err != nil {
+		return err
+	}
+	var startID [8]byte
+	if _, err := rand.Read(startID[:]); err != nil {
+		return fmt.Errorf("node: start id: %w", err)
+	}
 	req := &shoalpb.RegisterNodeRequest{
 		ClusterId: string(clusterID), NodeId: nodeID, Addr: n.cfg.AdvertiseAddr,
 		RespAddr: n.cfg.RESPAdvertiseAddr, HttpAddr: n.httpAdvertise, Zone: n.cfg.Zone, Weight: n.cfg.Weight,
+		DataSeq: seq, StartId: binary.BigEndian.Uint64(startID[:]),
 	}
 	if nodeID == 0 {
 		// A registration can commit and its answer be lost (the master
@@ -88,6 +130,8 @@ func (n *Node) join(ctx context.Context) error {
 	case errors.Is(err, client.ErrWrongCluster):
 		return fmt.Errorf("%w: %s holds node %d of cluster %s, and the masters refuse it: %w",
 			ErrWrongCluster, n.cfg.DataDir, nodeID, clusterID, err)
+	case errors.Is(err, client.ErrStaleData):
+		return fmt.Errorf("%w: %s: %w", ErrStaleData, n.cfg.DataDir, err)
 	case err != nil:
 		return fmt.Errorf("node: register with the masters: %w", err)
 	}
@@ -265,8 +309,12 @@ func (n *Node) heartbeatLoop() {
 }
 
 func (n *Node) heartbeat(ctx context.Context, stats *replicaStats) (*shoalpb.HeartbeatResponse, error) {
+	seq, err := n.advanceDataSeq()
+	if err != nil {
+		return nil, err
+	}
 	req := &shoalpb.HeartbeatRequest{
-		ClusterId: n.cfg.ClusterID, NodeId: n.cfg.NodeID, RoutesVersion: n.routes.version(),
+		ClusterId: n.cfg.ClusterID, NodeId: n.cfg.NodeID, RoutesVersion: n.routes.version(), DataSeq: seq,
 	}
 	now := time.Now()
 	var ops float64
@@ -297,7 +345,7 @@ func (n *Node) heartbeat(ctx context.Context, stats *replicaStats) (*shoalpb.Hea
 		return nil, err // failed while this beat was being put together
 	}
 	var resp *shoalpb.HeartbeatResponse
-	err := n.masters.Call(ctx, func(ctx context.Context, c shoalpb.MasterClient) error {
+	err = n.masters.Call(ctx, func(ctx context.Context, c shoalpb.MasterClient) error {
 		var err error
 		resp, err = c.Heartbeat(ctx, req)
 		return err

@@ -236,8 +236,10 @@ type Node struct {
 	// failure is the first error the node cannot continue past (its store
 	// failed, its disk stalled); errC delivers it once.
 	failure atomic.Pointer[error]
-	errC    chan error
-	failedC chan struct{} // closed on failure
+	// dataSeqMu serializes advanceDataSeq (registration, heartbeats).
+	dataSeqMu sync.Mutex
+	errC      chan error
+	failedC   chan struct{} // closed on failure
 
 	// exhausted is the masters' latest list of nodes below half their
 	// disk reserve (quorumspace.go), nil when there are none.

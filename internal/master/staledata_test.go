@@ -1,0 +1,100 @@
+package master_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/client"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
+)
+
+// TestRegisterRefusesStaleData: a node registers with a data sequence it
+// synced before sending; a new start must come with one above what its
+// previous registration (kept in the meta group) and its heartbeats to the
+// leading master carried, or the node is refused with STALE_DATA: its data
+// directory is an older copy. A retry of the same start, and a node that
+// sends no sequence (an older build), are accepted.
+func TestRegisterRefusesStaleData(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 0, Shards: 8, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	cl := waitBootstrapped(t, ctx, c)
+	conn := dialMasters(t, c)
+	first, err := registerFake(ctx, conn, &shoalpb.RegisterNodeRequest{Addr: "127.0.0.1:1", Weight: 1, RegistrationToken: "tok", DataSeq: 1, StartId: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := first.Id
+	reg := func(seq, start uint64) error {
+		_, err := registerFake(ctx, conn, &shoalpb.RegisterNodeRequest{ClusterId: cl.ClusterId, NodeId: id,
+			Addr: "127.0.0.1:1", Weight: 1, DataSeq: seq, StartId: start})
+		return err
+	}
+	beat := func(seq uint64) {
+		t.Helper()
+		if err := conn.Call(ctx, func(ctx context.Context, mc shoalpb.MasterClient) error {
+			_, err := mc.Heartbeat(ctx, &shoalpb.HeartbeatRequest{ClusterId: cl.ClusterId, NodeId: id, DataSeq: seq})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct {
+		what       string
+		seq, start uint64
+		beat       uint64 // a heartbeat carrying this sequence first, if not 0
+		stale      string // what the refusal names, "" if accepted
+	}{
+		{what: "a restart", seq: 2, start: 20},
+		{what: "a retry of that start", seq: 2, start: 20},
+		{what: "another start with the same sequence", seq: 2, start: 21, stale: "its previous registration"},
+		{what: "an older sequence", seq: 1, start: 22, stale: "its previous registration"},
+		{what: "a start below its heartbeats", beat: 7, seq: 5, start: 23, stale: "carried by its heartbeats"},
+		{what: "a start equal to its heartbeats", seq: 7, start: 24, stale: "carried by its heartbeats"},
+		{what: "a start above its heartbeats", seq: 8, start: 25},
+		{what: "an older build sending no sequence", seq: 0, start: 0},
+		{what: "the next start", seq: 9, start: 26},
+	} {
+		if step.beat != 0 {
+			beat(step.beat)
+		}
+		err := reg(step.seq, step.start)
+		switch {
+		case step.stale == "" && err != nil:
+			t.Fatalf("%s (data sequence %d) refused: %v", step.what, step.seq, err)
+		case step.stale != "" && (!errors.Is(err, client.ErrStaleData) || !strings.Contains(err.Error(), step.stale)):
+			t.Fatalf("%s (data sequence %d): %v; want ErrStaleData naming %q", step.what, step.seq, err, step.stale)
+		case err != nil:
+			t.Logf("%s: %v", step.what, err)
+		}
+	}
+
+	// The leading master forgets the heartbeats when it restarts; the meta
+	// group keeps the last registration's sequence.
+	c.Masters[0].Stop()
+	if err := c.Masters[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		err := reg(9, 27)
+		if errors.Is(err, client.ErrStaleData) && strings.Contains(err.Error(), "its previous registration") {
+			return nil
+		}
+		return errors.New("not refused yet: " + errString(err))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error { return reg(10, 28) }); err != nil {
+		t.Fatalf("a start above the last registration after the master restarted: %v", err)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "accepted"
+	}
+	return err.Error()
+}
