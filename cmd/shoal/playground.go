@@ -198,9 +198,11 @@ func runPlayground(ctx context.Context, g *globalFlags, f *playgroundFlags, stdo
 	}
 	select {
 	case <-ctx.Done():
+		stop() // a second Ctrl-C ends the process at once
 	case err := <-failed:
 		// The playground's processes share one disk: one failing says
 		// the others cannot be trusted either.
+		stop()
 		return err
 	}
 	fmt.Fprintln(stdout, "\nstopping...")

@@ -130,7 +130,7 @@ cannot change afterwards.
 			select {
 			case <-ctx.Done():
 				stop() // a second SIGTERM or Ctrl-C ends the process at once
-				return finishStop(stopTimeout, log, srv.Err(), func() error { srv.Stop(); return nil })
+				return finishStop(stopTimeout, failedStopGrace, log, srv.Err(), func() error { srv.Stop(); return nil })
 			case err := <-srv.Err():
 				stopWithin(stopTimeout, log, srv.Stop)
 				return fmt.Errorf("master failed: %w", err)
@@ -283,7 +283,7 @@ the replicas they place on it.
 			// leader change rather than an election.
 			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 			defer cancel()
-			return finishStop(shutdownTimeout+stopTimeout, log, n.Err(), func() error {
+			return finishStop(shutdownTimeout+stopTimeout, failedStopGrace, log, n.Err(), func() error {
 				still, err := n.Shutdown(sctx)
 				if still > 0 {
 					log.Warn("stopped while still leading shards; they elect new leaders", "shards", still)
@@ -328,23 +328,37 @@ the replicas they place on it.
 // needs it, since every acknowledged write is already synced.
 const stopTimeout = 5 * time.Second
 
+// failedStopGrace is how long a stop that is under way when the server
+// fails may still take: one about to finish finishes, a stalled one does
+// not hold the process.
+const failedStopGrace = time.Second
+
 // finishStop runs graceful, the stop that follows SIGTERM or Ctrl-C, for at
 // most bound. It returns graceful's error; or, if the server fails first
 // (failed: its Err channel, e.g. a disk that stalls during the stop), that
-// failure; or, if graceful has not returned within bound, an error saying
-// so. The process then exits without waiting further.
-func finishStop(bound time.Duration, log *slog.Logger, failed <-chan error, graceful func() error) error {
+// failure, after giving graceful at most grace more; or, if
+// graceful has not returned within bound, an error saying so. The process
+// then exits without waiting further.
+func finishStop(bound, grace time.Duration, log *slog.Logger, failed <-chan error, graceful func() error) error {
 	done := make(chan error, 1)
 	go func() { done <- graceful() }()
 	t := time.NewTimer(bound)
 	defer t.Stop()
 	select {
 	case err := <-done:
+		// A failure reported as the stop ended still counts.
+		select {
+		case ferr := <-failed:
+			return fmt.Errorf("failed while stopping: %w", ferr)
+		default:
+		}
 		return err
 	case err := <-failed:
-		// Let a stop that is about to finish finish; a stalled one does not.
+		g := time.NewTimer(grace)
+		defer g.Stop()
 		select {
 		case <-done:
+		case <-g.C:
 		case <-t.C:
 		}
 		return fmt.Errorf("failed while stopping: %w", err)

@@ -298,17 +298,17 @@ func TestStopWithin(t *testing.T) {
 func TestFinishStop(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	errStop := errors.New("stop failed")
-	if err := finishStop(time.Minute, log, nil, func() error { return nil }); err != nil {
+	if err := finishStop(time.Minute, time.Minute, log, nil, func() error { return nil }); err != nil {
 		t.Fatalf("clean stop: %v", err)
 	}
-	if err := finishStop(time.Minute, log, nil, func() error { return errStop }); !errors.Is(err, errStop) {
+	if err := finishStop(time.Minute, time.Minute, log, nil, func() error { return errStop }); !errors.Is(err, errStop) {
 		t.Fatalf("stop error: %v, want %v", err, errStop)
 	}
 
 	hang := make(chan struct{})
 	defer close(hang)
 	start := time.Now()
-	err := finishStop(50*time.Millisecond, log, nil, func() error { <-hang; return nil })
+	err := finishStop(50*time.Millisecond, time.Minute, log, nil, func() error { <-hang; return nil })
 	if err == nil || !strings.Contains(err.Error(), "stop did not finish within 50ms") {
 		t.Fatalf("hung stop: %v", err)
 	}
@@ -317,12 +317,22 @@ func TestFinishStop(t *testing.T) {
 	}
 
 	// A failure during the stop: the stop that then finishes is waited
-	// for, one that hangs is not, and the failure is the error either way.
+	// for, one that hangs is not (beyond failedStopGrace), and the failure
+	// is the error either way. A failure reported as the stop ends counts
+	// too.
 	errDisk := errors.New("disk stalled")
 	for _, finishes := range []bool{true, false} {
 		failed := make(chan error) // unbuffered: the stop goes on once finishStop has the failure
 		stopped := make(chan struct{})
-		err := finishStop(100*time.Millisecond, log, failed, func() error {
+		// A bound far above the grace: the stop that hangs is let go
+		// after the grace, not the bound; the one that finishes gets all
+		// the grace it needs.
+		grace := 50 * time.Millisecond
+		if finishes {
+			grace = time.Minute
+		}
+		start := time.Now()
+		err := finishStop(time.Hour, grace, log, failed, func() error {
 			failed <- errDisk
 			if !finishes {
 				<-hang
@@ -330,6 +340,9 @@ func TestFinishStop(t *testing.T) {
 			close(stopped)
 			return nil
 		})
+		if d := time.Since(start); d > 30*time.Second {
+			t.Fatalf("finishStop returned %v after a failure during the stop (stop finishes: %v)", d, finishes)
+		}
 		if !errors.Is(err, errDisk) {
 			t.Fatalf("failure during the stop (stop finishes: %v): %v, want %v", finishes, err, errDisk)
 		}
@@ -343,6 +356,11 @@ func TestFinishStop(t *testing.T) {
 				t.Fatal("finishStop returned before a stop that finishes")
 			}
 		}
+	}
+	failed := make(chan error, 1)
+	failed <- errDisk
+	if err := finishStop(time.Minute, time.Minute, log, failed, func() error { return nil }); !errors.Is(err, errDisk) {
+		t.Fatalf("a failure reported as the stop ended: %v, want %v", err, errDisk)
 	}
 }
 

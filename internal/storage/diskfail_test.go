@@ -29,6 +29,7 @@ func TestEngineReportsFailedDisk(t *testing.T) {
 	}{
 		{"EIO", syscall.EIO, true},
 		{"EROFS", syscall.EROFS, true},
+		{"EUCLEAN", syscall.EUCLEAN, true},
 		{"ENOSPC", syscall.ENOSPC, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {

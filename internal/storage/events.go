@@ -33,8 +33,9 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 // ErrDiskFailed reports that the engine's disk failed in a way the engine
 // cannot get past by itself: Pebble's background work (a flush, a
 // compaction) met an I/O error (EIO), a filesystem remounted read-only
-// (EROFS, as ext4 does on disk errors with errors=remount-ro), or corrupt
-// data. Pebble would retry a failed flush for ever while its memtables
+// (EROFS, as ext4 does on disk errors with errors=remount-ro), a corrupt
+// filesystem or a device that is gone (diskFailureErrnos), or Pebble found
+// corrupt data, in the background or in a read. Pebble would retry a failed flush for ever while its memtables
 // fill and writes stop; the owner should stop the process instead, so that
 // the cluster counts the node down and rebuilds its replicas from the
 // others. A full disk (ENOSPC) is not such a failure: Pebble retries, and
@@ -44,8 +45,20 @@ var ErrDiskFailed = errors.New("storage: disk failed")
 // diskFailure reports whether err, from Pebble's background work, is one
 // ErrDiskFailed stands for.
 func diskFailure(err error) bool {
-	return errors.Is(err, syscall.EIO) || errors.Is(err, syscall.EROFS) || pebble.IsCorruptionError(err)
+	for _, errno := range diskFailureErrnos {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return pebble.IsCorruptionError(err)
 }
+
+// diskFailureErrnos are the system errors that say the disk or its
+// filesystem is broken rather than busy or full: an I/O error, a
+// filesystem remounted read-only, one that found itself corrupt (ext4 and
+// XFS report EUCLEAN, EFSCORRUPTED, and EBADMSG, EFSBADCRC), a device that
+// is gone.
+var diskFailureErrnos = [...]syscall.Errno{syscall.EIO, syscall.EROFS, syscall.EUCLEAN, syscall.EBADMSG, syscall.ENODEV, syscall.ENXIO}
 
 // logLimiter lets through at most one log line per interval and counts
 // those it held back. A failing flush is retried at once, again and again:
@@ -86,7 +99,7 @@ func (e *Engine) reportFailure(err error) {
 // and those that say the disk failed into a report (reportFailure).
 func (e *Engine) eventListener() *pebble.EventListener {
 	l := e.log
-	bgLogs := &logLimiter{every: 10 * time.Second}
+	bgLogs, corruptLogs := &logLimiter{every: 10 * time.Second}, &logLimiter{every: 10 * time.Second}
 	return &pebble.EventListener{
 		BackgroundError: func(err error) {
 			if diskFailure(err) {
@@ -100,7 +113,11 @@ func (e *Engine) eventListener() *pebble.EventListener {
 		},
 		DataCorruption: func(info pebble.DataCorruptionInfo) {
 			e.reportFailure(fmt.Errorf("%w: corrupt data in %s: %w", ErrDiskFailed, info.Path, info.Details))
-			go l.Error("data corruption", "path", info.Path, "err", info.Details)
+			// Every read of a corrupt table says so: limited like the
+			// background errors.
+			if ok, dropped := corruptLogs.allow(time.Now()); ok {
+				go l.Error("data corruption", "path", info.Path, "err", info.Details, "not_logged_since_last", dropped)
+			}
 		},
 		WriteStallBegin: func(info pebble.WriteStallBeginInfo) { l.Warn("write stall begin", "reason", info.Reason) },
 		WriteStallEnd:   func() { l.Info("write stall end") },
