@@ -292,6 +292,7 @@ phases() {
       done
     fi
     raft_counters >"$RESULTS_DIR/$system-$target-$w.raft0"
+    leaders_line
     busy0=$(busy_ticks)
     before=$(cpu_ticks "$@")
     # Bounded: the load stops after RECORDS inserts, the others after
@@ -348,6 +349,18 @@ raft_counters() {
   done
   printf '%s' "$out" |
     awk '/^shoal_raft_[a-z_]*_total[{ ]/ {a[$1] += $2} END {for (k in a) printf "%s %.0f\n", k, a[k]}' | LC_ALL=C sort
+}
+
+# leaders_line prints how many shards each Shoal node leads as a phase
+# starts, so that a slow run can be told from one whose leaders were
+# unevenly spread (then one node's store loop serves most writes).
+leaders_line() {
+  local u out=""
+  [ ${#metrics_urls[@]} -gt 0 ] || return 0
+  for u in "${metrics_urls[@]}"; do
+    out+=" $(curl -sf --max-time 5 "$u" | awk '/^shoal_raft_replicas\{role="leader"\}/ {n = $2} END {print n + 0}')"
+  done
+  echo "   leaders per node:$out"
 }
 
 # raft_deltas PREFIX OPS writes PREFIX.raft.tsv, each Raft counter's growth
