@@ -28,12 +28,19 @@ var (
 	regTokenKey = keys.IdentityKey("registration-token")
 	// dataSeqKey holds the node's data sequence (advanceDataSeq).
 	dataSeqKey = keys.IdentityKey("data-seq")
+	// refusedKey, once set, says the masters refused this directory as
+	// stale (ErrStaleData), with when and why; every later start fails
+	// on it before advancing the data sequence.
+	refusedKey = keys.IdentityKey("refused-stale")
 )
 
 // ErrStaleData is returned by Start when the masters refuse the node's data
 // directory as older than the one it last ran with: restored from an old
 // copy, its Raft state could forget writes it acknowledged or vote twice in
-// a term. The data is left as it is.
+// a term. The directory keeps a record of the refusal, and every later
+// start fails with ErrStaleData before registering: otherwise each refused
+// start, which advances the data sequence, would bring the copy closer to
+// being accepted. Nothing else in the directory changes.
 var ErrStaleData = errors.New("node: the data directory is older than the one this node last ran with")
 
 // advanceDataSeq adds one to the node's data sequence and syncs it to disk
@@ -81,6 +88,12 @@ func (n *Node) join(ctx context.Context) error {
 			return fmt.Errorf("node: identity record: %w", err)
 		}
 		nodeID = id.GetNode().GetId()
+	}
+	if why, ok, err := n.engine.Get(refusedKey); err != nil {
+		return fmt.Errorf("node: refusal record: %w", err)
+	} else if ok {
+		return fmt.Errorf("%w: %s was refused as stale before (%s); it stays refused: move it aside, remove node %d (shoal node remove) and start on an empty directory as a new node",
+			ErrStaleData, n.cfg.DataDir, why, nodeID)
 	}
 	seq, err := n.advanceDataSeq()
 	if err != nil {
@@ -131,6 +144,10 @@ func (n *Node) join(ctx context.Context) error {
 		return fmt.Errorf("%w: %s holds node %d of cluster %s, and the masters refuse it: %w",
 			ErrWrongCluster, n.cfg.DataDir, nodeID, clusterID, err)
 	case errors.Is(err, client.ErrStaleData):
+		why := fmt.Sprintf("at %s with data sequence %d: %v", time.Now().UTC().Format(time.RFC3339), seq, err)
+		if werr := n.engine.Write(refusedKey, []byte(why)); werr != nil {
+			return fmt.Errorf("%w: %s: %w (and keeping the refusal failed: %w)", ErrStaleData, n.cfg.DataDir, err, werr)
+		}
 		return fmt.Errorf("%w: %s: %w", ErrStaleData, n.cfg.DataDir, err)
 	case err != nil:
 		return fmt.Errorf("node: register with the masters: %w", err)

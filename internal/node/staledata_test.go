@@ -3,6 +3,7 @@ package node_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,5 +66,22 @@ func TestNodeWithOldDataIsRefused(t *testing.T) {
 	t.Logf("refused: %v", err)
 	if victim.Running() {
 		t.Fatal("the node runs on stale data")
+	}
+
+	// A supervisor restarts it again and again. Each refused start
+	// advanced the data sequence on disk, so without the refusal kept in
+	// the directory the copy would climb past the heartbeats' sequences
+	// (a few since the copy) and be let in.
+	for i := range 10 {
+		err := victim.Restart()
+		if !errors.Is(err, node.ErrStaleData) || victim.Running() {
+			t.Fatalf("restart %d on the refused copy: %v (running %v), want ErrStaleData", i+2, err, victim.Running())
+		}
+		if i == 0 {
+			t.Logf("refused again: %v", err)
+			if !strings.Contains(err.Error(), "refused as stale before") {
+				t.Fatalf("refused again, but not by the record of the first refusal: %v", err)
+			}
+		}
 	}
 }
