@@ -301,7 +301,7 @@ func (c *RESPCluster) do(ctx context.Context, op Op) error {
 			// Redirected again: the nodes disagree on where the slot is,
 			// which happens while a leadership moves (a node names the
 			// leader it last knew). Give them a moment to learn it, as
-			// clients do for TRYAGAIN, rather than spend every
+			// Redis clients do for TRYAGAIN, rather than spend every
 			// redirection at once.
 			t := time.NewTimer(min(time.Duration(redirects)*20*time.Millisecond, 100*time.Millisecond))
 			select {

@@ -92,8 +92,8 @@ func (n *Node) join(ctx context.Context) error {
 	if why, ok, err := n.engine.Get(refusedKey); err != nil {
 		return fmt.Errorf("node: refusal record: %w", err)
 	} else if ok {
-		return fmt.Errorf("%w: %s was refused as stale before (%s); it stays refused: move it aside, remove node %d (shoal node remove) and start on an empty directory as a new node",
-			ErrStaleData, n.cfg.DataDir, why, nodeID)
+		return fmt.Errorf("%w: %s was refused as stale before (%s); it stays refused: move it aside, remove the node it held (shoal node remove) and start on an empty directory as a new node",
+			ErrStaleData, n.cfg.DataDir, why)
 	}
 	seq, err := n.advanceDataSeq()
 	if err != nil {
