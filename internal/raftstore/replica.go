@@ -102,6 +102,17 @@ type Replica struct {
 	// justProposed are the proposals handed to Raft in this phase; each
 	// must get an index from this Ready or has been dropped by Raft.
 	justProposed []*proposal
+	// heldProps are proposals that reached this leader while it was
+	// handing its leadership over (Raft refuses proposals then). They wait
+	// for the transfer to end: proposed if this replica still leads
+	// (Raft abandons a transfer after an election timeout), failed with
+	// the new leader once it has stepped down. Failing them at once would
+	// name the transferee, which still names this replica until it wins,
+	// and a Redis client would be sent back and forth between the two.
+	heldProps []*proposal
+	// transferee is, on a leader, the replica its leadership transfer is
+	// handing over to (0: none), as last published.
+	transferee uint64
 	// pendingSnaps are received snapshots stepped into Raft, waiting for
 	// the Ready that restores one.
 	pendingSnaps []*incomingSnapshot
@@ -248,7 +259,11 @@ func (r *Replica) publishStatus() {
 	entries, bytes := r.storage.LogSize()
 	role, leaderNode := roleOf(r.state), r.nodeOf(r.leader)
 	quiet := r.quiet.Load()
-	if cur := r.status.Load(); cur != nil && !r.progressChanged && cur.Role == role && cur.Term == r.term && cur.Quiet == quiet &&
+	r.transferee = 0
+	if r.state == raft.StateLeader {
+		r.transferee = r.raw.BasicStatus().LeadTransferee
+	}
+	if cur := r.status.Load(); cur != nil && !r.progressChanged && cur.Role == role && cur.Term == r.term && cur.Quiet == quiet && cur.LeadTransferee == r.transferee &&
 		cur.LeaderReplica == r.leader && cur.LeaderNode == leaderNode && cur.Applied == r.applied &&
 		cur.Initialized == r.initialized && cur.Removed == r.destroyed && cur.Descriptor == r.desc &&
 		cur.LogEntries == entries && cur.LogBytes == bytes && (cur.Progress != nil) == (r.state == raft.StateLeader) {
@@ -258,17 +273,18 @@ func (r *Replica) publishStatus() {
 	}
 	r.progressChanged = false
 	st := &ReplicaStatus{
-		ShardID:       r.shardID,
-		ReplicaID:     r.replicaID,
-		Role:          role,
-		Term:          r.term,
-		LeaderReplica: r.leader,
-		LeaderNode:    leaderNode,
-		Applied:       r.applied,
-		Initialized:   r.initialized,
-		Removed:       r.destroyed,
-		Descriptor:    r.desc,
-		Quiet:         quiet,
+		ShardID:        r.shardID,
+		ReplicaID:      r.replicaID,
+		Role:           role,
+		Term:           r.term,
+		LeaderReplica:  r.leader,
+		LeaderNode:     leaderNode,
+		Applied:        r.applied,
+		Initialized:    r.initialized,
+		Removed:        r.destroyed,
+		Descriptor:     r.desc,
+		Quiet:          quiet,
+		LeadTransferee: r.transferee,
 	}
 	if r.state == raft.StateLeader {
 		st.Progress = r.progress
@@ -513,6 +529,11 @@ func (r *Replica) phase1(w *worker) error {
 	}
 	if r.tickPending.Swap(false) {
 		r.tick()
+	}
+	if len(r.heldProps) > 0 {
+		// Held first: they arrived before this phase's proposals.
+		props = append(r.heldProps, props...)
+		r.heldProps = nil
 	}
 	if len(props) > 0 || len(reads) > 0 {
 		// The steps above may have changed the leader; proposals and reads
@@ -759,8 +780,11 @@ func (r *Replica) propose(props []*proposal) {
 			err = r.raw.Propose(p.data)
 		}
 		if err != nil {
-			if t := r.raw.BasicStatus().LeadTransferee; t != 0 {
-				p.finish(result{err: r.notLeader(t)})
+			if r.raw.BasicStatus().LeadTransferee != 0 {
+				// Raft refuses proposals while it hands leadership
+				// over: wait for the transfer to end (heldProps).
+				r.heldProps = append(r.heldProps, p)
+				r.store.stats.proposalsHeld.Add(1)
 			} else {
 				p.finish(result{err: fmt.Errorf("%w: shard %d: %v", ErrOverloaded, r.shardID, err)})
 			}
@@ -1039,6 +1063,10 @@ func (r *Replica) failAll(err error) {
 	for _, p := range props {
 		p.finish(result{err: err})
 	}
+	for _, p := range r.heldProps {
+		p.finish(result{err: err}) // never handed to Raft
+	}
+	r.heldProps = nil
 	for _, p := range r.proposals {
 		p.finish(result{err: ambiguous(err)})
 	}

@@ -92,6 +92,10 @@ type ReplicaStatus struct {
 	// Quiet is true while the replica does not tick: its shard is idle
 	// (quiesce.go).
 	Quiet bool
+	// LeadTransferee is, on a leader handing its leadership over, the
+	// replica it hands over to (0 when no transfer runs). Proposals that
+	// arrive meanwhile wait for the transfer to end.
+	LeadTransferee uint64
 	// Descriptor is the replica's view of the shard. Do not modify.
 	Descriptor *shoalpb.ShardDescriptor
 	// Progress is, on a leader, its view of every member's log (refreshed
@@ -155,6 +159,9 @@ type Stats struct {
 	// a leader and waited (requests that arrived during an election; one
 	// request can wait more than once).
 	LeaderWaits uint64
+	// ProposalsHeld counts proposals that reached a leader while it was
+	// handing its leadership over and waited for the transfer to end.
+	ProposalsHeld uint64
 	// Quiesced counts the times a replica went quiet; QuietReplicas is how
 	// many are quiet now (quiesce.go).
 	Quiesced      uint64
@@ -238,7 +245,7 @@ type Store struct {
 		created, removed                      atomic.Uint64
 		campaigns, leaderships                atomic.Uint64
 		leaseReads, readRounds                atomic.Uint64
-		leaderWaits                           atomic.Uint64
+		leaderWaits, proposalsHeld            atomic.Uint64
 		quiesced                              atomic.Uint64
 	}
 	peers *peerClock
@@ -431,6 +438,7 @@ func (s *Store) Stats() Stats {
 		Leaderships:       s.stats.leaderships.Load(),
 		LeaseReads:        s.stats.leaseReads.Load(),
 		LeaderWaits:       s.stats.leaderWaits.Load(),
+		ProposalsHeld:     s.stats.proposalsHeld.Load(),
 		ReadRounds:        s.stats.readRounds.Load(),
 		Quiesced:          s.stats.quiesced.Load(),
 		Iterations:        s.stats.iterations.Load(),
