@@ -338,6 +338,15 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 		retryNow := false
 		switch d.GetCode() {
 		case shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER:
+			if write && d.Ambiguous {
+				// The write was in the log of a leader that lost its
+				// place: it may yet be applied. Only a session makes
+				// running it again safe.
+				mayHaveApplied = true
+				if sess == nil {
+					return fmt.Errorf("%w: %w", ErrAmbiguous, err)
+				}
+			}
 			retryNow = c.routes.setLeader(slot, d.LeaderId, d.LeaderAddr)
 			// The hint is fresher than whatever made us skip that node
 			// earlier (say, it had not created its replica yet), unless

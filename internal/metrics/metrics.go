@@ -163,7 +163,7 @@ var (
 		{"shoal_raft_replicas_created_total", "Replicas created empty for a snapshot.", func(s raftstore.Stats) uint64 { return s.ReplicasCreated }},
 		{"shoal_raft_replicas_removed_total", "Replicas destroyed.", func(s raftstore.Stats) uint64 { return s.ReplicasRemoved }},
 		{"shoal_raft_elections_total", "Elections started by replicas here (became candidate).", func(s raftstore.Stats) uint64 { return s.Campaigns }},
-		{"shoal_raft_proposals_held_total", "Proposals that reached a leader while it handed its leadership over and waited for the transfer to end.", func(s raftstore.Stats) uint64 { return s.ProposalsHeld }},
+		{"shoal_raft_proposals_held_total", "Proposals that reached a leader while it handed its leadership over and waited for the transfer to end (each counted once).", func(s raftstore.Stats) uint64 { return s.ProposalsHeld }},
 		{"shoal_raft_leader_waits_total", "Waits of requests that found their shard electing a leader (node --leader-wait); a request can wait more than once.", func(s raftstore.Stats) uint64 { return s.LeaderWaits }},
 		{"shoal_raft_leader_changes_total", "Times a replica here became leader (election or transfer).", func(s raftstore.Stats) uint64 { return s.Leaderships }},
 	}

@@ -229,7 +229,7 @@ func serve[R any](ctx context.Context, s *kvService, h *shoalpb.RequestHeader, s
 			resp, err = forward(t.forward)
 			return resp, s.toStatus(err)
 		case err == nil:
-			if resp, err = local(t.shard); err == nil || !errors.Is(err, raftstore.ErrNoLeader) {
+			if resp, err = local(t.shard); err == nil || !electing(err) {
 				return resp, s.toStatus(err)
 			}
 		case !t.electing:
@@ -244,6 +244,17 @@ func serve[R any](ctx context.Context, s *kvService, h *shoalpb.RequestHeader, s
 			return resp, s.toStatus(err)
 		}
 	}
+}
+
+// electing reports whether a request failed only because its shard's
+// leadership moved before the request was proposed (or read): no leader
+// known, or a leader that stepped down with the request never in its log.
+// Routed again once a leader is known, it goes to the new one; answered
+// at once, the client would be told of no leader, or of a stale one from
+// the route table.
+func electing(err error) bool {
+	return errors.Is(err, raftstore.ErrNoLeader) ||
+		errors.Is(err, raftstore.ErrLeadershipLost) && !errors.Is(err, raftstore.ErrAmbiguous)
 }
 
 // awaitLeader waits until this node's replica of shard knows a leader,

@@ -55,6 +55,9 @@ type proposal struct {
 	cc *raftpb.ConfChangeV2
 	// index and term are set once the entry is in the leader's log.
 	index, term uint64
+	// held is set once the proposal has waited for a leadership transfer
+	// (Replica.heldProps), so it is counted once.
+	held bool
 	// done receives exactly one result; it is buffered so the worker never
 	// blocks on a waiter that gave up.
 	done chan result

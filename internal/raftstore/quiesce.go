@@ -99,7 +99,8 @@ func (c *peerClock) silentFor(node uint64, d time.Duration, now time.Time) bool 
 func (r *Replica) canQuiesce() bool {
 	if r.state != raft.StateLeader || !r.initialized || r.campaignAt > 0 ||
 		len(r.proposals) > 0 || len(r.pendingReads) > 0 || len(r.readBatches) > 0 || len(r.waitingReads) > 0 ||
-		len(r.pendingSnaps) > 0 || len(r.applyAfterSync) > 0 || r.leaseUsed.Load() {
+		len(r.pendingSnaps) > 0 || len(r.applyAfterSync) > 0 || r.leaseUsed.Load() ||
+		r.wantTransfer != 0 || len(r.heldProps) > 0 {
 		return false
 	}
 	st := r.raw.Status()

@@ -110,9 +110,18 @@ type Replica struct {
 	// name the transferee, which still names this replica until it wins,
 	// and a Redis client would be sent back and forth between the two.
 	heldProps []*proposal
-	// transferee is, on a leader, the replica its leadership transfer is
-	// handing over to (0: none), as last published.
+	// transferee is, on a leader, the replica a leadership transfer in
+	// Raft hands over to: set when one starts (here or by a follower's
+	// MsgTransferLeader), refreshed from Raft while it is not 0, so that
+	// the common case (no transfer) never asks Raft.
 	transferee uint64
+	// wantTransfer is a transfer asked for (TransferLeader) that is not
+	// handed to Raft yet: its target is more than transferMaxLag entries
+	// behind, and Raft would refuse every proposal until it caught up. It
+	// is handed over once the target is close, or at tick
+	// wantTransferBy whatever the lag (as etcd raft would have).
+	wantTransfer   uint64
+	wantTransferBy int
 	// pendingSnaps are received snapshots stepped into Raft, waiting for
 	// the Ready that restores one.
 	pendingSnaps []*incomingSnapshot
@@ -259,9 +268,8 @@ func (r *Replica) publishStatus() {
 	entries, bytes := r.storage.LogSize()
 	role, leaderNode := roleOf(r.state), r.nodeOf(r.leader)
 	quiet := r.quiet.Load()
-	r.transferee = 0
-	if r.state == raft.StateLeader {
-		r.transferee = r.raw.BasicStatus().LeadTransferee
+	if r.transferee != 0 {
+		r.refreshTransferee()
 	}
 	if cur := r.status.Load(); cur != nil && !r.progressChanged && cur.Role == role && cur.Term == r.term && cur.Quiet == quiet && cur.LeadTransferee == r.transferee &&
 		cur.LeaderReplica == r.leader && cur.LeaderNode == leaderNode && cur.Applied == r.applied &&
@@ -525,10 +533,13 @@ func (r *Replica) phase1(w *worker) error {
 	}
 	for _, to := range transfers {
 		r.revokeLease()
-		r.raw.TransferLeader(to)
+		r.wantTransfer, r.wantTransferBy = to, r.ticks+r.store.opts.ElectionTicks
 	}
 	if r.tickPending.Swap(false) {
 		r.tick()
+	}
+	if r.wantTransfer != 0 {
+		r.maybeStartTransfer()
 	}
 	if len(r.heldProps) > 0 {
 		// Held first: they arrived before this phase's proposals.
@@ -659,6 +670,10 @@ func (r *Replica) step(w *worker, m *shoalpb.RaftMessage) {
 	}
 	// Errors are messages from peers Raft no longer knows; drop them.
 	_ = r.raw.Step(m.Message)
+	if m.Message.GetType() == raftpb.MsgTransferLeader {
+		// A follower asked for a transfer: Raft may run one now.
+		r.refreshTransferee()
+	}
 }
 
 func (r *Replica) inDescriptor(replicaID uint64) bool {
@@ -732,8 +747,14 @@ func (r *Replica) phase3(w *worker) error {
 	return nil
 }
 
-// hasInput reports whether reads are waiting to be issued again.
-func (r *Replica) hasInput() bool { return len(r.pendingReads) > 0 }
+// hasInput reports whether reads are waiting to be issued again, or held
+// proposals can go on: the transfer they waited for ended (it can end
+// while a configuration change is applied, not only at a tick or a
+// message).
+func (r *Replica) hasInput() bool {
+	return len(r.pendingReads) > 0 ||
+		len(r.heldProps) > 0 && (r.state != raft.StateLeader || r.transferee == 0)
+}
 
 func (r *Replica) onSoftState(ss *raft.SoftState) {
 	prev := r.state
@@ -764,6 +785,12 @@ func (r *Replica) onSoftState(ss *raft.SoftState) {
 }
 
 func (r *Replica) propose(props []*proposal) {
+	if len(props) == 0 {
+		return
+	}
+	// Proposals go straight to heldProps while a transfer runs, without
+	// asking Raft (which would refuse each, and log it).
+	transferring := r.state == raft.StateLeader && r.transferee != 0 && r.refreshTransferee() != 0
 	for _, p := range props {
 		if err := p.ctx.Err(); err != nil {
 			p.finish(result{err: timeoutError(err)})
@@ -773,6 +800,10 @@ func (r *Replica) propose(props []*proposal) {
 			p.finish(result{err: r.notLeader(r.leader)})
 			continue
 		}
+		if transferring {
+			r.hold(p)
+			continue
+		}
 		var err error
 		if p.cc != nil {
 			err = r.raw.ProposeConfChange(p.cc)
@@ -780,11 +811,12 @@ func (r *Replica) propose(props []*proposal) {
 			err = r.raw.Propose(p.data)
 		}
 		if err != nil {
-			if r.raw.BasicStatus().LeadTransferee != 0 {
+			if r.refreshTransferee() != 0 {
 				// Raft refuses proposals while it hands leadership
-				// over: wait for the transfer to end (heldProps).
-				r.heldProps = append(r.heldProps, p)
-				r.store.stats.proposalsHeld.Add(1)
+				// over (a transfer a follower asked for): wait for it
+				// to end.
+				transferring = true
+				r.hold(p)
 			} else {
 				p.finish(result{err: fmt.Errorf("%w: shard %d: %v", ErrOverloaded, r.shardID, err)})
 			}
@@ -794,6 +826,54 @@ func (r *Replica) propose(props []*proposal) {
 		r.justProposed = append(r.justProposed, p)
 		r.store.stats.proposals.Add(1)
 	}
+}
+
+// hold keeps p until the leadership transfer in flight ends (heldProps).
+func (r *Replica) hold(p *proposal) {
+	if !p.held {
+		p.held = true
+		r.store.stats.proposalsHeld.Add(1)
+	}
+	r.heldProps = append(r.heldProps, p)
+}
+
+// refreshTransferee reads from Raft whether a leadership transfer runs, and
+// to whom (0: none, or not the leader).
+func (r *Replica) refreshTransferee() uint64 {
+	r.transferee = 0
+	if bs := r.raw.BasicStatus(); bs.RaftState == raft.StateLeader {
+		r.transferee = bs.LeadTransferee
+	}
+	return r.transferee
+}
+
+// transferMaxLag is how far behind the leader's log a transfer's target may
+// be when the transfer is handed to Raft, which refuses proposals from then
+// until the target has caught up and won (TiKV's
+// leader_transfer_max_log_lag is 128 too).
+const transferMaxLag = 128
+
+// maybeStartTransfer hands the wanted transfer to Raft once its target is
+// within transferMaxLag of the leader's log, or once wantTransferBy has
+// come, and drops it when this replica no longer leads or the target is
+// no longer a member.
+func (r *Replica) maybeStartTransfer() {
+	to := r.wantTransfer
+	st := r.raw.Status()
+	pr, ok := st.Progress[to]
+	if st.RaftState != raft.StateLeader || !ok || to == r.replicaID {
+		r.wantTransfer = 0
+		return
+	}
+	if pr.Match+transferMaxLag < st.Progress[r.replicaID].Match && r.ticks < r.wantTransferBy {
+		return
+	}
+	r.wantTransfer = 0
+	// A lease granted since the transfer was asked for goes too (and
+	// sending MsgTimeoutNow drops any later one, lease.go).
+	r.revokeLease()
+	r.raw.TransferLeader(to)
+	r.refreshTransferee()
 }
 
 // entryProposal returns the proposal ID an entry carries, if any, and for

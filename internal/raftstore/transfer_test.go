@@ -22,9 +22,13 @@ type transferSetup struct {
 	transfer       chan error
 }
 
-func startStuckTransfer(ctx context.Context, t *testing.T) *transferSetup {
+// electionTicks sets the shard's election timeout (ticks of 100 ms): Raft
+// abandons a transfer after one, and each test leaves itself room before
+// that.
+func startStuckTransfer(ctx context.Context, t *testing.T, electionTicks int) *transferSetup {
 	t.Helper()
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM})
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = electionTicks }})
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +72,7 @@ func startStuckTransfer(ctx context.Context, t *testing.T) *transferSetup {
 // and the write is then made by the leader that kept its place.
 func TestProposalDuringTransferWaits(t *testing.T) {
 	ctx := ctxFor(t, 60*time.Second)
-	s := startStuckTransfer(ctx, t)
+	s := startStuckTransfer(ctx, t, 20)
 	heldBefore := s.leader.Store().Stats().ProposalsHeld
 
 	if st, err := s.target.Store().Status(1); err != nil || st.LeaderNode != s.leader.ID {
@@ -83,8 +87,8 @@ func TestProposalDuringTransferWaits(t *testing.T) {
 		t.Fatalf("write during the transfer: %v", err)
 	}
 	waited := time.Since(start)
-	if got := s.leader.Store().Stats().ProposalsHeld - heldBefore; got == 0 {
-		t.Fatalf("the write succeeded after %v without being held: the transfer had ended before it", waited)
+	if got := s.leader.Store().Stats().ProposalsHeld - heldBefore; got != 1 {
+		t.Fatalf("%d writes counted as held after %v; want the one (once, however long it waited)", got, waited)
 	}
 	if err := <-s.transfer; !errors.Is(err, raftstore.ErrTransferFailed) {
 		t.Fatalf("transfer to a cut-off replica: %v; want ErrTransferFailed", err)
@@ -108,7 +112,9 @@ func TestProposalDuringTransferWaits(t *testing.T) {
 // replica that names the old leader back, and it was never proposed.
 func TestProposalDuringCompletedTransferNamesNewLeader(t *testing.T) {
 	ctx := ctxFor(t, 60*time.Second)
-	s := startStuckTransfer(ctx, t)
+	// An election timeout of 5 s: the target, back, catches up and wins
+	// long before Raft would abandon the transfer.
+	s := startStuckTransfer(ctx, t, 50)
 	heldBefore := s.leader.Store().Stats().ProposalsHeld
 	done := make(chan error, 1)
 	go func() {
@@ -123,16 +129,10 @@ func TestProposalDuringCompletedTransferNamesNewLeader(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// The target comes back, catches up and takes over; if Raft abandons
-	// the transfer first (an election timeout), the held write is made
-	// and the test cannot tell.
 	s.c.Net.Heal()
 	err := <-done
 	if err == nil {
-		if terr := <-s.transfer; terr == nil {
-			t.Fatal("the held write was made although the transfer completed")
-		}
-		t.Skip("Raft abandoned the transfer before the target caught up; the held write was made by the old leader")
+		t.Fatalf("the held write was made by the old leader: the transfer was abandoned (%v)", <-s.transfer)
 	}
 	if terr := <-s.transfer; terr != nil {
 		t.Fatalf("transfer after the target came back: %v", terr)
@@ -156,5 +156,57 @@ func TestProposalDuringCompletedTransferNamesNewLeader(t *testing.T) {
 	}
 	if v, _, rerr := readAt(ctx, s.target, 1, []byte("k")); rerr != nil || v != "v0" {
 		t.Fatalf("read on the new leader: %q, %v; want v0 (the held write failed, so it must not be there)", v, rerr)
+	}
+}
+
+// TestTransferWaitsForLaggingTarget: a transfer to a replica far behind
+// the leader's log is handed to Raft only once the replica is close, since
+// Raft refuses every write from then until the target has caught up and
+// won. Meanwhile writes go on as usual.
+func TestTransferWaitsForLaggingTarget(t *testing.T) {
+	ctx := ctxFor(t, 60*time.Second)
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = 50 }})
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leader, target := leaderAndOther(t, c, 1)
+	st, err := target.Store().Status(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	targetReplica := st.ReplicaID
+	s := leader.Store()
+	c.Net.Isolate(target.ID, c.NodeIDs())
+	const behind = 200 // more than the 128 entries a transfer may start at
+	for i := range behind {
+		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("v", i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	transfer := make(chan error, 1)
+	go func() { transfer <- s.TransferLeader(ctx, 1, targetReplica) }()
+	heldBefore := s.Stats().ProposalsHeld
+	for i := range 20 {
+		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("w", i)))); err != nil {
+			t.Fatalf("write %d while the transfer waits for its target: %v", i, err)
+		}
+		if st, err := s.Status(1); err != nil || st.LeadTransferee != 0 {
+			t.Fatalf("the transfer was handed to Raft with the target %d entries behind (%v)", behind, err)
+		}
+	}
+	if held := s.Stats().ProposalsHeld - heldBefore; held != 0 {
+		t.Fatalf("%d writes were held while the target was far behind", held)
+	}
+	// Back, the target catches up; the transfer goes to Raft and completes.
+	c.Net.Heal()
+	if err := <-transfer; err != nil {
+		t.Fatalf("transfer after the target came back: %v", err)
+	}
+	if st, err := target.Store().Status(1); err != nil || st.Role != raftstore.RoleLeader {
+		t.Fatalf("target is %v (%v) after the transfer", st.Role, err)
+	}
+	if v, _, err := readAt(ctx, target, 1, []byte("k")); err != nil || v != "w19" {
+		t.Fatalf("read on the new leader: %q, %v; want w19", v, err)
 	}
 }

@@ -30,10 +30,11 @@ func RedisID(clusterID string, node uint64) string {
 }
 
 // leaderAddr returns the RESP address to send a key of slot to: the node
-// the error named, or the leader the topology knows.
+// the error named, or the leader the topology knows; never this node's own
+// (a stale route table can name it), "" when there is none.
 func (s *Server) leaderAddr(slot uint16, leader uint64) string {
 	t := s.backend.Topology()
-	if leader != 0 {
+	if leader != 0 && leader != t.Self {
 		if n, ok := t.Nodes[leader]; ok && n.RESPAddr != "" {
 			return n.RESPAddr
 		}

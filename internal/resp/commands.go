@@ -211,6 +211,13 @@ func (c *conn) fail(err error) {
 	msg := errMessage(err)
 	switch d.GetCode() {
 	case shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE, shoalpb.ErrorCode_ERROR_CODE_EPOCH_MISMATCH:
+		if d.Ambiguous {
+			// The leader lost its place after the write was in its log
+			// (a snapshot replaced it): it may yet be applied. A client
+			// sent -MOVED would run it again, twice for an INCR.
+			c.wr.Error(errAmbiguous)
+			return
+		}
 		if addr := c.s.leaderAddr(c.slot, d.GetLeaderId()); addr != "" {
 			c.wr.Error(fmt.Sprintf("MOVED %d %s", c.slot, addr))
 			return

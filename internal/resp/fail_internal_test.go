@@ -1,0 +1,55 @@
+package resp
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// topologyBackend is a Backend that only knows a topology: what fail
+// needs to word a redirection.
+type topologyBackend struct {
+	shoalpb.UnimplementedKVServer
+	t Topology
+}
+
+func (b topologyBackend) Topology() Topology    { return b.t }
+func (b topologyBackend) ShardOf(uint16) uint64 { return 1 }
+
+// TestFailWordsRedirections: how a routing error becomes -MOVED, and when
+// it must not.
+func TestFailWordsRedirections(t *testing.T) {
+	topo := Topology{Self: 1, Shards: []ShardInfo{{ID: 1, Start: 0, End: 16384, Leader: 1}}, Nodes: map[uint64]NodeInfo{
+		1: {RESPAddr: "127.0.0.1:7001", Up: true}, 2: {RESPAddr: "127.0.0.2:7002", Up: true},
+	}}
+	s := NewServer(topologyBackend{t: topo}, Options{})
+	for _, tt := range []struct {
+		name string
+		d    *shoalpb.ErrorDetail
+		want string
+	}{
+		{"not leader, names node 2", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 2},
+			"-MOVED 42 127.0.0.2:7002\r\n"},
+		// The write was in the log of a leader that lost its place: it may
+		// still be applied, and a client sent elsewhere would run it again.
+		{"not leader, ambiguous", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 2, Ambiguous: true},
+			"-" + errAmbiguous + "\r\n"},
+		// A stale route table names this node: never redirect to itself.
+		{"not here, names this node", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE, LeaderId: 1},
+			"-" + errTryAgain + "\r\n"},
+		{"no leader", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NO_LEADER},
+			"-" + errTryAgain + "\r\n"},
+	} {
+		var buf bytes.Buffer
+		c := &conn{s: s, wr: NewWriter(&buf), slot: 42, cmdCtx: context.Background()}
+		c.fail(shoalpb.StatusError(tt.d, "test"))
+		if err := c.wr.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if got := buf.String(); got != tt.want {
+			t.Errorf("%s: wrote %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
