@@ -61,7 +61,7 @@ func serve(t *testing.T, register func(*grpc.Server)) string {
 // openOneShard opens a client on a fake master whose route table has one
 // shard, all slots, with a voter on each of the nodes at addrs (node i+1 at
 // addrs[i]); it names node 1 the leader.
-func openOneShard(ctx context.Context, t *testing.T, addrs []string) *client.Client {
+func openOneShard(ctx context.Context, t *testing.T, addrs []string, opts ...client.Option) *client.Client {
 	t.Helper()
 	desc := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: keys.SlotCount, Epoch: 1}
 	table := &shoalpb.RouteTable{ClusterId: "c", Version: 1, Shards: []*shoalpb.ShardRoute{{Shard: desc, LeaderReplica: 1}}}
@@ -70,7 +70,7 @@ func openOneShard(ctx context.Context, t *testing.T, addrs []string) *client.Cli
 		table.Nodes = append(table.Nodes, &shoalpb.NodeInfo{Id: uint64(i + 1), Addr: addr})
 	}
 	masterAddr := serve(t, func(s *grpc.Server) { shoalpb.RegisterMasterServer(s, &fakeMaster{table: table}) })
-	c, err := client.Open(ctx, []string{masterAddr})
+	c, err := client.Open(ctx, []string{masterAddr}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,6 +189,46 @@ func TestDiskFullAfterAmbiguousAttempt(t *testing.T) {
 			}
 			if n := node.calls.Load(); n != tc.wantCalls {
 				t.Errorf("%d attempts, want %d", n, tc.wantCalls)
+			}
+		})
+	}
+}
+
+// TestAmbiguousNotLeader: a leader that lost its place after the write was
+// in its log (a snapshot replaced the entry) answers NOT_LEADER marked
+// ambiguous: the write may still be applied. Without a session the
+// client must not run it again on the leader named; with one it may (the
+// session applies it once).
+func TestAmbiguousNotLeader(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		opts          []client.Option
+		wantAmbiguous bool
+		wantLeader    int64 // attempts on the named leader
+	}{
+		{"without a session", []client.Option{client.WithoutSession()}, true, 0},
+		{"with a session", nil, false, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var nodes [2]*scriptedNode
+			var addrs [2]string
+			for i := range nodes {
+				nodes[i] = &scriptedNode{put: func(int64) error { return nil }}
+				addrs[i] = serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, nodes[i]) })
+			}
+			nodes[0].put = func(int64) error {
+				return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 2,
+					LeaderAddr: addrs[1], Ambiguous: true}, "leadership lost: replaced by a snapshot")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c := openOneShard(ctx, t, addrs[:], tc.opts...)
+			_, err := c.Put(ctx, []byte("k"), []byte("v"))
+			if errors.Is(err, client.ErrAmbiguous) != tc.wantAmbiguous || !tc.wantAmbiguous && err != nil {
+				t.Fatalf("Put: %v; want ambiguous %v", err, tc.wantAmbiguous)
+			}
+			if n := nodes[1].calls.Load(); n != tc.wantLeader {
+				t.Errorf("the named leader saw %d attempts, want %d", n, tc.wantLeader)
 			}
 		})
 	}
