@@ -1683,8 +1683,12 @@ type ClusterState struct {
 	// the leading master only (followers and a master that has just become
 	// leader know none), and only nodes that heartbeated it.
 	NodeHeartbeats map[uint64]*NodeHeartbeat `protobuf:"bytes,11,rep,name=node_heartbeats,json=nodeHeartbeats,proto3" json:"node_heartbeats,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The highest data sequence recorded in the meta group for each node's
+	// heartbeats (RecordDataSeqs), by node ID: a start of the node at or
+	// below it is refused as stale. Every master answers it.
+	RecordedDataSeqs map[uint64]uint64 `protobuf:"bytes,12,rep,name=recorded_data_seqs,json=recordedDataSeqs,proto3" json:"recorded_data_seqs,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ClusterState) Reset() {
@@ -1790,6 +1794,13 @@ func (x *ClusterState) GetNodeOpsPerSec() map[uint64]float64 {
 func (x *ClusterState) GetNodeHeartbeats() map[uint64]*NodeHeartbeat {
 	if x != nil {
 		return x.NodeHeartbeats
+	}
+	return nil
+}
+
+func (x *ClusterState) GetRecordedDataSeqs() map[uint64]uint64 {
+	if x != nil {
+		return x.RecordedDataSeqs
 	}
 	return nil
 }
@@ -2274,6 +2285,7 @@ type MetaCommand struct {
 	//	*MetaCommand_UpdateOperator
 	//	*MetaCommand_SetScheduling
 	//	*MetaCommand_SetNodeLabels
+	//	*MetaCommand_RecordDataSeqs
 	Cmd           isMetaCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2404,6 +2416,15 @@ func (x *MetaCommand) GetSetNodeLabels() *SetNodeLabelsRequest {
 	return nil
 }
 
+func (x *MetaCommand) GetRecordDataSeqs() *RecordDataSeqs {
+	if x != nil {
+		if x, ok := x.Cmd.(*MetaCommand_RecordDataSeqs); ok {
+			return x.RecordDataSeqs
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Cmd interface {
 	isMetaCommand_Cmd()
 }
@@ -2444,6 +2465,10 @@ type MetaCommand_SetNodeLabels struct {
 	SetNodeLabels *SetNodeLabelsRequest `protobuf:"bytes,10,opt,name=set_node_labels,json=setNodeLabels,proto3,oneof"`
 }
 
+type MetaCommand_RecordDataSeqs struct {
+	RecordDataSeqs *RecordDataSeqs `protobuf:"bytes,11,opt,name=record_data_seqs,json=recordDataSeqs,proto3,oneof"`
+}
+
 func (*MetaCommand_Bootstrap) isMetaCommand_Cmd() {}
 
 func (*MetaCommand_RegisterNode) isMetaCommand_Cmd() {}
@@ -2462,6 +2487,111 @@ func (*MetaCommand_SetScheduling) isMetaCommand_Cmd() {}
 
 func (*MetaCommand_SetNodeLabels) isMetaCommand_Cmd() {}
 
+func (*MetaCommand_RecordDataSeqs) isMetaCommand_Cmd() {}
+
+// RecordDataSeqs records, for each node, the highest data sequence its
+// heartbeats carried (HeartbeatRequest.data_seq) as the leading master
+// received them. A registration with a data sequence no higher than a
+// recorded one is refused as stale: the node started on an older copy of
+// its data directory. The leader's own memory of the heartbeats goes with
+// its leadership; this record survives it. A record only ever rises.
+type RecordDataSeqs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seqs          []*NodeDataSeq         `protobuf:"bytes,1,rep,name=seqs,proto3" json:"seqs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordDataSeqs) Reset() {
+	*x = RecordDataSeqs{}
+	mi := &file_shoalpb_master_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordDataSeqs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordDataSeqs) ProtoMessage() {}
+
+func (x *RecordDataSeqs) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordDataSeqs.ProtoReflect.Descriptor instead.
+func (*RecordDataSeqs) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RecordDataSeqs) GetSeqs() []*NodeDataSeq {
+	if x != nil {
+		return x.Seqs
+	}
+	return nil
+}
+
+// NodeDataSeq is one node's data sequence.
+type NodeDataSeq struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	DataSeq       uint64                 `protobuf:"varint,2,opt,name=data_seq,json=dataSeq,proto3" json:"data_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeDataSeq) Reset() {
+	*x = NodeDataSeq{}
+	mi := &file_shoalpb_master_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeDataSeq) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeDataSeq) ProtoMessage() {}
+
+func (x *NodeDataSeq) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_master_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeDataSeq.ProtoReflect.Descriptor instead.
+func (*NodeDataSeq) Descriptor() ([]byte, []int) {
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *NodeDataSeq) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *NodeDataSeq) GetDataSeq() uint64 {
+	if x != nil {
+		return x.DataSeq
+	}
+	return 0
+}
+
 // StartOperators records new operators. It fails as a whole if any of
 // their shards has an operator in flight or changed epoch since they were
 // planned. The allocators move past the IDs the operators use.
@@ -2474,7 +2604,7 @@ type StartOperators struct {
 
 func (x *StartOperators) Reset() {
 	*x = StartOperators{}
-	mi := &file_shoalpb_master_proto_msgTypes[29]
+	mi := &file_shoalpb_master_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2486,7 +2616,7 @@ func (x *StartOperators) String() string {
 func (*StartOperators) ProtoMessage() {}
 
 func (x *StartOperators) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[29]
+	mi := &file_shoalpb_master_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2499,7 +2629,7 @@ func (x *StartOperators) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartOperators.ProtoReflect.Descriptor instead.
 func (*StartOperators) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{29}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StartOperators) GetOperators() []*Operator {
@@ -2538,7 +2668,7 @@ type UpdateOperator struct {
 
 func (x *UpdateOperator) Reset() {
 	*x = UpdateOperator{}
-	mi := &file_shoalpb_master_proto_msgTypes[30]
+	mi := &file_shoalpb_master_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2680,7 @@ func (x *UpdateOperator) String() string {
 func (*UpdateOperator) ProtoMessage() {}
 
 func (x *UpdateOperator) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[30]
+	mi := &file_shoalpb_master_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2693,7 @@ func (x *UpdateOperator) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateOperator.ProtoReflect.Descriptor instead.
 func (*UpdateOperator) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{30}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpdateOperator) GetId() uint64 {
@@ -2653,7 +2783,7 @@ type PlaceShards struct {
 
 func (x *PlaceShards) Reset() {
 	*x = PlaceShards{}
-	mi := &file_shoalpb_master_proto_msgTypes[31]
+	mi := &file_shoalpb_master_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2665,7 +2795,7 @@ func (x *PlaceShards) String() string {
 func (*PlaceShards) ProtoMessage() {}
 
 func (x *PlaceShards) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[31]
+	mi := &file_shoalpb_master_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2678,7 +2808,7 @@ func (x *PlaceShards) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceShards.ProtoReflect.Descriptor instead.
 func (*PlaceShards) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{31}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PlaceShards) GetShards() []*ShardDescriptor {
@@ -2700,7 +2830,7 @@ type UpdateRoutes struct {
 
 func (x *UpdateRoutes) Reset() {
 	*x = UpdateRoutes{}
-	mi := &file_shoalpb_master_proto_msgTypes[32]
+	mi := &file_shoalpb_master_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2712,7 +2842,7 @@ func (x *UpdateRoutes) String() string {
 func (*UpdateRoutes) ProtoMessage() {}
 
 func (x *UpdateRoutes) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[32]
+	mi := &file_shoalpb_master_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2725,7 +2855,7 @@ func (x *UpdateRoutes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRoutes.ProtoReflect.Descriptor instead.
 func (*UpdateRoutes) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{32}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateRoutes) GetRoutes() []*ShardRoute {
@@ -2748,7 +2878,7 @@ type MetaResult struct {
 
 func (x *MetaResult) Reset() {
 	*x = MetaResult{}
-	mi := &file_shoalpb_master_proto_msgTypes[33]
+	mi := &file_shoalpb_master_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2760,7 +2890,7 @@ func (x *MetaResult) String() string {
 func (*MetaResult) ProtoMessage() {}
 
 func (x *MetaResult) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[33]
+	mi := &file_shoalpb_master_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2773,7 +2903,7 @@ func (x *MetaResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaResult.ProtoReflect.Descriptor instead.
 func (*MetaResult) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{33}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MetaResult) GetError() string {
@@ -2823,7 +2953,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_shoalpb_master_proto_msgTypes[34]
+	mi := &file_shoalpb_master_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2835,7 +2965,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[34]
+	mi := &file_shoalpb_master_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2848,7 +2978,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{34}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ErrorDetail) GetCode() ErrorCode {
@@ -2906,7 +3036,7 @@ type MetaIDs struct {
 
 func (x *MetaIDs) Reset() {
 	*x = MetaIDs{}
-	mi := &file_shoalpb_master_proto_msgTypes[35]
+	mi := &file_shoalpb_master_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2918,7 +3048,7 @@ func (x *MetaIDs) String() string {
 func (*MetaIDs) ProtoMessage() {}
 
 func (x *MetaIDs) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[35]
+	mi := &file_shoalpb_master_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2931,7 +3061,7 @@ func (x *MetaIDs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaIDs.ProtoReflect.Descriptor instead.
 func (*MetaIDs) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{35}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MetaIDs) GetNextNode() uint64 {
@@ -2978,7 +3108,7 @@ type OperatorStep struct {
 
 func (x *OperatorStep) Reset() {
 	*x = OperatorStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[36]
+	mi := &file_shoalpb_master_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2990,7 +3120,7 @@ func (x *OperatorStep) String() string {
 func (*OperatorStep) ProtoMessage() {}
 
 func (x *OperatorStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[36]
+	mi := &file_shoalpb_master_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3003,7 +3133,7 @@ func (x *OperatorStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperatorStep.ProtoReflect.Descriptor instead.
 func (*OperatorStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{36}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *OperatorStep) GetStep() isOperatorStep_Step {
@@ -3092,7 +3222,7 @@ type AddLearnerStep struct {
 
 func (x *AddLearnerStep) Reset() {
 	*x = AddLearnerStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[37]
+	mi := &file_shoalpb_master_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3104,7 +3234,7 @@ func (x *AddLearnerStep) String() string {
 func (*AddLearnerStep) ProtoMessage() {}
 
 func (x *AddLearnerStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[37]
+	mi := &file_shoalpb_master_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3117,7 +3247,7 @@ func (x *AddLearnerStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLearnerStep.ProtoReflect.Descriptor instead.
 func (*AddLearnerStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{37}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AddLearnerStep) GetNodeId() uint64 {
@@ -3146,7 +3276,7 @@ type ChangeVotersStep struct {
 
 func (x *ChangeVotersStep) Reset() {
 	*x = ChangeVotersStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[38]
+	mi := &file_shoalpb_master_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3158,7 +3288,7 @@ func (x *ChangeVotersStep) String() string {
 func (*ChangeVotersStep) ProtoMessage() {}
 
 func (x *ChangeVotersStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[38]
+	mi := &file_shoalpb_master_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3171,7 +3301,7 @@ func (x *ChangeVotersStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeVotersStep.ProtoReflect.Descriptor instead.
 func (*ChangeVotersStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{38}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ChangeVotersStep) GetPromote() []uint64 {
@@ -3197,7 +3327,7 @@ type TransferLeaderStep struct {
 
 func (x *TransferLeaderStep) Reset() {
 	*x = TransferLeaderStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[39]
+	mi := &file_shoalpb_master_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3209,7 +3339,7 @@ func (x *TransferLeaderStep) String() string {
 func (*TransferLeaderStep) ProtoMessage() {}
 
 func (x *TransferLeaderStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[39]
+	mi := &file_shoalpb_master_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3222,7 +3352,7 @@ func (x *TransferLeaderStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderStep.ProtoReflect.Descriptor instead.
 func (*TransferLeaderStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{39}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TransferLeaderStep) GetToReplica() uint64 {
@@ -3241,7 +3371,7 @@ type RemoveReplicaStep struct {
 
 func (x *RemoveReplicaStep) Reset() {
 	*x = RemoveReplicaStep{}
-	mi := &file_shoalpb_master_proto_msgTypes[40]
+	mi := &file_shoalpb_master_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3253,7 +3383,7 @@ func (x *RemoveReplicaStep) String() string {
 func (*RemoveReplicaStep) ProtoMessage() {}
 
 func (x *RemoveReplicaStep) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[40]
+	mi := &file_shoalpb_master_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3266,7 +3396,7 @@ func (x *RemoveReplicaStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplicaStep.ProtoReflect.Descriptor instead.
 func (*RemoveReplicaStep) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{40}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RemoveReplicaStep) GetReplicaId() uint64 {
@@ -3315,7 +3445,7 @@ type Operator struct {
 
 func (x *Operator) Reset() {
 	*x = Operator{}
-	mi := &file_shoalpb_master_proto_msgTypes[41]
+	mi := &file_shoalpb_master_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3327,7 +3457,7 @@ func (x *Operator) String() string {
 func (*Operator) ProtoMessage() {}
 
 func (x *Operator) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[41]
+	mi := &file_shoalpb_master_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3340,7 +3470,7 @@ func (x *Operator) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operator.ProtoReflect.Descriptor instead.
 func (*Operator) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{41}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Operator) GetId() uint64 {
@@ -3474,7 +3604,7 @@ type RunStepRequest struct {
 
 func (x *RunStepRequest) Reset() {
 	*x = RunStepRequest{}
-	mi := &file_shoalpb_master_proto_msgTypes[42]
+	mi := &file_shoalpb_master_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3486,7 +3616,7 @@ func (x *RunStepRequest) String() string {
 func (*RunStepRequest) ProtoMessage() {}
 
 func (x *RunStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[42]
+	mi := &file_shoalpb_master_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3499,7 +3629,7 @@ func (x *RunStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStepRequest.ProtoReflect.Descriptor instead.
 func (*RunStepRequest) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{42}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RunStepRequest) GetShardId() uint64 {
@@ -3533,7 +3663,7 @@ type RunStepResponse struct {
 
 func (x *RunStepResponse) Reset() {
 	*x = RunStepResponse{}
-	mi := &file_shoalpb_master_proto_msgTypes[43]
+	mi := &file_shoalpb_master_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3545,7 +3675,7 @@ func (x *RunStepResponse) String() string {
 func (*RunStepResponse) ProtoMessage() {}
 
 func (x *RunStepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shoalpb_master_proto_msgTypes[43]
+	mi := &file_shoalpb_master_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3558,7 +3688,7 @@ func (x *RunStepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStepResponse.ProtoReflect.Descriptor instead.
 func (*RunStepResponse) Descriptor() ([]byte, []int) {
-	return file_shoalpb_master_proto_rawDescGZIP(), []int{43}
+	return file_shoalpb_master_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RunStepResponse) GetRoute() *ShardRoute {
@@ -3686,7 +3816,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x10GetRoutesRequest\"9\n" +
 	"\x12WatchRoutesRequest\x12#\n" +
 	"\rafter_version\x18\x01 \x01(\x04R\fafterVersion\"\x13\n" +
-	"\x11GetClusterRequest\"\xe2\x05\n" +
+	"\x11GetClusterRequest\"\x83\a\n" +
 	"\fClusterState\x12/\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.shoal.v1.ClusterInfoR\acluster\x12(\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x12.shoal.v1.NodeInfoR\x05nodes\x12,\n" +
@@ -3699,13 +3829,17 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\vops_per_sec\x18\t \x01(\x01R\topsPerSec\x12R\n" +
 	"\x10node_ops_per_sec\x18\n" +
 	" \x03(\v2).shoal.v1.ClusterState.NodeOpsPerSecEntryR\rnodeOpsPerSec\x12S\n" +
-	"\x0fnode_heartbeats\x18\v \x03(\v2*.shoal.v1.ClusterState.NodeHeartbeatsEntryR\x0enodeHeartbeats\x1a@\n" +
+	"\x0fnode_heartbeats\x18\v \x03(\v2*.shoal.v1.ClusterState.NodeHeartbeatsEntryR\x0enodeHeartbeats\x12Z\n" +
+	"\x12recorded_data_seqs\x18\f \x03(\v2,.shoal.v1.ClusterState.RecordedDataSeqsEntryR\x10recordedDataSeqs\x1a@\n" +
 	"\x12NodeOpsPerSecEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1aZ\n" +
 	"\x13NodeHeartbeatsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x04R\x03key\x12-\n" +
-	"\x05value\x18\x02 \x01(\v2\x17.shoal.v1.NodeHeartbeatR\x05value:\x028\x01\"\xb3\x01\n" +
+	"\x05value\x18\x02 \x01(\v2\x17.shoal.v1.NodeHeartbeatR\x05value:\x028\x01\x1aC\n" +
+	"\x15RecordedDataSeqsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x04R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xb3\x01\n" +
 	"\rNodeHeartbeat\x12*\n" +
 	"\x11last_heartbeat_ms\x18\x01 \x01(\x03R\x0flastHeartbeatMs\x12\x15\n" +
 	"\x06age_ms\x18\x02 \x01(\x03R\x05ageMs\x12)\n" +
@@ -3735,7 +3869,7 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x17\n" +
 	"\ato_node\x18\x02 \x01(\x04R\x06toNode\"'\n" +
 	"\x15CancelOperatorRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\"\x87\x05\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"\xcd\x05\n" +
 	"\vMetaCommand\x12\x15\n" +
 	"\x06now_ms\x18\x01 \x01(\x03R\x05nowMs\x125\n" +
 	"\tbootstrap\x18\x02 \x01(\v2\x15.shoal.v1.ClusterInfoH\x00R\tbootstrap\x12D\n" +
@@ -3747,8 +3881,14 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\x0fupdate_operator\x18\b \x01(\v2\x18.shoal.v1.UpdateOperatorH\x00R\x0eupdateOperator\x12G\n" +
 	"\x0eset_scheduling\x18\t \x01(\v2\x1e.shoal.v1.SetSchedulingRequestH\x00R\rsetScheduling\x12H\n" +
 	"\x0fset_node_labels\x18\n" +
-	" \x01(\v2\x1e.shoal.v1.SetNodeLabelsRequestH\x00R\rsetNodeLabelsB\x05\n" +
-	"\x03cmd\"B\n" +
+	" \x01(\v2\x1e.shoal.v1.SetNodeLabelsRequestH\x00R\rsetNodeLabels\x12D\n" +
+	"\x10record_data_seqs\x18\v \x01(\v2\x18.shoal.v1.RecordDataSeqsH\x00R\x0erecordDataSeqsB\x05\n" +
+	"\x03cmd\";\n" +
+	"\x0eRecordDataSeqs\x12)\n" +
+	"\x04seqs\x18\x01 \x03(\v2\x15.shoal.v1.NodeDataSeqR\x04seqs\"A\n" +
+	"\vNodeDataSeq\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x19\n" +
+	"\bdata_seq\x18\x02 \x01(\x04R\adataSeq\"B\n" +
 	"\x0eStartOperators\x120\n" +
 	"\toperators\x18\x01 \x03(\v2\x12.shoal.v1.OperatorR\toperators\"\x9e\x03\n" +
 	"\x0eUpdateOperator\x12\x0e\n" +
@@ -3904,7 +4044,7 @@ func file_shoalpb_master_proto_rawDescGZIP() []byte {
 }
 
 var file_shoalpb_master_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_shoalpb_master_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_shoalpb_master_proto_goTypes = []any{
 	(NodeState)(0),                     // 0: shoal.v1.NodeState
 	(ErrorCode)(0),                     // 1: shoal.v1.ErrorCode
@@ -3938,36 +4078,39 @@ var file_shoalpb_master_proto_goTypes = []any{
 	(*TransferShardLeaderRequest)(nil), // 29: shoal.v1.TransferShardLeaderRequest
 	(*CancelOperatorRequest)(nil),      // 30: shoal.v1.CancelOperatorRequest
 	(*MetaCommand)(nil),                // 31: shoal.v1.MetaCommand
-	(*StartOperators)(nil),             // 32: shoal.v1.StartOperators
-	(*UpdateOperator)(nil),             // 33: shoal.v1.UpdateOperator
-	(*PlaceShards)(nil),                // 34: shoal.v1.PlaceShards
-	(*UpdateRoutes)(nil),               // 35: shoal.v1.UpdateRoutes
-	(*MetaResult)(nil),                 // 36: shoal.v1.MetaResult
-	(*ErrorDetail)(nil),                // 37: shoal.v1.ErrorDetail
-	(*MetaIDs)(nil),                    // 38: shoal.v1.MetaIDs
-	(*OperatorStep)(nil),               // 39: shoal.v1.OperatorStep
-	(*AddLearnerStep)(nil),             // 40: shoal.v1.AddLearnerStep
-	(*ChangeVotersStep)(nil),           // 41: shoal.v1.ChangeVotersStep
-	(*TransferLeaderStep)(nil),         // 42: shoal.v1.TransferLeaderStep
-	(*RemoveReplicaStep)(nil),          // 43: shoal.v1.RemoveReplicaStep
-	(*Operator)(nil),                   // 44: shoal.v1.Operator
-	(*RunStepRequest)(nil),             // 45: shoal.v1.RunStepRequest
-	(*RunStepResponse)(nil),            // 46: shoal.v1.RunStepResponse
-	nil,                                // 47: shoal.v1.ClusterState.NodeOpsPerSecEntry
-	nil,                                // 48: shoal.v1.ClusterState.NodeHeartbeatsEntry
-	(*ShardDescriptor)(nil),            // 49: shoal.v1.ShardDescriptor
+	(*RecordDataSeqs)(nil),             // 32: shoal.v1.RecordDataSeqs
+	(*NodeDataSeq)(nil),                // 33: shoal.v1.NodeDataSeq
+	(*StartOperators)(nil),             // 34: shoal.v1.StartOperators
+	(*UpdateOperator)(nil),             // 35: shoal.v1.UpdateOperator
+	(*PlaceShards)(nil),                // 36: shoal.v1.PlaceShards
+	(*UpdateRoutes)(nil),               // 37: shoal.v1.UpdateRoutes
+	(*MetaResult)(nil),                 // 38: shoal.v1.MetaResult
+	(*ErrorDetail)(nil),                // 39: shoal.v1.ErrorDetail
+	(*MetaIDs)(nil),                    // 40: shoal.v1.MetaIDs
+	(*OperatorStep)(nil),               // 41: shoal.v1.OperatorStep
+	(*AddLearnerStep)(nil),             // 42: shoal.v1.AddLearnerStep
+	(*ChangeVotersStep)(nil),           // 43: shoal.v1.ChangeVotersStep
+	(*TransferLeaderStep)(nil),         // 44: shoal.v1.TransferLeaderStep
+	(*RemoveReplicaStep)(nil),          // 45: shoal.v1.RemoveReplicaStep
+	(*Operator)(nil),                   // 46: shoal.v1.Operator
+	(*RunStepRequest)(nil),             // 47: shoal.v1.RunStepRequest
+	(*RunStepResponse)(nil),            // 48: shoal.v1.RunStepResponse
+	nil,                                // 49: shoal.v1.ClusterState.NodeOpsPerSecEntry
+	nil,                                // 50: shoal.v1.ClusterState.NodeHeartbeatsEntry
+	nil,                                // 51: shoal.v1.ClusterState.RecordedDataSeqsEntry
+	(*ShardDescriptor)(nil),            // 52: shoal.v1.ShardDescriptor
 }
 var file_shoalpb_master_proto_depIdxs = []int32{
 	0,  // 0: shoal.v1.NodeInfo.state:type_name -> shoal.v1.NodeState
-	49, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
+	52, // 1: shoal.v1.ShardRoute.shard:type_name -> shoal.v1.ShardDescriptor
 	5,  // 2: shoal.v1.RouteTable.shards:type_name -> shoal.v1.ShardRoute
 	3,  // 3: shoal.v1.RouteTable.nodes:type_name -> shoal.v1.NodeInfo
 	3,  // 4: shoal.v1.RegisterNodeResponse.node:type_name -> shoal.v1.NodeInfo
-	49, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
+	52, // 5: shoal.v1.ReplicaReport.shard:type_name -> shoal.v1.ShardDescriptor
 	12, // 6: shoal.v1.HeartbeatRequest.stats:type_name -> shoal.v1.NodeStats
 	11, // 7: shoal.v1.HeartbeatRequest.replicas:type_name -> shoal.v1.ReplicaReport
 	14, // 8: shoal.v1.HeartbeatRequest.snapshots:type_name -> shoal.v1.SnapshotReport
-	49, // 9: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
+	52, // 9: shoal.v1.Work.create_replica:type_name -> shoal.v1.ShardDescriptor
 	17, // 10: shoal.v1.Work.transfer_leader:type_name -> shoal.v1.TransferLeaderWork
 	16, // 11: shoal.v1.HeartbeatResponse.work:type_name -> shoal.v1.Work
 	6,  // 12: shoal.v1.HeartbeatResponse.routes:type_name -> shoal.v1.RouteTable
@@ -3975,73 +4118,76 @@ var file_shoalpb_master_proto_depIdxs = []int32{
 	3,  // 14: shoal.v1.ClusterState.nodes:type_name -> shoal.v1.NodeInfo
 	6,  // 15: shoal.v1.ClusterState.routes:type_name -> shoal.v1.RouteTable
 	7,  // 16: shoal.v1.ClusterState.masters:type_name -> shoal.v1.MasterInfo
-	44, // 17: shoal.v1.ClusterState.operators:type_name -> shoal.v1.Operator
-	44, // 18: shoal.v1.ClusterState.finished:type_name -> shoal.v1.Operator
-	47, // 19: shoal.v1.ClusterState.node_ops_per_sec:type_name -> shoal.v1.ClusterState.NodeOpsPerSecEntry
-	48, // 20: shoal.v1.ClusterState.node_heartbeats:type_name -> shoal.v1.ClusterState.NodeHeartbeatsEntry
-	12, // 21: shoal.v1.NodeHeartbeat.stats:type_name -> shoal.v1.NodeStats
-	0,  // 22: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
-	0,  // 23: shoal.v1.SetNodeStateRequest.only_from:type_name -> shoal.v1.NodeState
-	3,  // 24: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
-	4,  // 25: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
-	8,  // 26: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
-	24, // 27: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
-	34, // 28: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
-	35, // 29: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
-	32, // 30: shoal.v1.MetaCommand.start_operators:type_name -> shoal.v1.StartOperators
-	33, // 31: shoal.v1.MetaCommand.update_operator:type_name -> shoal.v1.UpdateOperator
-	27, // 32: shoal.v1.MetaCommand.set_scheduling:type_name -> shoal.v1.SetSchedulingRequest
-	26, // 33: shoal.v1.MetaCommand.set_node_labels:type_name -> shoal.v1.SetNodeLabelsRequest
-	44, // 34: shoal.v1.StartOperators.operators:type_name -> shoal.v1.Operator
-	5,  // 35: shoal.v1.UpdateOperator.route:type_name -> shoal.v1.ShardRoute
-	39, // 36: shoal.v1.UpdateOperator.rollback:type_name -> shoal.v1.OperatorStep
-	49, // 37: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
-	5,  // 38: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
-	1,  // 39: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
-	3,  // 40: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
-	4,  // 41: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
-	1,  // 42: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
-	49, // 43: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
-	40, // 44: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
-	41, // 45: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
-	42, // 46: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
-	43, // 47: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
-	2,  // 48: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
-	39, // 49: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
-	39, // 50: shoal.v1.RunStepRequest.step:type_name -> shoal.v1.OperatorStep
-	5,  // 51: shoal.v1.RunStepResponse.route:type_name -> shoal.v1.ShardRoute
-	23, // 52: shoal.v1.ClusterState.NodeHeartbeatsEntry.value:type_name -> shoal.v1.NodeHeartbeat
-	15, // 53: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
-	8,  // 54: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
-	13, // 55: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
-	19, // 56: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
-	20, // 57: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
-	21, // 58: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
-	24, // 59: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
-	26, // 60: shoal.v1.Master.SetNodeLabels:input_type -> shoal.v1.SetNodeLabelsRequest
-	27, // 61: shoal.v1.Master.SetScheduling:input_type -> shoal.v1.SetSchedulingRequest
-	28, // 62: shoal.v1.Master.MoveReplica:input_type -> shoal.v1.MoveReplicaRequest
-	29, // 63: shoal.v1.Master.TransferShardLeader:input_type -> shoal.v1.TransferShardLeaderRequest
-	30, // 64: shoal.v1.Master.CancelOperator:input_type -> shoal.v1.CancelOperatorRequest
-	45, // 65: shoal.v1.NodeAdmin.RunStep:input_type -> shoal.v1.RunStepRequest
-	4,  // 66: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
-	10, // 67: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
-	18, // 68: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
-	6,  // 69: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
-	6,  // 70: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
-	22, // 71: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
-	25, // 72: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
-	25, // 73: shoal.v1.Master.SetNodeLabels:output_type -> shoal.v1.SetNodeStateResponse
-	27, // 74: shoal.v1.Master.SetScheduling:output_type -> shoal.v1.SetSchedulingRequest
-	44, // 75: shoal.v1.Master.MoveReplica:output_type -> shoal.v1.Operator
-	44, // 76: shoal.v1.Master.TransferShardLeader:output_type -> shoal.v1.Operator
-	44, // 77: shoal.v1.Master.CancelOperator:output_type -> shoal.v1.Operator
-	46, // 78: shoal.v1.NodeAdmin.RunStep:output_type -> shoal.v1.RunStepResponse
-	66, // [66:79] is the sub-list for method output_type
-	53, // [53:66] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	46, // 17: shoal.v1.ClusterState.operators:type_name -> shoal.v1.Operator
+	46, // 18: shoal.v1.ClusterState.finished:type_name -> shoal.v1.Operator
+	49, // 19: shoal.v1.ClusterState.node_ops_per_sec:type_name -> shoal.v1.ClusterState.NodeOpsPerSecEntry
+	50, // 20: shoal.v1.ClusterState.node_heartbeats:type_name -> shoal.v1.ClusterState.NodeHeartbeatsEntry
+	51, // 21: shoal.v1.ClusterState.recorded_data_seqs:type_name -> shoal.v1.ClusterState.RecordedDataSeqsEntry
+	12, // 22: shoal.v1.NodeHeartbeat.stats:type_name -> shoal.v1.NodeStats
+	0,  // 23: shoal.v1.SetNodeStateRequest.state:type_name -> shoal.v1.NodeState
+	0,  // 24: shoal.v1.SetNodeStateRequest.only_from:type_name -> shoal.v1.NodeState
+	3,  // 25: shoal.v1.SetNodeStateResponse.node:type_name -> shoal.v1.NodeInfo
+	4,  // 26: shoal.v1.MetaCommand.bootstrap:type_name -> shoal.v1.ClusterInfo
+	8,  // 27: shoal.v1.MetaCommand.register_node:type_name -> shoal.v1.RegisterNodeRequest
+	24, // 28: shoal.v1.MetaCommand.set_node_state:type_name -> shoal.v1.SetNodeStateRequest
+	36, // 29: shoal.v1.MetaCommand.place_shards:type_name -> shoal.v1.PlaceShards
+	37, // 30: shoal.v1.MetaCommand.update_routes:type_name -> shoal.v1.UpdateRoutes
+	34, // 31: shoal.v1.MetaCommand.start_operators:type_name -> shoal.v1.StartOperators
+	35, // 32: shoal.v1.MetaCommand.update_operator:type_name -> shoal.v1.UpdateOperator
+	27, // 33: shoal.v1.MetaCommand.set_scheduling:type_name -> shoal.v1.SetSchedulingRequest
+	26, // 34: shoal.v1.MetaCommand.set_node_labels:type_name -> shoal.v1.SetNodeLabelsRequest
+	32, // 35: shoal.v1.MetaCommand.record_data_seqs:type_name -> shoal.v1.RecordDataSeqs
+	33, // 36: shoal.v1.RecordDataSeqs.seqs:type_name -> shoal.v1.NodeDataSeq
+	46, // 37: shoal.v1.StartOperators.operators:type_name -> shoal.v1.Operator
+	5,  // 38: shoal.v1.UpdateOperator.route:type_name -> shoal.v1.ShardRoute
+	41, // 39: shoal.v1.UpdateOperator.rollback:type_name -> shoal.v1.OperatorStep
+	52, // 40: shoal.v1.PlaceShards.shards:type_name -> shoal.v1.ShardDescriptor
+	5,  // 41: shoal.v1.UpdateRoutes.routes:type_name -> shoal.v1.ShardRoute
+	1,  // 42: shoal.v1.MetaResult.code:type_name -> shoal.v1.ErrorCode
+	3,  // 43: shoal.v1.MetaResult.node:type_name -> shoal.v1.NodeInfo
+	4,  // 44: shoal.v1.MetaResult.cluster:type_name -> shoal.v1.ClusterInfo
+	1,  // 45: shoal.v1.ErrorDetail.code:type_name -> shoal.v1.ErrorCode
+	52, // 46: shoal.v1.ErrorDetail.shard:type_name -> shoal.v1.ShardDescriptor
+	42, // 47: shoal.v1.OperatorStep.add_learner:type_name -> shoal.v1.AddLearnerStep
+	43, // 48: shoal.v1.OperatorStep.change_voters:type_name -> shoal.v1.ChangeVotersStep
+	44, // 49: shoal.v1.OperatorStep.transfer_leader:type_name -> shoal.v1.TransferLeaderStep
+	45, // 50: shoal.v1.OperatorStep.remove_replica:type_name -> shoal.v1.RemoveReplicaStep
+	2,  // 51: shoal.v1.Operator.kind:type_name -> shoal.v1.OperatorKind
+	41, // 52: shoal.v1.Operator.steps:type_name -> shoal.v1.OperatorStep
+	41, // 53: shoal.v1.RunStepRequest.step:type_name -> shoal.v1.OperatorStep
+	5,  // 54: shoal.v1.RunStepResponse.route:type_name -> shoal.v1.ShardRoute
+	23, // 55: shoal.v1.ClusterState.NodeHeartbeatsEntry.value:type_name -> shoal.v1.NodeHeartbeat
+	15, // 56: shoal.v1.Master.Bootstrap:input_type -> shoal.v1.BootstrapRequest
+	8,  // 57: shoal.v1.Master.RegisterNode:input_type -> shoal.v1.RegisterNodeRequest
+	13, // 58: shoal.v1.Master.Heartbeat:input_type -> shoal.v1.HeartbeatRequest
+	19, // 59: shoal.v1.Master.GetRoutes:input_type -> shoal.v1.GetRoutesRequest
+	20, // 60: shoal.v1.Master.WatchRoutes:input_type -> shoal.v1.WatchRoutesRequest
+	21, // 61: shoal.v1.Master.GetCluster:input_type -> shoal.v1.GetClusterRequest
+	24, // 62: shoal.v1.Master.SetNodeState:input_type -> shoal.v1.SetNodeStateRequest
+	26, // 63: shoal.v1.Master.SetNodeLabels:input_type -> shoal.v1.SetNodeLabelsRequest
+	27, // 64: shoal.v1.Master.SetScheduling:input_type -> shoal.v1.SetSchedulingRequest
+	28, // 65: shoal.v1.Master.MoveReplica:input_type -> shoal.v1.MoveReplicaRequest
+	29, // 66: shoal.v1.Master.TransferShardLeader:input_type -> shoal.v1.TransferShardLeaderRequest
+	30, // 67: shoal.v1.Master.CancelOperator:input_type -> shoal.v1.CancelOperatorRequest
+	47, // 68: shoal.v1.NodeAdmin.RunStep:input_type -> shoal.v1.RunStepRequest
+	4,  // 69: shoal.v1.Master.Bootstrap:output_type -> shoal.v1.ClusterInfo
+	10, // 70: shoal.v1.Master.RegisterNode:output_type -> shoal.v1.RegisterNodeResponse
+	18, // 71: shoal.v1.Master.Heartbeat:output_type -> shoal.v1.HeartbeatResponse
+	6,  // 72: shoal.v1.Master.GetRoutes:output_type -> shoal.v1.RouteTable
+	6,  // 73: shoal.v1.Master.WatchRoutes:output_type -> shoal.v1.RouteTable
+	22, // 74: shoal.v1.Master.GetCluster:output_type -> shoal.v1.ClusterState
+	25, // 75: shoal.v1.Master.SetNodeState:output_type -> shoal.v1.SetNodeStateResponse
+	25, // 76: shoal.v1.Master.SetNodeLabels:output_type -> shoal.v1.SetNodeStateResponse
+	27, // 77: shoal.v1.Master.SetScheduling:output_type -> shoal.v1.SetSchedulingRequest
+	46, // 78: shoal.v1.Master.MoveReplica:output_type -> shoal.v1.Operator
+	46, // 79: shoal.v1.Master.TransferShardLeader:output_type -> shoal.v1.Operator
+	46, // 80: shoal.v1.Master.CancelOperator:output_type -> shoal.v1.Operator
+	48, // 81: shoal.v1.NodeAdmin.RunStep:output_type -> shoal.v1.RunStepResponse
+	69, // [69:82] is the sub-list for method output_type
+	56, // [56:69] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_master_proto_init() }
@@ -4064,8 +4210,9 @@ func file_shoalpb_master_proto_init() {
 		(*MetaCommand_UpdateOperator)(nil),
 		(*MetaCommand_SetScheduling)(nil),
 		(*MetaCommand_SetNodeLabels)(nil),
+		(*MetaCommand_RecordDataSeqs)(nil),
 	}
-	file_shoalpb_master_proto_msgTypes[36].OneofWrappers = []any{
+	file_shoalpb_master_proto_msgTypes[38].OneofWrappers = []any{
 		(*OperatorStep_AddLearner)(nil),
 		(*OperatorStep_ChangeVoters)(nil),
 		(*OperatorStep_TransferLeader)(nil),
@@ -4077,7 +4224,7 @@ func file_shoalpb_master_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shoalpb_master_proto_rawDesc), len(file_shoalpb_master_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   46,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -2,6 +2,7 @@ package master
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -29,6 +30,7 @@ var (
 	opPrefix      = "op/"
 	donePrefix    = "opdone/"
 	tokenPrefix   = "regtoken/"
+	dataSeqPrefix = "dataseq/"
 	schedulingKey = metaKey("scheduling")
 )
 
@@ -41,6 +43,9 @@ func routeKey(id uint64) []byte { return metaKey(fmt.Sprintf("%s%020d", routePre
 func opKey(id uint64) []byte    { return metaKey(fmt.Sprintf("%s%020d", opPrefix, id)) }
 func doneKey(id uint64) []byte  { return metaKey(fmt.Sprintf("%s%020d", donePrefix, id)) }
 func tokenKey(t string) []byte  { return metaKey(tokenPrefix + t) }
+func dataSeqKey(id uint64) []byte {
+	return metaKey(fmt.Sprintf("%s%020d", dataSeqPrefix, id))
+}
 
 // maxTokenLen bounds a registration token.
 const maxTokenLen = 64
@@ -71,6 +76,11 @@ type metaState struct {
 		ops        map[uint64]*shoalpb.Operator
 		finished   []*shoalpb.Operator
 		scheduling *shoalpb.SetSchedulingRequest
+		// heartbeatSeqs are the highest data sequences the nodes'
+		// heartbeats carried, as leaders recorded them (RecordDataSeqs);
+		// kept apart from NodeInfo so that recording them does not
+		// change the route table's version.
+		heartbeatSeqs map[uint64]uint64
 		// changed is closed and replaced whenever the route table or the
 		// nodes change, waking WatchRoutes streams.
 		changed chan struct{}
@@ -159,9 +169,20 @@ func (m *metaState) load() error {
 	if _, err := storage.GetProto(r, schedulingKey, sched); err != nil {
 		return err
 	}
+	beatSeqs := map[uint64]uint64{}
+	if err := scan(r, prefixSpan(dataSeqPrefix), func(v []byte) error {
+		ds := &shoalpb.NodeDataSeq{}
+		if err := proto.Unmarshal(v, ds); err != nil {
+			return err
+		}
+		beatSeqs[ds.NodeId] = ds.DataSeq
+		return nil
+	}); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	m.mu.cluster, m.mu.ids, m.mu.nodes, m.mu.routes, m.mu.tokens = cluster, ids, nodes, routes, tokens
-	m.mu.ops, m.mu.finished, m.mu.scheduling = ops, finished, sched
+	m.mu.ops, m.mu.finished, m.mu.scheduling, m.mu.heartbeatSeqs = ops, finished, sched, beatSeqs
 	m.notifyLocked()
 	m.mu.Unlock()
 	return nil
@@ -324,6 +345,19 @@ func (m *metaState) apply(b *storage.Batch, cmd *shoalpb.MetaCommand) (*shoalpb.
 			return nil, err
 		}
 		m.mu.scheduling = c.SetScheduling
+		return &shoalpb.MetaResult{}, nil
+
+	case *shoalpb.MetaCommand_RecordDataSeqs:
+		for _, ds := range c.RecordDataSeqs.Seqs {
+			n := m.mu.nodes[ds.NodeId]
+			if n == nil || n.State == shoalpb.NodeState_NODE_STATE_REMOVED || ds.DataSeq <= m.mu.heartbeatSeqs[ds.NodeId] {
+				continue
+			}
+			if err := b.SetProto(dataSeqKey(ds.NodeId), ds); err != nil {
+				return nil, err
+			}
+			m.mu.heartbeatSeqs[ds.NodeId] = ds.DataSeq
+		}
 		return &shoalpb.MetaResult{}, nil
 
 	case *shoalpb.MetaCommand_SetNodeLabels:
@@ -566,6 +600,11 @@ func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRe
 			(req.DataSeq < old.DataSeq || req.DataSeq == old.DataSeq && req.StartId != old.StartId) {
 			return fail(shoalpb.ErrorCode_ERROR_CODE_STALE_DATA, "%s", staleDataMsg(id, req.DataSeq, old.DataSeq, "in its previous registration")), nil
 		}
+		// Nor at or below what its heartbeats carried, as recorded: each
+		// start registers above every sequence its earlier starts sent.
+		if beat := m.mu.heartbeatSeqs[id]; req.DataSeq != 0 && req.DataSeq <= beat {
+			return fail(shoalpb.ErrorCode_ERROR_CODE_STALE_DATA, "%s", staleDataMsg(id, req.DataSeq, beat, "carried by its heartbeats")), nil
+		}
 		n = proto.Clone(old).(*shoalpb.NodeInfo)
 		if n.State == shoalpb.NodeState_NODE_STATE_DOWN {
 			n.State, n.StateReason, n.StateSinceMs = shoalpb.NodeState_NODE_STATE_UP, "registered again", now
@@ -703,6 +742,22 @@ func (m *metaState) operator(id uint64) *shoalpb.Operator {
 		}
 	}
 	return nil
+}
+
+// heartbeatSeq returns the highest data sequence recorded for node's
+// heartbeats (0: none).
+func (m *metaState) heartbeatSeq(node uint64) uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.mu.heartbeatSeqs[node]
+}
+
+// heartbeatSeqs returns a copy of every node's recorded heartbeat data
+// sequence.
+func (m *metaState) heartbeatSeqs() map[uint64]uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return maps.Clone(m.mu.heartbeatSeqs)
 }
 
 func (m *metaState) schedulingPaused() bool {

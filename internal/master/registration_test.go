@@ -179,7 +179,7 @@ func TestRegisterNodeIsIdempotent(t *testing.T) {
 		cfg.Store = func(o *raftstore.Options) { o.MaxLogEntries = 4 }
 	}})
 	ctx := ctxFor(t, 120*time.Second)
-	waitBootstrapped(t, ctx, c)
+	cl := waitBootstrapped(t, ctx, c)
 	conn := dialMasters(t, c)
 	reg := func(token, addr string) (*shoalpb.NodeInfo, error) {
 		return registerFake(ctx, conn, &shoalpb.RegisterNodeRequest{Addr: addr, Weight: 1, RegistrationToken: token})
@@ -243,6 +243,22 @@ func TestRegisterNodeIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	cNode := mustReg("token-c", "127.0.0.1:3")
+	// Its heartbeats' data sequence, recorded in the meta group, goes in
+	// the snapshot too.
+	if err := conn.Call(ctx, func(ctx context.Context, mc shoalpb.MasterClient) error {
+		_, err := mc.Heartbeat(ctx, &shoalpb.HeartbeatRequest{ClusterId: cl.ClusterId, NodeId: cNode.Id, DataSeq: 500})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		if got := leaderState(t, ctx, c).RecordedDataSeqs[cNode.Id]; got != 500 {
+			return fmt.Errorf("node %d's recorded data sequence is %d, want 500", cNode.Id, got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 30 {
 		if err := conn.Call(ctx, func(ctx context.Context, mc shoalpb.MasterClient) error {
 			_, err := mc.SetScheduling(ctx, &shoalpb.SetSchedulingRequest{Paused: i%2 == 0})
@@ -271,6 +287,9 @@ func TestRegisterNodeIsIdempotent(t *testing.T) {
 		got, _ := f.Server().GetCluster(ctx, &shoalpb.GetClusterRequest{})
 		if nodeIn(got, cNode.Id) == nil {
 			return fmt.Errorf("master %d does not know node %d yet", f.ID, cNode.Id)
+		}
+		if seq := got.RecordedDataSeqs[cNode.Id]; seq != 500 {
+			return fmt.Errorf("master %d has node %d's data sequence at %d, want 500", f.ID, cNode.Id, seq)
 		}
 		return nil
 	}); err != nil {

@@ -184,7 +184,8 @@ func (s *Server) GetCluster(context.Context, *shoalpb.GetClusterRequest) (*shoal
 
 func (s *Server) clusterState() *shoalpb.ClusterState {
 	t, _ := s.meta.routeTable()
-	cs := &shoalpb.ClusterState{Cluster: s.meta.cluster(), Nodes: s.meta.nodes(), Routes: t, SchedulingPaused: s.meta.schedulingPaused()}
+	cs := &shoalpb.ClusterState{Cluster: s.meta.cluster(), Nodes: s.meta.nodes(), Routes: t, SchedulingPaused: s.meta.schedulingPaused(),
+		RecordedDataSeqs: s.meta.heartbeatSeqs()}
 	inFlight, finished := s.meta.operators()
 	cs.Operators, cs.Finished = s.withProgress(inFlight), finished
 	cs.NodeOpsPerSec = map[uint64]float64{}

@@ -68,6 +68,13 @@ type Config struct {
 	// ScheduleInterval is how often the leader runs the failure detector,
 	// placement and route updates. Default 500ms.
 	ScheduleInterval time.Duration
+	// DataSeqRecordInterval is how often the leader records in the meta
+	// group the data sequences the nodes' heartbeats carried, so that
+	// a master that leads later still refuses a node started on a copy
+	// of its data older than them (RecordDataSeqs). A copy newer than the
+	// last record escapes a leader that did not receive the heartbeats
+	// itself. Default 1s.
+	DataSeqRecordInterval time.Duration
 	// RepairAfter: the replicas of a node down this long are replaced on
 	// other nodes. Default 10m (Scheduler.RepairAfterMs is set from it).
 	RepairAfter time.Duration
@@ -127,6 +134,9 @@ func (c *Config) validate() error {
 	if c.ScheduleInterval <= 0 {
 		c.ScheduleInterval = 500 * time.Millisecond
 	}
+	if c.DataSeqRecordInterval <= 0 {
+		c.DataSeqRecordInterval = time.Second
+	}
 	if c.RepairAfter <= 0 {
 		c.RepairAfter = 10 * time.Minute
 	}
@@ -172,8 +182,11 @@ type Server struct {
 		// lastSeen is when each node last heartbeated.
 		lastSeen map[uint64]time.Time
 		// dataSeqs are the highest data sequences each node's heartbeats
-		// carried during this leadership (registerStale).
-		dataSeqs map[uint64]uint64
+		// carried during this leadership (registerStale); recordedSeqs
+		// those this leadership recorded in the meta group, last when
+		// (recordDataSeqs).
+		dataSeqs, recordedSeqs map[uint64]uint64
+		lastSeqRecord          time.Time
 		// lastRegistered is when a node last registered (placement waits).
 		lastRegistered time.Time
 		// hints are leader hints and descriptors reported since the last

@@ -3,6 +3,7 @@ package master_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +90,40 @@ func TestRegisterRefusesStaleData(t *testing.T) {
 	}
 	if err := tc.WaitFor(ctx, func() error { return reg(10, 28) }); err != nil {
 		t.Fatalf("a start above the last registration after the master restarted: %v", err)
+	}
+
+	// The leader records the sequences heartbeats carried in the meta
+	// group, so a master that leads later (here the same one restarted,
+	// which forgot what it received) refuses a start at or below them,
+	// though it is above the last registration: a copy of the data
+	// directory taken while the node ran, restored after the masters'
+	// leader changed.
+	beat(60)
+	if err := tc.WaitFor(ctx, func() error {
+		if got := leaderState(t, ctx, c).RecordedDataSeqs[id]; got < 60 {
+			return fmt.Errorf("recorded data sequence %d, want 60", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.Masters[0].Stop()
+	if err := c.Masters[0].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	for _, seq := range []uint64{30, 60} {
+		if err := tc.WaitFor(ctx, func() error {
+			err := reg(seq, 29+seq)
+			if errors.Is(err, client.ErrStaleData) && strings.Contains(err.Error(), "carried by its heartbeats") {
+				return nil
+			}
+			return errors.New("not refused: " + errString(err))
+		}); err != nil {
+			t.Fatalf("a start at %d after heartbeats carried 60, under a new leadership: %v", seq, err)
+		}
+	}
+	if err := reg(61, 100); err != nil {
+		t.Fatalf("a start above the recorded heartbeats: %v", err)
 	}
 }
 
