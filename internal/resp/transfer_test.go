@@ -14,9 +14,10 @@ import (
 )
 
 // TestWritesThroughLeaderTransfers: go-redis's cluster client, with its
-// default of three redirections and no pause between them, writes while
-// the leaderships of every shard move from node to node (as the master's
-// scheduler moves them to balance load), and no write fails. While a
+// default of three redirections and no pause between them, writes and
+// reads back while the leaderships of every shard move from node to node
+// (as the master's scheduler moves them to balance load), and no command
+// fails. While a
 // leader hands over, the new leader still names the old one until it has
 // won; the old one must not name the new one before then, or the client
 // is sent back and forth until it gives up.
@@ -59,6 +60,17 @@ func TestWritesThroughLeaderTransfers(t *testing.T) {
 					continue
 				}
 				acked[w] = n
+				// A read of the key after its write is acknowledged sees
+				// it, whichever node leads by then.
+				got, err := rc.Get(ctx, key).Int()
+				if err != nil || got < n {
+					mu.Lock()
+					failed++
+					if len(failures) < 5 {
+						failures = append(failures, fmt.Sprintf("get %s after %d: %d, %v", key, n, got, err))
+					}
+					mu.Unlock()
+				}
 			}
 		}()
 	}
@@ -92,7 +104,7 @@ func TestWritesThroughLeaderTransfers(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	if failed > 0 {
-		t.Fatalf("%d writes failed during %d leader transfers, for instance %v", failed, transfers, failures)
+		t.Fatalf("%d commands failed during %d leader transfers, for instance %v", failed, transfers, failures)
 	}
 	if transfers < 16 {
 		t.Fatalf("only %d of %d transfers completed (%d abandoned): the test moved too few leaders", transfers, transfers+abandoned, abandoned)
