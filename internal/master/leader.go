@@ -78,7 +78,6 @@ func (s *Server) leading() bool {
 		s.lmu.term, s.lmu.since = st.Term, time.Now()
 		s.lmu.lastSeen = map[uint64]time.Time{}
 		s.lmu.dataSeqs = map[uint64]uint64{}
-		s.lmu.recordedSeqs = map[uint64]uint64{}
 		s.lmu.lastSeqRecord = time.Time{}
 		s.lmu.hints = map[uint64]*shoalpb.ShardRoute{}
 		for _, n := range s.meta.nodes() {
@@ -185,19 +184,22 @@ func (s *Server) flushRoutes(ctx context.Context) {
 }
 
 // recordDataSeqs records in the meta group the data sequences heartbeats
-// brought since the last record, at most every DataSeqRecordInterval: a
-// master that leads later refuses a registration at or below them (a
-// node started on an older copy of its data), as this one does from
-// memory (registerStale).
+// brought above the records, about every DataSeqRecordInterval: a master
+// that leads later refuses a registration at or below them (a node
+// started on an older copy of its data), as this one does from memory
+// (registerStale).
 func (s *Server) recordDataSeqs(ctx context.Context) {
+	recorded := s.meta.heartbeatSeqs()
 	s.lmu.Lock()
-	if time.Since(s.lmu.lastSeqRecord) < s.cfg.DataSeqRecordInterval {
+	// The schedule ticks every ScheduleInterval: a record due within half
+	// of one is made now rather than a whole tick late.
+	if time.Since(s.lmu.lastSeqRecord) < s.cfg.DataSeqRecordInterval-s.cfg.ScheduleInterval/2 {
 		s.lmu.Unlock()
 		return
 	}
 	var rec []*shoalpb.NodeDataSeq
 	for id, seq := range s.lmu.dataSeqs {
-		if seq > s.lmu.recordedSeqs[id] && seq > s.meta.heartbeatSeq(id) {
+		if seq > recorded[id] {
 			rec = append(rec, &shoalpb.NodeDataSeq{NodeId: id, DataSeq: seq})
 		}
 	}
@@ -209,15 +211,7 @@ func (s *Server) recordDataSeqs(ctx context.Context) {
 	slices.SortFunc(rec, func(a, b *shoalpb.NodeDataSeq) int { return cmpU64(a.NodeId, b.NodeId) })
 	if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_RecordDataSeqs{RecordDataSeqs: &shoalpb.RecordDataSeqs{Seqs: rec}}}); err != nil {
 		s.log.Warn("cannot record the nodes' data sequences", "err", err)
-		return
 	}
-	s.lmu.Lock()
-	if s.lmu.recordedSeqs != nil {
-		for _, r := range rec {
-			s.lmu.recordedSeqs[r.NodeId] = max(s.lmu.recordedSeqs[r.NodeId], r.DataSeq)
-		}
-	}
-	s.lmu.Unlock()
 }
 
 // Heartbeat implements shoalpb.MasterServer: it records that the node is

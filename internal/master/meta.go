@@ -600,11 +600,6 @@ func (m *metaState) registerLocked(b *storage.Batch, req *shoalpb.RegisterNodeRe
 			(req.DataSeq < old.DataSeq || req.DataSeq == old.DataSeq && req.StartId != old.StartId) {
 			return fail(shoalpb.ErrorCode_ERROR_CODE_STALE_DATA, "%s", staleDataMsg(id, req.DataSeq, old.DataSeq, "in its previous registration")), nil
 		}
-		// Nor at or below what its heartbeats carried, as recorded: each
-		// start registers above every sequence its earlier starts sent.
-		if beat := m.mu.heartbeatSeqs[id]; req.DataSeq != 0 && req.DataSeq <= beat {
-			return fail(shoalpb.ErrorCode_ERROR_CODE_STALE_DATA, "%s", staleDataMsg(id, req.DataSeq, beat, "carried by its heartbeats")), nil
-		}
 		n = proto.Clone(old).(*shoalpb.NodeInfo)
 		if n.State == shoalpb.NodeState_NODE_STATE_DOWN {
 			n.State, n.StateReason, n.StateSinceMs = shoalpb.NodeState_NODE_STATE_UP, "registered again", now

@@ -121,18 +121,22 @@ func (s *Server) RegisterNode(ctx context.Context, req *shoalpb.RegisterNodeRequ
 }
 
 // registerStale refuses the registration of a node whose data sequence is
-// not above what its heartbeats carried during this leadership: the node
-// synced each before sending it, so a lower one at a new start means its
-// data directory is an older copy. The meta group checks the same against
-// the node's previous registration, which survives master failovers
-// (metaState.registerLocked); this check also catches a copy taken since
-// that registration, as long as this master has led since.
+// not above what its heartbeats carried: the node synced each before
+// sending it, so a lower one at a new start means its data directory is
+// an older copy. The leader knows them from the heartbeats it received
+// and from the meta group's records (RecordDataSeqs, which carry them
+// across leader changes). The check is the leader's, before it proposes:
+// the meta group's apply checks only the previous registration
+// (metaState.registerLocked), so that masters whose records differ (one
+// that was older than the records during a rolling upgrade) still apply
+// the same registrations.
 func (s *Server) registerStale(req *shoalpb.RegisterNodeRequest) error {
 	if req.NodeId == 0 || req.DataSeq == 0 {
 		return nil
 	}
+	recorded := s.meta.heartbeatSeq(req.NodeId)
 	s.lmu.Lock()
-	seen := s.lmu.dataSeqs[req.NodeId]
+	seen := max(s.lmu.dataSeqs[req.NodeId], recorded)
 	s.lmu.Unlock()
 	if req.DataSeq > seen {
 		return nil

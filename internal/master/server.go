@@ -182,11 +182,10 @@ type Server struct {
 		// lastSeen is when each node last heartbeated.
 		lastSeen map[uint64]time.Time
 		// dataSeqs are the highest data sequences each node's heartbeats
-		// carried during this leadership (registerStale); recordedSeqs
-		// those this leadership recorded in the meta group, last when
-		// (recordDataSeqs).
-		dataSeqs, recordedSeqs map[uint64]uint64
-		lastSeqRecord          time.Time
+		// carried during this leadership (registerStale), recorded in the
+		// meta group by recordDataSeqs, last at lastSeqRecord.
+		dataSeqs      map[uint64]uint64
+		lastSeqRecord time.Time
 		// lastRegistered is when a node last registered (placement waits).
 		lastRegistered time.Time
 		// hints are leader hints and descriptors reported since the last

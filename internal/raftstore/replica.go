@@ -855,7 +855,9 @@ const transferMaxLag = 128
 
 // maybeStartTransfer hands the wanted transfer to Raft once its target is
 // within transferMaxLag of the leader's log, or once wantTransferBy has
-// come, and drops it when this replica no longer leads or the target is
+// come if the target still answers (Raft's CheckQuorum clears
+// RecentActive every election timeout), and drops it when the target is
+// silent then, when this replica no longer leads, or when the target is
 // no longer a member.
 func (r *Replica) maybeStartTransfer() {
 	to := r.wantTransfer
@@ -865,8 +867,18 @@ func (r *Replica) maybeStartTransfer() {
 		r.wantTransfer = 0
 		return
 	}
-	if pr.Match+transferMaxLag < st.Progress[r.replicaID].Match && r.ticks < r.wantTransferBy {
-		return
+	if pr.Match+transferMaxLag < st.Progress[r.replicaID].Match {
+		if r.ticks < r.wantTransferBy {
+			return
+		}
+		if !pr.RecentActive {
+			// Silent for an election timeout, and behind: Raft would
+			// hold every write for another one and give up too.
+			r.wantTransfer = 0
+			r.log.Info("leadership transfer given up: the target is behind and silent", "to", to,
+				"match", pr.Match, "last", st.Progress[r.replicaID].Match)
+			return
+		}
 	}
 	r.wantTransfer = 0
 	// A lease granted since the transfer was asked for goes too (and

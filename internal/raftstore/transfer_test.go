@@ -210,3 +210,53 @@ func TestTransferWaitsForLaggingTarget(t *testing.T) {
 		t.Fatalf("read on the new leader: %q, %v; want w19", v, err)
 	}
 }
+
+// TestTransferToSilentLaggingTargetGivesUp: a transfer to a replica far
+// behind that does not answer is given up after an election timeout
+// without ever being handed to Raft, so no write waits for it.
+func TestTransferToSilentLaggingTargetGivesUp(t *testing.T) {
+	ctx := ctxFor(t, 60*time.Second)
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = 20 }})
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leader, target := leaderAndOther(t, c, 1)
+	st, err := target.Store().Status(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := leader.Store()
+	c.Net.Isolate(target.ID, c.NodeIDs())
+	for i := range 200 {
+		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("v", i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heldBefore := s.Stats().ProposalsHeld
+	transfer := make(chan error, 1)
+	go func() { transfer <- s.TransferLeader(ctx, 1, st.ReplicaID) }()
+	// Writes go on until TransferLeader gives up (two election timeouts),
+	// past the point where the transfer could have been handed to Raft.
+	writes := 0
+	for done := false; !done; writes++ {
+		select {
+		case err := <-transfer:
+			if !errors.Is(err, raftstore.ErrTransferFailed) {
+				t.Fatalf("transfer to a silent replica far behind: %v; want ErrTransferFailed", err)
+			}
+			done = true
+		default:
+		}
+		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("w", writes)))); err != nil {
+			t.Fatalf("write %d while a transfer to a silent replica was asked for: %v", writes, err)
+		}
+		if st, err := s.Status(1); err != nil || st.LeadTransferee != 0 {
+			t.Fatalf("the transfer was handed to Raft although its target was silent and behind (%v)", err)
+		}
+	}
+	if held := s.Stats().ProposalsHeld - heldBefore; held != 0 {
+		t.Fatalf("%d of %d writes were held for a transfer to a silent replica", held, writes)
+	}
+	t.Logf("%d writes while the transfer waited and was given up", writes)
+}
