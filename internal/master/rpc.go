@@ -92,6 +92,14 @@ func (s *Server) RegisterNode(ctx context.Context, req *shoalpb.RegisterNodeRequ
 	if err := s.requireLeader(); err != nil {
 		return nil, s.toStatus(err)
 	}
+	if req.NodeId != 0 && req.DataSeq != 0 {
+		// A barrier first: a leader that has just taken over may not yet
+		// have applied the records its predecessor committed last
+		// (registerStale reads them).
+		if err := s.store.ReadIndex(ctx, MetaShard); err != nil {
+			return nil, s.toStatus(err)
+		}
+	}
 	if err := s.registerStale(req); err != nil {
 		s.log.Error("node refused: its data is older than it last reported", "node", req.NodeId, "err", err)
 		return nil, s.toStatus(err)
