@@ -27,17 +27,8 @@ type transferSetup struct {
 // that.
 func startStuckTransfer(ctx context.Context, t *testing.T, electionTicks int) *transferSetup {
 	t.Helper()
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
-		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = electionTicks }})
-	if err := c.WaitForLeaders(ctx); err != nil {
-		t.Fatal(err)
-	}
-	leader, target := leaderAndOther(t, c, 1)
-	st, err := target.Store().Status(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &transferSetup{c: c, leader: leader, target: target, targetReplica: st.ReplicaID, transfer: make(chan error, 1)}
+	c, leader, target, targetReplica := startTransferCluster(ctx, t, electionTicks)
+	s := &transferSetup{c: c, leader: leader, target: target, targetReplica: targetReplica, transfer: make(chan error, 1)}
 	// The target must name the leader before it is cut off: that is the
 	// view a client sent to it meets.
 	if err := tc.WaitFor(ctx, func() error {
@@ -159,14 +150,33 @@ func TestProposalDuringCompletedTransferNamesNewLeader(t *testing.T) {
 	}
 }
 
-// TestTransferWaitsForLaggingTarget: a transfer to a replica far behind
-// the leader's log is handed to Raft only once the replica is close, since
-// Raft refuses every write from then until the target has caught up and
-// won. Meanwhile writes go on as usual.
-func TestTransferWaitsForLaggingTarget(t *testing.T) {
-	ctx := ctxFor(t, 60*time.Second)
+// behindEntries is how far a lagging target falls behind: more than the
+// 128 entries a transfer may start at.
+const behindEntries = 200
+
+// startLaggingTarget starts a one-shard cluster with the given election
+// timeout (ticks of 100 ms), cuts a follower off and writes behindEntries
+// entries without it. It returns the cluster, the leader, the follower and
+// the follower's replica ID.
+func startLaggingTarget(ctx context.Context, t *testing.T, electionTicks int) (*tc.Cluster, *tc.Node, *tc.Node, uint64) {
+	t.Helper()
+	c, leader, target, targetReplica := startTransferCluster(ctx, t, electionTicks)
+	c.Net.Isolate(target.ID, c.NodeIDs())
+	for i := range behindEntries {
+		if _, err := leader.Store().Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("v", i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c, leader, target, targetReplica
+}
+
+// startTransferCluster starts a one-shard cluster of three with the given
+// election timeout (ticks of 100 ms) and returns it, the shard's leader, a
+// follower and the follower's replica ID.
+func startTransferCluster(ctx context.Context, t *testing.T, electionTicks int) (*tc.Cluster, *tc.Node, *tc.Node, uint64) {
+	t.Helper()
 	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
-		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = 50 }})
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = electionTicks }})
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -175,15 +185,17 @@ func TestTransferWaitsForLaggingTarget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	targetReplica := st.ReplicaID
+	return c, leader, target, st.ReplicaID
+}
+
+// TestTransferWaitsForLaggingTarget: a transfer to a replica far behind
+// the leader's log is handed to Raft only once the replica is close, since
+// Raft refuses every write from then until the target has caught up and
+// won. Meanwhile writes go on as usual.
+func TestTransferWaitsForLaggingTarget(t *testing.T) {
+	ctx := ctxFor(t, 60*time.Second)
+	c, leader, target, targetReplica := startLaggingTarget(ctx, t, 50)
 	s := leader.Store()
-	c.Net.Isolate(target.ID, c.NodeIDs())
-	const behind = 200 // more than the 128 entries a transfer may start at
-	for i := range behind {
-		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("v", i)))); err != nil {
-			t.Fatal(err)
-		}
-	}
 	transfer := make(chan error, 1)
 	go func() { transfer <- s.TransferLeader(ctx, 1, targetReplica) }()
 	heldBefore := s.Stats().ProposalsHeld
@@ -192,7 +204,7 @@ func TestTransferWaitsForLaggingTarget(t *testing.T) {
 			t.Fatalf("write %d while the transfer waits for its target: %v", i, err)
 		}
 		if st, err := s.Status(1); err != nil || st.LeadTransferee != 0 {
-			t.Fatalf("the transfer was handed to Raft with the target %d entries behind (%v)", behind, err)
+			t.Fatalf("the transfer was handed to Raft with the target %d entries behind (%v)", behindEntries, err)
 		}
 	}
 	if held := s.Stats().ProposalsHeld - heldBefore; held != 0 {
@@ -216,26 +228,11 @@ func TestTransferWaitsForLaggingTarget(t *testing.T) {
 // without ever being handed to Raft, so no write waits for it.
 func TestTransferToSilentLaggingTargetGivesUp(t *testing.T) {
 	ctx := ctxFor(t, 60*time.Second)
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
-		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = 20 }})
-	if err := c.WaitForLeaders(ctx); err != nil {
-		t.Fatal(err)
-	}
-	leader, target := leaderAndOther(t, c, 1)
-	st, err := target.Store().Status(1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, leader, _, targetReplica := startLaggingTarget(ctx, t, 20)
 	s := leader.Store()
-	c.Net.Isolate(target.ID, c.NodeIDs())
-	for i := range 200 {
-		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("v", i)))); err != nil {
-			t.Fatal(err)
-		}
-	}
 	heldBefore := s.Stats().ProposalsHeld
 	transfer := make(chan error, 1)
-	go func() { transfer <- s.TransferLeader(ctx, 1, st.ReplicaID) }()
+	go func() { transfer <- s.TransferLeader(ctx, 1, targetReplica) }()
 	// Writes go on until TransferLeader gives up (two election timeouts),
 	// past the point where the transfer could have been handed to Raft.
 	writes := 0
