@@ -164,6 +164,9 @@ var (
 		{"shoal_raft_replicas_removed_total", "Replicas destroyed.", func(s raftstore.Stats) uint64 { return s.ReplicasRemoved }},
 		{"shoal_raft_elections_total", "Elections started by replicas here (became candidate).", func(s raftstore.Stats) uint64 { return s.Campaigns }},
 		{"shoal_raft_proposals_held_total", "Proposals that reached a leader while it handed its leadership over and waited for the transfer to end (each counted once).", func(s raftstore.Stats) uint64 { return s.ProposalsHeld }},
+		{"shoal_raft_transfers_requested_total", "Leadership transfers asked of leaders on this node.", func(s raftstore.Stats) uint64 { return s.TransfersRequested }},
+		{"shoal_raft_transfers_started_total", "Leadership transfers handed to Raft (target close enough, or answering after an election timeout).", func(s raftstore.Stats) uint64 { return s.TransfersStarted }},
+		{"shoal_raft_transfers_given_up_total", "Leadership transfers dropped: the target was still far behind and silent, or needed a snapshot, after an election timeout.", func(s raftstore.Stats) uint64 { return s.TransfersGivenUp }},
 		{"shoal_raft_leader_waits_total", "Waits of requests that found their shard electing a leader (node --leader-wait); a request can wait more than once.", func(s raftstore.Stats) uint64 { return s.LeaderWaits }},
 		{"shoal_raft_leader_changes_total", "Times a replica here became leader (election or transfer).", func(s raftstore.Stats) uint64 { return s.Leaderships }},
 	}

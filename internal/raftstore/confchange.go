@@ -432,8 +432,10 @@ func (s *Store) TransferLeader(ctx context.Context, shard, target uint64) error 
 	if err := enqueue(r, &r.mu.transfers, target, "transfers"); err != nil {
 		return err
 	}
-	// Raft abandons a transfer after an election timeout; allow two.
-	deadline := time.Now().Add(2 * time.Duration(s.opts.ElectionTicks) * s.opts.TickInterval)
+	// The transfer is handed to Raft within an election timeout (once the
+	// target is close, maybeStartTransfer), and Raft abandons it after
+	// another; allow three.
+	deadline := time.Now().Add(3 * time.Duration(s.opts.ElectionTicks) * s.opts.TickInterval)
 	t := time.NewTicker(s.opts.TickInterval / 4)
 	defer t.Stop()
 	for {

@@ -120,8 +120,9 @@ type Replica struct {
 	// behind, and Raft would refuse every proposal until it caught up. It
 	// is handed over once the target is close, or at tick
 	// wantTransferBy whatever the lag (as etcd raft would have).
-	wantTransfer   uint64
-	wantTransferBy int
+	// wantTerm is the term it was asked for in: a later term drops it.
+	wantTransfer, wantTerm uint64
+	wantTransferBy         int
 	// pendingSnaps are received snapshots stepped into Raft, waiting for
 	// the Ready that restores one.
 	pendingSnaps []*incomingSnapshot
@@ -533,7 +534,12 @@ func (r *Replica) phase1(w *worker) error {
 	}
 	for _, to := range transfers {
 		r.revokeLease()
-		r.wantTransfer, r.wantTransferBy = to, r.ticks+r.store.opts.ElectionTicks
+		r.store.stats.transfersRequested.Add(1)
+		if to != r.wantTransfer {
+			// A repeated request keeps its deadline.
+			r.wantTransfer, r.wantTransferBy = to, r.ticks+r.store.opts.ElectionTicks
+		}
+		r.wantTerm = r.raw.BasicStatus().GetTerm()
 	}
 	if r.tickPending.Swap(false) {
 		r.tick()
@@ -855,32 +861,35 @@ const transferMaxLag = 128
 
 // maybeStartTransfer hands the wanted transfer to Raft once its target is
 // within transferMaxLag of the leader's log, or once wantTransferBy has
-// come if the target still answers (Raft's CheckQuorum clears
-// RecentActive every election timeout), and drops it when the target is
-// silent then, when this replica no longer leads, or when the target is
-// no longer a member.
+// come if the target still answers (the node's peer clock, not Raft's
+// RecentActive, which CheckQuorum clears every election timeout) and can
+// catch up from the log (not waiting for a snapshot). Otherwise it gives
+// the transfer up then, as Raft would after holding every write for an
+// election timeout. It drops the transfer when this replica no longer
+// leads in the term it was asked in, or the target is no longer a voter.
 func (r *Replica) maybeStartTransfer() {
 	to := r.wantTransfer
 	st := r.raw.Status()
 	pr, ok := st.Progress[to]
-	if st.RaftState != raft.StateLeader || !ok || to == r.replicaID {
+	if st.RaftState != raft.StateLeader || st.GetTerm() != r.wantTerm || !ok || pr.IsLearner || to == r.replicaID {
 		r.wantTransfer = 0
 		return
 	}
-	if pr.Match+transferMaxLag < st.Progress[r.replicaID].Match {
+	if last := st.Progress[r.replicaID].Match; pr.Match+transferMaxLag < last {
 		if r.ticks < r.wantTransferBy {
 			return
 		}
-		if !pr.RecentActive {
-			// Silent for an election timeout, and behind: Raft would
-			// hold every write for another one and give up too.
+		silence := r.store.peers.silence(r.nodeOf(to), time.Now())
+		if silence >= r.store.ElectionTimeout() || pr.State == tracker.StateSnapshot {
 			r.wantTransfer = 0
-			r.log.Info("leadership transfer given up: the target is behind and silent", "to", to,
-				"match", pr.Match, "last", st.Progress[r.replicaID].Match)
+			r.store.stats.transfersGivenUp.Add(1)
+			r.log.Info("leadership transfer given up: the target is behind and silent or needs a snapshot", "to", to,
+				"match", pr.Match, "last", last, "silence", silence, "state", pr.State.String())
 			return
 		}
 	}
 	r.wantTransfer = 0
+	r.store.stats.transfersStarted.Add(1)
 	// A lease granted since the transfer was asked for goes too (and
 	// sending MsgTimeoutNow drops any later one, lease.go).
 	r.revokeLease()

@@ -162,6 +162,12 @@ type Stats struct {
 	// ProposalsHeld counts proposals that reached a leader while it was
 	// handing its leadership over and waited for the transfer to end.
 	ProposalsHeld uint64
+	// TransfersRequested counts leadership transfers asked of leaders
+	// here (TransferLeader); TransfersStarted those handed to Raft (its
+	// target close enough, or answering after an election timeout);
+	// TransfersGivenUp those dropped because the target was still far
+	// behind and silent, or needed a snapshot, after an election timeout.
+	TransfersRequested, TransfersStarted, TransfersGivenUp uint64
 	// Quiesced counts the times a replica went quiet; QuietReplicas is how
 	// many are quiet now (quiesce.go).
 	Quiesced      uint64
@@ -246,6 +252,8 @@ type Store struct {
 		campaigns, leaderships                atomic.Uint64
 		leaseReads, readRounds                atomic.Uint64
 		leaderWaits, proposalsHeld            atomic.Uint64
+		transfersRequested, transfersStarted  atomic.Uint64
+		transfersGivenUp                      atomic.Uint64
 		quiesced                              atomic.Uint64
 	}
 	peers *peerClock
@@ -425,30 +433,33 @@ func (s *Store) Stats() Stats {
 		}
 	}
 	return Stats{
-		EntryCacheBytes:   cached,
-		QuietReplicas:     quiet,
-		SnapshotsSent:     s.snaps.sent.Load(),
-		SnapshotsReceived: s.snaps.recv.Load(),
-		SnapshotsFailed:   s.snaps.failed.Load(),
-		SnapshotsApplied:  s.stats.snapshotsApplied.Load(),
-		Truncations:       s.stats.truncations.Load(),
-		ReplicasCreated:   s.stats.created.Load(),
-		ReplicasRemoved:   s.stats.removed.Load(),
-		Campaigns:         s.stats.campaigns.Load(),
-		Leaderships:       s.stats.leaderships.Load(),
-		LeaseReads:        s.stats.leaseReads.Load(),
-		LeaderWaits:       s.stats.leaderWaits.Load(),
-		ProposalsHeld:     s.stats.proposalsHeld.Load(),
-		ReadRounds:        s.stats.readRounds.Load(),
-		Quiesced:          s.stats.quiesced.Load(),
-		Iterations:        s.stats.iterations.Load(),
-		LogSyncs:          s.stats.logSyncs.Load(),
-		LogSyncReplicas:   s.stats.logSyncReplicas.Load(),
-		Proposals:         s.stats.proposals.Load(),
-		Applied:           s.stats.applied.Load(),
-		MessagesSent:      s.stats.sent.Load(),
-		MessagesDropped:   s.stats.dropped.Load(),
-		MessagesReceived:  s.stats.received.Load(),
+		EntryCacheBytes:    cached,
+		QuietReplicas:      quiet,
+		SnapshotsSent:      s.snaps.sent.Load(),
+		SnapshotsReceived:  s.snaps.recv.Load(),
+		SnapshotsFailed:    s.snaps.failed.Load(),
+		SnapshotsApplied:   s.stats.snapshotsApplied.Load(),
+		Truncations:        s.stats.truncations.Load(),
+		ReplicasCreated:    s.stats.created.Load(),
+		ReplicasRemoved:    s.stats.removed.Load(),
+		Campaigns:          s.stats.campaigns.Load(),
+		Leaderships:        s.stats.leaderships.Load(),
+		LeaseReads:         s.stats.leaseReads.Load(),
+		LeaderWaits:        s.stats.leaderWaits.Load(),
+		ProposalsHeld:      s.stats.proposalsHeld.Load(),
+		TransfersRequested: s.stats.transfersRequested.Load(),
+		TransfersStarted:   s.stats.transfersStarted.Load(),
+		TransfersGivenUp:   s.stats.transfersGivenUp.Load(),
+		ReadRounds:         s.stats.readRounds.Load(),
+		Quiesced:           s.stats.quiesced.Load(),
+		Iterations:         s.stats.iterations.Load(),
+		LogSyncs:           s.stats.logSyncs.Load(),
+		LogSyncReplicas:    s.stats.logSyncReplicas.Load(),
+		Proposals:          s.stats.proposals.Load(),
+		Applied:            s.stats.applied.Load(),
+		MessagesSent:       s.stats.sent.Load(),
+		MessagesDropped:    s.stats.dropped.Load(),
+		MessagesReceived:   s.stats.received.Load(),
 
 		AppendsRefusedDiskFull: s.stats.droppedDiskFull.Load(),
 

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/raft/v3/raftpb"
+
 	"github.com/shoaldb/shoal/internal/raftstore"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
@@ -196,9 +198,10 @@ func TestTransferWaitsForLaggingTarget(t *testing.T) {
 	ctx := ctxFor(t, 60*time.Second)
 	c, leader, target, targetReplica := startLaggingTarget(ctx, t, 50)
 	s := leader.Store()
+	before := s.Stats()
 	transfer := make(chan error, 1)
 	go func() { transfer <- s.TransferLeader(ctx, 1, targetReplica) }()
-	heldBefore := s.Stats().ProposalsHeld
+	waitRequested(ctx, t, s, before)
 	for i := range 20 {
 		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("w", i)))); err != nil {
 			t.Fatalf("write %d while the transfer waits for its target: %v", i, err)
@@ -207,7 +210,7 @@ func TestTransferWaitsForLaggingTarget(t *testing.T) {
 			t.Fatalf("the transfer was handed to Raft with the target %d entries behind (%v)", behindEntries, err)
 		}
 	}
-	if held := s.Stats().ProposalsHeld - heldBefore; held != 0 {
+	if held := s.Stats().ProposalsHeld - before.ProposalsHeld; held != 0 {
 		t.Fatalf("%d writes were held while the target was far behind", held)
 	}
 	// Back, the target catches up; the transfer goes to Raft and completes.
@@ -221,6 +224,23 @@ func TestTransferWaitsForLaggingTarget(t *testing.T) {
 	if v, _, err := readAt(ctx, target, 1, []byte("k")); err != nil || v != "w19" {
 		t.Fatalf("read on the new leader: %q, %v; want w19", v, err)
 	}
+	if after := s.Stats(); after.TransfersStarted != before.TransfersStarted+1 || after.TransfersGivenUp != before.TransfersGivenUp {
+		t.Fatalf("transfers started %d, given up %d; want one started", after.TransfersStarted-before.TransfersStarted,
+			after.TransfersGivenUp-before.TransfersGivenUp)
+	}
+}
+
+// waitRequested waits until s has taken the transfer asked for since before.
+func waitRequested(ctx context.Context, t *testing.T, s *raftstore.Store, before raftstore.Stats) {
+	t.Helper()
+	if err := tc.WaitFor(ctx, func() error {
+		if s.Stats().TransfersRequested == before.TransfersRequested {
+			return errors.New("transfer not taken yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestTransferToSilentLaggingTargetGivesUp: a transfer to a replica far
@@ -230,10 +250,11 @@ func TestTransferToSilentLaggingTargetGivesUp(t *testing.T) {
 	ctx := ctxFor(t, 60*time.Second)
 	_, leader, _, targetReplica := startLaggingTarget(ctx, t, 20)
 	s := leader.Store()
-	heldBefore := s.Stats().ProposalsHeld
+	before := s.Stats()
 	transfer := make(chan error, 1)
 	go func() { transfer <- s.TransferLeader(ctx, 1, targetReplica) }()
-	// Writes go on until TransferLeader gives up (two election timeouts),
+	waitRequested(ctx, t, s, before)
+	// Writes go on until TransferLeader gives up (three election timeouts),
 	// past the point where the transfer could have been handed to Raft.
 	writes := 0
 	for done := false; !done; writes++ {
@@ -252,8 +273,42 @@ func TestTransferToSilentLaggingTargetGivesUp(t *testing.T) {
 			t.Fatalf("the transfer was handed to Raft although its target was silent and behind (%v)", err)
 		}
 	}
-	if held := s.Stats().ProposalsHeld - heldBefore; held != 0 {
+	after := s.Stats()
+	if held := after.ProposalsHeld - before.ProposalsHeld; held != 0 {
 		t.Fatalf("%d of %d writes were held for a transfer to a silent replica", held, writes)
 	}
+	if after.TransfersGivenUp != before.TransfersGivenUp+1 || after.TransfersStarted != before.TransfersStarted {
+		t.Fatalf("transfers given up %d, started %d; want one given up", after.TransfersGivenUp-before.TransfersGivenUp,
+			after.TransfersStarted-before.TransfersStarted)
+	}
 	t.Logf("%d writes while the transfer waited and was given up", writes)
+}
+
+// TestTransferToActiveLaggingTargetIsForced: a target that still answers
+// (its heartbeats do) but stays far behind (its appends are lost) gets the
+// transfer handed to Raft after an election timeout, as etcd raft would
+// have at once: it may be slow rather than gone. Here it never catches
+// up, so Raft abandons the transfer and the leader keeps its place.
+func TestTransferToActiveLaggingTargetIsForced(t *testing.T) {
+	ctx := ctxFor(t, 60*time.Second)
+	c, leader, target, targetReplica := startTransferCluster(ctx, t, 20)
+	s := leader.Store()
+	c.Net.DropType(leader.ID, target.ID, raftpb.MsgApp)
+	for i := range behindEntries {
+		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("v", i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := s.Stats()
+	if err := s.TransferLeader(ctx, 1, targetReplica); !errors.Is(err, raftstore.ErrTransferFailed) {
+		t.Fatalf("transfer to a replica whose appends are lost: %v; want ErrTransferFailed", err)
+	}
+	after := s.Stats()
+	if after.TransfersStarted != before.TransfersStarted+1 || after.TransfersGivenUp != before.TransfersGivenUp {
+		t.Fatalf("transfers started %d, given up %d; want one started (the target answers)",
+			after.TransfersStarted-before.TransfersStarted, after.TransfersGivenUp-before.TransfersGivenUp)
+	}
+	if st, err := s.Status(1); err != nil || st.Role != raftstore.RoleLeader {
+		t.Fatalf("the leader is %v (%v) after a transfer its target could not take", st.Role, err)
+	}
 }
