@@ -27,9 +27,9 @@ type transferSetup struct {
 // electionTicks sets the shard's election timeout (ticks of 100 ms): Raft
 // abandons a transfer after one, and each test leaves itself room before
 // that.
-func startStuckTransfer(ctx context.Context, t *testing.T, electionTicks int) *transferSetup {
+func startStuckTransfer(ctx context.Context, t *testing.T, electionTicks int, more ...func(*raftstore.Options)) *transferSetup {
 	t.Helper()
-	c, leader, target, targetReplica := startTransferCluster(ctx, t, electionTicks)
+	c, leader, target, targetReplica := startTransferCluster(ctx, t, electionTicks, more...)
 	s := &transferSetup{c: c, leader: leader, target: target, targetReplica: targetReplica, transfer: make(chan error, 1)}
 	// The target must name the leader before it is cut off: that is the
 	// view a client sent to it meets.
@@ -173,12 +173,18 @@ func startLaggingTarget(ctx context.Context, t *testing.T, electionTicks int) (*
 }
 
 // startTransferCluster starts a one-shard cluster of three with the given
-// election timeout (ticks of 100 ms) and returns it, the shard's leader, a
-// follower and the follower's replica ID.
-func startTransferCluster(ctx context.Context, t *testing.T, electionTicks int) (*tc.Cluster, *tc.Node, *tc.Node, uint64) {
+// election timeout (ticks of 100 ms) and more of the store options, and
+// returns it, the shard's leader, a follower and the follower's replica
+// ID.
+func startTransferCluster(ctx context.Context, t *testing.T, electionTicks int, more ...func(*raftstore.Options)) (*tc.Cluster, *tc.Node, *tc.Node, uint64) {
 	t.Helper()
 	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
-		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = electionTicks }})
+		StoreOptions: func(_ uint64, o *raftstore.Options) {
+			o.ElectionTicks = electionTicks
+			for _, f := range more {
+				f(o)
+			}
+		}})
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -310,5 +316,38 @@ func TestTransferToActiveLaggingTargetIsForced(t *testing.T) {
 	}
 	if st, err := s.Status(1); err != nil || st.Role != raftstore.RoleLeader {
 		t.Fatalf("the leader is %v (%v) after a transfer its target could not take", st.Role, err)
+	}
+}
+
+// TestHeldProposalsBounded: no more than MaxQueuedProposals wait for a
+// transfer; the next fails at once as overloaded, and those held are made
+// once the transfer is abandoned.
+func TestHeldProposalsBounded(t *testing.T) {
+	ctx := ctxFor(t, 60*time.Second)
+	s := startStuckTransfer(ctx, t, 20, func(o *raftstore.Options) { o.MaxQueuedProposals = 2 })
+	st := s.leader.Store()
+	before := st.Stats().ProposalsHeld
+	held := make(chan error, 2)
+	for i := range 2 {
+		go func() {
+			_, err := st.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("held", i))))
+			held <- err
+		}()
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		if n := st.Stats().ProposalsHeld - before; n < 2 {
+			return fmt.Errorf("%d writes held", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte("third"))); !errors.Is(err, raftstore.ErrOverloaded) {
+		t.Fatalf("a third write with two held and a bound of two: %v; want ErrOverloaded", err)
+	}
+	for range 2 {
+		if err := <-held; err != nil {
+			t.Fatalf("a held write after the transfer was abandoned: %v", err)
+		}
 	}
 }
