@@ -701,6 +701,9 @@ func (r *Replica) tick() {
 		r.refreshProgress()
 		r.renewLease(time.Now())
 		r.quiesceTick()
+		if r.transferee != 0 {
+			r.maybeAbortTransfer()
+		}
 	}
 	if r.ticks%truncateEveryTicks == 0 {
 		r.maybeTruncateLog()
@@ -901,6 +904,27 @@ func (r *Replica) maybeStartTransfer() {
 	r.revokeLease()
 	r.raw.TransferLeader(to)
 	r.refreshTransferee()
+}
+
+// maybeAbortTransfer ends the transfer Raft runs when nothing has been
+// heard from its target's node for half an election timeout (a live node
+// answers every heartbeat, every two ticks): Raft would hold every write
+// until a full election timeout had passed. A target already told to
+// campaign may still win, as after any transfer; this leader takes no
+// lease for the rest of the term either way (lease.go).
+func (r *Replica) maybeAbortTransfer() {
+	to := r.refreshTransferee()
+	if to == 0 {
+		return
+	}
+	silence := r.store.peers.silence(r.nodeOf(to), time.Now())
+	if silence < r.store.ElectionTimeout()/2 {
+		return
+	}
+	r.raw.TransferLeader(r.replicaID) // to itself: aborts the transfer
+	r.refreshTransferee()
+	r.store.stats.transfersAborted.Add(1)
+	r.log.Info("leadership transfer aborted: nothing heard from the target", "to", to, "silence", silence)
 }
 
 // entryProposal returns the proposal ID an entry carries, if any, and for

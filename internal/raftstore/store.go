@@ -166,8 +166,10 @@ type Stats struct {
 	// here (TransferLeader); TransfersStarted those handed to Raft (its
 	// target close enough, or answering after an election timeout);
 	// TransfersGivenUp those dropped because the target was still far
-	// behind and silent, or needed a snapshot, after an election timeout.
-	TransfersRequested, TransfersStarted, TransfersGivenUp uint64
+	// behind and silent, or needed a snapshot, after an election timeout;
+	// TransfersAborted those Raft ran whose target's node then fell silent
+	// for half an election timeout.
+	TransfersRequested, TransfersStarted, TransfersGivenUp, TransfersAborted uint64
 	// Quiesced counts the times a replica went quiet; QuietReplicas is how
 	// many are quiet now (quiesce.go).
 	Quiesced      uint64
@@ -253,7 +255,7 @@ type Store struct {
 		leaseReads, readRounds                atomic.Uint64
 		leaderWaits, proposalsHeld            atomic.Uint64
 		transfersRequested, transfersStarted  atomic.Uint64
-		transfersGivenUp                      atomic.Uint64
+		transfersGivenUp, transfersAborted    atomic.Uint64
 		quiesced                              atomic.Uint64
 	}
 	peers *peerClock
@@ -450,6 +452,7 @@ func (s *Store) Stats() Stats {
 		TransfersRequested: s.stats.transfersRequested.Load(),
 		TransfersStarted:   s.stats.transfersStarted.Load(),
 		TransfersGivenUp:   s.stats.transfersGivenUp.Load(),
+		TransfersAborted:   s.stats.transfersAborted.Load(),
 		ReadRounds:         s.stats.readRounds.Load(),
 		Quiesced:           s.stats.quiesced.Load(),
 		Iterations:         s.stats.iterations.Load(),

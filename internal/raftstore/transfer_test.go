@@ -61,12 +61,15 @@ func startStuckTransfer(ctx context.Context, t *testing.T, electionTicks int, mo
 // its leadership over waits for the handover to end. Failing it at once
 // named the transferee, which still named the old leader: a Redis client
 // was sent back and forth between the two until it ran out of
-// redirections. Here the transfer is abandoned (its target is cut off),
-// and the write is then made by the leader that kept its place.
+// redirections. Here the transfer is aborted (nothing is heard from its
+// cut-off target for half an election timeout, sooner than Raft would
+// abandon it), and the write is then made by the leader that kept its
+// place.
 func TestProposalDuringTransferWaits(t *testing.T) {
 	ctx := ctxFor(t, 60*time.Second)
 	s := startStuckTransfer(ctx, t, 20)
-	heldBefore := s.leader.Store().Stats().ProposalsHeld
+	before := s.leader.Store().Stats()
+	heldBefore := before.ProposalsHeld
 
 	if st, err := s.target.Store().Status(1); err != nil || st.LeaderNode != s.leader.ID {
 		t.Fatalf("the cut-off target names node %d (%v); the test needs it to name the leader %d", st.LeaderNode, err, s.leader.ID)
@@ -96,7 +99,10 @@ func TestProposalDuringTransferWaits(t *testing.T) {
 	if v, _, err := readAt(ctx, s.leader, 1, []byte("k")); err != nil || v != "v1" {
 		t.Fatalf("read after the held write: %q, %v; want v1", v, err)
 	}
-	t.Logf("the write waited %v for the transfer to be abandoned", waited)
+	if got := s.leader.Store().Stats().TransfersAborted - before.TransfersAborted; got != 1 {
+		t.Fatalf("%d transfers aborted; want the one whose target fell silent", got)
+	}
+	t.Logf("the write waited %v for the transfer to be aborted", waited)
 }
 
 // TestProposalDuringCompletedTransferNamesNewLeader: when the handover
