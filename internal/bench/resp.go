@@ -27,9 +27,7 @@ type RESPOptions struct {
 	// map in the background (after MOVED). Default 5s.
 	DialTimeout time.Duration
 	// MaxRedirects bounds the MOVED and ASK redirections one command
-	// follows; from the second on, each waits 20 ms more than the one
-	// before (at most 100 ms), so that a command outlasts a leadership
-	// change. Default 5.
+	// follows, at once, as Redis clients do. Default 5.
 	MaxRedirects int
 }
 
@@ -297,20 +295,6 @@ func (c *RESPCluster) do(ctx context.Context, op Op) error {
 			return fmt.Errorf("%w: %d, last: %s", ErrRedirects, redirects, msg)
 		}
 		c.redirects.Add(1)
-		if redirects > 0 {
-			// Redirected again: the nodes disagree on where the slot is,
-			// which happens while a leadership moves (a node names the
-			// leader it last knew). Give them a moment to learn it, as
-			// Redis clients do for TRYAGAIN, rather than spend every
-			// redirection at once.
-			t := time.NewTimer(min(time.Duration(redirects)*20*time.Millisecond, 100*time.Millisecond))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			case <-t.C:
-			}
-		}
 		asking = kind == "ASK"
 		if asking {
 			n = c.node(addr)

@@ -841,11 +841,11 @@ func (r *Replica) propose(props []*proposal) {
 // up to MaxQueuedProposals held; beyond, p fails as overloaded, as when
 // the queue to the worker is full.
 func (r *Replica) hold(p *proposal) {
-	if !p.held && len(r.heldProps) >= r.store.opts.MaxQueuedProposals {
-		p.finish(result{err: fmt.Errorf("%w: shard %d: %d proposals wait for a leadership transfer", ErrOverloaded, r.shardID, len(r.heldProps))})
-		return
-	}
 	if !p.held {
+		if len(r.heldProps) >= r.store.opts.MaxQueuedProposals {
+			p.finish(result{err: fmt.Errorf("%w: shard %d: %d proposals wait for a leadership transfer", ErrOverloaded, r.shardID, len(r.heldProps))})
+			return
+		}
 		p.held = true
 		r.store.stats.proposalsHeld.Add(1)
 	}

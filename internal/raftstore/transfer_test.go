@@ -170,12 +170,18 @@ func startLaggingTarget(ctx context.Context, t *testing.T, electionTicks int) (*
 	t.Helper()
 	c, leader, target, targetReplica := startTransferCluster(ctx, t, electionTicks)
 	c.Net.Isolate(target.ID, c.NodeIDs())
+	writeBehind(ctx, t, leader.Store())
+	return c, leader, target, targetReplica
+}
+
+// writeBehind makes behindEntries writes through s, the shard's leader.
+func writeBehind(ctx context.Context, t *testing.T, s *raftstore.Store) {
+	t.Helper()
 	for i := range behindEntries {
-		if _, err := leader.Store().Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("v", i)))); err != nil {
+		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("v", i)))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return c, leader, target, targetReplica
 }
 
 // startTransferCluster starts a one-shard cluster of three with the given
@@ -306,11 +312,7 @@ func TestTransferToActiveLaggingTargetIsForced(t *testing.T) {
 	c, leader, target, targetReplica := startTransferCluster(ctx, t, 20)
 	s := leader.Store()
 	c.Net.DropType(leader.ID, target.ID, raftpb.MsgApp)
-	for i := range behindEntries {
-		if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte(fmt.Sprint("v", i)))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeBehind(ctx, t, s)
 	before := s.Stats()
 	if err := s.TransferLeader(ctx, 1, targetReplica); !errors.Is(err, raftstore.ErrTransferFailed) {
 		t.Fatalf("transfer to a replica whose appends are lost: %v; want ErrTransferFailed", err)
