@@ -351,12 +351,7 @@ func (s *Store) ChangeReplicas(ctx context.Context, shard, epoch uint64, changes
 	if err := r.enqueueProposal(p); err != nil {
 		return nil, err
 	}
-	var res result
-	select {
-	case res = <-p.done:
-	case <-ctx.Done():
-		return nil, ambiguous(timeoutError(ctx.Err()))
-	}
+	res := p.wait(ctx)
 	if res.err != nil {
 		return nil, res.err
 	}

@@ -29,7 +29,8 @@ var (
 	// log. It was definitely not applied; it is safe to retry.
 	ErrLeadershipLost = errors.New("raftstore: leadership lost, proposal dropped")
 	// ErrTimeout: the caller's context ended before the outcome was known. A
-	// write also matches ErrAmbiguous.
+	// write that had been handed to Raft also matches ErrAmbiguous; one
+	// that had not was not applied and never will be (proposal.wait).
 	ErrTimeout = errors.New("raftstore: timed out")
 	// ErrStopped: the store is stopping or stopped. Alone it means the request
 	// was refused; a write that was already proposed also matches

@@ -3,6 +3,7 @@ package raftstore
 import (
 	"context"
 	"encoding/binary"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -45,8 +46,20 @@ type result struct {
 	err   error
 }
 
+// Stages of a proposal, as its waiter and the worker agree on them
+// (proposal.stage): the worker hands a proposal to Raft only by moving it
+// from proposalWaiting to proposalSubmitted, and a waiter whose context
+// ends gives it up only by moving it from proposalWaiting to
+// proposalAbandoned. Exactly one of the two wins, so a waiter that gives
+// up first knows the command is never applied.
+const (
+	proposalWaiting uint32 = iota
+	proposalSubmitted
+	proposalAbandoned
+)
+
 // proposal is a command waiting to be proposed, committed and applied.
-// Fields other than done are owned by the replica's worker.
+// Fields other than done and stage are owned by the replica's worker.
 type proposal struct {
 	id   proposalID
 	ctx  context.Context
@@ -58,12 +71,46 @@ type proposal struct {
 	// held is set once the proposal has waited for a leadership transfer
 	// (Replica.heldProps), so it is counted once.
 	held bool
+	// stage is proposalWaiting until the worker hands the proposal to Raft
+	// or its waiter gives it up (the constants above).
+	stage atomic.Uint32
 	// done receives exactly one result; it is buffered so the worker never
 	// blocks on a waiter that gave up.
 	done chan result
 }
 
 func (p *proposal) finish(r result) { p.done <- r }
+
+// submit claims p for Raft; false means its waiter gave it up, and it must
+// not be proposed.
+func (p *proposal) submit() bool {
+	return p.stage.CompareAndSwap(proposalWaiting, proposalSubmitted)
+}
+
+// unsubmit undoes submit when Raft refused the proposal (it holds no entry
+// of it). A waiter that gave up in between was told the outcome is
+// unknown, which stays true of a proposal that may still be proposed.
+func (p *proposal) unsubmit() { p.stage.Store(proposalWaiting) }
+
+// wait returns p's result. When ctx ends first, the error is a plain
+// ErrTimeout if p had not reached Raft (it then never will: nothing was
+// applied, and a retry is safe), and also ErrAmbiguous if it had.
+func (p *proposal) wait(ctx context.Context) result {
+	select {
+	case res := <-p.done:
+		return res
+	case <-ctx.Done():
+	}
+	select {
+	case res := <-p.done: // the worker answered meanwhile
+		return res
+	default:
+	}
+	if p.stage.CompareAndSwap(proposalWaiting, proposalAbandoned) {
+		return result{err: timeoutError(ctx.Err())}
+	}
+	return result{err: ambiguous(timeoutError(ctx.Err()))}
+}
 
 // readRequest waits until the replica has applied at least the read index
 // that a ReadIndex round returned.

@@ -813,6 +813,9 @@ func (r *Replica) propose(props []*proposal) {
 			r.hold(p)
 			continue
 		}
+		if !p.submit() {
+			continue // its waiter gave up, and was told nothing was applied
+		}
 		var err error
 		if p.cc != nil {
 			err = r.raw.ProposeConfChange(p.cc)
@@ -820,6 +823,7 @@ func (r *Replica) propose(props []*proposal) {
 			err = r.raw.Propose(p.data)
 		}
 		if err != nil {
+			p.unsubmit() // Raft has no entry of it
 			if r.refreshTransferee() != 0 {
 				// Raft refuses proposals while it hands leadership
 				// over (a transfer a follower asked for): wait for it

@@ -741,12 +741,8 @@ func (s *Store) Propose(ctx context.Context, shard uint64, cmd []byte) (any, err
 	if err := r.enqueueProposal(p); err != nil {
 		return nil, err
 	}
-	select {
-	case res := <-p.done:
-		return res.value, res.err
-	case <-ctx.Done():
-		return nil, ambiguous(timeoutError(ctx.Err()))
-	}
+	res := p.wait(ctx)
+	return res.value, res.err
 }
 
 // beforeDataReset calls Options.BeforeDataReset for the slots of desc.

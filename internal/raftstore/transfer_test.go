@@ -359,3 +359,39 @@ func TestHeldProposalsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestAbandonedHeldWriteFailsPlainly: a write whose caller gives up while
+// it is held for a transfer fails as a plain timeout, not as ambiguous,
+// and is never applied: it had not reached Raft, and the store drops it
+// instead of proposing it once the transfer ends. A Redis client told so
+// (TRYAGAIN) may safely run it again; told "outcome unknown" it could not.
+func TestAbandonedHeldWriteFailsPlainly(t *testing.T) {
+	ctx := ctxFor(t, 60*time.Second)
+	s := startStuckTransfer(ctx, t, 20)
+	st := s.leader.Store()
+	before := st.Stats()
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err := st.Propose(wctx, 1, tc.PutCmd([]byte("gone"), []byte("x")))
+	if !errors.Is(err, raftstore.ErrTimeout) || errors.Is(err, raftstore.ErrAmbiguous) {
+		t.Fatalf("a write given up while held: %v; want ErrTimeout without ErrAmbiguous", err)
+	}
+	if got := st.Stats().ProposalsHeld - before.ProposalsHeld; got != 1 {
+		t.Fatalf("%d writes held; the test needs its write to have been held", got)
+	}
+	if err := <-s.transfer; !errors.Is(err, raftstore.ErrTransferFailed) {
+		t.Fatalf("transfer to a cut-off replica: %v; want ErrTransferFailed", err)
+	}
+	// Held writes are proposed, when the transfer ends, before anything
+	// that arrives later: once this one is applied, the given-up one would
+	// have been too.
+	if _, err := st.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte("after"))); err != nil {
+		t.Fatalf("write after the transfer: %v", err)
+	}
+	if v, found, err := readAt(ctx, s.leader, 1, []byte("gone")); err != nil || found {
+		t.Fatalf("the given-up write: %q (found %v, %v); it must never be applied", v, found, err)
+	}
+	if got := st.Stats().Proposals - before.Proposals; got != 1 {
+		t.Fatalf("%d proposals handed to Raft; want 1 (the later write)", got)
+	}
+}
