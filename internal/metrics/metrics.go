@@ -167,6 +167,7 @@ var (
 		{"shoal_raft_transfers_requested_total", "Leadership transfers asked of leaders on this node.", func(s raftstore.Stats) uint64 { return s.TransfersRequested }},
 		{"shoal_raft_transfers_started_total", "Leadership transfers handed to Raft (target close enough, or answering after an election timeout).", func(s raftstore.Stats) uint64 { return s.TransfersStarted }},
 		{"shoal_raft_transfers_given_up_total", "Leadership transfers dropped: the target was still far behind and silent, or needed a snapshot, after an election timeout.", func(s raftstore.Stats) uint64 { return s.TransfersGivenUp }},
+		{"shoal_raft_transfers_cancelled_total", "Leadership transfers withdrawn before they reached Raft because their caller gave up.", func(s raftstore.Stats) uint64 { return s.TransfersCancelled }},
 		{"shoal_raft_transfers_aborted_total", "Leadership transfers Raft ran, aborted because nothing was heard from the target's node for half an election timeout.", func(s raftstore.Stats) uint64 { return s.TransfersAborted }},
 		{"shoal_raft_leader_waits_total", "Waits of requests that found their shard electing a leader (node --leader-wait); a request can wait more than once.", func(s raftstore.Stats) uint64 { return s.LeaderWaits }},
 		{"shoal_raft_leader_changes_total", "Times a replica here became leader (election or transfer).", func(s raftstore.Stats) uint64 { return s.Leaderships }},

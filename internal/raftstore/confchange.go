@@ -424,7 +424,8 @@ func (s *Store) TransferLeader(ctx context.Context, shard, target uint64) error 
 	if !inVoters(st.Descriptor, target) {
 		return fmt.Errorf("%w: replica %d is not a voter of shard %d", ErrTransferFailed, target, shard)
 	}
-	if err := enqueue(r, &r.mu.transfers, target, "transfers"); err != nil {
+	id := s.proposalSeq.Add(1)
+	if err := enqueue(r, &r.mu.transfers, transferRequest{id: id, to: target}, "transfers"); err != nil {
 		return err
 	}
 	// The transfer is handed to Raft within an election timeout (once the
@@ -443,6 +444,11 @@ func (s *Store) TransferLeader(ctx context.Context, shard, target uint64) error 
 		}
 		select {
 		case <-ctx.Done():
+			// Withdraw the request if it still waits for its target to
+			// catch up, so that the caller, told it failed, does not see
+			// it happen later. One Raft already runs goes on (Raft
+			// abandons it after an election timeout).
+			_ = enqueue(r, &r.mu.transfers, transferRequest{id: id, cancel: true}, "transfers")
 			return timeoutError(ctx.Err())
 		case <-t.C:
 		}

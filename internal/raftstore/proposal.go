@@ -40,6 +40,13 @@ func decodeEntry(data []byte) (id proposalID, cmd []byte, ok bool) {
 	return id, data[entryHeaderSize:], true
 }
 
+// transferRequest asks a leader to hand its leadership to replica to, or
+// (cancel) withdraws request id if it has not reached Raft yet.
+type transferRequest struct {
+	id, to uint64
+	cancel bool
+}
+
 // result is the outcome of a proposal or a read.
 type result struct {
 	value any

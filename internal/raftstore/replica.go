@@ -46,8 +46,8 @@ type Replica struct {
 		snaps []*incomingSnapshot
 		// snapReports are outcomes of snapshots this replica sent.
 		snapReports []snapReport
-		// transfers are leadership transfers requested (target replicas).
-		transfers []uint64
+		// transfers are leadership transfers requested, and withdrawn.
+		transfers []transferRequest
 		// removedAt is the highest epoch at which a peer said this replica
 		// was removed from the shard (0: none).
 		removedAt uint64
@@ -121,8 +121,10 @@ type Replica struct {
 	// is handed over once the target is close, or at tick
 	// wantTransferBy whatever the lag (as etcd raft would have).
 	// wantTerm is the term it was asked for in: a later term drops it.
-	wantTransfer, wantTerm uint64
-	wantTransferBy         int
+	// wantTransferReq is the request that last asked for it, which alone
+	// may withdraw it (TransferLeader, when its caller gives up).
+	wantTransfer, wantTerm, wantTransferReq uint64
+	wantTransferBy                          int
 	// pendingSnaps are received snapshots stepped into Raft, waiting for
 	// the Ready that restores one.
 	pendingSnaps []*incomingSnapshot
@@ -532,13 +534,23 @@ func (r *Replica) phase1(w *worker) error {
 	for _, id := range unreachable {
 		r.raw.ReportUnreachable(id)
 	}
-	for _, to := range transfers {
+	for _, tr := range transfers {
+		if tr.cancel {
+			// Its caller gave up: a transfer not yet handed to Raft is
+			// dropped, unless a later request wants it.
+			if r.wantTransfer != 0 && r.wantTransferReq == tr.id {
+				r.wantTransfer = 0
+				r.store.stats.transfersCancelled.Add(1)
+			}
+			continue
+		}
 		r.revokeLease()
 		r.store.stats.transfersRequested.Add(1)
-		if to != r.wantTransfer {
+		if tr.to != r.wantTransfer {
 			// A repeated request keeps its deadline.
-			r.wantTransfer, r.wantTransferBy = to, r.ticks+r.store.opts.ElectionTicks
+			r.wantTransfer, r.wantTransferBy = tr.to, r.ticks+r.store.opts.ElectionTicks
 		}
+		r.wantTransferReq = tr.id
 		r.wantTerm = r.raw.BasicStatus().GetTerm()
 	}
 	if r.tickPending.Swap(false) {

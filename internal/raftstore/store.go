@@ -168,8 +168,9 @@ type Stats struct {
 	// TransfersGivenUp those dropped because the target was still far
 	// behind and silent, or needed a snapshot, after an election timeout;
 	// TransfersAborted those Raft ran whose target's node then fell silent
-	// for half an election timeout.
-	TransfersRequested, TransfersStarted, TransfersGivenUp, TransfersAborted uint64
+	// for half an election timeout; TransfersCancelled those withdrawn
+	// before they reached Raft because their caller gave up.
+	TransfersRequested, TransfersStarted, TransfersGivenUp, TransfersAborted, TransfersCancelled uint64
 	// Quiesced counts the times a replica went quiet; QuietReplicas is how
 	// many are quiet now (quiesce.go).
 	Quiesced      uint64
@@ -256,6 +257,7 @@ type Store struct {
 		leaderWaits, proposalsHeld            atomic.Uint64
 		transfersRequested, transfersStarted  atomic.Uint64
 		transfersGivenUp, transfersAborted    atomic.Uint64
+		transfersCancelled                    atomic.Uint64
 		quiesced                              atomic.Uint64
 	}
 	peers *peerClock
@@ -452,6 +454,7 @@ func (s *Store) Stats() Stats {
 		TransfersRequested: s.stats.transfersRequested.Load(),
 		TransfersStarted:   s.stats.transfersStarted.Load(),
 		TransfersGivenUp:   s.stats.transfersGivenUp.Load(),
+		TransfersCancelled: s.stats.transfersCancelled.Load(),
 		TransfersAborted:   s.stats.transfersAborted.Load(),
 		ReadRounds:         s.stats.readRounds.Load(),
 		Quiesced:           s.stats.quiesced.Load(),

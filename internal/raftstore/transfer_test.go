@@ -395,3 +395,59 @@ func TestAbandonedHeldWriteFailsPlainly(t *testing.T) {
 		t.Fatalf("%d proposals handed to Raft; want 1 (the later write)", got)
 	}
 }
+
+// TestCancelledTransferDoesNotHappen: a TransferLeader whose caller gives
+// up while the transfer waits for its target to catch up withdraws it;
+// the target, back and caught up, does not take over later, when the
+// caller has been told the transfer failed.
+func TestCancelledTransferDoesNotHappen(t *testing.T) {
+	ctx := ctxFor(t, 60*time.Second)
+	c, leader, target, targetReplica := startLaggingTarget(ctx, t, 50)
+	s := leader.Store()
+	before := s.Stats()
+	tctx, cancel := context.WithCancel(ctx)
+	transfer := make(chan error, 1)
+	go func() { transfer <- s.TransferLeader(tctx, 1, targetReplica) }()
+	waitRequested(ctx, t, s, before)
+	cancel()
+	if err := <-transfer; !errors.Is(err, raftstore.ErrTimeout) {
+		t.Fatalf("transfer whose caller gave up: %v; want ErrTimeout", err)
+	}
+	if err := tc.WaitFor(ctx, func() error {
+		if s.Stats().TransfersCancelled == before.TransfersCancelled {
+			return errors.New("transfer not withdrawn yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Back, the target catches up; had the request stayed, the leader
+	// would hand it over at its next iteration, which the write makes.
+	c.Net.Heal()
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := s.Status(1)
+		if err != nil {
+			return err
+		}
+		if m, last := st.Progress[targetReplica].Match, st.Progress[st.ReplicaID].Match; m < last {
+			return fmt.Errorf("target at %d of %d", m, last)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Propose(ctx, 1, tc.PutCmd([]byte("k"), []byte("after"))); err != nil {
+		t.Fatalf("write after the target caught up: %v", err)
+	}
+	st, err := s.Status(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Role != raftstore.RoleLeader || st.LeadTransferee != 0 || s.Stats().TransfersStarted != before.TransfersStarted {
+		t.Fatalf("after its caller gave up, the transfer went on: leader is %v, handing over to %d, %d started",
+			st.Role, st.LeadTransferee, s.Stats().TransfersStarted-before.TransfersStarted)
+	}
+	if tst, err := target.Store().Status(1); err != nil || tst.Role == raftstore.RoleLeader {
+		t.Fatalf("target became %v (%v)", tst.Role, err)
+	}
+}
