@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
@@ -197,7 +198,15 @@ func (s *kvService) toStatus(err error) error {
 	return shoalpb.StatusError(d, err.Error())
 }
 
-func ttl(ms int64) time.Duration { return time.Duration(ms) * time.Millisecond }
+// ttl turns a request's relative TTL into a duration, or an invalid
+// argument beyond what a duration holds (about 292 years; the Redis front
+// end sends longer TTLs as absolute times).
+func ttl(ms int64) (time.Duration, error) {
+	if ms > math.MaxInt64/int64(time.Millisecond) {
+		return 0, fmt.Errorf("%w: TTL of %d ms is too long; give an absolute expiry", kv.ErrInvalid, ms)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
 
 func expireAt(ms int64) time.Time {
 	if ms == 0 {
@@ -319,8 +328,12 @@ func (s *kvService) Put(ctx context.Context, req *shoalpb.PutRequest) (*shoalpb.
 			case shoalpb.Condition_CONDITION_EXISTS:
 				cond = kv.IfExists
 			}
+			d, err := ttl(req.TtlMs)
+			if err != nil {
+				return nil, err
+			}
 			r, err := s.n.kv.Put(ctx, req.Key, req.Value, kv.PutOptions{
-				Condition: cond, TTL: ttl(req.TtlMs), ExpireAt: expireAt(req.ExpireAtMs), KeepTTL: req.KeepTtl,
+				Condition: cond, TTL: d, ExpireAt: expireAt(req.ExpireAtMs), KeepTTL: req.KeepTtl,
 				ReturnOld: req.ReturnOld, Session: session(h),
 			})
 			if err != nil {
@@ -359,7 +372,11 @@ func (s *kvService) CompareAndSet(ctx context.Context, req *shoalpb.CompareAndSe
 			} else if expected == nil {
 				expected = []byte{}
 			}
-			r, err := s.n.kv.CompareAndSet(ctx, req.Key, expected, req.Value, kv.CASOptions{TTL: ttl(req.TtlMs), Session: session(h)})
+			d, err := ttl(req.TtlMs)
+			if err != nil {
+				return nil, err
+			}
+			r, err := s.n.kv.CompareAndSet(ctx, req.Key, expected, req.Value, kv.CASOptions{TTL: d, Session: session(h)})
 			if err != nil {
 				return nil, err
 			}

@@ -539,8 +539,14 @@ type expiry struct {
 	set         bool
 }
 
+// maxRelativeTTLMs is the longest TTL sent as relative (PutRequest.ttl_ms,
+// a time.Duration on the node): about 146 years. Longer ones, which Redis
+// accepts, are sent as an absolute time instead.
+const maxRelativeTTLMs = math.MaxInt64 / int64(time.Millisecond) / 2
+
 // parseExpiry reads the value of an EX/PX/EXAT/PXAT option. Redis rejects
-// values that are not positive or that overflow with "invalid expire time".
+// values that are not positive or that overflow, also once added to the
+// current time, with "invalid expire time".
 func parseExpiry(opt string, v []byte, cmd string) (expiry, string) {
 	n, err := strconv.ParseInt(string(v), 10, 64)
 	if err != nil || !canonicalInt(v) {
@@ -551,13 +557,22 @@ func parseExpiry(opt string, v []byte, cmd string) (expiry, string) {
 		return expiry{}, invalid
 	}
 	switch opt {
-	case "ex":
-		if n > math.MaxInt64/1000 {
+	case "ex", "px":
+		ms := n
+		if opt == "ex" {
+			if n > math.MaxInt64/1000 {
+				return expiry{}, invalid
+			}
+			ms = n * 1000
+		}
+		now := time.Now().UnixMilli()
+		if ms > math.MaxInt64-now {
 			return expiry{}, invalid
 		}
-		return expiry{ttlMs: n * 1000, set: true}, ""
-	case "px":
-		return expiry{ttlMs: n, set: true}, ""
+		if ms > maxRelativeTTLMs {
+			return expiry{atMs: now + ms, set: true}, ""
+		}
+		return expiry{ttlMs: ms, set: true}, ""
 	case "exat":
 		if n > math.MaxInt64/1000 {
 			return expiry{}, invalid
@@ -653,7 +668,7 @@ func cmdSetEx(c *conn, a [][]byte, unit time.Duration) {
 	}
 	ctx, cancel := c.ctx()
 	defer cancel()
-	if _, err := c.s.backend.Put(ctx, &shoalpb.PutRequest{Header: c.header(), Key: a[1], Value: a[3], TtlMs: exp.ttlMs}); err != nil {
+	if _, err := c.s.backend.Put(ctx, &shoalpb.PutRequest{Header: c.header(), Key: a[1], Value: a[3], TtlMs: exp.ttlMs, ExpireAtMs: exp.atMs}); err != nil {
 		c.fail(err)
 		return
 	}

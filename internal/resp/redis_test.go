@@ -218,6 +218,10 @@ func TestErrorsAsRedisWordsThem(t *testing.T) {
 		{[]any{"set", "k", "v", "nx", "xx"}, "ERR syntax error"},
 		{[]any{"set", "k", "v", "ex", "0"}, "ERR invalid expire time in 'set' command"},
 		{[]any{"set", "k", "v", "ex", "x"}, "ERR value is not an integer or out of range"},
+		// Overflowing once added to the current time, as Redis checks.
+		{[]any{"set", "k", "v", "ex", "9223372036854775"}, "ERR invalid expire time in 'set' command"},
+		{[]any{"psetex", "k", "9223372036854775807", "v"}, "ERR invalid expire time in 'psetex' command"},
+		{[]any{"getex", "str", "px", "9223372036854775807"}, "ERR invalid expire time in 'getex' command"},
 		{[]any{"nosuch", "a", "b"}, "ERR unknown command 'nosuch', with args beginning with: 'a' 'b' "},
 		{[]any{"mget", "a", "b"}, "CROSSSLOT Keys in request don't hash to the same slot"},
 		{[]any{"select", "1"}, "ERR SELECT is not allowed in cluster mode"},
@@ -226,6 +230,27 @@ func TestErrorsAsRedisWordsThem(t *testing.T) {
 		err := rc.Do(ctx, tt.args...).Err()
 		if err == nil || err.Error() != tt.want {
 			t.Errorf("%v: got %v, want %q", tt.args, err, tt.want)
+		}
+	}
+	if v, err := rc.Get(ctx, "str").Result(); err != nil || v != "abc" {
+		t.Fatalf("after the refused GETEX: %q, %v; the key must be untouched", v, err)
+	}
+	// TTLs longer than a Go duration holds (292 years) are kept, as Redis
+	// keeps them: a relative TTL of 18446744074 s once wrapped to 291 ms.
+	for _, args := range [][]any{
+		{"set", "long1", "v", "ex", "18446744074"},
+		{"psetex", "long2", "18446744073710", "v"},
+		{"set", "long3", "v", "px", "9000000000000"},
+	} {
+		if err := rc.Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		key := args[1].(string)
+		if args[0] == "psetex" {
+			key = "long2"
+		}
+		if d, err := rc.Do(ctx, "ttl", key).Int64(); err != nil || d < 100*365*24*3600 {
+			t.Fatalf("%v: TTL %d s, %v; want over a century", args, d, err)
 		}
 	}
 	// A node that does not lead a key's shard answers MOVED to the leader.
