@@ -526,75 +526,84 @@ func sortedKeys(m map[string]string) []string {
 	return out
 }
 
-// globMatch matches Redis glob patterns: * ? [abc] [^a] [a-z] and \x.
+// globMatch matches Redis glob patterns: * ? [abc] [^a] [a-z] and \x. A
+// class without its closing ] runs to the end of the pattern, as in Redis.
+//
+// It backtracks only to the last *, so it takes O(len(pattern)*len(s))
+// steps whatever the pattern: trying every split at every * is exponential
+// in the number of stars, and a pattern such as *a*a*a*a*a*a*a*a*a*a*b
+// against a long run of a's could hold a connection's goroutine for hours
+// (Redis fixed the same in 7.0.10, CVE-2022-36021).
 func globMatch(pattern, s string) bool {
-	for len(pattern) > 0 {
-		switch pattern[0] {
-		case '*':
-			for len(pattern) > 1 && pattern[1] == '*' {
-				pattern = pattern[1:]
+	p, i := 0, 0
+	star, mark := -1, 0 // where the pattern resumes after the last *, and the byte of s it was tried at
+	for i < len(s) {
+		if p < len(pattern) && pattern[p] == '*' {
+			for p < len(pattern) && pattern[p] == '*' {
+				p++
 			}
-			if len(pattern) == 1 {
-				return true
-			}
-			for i := 0; i <= len(s); i++ {
-				if globMatch(pattern[1:], s[i:]) {
-					return true
-				}
-			}
-			return false
-		case '?':
-			if len(s) == 0 {
-				return false
-			}
-			s = s[1:]
-			pattern = pattern[1:]
-		case '[':
-			if len(s) == 0 {
-				return false
-			}
-			end := strings.IndexByte(pattern[1:], ']')
-			if end < 0 {
-				return pattern == s
-			}
-			class := pattern[1 : end+1]
-			pattern = pattern[end+2:]
-			neg := len(class) > 0 && class[0] == '^'
-			if neg {
-				class = class[1:]
-			}
-			hit := false
-			for i := 0; i < len(class); i++ {
-				if class[i] == '\\' && i+1 < len(class) {
-					i++
-					hit = hit || class[i] == s[0]
-				} else if i+2 < len(class) && class[i+1] == '-' {
-					lo, hi := class[i], class[i+2]
-					if lo > hi {
-						lo, hi = hi, lo
-					}
-					hit = hit || (s[0] >= lo && s[0] <= hi)
-					i += 2
-				} else {
-					hit = hit || class[i] == s[0]
-				}
-			}
-			if hit == neg {
-				return false
-			}
-			s = s[1:]
-		case '\\':
-			if len(pattern) > 1 {
-				pattern = pattern[1:]
-			}
-			fallthrough
-		default:
-			if len(s) == 0 || s[0] != pattern[0] {
-				return false
-			}
-			s = s[1:]
-			pattern = pattern[1:]
+			star, mark = p, i
+			continue
 		}
+		if p < len(pattern) {
+			if next, ok := globByte(pattern, p, s[i]); ok {
+				p, i = next, i+1
+				continue
+			}
+		}
+		if star < 0 {
+			return false
+		}
+		// Let the last * take one more byte and try again from there.
+		mark++
+		p, i = star, mark
 	}
-	return len(s) == 0
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
+}
+
+// globByte matches c against the pattern element at p (anything but *)
+// and returns where the next element starts.
+func globByte(pattern string, p int, c byte) (int, bool) {
+	switch pattern[p] {
+	case '?':
+		return p + 1, true
+	case '\\':
+		if p+1 < len(pattern) {
+			return p + 2, pattern[p+1] == c
+		}
+		return p + 1, c == '\\'
+	case '[':
+		j := p + 1
+		neg := j < len(pattern) && pattern[j] == '^'
+		if neg {
+			j++
+		}
+		hit := false
+		for j < len(pattern) && pattern[j] != ']' {
+			switch {
+			case pattern[j] == '\\' && j+1 < len(pattern):
+				hit = hit || pattern[j+1] == c
+				j += 2
+			case j+2 < len(pattern) && pattern[j+1] == '-' && pattern[j+2] != ']':
+				lo, hi := pattern[j], pattern[j+2]
+				if lo > hi {
+					lo, hi = hi, lo
+				}
+				hit = hit || (c >= lo && c <= hi)
+				j += 3
+			default:
+				hit = hit || pattern[j] == c
+				j++
+			}
+		}
+		if j < len(pattern) {
+			j++ // the closing ]
+		}
+		return j, hit != neg
+	default:
+		return p + 1, pattern[p] == c
+	}
 }
