@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -310,10 +311,11 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 			rt, addr, _ = c.routes.target(slot, c.opts.forward, exclude)
 		}
 		var err error
+		sent := false // the request went to a node (it may have been served)
 		if addr == "" {
 			err = status.Error(codes.Unavailable, fmt.Sprintf("no node known for slot %d", slot))
 		} else {
-			h := &shoalpb.RequestHeader{ShardId: rt.GetShard().GetShardId(), Epoch: rt.GetShard().GetEpoch(),
+			h := &shoalpb.RequestHeader{ShardId: rt.GetShardId(), Epoch: rt.GetEpoch(),
 				Direct: !c.opts.forward, Session: sess}
 			if c.opts.stale {
 				h.Consistency = shoalpb.ReadConsistency_READ_CONSISTENCY_STALE
@@ -325,6 +327,7 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 				if c.opts.attemptTimeout > 0 {
 					actx, cancel = context.WithTimeout(ctx, c.opts.attemptTimeout)
 				}
+				sent = true
 				rh, err = f(actx, kc, h)
 				cancel()
 				if err == nil {
@@ -335,18 +338,22 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 		}
 		last = err
 		d := shoalpb.DetailOf(err)
+		if write && (d.GetAmbiguous() || d == nil && sent && mayBeServed(err)) {
+			// The node said the write may yet be applied (it was in the
+			// log of a leader that lost its place, or its outcome was not
+			// known in time), or no answer came for a request that went
+			// out. Only a session makes running it again safe.
+			mayHaveApplied = true
+			if sess == nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("%w, %w: %w", ErrTimeout, ErrAmbiguous, err)
+				}
+				return fmt.Errorf("%w: %w", ErrAmbiguous, err)
+			}
+		}
 		retryNow := false
 		switch d.GetCode() {
 		case shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER:
-			if write && d.Ambiguous {
-				// The write was in the log of a leader that lost its
-				// place: it may yet be applied. Only a session makes
-				// running it again safe.
-				mayHaveApplied = true
-				if sess == nil {
-					return fmt.Errorf("%w: %w", ErrAmbiguous, err)
-				}
-			}
 			retryNow = c.routes.setLeader(slot, d.LeaderId, d.LeaderAddr)
 			// The hint is fresher than whatever made us skip that node
 			// earlier (say, it had not created its replica yet), unless
@@ -365,27 +372,18 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 			c.refresh(ctx)
 		case shoalpb.ErrorCode_ERROR_CODE_NO_LEADER, shoalpb.ErrorCode_ERROR_CODE_OVERLOADED:
 		case shoalpb.ErrorCode_ERROR_CODE_TIMEOUT, shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE:
-			if write && d.Ambiguous {
-				mayHaveApplied = true
-				if sess == nil {
-					return fmt.Errorf("%w: %w", ErrAmbiguous, err)
-				}
-			}
 			exclude[addr] = true
 		case shoalpb.ErrorCode_ERROR_CODE_UNSPECIFIED:
 			// No answer from the node (connection refused, reset, deadline):
-			// try another replica; a write sent may have been applied.
+			// try another replica.
 			if ctx.Err() != nil {
 				break
 			}
 			if code := status.Code(err); code != codes.Unavailable && code != codes.DeadlineExceeded && code != codes.Canceled {
-				return err
-			}
-			if write && status.Code(err) != codes.Unavailable {
-				mayHaveApplied = true
-				if sess == nil {
+				if write && mayHaveApplied {
 					return fmt.Errorf("%w: %w", ErrAmbiguous, err)
 				}
+				return err
 			}
 			exclude[addr] = true
 			if status.Code(err) == codes.DeadlineExceeded {
@@ -422,6 +420,23 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 		}
 		backoff = min(2*backoff, c.opts.maxBackoff)
 	}
+}
+
+// mayBeServed reports whether a request that got err, an error without
+// the node's detail, may have been served: gRPC ends a call with
+// Unavailable both when it could not connect (the call never left) and
+// when the connection broke with the call in flight (the node may have
+// applied it), with DeadlineExceeded or Canceled when the caller stopped
+// waiting, and with Internal or Unknown when a stream broke oddly. Only a
+// failure to dial says for sure the call never left.
+func mayBeServed(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable:
+		return !strings.Contains(strings.ToLower(status.Convert(err).Message()), "while dialing")
+	case codes.DeadlineExceeded, codes.Canceled, codes.Internal, codes.Unknown:
+		return true
+	}
+	return false
 }
 
 // maxImmediateRetries is how many retries in a row a request sends without

@@ -233,3 +233,69 @@ func TestAmbiguousNotLeader(t *testing.T) {
 		})
 	}
 }
+
+// TestUnansweredWriteIsAmbiguous: a write that went out and got no answer
+// may have been applied, whether the caller's deadline ended the wait or
+// the connection broke with the call in flight (gRPC says Unavailable for
+// both that and a failure to connect). Only a failure to connect says the
+// write never left, and then the client tries another replica.
+func TestUnansweredWriteIsAmbiguous(t *testing.T) {
+	t.Run("caller's deadline", func(t *testing.T) {
+		stuck := make(chan struct{})
+		t.Cleanup(func() { close(stuck) })
+		node := &scriptedNode{put: func(int64) error { <-stuck; return nil }}
+		addr := serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, node) })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := openOneShard(ctx, t, []string{addr})
+		wctx, wcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer wcancel()
+		_, err := c.Put(wctx, []byte("k"), []byte("v"))
+		if !errors.Is(err, client.ErrTimeout) || !errors.Is(err, client.ErrAmbiguous) {
+			t.Fatalf("Put whose only attempt outlived the caller: %v; want ErrTimeout and ErrAmbiguous", err)
+		}
+	})
+	t.Run("connection broken in flight", func(t *testing.T) {
+		inCall := make(chan struct{}, 1)
+		release := make(chan struct{})
+		t.Cleanup(func() { close(release) })
+		first := &scriptedNode{put: func(int64) error { inCall <- struct{}{}; <-release; return nil }}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := grpc.NewServer()
+		shoalpb.RegisterKVServer(srv, first)
+		go srv.Serve(lis)
+		t.Cleanup(srv.Stop)
+		other := &scriptedNode{put: func(int64) error { return nil }}
+		addrs := []string{lis.Addr().String(), serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, other) })}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := openOneShard(ctx, t, addrs, client.WithoutSession())
+		go func() { <-inCall; srv.Stop() }() // the node goes down with the write in flight
+		_, err = c.Put(ctx, []byte("k"), []byte("v"))
+		if !errors.Is(err, client.ErrAmbiguous) {
+			t.Fatalf("Put cut off in flight, without a session: %v; want ErrAmbiguous", err)
+		}
+		if n := other.calls.Load(); n != 0 {
+			t.Fatalf("the write was sent again to another replica (%d attempts) though the first may have applied it", n)
+		}
+	})
+	t.Run("no connection", func(t *testing.T) {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		down := lis.Addr().String()
+		lis.Close() // nothing listens there
+		other := &scriptedNode{put: func(int64) error { return nil }}
+		addrs := []string{down, serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, other) })}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := openOneShard(ctx, t, addrs, client.WithoutSession())
+		if applied, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil || !applied {
+			t.Fatalf("Put with the leader's node down: %v, %v; want it served by another replica", applied, err)
+		}
+	})
+}

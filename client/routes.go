@@ -101,7 +101,10 @@ func (r *routeCache) findLocked(slot uint16) *shardEntry {
 // target picks the node to send a request for slot to: the leader if
 // known, else another replica (voters first), skipping excluded addresses.
 // With forward, any node will do.
-func (r *routeCache) target(slot uint16, forward bool, exclude map[string]bool) (*shardEntry, string, uint64) {
+//
+// It returns the shard's descriptor as it stands now (descriptors are
+// replaced, never changed in place, so the caller may read it unlocked).
+func (r *routeCache) target(slot uint16, forward bool, exclude map[string]bool) (*shoalpb.ShardDescriptor, string, uint64) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	e := r.findLocked(slot)
@@ -113,7 +116,7 @@ func (r *routeCache) target(slot uint16, forward bool, exclude map[string]bool) 
 		return a, node != 0 && a != "" && !exclude[a]
 	}
 	if a, ok := try(e.leader); ok {
-		return e, a, e.leader
+		return e.desc, a, e.leader
 	}
 	for _, voter := range []bool{true, false} {
 		for _, rd := range e.desc.Replicas {
@@ -121,18 +124,18 @@ func (r *routeCache) target(slot uint16, forward bool, exclude map[string]bool) 
 				continue
 			}
 			if a, ok := try(rd.NodeId); ok {
-				return e, a, rd.NodeId
+				return e.desc, a, rd.NodeId
 			}
 		}
 	}
 	if forward {
 		for id := range r.nodes {
 			if a, ok := try(id); ok {
-				return e, a, id
+				return e.desc, a, id
 			}
 		}
 	}
-	return e, "", 0
+	return e.desc, "", 0
 }
 
 // learn takes what a response says of its shard.
