@@ -71,8 +71,8 @@ type metaState struct {
 		// tokens maps the registration tokens of new nodes to the IDs
 		// they were given, so a retried registration finds its node.
 		tokens map[string]uint64
-		// ops are the operators in flight, by ID; finished the last
-		// keepFinished finished ones, oldest first.
+		// ops are the operators in flight, by ID; finished the
+		// keepFinished finished ones with the highest IDs, in ID order.
 		ops        map[uint64]*shoalpb.Operator
 		finished   []*shoalpb.Operator
 		scheduling *shoalpb.SetSchedulingRequest
@@ -514,7 +514,11 @@ func (m *metaState) updateOperatorLocked(b *storage.Batch, u *shoalpb.UpdateOper
 		if err := b.SetProto(doneKey(op.Id), op); err != nil {
 			return nil, err
 		}
-		m.mu.finished = append(m.mu.finished, op)
+		// In ID order, the order load() reads them back in: operators
+		// finish out of order, and a master that restarted or took a
+		// snapshot must trim the same ones as its peers.
+		i, _ := slices.BinarySearchFunc(m.mu.finished, op.Id, func(f *shoalpb.Operator, id uint64) int { return cmpU64(f.Id, id) })
+		m.mu.finished = slices.Insert(m.mu.finished, i, op)
 		for len(m.mu.finished) > keepFinished {
 			if err := b.Delete(doneKey(m.mu.finished[0].Id), nil); err != nil {
 				return nil, err
@@ -712,7 +716,7 @@ func (m *metaState) route(shard uint64) *shoalpb.ShardRoute {
 }
 
 // operators returns the operators in flight, by ID, and the recently
-// finished ones, oldest first. Callers must not modify them.
+// finished ones, in ID order. Callers must not modify them.
 func (m *metaState) operators() (inFlight, finished []*shoalpb.Operator) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
