@@ -113,6 +113,15 @@ const (
 	errContended  = "TRYAGAIN other writes changed the key during every attempt, try again"
 )
 
+// oneIf is 1 for true: SETNX, EXPIRE and PERSIST answer integers, in
+// RESP3 too (Redis 7 does not turn them into booleans).
+func oneIf(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func wrongArgs(name string) string {
 	return fmt.Sprintf("ERR wrong number of arguments for '%s' command", name)
 }
@@ -190,9 +199,7 @@ func (c *conn) run(r resolved, args [][]byte) {
 		c.wr.Error(r.reject)
 		return
 	}
-	if r.cmd.keys != nil {
-		c.slot = r.slot
-	}
+	c.slot, c.keyed = r.slot, r.cmd.keys != nil
 	r.cmd.run(c, args)
 }
 
@@ -218,7 +225,11 @@ func (c *conn) fail(err error) {
 			c.wr.Error(errAmbiguous)
 			return
 		}
-		if addr := c.s.leaderAddr(c.slot, d.GetLeaderId()); addr != "" {
+		// Only a key's command can be redirected: MOVED names the
+		// key's slot, and a client remaps that slot to the node named.
+		// A keyless one (SCAN, DBSIZE, ...) that met a shard moving
+		// away is asked to try again.
+		if addr := c.s.leaderAddr(c.slot, d.GetLeaderId()); addr != "" && c.keyed {
 			c.wr.Error(fmt.Sprintf("MOVED %d %s", c.slot, addr))
 			return
 		}
@@ -653,7 +664,7 @@ func cmdSetNX(c *conn, a [][]byte) {
 		c.fail(err)
 		return
 	}
-	c.wr.Bool(resp.Applied)
+	c.wr.Int(oneIf(resp.Applied))
 }
 
 func cmdSetEx(c *conn, a [][]byte, unit time.Duration) {
@@ -1018,7 +1029,7 @@ func cmdExpire(c *conn, a [][]byte, unit time.Duration, absolute bool) {
 	if !ok {
 		return
 	}
-	c.wr.Bool(res.Applied)
+	c.wr.Int(oneIf(res.Applied))
 }
 
 func cmdPersist(c *conn, a [][]byte) {
@@ -1026,7 +1037,7 @@ func cmdPersist(c *conn, a [][]byte) {
 	if !ok {
 		return
 	}
-	c.wr.Bool(res.Applied)
+	c.wr.Int(oneIf(res.Applied))
 }
 
 func cmdTTL(c *conn, a [][]byte, unit time.Duration, absolute bool) {

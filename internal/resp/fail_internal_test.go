@@ -26,24 +26,29 @@ func TestFailWordsRedirections(t *testing.T) {
 	}}
 	s := NewServer(topologyBackend{t: topo}, Options{})
 	for _, tt := range []struct {
-		name string
-		d    *shoalpb.ErrorDetail
-		want string
+		name    string
+		d       *shoalpb.ErrorDetail
+		keyless bool
+		want    string
 	}{
-		{"not leader, names node 2", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 2},
+		{"not leader, names node 2", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 2}, false,
 			"-MOVED 42 127.0.0.2:7002\r\n"},
 		// The write was in the log of a leader that lost its place: it may
 		// still be applied, and a client sent elsewhere would run it again.
-		{"not leader, ambiguous", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 2, Ambiguous: true},
+		{"not leader, ambiguous", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 2, Ambiguous: true}, false,
 			"-" + errAmbiguous + "\r\n"},
 		// A stale route table names this node: never redirect to itself.
-		{"not here, names this node", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE, LeaderId: 1},
+		{"not here, names this node", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE, LeaderId: 1}, false,
 			"-" + errTryAgain + "\r\n"},
-		{"no leader", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NO_LEADER},
+		{"no leader", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NO_LEADER}, false,
+			"-" + errTryAgain + "\r\n"},
+		// SCAN or DBSIZE meeting a shard that moved away: MOVED would name
+		// the slot of an earlier command, which the client would remap.
+		{"not here, keyless command", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE, LeaderId: 2}, true,
 			"-" + errTryAgain + "\r\n"},
 	} {
 		var buf bytes.Buffer
-		c := &conn{s: s, wr: NewWriter(&buf), slot: 42, cmdCtx: context.Background()}
+		c := &conn{s: s, wr: NewWriter(&buf), slot: 42, keyed: !tt.keyless, cmdCtx: context.Background()}
 		c.fail(shoalpb.StatusError(tt.d, "test"))
 		if err := c.wr.Flush(); err != nil {
 			t.Fatal(err)

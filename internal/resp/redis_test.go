@@ -253,6 +253,13 @@ func TestErrorsAsRedisWordsThem(t *testing.T) {
 			t.Fatalf("%v: TTL %d s, %v; want over a century", args, d, err)
 		}
 	}
+	// SETNX, EXPIRE and PERSIST answer integers in RESP3 too (go-redis
+	// speaks RESP3 by default), as Redis 7 does: clients read them as such.
+	for _, args := range [][]any{{"setnx", "int1", "v"}, {"expire", "int1", "100"}, {"persist", "int1"}} {
+		if n, err := rc.Do(ctx, args...).Int64(); err != nil || n != 1 {
+			t.Fatalf("%v: %d, %v; want the integer 1", args, n, err)
+		}
+	}
 	// A node that does not lead a key's shard answers MOVED to the leader.
 	moved := 0
 	for i := range 50 {

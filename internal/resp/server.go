@@ -215,8 +215,10 @@ type conn struct {
 	wr       *Writer
 	authed   bool
 	readonly bool
-	// slot is the slot of the command being run (for -MOVED).
+	// slot is the slot of the command being run (for -MOVED), if keyed:
+	// it has keys.
 	slot    uint16
+	keyed   bool
 	name    string
 	libName string
 	libVer  string
@@ -373,7 +375,7 @@ func (c *conn) launch(r resolved, args [][]byte) {
 	p.shard, p.slot, p.size = shard, slot, size
 	c.inflightBytes += size
 	c.ctx() // renewed here if due, so that the copy below seldom must (if it does, its context runs out at its deadline)
-	p.c = conn{s: c.s, id: c.id, authed: c.authed, readonly: c.readonly, slot: slot,
+	p.c = conn{s: c.s, id: c.id, authed: c.authed, readonly: c.readonly, slot: slot, keyed: true,
 		name: c.name, libName: c.libName, libVer: c.libVer, wr: p.wr, cmdCtx: c.cmdCtx}
 	p.wr.SetProto(c.wr.Proto())
 	c.inflight = append(c.inflight, p)

@@ -111,23 +111,6 @@ func (w *Writer) Set(n int) {
 	w.num('*', int64(n))
 }
 
-// Bool writes a boolean.
-func (w *Writer) Bool(b bool) {
-	if w.proto >= 3 {
-		if b {
-			w.w.WriteString("#t\r\n")
-		} else {
-			w.w.WriteString("#f\r\n")
-		}
-		return
-	}
-	if b {
-		w.Int(1)
-	} else {
-		w.Int(0)
-	}
-}
-
 // Verbatim writes text (INFO); RESP3 marks it as a verbatim "txt" string.
 func (w *Writer) Verbatim(s string) {
 	if w.proto >= 3 {
