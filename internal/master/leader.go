@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -88,6 +89,13 @@ func (s *Server) leading() bool {
 	return true
 }
 
+// stateChanged reports whether err is a node state change refused because
+// the node's state is no longer the one it was proposed from.
+func stateChanged(err error) bool {
+	var ce *codedError
+	return errors.As(err, &ce) && ce.code == shoalpb.ErrorCode_ERROR_CODE_INVALID
+}
+
 // detectFailures marks down the up nodes that have not heartbeated for
 // NodeDownAfter.
 func (s *Server) detectFailures(ctx context.Context) {
@@ -107,10 +115,16 @@ func (s *Server) detectFailures(ctx context.Context) {
 		s.lmu.Unlock()
 		if silent := now.Sub(seen); silent > s.cfg.NodeDownAfter {
 			reason := "no heartbeat for " + silent.Round(time.Second).String()
+			// Only from up: an administrator's drain, proposed meanwhile,
+			// stands.
 			if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetNodeState{SetNodeState: &shoalpb.SetNodeStateRequest{
-				NodeId: n.Id, State: shoalpb.NodeState_NODE_STATE_DOWN, Reason: reason,
+				NodeId: n.Id, State: shoalpb.NodeState_NODE_STATE_DOWN, Reason: reason, OnlyFrom: shoalpb.NodeState_NODE_STATE_UP,
 			}}}); err != nil {
-				s.log.Warn("cannot mark node down", "node", n.Id, "err", err)
+				if stateChanged(err) {
+					s.log.Info("node not marked down: its state changed meanwhile", "node", n.Id, "err", err)
+				} else {
+					s.log.Warn("cannot mark node down", "node", n.Id, "err", err)
+				}
 				continue
 			}
 			s.log.Warn("node down", "node", n.Id, "addr", n.Addr, "reason", reason)
@@ -276,12 +290,15 @@ func (s *Server) Heartbeat(ctx context.Context, req *shoalpb.HeartbeatRequest) (
 	}
 	s.lmu.Unlock()
 	if n.State == shoalpb.NodeState_NODE_STATE_DOWN {
+		// Only from down: an administrator's drain or removal, proposed
+		// meanwhile, stands.
 		if _, err := s.propose(ctx, &shoalpb.MetaCommand{Cmd: &shoalpb.MetaCommand_SetNodeState{SetNodeState: &shoalpb.SetNodeStateRequest{
-			NodeId: n.Id, State: shoalpb.NodeState_NODE_STATE_UP, Reason: "heartbeats resumed",
-		}}}); err != nil {
+			NodeId: n.Id, State: shoalpb.NodeState_NODE_STATE_UP, Reason: "heartbeats resumed", OnlyFrom: shoalpb.NodeState_NODE_STATE_DOWN,
+		}}}); err == nil {
+			s.log.Info("node up again", "node", n.Id, "reason", "heartbeats resumed")
+		} else if !stateChanged(err) {
 			return nil, s.toStatus(err)
 		}
-		s.log.Info("node up again", "node", n.Id, "reason", "heartbeats resumed")
 	}
 	resp := &shoalpb.HeartbeatResponse{Work: s.workFor(n.Id, req), DiskExhaustedNodes: exhausted}
 	if req.RoutesVersion < s.meta.version() {

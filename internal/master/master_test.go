@@ -464,6 +464,11 @@ func TestFailureDetector(t *testing.T) {
 	}
 	c.Nodes[3].Stop()
 	waitState(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_DOWN)
+	// Undrain is from draining only: set up by hand, a down node would be
+	// marked down again with its repair clock started over.
+	if err := set(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_UP); err == nil {
+		t.Fatal("an administrator set a down node up")
+	}
 	if err := set(c.Nodes[3].ID, shoalpb.NodeState_NODE_STATE_REMOVED); err != nil {
 		t.Fatal(err)
 	}

@@ -291,13 +291,16 @@ func (m *metaState) apply(b *storage.Batch, cmd *shoalpb.MetaCommand) (*shoalpb.
 		if n.State == req.State {
 			return &shoalpb.MetaResult{Node: n}, nil
 		}
-		if req.OnlyFrom != shoalpb.NodeState_NODE_STATE_UNSPECIFIED {
-			if n.State != req.OnlyFrom {
-				return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "node %d is %v, not %v", n.Id, n.State, req.OnlyFrom), nil
-			}
-			if req.State == shoalpb.NodeState_NODE_STATE_REMOVED && m.involvedLocked(n.Id) {
-				return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "node %d still holds replicas or is the target of an operator", n.Id), nil
-			}
+		if req.OnlyFrom != shoalpb.NodeState_NODE_STATE_UNSPECIFIED && n.State != req.OnlyFrom {
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "node %d is %v, not %v", n.Id, n.State, req.OnlyFrom), nil
+		}
+		// A live node is removed only once nothing involves it (a drain
+		// that finished). Checked here, as the command applies, not only
+		// where it was proposed: a down node an administrator removes can
+		// heartbeat its way back up in between.
+		if req.State == shoalpb.NodeState_NODE_STATE_REMOVED && n.State != shoalpb.NodeState_NODE_STATE_DOWN && m.involvedLocked(n.Id) {
+			return fail(shoalpb.ErrorCode_ERROR_CODE_INVALID, "node %d is %s and still holds replicas or is the target of an operator",
+				n.Id, n.State.Name()), nil
 		}
 		n = proto.Clone(n).(*shoalpb.NodeInfo)
 		n.State, n.StateReason, n.StateSinceMs = req.State, req.Reason, now

@@ -250,6 +250,12 @@ func (s *Server) SetNodeState(ctx context.Context, req *shoalpb.SetNodeStateRequ
 	if req.Reason == "" {
 		req.Reason = "set by an administrator"
 	}
+	if req.State == shoalpb.NodeState_NODE_STATE_UP {
+		// Undrain. A down node comes up by heartbeating; set up by hand it
+		// would only be marked down again, with its repair clock started
+		// over.
+		req.OnlyFrom = shoalpb.NodeState_NODE_STATE_DRAINING
+	}
 	if n := s.meta.node(req.NodeId); req.State == shoalpb.NodeState_NODE_STATE_REMOVED && n != nil &&
 		(n.State == shoalpb.NodeState_NODE_STATE_UP || n.State == shoalpb.NodeState_NODE_STATE_DRAINING) && s.meta.involved(n.Id) {
 		// A live node that leads shards would have to run the steps that
