@@ -370,7 +370,13 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 		case shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE:
 			exclude[addr] = true
 			c.refresh(ctx)
-		case shoalpb.ErrorCode_ERROR_CODE_NO_LEADER, shoalpb.ErrorCode_ERROR_CODE_OVERLOADED:
+		case shoalpb.ErrorCode_ERROR_CODE_NO_LEADER:
+			// The node knows no leader: it may be one cut off from its
+			// peers that the client still reaches. Ask another replica,
+			// which names the new leader once there is one.
+			exclude[addr] = true
+			c.routes.forgetLeader(slot)
+		case shoalpb.ErrorCode_ERROR_CODE_OVERLOADED:
 		case shoalpb.ErrorCode_ERROR_CODE_TIMEOUT, shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE:
 			exclude[addr] = true
 		case shoalpb.ErrorCode_ERROR_CODE_UNSPECIFIED:

@@ -57,6 +57,15 @@ func TestOperations(t *testing.T) {
 	if _, err := cl.Put(ctx, []byte("ttl"), []byte("x"), client.WithTTL(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
+	// A TTL that is not positive, or an expiry at the epoch, is refused:
+	// it once became a TTL of 1 ms, or no expiry at all.
+	for name, opt := range map[string]client.PutOption{
+		"TTL 0": client.WithTTL(0), "TTL -5s": client.WithTTL(-5 * time.Second), "at the epoch": client.WithExpireAt(time.UnixMilli(0)),
+	} {
+		if _, err := cl.Put(ctx, []byte("ttl"), []byte("y"), opt); !errors.Is(err, client.ErrInvalid) {
+			t.Fatalf("put with %s: %v; want ErrInvalid", name, err)
+		}
+	}
 	if it, _, err := cl.Get(ctx, []byte("ttl")); err != nil || it.ExpireAt.Before(time.Now().Add(59*time.Minute)) {
 		t.Fatalf("ttl: %v %v", it.ExpireAt, err)
 	}

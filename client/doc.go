@@ -4,8 +4,10 @@
 // current (a WatchRoutes stream). Each request goes straight to the node that
 // leads the key's shard; the client follows NOT_LEADER answers to the leader
 // they name at once, takes the current descriptor from EPOCH_MISMATCH
-// answers, refreshes the table when a node no longer holds a shard, and backs
-// off briefly while a shard elects a leader — all within the caller's
+// answers, refreshes the table when a node no longer holds a shard, and,
+// while a shard elects a leader, asks its other replicas with a short
+// backoff (a node that knows no leader may be one cut off from its peers)
+// — all within the caller's
 // context, whose deadline bounds every call (DefaultTimeout applies when it
 // has none). One attempt at one node is bounded too (DefaultAttemptTimeout):
 // a leader that stops answering (frozen, cut off) is left for another

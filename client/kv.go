@@ -12,14 +12,28 @@ import (
 // PutOption qualifies a Put.
 type PutOption func(*shoalpb.PutRequest)
 
-// WithTTL makes the key expire after d (rounded up to a millisecond).
+// WithTTL makes the key expire after d (rounded up to a millisecond). d
+// must be positive: otherwise the Put fails with ErrInvalid, as Redis
+// refuses SET EX 0.
 func WithTTL(d time.Duration) PutOption {
-	return func(r *shoalpb.PutRequest) { r.TtlMs = max(1, (d.Nanoseconds()+999999)/1e6) }
+	return func(r *shoalpb.PutRequest) {
+		r.TtlMs = -1 // refused by the node
+		if d > 0 {
+			r.TtlMs = (d.Nanoseconds() + 999999) / 1e6
+		}
+	}
 }
 
-// WithExpireAt makes the key expire at t.
+// WithExpireAt makes the key expire at t, which must be after the Unix
+// epoch (otherwise the Put fails with ErrInvalid). A time already past
+// writes nothing that stays: the key expires at once.
 func WithExpireAt(t time.Time) PutOption {
-	return func(r *shoalpb.PutRequest) { r.ExpireAtMs = t.UnixMilli() }
+	return func(r *shoalpb.PutRequest) {
+		r.ExpireAtMs = -1 // refused by the node; 0 would mean no expiry
+		if ms := t.UnixMilli(); ms > 0 {
+			r.ExpireAtMs = ms
+		}
+	}
 }
 
 // IfNotExists writes only if the key does not exist (SET NX).

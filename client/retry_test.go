@@ -299,3 +299,27 @@ func TestUnansweredWriteIsAmbiguous(t *testing.T) {
 		}
 	})
 }
+
+// TestNoLeaderAsksAnotherReplica: a node that answers NO_LEADER may be a
+// leader cut off from its peers that the client still reaches; the client
+// asks another replica instead of waiting on it until the route table
+// changes.
+func TestNoLeaderAsksAnotherReplica(t *testing.T) {
+	cutOff := &scriptedNode{put: func(int64) error {
+		return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NO_LEADER}, "no leader")
+	}}
+	other := &scriptedNode{put: func(int64) error { return nil }}
+	addrs := []string{
+		serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, cutOff) }),
+		serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, other) }),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := openOneShard(ctx, t, addrs)
+	if applied, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil || !applied {
+		t.Fatalf("Put with the named leader answering NO_LEADER: %v, %v; want it served by the other replica", applied, err)
+	}
+	if n := cutOff.calls.Load(); n != 1 {
+		t.Errorf("the node without a leader saw %d attempts, want 1", n)
+	}
+}
