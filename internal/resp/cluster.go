@@ -355,15 +355,23 @@ func newCursorCache(max int, ttl time.Duration) *cursorCache {
 	return &cursorCache{max: max, ttl: ttl, items: map[uint64]scanPos{}}
 }
 
+// put remembers p under a new number. When full, it forgets the expired
+// positions and, if still full, the oldest (lowest number).
 func (cc *cursorCache) put(p scanPos) uint64 {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	p.at = time.Now()
 	if len(cc.items) >= cc.max {
+		oldest := uint64(0)
 		for id, it := range cc.items {
-			if time.Since(it.at) > cc.ttl || len(cc.items) >= cc.max {
+			if time.Since(it.at) > cc.ttl {
 				delete(cc.items, id)
+			} else if oldest == 0 || id < oldest {
+				oldest = id
 			}
+		}
+		if len(cc.items) >= cc.max {
+			delete(cc.items, oldest)
 		}
 	}
 	cc.next++
@@ -371,15 +379,25 @@ func (cc *cursorCache) put(p scanPos) uint64 {
 	return cc.next
 }
 
-func (cc *cursorCache) take(id uint64) (scanPos, bool) {
+// get returns the position numbered id. It stays until its command has
+// answered (drop): a command that fails (TRYAGAIN during an election) can
+// be sent again with the same cursor.
+func (cc *cursorCache) get(id uint64) (scanPos, bool) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	p, ok := cc.items[id]
-	delete(cc.items, id)
 	if ok && time.Since(p.at) > cc.ttl {
+		delete(cc.items, id)
 		return scanPos{}, false
 	}
 	return p, ok
+}
+
+// drop forgets the position numbered id, once a command went past it.
+func (cc *cursorCache) drop(id uint64) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	delete(cc.items, id)
 }
 
 func cmdScan(c *conn, a [][]byte) {
@@ -412,7 +430,7 @@ func cmdScan(c *conn, a [][]byte) {
 	pos := scanPos{}
 	if id != 0 {
 		var ok bool
-		if pos, ok = c.s.cursors.take(id); !ok {
+		if pos, ok = c.s.cursors.get(id); !ok {
 			c.wr.Error("ERR invalid cursor")
 			return
 		}
@@ -454,6 +472,9 @@ func cmdScan(c *conn, a [][]byte) {
 	next := uint64(0)
 	if !done {
 		next = c.s.cursors.put(pos)
+	}
+	if id != 0 {
+		c.s.cursors.drop(id)
 	}
 	c.wr.Array(2)
 	c.wr.BulkString(strconv.FormatUint(next, 10))
