@@ -314,34 +314,40 @@ func cmdHello(c *conn, a [][]byte) {
 		}
 		proto, i = v, 2
 	}
+	// Every option is checked before any takes effect, as Redis does: a
+	// HELLO that fails changes nothing.
+	var user, pass, name []byte
 	for ; i < len(a); i++ {
-		switch strings.ToLower(string(a[i])) {
-		case "auth":
-			if i+2 >= len(a) {
-				c.wr.Error(errSyntax)
-				return
-			}
-			if c.s.opts.Password != "" && (string(a[i+1]) != "default" || !c.checkPassword(a[i+2])) {
-				c.wr.Error(errWrongPass)
-				return
-			}
-			c.authed = true
+		opt := strings.ToLower(string(a[i]))
+		switch {
+		case opt == "auth" && i+2 < len(a):
+			user, pass = a[i+1], a[i+2]
 			i += 2
-		case "setname":
-			if i+1 >= len(a) {
-				c.wr.Error(errSyntax)
-				return
-			}
-			c.name = string(a[i+1])
+		case opt == "setname" && i+1 < len(a):
+			name = a[i+1]
 			i++
 		default:
-			c.wr.Error(errSyntax)
+			c.wr.Error(fmt.Sprintf("ERR Syntax error in HELLO option '%s'", a[i]))
 			return
 		}
+	}
+	if name != nil && bytes.ContainsAny(name, " \n") {
+		c.wr.Error("ERR Client names cannot contain spaces, newlines or special characters.")
+		return
+	}
+	if user != nil {
+		if c.s.opts.Password != "" && (string(user) != "default" || !c.checkPassword(pass)) {
+			c.wr.Error(errWrongPass)
+			return
+		}
+		c.authed = true
 	}
 	if !c.authed {
 		c.wr.Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
 		return
+	}
+	if name != nil {
+		c.name = string(name)
 	}
 	c.wr.SetProto(proto)
 	c.wr.Map(7)

@@ -453,6 +453,26 @@ func TestAuth(t *testing.T) {
 	if err := anon.Get(ctx, "k").Err(); err == nil || !strings.HasPrefix(err.Error(), "NOAUTH") {
 		t.Fatalf("unauthenticated get: %v", err)
 	}
+	// A HELLO that fails changes nothing: not the authentication, not
+	// the name (Redis checks every option first).
+	one := anon.Conn()
+	t.Cleanup(func() { one.Close() })
+	if err := one.Do(ctx, "hello", "3", "auth", "default", "s3cret", "bogus").Err(); err == nil ||
+		err.Error() != "ERR Syntax error in HELLO option 'bogus'" {
+		t.Fatalf("HELLO with an unknown option: %v", err)
+	}
+	if err := one.Do(ctx, "hello", "2", "setname", "sneaky").Err(); err == nil || !strings.HasPrefix(err.Error(), "NOAUTH") {
+		t.Fatalf("HELLO SETNAME unauthenticated: %v", err)
+	}
+	if err := one.Get(ctx, "k").Err(); err == nil || !strings.HasPrefix(err.Error(), "NOAUTH") {
+		t.Fatalf("get after a failed HELLO AUTH: %v; want still unauthenticated", err)
+	}
+	if err := one.Do(ctx, "auth", "s3cret").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := one.Do(ctx, "client", "getname").Result(); err != redis.Nil {
+		t.Fatalf("name after the refused HELLOs: %v, %v; want none", name, err)
+	}
 	bad := clusterClient(t, c, &redis.ClusterOptions{Password: "wrong"})
 	if err := bad.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "WRONGPASS") {
 		t.Fatalf("wrong password: %v", err)
