@@ -91,6 +91,9 @@ const (
 	// Only if the new expiry is earlier (LT); a key without one counts as
 	// expiring never.
 	ExpireCondition_EXPIRE_CONDITION_LESS ExpireCondition = 4
+	// Only if the key has an expiry and the new one is earlier (XX LT).
+	// XX GT is GREATER: a key without an expiry never passes GT.
+	ExpireCondition_EXPIRE_CONDITION_LESS_HAS_TTL ExpireCondition = 5
 )
 
 // Enum value maps for ExpireCondition.
@@ -101,13 +104,15 @@ var (
 		2: "EXPIRE_CONDITION_HAS_TTL",
 		3: "EXPIRE_CONDITION_GREATER",
 		4: "EXPIRE_CONDITION_LESS",
+		5: "EXPIRE_CONDITION_LESS_HAS_TTL",
 	}
 	ExpireCondition_value = map[string]int32{
-		"EXPIRE_CONDITION_NONE":    0,
-		"EXPIRE_CONDITION_NO_TTL":  1,
-		"EXPIRE_CONDITION_HAS_TTL": 2,
-		"EXPIRE_CONDITION_GREATER": 3,
-		"EXPIRE_CONDITION_LESS":    4,
+		"EXPIRE_CONDITION_NONE":         0,
+		"EXPIRE_CONDITION_NO_TTL":       1,
+		"EXPIRE_CONDITION_HAS_TTL":      2,
+		"EXPIRE_CONDITION_GREATER":      3,
+		"EXPIRE_CONDITION_LESS":         4,
+		"EXPIRE_CONDITION_LESS_HAS_TTL": 5,
 	}
 )
 
@@ -1259,13 +1264,14 @@ const file_shoalpb_command_proto_rawDesc = "" +
 	"\tCondition\x12\x12\n" +
 	"\x0eCONDITION_NONE\x10\x00\x12\x18\n" +
 	"\x14CONDITION_NOT_EXISTS\x10\x01\x12\x14\n" +
-	"\x10CONDITION_EXISTS\x10\x02*\xa0\x01\n" +
+	"\x10CONDITION_EXISTS\x10\x02*\xc3\x01\n" +
 	"\x0fExpireCondition\x12\x19\n" +
 	"\x15EXPIRE_CONDITION_NONE\x10\x00\x12\x1b\n" +
 	"\x17EXPIRE_CONDITION_NO_TTL\x10\x01\x12\x1c\n" +
 	"\x18EXPIRE_CONDITION_HAS_TTL\x10\x02\x12\x1c\n" +
 	"\x18EXPIRE_CONDITION_GREATER\x10\x03\x12\x19\n" +
-	"\x15EXPIRE_CONDITION_LESS\x10\x04*\x9c\x01\n" +
+	"\x15EXPIRE_CONDITION_LESS\x10\x04\x12!\n" +
+	"\x1dEXPIRE_CONDITION_LESS_HAS_TTL\x10\x05*\x9c\x01\n" +
 	"\vKVErrorCode\x12\x11\n" +
 	"\rKV_ERROR_NONE\x10\x00\x12\x18\n" +
 	"\x14KV_ERROR_NOT_INTEGER\x10\x01\x12\x15\n" +

@@ -246,8 +246,14 @@ func expireAllowed(c shoalpb.ExpireCondition, cur, next int64) bool {
 		return next > cur
 	case shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS:
 		return next < cur
+	case shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS_HAS_TTL:
+		return cur != never && next < cur
+	case shoalpb.ExpireCondition_EXPIRE_CONDITION_NONE:
+		return true
 	}
-	return true
+	// A condition this build does not know (from a newer proposer) is not
+	// met, rather than ignored: every replica of this build decides alike.
+	return false
 }
 
 // deleteExpired is the sweeper's op. A key is deleted only if its record

@@ -6,6 +6,8 @@ import (
 	"math"
 	"strconv"
 	"testing"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
 )
 
 func TestValueRoundTrip(t *testing.T) {
@@ -93,4 +95,33 @@ func FuzzParseInt(f *testing.F) {
 			t.Fatalf("parseInt(%q) = %d, %v; canonical %v (%d)", s, got, ok, canonical, want)
 		}
 	})
+}
+
+// TestExpireAllowed: the EXPIRE conditions, with a key without an expiry
+// (cur 0) counting as expiring never, and a condition this build does not
+// know never met (so replicas of one build agree whatever a newer
+// proposer sends).
+func TestExpireAllowed(t *testing.T) {
+	for _, tt := range []struct {
+		c         shoalpb.ExpireCondition
+		cur, next int64
+		want      bool
+	}{
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_NONE, 0, 5, true},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_NO_TTL, 0, 5, true},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_NO_TTL, 9, 5, false},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_HAS_TTL, 0, 5, false},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_GREATER, 0, 5, false},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_GREATER, 4, 5, true},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS, 0, 5, true},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS, 4, 5, false},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS_HAS_TTL, 0, 5, false},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS_HAS_TTL, 9, 5, true},
+		{shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS_HAS_TTL, 4, 5, false},
+		{shoalpb.ExpireCondition(99), 0, 5, false},
+	} {
+		if got := expireAllowed(tt.c, tt.cur, tt.next); got != tt.want {
+			t.Errorf("expireAllowed(%v, %d, %d) = %v, want %v", tt.c, tt.cur, tt.next, got, tt.want)
+		}
+	}
 }

@@ -989,27 +989,42 @@ func cmdExpire(c *conn, a [][]byte, unit time.Duration, absolute bool) {
 		return
 	}
 	name := strings.ToLower(string(a[0]))
-	var cond shoalpb.ExpireCondition
+	// Options combine as in Redis 7: NX alone, GT or LT, each with XX or
+	// not (XX GT is GT: a key without an expiry never passes GT).
+	var nx, xx, gt, lt bool
 	for _, o := range a[3:] {
-		var next shoalpb.ExpireCondition
 		switch strings.ToLower(string(o)) {
 		case "nx":
-			next = shoalpb.ExpireCondition_EXPIRE_CONDITION_NO_TTL
+			nx = true
 		case "xx":
-			next = shoalpb.ExpireCondition_EXPIRE_CONDITION_HAS_TTL
+			xx = true
 		case "gt":
-			next = shoalpb.ExpireCondition_EXPIRE_CONDITION_GREATER
+			gt = true
 		case "lt":
-			next = shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS
+			lt = true
 		default:
 			c.wr.Error(fmt.Sprintf("ERR Unsupported option %s", o))
 			return
 		}
-		if cond != shoalpb.ExpireCondition_EXPIRE_CONDITION_NONE && cond != next {
-			c.wr.Error("ERR NX and XX, GT or LT options at the same time are not compatible")
-			return
-		}
-		cond = next
+	}
+	var cond shoalpb.ExpireCondition
+	switch {
+	case nx && (xx || gt || lt):
+		c.wr.Error("ERR NX and XX, GT or LT options at the same time are not compatible")
+		return
+	case gt && lt:
+		c.wr.Error("ERR GT and LT options at the same time are not compatible")
+		return
+	case nx:
+		cond = shoalpb.ExpireCondition_EXPIRE_CONDITION_NO_TTL
+	case gt:
+		cond = shoalpb.ExpireCondition_EXPIRE_CONDITION_GREATER
+	case lt && xx:
+		cond = shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS_HAS_TTL
+	case lt:
+		cond = shoalpb.ExpireCondition_EXPIRE_CONDITION_LESS
+	case xx:
+		cond = shoalpb.ExpireCondition_EXPIRE_CONDITION_HAS_TTL
 	}
 	ms := n
 	if unit == time.Second {

@@ -784,3 +784,58 @@ func TestTryAgainWithoutLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExpireOptions checks EXPIRE's NX, XX, GT and LT, alone and combined,
+// against what Redis 7 answers: a key without an expiry counts as expiring
+// never, so it never passes GT and always passes LT (but not XX LT).
+func TestExpireOptions(t *testing.T) {
+	c := startCluster(t, resp.Options{})
+	ctx := ctxFor(t, 30*time.Second)
+	rc := clusterClient(t, c, nil)
+	for _, tt := range []struct {
+		ttl  bool // the key has a 100 s expiry (else none)
+		args []any
+		want int64
+	}{
+		{false, []any{"200", "xx", "gt"}, 0},
+		{true, []any{"200", "xx", "gt"}, 1},
+		{true, []any{"50", "gt", "xx"}, 0},
+		{false, []any{"50", "xx", "lt"}, 0},
+		{true, []any{"50", "xx", "lt"}, 1},
+		{true, []any{"200", "lt", "xx"}, 0},
+		{false, []any{"50", "lt"}, 1},
+		{false, []any{"50", "gt"}, 0},
+		{false, []any{"50", "nx"}, 1},
+		{true, []any{"50", "nx"}, 0},
+		{true, []any{"50", "xx"}, 1},
+	} {
+		key := "expiring"
+		var err error
+		if tt.ttl {
+			err = rc.Set(ctx, key, "v", 100*time.Second).Err()
+		} else {
+			err = rc.Set(ctx, key, "v", 0).Err()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := rc.Do(ctx, append([]any{"expire", key}, tt.args...)...).Int64()
+		if err != nil || got != tt.want {
+			t.Errorf("EXPIRE %v on a key with an expiry %v: %d, %v; want %d", tt.args, tt.ttl, got, err, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		args []any
+		want string
+	}{
+		{[]any{"nx", "xx"}, "ERR NX and XX, GT or LT options at the same time are not compatible"},
+		{[]any{"nx", "gt"}, "ERR NX and XX, GT or LT options at the same time are not compatible"},
+		{[]any{"gt", "lt"}, "ERR GT and LT options at the same time are not compatible"},
+		{[]any{"xx", "gt", "lt"}, "ERR GT and LT options at the same time are not compatible"},
+	} {
+		err := rc.Do(ctx, append([]any{"expire", "expiring", "10"}, tt.args...)...).Err()
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("EXPIRE %v: %v; want %q", tt.args, err, tt.want)
+		}
+	}
+}
