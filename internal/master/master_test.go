@@ -10,14 +10,18 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/client"
 	"github.com/shoaldb/shoal/internal/master"
 	"github.com/shoaldb/shoal/internal/node"
+	"github.com/shoaldb/shoal/internal/raftstore"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
+	"github.com/shoaldb/shoal/internal/transport"
 )
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {
@@ -613,5 +617,72 @@ func TestFollowersServeRoutesAndRedirectWrites(t *testing.T) {
 		if len(next.Nodes) == len(first.Nodes)+1 {
 			break
 		}
+	}
+}
+
+// TestCutOffMasterEndsRouteWatch: a master cut off from the other masters
+// knows no leader of the meta group within an election timeout or two, and
+// its table no longer changes; it ends the route watches it serves, and
+// refuses new ones, with Unavailable, so that clients move to another
+// master instead of keeping a frozen table.
+func TestCutOffMasterEndsRouteWatch(t *testing.T) {
+	mnet := transport.NewNetwork()
+	c := tc.Start(t, tc.Options{Masters: 3, Nodes: 3, Shards: 8, Replicas: 3, Master: func(cfg *master.Config) {
+		id := cfg.ID
+		cfg.Store = func(o *raftstore.Options) { o.Transport = mnet.Wrap(id, o.Transport) }
+	}})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	follower := c.MasterFollower()
+	conn, err := grpc.NewClient(follower.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	mc := shoalpb.NewMasterClient(conn)
+	w, err := mc.WatchRoutes(ctx, &shoalpb.WatchRoutesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	var ids []uint64
+	for _, m := range c.Masters {
+		ids = append(ids, m.ID)
+	}
+	mnet.Isolate(follower.ID, ids)
+	cut := time.Now()
+	for {
+		_, err := w.Recv()
+		if err == nil {
+			continue // tables sent before the cut
+		}
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("watch on the cut-off master ended with %v; want Unavailable", err)
+		}
+		break
+	}
+	t.Logf("the cut-off master ended its watch after %v", time.Since(cut).Round(time.Millisecond))
+	w2, err := mc.WatchRoutes(ctx, &shoalpb.WatchRoutesRequest{})
+	if err == nil {
+		_, err = w2.Recv()
+	}
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("new watch on the cut-off master: %v; want Unavailable", err)
+	}
+	// Back in touch, it serves watches again.
+	mnet.Heal()
+	if err := tc.WaitFor(ctx, func() error {
+		w, err := mc.WatchRoutes(ctx, &shoalpb.WatchRoutesRequest{})
+		if err != nil {
+			return err
+		}
+		_, err = w.Recv()
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -169,9 +169,20 @@ func (s *Server) GetRoutes(context.Context, *shoalpb.GetRoutesRequest) (*shoalpb
 
 // WatchRoutes implements shoalpb.MasterServer: the table now if newer than
 // the caller's, then every new version.
+//
+// A master that knows no leader of the meta group (one cut off from the
+// other masters, or a deposed leader) would serve a table that no longer
+// changes, and its watchers would never learn of new leaders or moves: it
+// refuses to start a watch, and ends those it serves within an election
+// timeout or two, with Unavailable, which sends clients to another master.
 func (s *Server) WatchRoutes(req *shoalpb.WatchRoutesRequest, stream shoalpb.Master_WatchRoutesServer) error {
 	after := req.AfterVersion
+	check := time.NewTicker(s.store.ElectionTimeout())
+	defer check.Stop()
 	for {
+		if st, err := s.store.Status(MetaShard); err != nil || st.LeaderReplica == 0 {
+			return status.Error(codes.Unavailable, "this master knows no leader of the meta group (cut off from the other masters?): ask another")
+		}
 		t, changed := s.meta.routeTable()
 		if t.Version > after {
 			if err := stream.Send(t); err != nil {
@@ -181,6 +192,7 @@ func (s *Server) WatchRoutes(req *shoalpb.WatchRoutesRequest, stream shoalpb.Mas
 		}
 		select {
 		case <-changed:
+		case <-check.C:
 		case <-stream.Context().Done():
 			return stream.Context().Err()
 		case <-s.stopC:
