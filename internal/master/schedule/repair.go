@@ -82,6 +82,17 @@ func (c *cluster) placement() {
 
 func (c *cluster) placeShard(sh *shard) {
 	const kind = shoalpb.OperatorKind_OPERATOR_KIND_PLACEMENT
+	// Learners exist only while an operator moves a replica; placement
+	// runs on shards without one in flight, so a learner here was left by
+	// an operator whose rollback could not remove it (its step timed
+	// out). It takes the log and disk space and keeps the shard from
+	// settling, so it is never balanced again: remove it.
+	for _, r := range sh.Desc.Replicas {
+		if r.Role == shoalpb.ReplicaRole_REPLICA_ROLE_LEARNER {
+			c.shed(sh, r, kind, fmt.Sprintf("learner r%d on node %d belongs to no operator", r.ReplicaId, r.NodeId))
+			return
+		}
+	}
 	if v, _ := c.voters(sh.Desc); v > c.rf {
 		c.shed(sh, c.surplusVoter(sh), kind, fmt.Sprintf("%d voters, replication factor %d", v, c.rf))
 		return
