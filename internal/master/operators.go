@@ -410,8 +410,19 @@ func (s *Server) snapshot() schedule.Snapshot {
 	t, _ := s.meta.routeTable()
 	s.lmu.Lock()
 	for i := range snap.Nodes {
-		st := s.lmu.beats[snap.Nodes[i].ID].hb.GetStats()
-		snap.Nodes[i].DiskFull, snap.Nodes[i].DiskExhausted = st.GetDiskFull(), st.GetDiskExhausted()
+		n := &snap.Nodes[i]
+		st := s.lmu.beats[n.ID].hb.GetStats()
+		n.DiskFull, n.DiskExhausted = st.GetDiskFull(), st.GetDiskExhausted()
+		if n.State == shoalpb.NodeState_NODE_STATE_DRAINING {
+			// Timed from when this leader first looked, as the failure
+			// detector times up nodes.
+			seen, ok := s.lmu.lastSeen[n.ID]
+			if !ok {
+				seen = time.Now()
+				s.lmu.lastSeen[n.ID] = seen
+			}
+			n.Silent = time.Since(seen) > s.cfg.NodeDownAfter
+		}
 	}
 	for _, rt := range t.Shards {
 		st := s.lmu.shardStats[rt.Shard.ShardId]

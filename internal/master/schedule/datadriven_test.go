@@ -237,6 +237,8 @@ func (e *ddEnv) updateNode(n *NodeStatus, kv map[string]string) error {
 				return fmt.Errorf("disk=%s: want full, exhausted or ok", v)
 			}
 			n.DiskFull, n.DiskExhausted = v != "ok", v == "exhausted"
+		case "silent":
+			n.Silent = v == "true"
 		case "for":
 		default:
 			return fmt.Errorf("unknown node field %q", k)
@@ -590,6 +592,9 @@ func (e *ddEnv) show(shards bool) string {
 		zone := ""
 		if n.Zone != "" {
 			zone = " zone=" + n.Zone
+		}
+		if n.Silent {
+			state += " silent"
 		}
 		switch {
 		case n.DiskExhausted:

@@ -347,7 +347,7 @@ func (c *cluster) placeable(id uint64) bool {
 // and it does work for data moves.
 func (c *cluster) live(id uint64) bool {
 	s := c.state(id)
-	return s == shoalpb.NodeState_NODE_STATE_UP || s == shoalpb.NodeState_NODE_STATE_DRAINING
+	return s == shoalpb.NodeState_NODE_STATE_UP || s == shoalpb.NodeState_NODE_STATE_DRAINING && !c.nodes[id].Silent
 }
 
 // lost returns why a node's replicas must be replaced, or "" if they need

@@ -26,6 +26,12 @@ type NodeStatus struct {
 	// below half its reserve: it drops the entries leaders send it, so its
 	// voters count for no quorum of a leader elsewhere.
 	DiskExhausted bool
+	// Silent is set for a draining node that has not heartbeated for the
+	// master's NodeDownAfter. A draining node is never marked down (a
+	// restart must not end its drain), but a silent one's replicas are not
+	// healthy: they count for no quorum a move needs, and the node does no
+	// work for moves.
+	Silent bool
 }
 
 // ShardStatus is one shard as the master leader sees it: the descriptor
