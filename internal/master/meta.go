@@ -673,6 +673,14 @@ func (m *metaState) node(id uint64) *shoalpb.NodeInfo {
 	return m.mu.nodes[id]
 }
 
+// nodeByToken returns the ID of the node that registered with token, 0 if
+// none did.
+func (m *metaState) nodeByToken(token string) uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.mu.tokens[token]
+}
+
 func (m *metaState) nodes() []*shoalpb.NodeInfo {
 	m.mu.RLock()
 	defer m.mu.RUnlock()

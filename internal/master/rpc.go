@@ -92,10 +92,10 @@ func (s *Server) RegisterNode(ctx context.Context, req *shoalpb.RegisterNodeRequ
 	if err := s.requireLeader(); err != nil {
 		return nil, s.toStatus(err)
 	}
-	if req.NodeId != 0 && req.DataSeq != 0 {
+	if req.DataSeq != 0 {
 		// A barrier first: a leader that has just taken over may not yet
-		// have applied the records its predecessor committed last
-		// (registerStale reads them).
+		// have applied the records (and tokens) its predecessor committed
+		// last (registerStale reads them).
 		if err := s.store.ReadIndex(ctx, MetaShard); err != nil {
 			return nil, s.toStatus(err)
 		}
@@ -138,18 +138,26 @@ func (s *Server) RegisterNode(ctx context.Context, req *shoalpb.RegisterNodeRequ
 // (metaState.registerLocked), so that masters whose records differ (one
 // that was older than the records during a rolling upgrade) still apply
 // the same registrations.
+//
+// A node that registers again by its token (its directory has the token but
+// not yet the ID it was given) is checked as the node the token names: a
+// copy taken in that window and restored after the node ran is as stale.
 func (s *Server) registerStale(req *shoalpb.RegisterNodeRequest) error {
-	if req.NodeId == 0 || req.DataSeq == 0 {
+	id := req.NodeId
+	if id == 0 && req.RegistrationToken != "" {
+		id = s.meta.nodeByToken(req.RegistrationToken)
+	}
+	if id == 0 || req.DataSeq == 0 {
 		return nil
 	}
-	recorded := s.meta.heartbeatSeq(req.NodeId)
+	recorded := s.meta.heartbeatSeq(id)
 	s.lmu.Lock()
-	seen := max(s.lmu.dataSeqs[req.NodeId], recorded)
+	seen := max(s.lmu.dataSeqs[id], recorded)
 	s.lmu.Unlock()
 	if req.DataSeq > seen {
 		return nil
 	}
-	return coded(shoalpb.ErrorCode_ERROR_CODE_STALE_DATA, "%s", staleDataMsg(req.NodeId, req.DataSeq, seen, "carried by its heartbeats"))
+	return coded(shoalpb.ErrorCode_ERROR_CODE_STALE_DATA, "%s", staleDataMsg(id, req.DataSeq, seen, "carried by its heartbeats"))
 }
 
 // staleDataMsg says why a node whose data is older than the masters have

@@ -34,6 +34,13 @@ func TestRegisterRefusesStaleData(t *testing.T) {
 			Addr: "127.0.0.1:1", Weight: 1, DataSeq: seq, StartId: start})
 		return err
 	}
+	// regByToken registers as a directory that holds the token but not
+	// yet the ID it was given.
+	regByToken := func(seq, start uint64) error {
+		_, err := registerFake(ctx, conn, &shoalpb.RegisterNodeRequest{ClusterId: cl.ClusterId, RegistrationToken: "tok",
+			Addr: "127.0.0.1:1", Weight: 1, DataSeq: seq, StartId: start})
+		return err
+	}
 	beat := func(seq uint64) {
 		t.Helper()
 		if err := conn.Call(ctx, func(ctx context.Context, mc shoalpb.MasterClient) error {
@@ -48,6 +55,7 @@ func TestRegisterRefusesStaleData(t *testing.T) {
 		seq, start uint64
 		beat       uint64 // a heartbeat carrying this sequence first, if not 0
 		stale      string // what the refusal names, "" if accepted
+		byToken    bool
 	}{
 		{what: "a restart", seq: 2, start: 20},
 		{what: "a retry of that start", seq: 2, start: 20},
@@ -55,6 +63,8 @@ func TestRegisterRefusesStaleData(t *testing.T) {
 		{what: "an older sequence", seq: 1, start: 22, stale: "its previous registration"},
 		{what: "a start below its heartbeats", beat: 7, seq: 5, start: 23, stale: "carried by its heartbeats"},
 		{what: "a start equal to its heartbeats", seq: 7, start: 24, stale: "carried by its heartbeats"},
+		{what: "a start by token below its heartbeats (a copy from before it learned its ID)", seq: 3, start: 30,
+			stale: "carried by its heartbeats", byToken: true},
 		{what: "a start above its heartbeats", seq: 8, start: 25},
 		{what: "an older build sending no sequence", seq: 0, start: 0},
 		{what: "the next start", seq: 9, start: 26},
@@ -63,6 +73,9 @@ func TestRegisterRefusesStaleData(t *testing.T) {
 			beat(step.beat)
 		}
 		err := reg(step.seq, step.start)
+		if step.byToken {
+			err = regByToken(step.seq, step.start)
+		}
 		switch {
 		case step.stale == "" && err != nil:
 			t.Fatalf("%s (data sequence %d) refused: %v", step.what, step.seq, err)
