@@ -564,12 +564,7 @@ func TestFollowersServeRoutesAndRedirectWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	follower := c.MasterFollower()
-	conn, err := grpc.NewClient(follower.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	mc := shoalpb.NewMasterClient(conn)
+	mc := dialMaster(t, follower.Addr)
 	if err := tc.WaitFor(ctx, func() error {
 		got, err := mc.GetRoutes(ctx, &shoalpb.GetRoutesRequest{})
 		if err != nil {
@@ -636,12 +631,7 @@ func TestCutOffMasterEndsRouteWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	follower := c.MasterFollower()
-	conn, err := grpc.NewClient(follower.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	mc := shoalpb.NewMasterClient(conn)
+	mc := dialMaster(t, follower.Addr)
 	w, err := mc.WatchRoutes(ctx, &shoalpb.WatchRoutesRequest{})
 	if err != nil {
 		t.Fatal(err)
