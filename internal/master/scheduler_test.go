@@ -561,6 +561,36 @@ func TestHTTPAdmin(t *testing.T) {
 	if code, body := post(fsrv.URL, "/scheduling/pause"); code != http.StatusMisdirectedRequest || body["leader"] != leader.Addr {
 		t.Fatalf("follower: %d %v, want 421 naming %s", code, body, leader.Addr)
 	}
+	// A page on another site, open in an operator's browser, cannot
+	// change the cluster: browsers mark its requests (Sec-Fetch-Site,
+	// Origin), and those are refused.
+	for name, h := range map[string][2]string{
+		"Sec-Fetch-Site cross-site": {"Sec-Fetch-Site", "cross-site"},
+		"Origin of another site":    {"Origin", "http://evil.example"},
+	} {
+		req, err := http.NewRequest(http.MethodPost, lsrv.URL+"/scheduling/pause", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set(h[0], h[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("POST /scheduling/pause with %s: %d, want 403", name, resp.StatusCode)
+		}
+	}
+	if st, _ := c.ClusterState(); st.GetSchedulingPaused() {
+		t.Fatal("a cross-site request paused scheduling")
+	}
+	// The process's arguments, which can hold a password, are not served.
+	if resp, err := http.Get(lsrv.URL + "/debug/pprof/cmdline"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET /debug/pprof/cmdline: %v %v, want 404", resp.StatusCode, err)
+	} else {
+		resp.Body.Close()
+	}
 	if code, body := post(lsrv.URL, "/scheduling/pause"); code != http.StatusOK || body["paused"] != true {
 		t.Fatalf("pause: %d %v", code, body)
 	}

@@ -40,11 +40,12 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
-// Mount serves /metrics from reg and /debug/pprof/ on mux.
+// Mount serves /metrics from reg and /debug/pprof/ on mux, except
+// /debug/pprof/cmdline: a process's arguments can hold a password
+// (--resp-password), and this port is scraped by monitoring.
 func Mount(mux *http.ServeMux, reg *prometheus.Registry) {
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
