@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -67,4 +69,42 @@ func envSet(fl *pflag.Flag) bool {
 	}
 	_, ok := os.LookupEnv(m[1])
 	return ok
+}
+
+// checkEnv reports a SHOAL_* variable that does not parse as its flag's
+// type, for every flag of cmd that the command line did not set: the
+// flags' defaults read the variables (envInt, envDuration, ...), and a
+// value that does not parse would otherwise leave the built-in default in
+// place without a word (SHOAL_MAX_DISK_STALL=60, without a unit).
+func checkEnv(cmd *cobra.Command) error {
+	var bad error
+	cmd.Flags().VisitAll(func(fl *pflag.Flag) {
+		m := envInUsage.FindStringSubmatch(fl.Usage)
+		if bad != nil || fl.Changed || m == nil {
+			return
+		}
+		v, ok := os.LookupEnv(m[1])
+		if !ok {
+			return
+		}
+		var err error
+		switch fl.Value.Type() {
+		case "int":
+			_, err = strconv.Atoi(v)
+		case "int64":
+			_, err = strconv.ParseInt(v, 10, 64)
+		case "uint", "uint64":
+			_, err = strconv.ParseUint(v, 10, 64)
+		case "float64":
+			_, err = strconv.ParseFloat(v, 64)
+		case "bool":
+			_, err = strconv.ParseBool(v)
+		case "duration":
+			_, err = time.ParseDuration(v)
+		}
+		if err != nil {
+			bad = fmt.Errorf("%s=%q: not a valid --%s (%s): %w", m[1], v, fl.Name, fl.Value.Type(), err)
+		}
+	})
+	return bad
 }

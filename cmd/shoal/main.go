@@ -46,6 +46,9 @@ group replicated on several nodes, stored in Pebble.`,
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("SHOAL_LOG_FORMAT", "text"), "log format: text or json (env SHOAL_LOG_FORMAT)")
 	root.PersistentFlags().StringVar(&g.config, "config", envOr("SHOAL_CONFIG", ""), "file of settings, one `name = value` per line with the flags' names; the command line and SHOAL_* variables win over it (env SHOAL_CONFIG)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if err := checkEnv(cmd); err != nil {
+			return err
+		}
 		if g.config == "" {
 			return nil
 		}

@@ -24,7 +24,7 @@ import (
 )
 
 // envDuration, envInt, envFloat and envBool read SHOAL_* fallbacks for
-// flags; a malformed value is reported when the flag is parsed.
+// flags; a malformed value is reported before the command runs (checkEnv).
 func envInt(name string, def int) int {
 	if v, ok := os.LookupEnv(name); ok {
 		if n, err := strconv.Atoi(v); err == nil {

@@ -373,3 +373,31 @@ func TestMaxDiskStall(t *testing.T) {
 		}
 	}
 }
+
+// TestMalformedEnvironment: a SHOAL_* variable that does not parse as its
+// flag's type is an error naming it, not a silent fall back to the
+// default; the command line still wins over it.
+func TestMalformedEnvironment(t *testing.T) {
+	unsetEnv(t, append(serverEnv, "SHOAL_MAX_DISK_STALL", "SHOAL_WEIGHT")...)
+	for _, c := range []struct {
+		env, value string
+		args       []string
+		want       string // "" for no error about the variable
+	}{
+		{"SHOAL_MAX_DISK_STALL", "60", nil, `SHOAL_MAX_DISK_STALL="60": not a valid --max-disk-stall (duration)`},
+		{"SHOAL_WEIGHT", "heavy", nil, `SHOAL_WEIGHT="heavy": not a valid --weight (float64)`},
+		{"SHOAL_MAX_DISK_STALL", "60", []string{"--max-disk-stall", "30s"}, ""},
+	} {
+		t.Setenv(c.env, c.value)
+		args := append([]string{"node", "--data-dir", t.TempDir(), "--http", "", "--log-level", "error", "--max-snapshots", "0"}, c.args...)
+		_, err := run(t, args...)
+		switch {
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s=%s shoal %v: %v, want an error with %q", c.env, c.value, args, err, c.want)
+		case c.want == "" && (err == nil || strings.Contains(err.Error(), c.env)):
+			// --max-snapshots 0 makes the command fail after the check.
+			t.Errorf("%s=%s shoal %v: %v, want only the --max-snapshots error", c.env, c.value, args, err)
+		}
+		os.Unsetenv(c.env)
+	}
+}
