@@ -210,13 +210,17 @@ func (f *clientFlags) started(cmd *cobra.Command, op *shoalpb.Operator, wait boo
 	for {
 		st, err := f.clusterState(cmd.Context())
 		if err == nil {
+			found := false
 			for _, done := range st.Finished {
 				if done.Id == op.Id {
 					if f.json {
-						return f.print(w, done, nil)
+						if err := f.print(w, done, nil); err != nil {
+							return err
+						}
+					} else {
+						fmt.Fprintf(w, "operator %d: %s after %s\n", op.Id, done.Outcome,
+							time.UnixMilli(done.FinishedMs).Sub(time.UnixMilli(done.CreatedMs)).Round(time.Millisecond))
 					}
-					fmt.Fprintf(w, "operator %d: %s after %s\n", op.Id, done.Outcome,
-						time.UnixMilli(done.FinishedMs).Sub(time.UnixMilli(done.CreatedMs)).Round(time.Millisecond))
 					if done.Outcome != "done" {
 						return fmt.Errorf("operator %d did not complete: %s", op.Id, done.Outcome)
 					}
@@ -224,9 +228,18 @@ func (f *clientFlags) started(cmd *cobra.Command, op *shoalpb.Operator, wait boo
 				}
 			}
 			for _, cur := range st.Operators {
-				if cur.Id == op.Id && !f.json {
-					fmt.Fprintf(w, "  %s\n", progressLine(cur))
+				if cur.Id == op.Id {
+					found = true
+					if !f.json {
+						fmt.Fprintf(w, "  %s\n", progressLine(cur))
+					}
 				}
+			}
+			if !found {
+				// The masters keep the last 64 finished operators: this
+				// one finished while the polls failed and others finished
+				// after it.
+				return fmt.Errorf("operator %d is neither running nor among the finished operators the masters keep: its outcome is unknown (see the shard's replicas: shoal cluster status)", op.Id)
 			}
 		}
 		select {
