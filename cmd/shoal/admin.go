@@ -207,6 +207,7 @@ func (f *clientFlags) started(cmd *cobra.Command, op *shoalpb.Operator, wait boo
 	if !f.json {
 		fmt.Fprintf(w, "operator %d started: %s\n", op.Id, op.Reason)
 	}
+	var missingSince time.Time
 	for {
 		st, err := f.clusterState(cmd.Context())
 		if err == nil {
@@ -235,10 +236,17 @@ func (f *clientFlags) started(cmd *cobra.Command, op *shoalpb.Operator, wait boo
 					}
 				}
 			}
-			if !found {
+			switch {
+			case found:
+				missingSince = time.Time{}
+			case missingSince.IsZero():
+				// A master that answered may not have applied the
+				// operator's start yet: give it time.
+				missingSince = time.Now()
+			case time.Since(missingSince) > 10*time.Second:
 				// The masters keep the last 64 finished operators: this
-				// one finished while the polls failed and others finished
-				// after it.
+				// one finished while the polls failed and others
+				// finished after it.
 				return fmt.Errorf("operator %d is neither running nor among the finished operators the masters keep: its outcome is unknown (see the shard's replicas: shoal cluster status)", op.Id)
 			}
 		}
