@@ -287,7 +287,8 @@ func (c spaceCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c spaceCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.g.Status()
+	s := c.g.Cached() // a scrape must not hang on statfs
+
 	if s.Known {
 		ch <- prometheus.MustNewConstMetric(descDiskFree, prometheus.GaugeValue, float64(s.Available))
 	}

@@ -353,7 +353,7 @@ func (n *Node) heartbeat(ctx context.Context, stats *replicaStats) (*shoalpb.Hea
 	}
 	req.Stats = &shoalpb.NodeStats{OpsPerSec: ops}
 	req.Snapshots = n.snapshotReports()
-	if sp := n.space.Status(); sp.Known {
+	if sp := n.space.Cached(); sp.Known {
 		req.Stats.CapacityBytes, req.Stats.FreeBytes, req.Stats.DiskFull = sp.Total, sp.Available, sp.Full
 		req.Stats.DiskExhausted = sp.Exhausted
 	}

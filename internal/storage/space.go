@@ -63,6 +63,8 @@ type SpaceGuard struct {
 	full, exhausted atomic.Bool
 	// measuring is set while a measurement a check started runs.
 	measuring atomic.Bool
+	// last is the status as of the last measurement (Cached).
+	last atomic.Pointer[SpaceStatus]
 
 	mu    sync.Mutex // serialises measurements and guards what follows
 	total uint64
@@ -158,6 +160,22 @@ func (g *SpaceGuard) record(now int64, du vfs.DiskUsage, err error) {
 	}
 	g.exhausted.Store(full && avail < half)
 	g.due.Store(now + int64(g.maxAge))
+	g.last.Store(&SpaceStatus{
+		Reserve: g.reserve, Available: avail, Total: g.total, Known: g.known, Err: g.err,
+		Full: full, Exhausted: g.exhausted.Load(),
+	})
+}
+
+// Cached returns the status as of the last measurement, starting a new
+// one in the background if it is due, without waiting for the filesystem:
+// for heartbeats and metrics, which must go on when statfs hangs on a
+// failing or remote disk (the node's disk-stall watch deals with that).
+func (g *SpaceGuard) Cached() SpaceStatus {
+	g.refresh()
+	if p := g.last.Load(); p != nil {
+		return *p
+	}
+	return SpaceStatus{Reserve: g.reserve}
 }
 
 // refresh starts a measurement in the background if one is due, so that

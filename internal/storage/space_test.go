@@ -163,6 +163,18 @@ func TestSpaceGuardChecksDoNotWait(t *testing.T) {
 	if err, ex := g.Check(), g.Exhausted(); !errors.Is(err, ErrDiskFull) || !ex {
 		t.Fatalf("full, while statfs hangs: %v, exhausted %v", err, ex)
 	}
+	// Heartbeats and metrics read Cached, which does not wait either and
+	// gives the last measurement whole.
+	done := make(chan SpaceStatus, 1)
+	go func() { done <- g.Cached() }()
+	select {
+	case s := <-done:
+		if !s.Known || !s.Full || s.Available != 1<<20 {
+			t.Fatalf("cached status while statfs hangs: %+v, want the last measurement (1 MiB free, full)", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Cached waited for a hung statfs")
+	}
 	fs.release <- struct{}{}
 	g.Status()
 }
