@@ -200,7 +200,7 @@ func newKVCmds() []*cobra.Command {
 				Key   string `json:"key"`
 				Value string `json:"value,omitempty"`
 			}
-			var out []kv
+			out := []kv{} // --json prints [] for no keys, not null
 			for s.Next() && (limit <= 0 || len(out) < limit) {
 				if !strings.HasPrefix(string(s.Key()), prefix) {
 					continue

@@ -79,6 +79,36 @@ func (f *playgroundFlags) validate() error {
 	case f.replicas < 1 || f.replicas > 7 || f.replicas > f.nodes:
 		return fmt.Errorf("--replicas %d: want 1..7 and at most --nodes (%d)", f.replicas, f.nodes)
 	}
+	if f.masterPort == 0 {
+		return nil // every port is picked free
+	}
+	// The ports the nodes take, base+1 .. base+nodes for each base, and
+	// the master's two must not meet (with 81 nodes, node 81's gRPC port
+	// would be node 1's HTTP port).
+	type span struct {
+		flag     string
+		from, to int
+	}
+	spans := []span{
+		{"--master-port", f.masterPort, f.masterPort},
+		{"--http-port", f.httpPort, f.httpPort},
+		{"--node-base-port", f.nodeBasePort + 1, f.nodeBasePort + f.nodes},
+		{"--node-http-base-port", f.nodeHTTPBasePort + 1, f.nodeHTTPBasePort + f.nodes},
+		{"--resp-base-port", f.respBasePort + 1, f.respBasePort + f.nodes},
+	}
+	if f.httpPort == 0 {
+		spans = spans[:1+copy(spans[1:], spans[2:])] // a free port
+	}
+	for i, a := range spans {
+		if a.from < 1 || a.to > 65535 {
+			return fmt.Errorf("%s: ports %d..%d for %d nodes are not all valid ports", a.flag, a.from, a.to, f.nodes)
+		}
+		for _, b := range spans[i+1:] {
+			if a.from <= b.to && b.from <= a.to {
+				return fmt.Errorf("%s and %s: with %d nodes their ports overlap (%d..%d and %d..%d)", a.flag, b.flag, f.nodes, a.from, a.to, b.from, b.to)
+			}
+		}
+	}
 	return nil
 }
 

@@ -65,6 +65,10 @@ func TestPlaygroundFlagValidation(t *testing.T) {
 		{"--nodes", "0"},
 		{"--replicas", "4"},
 		{"--log-level", "loud"},
+		// Node 81's gRPC port would be node 1's HTTP port.
+		{"--nodes", "81"},
+		{"--resp-base-port", "7090", "--nodes", "20"},
+		{"--node-base-port", "65530", "--nodes", "10"},
 	} {
 		cmd := newRootCmd(&tc.SyncBuffer{}, &tc.SyncBuffer{})
 		cmd.SetArgs(append([]string{"playground", "--data-dir", t.TempDir()}, args...))
