@@ -533,15 +533,21 @@ func (n *Node) Shutdown(ctx context.Context) (int, error) {
 }
 
 // handoverTarget picks the voter (other than this replica) whose log is
-// furthest along, 0 if there is none.
+// furthest along among those the leader is replicating to, 0 if there is
+// none. A voter on a node that is down is in Raft's probe state (its
+// messages went unanswered); on an idle shard every follower has the same
+// match, and the first in the descriptor, down or not, would win.
 func handoverTarget(st raftstore.ReplicaStatus) uint64 {
 	var best, match uint64
+	bestReplicating := false
 	for _, r := range st.Descriptor.GetReplicas() {
 		if r.ReplicaId == st.ReplicaID || r.Role != shoalpb.ReplicaRole_REPLICA_ROLE_VOTER {
 			continue
 		}
-		if m := st.Progress[r.ReplicaId].Match; best == 0 || m > match {
-			best, match = r.ReplicaId, m
+		pr := st.Progress[r.ReplicaId]
+		replicating := pr.State == "replicate"
+		if best == 0 || replicating && !bestReplicating || replicating == bestReplicating && pr.Match > match {
+			best, match, bestReplicating = r.ReplicaId, pr.Match, replicating
 		}
 	}
 	return best
