@@ -42,6 +42,9 @@ func MoveReplica(s Snapshot, shard, from, to uint64) (*shoalpb.Operator, error) 
 		return nil, refused("node %d holds no replica of shard %d", from, shard)
 	case !c.placeable(to):
 		return nil, refused("node %d is not up (or has no weight, or its disk is full): it cannot take a replica", to)
+	case !c.keepsQuorum(sh.Desc, leaving, true):
+		v, h := c.voters(sh.Desc)
+		return nil, refused("shard %d has %d of %d voters on live nodes: the move could not commit (it would wait out its step timeout and roll back); bring its nodes back first", shard, h, v)
 	}
 	m := move{sh: sh, kind: shoalpb.OperatorKind_OPERATOR_KIND_ADMIN, from: leaving, to: to,
 		reason: fmt.Sprintf("administrator: move shard %d from node %d to node %d", shard, from, to)}

@@ -36,3 +36,31 @@ func TestTransferLeaderRefusedWhereTheShardCannotCommit(t *testing.T) {
 		t.Fatalf("transfer to node 2 with nodes 1 and 3 exhausted: %v, want refused", err)
 	}
 }
+
+// An administrator's move of a replica of a shard that has lost its quorum
+// is refused at once: its steps could not commit, and it would hold the
+// shard until its step timeout and rollback. With a majority live it is
+// planned.
+func TestMoveReplicaRefusedWithoutQuorum(t *testing.T) {
+	d := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: 16384, Epoch: 3}
+	for n := uint64(1); n <= 3; n++ {
+		d.Replicas = append(d.Replicas, &shoalpb.ReplicaDescriptor{NodeId: n, ReplicaId: 10 + n})
+	}
+	snap := Snapshot{
+		ReplicationFactor: 3, NextReplicaID: 100, NextOperatorID: 1,
+		Nodes: []NodeStatus{
+			{ID: 1, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
+			{ID: 2, Weight: 1, State: shoalpb.NodeState_NODE_STATE_DOWN},
+			{ID: 3, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
+			{ID: 4, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
+		},
+		Shards: []ShardStatus{{Desc: d, LeaderReplica: 11}},
+	}
+	if _, err := MoveReplica(snap, 1, 2, 4); err != nil {
+		t.Fatalf("move off a down node with two of three voters live: %v", err)
+	}
+	snap.Nodes[2].State = shoalpb.NodeState_NODE_STATE_DOWN
+	if _, err := MoveReplica(snap, 1, 2, 4); err == nil || !strings.Contains(err.Error(), "1 of 3 voters on live nodes") {
+		t.Fatalf("move with one of three voters live: %v, want refused", err)
+	}
+}
