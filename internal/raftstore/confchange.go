@@ -6,7 +6,9 @@ import (
 	"slices"
 	"time"
 
+	"go.etcd.io/raft/v3/confchange"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
@@ -155,7 +157,40 @@ func planChange(desc *shoalpb.ShardDescriptor, changes []ReplicaChange) (*shoalp
 	if len(voters(leaveJoint(next))) == 0 {
 		return nil, nil, fmt.Errorf("%w: the change leaves shard %d without voters", ErrInvalidChange, desc.ShardId)
 	}
+	// Every replica checks, as it applies the change, that the descriptor
+	// and Raft agree on the membership, and stops if not (applyConfChange).
+	// Ask Raft now what the change would make of the configuration: a
+	// change it reads differently (several learner changes, which Raft
+	// makes a joint configuration the descriptor does not describe) must
+	// never reach the log, where it would stop every replica, again after
+	// each restart.
+	if got, err := raftConfAfter(desc, cc); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrInvalidChange, err)
+	} else if want := ConfStateOf(next); !sameConfState(got, want) {
+		return nil, nil, fmt.Errorf("%w: Raft would make shard %d's membership %v, not %v; make learner changes one at a time", ErrInvalidChange, desc.ShardId, got, want)
+	}
 	return next, cc, nil
+}
+
+// raftConfAfter returns the configuration etcd raft makes of desc's by
+// applying cc, as ApplyConfChange would.
+func raftConfAfter(desc *shoalpb.ShardDescriptor, cc *raftpb.ConfChangeV2) (*raftpb.ConfState, error) {
+	chg := confchange.Changer{Tracker: tracker.MakeProgressTracker(1, 0), LastIndex: 1}
+	cfg, trk, err := confchange.Restore(chg, ConfStateOf(desc))
+	if err != nil {
+		return nil, err
+	}
+	chg.Tracker.Config, chg.Tracker.Progress = cfg, trk
+	if autoLeave, ok := cc.EnterJoint(); ok {
+		cfg, trk, err = chg.EnterJoint(autoLeave, cc.Changes...)
+	} else {
+		cfg, trk, err = chg.Simple(cc.Changes...)
+	}
+	if err != nil {
+		return nil, err
+	}
+	chg.Tracker.Config, chg.Tracker.Progress = cfg, trk
+	return chg.Tracker.ConfState(), nil
 }
 
 // leaveJoint returns the descriptor after leaving the joint configuration

@@ -100,6 +100,9 @@ type worker struct {
 	// cmds is scratch space for Apply.
 	cmds   []Command
 	owners []*proposal
+	// failed is the error of a replica's phase on this worker, if one
+	// failed: its apply batch is then dropped (abandonApply).
+	failed error
 }
 
 type delivery struct {

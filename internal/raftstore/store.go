@@ -1022,9 +1022,17 @@ func (s *Store) runPhase(rs []*Replica, phase func(*Replica, *worker) error) err
 	fail := func(err error) { first.CompareAndSwap(nil, &err) }
 	s.pool.run(len(rs), func(w *worker, i int) {
 		if err := phase(rs[i], w); err != nil {
+			if w.failed == nil {
+				w.failed = err
+			}
 			fail(err)
 		}
 	}, func(w *worker) {
+		if err := w.failed; err != nil {
+			w.failed = nil
+			w.abandonApply(err)
+			return
+		}
 		if err := w.finishApply(); err != nil {
 			fail(err)
 		}
@@ -1141,6 +1149,30 @@ func (w *worker) finishApply() error {
 	}
 	w.destroy = w.destroy[:0]
 	return nil
+}
+
+// abandonApply drops the apply batch of a phase in which a replica failed
+// (the store then stops): the batch may hold part of that replica's
+// entries without its applied index, and committed, those entries would
+// be applied again after a restart. Nothing of it is committed; the
+// proposers of what it applied are told the outcome is unknown (the
+// entries are in the log, and a restart applies them), and its reads wait
+// for the store to fail them.
+func (w *worker) abandonApply(cause error) {
+	if w.apply != nil {
+		w.apply.Close()
+		w.apply = nil
+	}
+	w.committed() // the engine is unchanged: nothing stale to keep out
+	for i, d := range w.results {
+		d.p.finish(result{err: ambiguous(fmt.Errorf("%w: an apply on this node failed: %v", ErrStopped, cause))})
+		w.results[i] = delivery{}
+	}
+	w.results = w.results[:0]
+	clear(w.applied)
+	w.applied = w.applied[:0]
+	clear(w.destroy)
+	w.destroy = w.destroy[:0]
 }
 
 // committed tells the state machines that staged writes in the apply batch
