@@ -101,7 +101,7 @@ type worker struct {
 	cmds   []Command
 	owners []*proposal
 	// failed is the error of a replica's phase on this worker, if one
-	// failed: its apply batch is then dropped (abandonApply).
+	// failed: its apply batch is then dropped (finishApply).
 	failed error
 }
 

@@ -1028,12 +1028,9 @@ func (s *Store) runPhase(rs []*Replica, phase func(*Replica, *worker) error) err
 			fail(err)
 		}
 	}, func(w *worker) {
-		if err := w.failed; err != nil {
-			w.failed = nil
-			w.abandonApply(err)
-			return
-		}
-		if err := w.finishApply(); err != nil {
+		failed := w.failed
+		w.failed = nil
+		if err := w.finishApply(failed); err != nil {
 			fail(err)
 		}
 	})
@@ -1115,25 +1112,41 @@ func (s *Store) reportUnreachable(msgs []*shoalpb.RaftMessage) {
 	}
 }
 
-// finishApply commits the worker's apply batch, then completes the
-// proposals and reads it unblocked.
-func (w *worker) finishApply() error {
-	if w.apply != nil {
-		b := w.apply
+// finishApply ends a phase on a worker: it commits the apply batch, tells
+// the state machines, delivers the proposers' results, serves the reads
+// that waited for the batch and destroys the replicas whose removal was
+// applied. When a replica's phase failed (failed) or the commit does, the
+// batch is dropped instead, since it may hold part of a replica's entries
+// without its applied index, which a restart would apply again; nothing of
+// it reaches the engine, the proposers are told the outcome is unknown
+// (the entries are in the log), and the reads wait for the stopping store
+// to fail them.
+func (w *worker) finishApply(failed error) error {
+	if b := w.apply; b != nil {
 		w.apply = nil
-		err := b.Commit(false)
-		b.Close()
-		if err != nil {
-			w.committed() // the engine is unchanged: nothing stale to keep out
-			return fmt.Errorf("raftstore: apply commit: %w", err)
+		if failed == nil {
+			if err := b.Commit(false); err != nil {
+				failed = fmt.Errorf("raftstore: apply commit: %w", err)
+			}
 		}
+		b.Close()
 	}
-	w.committed()
+	w.committed() // on failure the engine is unchanged: nothing stale to keep out
 	for i, d := range w.results {
+		if failed != nil {
+			d.r = result{err: ambiguous(fmt.Errorf("%w: an apply on this node failed: %v", ErrStopped, failed))}
+		}
 		d.p.finish(d.r)
 		w.results[i] = delivery{}
 	}
 	w.results = w.results[:0]
+	if failed != nil {
+		clear(w.applied)
+		w.applied = w.applied[:0]
+		clear(w.destroy)
+		w.destroy = w.destroy[:0]
+		return failed
+	}
 	for i, r := range w.applied {
 		r.serveReads()
 		w.applied[i] = nil
@@ -1149,30 +1162,6 @@ func (w *worker) finishApply() error {
 	}
 	w.destroy = w.destroy[:0]
 	return nil
-}
-
-// abandonApply drops the apply batch of a phase in which a replica failed
-// (the store then stops): the batch may hold part of that replica's
-// entries without its applied index, and committed, those entries would
-// be applied again after a restart. Nothing of it is committed; the
-// proposers of what it applied are told the outcome is unknown (the
-// entries are in the log, and a restart applies them), and its reads wait
-// for the store to fail them.
-func (w *worker) abandonApply(cause error) {
-	if w.apply != nil {
-		w.apply.Close()
-		w.apply = nil
-	}
-	w.committed() // the engine is unchanged: nothing stale to keep out
-	for i, d := range w.results {
-		d.p.finish(result{err: ambiguous(fmt.Errorf("%w: an apply on this node failed: %v", ErrStopped, cause))})
-		w.results[i] = delivery{}
-	}
-	w.results = w.results[:0]
-	clear(w.applied)
-	w.applied = w.applied[:0]
-	clear(w.destroy)
-	w.destroy = w.destroy[:0]
 }
 
 // committed tells the state machines that staged writes in the apply batch

@@ -57,19 +57,14 @@ type SpaceGuard struct {
 	log     *slog.Logger
 
 	// The last measurement, read without the lock: when the next is due
-	// (Unix ns), the free bytes and the verdicts.
-	due             atomic.Int64
-	avail           atomic.Uint64
-	full, exhausted atomic.Bool
+	// (Unix ns) and what it found, verdicts included (never nil once
+	// NewSpaceGuard returns).
+	due  atomic.Int64
+	last atomic.Pointer[SpaceStatus]
 	// measuring is set while a measurement a check started runs.
 	measuring atomic.Bool
-	// last is the status as of the last measurement (Cached).
-	last atomic.Pointer[SpaceStatus]
 
-	mu    sync.Mutex // serialises measurements and guards what follows
-	total uint64
-	known bool
-	err   error // the last measurement's error
+	mu sync.Mutex // serialises measurements
 }
 
 // NewSpaceGuard returns a guard of the filesystem fs that holds dir,
@@ -124,46 +119,43 @@ func (g *SpaceGuard) Status() SpaceStatus {
 		du, err := g.fs.GetDiskUsage(g.dir)
 		g.record(now, du, err)
 	}
-	return SpaceStatus{
-		Reserve: g.reserve, Available: g.avail.Load(), Total: g.total, Known: g.known, Err: g.err,
-		Full: g.full.Load(), Exhausted: g.exhausted.Load(),
-	}
+	return *g.last.Load() // record always ran: NewSpaceGuard measures once
 }
 
 // record takes a measurement of the filesystem taken at now. g.mu is held.
 func (g *SpaceGuard) record(now int64, du vfs.DiskUsage, err error) {
-	g.total, g.known, g.err = du.TotalBytes, err == nil, err
+	var prev SpaceStatus
+	if p := g.last.Load(); p != nil {
+		prev = *p
+	}
+	known := err == nil
 	avail := du.AvailBytes
-	g.avail.Store(avail)
 	// Once full, the disk counts as full until a tenth of the reserve
 	// more is free, so that a node hovering at the reserve does not flap
 	// (and the masters do not move its leaders back and forth).
-	was := g.full.Load()
 	limit := uint64(g.reserve)
-	if was {
+	if prev.Full {
 		limit += limit / 10
 	}
-	full := g.reserve >= 0 && g.known && avail < limit
+	full := g.reserve >= 0 && known && avail < limit
 	switch {
-	case full && !was:
+	case full && !prev.Full:
 		g.log.Warn("disk full: refusing writes, accepting deletes",
 			"dir", g.dir, "free_mib", avail>>20, "reserve_mib", g.reserve>>20)
-	case !full && was:
+	case !full && prev.Full:
 		g.log.Info("disk has room again: accepting writes", "dir", g.dir, "free_mib", avail>>20)
 	}
-	g.full.Store(full)
 	// Exhausted below half the reserve, and once so until 55% of it is
 	// free, as full has its margin.
 	half := uint64(g.reserve / 2)
-	if g.exhausted.Load() {
+	if prev.Exhausted {
 		half += half / 10
 	}
-	g.exhausted.Store(full && avail < half)
-	g.due.Store(now + int64(g.maxAge))
 	g.last.Store(&SpaceStatus{
-		Reserve: g.reserve, Available: avail, Total: g.total, Known: g.known, Err: g.err,
-		Full: full, Exhausted: g.exhausted.Load(),
+		Reserve: g.reserve, Available: avail, Total: du.TotalBytes, Known: known, Err: err,
+		Full: full, Exhausted: full && avail < half,
 	})
+	g.due.Store(now + int64(g.maxAge))
 }
 
 // Cached returns the status as of the last measurement, starting a new
@@ -172,10 +164,7 @@ func (g *SpaceGuard) record(now int64, du vfs.DiskUsage, err error) {
 // failing or remote disk (the node's disk-stall watch deals with that).
 func (g *SpaceGuard) Cached() SpaceStatus {
 	g.refresh()
-	if p := g.last.Load(); p != nil {
-		return *p
-	}
-	return SpaceStatus{Reserve: g.reserve}
+	return *g.last.Load()
 }
 
 // refresh starts a measurement in the background if one is due, so that
@@ -213,11 +202,13 @@ func (g *SpaceGuard) Check() error {
 	if g == nil || g.reserve < 0 {
 		return nil
 	}
-	if g.refresh(); !g.full.Load() {
+	g.refresh()
+	st := g.last.Load()
+	if !st.Full {
 		return nil
 	}
 	return fmt.Errorf("%w: %d MiB free, below the reserve of %d MiB; only deletes are accepted until space is freed",
-		ErrDiskFull, g.avail.Load()>>20, g.reserve>>20)
+		ErrDiskFull, st.Available>>20, g.reserve>>20)
 }
 
 // Exhausted reports whether the free space is below half the reserve. It
@@ -231,5 +222,5 @@ func (g *SpaceGuard) Exhausted() bool {
 		return false
 	}
 	g.refresh()
-	return g.exhausted.Load()
+	return g.last.Load().Exhausted
 }

@@ -11,19 +11,8 @@ import (
 // commit (a majority of its voters on nodes below half their disk reserve)
 // is refused; to a node under which it could, it is planned.
 func TestTransferLeaderRefusedWhereTheShardCannotCommit(t *testing.T) {
-	voters := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: 16384, Epoch: 3}
-	for n := uint64(1); n <= 3; n++ {
-		voters.Replicas = append(voters.Replicas, &shoalpb.ReplicaDescriptor{NodeId: n, ReplicaId: 10 + n})
-	}
-	snap := Snapshot{
-		ReplicationFactor: 3, NextReplicaID: 100, NextOperatorID: 1,
-		Nodes: []NodeStatus{
-			{ID: 1, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP, DiskFull: true, DiskExhausted: true},
-			{ID: 2, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
-			{ID: 3, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
-		},
-		Shards: []ShardStatus{{Desc: voters, LeaderReplica: 11}},
-	}
+	snap := threeVoters(3)
+	snap.Nodes[0].DiskFull, snap.Nodes[0].DiskExhausted = true, true
 	// One voter exhausted: the others make a majority.
 	if _, err := TransferLeader(snap, 1, 2); err != nil {
 		t.Fatalf("transfer with one voter exhausted: %v", err)
@@ -42,20 +31,8 @@ func TestTransferLeaderRefusedWhereTheShardCannotCommit(t *testing.T) {
 // shard until its step timeout and rollback. With a majority live it is
 // planned.
 func TestMoveReplicaRefusedWithoutQuorum(t *testing.T) {
-	d := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: 16384, Epoch: 3}
-	for n := uint64(1); n <= 3; n++ {
-		d.Replicas = append(d.Replicas, &shoalpb.ReplicaDescriptor{NodeId: n, ReplicaId: 10 + n})
-	}
-	snap := Snapshot{
-		ReplicationFactor: 3, NextReplicaID: 100, NextOperatorID: 1,
-		Nodes: []NodeStatus{
-			{ID: 1, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
-			{ID: 2, Weight: 1, State: shoalpb.NodeState_NODE_STATE_DOWN},
-			{ID: 3, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
-			{ID: 4, Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP},
-		},
-		Shards: []ShardStatus{{Desc: d, LeaderReplica: 11}},
-	}
+	snap := threeVoters(4)
+	snap.Nodes[1].State = shoalpb.NodeState_NODE_STATE_DOWN
 	if _, err := MoveReplica(snap, 1, 2, 4); err != nil {
 		t.Fatalf("move off a down node with two of three voters live: %v", err)
 	}
@@ -63,4 +40,19 @@ func TestMoveReplicaRefusedWithoutQuorum(t *testing.T) {
 	if _, err := MoveReplica(snap, 1, 2, 4); err == nil || !strings.Contains(err.Error(), "1 of 3 voters on live nodes") {
 		t.Fatalf("move with one of three voters live: %v, want refused", err)
 	}
+}
+
+// threeVoters is a snapshot of nodes up nodes (weight 1) and one shard
+// whose voters are on nodes 1, 2 and 3 (replicas 11, 12, 13), led by 11.
+func threeVoters(nodes int) Snapshot {
+	d := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: 16384, Epoch: 3}
+	for n := uint64(1); n <= 3; n++ {
+		d.Replicas = append(d.Replicas, &shoalpb.ReplicaDescriptor{NodeId: n, ReplicaId: 10 + n})
+	}
+	snap := Snapshot{ReplicationFactor: 3, NextReplicaID: 100, NextOperatorID: 1,
+		Shards: []ShardStatus{{Desc: d, LeaderReplica: 11}}}
+	for n := 1; n <= nodes; n++ {
+		snap.Nodes = append(snap.Nodes, NodeStatus{ID: uint64(n), Weight: 1, State: shoalpb.NodeState_NODE_STATE_UP})
+	}
+	return snap
 }
