@@ -1019,12 +1019,29 @@ func (r *Replica) dropOverwritten(ents []*raftpb.Entry) {
 
 // apply applies committed entries into the worker's apply batch and queues
 // the proposers' results for delivery after the batch commits.
-func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
+func (r *Replica) apply(w *worker, ents []*raftpb.Entry) (err error) {
 	if len(ents) == 0 {
 		return nil
 	}
 	b := w.applyBatch()
 	cmds, owners := w.cmds[:0], w.owners[:0]
+	// owner is the proposer of the entry being applied, once taken out of
+	// the maps; owners, those of the commands not yet handed to the state
+	// machine. On a failure they go with the worker's other results, which
+	// finishApply tells that the outcome is unknown: out of the maps,
+	// nothing else would ever answer them.
+	var owner *proposal
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, p := range append(owners, owner) {
+			if p != nil {
+				w.results = append(w.results, delivery{p: p, r: result{err: ambiguous(err)}})
+			}
+		}
+		clear(owners)
+	}()
 	flush := func() error {
 		if len(cmds) == 0 {
 			return nil
@@ -1054,7 +1071,7 @@ func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
 	for _, e := range ents {
 		idx := e.GetIndex()
 		id, cmd, cc, isProposal := entryProposal(e)
-		var owner *proposal
+		owner = nil
 		if p := r.byIndex[idx]; p != nil {
 			delete(r.byIndex, idx)
 			delete(r.proposals, p.id)
@@ -1069,7 +1086,7 @@ func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
 		case raftpb.EntryNormal:
 			if isProposal {
 				cmds = append(cmds, Command{Index: idx, Term: e.GetTerm(), Data: cmd})
-				owners = append(owners, owner)
+				owners, owner = append(owners, owner), nil
 			}
 		case raftpb.EntryConfChange:
 			return fmt.Errorf("raftstore: shard %d: unexpected v1 configuration change at %d", r.shardID, idx)
@@ -1089,6 +1106,7 @@ func (r *Replica) apply(w *worker, ents []*raftpb.Entry) error {
 			}
 			if owner != nil {
 				w.results = append(w.results, delivery{p: owner, r: res})
+				owner = nil
 			}
 		}
 	}

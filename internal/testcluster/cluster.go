@@ -360,17 +360,24 @@ func (n *Node) Running() bool {
 	return n.running
 }
 
-// Stop shuts the node down cleanly; its data stays for Restart.
+// Stop shuts the node down cleanly; its data stays for Restart. A node
+// that had failed fails the test (StopFailed is for tests that fail one).
 func (n *Node) Stop() {
+	if err := n.StopFailed(); err != nil {
+		n.c.t.Errorf("node %d failed: %v", n.ID, err)
+	}
+}
+
+// StopFailed shuts the node down like Stop and returns the error that had
+// stopped its store, if any, for a test that made it fail on purpose.
+func (n *Node) StopFailed() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if !n.running {
-		return
+		return nil
 	}
 	n.running = false
-	if err := n.n.Stop(); err != nil {
-		n.c.t.Errorf("node %d failed: %v", n.ID, err)
-	}
+	return n.n.Stop()
 }
 
 // Shutdown stops the node gracefully (node.Node.Shutdown: leaderships are
