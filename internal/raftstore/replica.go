@@ -348,7 +348,7 @@ func (r *Replica) refreshProgress() {
 	n := 0
 	r.raw.WithProgress(func(id uint64, typ raft.ProgressType, pr tracker.Progress) {
 		n++
-		if old, ok := r.progress[id]; !ok || old.Match != pr.Match || old.State != pr.State.String() || old.Learner != (typ == raft.ProgressTypeLearner) {
+		if old, ok := r.progress[id]; !ok || old.Match != pr.Match || old.State != progressState(pr.State) || old.Learner != (typ == raft.ProgressTypeLearner) {
 			same = false
 		}
 	})
@@ -357,9 +357,23 @@ func (r *Replica) refreshProgress() {
 	}
 	p := make(map[uint64]Progress, len(r.desc.Replicas))
 	r.raw.WithProgress(func(id uint64, typ raft.ProgressType, pr tracker.Progress) {
-		p[id] = Progress{Match: pr.Match, State: pr.State.String(), Learner: typ == raft.ProgressTypeLearner}
+		p[id] = Progress{Match: pr.Match, State: progressState(pr.State), Learner: typ == raft.ProgressTypeLearner}
 	})
 	r.progress, r.progressChanged = p, true
+}
+
+// progressState names a member's replication state as Progress.State
+// documents it.
+func progressState(s tracker.StateType) string {
+	switch s {
+	case tracker.StateProbe:
+		return "probe"
+	case tracker.StateReplicate:
+		return "replicate"
+	case tracker.StateSnapshot:
+		return "snapshot"
+	}
+	return s.String()
 }
 
 func roleOf(s raft.StateType) Role {

@@ -13,8 +13,8 @@ const truncateEveryTicks = 10
 // maybeTruncateLog truncates the log once it holds more than
 // Options.MaxLogEntries entries or Options.MaxLogBytes bytes. Every replica
 // truncates its own log; nothing is proposed. A follower keeps nothing it
-// has applied. A leader keeps what its followers in the replicate state
-// still lack, unless that would keep more than twice the bounds: then the
+// has applied. A leader keeps what its followers in the replicate or probe
+// state still lack, unless that would keep more than twice the bounds: then the
 // laggards will get a snapshot instead. It also keeps the entries after a
 // snapshot it is sending, as long as they are within twice the byte bound
 // (whatever their number): the receiver goes on from the log once the
@@ -40,7 +40,10 @@ func (r *Replica) maybeTruncateLog() {
 		r.raw.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
 			switch {
 			case id == r.replicaID:
-			case pr.State == tracker.StateReplicate:
+			case pr.State == tracker.StateReplicate || pr.State == tracker.StateProbe:
+				// A follower in probe still has its match: its messages
+				// went unanswered (its node restarts, its stream was
+				// reset), or the leader is new and has not heard from it.
 				keep = min(keep, pr.Match)
 			case pr.State == tracker.StateSnapshot && pr.PendingSnapshot > 0:
 				keepSnap = min(keepSnap, pr.PendingSnapshot)

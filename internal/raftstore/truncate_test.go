@@ -1,6 +1,7 @@
 package raftstore_test
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -91,4 +92,74 @@ func TestOneSnapshotPerMoveUnderWrites(t *testing.T) {
 		t.Fatalf("%d snapshots sent, %d applied by the learner while %d writes went on; want 1 and 1", sent, st.SnapshotsApplied, total)
 	}
 	t.Logf("%d writes during the snapshot; 1 snapshot sent and applied", total)
+}
+
+// TestTruncationKeepsForProbingFollower: a follower whose node went away is
+// in probe (its stream failed), and the leader still knows how far its log
+// goes. While the entries it lacks are within twice the log's bounds, the
+// leader keeps them, so the follower catches up from the log when it comes
+// back instead of needing a snapshot.
+func TestTruncationKeepsForProbingFollower(t *testing.T) {
+	const maxEntries = 50
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: tc.NewRegisterSM,
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.MaxLogEntries = maxEntries }})
+	ctx := ctxFor(t, time.Minute)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const shard = 1
+	load(ctx, t, c, shard, "before", 20, 10)
+	leader, victim := leaderAndOther(t, c, shard)
+	st, err := leader.Store().Status(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victimReplica := replicaOn(t, st.Descriptor, victim.ID)
+	// Everything so far is on the victim.
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := leader.Store().Status(shard)
+		if err != nil {
+			return err
+		}
+		if pr := st.Progress[victimReplica]; pr.Match < st.Applied || pr.State != "replicate" {
+			return fmt.Errorf("victim's replica in %q at %d, applied %d", pr.State, pr.Match, st.Applied)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	victim.Stop()
+	if err := tc.WaitFor(ctx, func() error {
+		st, err := leader.Store().Status(shard)
+		if err != nil {
+			return err
+		}
+		if pr := st.Progress[victimReplica]; pr.State != "probe" {
+			return fmt.Errorf("victim's replica is in %q", pr.State)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	truncations := leader.Store().Stats().Truncations
+	load(ctx, t, c, shard, "while-down", 40, 10)
+	// The log is now over its entry bound: the leader truncates at its next
+	// check, up to what the victim has (with nothing to keep for it, all
+	// of its log).
+	if err := tc.WaitFor(ctx, func() error {
+		if n := leader.Store().Stats().Truncations; n == truncations {
+			return errors.New("the leader has not truncated its log")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sent := leader.Store().Stats().SnapshotsSent
+	if err := victim.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	checkSame(ctx, t, c, shard, 3)
+	if n := leader.Store().Stats().SnapshotsSent - sent; n != 0 {
+		t.Fatalf("the leader sent %d snapshots to a follower it could have caught up from its log", n)
+	}
 }
