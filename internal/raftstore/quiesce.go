@@ -17,7 +17,9 @@ import (
 //
 // A leader quiesces when, for quiesceTicks ticks in a row, its shard has
 // been idle: nothing proposed, read or transferred, every entry committed,
-// applied here and replicated to every member, no lease in use. It marks
+// applied here and replicated to every member, no lease in use, not in a
+// joint configuration (a leader leaves one from its ticks if Raft's own
+// leave was dropped: maybeLeaveJoint). It marks
 // its next heartbeats "quiesce" and stops ticking after sending them. A
 // follower that gets such a heartbeat from its leader while its own log
 // ends at the heartbeat's commit index, and no read of its own is in
@@ -100,7 +102,7 @@ func (r *Replica) canQuiesce() bool {
 	if r.state != raft.StateLeader || !r.initialized || r.campaignAt > 0 ||
 		len(r.proposals) > 0 || len(r.pendingReads) > 0 || len(r.readBatches) > 0 || len(r.waitingReads) > 0 ||
 		len(r.pendingSnaps) > 0 || len(r.applyAfterSync) > 0 || r.leaseUsed.Load() ||
-		r.wantTransfer != 0 || len(r.heldProps) > 0 {
+		r.wantTransfer != 0 || len(r.heldProps) > 0 || IsJoint(r.desc) {
 		return false
 	}
 	st := r.raw.Status()

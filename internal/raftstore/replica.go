@@ -730,6 +730,7 @@ func (r *Replica) tick() {
 		if r.transferee != 0 {
 			r.maybeAbortTransfer()
 		}
+		r.maybeLeaveJoint()
 	}
 	if r.ticks%truncateEveryTicks == 0 {
 		r.maybeTruncateLog()
@@ -740,6 +741,22 @@ func (r *Replica) tick() {
 			_ = r.raw.Campaign()
 		}
 	}
+}
+
+// maybeLeaveJoint proposes leaving a joint configuration the leader has
+// applied and not yet left. Raft proposes that itself when it applies the
+// entry that entered it, but drops the proposal while a leadership transfer
+// runs and tries again only when it next applies an entry: after a transfer
+// that failed on an idle shard, the shard would stay joint (refusing every
+// later change, needing both majorities) until the next write.
+func (r *Replica) maybeLeaveJoint() {
+	if !IsJoint(r.desc) || r.confIndex > r.applied || r.refreshTransferee() != 0 {
+		return // not joint, the leave (or another change) is in the log, or Raft would drop it
+	}
+	r.log.Info("proposing to leave the joint configuration", "epoch", r.desc.Epoch)
+	// An empty ConfChangeV2 is the leave, as Raft's own; an error means
+	// Raft refused it and the next tick tries again.
+	_ = r.raw.ProposeConfChange(&raftpb.ConfChangeV2{})
 }
 
 // phase3 runs after the group commit: the entries and HardState of this
