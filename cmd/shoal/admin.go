@@ -38,7 +38,7 @@ func (f *clientFlags) adminCall(ctx context.Context, call func(ctx context.Conte
 
 func (f *clientFlags) print(w io.Writer, msg proto.Message, human func()) error {
 	if f.json {
-		b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(msg)
+		b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true, EmitUnpopulated: true}.Marshal(msg)
 		if err != nil {
 			return err
 		}

@@ -155,6 +155,8 @@ func TestAdminCommandsAgainstPlayground(t *testing.T) {
 	mustRun(`"finished"`, "operator", "list", "--all", "--json")
 	mustRun("weight 2", "node", "set", fmt.Sprint(to), "--weight", "2")
 	mustRun("scheduling resumed", "schedule", "resume")
+	// JSON output names every field, false and zero ones too.
+	mustRun(`"paused"`, "schedule", "resume", "--json")
 	mustRun("draining", "node", "drain", fmt.Sprint(from))
 	deadline := time.After(60 * time.Second)
 	for {

@@ -63,7 +63,9 @@ func newKVCmds() []*cobra.Command {
 	get := &cobra.Command{
 		Use:   "get KEY",
 		Short: "Print a key's value",
-		Args:  cobra.ExactArgs(1),
+		Long: "Print a key's value. A missing key is an error (exit status 1); with --json it prints\n" +
+			"{\"key\": ..., \"found\": false} and exits 0, so that a script tells \"absent\" from a failure.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, ctx, done, err := f.open(cmd.Context())
 			if err != nil {
