@@ -406,9 +406,12 @@ func (p *peer) run() {
 	log := p.t.log.With("peer", p.to)
 	backoff := p.t.opts.BackoffMin
 	for {
-		err := p.connectAndSend(log)
+		worked, err := p.connectAndSend(log)
 		if p.t.ctx.Err() != nil {
 			return
+		}
+		if worked {
+			backoff = p.t.opts.BackoffMin
 		}
 		p.t.stats.streamErrs.Add(1)
 		log.Debug("raft stream to peer failed", "err", err, "retry_in", backoff)
@@ -426,9 +429,6 @@ func (p *peer) run() {
 		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, p.t.opts.BackoffMax)
-		if err == nil {
-			backoff = p.t.opts.BackoffMin
-		}
 	}
 }
 
@@ -446,24 +446,26 @@ func (p *peer) drain() {
 }
 
 // connectAndSend dials the peer, opens a stream and sends queued batches
-// until the stream fails or the transport closes. A nil error means the
-// stream worked for a while before ending, so backoff restarts.
-func (p *peer) connectAndSend(log *slog.Logger) error {
+// until the stream fails or the transport closes, and returns why. worked
+// says the stream carried batches and was not refused (another cluster,
+// another node): the peer was there, and the backoff starts over.
+func (p *peer) connectAndSend(log *slog.Logger) (worked bool, err error) {
 	addr, err := p.t.opts.Resolve(p.to)
 	if err != nil {
-		return fmt.Errorf("resolve node %d: %w", p.to, err)
+		return false, fmt.Errorf("resolve node %d: %w", p.to, err)
 	}
 	conn, err := grpc.NewClient(addr, p.t.dialOptions()...)
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", addr, err)
+		return false, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(p.t.ctx)
 	defer cancel()
 	stream, err := shoalpb.NewRaftTransportClient(conn).RaftStream(ctx, p.t.codec.callOption())
 	if err != nil {
-		return fmt.Errorf("open stream to %s: %w", addr, err)
+		return false, fmt.Errorf("open stream to %s: %w", addr, err)
 	}
+	refused := func(err error) bool { return status.Code(err) == codes.FailedPrecondition }
 	// The receiver only ever ends the stream; watch for that.
 	recvErr := make(chan error, 1)
 	go func() {
@@ -478,7 +480,6 @@ func (p *peer) connectAndSend(log *slog.Logger) error {
 	p.t.stats.connects.Add(1)
 	log.Debug("raft stream open", "addr", addr)
 	first := true
-	worked := false
 	for {
 		var msgs []*shoalpb.RaftMessage
 		if len(p.carry) == 0 {
@@ -486,13 +487,10 @@ func (p *peer) connectAndSend(log *slog.Logger) error {
 			case <-ctx.Done():
 				select {
 				case err := <-recvErr:
-					return fmt.Errorf("stream to %s ended: %w", addr, err)
+					return worked && !refused(err), fmt.Errorf("stream to %s ended: %w", addr, err)
 				default:
 				}
-				if worked {
-					return nil
-				}
-				return ctx.Err()
+				return worked, ctx.Err()
 			case msgs = <-p.queue:
 			}
 		}
@@ -507,7 +505,7 @@ func (p *peer) connectAndSend(log *slog.Logger) error {
 				err = rerr
 			default:
 			}
-			return fmt.Errorf("send to %s: %w", addr, err)
+			return worked && !refused(err), fmt.Errorf("send to %s: %w", addr, err)
 		}
 		first, worked = false, true
 		p.t.stats.batchesSent.Add(1)

@@ -108,6 +108,12 @@ func (b *book) set(n uint64, a string) {
 
 func startEndpoint(t *testing.T, bk *book, id uint64, cluster, addr string) *endpoint {
 	t.Helper()
+	return startEndpointWith(t, bk, id, cluster, addr, nil)
+}
+
+// startEndpointWith is startEndpoint with adjust applied to the options.
+func startEndpointWith(t *testing.T, bk *book, id uint64, cluster, addr string, adjust func(*Options)) *endpoint {
+	t.Helper()
 	if addr == "" {
 		// Not 127.0.0.1, where every outgoing connection takes its
 		// ephemeral port: an endpoint restarted on its old address must
@@ -119,8 +125,12 @@ func startEndpoint(t *testing.T, bk *book, id uint64, cluster, addr string) *end
 		t.Fatal(err)
 	}
 	rec := newRecorder()
-	tr, err := New(Options{NodeID: id, ClusterID: cluster, Resolve: bk.resolve, Handler: rec,
-		BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
+	o := Options{NodeID: id, ClusterID: cluster, Resolve: bk.resolve, Handler: rec,
+		BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond}
+	if adjust != nil {
+		adjust(&o)
+	}
+	tr, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,6 +278,43 @@ func TestReconnectsAfterPeerRestart(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A stream that worked starts the reconnection backoff over when it ends:
+// a peer that restarts many times over the process's life is reconnected to
+// at once each time, not after the longest backoff once a few restarts have
+// added up (meanwhile every send to it fails).
+func TestBackoffRestartsAfterAStreamThatWorked(t *testing.T) {
+	bk := &book{addrs: map[uint64]string{}}
+	a := startEndpointWith(t, bk, 1, "c", "", func(o *Options) {
+		o.BackoffMin, o.BackoffMax = 10*time.Millisecond, 10*time.Second
+	})
+	b := startEndpoint(t, bk, 2, "c", "")
+	i := 0
+	deliver := func(to *endpoint) {
+		t.Helper()
+		waitFor(t, 30*time.Second, func() error {
+			i++
+			_ = a.t.Send(2, []*shoalpb.RaftMessage{msg(1, 1, 2, i)})
+			if to.rec.count() == 0 {
+				return errors.New("nothing received")
+			}
+			return nil
+		})
+	}
+	deliver(b)
+	// Twelve restarts: with the backoff doubling from 10 ms and never
+	// starting over, the waits add up to over 15 s (the last ones 5-10 s).
+	start := time.Now()
+	for range 12 {
+		addr := b.addr
+		b.stop()
+		b = startEndpoint(t, bk, 2, "c", addr)
+		deliver(b)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("12 peer restarts took %v to reconnect to", d)
+	}
 }
 
 func TestQueueFull(t *testing.T) {
