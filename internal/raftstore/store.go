@@ -220,6 +220,9 @@ type Store struct {
 	logBatch    *storage.Batch
 	logMustSync bool
 	logReplicas int
+	// logErr is the first error of a write staged in logBatch: the batch
+	// may hold part of that write, and is then never committed.
+	logErr error
 
 	// iterStart is when the loop's current iteration began (on the peer
 	// clock, see quiesce.go), 0 between iterations: the ticker stops
@@ -1049,18 +1052,27 @@ func (s *Store) stageLog(mustSync bool, fn func(b *storage.Batch) error) error {
 	}
 	s.logMustSync = s.logMustSync || mustSync
 	s.logReplicas++
-	return fn(s.logBatch)
+	err := fn(s.logBatch)
+	if err != nil && s.logErr == nil {
+		s.logErr = err
+	}
+	return err
 }
 
 // commitLog commits the shared log batch: one sync for every replica's
 // entries and HardState of this iteration.
 func (s *Store) commitLog() error {
-	b, sync, n := s.logBatch, s.logMustSync, s.logReplicas
-	s.logBatch, s.logMustSync, s.logReplicas = nil, false, 0
+	b, sync, n, staged := s.logBatch, s.logMustSync, s.logReplicas, s.logErr
+	s.logBatch, s.logMustSync, s.logReplicas, s.logErr = nil, false, 0, nil
 	if b == nil {
 		return nil
 	}
 	defer b.Close()
+	if staged != nil {
+		// Half a truncation (its entries deleted, its state not moved)
+		// would leave a gap in the log after a restart.
+		return fmt.Errorf("raftstore: log batch dropped after a failed write: %w", staged)
+	}
 	if err := b.Commit(sync); err != nil {
 		return fmt.Errorf("raftstore: log commit: %w", err)
 	}
