@@ -2,6 +2,8 @@ package kv
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -14,6 +16,13 @@ import (
 // part of the replicated semantics (every replica must trim alike), so
 // changing it is a format change.
 const maxSessionResults = 256
+
+// maxSessionBytes bounds the encoded size of the results one session keeps
+// (a write that returns the old value, GETDEL or SET with GET, keeps that
+// value): the record is rewritten on every write in the session and sent
+// whole in snapshots, whose messages are at most 64 MiB. The last result is
+// kept whatever its size. Replicated semantics too, as maxSessionResults.
+const maxSessionBytes = 4 << 20
 
 // The state machine keeps up to maxCachedSessions session records of its
 // shard decoded in memory, those holding at most maxCachedResults results,
@@ -107,23 +116,27 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 }
 
 // trimSession forgets the results the client acknowledged and, beyond
-// maxSessionResults, the oldest ones, raising the acknowledged mark past them
-// so that a late retry is refused instead of applied twice.
+// maxSessionResults results or maxSessionBytes of them, the oldest ones
+// (never the last one), raising the acknowledged mark past them so that a
+// late retry is refused instead of applied twice.
 func trimSession(s *shoalpb.SessionRecord) {
-	for seq := range s.Results {
+	size := 0
+	for seq, r := range s.Results {
 		if seq < s.AckedBelow {
 			delete(s.Results, seq)
+			continue
 		}
+		size += proto.Size(r)
 	}
-	for len(s.Results) > maxSessionResults {
-		oldest := uint64(0)
-		first := true
-		for seq := range s.Results {
-			if first || seq < oldest {
-				oldest, first = seq, false
-			}
+	if len(s.Results) <= maxSessionResults && size <= maxSessionBytes {
+		return
+	}
+	for _, seq := range slices.Sorted(maps.Keys(s.Results)) {
+		if len(s.Results) == 1 || len(s.Results) <= maxSessionResults && size <= maxSessionBytes {
+			return
 		}
-		delete(s.Results, oldest)
-		s.AckedBelow = max(s.AckedBelow, oldest+1)
+		size -= proto.Size(s.Results[seq])
+		delete(s.Results, seq)
+		s.AckedBelow = max(s.AckedBelow, seq+1)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -125,6 +126,40 @@ func TestSessionResultsAreBounded(t *testing.T) {
 	}
 	if data := dumpData(t, h.eng.Reader()); data["n"].value != strconv.Itoa(n) {
 		t.Fatalf("n = %v, want %d", data["n"], n)
+	}
+}
+
+// Results that return old values are bounded by size too: a session whose
+// lowest write stays unacknowledged while others return large values keeps
+// about maxSessionBytes of them, not maxSessionResults values of up to the
+// value limit each (a record rewritten on every write, sent whole in
+// snapshots).
+func TestSessionResultsAreBoundedBySize(t *testing.T) {
+	h := newHarness(t, allSlots())
+	big := strings.Repeat("x", 1<<20)
+	const n = 12
+	for i := range n {
+		h.one(inSession(7, uint64(i), 0, cmdAt(t0, putOp("k", big+strconv.Itoa(i), returnOld))))
+	}
+	s, _ := h.session(1, 7)
+	if size := proto.Size(s); size > maxSessionBytes+(2<<20) || len(s.Results) < maxSessionBytes>>20-1 {
+		t.Fatalf("session record of %d bytes with %d results (acked_below %d), want about %d bytes", size, len(s.Results), s.AckedBelow, maxSessionBytes)
+	}
+	if s.AckedBelow == 0 || s.Results[n-1] == nil {
+		t.Fatalf("acked_below %d, results %v: want the oldest dropped and the last kept", s.AckedBelow, slices.Sorted(maps.Keys(s.Results)))
+	}
+	if r := h.one(inSession(7, 0, 0, cmdAt(t0, putOp("k", "again", returnOld)))); r.Error != errStale {
+		t.Fatalf("retry of a dropped result: %v, want STALE_SEQUENCE", r)
+	}
+	// One result over the bound alone is kept.
+	huge := strings.Repeat("y", maxSessionBytes+1)
+	h.one(inSession(8, 0, 0, cmdAt(t0, putOp("h", huge))))
+	h.one(inSession(8, 1, 0, cmdAt(t0, putOp("h", "small", returnOld))))
+	if s, _ := h.session(1, 8); len(s.Results) != 1 || s.AckedBelow != 1 {
+		t.Fatalf("session 8: %d results, acked_below %d; want the last one alone", len(s.Results), s.AckedBelow)
+	}
+	if r := h.one(inSession(8, 1, 0, cmdAt(t0, putOp("h", "other", returnOld)))); r.Error != 0 || string(r.Results[0].Value) != huge {
+		t.Fatalf("retry of the kept result: error %v, old value of %d bytes", r.Error, len(r.Results[0].GetValue()))
 	}
 }
 
