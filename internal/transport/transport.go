@@ -92,6 +92,11 @@ type Options struct {
 	Handler Handler
 	// QueueBatches bounds the batches queued per destination. Default 4096.
 	QueueBatches int
+	// QueueBytes bounds the entry bytes queued per destination (as
+	// MaxBatchBytes counts them); a batch that finds the queue empty is
+	// taken whatever its size. Default 64 MiB: followers that lag on a slow
+	// link would otherwise queue every shard's appends in flight to them.
+	QueueBytes int
 	// MaxBatchMessages bounds the Raft messages coalesced into one stream
 	// message. Default 4096.
 	MaxBatchMessages int
@@ -119,6 +124,9 @@ func (o *Options) validate() error {
 	}
 	if o.QueueBatches <= 0 {
 		o.QueueBatches = 4096
+	}
+	if o.QueueBytes <= 0 {
+		o.QueueBytes = 64 << 20
 	}
 	if o.MaxBatchMessages <= 0 {
 		o.MaxBatchMessages = 4096
@@ -387,16 +395,39 @@ type peer struct {
 	// downUntil is the UnixNano time before which Send fails fast, set
 	// while the peer is unreachable.
 	downUntil atomic.Int64
+	// queued is the bytes of the batches in queue (batchBytes).
+	queued atomic.Int64
+}
+
+// batchBytes is the size of msgs as QueueBytes counts it.
+func batchBytes(msgs []*shoalpb.RaftMessage) int64 {
+	n := 0
+	for _, m := range msgs {
+		n += messageBytes(m)
+	}
+	return int64(n)
+}
+
+// dequeued accounts for msgs taken off the queue.
+func (p *peer) dequeued(msgs []*shoalpb.RaftMessage) []*shoalpb.RaftMessage {
+	p.queued.Add(-batchBytes(msgs))
+	return msgs
 }
 
 func (p *peer) enqueue(msgs []*shoalpb.RaftMessage) error {
 	if time.Now().UnixNano() < p.downUntil.Load() {
 		return ErrUnreachable
 	}
+	n := batchBytes(msgs)
+	if q := p.queued.Add(n); q > int64(p.t.opts.QueueBytes) && q > n {
+		p.queued.Add(-n)
+		return ErrQueueFull
+	}
 	select {
 	case p.queue <- msgs:
 		return nil
 	default:
+		p.queued.Add(-n)
 		return ErrQueueFull
 	}
 }
@@ -438,7 +469,7 @@ func (p *peer) drain() {
 	for {
 		select {
 		case msgs := <-p.queue:
-			p.t.stats.dropped.Add(uint64(len(msgs)))
+			p.t.stats.dropped.Add(uint64(len(p.dequeued(msgs))))
 		default:
 			return
 		}
@@ -492,6 +523,7 @@ func (p *peer) connectAndSend(log *slog.Logger) (worked bool, err error) {
 				}
 				return worked, ctx.Err()
 			case msgs = <-p.queue:
+				p.dequeued(msgs)
 			}
 		}
 		b := p.coalesce(msgs)
@@ -534,6 +566,7 @@ func (p *peer) coalesce(msgs []*shoalpb.RaftMessage) *shoalpb.RaftMessageBatch {
 		}
 		select {
 		case pending = <-p.queue:
+			p.dequeued(pending)
 		default:
 			return b
 		}

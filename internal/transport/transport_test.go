@@ -345,6 +345,75 @@ func TestQueueFull(t *testing.T) {
 	}
 }
 
+// The queue to a peer is bounded in bytes too: batches of large appends
+// to a peer that takes nothing fill it long before QueueBatches.
+func TestQueueFullByBytes(t *testing.T) {
+	// A peer that accepts connections and never answers: the dial hangs,
+	// and everything sent waits in the queue.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	bk := &book{addrs: map[uint64]string{2: lis.Addr().String()}}
+	tr, err := New(Options{NodeID: 1, ClusterID: "c", Resolve: bk.resolve, QueueBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	big := func(i int) []*shoalpb.RaftMessage {
+		m := msg(1, 1, 2, i)
+		m.Message.Entries[0].Data = make([]byte, 64<<10)
+		return []*shoalpb.RaftMessage{m}
+	}
+	accepted := 0
+	for i := range 100 {
+		err := tr.Send(2, big(i))
+		if errors.Is(err, ErrQueueFull) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		accepted++
+	}
+	// 1 MiB holds 15 of these (64 KiB and the per-message estimate).
+	if accepted < 10 || accepted > 16 {
+		t.Fatalf("%d batches of 64 KiB accepted by a 1 MiB queue", accepted)
+	}
+	// One batch larger than the bound goes into an empty queue only: this
+	// one is refused, the queue being full.
+	huge := big(1000)
+	huge[0].Message.Entries[0].Data = make([]byte, 2<<20)
+	if err := tr.Send(2, huge); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("a 2 MiB batch into a full queue: %v", err)
+	}
+	bk.set(3, lis.Addr().String())
+	if err := tr.Send(3, huge); err != nil {
+		t.Fatalf("a 2 MiB batch into an empty queue: %v", err)
+	}
+}
+
 func TestOptionsValidate(t *testing.T) {
 	for _, o := range []Options{
 		{ClusterID: "c", Resolve: (&book{}).resolve},
