@@ -331,9 +331,13 @@ func (t *Transport) SendSnapshot(ctx context.Context, to uint64, first *shoalpb.
 	}
 	for c := first; ; {
 		if err := stream.Send(c); err != nil {
-			// The receiver's status says why it stopped reading.
-			if _, rerr := stream.CloseAndRecv(); rerr != nil {
+			// The receiver's answer or status says why it stopped reading.
+			resp, rerr := stream.CloseAndRecv()
+			switch {
+			case rerr != nil:
 				err = rerr
+			case resp != nil && !resp.Accepted:
+				return fmt.Errorf("%w by node %d: %s", ErrSnapshotRefused, to, resp.Reason)
 			}
 			return fmt.Errorf("transport: snapshot to node %d: %w", to, err)
 		}

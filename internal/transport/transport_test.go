@@ -27,9 +27,18 @@ type recorder struct {
 	// refuse makes HandleSnapshot refuse.
 	snapshots [][]string
 	refuse    error
+	// refuseAtOnce makes HandleSnapshot refuse before reading past the
+	// header (as a receiver with no slot or no room does).
+	refuseAtOnce error
 }
 
 func (r *recorder) HandleSnapshot(_ context.Context, first *shoalpb.SnapshotChunk, recv func() (*shoalpb.SnapshotChunk, error)) error {
+	r.mu.Lock()
+	early := r.refuseAtOnce
+	r.mu.Unlock()
+	if early != nil {
+		return early
+	}
 	var got []string
 	for c := first; ; {
 		for _, k := range c.Keys {
@@ -459,6 +468,26 @@ func TestSnapshotStream(t *testing.T) {
 	if !errors.Is(err, ErrSnapshotRefused) || !strings.Contains(err.Error(), "busy") {
 		t.Fatalf("refused snapshot: %v", err)
 	}
+	// A refusal before the stream is read gets its reason to the sender
+	// too, not the end of the stream its next chunk found.
+	b.rec.mu.Lock()
+	b.rec.refuseAtOnce = errors.New("no room for it")
+	b.rec.mu.Unlock()
+	first, next = snapshotChunks(64)
+	bigNext := func() (*shoalpb.SnapshotChunk, error) {
+		c, err := next()
+		if c != nil {
+			c.Values[0] = make([]byte, 1<<20)
+		}
+		return c, err
+	}
+	err = a.t.SendSnapshot(ctx, 2, first, bigNext)
+	if !errors.Is(err, ErrSnapshotRefused) || !strings.Contains(err.Error(), "no room for it") {
+		t.Fatalf("snapshot refused at once: %v", err)
+	}
+	b.rec.mu.Lock()
+	b.rec.refuseAtOnce = nil
+	b.rec.mu.Unlock()
 	// A sender of another cluster, or one aiming at another node, is
 	// refused before the handler sees anything.
 	other := startEndpoint(t, bk, 3, "other", "")
