@@ -39,3 +39,6 @@ func VoteGuardSet(s *Store, shard uint64) bool {
 // CountSent counts msgs as sent, as the store does when the transport takes
 // them.
 func CountSent(s *Store, msgs []*shoalpb.RaftMessage) { s.countSent(msgs) }
+
+// SnapshotRetryDelay is snapshotRetryDelay.
+const SnapshotRetryDelay = snapshotRetryDelay

@@ -402,6 +402,7 @@ func TestSnapshotReceiveLimit(t *testing.T) {
 		errs <- err
 	}()
 	waitSnapshotBytes(ctx, t, receiver, false, 256<<10)
+	second := time.Now()
 	go func() {
 		_, err := c.AddLearner(ctx, 2, 5)
 		errs <- err
@@ -419,12 +420,18 @@ func TestSnapshotReceiveLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	took := time.Since(second)
 	w.finish()
 	if w.maxListed != 1 {
 		t.Fatalf("node 5 received %d snapshots at once with MaxSnapshotReceives 1", w.maxListed)
 	}
 	if refused() == 0 {
 		t.Fatal("no snapshot was refused: the second never came while the first was received")
+	}
+	// Each refused attempt read the whole shard; the sender waits before
+	// trying again, instead of trying every heartbeat.
+	if n, most := refused(), uint64(took/raftstore.SnapshotRetryDelay)+1; n > most {
+		t.Fatalf("the second snapshot was refused %d times in %v: more than one attempt per %v", n, took, raftstore.SnapshotRetryDelay)
 	}
 	// Each shard's snapshot was received once, whole; the refusals came
 	// before any byte was taken (they are not failures of the receiver).

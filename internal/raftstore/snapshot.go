@@ -192,17 +192,29 @@ func (r *Replica) sendSnapshot(m *raftpb.Message, toNode uint64) {
 	s.done.Add(1)
 	go func() {
 		defer s.done.Done()
-		defer snap.Close()
 		err := s.streamSnapshot(header, snap, spans, ts)
+		snap.Close()
 		s.snaps.finish(ts, err)
 		if err != nil {
-			log.Warn("snapshot send failed", "err", err, "bytes", ts.bytes.Load())
+			log.Warn("snapshot send failed", "err", err, "bytes", ts.bytes.Load(), "retry_in", snapshotRetryDelay)
+			// Raft asks for another snapshot as soon as it hears this one
+			// failed, and each attempt reads the whole shard: a receiver
+			// that refuses (no slot, no room) would have it read again
+			// every heartbeat.
+			select {
+			case <-time.After(snapshotRetryDelay):
+			case <-s.stopC:
+			}
 		} else {
 			log.Info("snapshot sent", "bytes", ts.bytes.Load(), "took", time.Since(ts.Started).Round(time.Millisecond))
 		}
 		r.queueSnapReport(to, err != nil)
 	}()
 }
+
+// snapshotRetryDelay is how long a failed snapshot send waits before Raft
+// hears of the failure (and may ask for another).
+const snapshotRetryDelay = time.Second
 
 func (r *Replica) queueSnapReport(to uint64, failed bool) {
 	r.mu.Lock()
