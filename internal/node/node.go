@@ -448,7 +448,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		n.resp = resp.NewServer(respBackend{n.kvsvc}, ro)
 		go func() {
-			if err := n.resp.Serve(n.cfg.RESPListener); err != nil {
+			if err := n.resp.Serve(n.cfg.RESPListener); err != nil && !errors.Is(err, net.ErrClosed) {
 				n.log.Error("resp server failed", "err", err)
 			}
 		}()

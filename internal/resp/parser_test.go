@@ -279,6 +279,23 @@ func startServerOn(t *testing.T, backend resp.Backend, opts resp.Options) string
 	return lis.Addr().String()
 }
 
+// A server closed before it serves closes the listener it is then given:
+// a node stopped while starting leaves no port open.
+func TestServeAfterClose(t *testing.T) {
+	srv := resp.NewServer(noBackend{}, resp.Options{})
+	srv.Close()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(lis); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Serve after Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := lis.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("the listener is still open: Accept gave %v", err)
+	}
+}
+
 // rawConn is a client speaking raw bytes.
 type rawConn struct {
 	t  *testing.T

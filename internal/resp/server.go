@@ -145,11 +145,13 @@ func NewServer(backend Backend, opts Options) *Server {
 		conns: map[*conn]struct{}{}, cursors: newCursorCache(10000, 10*time.Minute)}
 }
 
-// Serve accepts connections on lis until Close.
+// Serve accepts connections on lis until Close, which closes lis. On a
+// server already closed it closes lis and returns net.ErrClosed.
 func (s *Server) Serve(lis net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		lis.Close()
 		return net.ErrClosed
 	}
 	s.lis = lis
