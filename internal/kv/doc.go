@@ -54,7 +54,10 @@
 // Sequences below the session's acknowledged mark are refused as stale. A
 // session keeps at most 256 results; when a client never
 // acknowledges, the oldest are dropped and the mark raised past them, so a
-// late retry of one is refused rather than applied twice. The sweeper removes
+// late retry of one is refused rather than applied twice. Past 4 MiB of
+// results (old values returned by GETDEL and the like), the oldest but the
+// one just applied are replaced by a small stale-sequence result, the mark
+// left alone. The sweeper removes
 // sessions idle for longer than Options.SessionTTL. The state machine keeps
 // a few small session records decoded (session.go); a cached record is
 // always exactly the one its apply batch holds.

@@ -20,8 +20,11 @@ const maxSessionResults = 256
 // maxSessionBytes bounds the encoded size of the results one session keeps
 // (a write that returns the old value, GETDEL or SET with GET, keeps that
 // value): the record is rewritten on every write in the session and sent
-// whole in snapshots, whose messages are at most 64 MiB. The last result is
-// kept whatever its size. Replicated semantics too, as maxSessionResults.
+// whole in snapshots, whose messages are at most 64 MiB. Older results
+// beyond it are kept as a small stale-sequence result (trimSession); the
+// last one whatever its size. Replicated semantics too, as
+// maxSessionResults: a replica of an older build keeps the results whole,
+// so its session record, and what a retry of such a write is told, differ.
 const maxSessionBytes = 4 << 20
 
 // The state machine keeps up to maxCachedSessions session records of its
@@ -102,7 +105,7 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	s.Results[cmd.Seq] = res
 	s.AckedBelow = max(s.AckedBelow, cmd.AckedBelow)
 	s.LastActiveMs = max(s.LastActiveMs, cmd.NowMs)
-	trimSession(s)
+	trimSession(s, cmd.SessionId, cmd.Seq)
 	// Deterministic: map order must not make replicas store different bytes.
 	sm.buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(sm.buf[:0], s)
 	if err != nil {
@@ -116,27 +119,51 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 }
 
 // trimSession forgets the results the client acknowledged and, beyond
-// maxSessionResults results or maxSessionBytes of them, the oldest ones
-// (never the last one), raising the acknowledged mark past them so that a
-// late retry is refused instead of applied twice.
-func trimSession(s *shoalpb.SessionRecord) {
-	size := 0
-	for seq, r := range s.Results {
+// maxSessionResults, the oldest ones, raising the acknowledged mark past
+// them so that a late retry is refused instead of applied twice. Beyond
+// maxSessionBytes of results it then replaces the oldest ones, except the
+// result of last (the command just applied), with a small stale-sequence
+// result: a retry of such a write learns it was applied and that its result
+// is gone, and the mark stays where it was, since a sequence below it may
+// not have arrived yet (a session's writes come from many goroutines, in
+// any order).
+func trimSession(s *shoalpb.SessionRecord, sessionID, last uint64) {
+	for seq := range s.Results {
 		if seq < s.AckedBelow {
 			delete(s.Results, seq)
-			continue
 		}
+	}
+	for len(s.Results) > maxSessionResults {
+		oldest := uint64(0)
+		first := true
+		for seq := range s.Results {
+			if first || seq < oldest {
+				oldest, first = seq, false
+			}
+		}
+		delete(s.Results, oldest)
+		s.AckedBelow = max(s.AckedBelow, oldest+1)
+	}
+	size := 0
+	for _, r := range s.Results {
 		size += proto.Size(r)
 	}
-	if len(s.Results) <= maxSessionResults && size <= maxSessionBytes {
+	if size <= maxSessionBytes {
 		return
 	}
 	for _, seq := range slices.Sorted(maps.Keys(s.Results)) {
-		if len(s.Results) == 1 || len(s.Results) <= maxSessionResults && size <= maxSessionBytes {
+		r := s.Results[seq]
+		if seq == last || r.Error == shoalpb.KVErrorCode_KV_ERROR_STALE_SEQUENCE {
+			continue
+		}
+		dropped := &shoalpb.KVCommandResult{
+			Error:        shoalpb.KVErrorCode_KV_ERROR_STALE_SEQUENCE,
+			ErrorMessage: fmt.Sprintf("ERR session %d: sequence %d was applied; its result was too large to keep", sessionID, seq),
+		}
+		size += proto.Size(dropped) - proto.Size(r)
+		s.Results[seq] = dropped
+		if size <= maxSessionBytes {
 			return
 		}
-		size -= proto.Size(s.Results[seq])
-		delete(s.Results, seq)
-		s.AckedBelow = max(s.AckedBelow, seq+1)
 	}
 }

@@ -133,33 +133,47 @@ func TestSessionResultsAreBounded(t *testing.T) {
 // lowest write stays unacknowledged while others return large values keeps
 // about maxSessionBytes of them, not maxSessionResults values of up to the
 // value limit each (a record rewritten on every write, sent whole in
-// snapshots).
+// snapshots). The older ones become stale-sequence results; the mark stays,
+// so a sequence that had not arrived yet still applies.
 func TestSessionResultsAreBoundedBySize(t *testing.T) {
 	h := newHarness(t, allSlots())
 	big := strings.Repeat("x", 1<<20)
 	const n = 12
-	for i := range n {
+	// Sequences arrive out of order, as a session's writes from several
+	// goroutines do; 0 arrives last.
+	for i := 1; i < n; i++ {
 		h.one(inSession(7, uint64(i), 0, cmdAt(t0, putOp("k", big+strconv.Itoa(i), returnOld))))
 	}
 	s, _ := h.session(1, 7)
-	if size := proto.Size(s); size > maxSessionBytes+(2<<20) || len(s.Results) < maxSessionBytes>>20-1 {
-		t.Fatalf("session record of %d bytes with %d results (acked_below %d), want about %d bytes", size, len(s.Results), s.AckedBelow, maxSessionBytes)
+	if size := proto.Size(s); size > maxSessionBytes+(2<<20) {
+		t.Fatalf("session record of %d bytes with %d results, want about %d bytes", size, len(s.Results), maxSessionBytes)
 	}
-	if s.AckedBelow == 0 || s.Results[n-1] == nil {
-		t.Fatalf("acked_below %d, results %v: want the oldest dropped and the last kept", s.AckedBelow, slices.Sorted(maps.Keys(s.Results)))
+	if s.AckedBelow != 0 || len(s.Results) != n-1 || s.Results[n-1].GetError() != 0 {
+		t.Fatalf("acked_below %d, %d results, last %v: want the mark at 0, every result, the last whole", s.AckedBelow, len(s.Results), s.Results[n-1].GetError())
 	}
-	if r := h.one(inSession(7, 0, 0, cmdAt(t0, putOp("k", "again", returnOld)))); r.Error != errStale {
-		t.Fatalf("retry of a dropped result: %v, want STALE_SEQUENCE", r)
+	if r := h.one(inSession(7, 1, 0, cmdAt(t0, putOp("k", "again", returnOld)))); r.Error != errStale {
+		t.Fatalf("retry of a write whose result was dropped: %v, want STALE_SEQUENCE", r)
 	}
-	// One result over the bound alone is kept.
+	if r := h.one(inSession(7, 0, 0, cmdAt(t0, putOp("k", "zero", returnOld)))); r.Error != 0 || !r.Results[0].Applied {
+		t.Fatalf("sequence 0, arriving after the others: %v, want it applied", r)
+	}
+	if data := dumpData(t, h.eng.Reader()); data["k"].value != "zero" {
+		t.Fatalf("k = %.20q..., want zero", data["k"].value)
+	}
+	// The result just applied is kept whatever its size, even when it is
+	// not the highest sequence.
 	huge := strings.Repeat("y", maxSessionBytes+1)
 	h.one(inSession(8, 0, 0, cmdAt(t0, putOp("h", huge))))
-	h.one(inSession(8, 1, 0, cmdAt(t0, putOp("h", "small", returnOld))))
-	if s, _ := h.session(1, 8); len(s.Results) != 1 || s.AckedBelow != 1 {
-		t.Fatalf("session 8: %d results, acked_below %d; want the last one alone", len(s.Results), s.AckedBelow)
+	h.one(inSession(8, 5, 0, cmdAt(t0, putOp("h", "small", returnOld))))
+	if r := h.one(inSession(8, 5, 0, cmdAt(t0, putOp("h", "again", returnOld)))); r.Error != 0 || string(r.Results[0].Value) != huge {
+		t.Fatalf("retry of the last write, its result over the bound: error %v, old value of %d bytes", r.Error, len(r.Results[0].GetValue()))
 	}
-	if r := h.one(inSession(8, 1, 0, cmdAt(t0, putOp("h", "other", returnOld)))); r.Error != 0 || string(r.Results[0].Value) != huge {
-		t.Fatalf("retry of the kept result: error %v, old value of %d bytes", r.Error, len(r.Results[0].GetValue()))
+	h.one(inSession(8, 3, 0, cmdAt(t0, putOp("h", "other", returnOld))))
+	if r := h.one(inSession(8, 3, 0, cmdAt(t0, putOp("h", "again", returnOld)))); r.Error != 0 || string(r.Results[0].Value) != "small" {
+		t.Fatalf("retry of the last write, below the highest: error %v, old value %.20q", r.Error, r.Results[0].GetValue())
+	}
+	if r := h.one(inSession(8, 5, 0, cmdAt(t0, putOp("h", "again", returnOld)))); r.Error != errStale {
+		t.Fatalf("retry of the write whose large result was dropped: %v", r)
 	}
 }
 
