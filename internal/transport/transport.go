@@ -536,10 +536,14 @@ func (p *peer) connectAndSend(log *slog.Logger) (worked bool, err error) {
 		}
 		if err := stream.Send(b); err != nil {
 			p.t.stats.dropped.Add(uint64(len(b.Messages)))
+			// A failed Send says only io.EOF; the stream's status, which
+			// the receiving goroutine gets once the stream ends (gRPC ends
+			// it on any Send error), says why: a refusal, say.
 			select {
 			case rerr := <-recvErr:
 				err = rerr
-			default:
+			case <-time.After(time.Second):
+				cancel()
 			}
 			return worked && !refused(err), fmt.Errorf("send to %s: %w", addr, err)
 		}

@@ -324,6 +324,26 @@ func TestBackoffRestartsAfterAStreamThatWorked(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("12 peer restarts took %v to reconnect to", d)
 	}
+
+	// A stream the peer refuses (another cluster) did not work: the
+	// backoff goes on growing. Eight refusals take at least the first
+	// seven waits, 5+10+...+320 ms at their shortest; starting over each
+	// time they took about 10 ms each.
+	other := startEndpointWith(t, bk, 3, "other", "", func(o *Options) {
+		o.BackoffMin, o.BackoffMax = 10*time.Millisecond, 10*time.Second
+	})
+	start = time.Now()
+	waitFor(t, 30*time.Second, func() error {
+		i++
+		_ = other.t.Send(2, []*shoalpb.RaftMessage{msg(1, 3, 2, i)})
+		if n := other.t.Stats().StreamErrors; n < 8 {
+			return fmt.Errorf("%d stream errors", n)
+		}
+		return nil
+	})
+	if d := time.Since(start); d < 600*time.Millisecond {
+		t.Fatalf("8 refused streams in %v: the backoff started over after refusals", d)
+	}
 }
 
 func TestQueueFull(t *testing.T) {
