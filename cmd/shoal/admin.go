@@ -38,7 +38,7 @@ func (f *clientFlags) adminCall(ctx context.Context, call func(ctx context.Conte
 
 func (f *clientFlags) print(w io.Writer, msg proto.Message, human func()) error {
 	if f.json {
-		b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true, EmitUnpopulated: true}.Marshal(msg)
+		b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(msg)
 		if err != nil {
 			return err
 		}
@@ -288,9 +288,12 @@ func newScheduleCmd() *cobra.Command {
 				}); err != nil {
 					return err
 				}
-				return f.print(cmd.OutOrStdout(), resp, func() {
-					fmt.Fprintf(cmd.OutOrStdout(), "scheduling %sd\n", use)
-				})
+				if f.json {
+					// Not the message: protojson leaves out a false paused.
+					return printJSON(cmd.OutOrStdout(), map[string]bool{"paused": resp.GetPaused()})
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "scheduling %sd\n", use)
+				return nil
 			},
 		})
 	}
