@@ -78,6 +78,9 @@ type Replica struct {
 	// replica campaigns, so the shard gets the leader its placement names
 	// instead of waiting for a randomized election timeout.
 	campaignAt int
+	// jointTicks counts a leader's ticks in a joint configuration it could
+	// have left (maybeLeaveJoint).
+	jointTicks int
 	applied    uint64
 	// confIndex is the index of the last configuration change this replica
 	// appended (at start, its last index: the log may hold one): until it
@@ -744,18 +747,28 @@ func (r *Replica) tick() {
 }
 
 // maybeLeaveJoint proposes leaving a joint configuration the leader has
-// applied and not yet left. Raft proposes that itself when it applies the
-// entry that entered it, but drops the proposal while a leadership transfer
-// runs and tries again only when it next applies an entry: after a transfer
-// that failed on an idle shard, the shard would stay joint (refusing every
-// later change, needing both majorities) until the next write.
+// applied and not left for an election timeout. Raft proposes that itself
+// when it applies the entry that entered it (a new leader, when it applies
+// its first entry), but drops the proposal while a leadership transfer runs
+// and tries again only when it next applies an entry: after a transfer that
+// failed on an idle shard, the shard would stay joint (refusing every later
+// change, needing both majorities) until the next write. Waiting the
+// timeout leaves Raft's own leave the time to appear in the log (confIndex
+// learns of it a phase later).
 func (r *Replica) maybeLeaveJoint() {
 	if !IsJoint(r.desc) || r.confIndex > r.applied || r.refreshTransferee() != 0 {
-		return // not joint, the leave (or another change) is in the log, or Raft would drop it
+		// Not joint, the leave (or another change) is in the log, or Raft
+		// would drop it.
+		r.jointTicks = 0
+		return
 	}
+	if r.jointTicks++; r.jointTicks < r.store.opts.ElectionTicks {
+		return
+	}
+	r.jointTicks = 0
 	r.log.Info("proposing to leave the joint configuration", "epoch", r.desc.Epoch)
-	// An empty ConfChangeV2 is the leave, as Raft's own; an error means
-	// Raft refused it and the next tick tries again.
+	// An empty ConfChangeV2 is the leave, as Raft's own. Raft makes it an
+	// empty entry, without an error, if another change is pending.
 	_ = r.raw.ProposeConfChange(&raftpb.ConfChangeV2{})
 }
 

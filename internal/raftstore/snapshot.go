@@ -436,7 +436,7 @@ func (s *Store) writeSnapshot(ctx context.Context, m *raftpb.Message, data *shoa
 	// The directory is named here: the sender's ID is only for the logs
 	// (as a path, ".." would make the failure cleanup below remove the
 	// engine's own directory).
-	dir := filepath.Join(s.eng.Dir(), snapshotDir, fmt.Sprintf("s%d-i%d-n%d-%x", shard, meta.GetIndex(), m.GetFrom(), s.proposalSeq.Add(1)))
+	dir := filepath.Join(s.eng.Dir(), snapshotDir, fmt.Sprintf("s%d-i%d-r%d-%x", shard, meta.GetIndex(), m.GetFrom(), s.proposalSeq.Add(1)))
 	fs := s.eng.FS()
 	if err := fs.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("raftstore: snapshot dir: %w", err)

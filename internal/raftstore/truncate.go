@@ -40,10 +40,14 @@ func (r *Replica) maybeTruncateLog() {
 		r.raw.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
 			switch {
 			case id == r.replicaID:
-			case pr.State == tracker.StateReplicate || pr.State == tracker.StateProbe:
-				// A follower in probe still has its match: its messages
-				// went unanswered (its node restarts, its stream was
-				// reset), or the leader is new and has not heard from it.
+			case pr.State == tracker.StateReplicate:
+				keep = min(keep, pr.Match)
+			case pr.State == tracker.StateProbe && pr.Match+1 >= first:
+				// A follower in probe whose messages went unanswered (its
+				// node restarts, its stream was reset) still has its
+				// match. Not one the leader has not heard from yet (a new
+				// leader's, a new learner: match 0), nor one the log no
+				// longer reaches.
 				keep = min(keep, pr.Match)
 			case pr.State == tracker.StateSnapshot && pr.PendingSnapshot > 0:
 				keepSnap = min(keepSnap, pr.PendingSnapshot)
