@@ -830,7 +830,13 @@ func (r *Replica) onSoftState(ss *raft.SoftState) {
 	}
 	if wasLeader != (ss.RaftState == raft.StateLeader) || len(r.readBatches) > 0 {
 		// Reads in flight were addressed to a leader that may be gone; ask
-		// again.
+		// again. On a new leader, too: a sole voter's Raft answers a
+		// ReadIndex at once with its commit index, even before it has
+		// committed an entry of its term, and after a power loss that
+		// index can be below an acknowledged write at the end of its log
+		// (TestSoleVoterReadAfterCrash). Asked again in the next phase,
+		// after the group commit made its first entry durable, Raft has
+		// committed it.
 		for id, b := range r.readBatches {
 			r.pendingReads = append(r.pendingReads, b.reads...)
 			delete(r.readBatches, id)
