@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/storage"
 )
 
@@ -79,9 +80,21 @@ const MaxScanLimit = 10000
 // order then key order, after cursor (from a previous page; nil to start).
 // Like Get it is linearizable unless o.Stale. Expired keys are skipped.
 func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, cursor []byte, limit int, keysOnly bool, o ReadOptions) (ScanResult, error) {
+	if !o.Stale {
+		if err := d.store.ReadIndex(ctx, shard); err != nil {
+			return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
+		}
+	}
+	// The slots after the barrier: those the replica serves at the read's
+	// index.
 	st, err := d.store.Status(shard)
 	if err != nil {
 		return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
+	}
+	if !st.Initialized {
+		// A replica waiting for its first snapshot has no slots: an empty
+		// last page would make the caller skip the shard's keys.
+		return ScanResult{}, fmt.Errorf("kv: scan: %w: shard %d's replica here has no data yet", raftstore.ErrShardNotFound, shard)
 	}
 	desc := st.Descriptor
 	startSlot, endSlot = max(startSlot, desc.GetStartSlot()), min(endSlot, desc.GetEndSlot())
@@ -90,11 +103,6 @@ func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, 
 	}
 	if limit <= 0 || limit > MaxScanLimit {
 		limit = min(max(limit, 1000), MaxScanLimit)
-	}
-	if !o.Stale {
-		if err := d.store.ReadIndex(ctx, shard); err != nil {
-			return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
-		}
 	}
 	span := keys.DataSpan(startSlot, endSlot)
 	if len(cursor) > 0 {
