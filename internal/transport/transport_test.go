@@ -614,3 +614,43 @@ func TestStreamQuietBackwards(t *testing.T) {
 	}
 	t.Logf("sender read %d bytes for %d batches", read.Load(), n)
 }
+
+// The bytes a peer counts as queued go back to zero however batches leave
+// the queue: taken into a stream message, carried to the next one, dropped
+// while the peer is down, or refused.
+func TestQueuedBytesBalance(t *testing.T) {
+	tr, err := New(Options{NodeID: 1, ClusterID: "c", Resolve: (&book{}).resolve, QueueBytes: 1 << 20, MaxBatchBytes: 100 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	p := &peer{t: tr, to: 2, queue: make(chan []*shoalpb.RaftMessage, 8)} // no goroutine takes from it
+	batch := func(i, size int) []*shoalpb.RaftMessage {
+		m := msg(1, 1, 2, i)
+		m.Message.Entries[0].Data = make([]byte, size)
+		return []*shoalpb.RaftMessage{m}
+	}
+	for i := range 8 {
+		if err := p.enqueue(batch(i, 64<<10)); err != nil {
+			t.Fatalf("enqueue %d: %v", i, err)
+		}
+	}
+	if err := p.enqueue(batch(8, 1)); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("enqueue into a full channel: %v", err)
+	}
+	if err := p.enqueue(batch(9, 2<<20)); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("enqueue past the byte bound: %v", err)
+	}
+	if want := 8 * batchBytes(batch(0, 64<<10)); p.queued.Load() != want {
+		t.Fatalf("queued %d bytes, want %d", p.queued.Load(), want)
+	}
+	// A stream message of 100 KiB takes one batch and carries the next.
+	first := p.dequeued(<-p.queue)
+	if b := p.coalesce(first); len(b.Messages) != 1 || len(p.carry) != 1 {
+		t.Fatalf("coalesced %d messages, carried %d", len(b.Messages), len(p.carry))
+	}
+	p.drain()
+	if n := p.queued.Load(); n != 0 {
+		t.Fatalf("%d bytes still counted after the queue was drained", n)
+	}
+}
