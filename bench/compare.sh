@@ -9,7 +9,9 @@
 #          SHOAL_SHARDS, SHOAL_NODES, SHOAL_REPLICAS), driven
 #          through the Go client (target shoal) and through its Redis port
 #          (target resp); every write is synced by a majority before it is
-#          acknowledged, reads are linearizable (ReadIndex at the leader).
+#          acknowledged, reads are linearizable (at the leader, under its
+#          lease when it holds one, else by a ReadIndex round; set
+#          SHOAL_READ_LEASE=-1s for a round per read batch, as etcd does).
 #   etcd   3 members of Debian's etcd-server, default settings (fsync on),
 #          driven over its v3 gRPC KV API (target etcd, linearizable Range).
 #   redis  Redis Cluster of 3 masters + 3 replicas from Debian's redis-server,
@@ -17,8 +19,9 @@
 #          asynchronous, so an acknowledged write is on the master's disk only.
 # and runs the workloads in $WORKLOADS against each, recording ops/s,
 # p50/p99/p99.9 (shoal bench --json), and the CPU seconds per 1000 operations
-# used by all of that system's server processes (utime+stime from
-# /proc/PID/stat before and after the phase), the load generator's CPU
+# used by all of that system's server processes (utime+stime and their
+# reaped children's, such as Redis's AOF rewrites, from /proc/PID/stat
+# before and after the phase), the load generator's CPU
 # seconds, and the CPU seconds the rest of the machine used meanwhile
 # (other_cpu_s, from /proc/stat: noise from other work, which should be
 # near 0 for numbers worth keeping). Prints a table and writes it,
@@ -41,7 +44,10 @@
 #                         set RESP_CLIENT=go-redis so both sides match
 #   VALUE_SIZE=100        bytes per value
 #   DISTRIBUTION=uniform  which keys the timed workloads pick: uniform or
-#                         zipfian (YCSB's default: a few keys are hot)
+#                         zipfian (Go's math/rand Zipf, s=1.01, unscrambled:
+#                         more skewed than YCSB's default scrambled zipfian;
+#                         the hottest of 50000 keys gets about 9% of the
+#                         operations)
 #   SYSTEMS="shoal etcd redis"
 #   SHOAL_TARGETS="shoal resp"  how Shoal is driven (Go client, Redis port)
 #   SHOAL_SHARDS=64       Shoal's shards (a power of two)
@@ -218,12 +224,14 @@ check_ports() {
   for p in "$@"; do port_free "$p" || fail "port $p is in use (set PORT_BASE)"; done
 }
 
-# cpu_ticks PID...: summed utime+stime of the processes, in clock ticks.
+# cpu_ticks PID...: summed utime+stime of the processes and of their
+# reaped children, in clock ticks.
 cpu_ticks() {
   local p sum=0 t
   for p in "$@"; do
-    # Fields after "(comm) ": state is $1, utime $12, stime $13.
-    t=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')
+    # Fields after "(comm) ": state is $1, utime $12, stime $13, cutime
+    # $14, cstime $15.
+    t=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13 + $14 + $15}')
     sum=$((sum + t))
   done
   echo "$sum"
@@ -331,6 +339,11 @@ phases() {
        (.all.p50_ms | r2), (.all.p99_ms | r2), (.all.p999_ms | r2), ($c | r2),
        (if .ops > 0 then ($c / .ops * 1000 * 1000 | round / 1000) else 0 end), ($cl | r2), ($other | r2)] | @tsv' "$json" |
       tee -a "$results"
+    local errs
+    errs=$(jq -r '.errors // 0' "$json")
+    if [ "$errs" != 0 ]; then
+      echo "   warning: $errs operations failed in this phase; they are left out of its ops and latencies (see $json.progress)" >&2
+    fi
   done
 }
 
@@ -524,6 +537,18 @@ run_redis() {
 }
 
 echo "== results in $RESULTS_DIR"
+# What produced these numbers, for rerunning them.
+{
+  echo "command: $0 $*"
+  echo "date: $(date -u +%FT%TZ)"
+  echo "revision: $(git describe --always --dirty 2>/dev/null || echo unknown)"
+  echo "binary: $SHOAL ($("$SHOAL" version 2>/dev/null | head -n 1))"
+  echo "settings: PHASE_SECONDS=$PHASE_SECONDS WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS CONCURRENCY=$CONCURRENCY PIPELINE=$PIPELINE RESP_CLIENT=\"$RESP_CLIENT\" VALUE_SIZE=$VALUE_SIZE DISTRIBUTION=$DISTRIBUTION SYSTEMS=\"$SYSTEMS\" SHOAL_TARGETS=\"$SHOAL_TARGETS\" SHOAL_SHARDS=$SHOAL_SHARDS SHOAL_NODES=$SHOAL_NODES SHOAL_REPLICAS=$SHOAL_REPLICAS"
+  echo "environment:"
+  env | grep -E '^(SHOAL_|GO[A-Z]*=|SERVER_)' | LC_ALL=C sort | sed 's/^/  /' || true
+  echo "servers: $(etcd --version 2>/dev/null | head -n 1); $(redis-server --version 2>/dev/null)"
+  echo "machine: $(nproc) CPUs, $(awk '/^MemTotal/ {print $2 / 1048576 " GiB"}' /proc/meminfo)"
+} >"$RESULTS_DIR/settings.txt"
 for s in $SYSTEMS; do
   case $s in
     shoal) run_shoal ;;

@@ -3,9 +3,9 @@
 # `shoal playground` (1 master + NODES nodes in one process, SHARDS shards
 # x 3 replicas), waits until every shard is led, lets it settle, then
 # samples the process's CPU time (utime+stime from /proc/PID/stat) over
-# SECONDS with no client traffic, and prints CPU % of one core.
+# SECONDS_IDLE seconds with no client traffic, and prints CPU % of one core.
 #
-#   SHARDS=1024 NODES=3 SECONDS=30 bench/idle-cpu.sh
+#   SHARDS=1024 NODES=3 SECONDS_IDLE=30 bench/idle-cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARDS=${SHARDS:-1024}

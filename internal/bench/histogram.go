@@ -11,7 +11,7 @@ import (
 )
 
 // Histogram records durations with a relative error below 1/64 (about
-// 1.6%), from 1µs to about 70 minutes, in fixed memory, like an HDR
+// 1.6%), from 1µs to about 4 years, in fixed memory, like an HDR
 // histogram with two significant digits. The zero value is ready to use.
 // It is not safe for concurrent use; merge per-worker histograms.
 type Histogram struct {
@@ -79,8 +79,9 @@ func (h *Histogram) Mean() time.Duration {
 	return h.sum / time.Duration(h.total)
 }
 
-// Quantile returns the q-quantile (0 < q <= 1): the low end of the bucket
-// holding it, so within 1.6% below the exact value.
+// Quantile returns the q-quantile (0 < q <= 1): the high end of the
+// bucket holding it (at most the largest sample), so never below the exact
+// value and within 1.6% above it, as HdrHistogram reports.
 func (h *Histogram) Quantile(q float64) time.Duration {
 	if h.total == 0 {
 		return 0
@@ -91,7 +92,7 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 	for b, c := range h.counts {
 		seen += c
 		if seen >= rank {
-			return min(time.Duration(lowOf(b))*time.Microsecond, h.max)
+			return min(time.Duration(lowOf(b+1))*time.Microsecond-1, h.max)
 		}
 	}
 	return h.max
