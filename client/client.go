@@ -73,8 +73,8 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 }
 
 // DefaultDialOptions are the dial options a Client uses unless
-// WithDialOptions replaces them: insecure credentials, and fixed
-// flow-control windows (2 MiB per stream, 8 MiB per connection: the
+// WithDialOptions replaces them: insecure credentials, messages up to
+// MaxMessageBytes, and fixed flow-control windows (2 MiB per stream, 8 MiB per connection: the
 // nodes' servers use the same, internal/transport.StreamWindowBytes). Fixed windows turn off gRPC's bandwidth-delay
 // estimator, which otherwise answers nearly every response with a PING
 // and a window update: two more frames, and system calls on both ends,
@@ -84,8 +84,16 @@ func DefaultDialOptions() []grpc.DialOption {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithInitialWindowSize(2 << 20),
 		grpc.WithInitialConnWindowSize(8 << 20),
+		// The nodes' message limit (internal/transport.MaxMessageBytes):
+		// values go up to 8 MiB, and a scan page can hold more; gRPC's
+		// default is 4 MiB.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 	}
 }
+
+// MaxMessageBytes bounds a request or response the client sends or takes,
+// as the nodes do.
+const MaxMessageBytes = 64 << 20
 
 // WithDefaultTimeout bounds requests whose context has no deadline.
 // Default DefaultTimeout.

@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -273,4 +274,44 @@ func TestClientThroughFailures(t *testing.T) {
 		}
 	}
 	t.Logf("%d operations, %d failed (all with a reason)", ops.Load(), failed.Load())
+}
+
+// Values up to the nodes' 8 MiB limit, and scan pages of many kilobyte
+// values, come back whole, directly and through a forwarding node: gRPC's
+// default receive limit is 4 MiB.
+func TestLargeValues(t *testing.T) {
+	c, cl := startCluster(t, 3)
+	ctx := ctxFor(t, 60*time.Second)
+	fwd, err := client.Open(ctx, c.MasterAddrs(), client.WithForwarding())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwd.Close()
+	big := bytes.Repeat([]byte("v"), 6<<20)
+	if _, err := cl.Put(ctx, []byte("big"), big); err != nil {
+		t.Fatal(err)
+	}
+	for name, x := range map[string]*client.Client{"direct": cl, "forwarded": fwd} {
+		it, ok, err := x.Get(ctx, []byte("big"))
+		if err != nil || !ok || !bytes.Equal(it.Value, big) {
+			t.Fatalf("%s: get of a 6 MiB value: %d bytes, found %v, %v", name, len(it.Value), ok, err)
+		}
+	}
+	// 80 values of 64 KiB in one slot: one scan page of 5 MiB.
+	v := bytes.Repeat([]byte("s"), 64<<10)
+	for i := range 80 {
+		if _, err := cl.Put(ctx, []byte("{page}-"+strconv.Itoa(i)), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sc := cl.Scan(ctx, client.ScanOptions{})
+	n := 0
+	for sc.Next() {
+		if bytes.HasPrefix(sc.Key(), []byte("{page}-")) && len(sc.Value()) == len(v) {
+			n++
+		}
+	}
+	if err := sc.Err(); err != nil || n != 80 {
+		t.Fatalf("scan: %d of the 80 large values, %v", n, err)
+	}
 }

@@ -68,12 +68,15 @@ func DialerFrom(ip string) (func(ctx context.Context, addr string) (net.Conn, er
 }
 
 // baseDialOptions are the options of every connection this package dials:
-// plaintext, the fixed flow-control windows, and d as the dialer if set.
+// plaintext, messages up to MaxMessageBytes both ways (gRPC's default
+// takes 4 MiB, less than a value or a scan page forwarded to a leader),
+// the fixed flow-control windows, and d as the dialer if set.
 func baseDialOptions(d func(ctx context.Context, addr string) (net.Conn, error)) []grpc.DialOption {
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithInitialWindowSize(StreamWindowBytes),
 		grpc.WithInitialConnWindowSize(ConnWindowBytes),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 	}
 	if d != nil {
 		opts = append(opts, grpc.WithContextDialer(d))
