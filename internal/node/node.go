@@ -411,7 +411,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	grpcMetrics := metrics.NewGRPC(n.metrics)
 	metrics.RegisterStore(n.metrics, n.store)
 	metrics.RegisterEngine(n.metrics, n.engine)
-	n.server = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary()))...)
+	// Stop waits for the handlers to return (WaitForHandlers): the engine
+	// closes after the server stops, and a read that needs no Raft round
+	// (a stale read, a scan) would otherwise still be reading it.
+	n.server = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary()), grpc.WaitForHandlers(true))...)
 	n.transport.Register(n.server)
 	n.kvsvc = &kvService{n: n}
 	n.kvsvc.peers.Dialer = cfg.Dialer
@@ -596,7 +599,13 @@ func (n *Node) Stop() error {
 		close(n.stopC)
 		n.wg.Wait()
 		if n.http != nil {
-			n.http.Close()
+			// Shutdown waits for the requests in flight (/metrics reads
+			// the engine), a few seconds at most.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if n.http.Shutdown(ctx) != nil {
+				n.http.Close()
+			}
+			cancel()
 		}
 		if n.resp != nil {
 			n.resp.Close()
