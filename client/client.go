@@ -324,7 +324,7 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 			err = status.Error(codes.Unavailable, fmt.Sprintf("no node known for slot %d", slot))
 		} else {
 			h := &shoalpb.RequestHeader{ShardId: rt.GetShardId(), Epoch: rt.GetEpoch(),
-				Direct: !c.opts.forward, Session: sess}
+				Direct: !c.opts.forward, Session: sess, ClusterId: c.routes.clusterID()}
 			if c.opts.stale {
 				h.Consistency = shoalpb.ReadConsistency_READ_CONSISTENCY_STALE
 			}
@@ -375,7 +375,9 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 			}
 		case shoalpb.ErrorCode_ERROR_CODE_EPOCH_MISMATCH:
 			retryNow = c.routes.setShard(d.Shard)
-		case shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE:
+		case shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE, shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER:
+			// WRONG_CLUSTER: the address is a node of another cluster now
+			// (it did nothing); the table is stale.
 			exclude[addr] = true
 			c.refresh(ctx)
 		case shoalpb.ErrorCode_ERROR_CODE_NO_LEADER:

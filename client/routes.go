@@ -12,10 +12,11 @@ import (
 // routeCache is the client's copy of the shard table, with the leaders it
 // has learned since.
 type routeCache struct {
-	mu     sync.RWMutex
-	ver    uint64
-	shards []*shardEntry // by start slot
-	nodes  map[uint64]string
+	mu      sync.RWMutex
+	ver     uint64
+	cluster string
+	shards  []*shardEntry // by start slot
+	nodes   map[uint64]string
 }
 
 type shardEntry struct {
@@ -43,7 +44,7 @@ func (r *routeCache) replace(t *shoalpb.RouteTable) {
 	for _, e := range r.shards {
 		old[e.desc.ShardId] = e
 	}
-	r.ver = t.Version
+	r.ver, r.cluster = t.Version, t.ClusterId
 	r.shards = r.shards[:0]
 	for _, rt := range t.Shards {
 		e := &shardEntry{desc: rt.Shard}
@@ -63,6 +64,13 @@ func (r *routeCache) replace(t *shoalpb.RouteTable) {
 	for _, n := range t.Nodes {
 		r.nodes[n.Id] = n.Addr
 	}
+}
+
+// clusterID is the ID of the cluster the table describes.
+func (r *routeCache) clusterID() string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.cluster
 }
 
 func (r *routeCache) version() uint64 {

@@ -154,7 +154,11 @@ type RequestHeader struct {
 	// leader_only: reads too are served by the shard's leader only, not by
 	// a follower. The Redis front end sets it on connections that did not
 	// send READONLY, as a Redis Cluster replica answers them -MOVED.
-	LeaderOnly    bool `protobuf:"varint,7,opt,name=leader_only,json=leaderOnly,proto3" json:"leader_only,omitempty"`
+	LeaderOnly bool `protobuf:"varint,7,opt,name=leader_only,json=leaderOnly,proto3" json:"leader_only,omitempty"`
+	// The cluster the client means (from its route table): a node of
+	// another cluster (an address reused since the table was made) answers
+	// WRONG_CLUSTER and does nothing. Empty: not checked.
+	ClusterId     string `protobuf:"bytes,8,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -236,6 +240,13 @@ func (x *RequestHeader) GetLeaderOnly() bool {
 		return x.LeaderOnly
 	}
 	return false
+}
+
+func (x *RequestHeader) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
 }
 
 // ResponseHeader tells the client what it may want to cache.
@@ -1376,7 +1387,7 @@ const file_shoalpb_kv_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vacked_below\x18\x03 \x01(\x04R\n" +
-	"ackedBelow\"\xf7\x01\n" +
+	"ackedBelow\"\x96\x02\n" +
 	"\rRequestHeader\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
@@ -1385,7 +1396,9 @@ const file_shoalpb_kv_proto_rawDesc = "" +
 	"\asession\x18\x05 \x01(\v2\x11.shoal.v1.SessionR\asession\x12;\n" +
 	"\vconsistency\x18\x06 \x01(\x0e2\x19.shoal.v1.ReadConsistencyR\vconsistency\x12\x1f\n" +
 	"\vleader_only\x18\a \x01(\bR\n" +
-	"leaderOnly\"\x80\x01\n" +
+	"leaderOnly\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\b \x01(\tR\tclusterId\"\x80\x01\n" +
 	"\x0eResponseHeader\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12/\n" +
 	"\x05shard\x18\x02 \x01(\v2\x19.shoal.v1.ShardDescriptorR\x05shard\x12$\n" +

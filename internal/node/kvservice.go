@@ -41,6 +41,10 @@ type target struct {
 // route decides where a request for a key in slot is served. write says
 // whether it needs the leader; reads are served by any replica.
 func (s *kvService) route(h *shoalpb.RequestHeader, slot uint16, write bool) (target, error) {
+	if c := h.GetClusterId(); c != "" && c != s.n.cfg.ClusterID {
+		return target{}, &routeError{detail: &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER},
+			msg: fmt.Sprintf("node %d is in cluster %q, not %q", s.n.cfg.NodeID, s.n.cfg.ClusterID, c)}
+	}
 	store := s.n.store
 	shard, err := store.ShardBySlot(slot)
 	if err == nil {
