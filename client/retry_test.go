@@ -36,9 +36,13 @@ type scriptedNode struct {
 	shoalpb.UnimplementedKVServer
 	put   func(n int64) error
 	calls atomic.Int64
+	// cluster is the cluster ID of the last request.
+	cluster atomic.Pointer[string]
 }
 
-func (s *scriptedNode) Put(context.Context, *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
+func (s *scriptedNode) Put(_ context.Context, req *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
+	id := req.GetHeader().GetClusterId()
+	s.cluster.Store(&id)
 	if err := s.put(s.calls.Add(1)); err != nil {
 		return nil, err
 	}
@@ -321,5 +325,30 @@ func TestNoLeaderAsksAnotherReplica(t *testing.T) {
 	}
 	if n := cutOff.calls.Load(); n != 1 {
 		t.Errorf("the node without a leader saw %d attempts, want 1", n)
+	}
+}
+
+// A node answering WRONG_CLUSTER (its address now belongs to another
+// cluster) did nothing: the client goes to another replica, and every
+// request named the cluster of the client's table.
+func TestWrongClusterAsksAnotherReplica(t *testing.T) {
+	foreign := &scriptedNode{put: func(int64) error {
+		return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER}, "another cluster")
+	}}
+	other := &scriptedNode{put: func(int64) error { return nil }}
+	addrs := []string{
+		serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, foreign) }),
+		serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, other) }),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := openOneShard(ctx, t, addrs)
+	if applied, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil || !applied {
+		t.Fatalf("Put with the named leader in another cluster: %v, %v; want it served by the other replica", applied, err)
+	}
+	for _, n := range []*scriptedNode{foreign, other} {
+		if id := n.cluster.Load(); id == nil || *id != "c" {
+			t.Fatalf("a request named cluster %v, want the table's c", id)
+		}
 	}
 }
