@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -346,7 +345,7 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 		}
 		last = err
 		d := shoalpb.DetailOf(err)
-		if write && (d.GetAmbiguous() || d == nil && sent && mayBeServed(err)) {
+		if write && (d.GetAmbiguous() || d == nil && sent && shoalpb.MayBeServed(err)) {
 			// The node said the write may yet be applied (it was in the
 			// log of a leader that lost its place, or its outcome was not
 			// known in time), or no answer came for a request that went
@@ -436,23 +435,6 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 		}
 		backoff = min(2*backoff, c.opts.maxBackoff)
 	}
-}
-
-// mayBeServed reports whether a request that got err, an error without
-// the node's detail, may have been served: gRPC ends a call with
-// Unavailable both when it could not connect (the call never left) and
-// when the connection broke with the call in flight (the node may have
-// applied it), with DeadlineExceeded or Canceled when the caller stopped
-// waiting, and with Internal or Unknown when a stream broke oddly. Only a
-// failure to dial says for sure the call never left.
-func mayBeServed(err error) bool {
-	switch status.Code(err) {
-	case codes.Unavailable:
-		return !strings.Contains(strings.ToLower(status.Convert(err).Message()), "while dialing")
-	case codes.DeadlineExceeded, codes.Canceled, codes.Internal, codes.Unknown:
-		return true
-	}
-	return false
 }
 
 // maxImmediateRetries is how many retries in a row a request sends without

@@ -1,6 +1,8 @@
 package shoalpb
 
 import (
+	"strings"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -60,4 +62,21 @@ func DetailOf(err error) *ErrorDetail {
 		}
 	}
 	return nil
+}
+
+// MayBeServed reports whether a call that failed with err, an error
+// without a server's detail, may have been served: gRPC ends a call with
+// Unavailable both when it could not connect (the call never left) and
+// when the connection broke with the call in flight (the server may have
+// applied it), with DeadlineExceeded or Canceled when the caller stopped
+// waiting, and with Internal or Unknown when a stream broke oddly. Only a
+// failure to dial says for sure the call never left.
+func MayBeServed(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable:
+		return !strings.Contains(strings.ToLower(status.Convert(err).Message()), "while dialing")
+	case codes.DeadlineExceeded, codes.Canceled, codes.Internal, codes.Unknown:
+		return true
+	}
+	return false
 }

@@ -7,6 +7,9 @@ import (
 	"math"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/kv"
@@ -91,10 +94,28 @@ func (s *kvService) toLeader(h *shoalpb.RequestHeader, shard, leader uint64) (ta
 	}
 	conn, err := s.peers.Get(addr)
 	if err != nil {
-		return target{}, err
+		return target{}, &routeError{detail: &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE, ShardId: shard},
+			msg: fmt.Sprintf("forwarding to node %d, shard %d's leader: %v", leader, shard, err)}
 	}
 	h.Hops++
 	return target{shard: shard, forward: shoalpb.NewKVClient(conn)}, nil
+}
+
+// forwardError gives a forwarded request's failure without the leader's
+// detail (the leader did not answer) a detail: a timeout or unavailable,
+// ambiguous only for a write the leader may have received (not when the
+// connection could not be made). An answer with a detail passes as it is.
+func forwardError(err error, write bool) error {
+	if err == nil || shoalpb.DetailOf(err) != nil {
+		return err
+	}
+	d := &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE,
+		// ResourceExhausted: the answer was larger than the connection takes.
+		Ambiguous: write && (shoalpb.MayBeServed(err) || status.Code(err) == codes.ResourceExhausted)}
+	if status.Code(err) == codes.DeadlineExceeded {
+		d.Code = shoalpb.ErrorCode_ERROR_CODE_TIMEOUT
+	}
+	return shoalpb.StatusError(d, fmt.Sprintf("forwarding to the leader: %v", err))
 }
 
 func noLeader(shard uint64) error {
@@ -240,7 +261,7 @@ func serve[R any](ctx context.Context, s *kvService, h *shoalpb.RequestHeader, s
 		switch {
 		case err == nil && t.forward != nil:
 			resp, err = forward(t.forward)
-			return resp, s.toStatus(err)
+			return resp, s.toStatus(forwardError(err, write))
 		case err == nil:
 			if resp, err = local(t.shard); err == nil || !electing(err) {
 				return resp, s.toStatus(err)
