@@ -292,8 +292,9 @@ func electing(err error) bool {
 }
 
 // awaitLeader waits until this node's replica of shard knows a leader,
-// until *until (set to LeaderWait from now on the first call of a request)
-// or, with ctx's deadline, through a third of the time left: the rest is
+// until *until, set on the first call of a request to LeaderWait from then
+// or, with ctx's deadline, a third of the time left then (the same end for
+// every later wait of the request): the rest is
 // left to run the request and answer before the caller gives up (the Go
 // client's attempt timeout would take a late answer for a lost node, and
 // a write's for an ambiguous one). It reports whether a leader is known,
@@ -305,14 +306,17 @@ func (s *kvService) awaitLeader(ctx context.Context, shard uint64, until *time.T
 	}
 	now := time.Now()
 	if until.IsZero() {
+		// Fixed at the first wait, however many follow (elections that
+		// flap): a third of the time left then at most, so that the
+		// answer comes in time.
 		*until = now.Add(s.n.leaderWait)
-	}
-	end := *until
-	if d, ok := ctx.Deadline(); ok {
-		if third := now.Add(d.Sub(now) / 3); third.Before(end) {
-			end = third
+		if d, ok := ctx.Deadline(); ok {
+			if third := now.Add(d.Sub(now) / 3); third.Before(*until) {
+				*until = third
+			}
 		}
 	}
+	end := *until
 	if !now.Before(end) {
 		return false
 	}

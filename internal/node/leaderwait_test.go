@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/node"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
@@ -61,5 +62,38 @@ func TestLeaderWaitLeavesTimeToAnswer(t *testing.T) {
 	}
 	if n := survivor.Store().Stats().LeaderWaits; n == 0 {
 		t.Fatal("no leader wait counted")
+	}
+}
+
+// A request that waits for an election more than once (elections that
+// flap) waits a third of the time it had left at its first wait in all,
+// not a third of what is left at each: the waits would add up to nearly
+// the whole deadline, and the answer come too late.
+func TestLeaderWaitsAddUpToAThird(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, LeaderWait: time.Minute})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	survivor := c.Nodes[0]
+	c.Nodes[1].Stop()
+	c.Nodes[2].Stop()
+	if err := survivor.WaitLeaderless(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const deadline = 3 * time.Second
+	rctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	var until time.Time
+	start := time.Now()
+	if node.AwaitLeader(rctx, survivor.Node(), 1, &until) {
+		t.Fatal("a leader without a quorum")
+	}
+	first := time.Since(start)
+	if node.AwaitLeader(rctx, survivor.Node(), 1, &until) {
+		t.Fatal("a leader without a quorum")
+	}
+	if total := time.Since(start); total > deadline/3+deadline/10 {
+		t.Fatalf("two waits took %v (the first %v) of a %v deadline, want a third of it in all", total, first, deadline)
 	}
 }

@@ -77,8 +77,8 @@ type Config struct {
 	// NO_LEADER (Redis: -TRYAGAIN). Default the election timeout (1s with
 	// the store's default timing): most elections end within it, and a
 	// Redis client's read timeout (go-redis 3s, Jedis 2s) is longer. A
-	// request with a deadline waits at most a third of the time it has
-	// left. Negative fails at once.
+	// request with a deadline waits at most a third of the time it had
+	// left when its first wait began, in all. Negative fails at once.
 	LeaderWait time.Duration
 
 	// NodeID is this node's ID, never 0 (static mode).

@@ -1,0 +1,12 @@
+package node
+
+import (
+	"context"
+	"time"
+)
+
+// AwaitLeader runs the KV service's wait for an election on shard (until
+// is the request's end of waiting, zero before its first wait).
+func AwaitLeader(ctx context.Context, n *Node, shard uint64, until *time.Time) bool {
+	return n.kvsvc.awaitLeader(ctx, shard, until)
+}
