@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -414,7 +415,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	// Stop waits for the handlers to return (WaitForHandlers): the engine
 	// closes after the server stops, and a read that needs no Raft round
 	// (a stale read, a scan) would otherwise still be reading it.
-	n.server = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary()), grpc.WaitForHandlers(true))...)
+	n.server = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary(), boundKVRequests), grpc.WaitForHandlers(true))...)
 	n.transport.Register(n.server)
 	n.kvsvc = &kvService{n: n}
 	n.kvsvc.peers.Dialer = cfg.Dialer
@@ -554,6 +555,23 @@ func handoverTarget(st raftstore.ReplicaStatus) uint64 {
 		}
 	}
 	return best
+}
+
+// maxKVRequestTime bounds a key-value request that came without a deadline
+// (a raw gRPC caller; the Go client sets one, DefaultTimeout, as does the
+// Redis front end): a write to a shard without a quorum would otherwise
+// wait for ever, and with it a forward to a leader that stopped answering.
+const maxKVRequestTime = 10 * time.Second
+
+// boundKVRequests gives a key-value request without a deadline one of
+// maxKVRequestTime.
+func boundKVRequests(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if _, ok := ctx.Deadline(); !ok && strings.HasPrefix(info.FullMethod, "/"+shoalpb.KV_ServiceDesc.ServiceName+"/") {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, maxKVRequestTime)
+		defer cancel()
+	}
+	return handler(ctx, req)
 }
 
 // DiskSpace measures the free space of the node's data directory (at most
