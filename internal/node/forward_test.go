@@ -4,9 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/shoaldb/shoal/api/shoalpb"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
@@ -31,12 +28,7 @@ func TestForwardToUnreachableLeaderIsNotAmbiguous(t *testing.T) {
 			break
 		}
 	}
-	conn, err := grpc.NewClient(follower.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	kvc := shoalpb.NewKVClient(conn)
+	kvc := kvClient(t, follower.Addr)
 	leader.Stop()
 	// The follower still names the stopped leader: the next election is
 	// an election timeout away.

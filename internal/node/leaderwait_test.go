@@ -6,9 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
@@ -16,13 +14,11 @@ import (
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
-// TestLeaderWaitLeavesTimeToAnswer sends a write with a deadline to a node
-// whose shard cannot elect a leader, with a LeaderWait far longer than
-// the deadline: the node waits only a third of the time left and answers
-// NO_LEADER before the deadline, so the caller learns the write was not
-// made instead of timing out on an ambiguous one (the Go client's attempt
-// timeout).
-func TestLeaderWaitLeavesTimeToAnswer(t *testing.T) {
+// leaderlessSurvivor starts 3 nodes with one shard and a LeaderWait of a
+// minute, stops two, and returns the third once its replica names no
+// leader (it cannot elect one).
+func leaderlessSurvivor(t *testing.T) (context.Context, *tc.Node) {
+	t.Helper()
 	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, LeaderWait: time.Minute})
 	ctx := ctxFor(t, 60*time.Second)
 	if err := c.WaitForLeaders(ctx); err != nil {
@@ -34,18 +30,24 @@ func TestLeaderWaitLeavesTimeToAnswer(t *testing.T) {
 	if err := survivor.WaitLeaderless(ctx); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(survivor.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	kvc := shoalpb.NewKVClient(conn)
+	return ctx, survivor
+}
+
+// TestLeaderWaitLeavesTimeToAnswer sends a write with a deadline to a node
+// whose shard cannot elect a leader, with a LeaderWait far longer than
+// the deadline: the node waits only a third of the time left and answers
+// NO_LEADER before the deadline, so the caller learns the write was not
+// made instead of timing out on an ambiguous one (the Go client's attempt
+// timeout).
+func TestLeaderWaitLeavesTimeToAnswer(t *testing.T) {
+	ctx, survivor := leaderlessSurvivor(t)
+	kvc := kvClient(t, survivor.Addr)
 
 	const deadline = 2 * time.Second
 	rctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	start := time.Now()
-	_, err = kvc.Put(rctx, &shoalpb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	_, err := kvc.Put(rctx, &shoalpb.PutRequest{Key: []byte("k"), Value: []byte("v")})
 	took := time.Since(start)
 	if d := shoalpb.DetailOf(err); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_NO_LEADER || d.GetAmbiguous() {
 		t.Fatalf("write without a leader, %v deadline: %v (code %v, ambiguous %v), want NO_LEADER, not ambiguous",
@@ -70,17 +72,7 @@ func TestLeaderWaitLeavesTimeToAnswer(t *testing.T) {
 // not a third of what is left at each: the waits would add up to nearly
 // the whole deadline, and the answer come too late.
 func TestLeaderWaitsAddUpToAThird(t *testing.T) {
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, LeaderWait: time.Minute})
-	ctx := ctxFor(t, 60*time.Second)
-	if err := c.WaitForLeaders(ctx); err != nil {
-		t.Fatal(err)
-	}
-	survivor := c.Nodes[0]
-	c.Nodes[1].Stop()
-	c.Nodes[2].Stop()
-	if err := survivor.WaitLeaderless(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx, survivor := leaderlessSurvivor(t)
 	const deadline = 3 * time.Second
 	rctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()

@@ -21,13 +21,8 @@ func TestKVRefusesOtherCluster(t *testing.T) {
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(c.Nodes[0].Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	kvc := shoalpb.NewKVClient(conn)
-	_, err = kvc.Put(ctx, &shoalpb.PutRequest{Header: &shoalpb.RequestHeader{ClusterId: "another"}, Key: []byte("k"), Value: []byte("v")})
+	kvc := kvClient(t, c.Nodes[0].Addr)
+	_, err := kvc.Put(ctx, &shoalpb.PutRequest{Header: &shoalpb.RequestHeader{ClusterId: "another"}, Key: []byte("k"), Value: []byte("v")})
 	if d := shoalpb.DetailOf(err); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER || d.GetAmbiguous() {
 		t.Fatalf("put for another cluster: %v, want WRONG_CLUSTER", err)
 	}
@@ -37,4 +32,16 @@ func TestKVRefusesOtherCluster(t *testing.T) {
 			t.Fatalf("get with cluster %q: found %v, %v; want served, the refused put not applied", id, got.GetFound(), err)
 		}
 	}
+}
+
+// kvClient returns a KV client of the node at addr, closed when the test
+// ends.
+func kvClient(t *testing.T, addr string) shoalpb.KVClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return shoalpb.NewKVClient(conn)
 }

@@ -34,15 +34,14 @@ func (f failingSM) Apply(b *storage.Batch, cmds []raftstore.Command) ([]any, err
 	return res, err
 }
 
-// A replica whose apply fails stops its store. The proposer of the entry
-// being applied is told at once that the outcome is unknown (the entry is
-// committed: it applies after a restart), what the failed apply staged is
-// not committed, and the node, restarted once the cause is gone, applies
-// the entry exactly once and serves again.
-func TestRestartAfterApplyFailure(t *testing.T) {
+// startFailing starts nodes nodes holding one shard on each, whose state
+// machines fail the first apply of a command containing "boom" (one
+// failure in all), and writes "a" to the returned key.
+func startFailing(t *testing.T, nodes int) (*tc.Cluster, context.Context, uint64, []byte) {
+	t.Helper()
 	var fails atomic.Int32
 	fails.Store(1)
-	c := tc.Start(t, tc.Options{Nodes: 1, Shards: 1, Replicas: 1, NewStateMachine: func(d *shoalpb.ShardDescriptor) raftstore.StateMachine {
+	c := tc.Start(t, tc.Options{Nodes: nodes, Shards: 1, Replicas: nodes, NewStateMachine: func(d *shoalpb.ShardDescriptor) raftstore.StateMachine {
 		return failingSM{inner: tc.NewRegisterSM(d), fails: &fails}
 	}})
 	ctx := ctxFor(t, time.Minute)
@@ -53,6 +52,16 @@ func TestRestartAfterApplyFailure(t *testing.T) {
 	if _, err := c.Propose(ctx, shard, tc.PutCmd(key, []byte("a"))); err != nil {
 		t.Fatal(err)
 	}
+	return c, ctx, shard, key
+}
+
+// A replica whose apply fails stops its store. The proposer of the entry
+// being applied is told at once that the outcome is unknown (the entry is
+// committed: it applies after a restart), what the failed apply staged is
+// not committed, and the node, restarted once the cause is gone, applies
+// the entry exactly once and serves again.
+func TestRestartAfterApplyFailure(t *testing.T) {
+	c, ctx, shard, key := startFailing(t, 1)
 	// The deadline is long: the answer must come from the failure, not
 	// from the caller giving up.
 	proposeCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -84,19 +93,7 @@ func TestRestartAfterApplyFailure(t *testing.T) {
 // node, restarted, applies the entry once, catches up and serves
 // linearizable reads again.
 func TestReplicaRejoinsAfterApplyFailure(t *testing.T) {
-	var fails atomic.Int32
-	fails.Store(1)
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3, NewStateMachine: func(d *shoalpb.ShardDescriptor) raftstore.StateMachine {
-		return failingSM{inner: tc.NewRegisterSM(d), fails: &fails}
-	}})
-	ctx := ctxFor(t, time.Minute)
-	if err := c.WaitForLeaders(ctx); err != nil {
-		t.Fatal(err)
-	}
-	shard, key := c.Shards[0].ShardId, []byte("k")
-	if _, err := c.Propose(ctx, shard, tc.PutCmd(key, []byte("a"))); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, shard, key := startFailing(t, 3)
 	// Whichever replica applies it first fails; the proposal's answer
 	// depends on which (the leader's failure makes it ambiguous).
 	_, _ = c.Propose(ctx, shard, tc.AppendCmd(key, []byte("boom")))
