@@ -545,7 +545,10 @@ echo "== results in $RESULTS_DIR"
   echo "binary: $SHOAL ($("$SHOAL" version 2>/dev/null | head -n 1))"
   echo "settings: PHASE_SECONDS=$PHASE_SECONDS WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS CONCURRENCY=$CONCURRENCY PIPELINE=$PIPELINE RESP_CLIENT=\"$RESP_CLIENT\" VALUE_SIZE=$VALUE_SIZE DISTRIBUTION=$DISTRIBUTION SYSTEMS=\"$SYSTEMS\" SHOAL_TARGETS=\"$SHOAL_TARGETS\" SHOAL_SHARDS=$SHOAL_SHARDS SHOAL_NODES=$SHOAL_NODES SHOAL_REPLICAS=$SHOAL_REPLICAS"
   echo "environment:"
-  env | grep -E '^(SHOAL_|GO[A-Z]*=|SERVER_)' | LC_ALL=C sort | sed 's/^/  /' || true
+  # Values of secrets (SHOAL_RESP_PASSWORD, GOAUTH, a proxy's user:token@)
+  # are left out.
+  env | grep -E '^(SHOAL_|GO[A-Z]*=|SERVER_)' | LC_ALL=C sort |
+    sed -E 's/^([^=]*(PASSWORD|TOKEN|SECRET|AUTH)[^=]*)=.*/\1=<redacted>/; s#://[^/@]*@#://<redacted>@#g; s/^/  /' || true
   echo "servers: $(etcd --version 2>/dev/null | head -n 1); $(redis-server --version 2>/dev/null)"
   echo "machine: $(nproc) CPUs, $(awk '/^MemTotal/ {print $2 / 1048576 " GiB"}' /proc/meminfo)"
 } >"$RESULTS_DIR/settings.txt"

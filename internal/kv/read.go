@@ -75,11 +75,21 @@ type ScanResult struct {
 // MaxScanLimit bounds the keys one Scan call returns.
 const MaxScanLimit = 10000
 
+// MaxScanPageBytes ends a page once its keys and values reach it (the
+// page then has a cursor), well within the 64 MiB of a gRPC message: a
+// thousand 8 MiB values would not fit.
+const MaxScanPageBytes = 16 << 20
+
 // Scan returns up to limit live keys (and values unless keysOnly) of the
 // local replica of shard whose slots are in [startSlot, endSlot), in slot
-// order then key order, after cursor (from a previous page; nil to start).
+// order then key order, after cursor (from a previous page; nil to start),
+// ending the page early at MaxScanPageBytes.
 // Like Get it is linearizable unless o.Stale. Expired keys are skipped.
 func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, cursor []byte, limit int, keysOnly bool, o ReadOptions) (ScanResult, error) {
+	if st, err := d.store.Status(shard); err == nil && !st.Initialized {
+		// Not worth a read barrier: it would wait for the snapshot.
+		return ScanResult{}, fmt.Errorf("kv: scan: %w: shard %d's replica here has no data yet", raftstore.ErrShardNotFound, shard)
+	}
 	if !o.Stale {
 		if err := d.store.ReadIndex(ctx, shard); err != nil {
 			return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
@@ -121,8 +131,9 @@ func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, 
 	defer it.Close()
 	now := d.nowMs()
 	var res ScanResult
+	size := 0
 	for ok := it.First(); ok; ok = it.Next() {
-		if len(res.Keys) == limit {
+		if len(res.Keys) == limit || size >= MaxScanPageBytes {
 			res.Cursor = append([]byte(nil), res.lastKey...)
 			break
 		}
@@ -138,8 +149,10 @@ func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, 
 			return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
 		}
 		res.Keys = append(res.Keys, append([]byte(nil), k...))
+		size += len(k)
 		if !keysOnly {
 			res.Values = append(res.Values, append([]byte(nil), v...))
+			size += len(v)
 		}
 		res.lastKey = append(res.lastKey[:0], it.Key()...)
 	}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 )
@@ -34,5 +36,36 @@ func TestBoundKVRequests(t *testing.T) {
 	}
 	if _, ok := deadlineOf(context.Background(), shoalpb.NodeAdmin_RunStep_FullMethodName); ok {
 		t.Fatal("an admin request was given a deadline")
+	}
+}
+
+// A forwarded request's failure: the leader's answer passes as it is, but
+// for WRONG_CLUSTER (this node's table is behind); no answer is
+// UNAVAILABLE or TIMEOUT, ambiguous only for a write that may have been
+// received.
+func TestForwardError(t *testing.T) {
+	wrong := shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER}, "other cluster")
+	notLeader := shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, Ambiguous: true}, "moved")
+	for _, tt := range []struct {
+		name      string
+		err       error
+		write     bool
+		code      shoalpb.ErrorCode
+		ambiguous bool
+	}{
+		{"another cluster's node", wrong, true, shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE, false},
+		{"the leader's answer", notLeader, true, shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, true},
+		{"no connection", status.Error(codes.Unavailable, "connection error: desc = \"transport: Error while dialing: refused\""), true, shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE, false},
+		{"connection broke, write", status.Error(codes.Unavailable, "transport is closing"), true, shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE, true},
+		{"connection broke, read", status.Error(codes.Unavailable, "transport is closing"), false, shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE, false},
+		{"deadline, write", status.Error(codes.DeadlineExceeded, "deadline"), true, shoalpb.ErrorCode_ERROR_CODE_TIMEOUT, true},
+	} {
+		d := shoalpb.DetailOf(forwardError(tt.err, tt.write))
+		if d.GetCode() != tt.code || d.GetAmbiguous() != tt.ambiguous {
+			t.Errorf("%s: code %v ambiguous %v, want %v %v", tt.name, d.GetCode(), d.GetAmbiguous(), tt.code, tt.ambiguous)
+		}
+	}
+	if forwardError(nil, true) != nil {
+		t.Error("no error became one")
 	}
 }

@@ -1,10 +1,14 @@
 package node_test
 
 import (
+	"bytes"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/raftstore"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
@@ -12,7 +16,10 @@ import (
 // not yet known to be gone) was never received: a write is answered
 // UNAVAILABLE, not "outcome unknown", and the client may send it again.
 func TestForwardToUnreachableLeaderIsNotAmbiguous(t *testing.T) {
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	// A long election timeout: the follower names the stopped leader for
+	// seconds.
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3,
+		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = 50 }})
 	ctx := ctxFor(t, 30*time.Second)
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
@@ -39,5 +46,52 @@ func TestForwardToUnreachableLeaderIsNotAmbiguous(t *testing.T) {
 	d := shoalpb.DetailOf(err)
 	if d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE || d.GetAmbiguous() {
 		t.Fatalf("write forwarded to a stopped leader: %v (code %v, ambiguous %v), want UNAVAILABLE, not ambiguous", err, d.GetCode(), d.GetAmbiguous())
+	}
+}
+
+// A node forwarding to the leader takes answers as large as a value (up to
+// 8 MiB; gRPC's default limit is 4): a read, and a write returning the old
+// value, served by the leader through a follower.
+func TestForwardLargeAnswers(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	ctx := ctxFor(t, 30*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.Leader(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var follower *tc.Node
+	for _, n := range c.Nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	big := bytes.Repeat([]byte("v"), 6<<20)
+	if _, err := kvClient(t, leader.Addr).Put(ctx, &shoalpb.PutRequest{Key: []byte("k"), Value: big}); err != nil {
+		t.Fatal(err)
+	}
+	kvc := kvClient(t, follower.Addr)
+	got, err := kvc.Get(ctx, &shoalpb.GetRequest{Header: &shoalpb.RequestHeader{LeaderOnly: true}, Key: []byte("k")})
+	if err != nil || !bytes.Equal(got.GetValue(), big) {
+		t.Fatalf("get of a 6 MiB value through a follower: %d bytes, %v", len(got.GetValue()), err)
+	}
+	put, err := kvc.Put(ctx, &shoalpb.PutRequest{Key: []byte("k"), Value: []byte("small"), ReturnOld: true})
+	if err != nil || !bytes.Equal(put.GetOld(), big) {
+		t.Fatalf("put returning a 6 MiB old value through a follower: %d bytes, %v (ambiguous %v)", len(put.GetOld()), err, shoalpb.DetailOf(err).GetAmbiguous())
+	}
+	// A scan page ends at 16 MiB of keys and values: "k", then three of
+	// four 6 MiB values in its slot, and a cursor.
+	for i := 1; i <= 4; i++ {
+		if _, err := kvClient(t, leader.Addr).Put(ctx, &shoalpb.PutRequest{Key: fmt.Appendf(nil, "{k}-%d", i), Value: big}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slot := uint32(keys.Slot([]byte("k")))
+	page, err := kvc.Scan(ctx, &shoalpb.ScanRequest{StartSlot: slot, EndSlot: slot + 1, Limit: 1000})
+	if err != nil || len(page.GetKeys()) != 4 || len(page.GetCursor()) == 0 {
+		t.Fatalf("scan of 24 MiB in one slot: %d keys, cursor %q, %v; want 4 and a cursor", len(page.GetKeys()), page.GetCursor(), err)
 	}
 }

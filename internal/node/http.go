@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,7 +62,12 @@ func (n *Node) serveHTTP(lis net.Listener) {
 		_ = enc.Encode(st)
 	})
 	metrics.Mount(mux, n.metrics)
-	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Requests' contexts end when the node stops, so that a long one (a
+	// CPU profile) does not hold the stop.
+	base, cancel := context.WithCancel(context.Background())
+	n.httpCancel = cancel
+	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return base }}
 	go func() {
 		if err := n.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("http server failed", "err", err)

@@ -92,6 +92,12 @@ func (s *kvService) toLeader(h *shoalpb.RequestHeader, shard, leader uint64) (ta
 			Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, ShardId: shard, LeaderId: leader, LeaderAddr: addr,
 		}, msg: fmt.Sprintf("node %d does not lead shard %d; node %d does", s.n.cfg.NodeID, shard, leader)}
 	}
+	// The leader checks the cluster as this node would: a request that
+	// named none names this node's (the Redis front end's, say), so that
+	// an address reused by another cluster's node is refused there too.
+	if h.ClusterId == "" {
+		h.ClusterId = s.n.cfg.ClusterID
+	}
 	conn, err := s.peers.Get(addr)
 	if err != nil {
 		return target{}, &routeError{detail: &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE, ShardId: shard},
@@ -104,10 +110,18 @@ func (s *kvService) toLeader(h *shoalpb.RequestHeader, shard, leader uint64) (ta
 // forwardError gives a forwarded request's failure without the leader's
 // detail (the leader did not answer) a detail: a timeout or unavailable,
 // ambiguous only for a write the leader may have received (not when the
-// connection could not be made). An answer with a detail passes as it is.
+// connection could not be made). An answer with a detail passes as it is,
+// but WRONG_CLUSTER, which is about this node's table, becomes
+// UNAVAILABLE.
 func forwardError(err error, write bool) error {
-	if err == nil || shoalpb.DetailOf(err) != nil {
+	if d := shoalpb.DetailOf(err); err == nil || d != nil && d.Code != shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER {
 		return err
+	}
+	if shoalpb.DetailOf(err) != nil {
+		// The leader's address is another cluster's node now: this node's
+		// table is behind, not the caller's. It did nothing.
+		return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE},
+			fmt.Sprintf("forwarding to the leader: %v", err))
 	}
 	d := &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE,
 		// ResourceExhausted: the answer was larger than the connection takes.

@@ -73,7 +73,7 @@ func TestLeaderWaitLeavesTimeToAnswer(t *testing.T) {
 // the whole deadline, and the answer come too late.
 func TestLeaderWaitsAddUpToAThird(t *testing.T) {
 	ctx, survivor := leaderlessSurvivor(t)
-	const deadline = 3 * time.Second
+	const deadline = 6 * time.Second
 	rctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	var until time.Time

@@ -221,7 +221,9 @@ type Node struct {
 	leaderWait time.Duration
 
 	http *http.Server
-	resp *resp.Server
+	// httpCancel ends the HTTP requests' contexts.
+	httpCancel context.CancelFunc
+	resp       *resp.Server
 	// metrics is the node's Prometheus registry (/metrics).
 	metrics *prometheus.Registry
 
@@ -618,8 +620,9 @@ func (n *Node) Stop() error {
 		n.wg.Wait()
 		if n.http != nil {
 			// Shutdown waits for the requests in flight (/metrics reads
-			// the engine), a few seconds at most.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			// the engine), their contexts ended, a second at most.
+			n.httpCancel()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			if n.http.Shutdown(ctx) != nil {
 				n.http.Close()
 			}

@@ -34,11 +34,12 @@ func TestKVRefusesOtherCluster(t *testing.T) {
 	}
 }
 
-// kvClient returns a KV client of the node at addr, closed when the test
-// ends.
+// kvClient returns a KV client of the node at addr that takes answers up
+// to the nodes' 64 MiB, closed when the test ends.
 func kvClient(t *testing.T, addr string) shoalpb.KVClient {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
 		t.Fatal(err)
 	}
