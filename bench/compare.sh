@@ -32,6 +32,12 @@
 #   WORKLOADS="load w c a" workloads in order; load inserts $RECORDS keys
 #   RECORDS=50000         keys (load inserts them, the others pick among them)
 #   CONCURRENCY=64        clients
+#   RATE=0                operations per second for the timed workloads
+#                         (not load), sent open-loop on a fixed schedule with
+#                         latency counted from each one's scheduled start
+#                         (shoal bench --rate); 0: closed loop. Set it below
+#                         the slowest system's capacity to compare latencies
+#                         at one offered load.
 #   PIPELINE=1            commands per round trip per client, for the RESP
 #                         targets (Shoal's and Redis's) only: the Go client
 #                         and etcd send one request per call
@@ -95,6 +101,7 @@ WORKLOADS=${WORKLOADS:-load w c a}
 RECORDS=${RECORDS:-50000}
 CONCURRENCY=${CONCURRENCY:-64}
 PIPELINE=${PIPELINE:-1}
+RATE=${RATE:-0}
 RESP_CLIENT=${RESP_CLIENT:-builtin}
 VALUE_SIZE=${VALUE_SIZE:-100}
 DISTRIBUTION=${DISTRIBUTION:-uniform}
@@ -263,6 +270,12 @@ fi
 # go-redis only.
 resp_flags="--resp-client $RESP_CLIENT"
 bench_help=$("$SHOAL" bench --help 2>&1)
+if [ "$RATE" != 0 ]; then
+  case $bench_help in
+    *--rate*) ;;
+    *) fail "RATE=$RATE: this shoal binary has no bench --rate" ;;
+  esac
+fi
 case $bench_help in
   *--resp-client*) ;;
   *)
@@ -291,6 +304,7 @@ phases() {
     echo "-- $system via $target: workload $w"
     local prof_pids=() prof_files=() u n=0 cflags=""
     if [ "$PROFILE" = 1 ] && [ "$w" != load ]; then cflags="--cpu-profile $RESULTS_DIR/$system-$target-$w.client.pprof"; fi
+    if [ "$RATE" != 0 ] && [ "$w" != load ]; then cflags="$cflags --rate $RATE"; fi
     if [ "$PROFILE" = 1 ] && [ "$w" != load ] && [ ${#profile_urls[@]} -gt 0 ]; then
       for u in "${profile_urls[@]}"; do
         n=$((n + 1))
@@ -543,7 +557,7 @@ echo "== results in $RESULTS_DIR"
   echo "date: $(date -u +%FT%TZ)"
   echo "revision: $(git describe --always --dirty 2>/dev/null || echo unknown)"
   echo "binary: $SHOAL ($("$SHOAL" version 2>/dev/null | head -n 1))"
-  echo "settings: PHASE_SECONDS=$PHASE_SECONDS WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS CONCURRENCY=$CONCURRENCY PIPELINE=$PIPELINE RESP_CLIENT=\"$RESP_CLIENT\" VALUE_SIZE=$VALUE_SIZE DISTRIBUTION=$DISTRIBUTION SYSTEMS=\"$SYSTEMS\" SHOAL_TARGETS=\"$SHOAL_TARGETS\" SHOAL_SHARDS=$SHOAL_SHARDS SHOAL_NODES=$SHOAL_NODES SHOAL_REPLICAS=$SHOAL_REPLICAS"
+  echo "settings: PHASE_SECONDS=$PHASE_SECONDS WORKLOADS=\"$WORKLOADS\" RECORDS=$RECORDS CONCURRENCY=$CONCURRENCY RATE=$RATE PIPELINE=$PIPELINE RESP_CLIENT=\"$RESP_CLIENT\" VALUE_SIZE=$VALUE_SIZE DISTRIBUTION=$DISTRIBUTION SYSTEMS=\"$SYSTEMS\" SHOAL_TARGETS=\"$SHOAL_TARGETS\" SHOAL_SHARDS=$SHOAL_SHARDS SHOAL_NODES=$SHOAL_NODES SHOAL_REPLICAS=$SHOAL_REPLICAS"
   echo "environment:"
   # Values of secrets (SHOAL_RESP_PASSWORD, GOAUTH, a proxy's user:token@)
   # are left out.
@@ -564,6 +578,7 @@ done
 echo
 shape=
 case " $SYSTEMS " in *" shoal "*) shape=", shoal: $SHOAL_SHARDS shards, $SHOAL_NODES nodes, $SHOAL_REPLICAS replicas" ;; esac
+[ "$RATE" != 0 ] && shape+=", open loop at $RATE ops/s"
 [ -n "$SERVER_GOMAXPROCS" ] && shape+=", servers with GOMAXPROCS=$SERVER_GOMAXPROCS"
 [ -n "$SERVER_GODEBUG" ] && shape+=", servers with GODEBUG=$SERVER_GODEBUG"
 echo "== $(nproc) CPUs, $CONCURRENCY clients, pipeline $PIPELINE (RESP, $RESP_CLIENT client), $VALUE_SIZE-byte values, $RECORDS keys ($DISTRIBUTION), ${PHASE_SECONDS}s per timed workload$shape"

@@ -199,6 +199,13 @@ etcd take only --pipeline 1: raise --concurrency for more requests in flight.
   shoal bench --target resp --endpoints 127.0.0.1:6380 --workload c --pipeline 16
   shoal bench --target etcd --endpoints 127.0.0.1:2379,127.0.0.1:22379 --workload w
 
+By default the loop is closed: each client sends its next operation when
+the last one was answered, so the latencies follow the throughput and a
+stall delays only one operation per client. --rate R sends R operations a
+second on a fixed schedule instead and counts each latency from the
+operation's scheduled start (run below the target's capacity, the same R
+for every system compared).
+
 A progress line is printed every second on stderr; --json prints the result
 for scripts.`,
 		Args: cobra.NoArgs,
@@ -220,6 +227,7 @@ for scripts.`,
 	fl.DurationVar(&b.o.Duration, "duration", 30*time.Second, "how long to run (not for load)")
 	fl.IntVar(&b.o.Ops, "ops", 0, "stop after this many operations (0: run for --duration)")
 	fl.StringVar(&b.dist, "distribution", "uniform", "key distribution: uniform or zipfian")
+	fl.Float64Var(&b.o.Rate, "rate", 0, "open loop: send this many operations per second in all, and count each one's latency from its scheduled start, so that stalls show in every operation they delay (0: closed loop, each client sends when its last answer came)")
 	fl.StringVar(&b.cpuProfile, "cpu-profile", "", "write the load generator's own CPU profile (pprof) to this file, to see what driving the target costs")
 	return cmd
 }
@@ -246,6 +254,9 @@ func runBench(ctx context.Context, f *clientFlags, b *benchFlags, out, errw io.W
 	}
 	if o.Pipeline < 1 {
 		return fmt.Errorf("--pipeline %d: want 1 or more", o.Pipeline)
+	}
+	if o.Rate < 0 {
+		return fmt.Errorf("--rate %g: want 0 (closed loop) or more", o.Rate)
 	}
 	if o.Pipeline > 1 && b.target != "resp" {
 		return fmt.Errorf("--pipeline %d: only --target resp pipelines; the Go client and etcd's KV API send one request per call (raise --concurrency instead)", o.Pipeline)

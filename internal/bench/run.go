@@ -90,6 +90,14 @@ type Options struct {
 	// only, so it is more skewed: the hottest of 50,000 keys gets about 9%
 	// of the operations (YCSB's, about 4%).
 	Zipfian bool
+	// Rate, when positive, makes the run open-loop: operations are sent at
+	// this many per second in all, each client on a fixed schedule, and an
+	// operation's latency counts from its scheduled start, so that a
+	// stall shows in every operation it delays, not only in the one
+	// round trip per client a closed loop would have sent meanwhile
+	// (coordinated omission). A client that falls behind sends at once.
+	// Default 0: closed loop, each client sends when its last answer came.
+	Rate float64
 	// Timeout bounds one operation. Default 10s.
 	Timeout time.Duration
 	// Seed makes key choices reproducible. Default 1.
@@ -124,6 +132,7 @@ type Result struct {
 	Concurrency int     `json:"concurrency"`
 	Pipeline    int     `json:"pipeline"`
 	Zipfian     bool    `json:"zipfian"`
+	Rate        float64 `json:"rate,omitempty"`
 	Seconds     float64 `json:"seconds"`
 	Ops         uint64  `json:"ops"`
 	Errors      uint64  `json:"errors"`
@@ -211,6 +220,14 @@ func Run(ctx context.Context, t Target, o Options) (*Result, error) {
 			for i := range batch {
 				batch[i].Value = make([]byte, o.ValueSize)
 			}
+			// The open loop's schedule: one round trip every interval,
+			// the clients' schedules spread over it.
+			var interval time.Duration
+			var scheduled time.Time
+			if o.Rate > 0 {
+				interval = time.Duration(float64(time.Second) * float64(o.Concurrency*o.Pipeline) / o.Rate)
+				scheduled = start.Add(interval * time.Duration(w) / time.Duration(o.Concurrency))
+			}
 			var r, u Histogram
 			defer func() {
 				mu.Lock()
@@ -252,8 +269,23 @@ func Run(ctx context.Context, t Target, o Options) (*Result, error) {
 						}
 					}
 				}
-				octx, ocancel := context.WithTimeout(runCtx, o.Timeout)
 				t0 := time.Now()
+				if interval > 0 {
+					if wait := scheduled.Sub(t0); wait > 0 {
+						timer := time.NewTimer(wait)
+						select {
+						case <-runCtx.Done():
+						case <-timer.C:
+						}
+						timer.Stop()
+						if ended() {
+							return
+						}
+					}
+					t0 = scheduled
+					scheduled = scheduled.Add(interval)
+				}
+				octx, ocancel := context.WithTimeout(runCtx, o.Timeout)
 				var err error
 				switch {
 				case o.Pipeline > 1:
@@ -314,7 +346,7 @@ func Run(ctx context.Context, t Target, o Options) (*Result, error) {
 	all.Merge(&updates)
 	res := &Result{
 		Workload: o.Workload.Name, Records: o.Records, ValueSize: o.ValueSize, Concurrency: o.Concurrency,
-		Pipeline: o.Pipeline, Zipfian: o.Zipfian,
+		Pipeline: o.Pipeline, Zipfian: o.Zipfian, Rate: o.Rate,
 		Seconds: elapsed.Seconds(), Ops: ops.Load(), Errors: errs.Load(),
 		OpsPerSec: float64(ops.Load()) / elapsed.Seconds(),
 		Read:      summarize(&reads), Update: summarize(&updates), All: summarize(&all),

@@ -200,3 +200,52 @@ func TestRunEndIsNotAnError(t *testing.T) {
 		}
 	}
 }
+
+// stallTarget answers in about a millisecond, except one call, made after
+// stallAfter, that takes stall: a pause of the store.
+type stallTarget struct {
+	start      time.Time
+	stallAfter time.Duration
+	stall      time.Duration
+	stalled    atomic.Bool
+}
+
+func (t *stallTarget) wait() {
+	if time.Since(t.start) > t.stallAfter && t.stalled.CompareAndSwap(false, true) {
+		time.Sleep(t.stall) // the simulated pause, not an ordering wait
+		return
+	}
+	time.Sleep(time.Millisecond)
+}
+
+func (t *stallTarget) Get(context.Context, []byte) error         { t.wait(); return nil }
+func (t *stallTarget) Put(context.Context, []byte, []byte) error { t.wait(); return nil }
+
+// An open-loop run (Rate) sends on schedule and counts latency from each
+// operation's scheduled start: a 300 ms stall of one client shows in every
+// operation it delayed, and so in the p99; a closed loop records it once,
+// far below its p99. The rate is kept.
+func TestOpenLoopCountsStalls(t *testing.T) {
+	w, _ := LookupWorkload("w")
+	run := func(rate float64) *Result {
+		t.Helper()
+		tg := &stallTarget{start: time.Now(), stallAfter: 200 * time.Millisecond, stall: 300 * time.Millisecond}
+		res, err := Run(context.Background(), tg, Options{Workload: w, Records: 1000, Concurrency: 4, Duration: time.Second, Rate: rate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	open := run(200)
+	if open.Ops < 150 || open.Ops > 220 {
+		t.Errorf("open loop at 200 ops/s for 1 s: %d ops", open.Ops)
+	}
+	if open.All.P99 < 100 {
+		t.Errorf("open loop: p99 %.1f ms with a 300 ms stall in 1 s at 200 ops/s, want it to show", open.All.P99)
+	}
+	closed := run(0)
+	if closed.All.P99 >= 100 {
+		t.Errorf("closed loop: p99 %.1f ms over %d ops; the stall was expected to hide", closed.All.P99, closed.Ops)
+	}
+	t.Logf("p99: open loop %.1f ms over %d ops, closed loop %.1f ms over %d ops", open.All.P99, open.Ops, closed.All.P99, closed.Ops)
+}
