@@ -210,12 +210,14 @@ type stallTarget struct {
 	stalled    atomic.Bool
 }
 
+// wait takes the target's service time: a simulated latency, not a wait
+// for an event.
 func (t *stallTarget) wait() {
+	d := time.Millisecond
 	if time.Since(t.start) > t.stallAfter && t.stalled.CompareAndSwap(false, true) {
-		time.Sleep(t.stall) // the simulated pause, not an ordering wait
-		return
+		d = t.stall
 	}
-	time.Sleep(time.Millisecond)
+	<-time.After(d)
 }
 
 func (t *stallTarget) Get(context.Context, []byte) error         { t.wait(); return nil }
