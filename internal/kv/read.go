@@ -86,9 +86,11 @@ const MaxScanPageBytes = 16 << 20
 // ending the page early at MaxScanPageBytes.
 // Like Get it is linearizable unless o.Stale. Expired keys are skipped.
 func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, cursor []byte, limit int, keysOnly bool, o ReadOptions) (ScanResult, error) {
+	noData := func() error {
+		return fmt.Errorf("kv: scan: %w: shard %d's replica here has no data yet", raftstore.ErrShardNotFound, shard)
+	}
 	if st, err := d.store.Status(shard); err == nil && !st.Initialized {
-		// Not worth a read barrier: it would wait for the snapshot.
-		return ScanResult{}, fmt.Errorf("kv: scan: %w: shard %d's replica here has no data yet", raftstore.ErrShardNotFound, shard)
+		return ScanResult{}, noData() // not worth a read barrier: it would wait for the snapshot
 	}
 	if !o.Stale {
 		if err := d.store.ReadIndex(ctx, shard); err != nil {
@@ -104,7 +106,7 @@ func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, 
 	if !st.Initialized {
 		// A replica waiting for its first snapshot has no slots: an empty
 		// last page would make the caller skip the shard's keys.
-		return ScanResult{}, fmt.Errorf("kv: scan: %w: shard %d's replica here has no data yet", raftstore.ErrShardNotFound, shard)
+		return ScanResult{}, noData()
 	}
 	desc := st.Descriptor
 	startSlot, endSlot = max(startSlot, desc.GetStartSlot()), min(endSlot, desc.GetEndSlot())

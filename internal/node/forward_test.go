@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -18,23 +19,8 @@ import (
 func TestForwardToUnreachableLeaderIsNotAmbiguous(t *testing.T) {
 	// A long election timeout: the follower names the stopped leader for
 	// seconds.
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3,
+	ctx, leader, follower := leaderAndFollower(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3,
 		StoreOptions: func(_ uint64, o *raftstore.Options) { o.ElectionTicks = 50 }})
-	ctx := ctxFor(t, 30*time.Second)
-	if err := c.WaitForLeaders(ctx); err != nil {
-		t.Fatal(err)
-	}
-	leader, err := c.Leader(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var follower *tc.Node
-	for _, n := range c.Nodes {
-		if n != leader {
-			follower = n
-			break
-		}
-	}
 	kvc := kvClient(t, follower.Addr)
 	leader.Stop()
 	// The follower still names the stopped leader: the next election is
@@ -42,7 +28,7 @@ func TestForwardToUnreachableLeaderIsNotAmbiguous(t *testing.T) {
 	if st, err := follower.Store().Status(1); err != nil || st.LeaderNode != leader.ID {
 		t.Fatalf("the follower names leader %d (%v): the test shows nothing", st.LeaderNode, err)
 	}
-	_, err = kvc.Put(ctx, &shoalpb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	_, err := kvc.Put(ctx, &shoalpb.PutRequest{Key: []byte("k"), Value: []byte("v")})
 	d := shoalpb.DetailOf(err)
 	if d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE || d.GetAmbiguous() {
 		t.Fatalf("write forwarded to a stopped leader: %v (code %v, ambiguous %v), want UNAVAILABLE, not ambiguous", err, d.GetCode(), d.GetAmbiguous())
@@ -53,22 +39,7 @@ func TestForwardToUnreachableLeaderIsNotAmbiguous(t *testing.T) {
 // 8 MiB; gRPC's default limit is 4): a read, and a write returning the old
 // value, served by the leader through a follower.
 func TestForwardLargeAnswers(t *testing.T) {
-	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3})
-	ctx := ctxFor(t, 30*time.Second)
-	if err := c.WaitForLeaders(ctx); err != nil {
-		t.Fatal(err)
-	}
-	leader, err := c.Leader(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var follower *tc.Node
-	for _, n := range c.Nodes {
-		if n != leader {
-			follower = n
-			break
-		}
-	}
+	ctx, leader, follower := leaderAndFollower(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3})
 	big := bytes.Repeat([]byte("v"), 6<<20)
 	if _, err := kvClient(t, leader.Addr).Put(ctx, &shoalpb.PutRequest{Key: []byte("k"), Value: big}); err != nil {
 		t.Fatal(err)
@@ -94,4 +65,26 @@ func TestForwardLargeAnswers(t *testing.T) {
 	if err != nil || len(page.GetKeys()) != 4 || len(page.GetCursor()) == 0 {
 		t.Fatalf("scan of 24 MiB in one slot: %d keys, cursor %q, %v; want 4 and a cursor", len(page.GetKeys()), page.GetCursor(), err)
 	}
+}
+
+// leaderAndFollower starts a cluster of one shard with opts and returns a
+// context for the test, the shard's leader and another node.
+func leaderAndFollower(t *testing.T, opts tc.Options) (context.Context, *tc.Node, *tc.Node) {
+	t.Helper()
+	c := tc.Start(t, opts)
+	ctx := ctxFor(t, 30*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.Leader(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		if n != leader {
+			return ctx, leader, n
+		}
+	}
+	t.Fatal("a single node")
+	return nil, nil, nil
 }

@@ -114,10 +114,13 @@ func (s *kvService) toLeader(h *shoalpb.RequestHeader, shard, leader uint64) (ta
 // but WRONG_CLUSTER, which is about this node's table, becomes
 // UNAVAILABLE.
 func forwardError(err error, write bool) error {
-	if d := shoalpb.DetailOf(err); err == nil || d != nil && d.Code != shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER {
-		return err
+	if err == nil {
+		return nil
 	}
-	if shoalpb.DetailOf(err) != nil {
+	if d := shoalpb.DetailOf(err); d != nil {
+		if d.Code != shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER {
+			return err
+		}
 		// The leader's address is another cluster's node now: this node's
 		// table is behind, not the caller's. It did nothing.
 		return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE},

@@ -382,8 +382,7 @@ func (t *Transport) Snapshot(stream shoalpb.RaftTransport_SnapshotServer) error 
 }
 
 func (t *Transport) dialOptions() []grpc.DialOption {
-	return append(baseDialOptions(t.opts.Dialer),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
+	return append(baseDialOptions(t.opts.Dialer), // messages up to MaxMessageBytes
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}),
 	)
 }
