@@ -74,6 +74,12 @@
 #                         read with `go tool pprof -top FILE`. Profiling
 #                         costs a few percent of CPU: compare numbers only
 #                         between runs that both profile, or neither.
+#   TRACE=1               take a Go execution trace of every Shoal node
+#                         during each timed workload, to
+#                         $RESULTS_DIR/shoal-TARGET-WORKLOAD.nodeN.trace;
+#                         read with `go tool trace FILE`, or e.g.
+#                         `go tool trace -pprof=sync FILE` for where
+#                         goroutines waited. Costs more than PROFILE.
 #   (always, for Shoal)   each node's Raft counters (shoal_raft_*_total on
 #                         /metrics) are read before and after each workload;
 #                         their growth, summed over the nodes and per
@@ -115,7 +121,8 @@ SERVER_GODEBUG=${SERVER_GODEBUG:-}
 RESULTS_DIR=${RESULTS_DIR:-${TMPDIR:-/tmp}/shoal-compare-$(date +%Y%m%d-%H%M%S)}
 KEEP=${KEEP:-0}
 PROFILE=${PROFILE:-0}
-profile_urls=() # the nodes' /debug/pprof/profile URLs while Shoal runs (PROFILE=1)
+TRACE=${TRACE:-0}
+profile_urls=() # the nodes' /debug/pprof/profile URLs while Shoal runs (PROFILE=1, TRACE=1)
 metrics_urls=() # the nodes' /metrics URLs while Shoal runs
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -313,6 +320,14 @@ phases() {
         prof_pids+=($!)
       done
     fi
+    if [ "$TRACE" = 1 ] && [ "$w" != load ] && [ ${#profile_urls[@]} -gt 0 ]; then
+      n=0
+      for u in "${profile_urls[@]}"; do
+        n=$((n + 1))
+        curl -sf -o "$RESULTS_DIR/$system-$target-$w.node$n.trace" "${u%/profile}/trace?seconds=$((PHASE_SECONDS > 3 ? PHASE_SECONDS - 2 : 1))" &
+        prof_pids+=($!)
+      done
+    fi
     raft_counters >"$RESULTS_DIR/$system-$target-$w.raft0"
     leaders_line
     busy0=$(busy_ticks)
@@ -332,7 +347,9 @@ phases() {
     raft_counters >"$RESULTS_DIR/$system-$target-$w.raft1"
     raft_deltas "$RESULTS_DIR/$system-$target-$w" "$(jq -r '.ops // 0' "$json" 2>/dev/null || echo 0)"
     if [ ${#prof_pids[@]} -gt 0 ]; then
-      wait "${prof_pids[@]}" || fail "$system via $target, workload $w: a CPU profile failed"
+      wait "${prof_pids[@]}" || fail "$system via $target, workload $w: a profile or trace failed"
+    fi
+    if [ "$PROFILE" = 1 ] && [ ${#prof_files[@]} -gt 0 ]; then
       go tool pprof -proto "${prof_files[@]}" >"$RESULTS_DIR/$system-$target-$w.pprof" 2>/dev/null ||
         fail "merging the CPU profiles of $system via $target, workload $w"
       echo "   profile: $RESULTS_DIR/$system-$target-$w.pprof"

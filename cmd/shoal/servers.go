@@ -202,6 +202,7 @@ func newNodeCmd(g *globalFlags) *cobra.Command {
 		entryCacheKiB   int
 		snapMiBps       int
 		maxSnapshots    int
+		replyBacklogMiB int
 	)
 	cmd := &cobra.Command{
 		Use:   "node",
@@ -237,6 +238,10 @@ the replicas they place on it.
 				return fmt.Errorf("--row-cache-mb %d: want 0 (no row cache) or more", rowCacheMiB)
 			}
 			cfg.RowCacheBytes = int64(rowCacheMiB) << 20
+			if replyBacklogMiB < 1 || replyBacklogMiB > 1<<20 {
+				return fmt.Errorf("--resp-max-reply-backlog-mb %d: want 1 to 1048576", replyBacklogMiB)
+			}
+			cfg.RESP.MaxReplyBacklog = replyBacklogMiB << 20
 			if rowCacheMiB == 0 {
 				cfg.RowCacheBytes = -1
 			}
@@ -307,6 +312,7 @@ the replicas they place on it.
 	f.StringVar(&cfg.RESP.Password, "resp-password", envOr("SHOAL_RESP_PASSWORD", ""), "password Redis clients must give with AUTH; empty for none (env SHOAL_RESP_PASSWORD)")
 	f.BoolVar(&cfg.RESP.Proxy, "resp-proxy", envBool("SHOAL_RESP_PROXY"), "serve every key from this node by forwarding, for clients that do not follow MOVED (env SHOAL_RESP_PROXY)")
 	f.IntVar(&cfg.RESP.MaxPipelined, "resp-max-pipelined", envInt("SHOAL_RESP_MAX_PIPELINED", 64), "commands of one Redis connection's pipeline that run at once (commands on one shard still run in order); 1 runs every command alone (env SHOAL_RESP_MAX_PIPELINED)")
+	f.IntVar(&replyBacklogMiB, "resp-max-reply-backlog-mb", envInt("SHOAL_RESP_MAX_REPLY_BACKLOG_MB", 256), "MiB of replies one Redis connection holds that its client has not read; past it the connection reads no more commands until the client reads (env SHOAL_RESP_MAX_REPLY_BACKLOG_MB)")
 	f.StringVar(&cfg.HTTPAddr, "http", envOr("SHOAL_HTTP", "127.0.0.1:7180"), "HTTP address for /status, /healthz, /metrics and /debug/pprof; empty for none (env SHOAL_HTTP)")
 	f.DurationVar(&cfg.LeaderWait, "leader-wait", envDuration("SHOAL_LEADER_WAIT", 0), "how long a request for a shard that is electing a leader waits for the election to end before failing (Redis: -TRYAGAIN); 0: the default, the election timeout, 1s; negative (-1ns) fails at once (env SHOAL_LEADER_WAIT)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", envDuration("SHOAL_HEARTBEAT", time.Second), "heartbeat interval (env SHOAL_HEARTBEAT)")

@@ -18,7 +18,10 @@
 // shard (Backend.ShardOf). So commands on one shard keep their order, as on
 // one Redis master, while commands on different shards may take effect in
 // any order, as on different Redis Cluster masters; replies are always
-// written in order. Every other command waits for all before it.
+// written in order. Every other command waits for all before it. A
+// connection goes on reading commands while its client is not reading
+// replies, up to Options.MaxReplyBacklog of them queued (outbox), so that
+// a client may send a whole pipeline before it reads.
 //
 // Limits protect the node from its clients: a command has at most MaxArgs
 // arguments and MaxQueryBytes in all, an argument at most MaxBulkBytes, an

@@ -2,9 +2,11 @@ package resp_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strconv"
@@ -333,5 +335,111 @@ func TestCommandTimeoutOnReusedContext(t *testing.T) {
 	}
 	if took > 10*time.Second {
 		t.Fatalf("SET took %v to time out", took)
+	}
+}
+
+// bigGetBackend is the gate backend whose Get answers every key with
+// getValue (64 KiB), for tests of large replies.
+type bigGetBackend struct{ *gateBackend }
+
+func (b bigGetBackend) Get(ctx context.Context, req *shoalpb.GetRequest) (*shoalpb.GetResponse, error) {
+	return &shoalpb.GetResponse{Found: true, Value: getValue}, nil
+}
+
+var getValue = bytes.Repeat([]byte{'g'}, 64<<10)
+
+// bigPipeline is a pipeline of pairs ECHO of 64 KiB and GET of a key,
+// whose replies are 64 KiB each: 48 MiB of commands and 96 MiB of
+// replies, more than loopback sockets buffer (their receive buffers grow
+// to 32 MiB here).
+func bigPipeline() (cmds []byte, pairs int, echo []byte) {
+	pairs = 768
+	echo = bytes.Repeat([]byte{'e'}, 64<<10)
+	var b bytes.Buffer
+	for i := range pairs {
+		fmt.Fprintf(&b, "*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n", len(echo), echo)
+		k := "k" + strconv.Itoa(i)
+		fmt.Fprintf(&b, "*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", len(k), k)
+	}
+	return b.Bytes(), pairs, echo
+}
+
+// readBigPipeline reads and checks bigPipeline's replies.
+func readBigPipeline(t *testing.T, br *bufio.Reader, pairs int, echo []byte) {
+	t.Helper()
+	for i := range 2 * pairs {
+		want := echo
+		if i%2 == 1 {
+			want = getValue
+		}
+		head, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reply %d of %d: %v", i+1, 2*pairs, err)
+		}
+		if head != "$"+strconv.Itoa(len(want))+"\r\n" {
+			t.Fatalf("reply %d: %q", i+1, head)
+		}
+		got := make([]byte, len(want)+2)
+		if _, err := io.ReadFull(br, got); err != nil {
+			t.Fatalf("reply %d: %v", i+1, err)
+		}
+		if !bytes.Equal(got[:len(want)], want) || string(got[len(want):]) != "\r\n" {
+			t.Fatalf("reply %d: wrong contents", i+1)
+		}
+	}
+}
+
+// TestPipelineLargerThanSocketBuffers sends a whole pipeline before it
+// reads any reply, as go-redis's Pipeline does, with more commands and
+// more replies than the sockets buffer. A connection that stopped reading
+// commands while the client did not read replies would leave the client's
+// write stuck until its deadline.
+func TestPipelineLargerThanSocketBuffers(t *testing.T) {
+	addr := startServerOn(t, bigGetBackend{newGateBackend(1)}, resp.Options{})
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	cmds, pairs, echo := bigPipeline()
+	if _, err := nc.Write(cmds); err != nil {
+		t.Fatalf("writing the pipeline before reading: %v", err)
+	}
+	readBigPipeline(t, bufio.NewReader(nc), pairs, echo)
+}
+
+// TestReplyBacklogBound checks MaxReplyBacklog: with 1 MiB, the same
+// pipeline cannot all be sent before the client reads (the connection
+// stops reading commands once 1 MiB of replies waits), and it all arrives
+// once the client reads.
+func TestReplyBacklogBound(t *testing.T) {
+	addr := startServerOn(t, bigGetBackend{newGateBackend(1)}, resp.Options{MaxReplyBacklog: 1 << 20})
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	cmds, pairs, echo := bigPipeline()
+	written := make(chan error, 1)
+	go func() {
+		_, err := nc.Write(cmds)
+		written <- err
+	}()
+	select {
+	case err := <-written:
+		t.Fatalf("the whole pipeline was taken before any reply was read (write error %v): the backlog is not bounded", err)
+	case <-time.After(time.Second):
+		// Still writing: the connection stopped reading. It cannot
+		// finish before the client reads, however slow the machine.
+	}
+	readBigPipeline(t, bufio.NewReader(nc), pairs, echo)
+	if err := <-written; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -90,6 +90,16 @@ type Options struct {
 	// be read at once, as a Redis client's output buffer, unbounded by
 	// default, can hold them.) Default 16 MiB.
 	MaxPipelinedBytes int
+	// MaxReplyBacklog bounds the replies a connection holds that the
+	// client has not read yet. Replies the socket cannot take are queued
+	// (see outbox) so that the connection goes on reading commands: a
+	// client may send a whole pipeline before it reads a reply. Past
+	// this many queued bytes the connection reads no more commands until
+	// the client reads; a client that never reads then stalls, as it
+	// would on a Redis server with client-output-buffer-limit set, which
+	// closes it instead. A connection holds up to about twice this.
+	// Default 256 MiB.
+	MaxReplyBacklog int
 	// Observe, when set, is called after every command with its name (in
 	// lower case, "unknown" for commands the server does not know), its
 	// result ("ok", or the first word of the error reply: "ERR", "MOVED",
@@ -112,6 +122,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.MaxPipelinedBytes <= 0 {
 		o.MaxPipelinedBytes = 16 << 20
+	}
+	if o.MaxReplyBacklog <= 0 {
+		o.MaxReplyBacklog = 256 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -171,17 +184,19 @@ func (s *Server) Serve(lis net.Listener) error {
 			}
 			return err
 		}
-		c := &conn{s: s, nc: nc, id: s.nextID.Add(1), rd: NewReader(nc), wr: NewWriter(nc)}
-		c.authed = s.opts.Password == ""
 		s.mu.Lock()
 		if s.closed || len(s.conns) >= s.opts.MaxConns {
 			s.mu.Unlock()
 			s.stats.rejected.Add(1)
-			c.wr.Error("ERR max number of clients reached")
-			c.wr.Flush()
+			w := NewWriter(nc)
+			w.Error("ERR max number of clients reached")
+			w.Flush()
 			nc.Close()
 			continue
 		}
+		c := &conn{s: s, nc: nc, id: s.nextID.Add(1), rd: NewReader(nc), out: newOutbox(nc, s.opts.MaxReplyBacklog)}
+		c.wr = NewWriter(c.out)
+		c.authed = s.opts.Password == ""
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -210,11 +225,13 @@ func (s *Server) Close() error {
 // different shards may take effect in any order. Replies always come in
 // order.
 type conn struct {
-	s        *Server
-	nc       net.Conn
-	id       int64
-	rd       *Reader
+	s  *Server
+	nc net.Conn
+	id int64
+	rd *Reader
+	// wr buffers replies until a flush hands them to out.
 	wr       *Writer
+	out      *outbox
 	authed   bool
 	readonly bool
 	// slot is the slot of the command being run (for -MOVED), if keyed:
@@ -267,6 +284,9 @@ func (c *conn) serve() {
 		if c.cmdCancel != nil {
 			c.cmdCancel()
 		}
+		// What was flushed reaches the client before the socket closes
+		// (a QUIT's +OK, an error before a protocol error's close).
+		c.out.wait()
 		c.nc.Close()
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
@@ -287,7 +307,7 @@ func (c *conn) serve() {
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
 				c.wr.Error("ERR " + pe.Error())
-				if c.wr.Flush() == nil {
+				if c.wr.Flush() == nil && c.out.wait() == nil {
 					c.lingerClose()
 				}
 				return
