@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"time"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
 )
 
 // AwaitLeader runs the KV service's wait for an election on shard (until
@@ -10,3 +12,6 @@ import (
 func AwaitLeader(ctx context.Context, n *Node, shard uint64, until *time.Time) bool {
 	return n.kvsvc.awaitLeader(ctx, shard, until)
 }
+
+// SetRoutes gives the node's route cache t, as the master's watch would.
+func SetRoutes(n *Node, t *shoalpb.RouteTable) { n.routes.update(t) }

@@ -72,7 +72,14 @@ func (s *kvService) route(h *shoalpb.RequestHeader, slot uint16, write bool) (ta
 	}
 	// No replica here: the route table names the leader (master mode).
 	shard, leader := s.n.routes.leaderOf(slot)
-	if shard == 0 || h.GetDirect() || h.GetHops() >= maxHops {
+	// A table naming this node is behind: it led the shard and no longer
+	// has it. Naming itself (NOT_LEADER) would send the client straight
+	// back here.
+	stale := leader == s.n.cfg.NodeID
+	if stale {
+		leader = 0
+	}
+	if shard == 0 || stale || h.GetDirect() || h.GetHops() >= maxHops {
 		return target{}, &routeError{detail: &shoalpb.ErrorDetail{
 			Code: shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE, ShardId: shard, LeaderId: leader, LeaderAddr: s.addrOf(leader),
 		}, msg: fmt.Sprintf("node %d has no replica of slot %d", s.n.cfg.NodeID, slot)}

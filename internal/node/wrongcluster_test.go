@@ -1,13 +1,18 @@
 package node_test
 
 import (
+	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/keys"
+	"github.com/shoaldb/shoal/internal/node"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
@@ -45,4 +50,70 @@ func kvClient(t *testing.T, addr string) shoalpb.KVClient {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return shoalpb.NewKVClient(conn)
+}
+
+// A node without a replica of a slot whose route table, behind, names
+// the node itself as the shard's leader (it led the shard and gave it
+// away) answers SHARD_NOT_HERE, so that the client refreshes its table,
+// not NOT_LEADER naming itself, which sends the client straight back.
+func TestStaleRouteNamingThisNode(t *testing.T) {
+	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 4, Shards: 4, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.ClusterState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n *tc.Node
+	var shard *shoalpb.ShardDescriptor
+	for _, rt := range st.Routes.Shards {
+		holders := map[uint64]bool{}
+		for _, r := range rt.Shard.Replicas {
+			holders[r.NodeId] = true
+		}
+		for _, cand := range c.Nodes {
+			if !holders[cand.ID] && n == nil {
+				n, shard = cand, rt.Shard
+			}
+		}
+	}
+	if n == nil {
+		t.Fatal("every node holds every shard")
+	}
+	// The node's table, with the shard's leader replica moved onto it.
+	if err := tc.WaitFor(ctx, func() error {
+		if v := n.Node().Routes().GetVersion(); v < st.Routes.Version {
+			return fmt.Errorf("node %d has route table %d, want %d", n.ID, v, st.Routes.Version)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	table := proto.Clone(n.Node().Routes()).(*shoalpb.RouteTable)
+	table.Version += 1000
+	for _, rt := range table.Shards {
+		if rt.Shard.ShardId == shard.ShardId {
+			rt.Shard.Replicas[0].NodeId = n.ID
+			rt.LeaderReplica = rt.Shard.Replicas[0].ReplicaId
+		}
+	}
+	node.SetRoutes(n.Node(), table)
+	key := keyInSlots(shard.StartSlot, shard.EndSlot)
+	_, err = kvClient(t, n.Addr).Get(ctx, &shoalpb.GetRequest{Key: key})
+	if d := shoalpb.DetailOf(err); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE || d.GetLeaderId() != 0 {
+		t.Fatalf("get on node %d, named the leader of shard %d by its stale table: %v (leader hint %d), want SHARD_NOT_HERE",
+			n.ID, shard.ShardId, err, d.GetLeaderId())
+	}
+}
+
+// keyInSlots returns a key whose slot is in [start, end).
+func keyInSlots(start, end uint32) []byte {
+	for i := 0; ; i++ {
+		k := []byte("key-" + strconv.Itoa(i))
+		if s := uint32(keys.Slot(k)); s >= start && s < end {
+			return k
+		}
+	}
 }

@@ -26,8 +26,16 @@ type outbox struct {
 	nc  net.Conn
 	raw syscall.RawConn // nil: every write goes through the sender
 	// limit is how many queued bytes make Write wait for the client to
-	// read (Options.MaxReplyBacklog).
+	// read: Options.MaxReplyBacklog, or unauthBacklog before AUTH. Only
+	// the connection's goroutine uses it.
 	limit int
+	// direct is the write to the socket that does not wait (writeNow),
+	// made once so that a write costs no allocation; it writes directP and
+	// leaves how much it wrote in directN and its error in directErr.
+	direct    func(fd uintptr) bool
+	directP   []byte
+	directN   int
+	directErr error
 
 	mu   sync.Mutex
 	cond sync.Cond
@@ -39,6 +47,11 @@ type outbox struct {
 	err error
 }
 
+// unauthBacklog is the reply backlog of a connection that has not
+// authenticated on a server with a password, so that unknown clients that
+// send without reading hold little.
+const unauthBacklog = 64 << 10
+
 // Queue buffers this large or smaller are kept for the next backlog; a
 // larger one goes once the backlog is sent, so that a connection that once
 // queued a large pipeline's replies does not keep the memory.
@@ -47,12 +60,25 @@ const keepQueueCap = 64 << 10
 func newOutbox(nc net.Conn, limit int) *outbox {
 	o := &outbox{nc: nc, limit: limit}
 	o.cond.L = &o.mu
-	if sc, ok := nc.(syscall.Conn); ok {
+	if sc, ok := nc.(syscall.Conn); ok && canWriteNow {
 		if raw, err := sc.SyscallConn(); err == nil {
 			o.raw = raw
+			o.direct = o.writeNowFD
 		}
 	}
 	return o
+}
+
+// writeNow writes what the socket takes of p without waiting, and returns
+// how much that was.
+func (o *outbox) writeNow(p []byte) (int, error) {
+	o.directP, o.directN, o.directErr = p, 0, nil
+	err := o.raw.Write(o.direct) // o.direct returns true: the write does not wait
+	if err == nil {
+		err = o.directErr
+	}
+	o.directP = nil
+	return o.directN, err
 }
 
 // Write sends p, or queues what the socket cannot take at once. It waits
@@ -81,7 +107,7 @@ func (o *outbox) Write(p []byte) (int, error) {
 	n := 0
 	if o.raw != nil {
 		var err error
-		if n, err = writeNow(o.raw, p); err != nil {
+		if n, err = o.writeNow(p); err != nil {
 			o.mu.Lock()
 			o.err = err
 			o.mu.Unlock()

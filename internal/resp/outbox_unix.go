@@ -4,32 +4,28 @@ package resp
 
 import "syscall"
 
-// writeNow writes what the socket takes of p without waiting, and returns
-// how much that was.
-func writeNow(raw syscall.RawConn, p []byte) (int, error) {
-	n := 0
-	var werr error
-	err := raw.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			m, err := syscall.Write(int(fd), p[n:])
-			if m > 0 {
-				n += m
-			}
-			switch {
-			case err == syscall.EINTR:
-			case err == syscall.EAGAIN:
-				return true
-			case err != nil:
-				werr = err
-				return true
-			case m <= 0:
-				return true
-			}
+// canWriteNow says that writeNowFD works here.
+const canWriteNow = true
+
+// writeNowFD writes o.directP to fd until the socket takes no more. It
+// returns true: the caller (RawConn.Write) is not to wait for the socket.
+func (o *outbox) writeNowFD(fd uintptr) bool {
+	p := o.directP
+	for o.directN < len(p) {
+		m, err := syscall.Write(int(fd), p[o.directN:])
+		if m > 0 {
+			o.directN += m
 		}
-		return true
-	})
-	if err == nil {
-		err = werr
+		switch {
+		case err == syscall.EINTR:
+		case err == syscall.EAGAIN:
+			return true
+		case err != nil:
+			o.directErr = err
+			return true
+		case m <= 0:
+			return true
+		}
 	}
-	return n, err
+	return true
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -340,20 +341,71 @@ func TestCommandTimeoutOnReusedContext(t *testing.T) {
 
 // bigGetBackend is the gate backend whose Get answers every key with
 // getValue (64 KiB), for tests of large replies.
-type bigGetBackend struct{ *gateBackend }
+type bigGetBackend struct {
+	*gateBackend
+	gets *atomic.Int64
+}
+
+func newBigGetBackend() bigGetBackend { return bigGetBackend{newGateBackend(1), new(atomic.Int64)} }
 
 func (b bigGetBackend) Get(ctx context.Context, req *shoalpb.GetRequest) (*shoalpb.GetResponse, error) {
+	b.gets.Add(1)
 	return &shoalpb.GetResponse{Found: true, Value: getValue}, nil
 }
 
 var getValue = bytes.Repeat([]byte{'g'}, 64<<10)
 
+// smallBuffers is a listener whose connections have socket buffers of
+// sockBuf, fixed rather than grown by the kernel, so that what the
+// sockets can hold, and so a test of what happens past it, does not
+// depend on the machine's settings.
+type smallBuffers struct{ net.Listener }
+
+const sockBuf = 64 << 10
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetReadBuffer(sockBuf)
+		tc.SetWriteBuffer(sockBuf)
+	}
+	return nc, err
+}
+
+// dialSmallBuffers starts a server on backend whose connections, and the
+// client connection it returns, have socket buffers of sockBuf.
+func dialSmallBuffers(t *testing.T, backend resp.Backend, opts resp.Options) *net.TCPConn {
+	t.Helper()
+	srv := resp.NewServer(backend, opts)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(smallBuffers{lis}) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	nc, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	tc := nc.(*net.TCPConn)
+	if err := errors.Join(tc.SetReadBuffer(sockBuf), tc.SetWriteBuffer(sockBuf), tc.SetDeadline(time.Now().Add(20*time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	return tc
+}
+
 // bigPipeline is a pipeline of pairs ECHO of 64 KiB and GET of a key,
-// whose replies are 64 KiB each: 48 MiB of commands and 96 MiB of
-// replies, more than loopback sockets buffer (their receive buffers grow
-// to 32 MiB here).
+// whose replies are 64 KiB each: 8 MiB of commands and 16 MiB of
+// replies, far more than sockets of sockBuf hold.
 func bigPipeline() (cmds []byte, pairs int, echo []byte) {
-	pairs = 768
+	pairs = 128
 	echo = bytes.Repeat([]byte{'e'}, 64<<10)
 	var b bytes.Buffer
 	for i := range pairs {
@@ -395,15 +447,7 @@ func readBigPipeline(t *testing.T, br *bufio.Reader, pairs int, echo []byte) {
 // commands while the client did not read replies would leave the client's
 // write stuck until its deadline.
 func TestPipelineLargerThanSocketBuffers(t *testing.T) {
-	addr := startServerOn(t, bigGetBackend{newGateBackend(1)}, resp.Options{})
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	if err := nc.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
+	nc := dialSmallBuffers(t, newBigGetBackend(), resp.Options{})
 	cmds, pairs, echo := bigPipeline()
 	if _, err := nc.Write(cmds); err != nil {
 		t.Fatalf("writing the pipeline before reading: %v", err)
@@ -413,18 +457,11 @@ func TestPipelineLargerThanSocketBuffers(t *testing.T) {
 
 // TestReplyBacklogBound checks MaxReplyBacklog: with 1 MiB, the same
 // pipeline cannot all be sent before the client reads (the connection
-// stops reading commands once 1 MiB of replies waits), and it all arrives
-// once the client reads.
+// stops reading commands once 1 MiB of replies waits, with about 2 MiB
+// more of them in the sockets), and it all arrives once the client reads.
 func TestReplyBacklogBound(t *testing.T) {
-	addr := startServerOn(t, bigGetBackend{newGateBackend(1)}, resp.Options{MaxReplyBacklog: 1 << 20})
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	if err := nc.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
+	b := newBigGetBackend()
+	nc := dialSmallBuffers(t, b, resp.Options{MaxReplyBacklog: 1 << 20})
 	cmds, pairs, echo := bigPipeline()
 	written := make(chan error, 1)
 	go func() {
@@ -438,7 +475,41 @@ func TestReplyBacklogBound(t *testing.T) {
 		// Still writing: the connection stopped reading. It cannot
 		// finish before the client reads, however slow the machine.
 	}
+	if n := b.gets.Load(); n >= int64(pairs)/2 {
+		t.Fatalf("%d of %d GETs ran before any reply was read", n, pairs)
+	}
 	readBigPipeline(t, bufio.NewReader(nc), pairs, echo)
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUnauthenticatedBacklog: before AUTH, on a server with a password, a
+// connection queues little: the same pipeline, answered -NOAUTH, stalls
+// far sooner than the default backlog would let it.
+func TestUnauthenticatedBacklog(t *testing.T) {
+	nc := dialSmallBuffers(t, newBigGetBackend(), resp.Options{Password: "secret"})
+	// Small commands with longer replies: 1 MiB of PING x, each answered
+	// "-NOAUTH Authentication required." (33 bytes for 15).
+	cmd := "*2\r\n$4\r\nPING\r\n$1\r\nx\r\n"
+	n := (1 << 20) / len(cmd)
+	written := make(chan error, 1)
+	go func() {
+		_, err := nc.Write([]byte(strings.Repeat(cmd, n)))
+		written <- err
+	}()
+	select {
+	case err := <-written:
+		t.Fatalf("1 MiB of unauthenticated commands taken before any reply was read (write error %v): their backlog is not bounded", err)
+	case <-time.After(time.Second):
+	}
+	br := bufio.NewReader(nc)
+	for i := range n {
+		line, err := br.ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "-NOAUTH") {
+			t.Fatalf("reply %d of %d: %q, %v", i+1, n, line, err)
+		}
+	}
 	if err := <-written; err != nil {
 		t.Fatal(err)
 	}

@@ -298,8 +298,9 @@ func (c *conn) serve() {
 			c.nc.SetReadDeadline(time.Now().Add(t))
 		}
 		lim := c.s.opts.Limits
+		c.out.limit = c.s.opts.MaxReplyBacklog
 		if !c.authed {
-			lim = unauthLimits
+			lim, c.out.limit = unauthLimits, unauthBacklog
 		}
 		args, err := c.rd.ReadCommand(lim)
 		if err != nil {
@@ -307,7 +308,7 @@ func (c *conn) serve() {
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
 				c.wr.Error("ERR " + pe.Error())
-				if c.wr.Flush() == nil && c.out.wait() == nil {
+				if c.wr.Flush() == nil {
 					c.lingerClose()
 				}
 				return
@@ -492,18 +493,27 @@ const (
 // lingerClose ends a connection after a protocol error so that the error
 // reply reaches the client: closing a socket with unread input makes the
 // kernel reset the connection, and a client writing the rest of a pipeline
-// sees the reset before it reads the reply. So it sends FIN first, then
-// discards what the client still sends until it closes too, for at most
-// lingerTime and lingerBytes.
+// sees the reset before it reads the reply. So it sends FIN once the
+// replies are out, then discards what the client still sends until it
+// closes too. It discards from the start, while the replies go out, since
+// a client that writes a pipeline before it reads would otherwise never
+// read them; and it takes at most lingerTime (reading and writing) and
+// discards at most lingerBytes.
 func (c *conn) lingerClose() {
 	hc, ok := c.nc.(interface{ CloseWrite() error })
-	if !ok || hc.CloseWrite() != nil {
+	if !ok || c.nc.SetDeadline(time.Now().Add(lingerTime)) != nil {
+		c.out.wait()
 		return
 	}
-	if c.nc.SetReadDeadline(time.Now().Add(lingerTime)) != nil {
-		return
+	discarded := make(chan struct{})
+	go func() {
+		defer close(discarded)
+		_, _ = io.CopyN(io.Discard, c.nc, lingerBytes)
+	}()
+	if c.out.wait() == nil {
+		_ = hc.CloseWrite()
 	}
-	_, _ = io.CopyN(io.Discard, c.nc, lingerBytes)
+	<-discarded
 }
 
 // ctx returns the context for a command and the function to call when the
