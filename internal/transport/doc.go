@@ -7,13 +7,17 @@
 // side of the stream carries nothing but the stream's end, so a sender learns
 // at once when a receiver rejects or drops the stream. So between two nodes
 // there is one stream in each direction, each owned (dialled, reconnected,
-// torn down) by its sender.
+// torn down) by its sender. A sender nothing was sent to for
+// Options.PeerIdleTimeout ends (retire), and the next Send starts a new
+// one.
 //
 // Invariants:
-//   - Send never blocks: it queues, or fails at once when the destination's
-//     queue is full or the destination is known to be unreachable; the store
-//     then reports the destination replicas unreachable to Raft, which
-//     retransmits.
+//   - Send never blocks: it queues, or fails at once when the
+//     destination's queue is full or the destination is known to be
+//     unreachable; the store then reports the destination replicas
+//     unreachable to Raft, which retransmits. It queues under the
+//     transport's lock, with the lookup of the sender, so that a sender
+//     retiring never strands a batch in its queue.
 //   - A stream whose first batch names another cluster or another
 //     destination node is refused, so a node that was replaced on the same
 //     address never receives messages meant for its predecessor.

@@ -106,6 +106,14 @@ type Options struct {
 	// BackoffMin and BackoffMax bound the wait between reconnection attempts.
 	// Defaults 50ms and 2s.
 	BackoffMin, BackoffMax time.Duration
+	// PeerIdleTimeout ends the sender of a destination nothing was sent to
+	// for this long: its stream closes and its goroutine, which would
+	// otherwise redial a node removed from the cluster for ever, ends.
+	// The next Send to it starts a new one. It is checked every half of
+	// it, so a sender ends 1 to 1.5 times it after its last Send. Default
+	// 5 minutes; an idle shard's leader stops heartbeating (quiescing), so
+	// a shorter time closes streams between live nodes more often.
+	PeerIdleTimeout time.Duration
 	// Dialer opens connections; tests and multi-address deployments use it to
 	// dial from a chosen local address. Default: the system dialer.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
@@ -137,6 +145,9 @@ func (o *Options) validate() error {
 	if o.BackoffMin <= 0 {
 		o.BackoffMin = 50 * time.Millisecond
 	}
+	if o.PeerIdleTimeout <= 0 {
+		o.PeerIdleTimeout = 5 * time.Minute
+	}
 	if o.BackoffMax <= 0 {
 		o.BackoffMax = 2 * time.Second
 	}
@@ -155,6 +166,9 @@ type Stats struct {
 	BatchesReceived, MessagesReceived uint64
 	// Connects counts streams opened; StreamErrors streams that failed.
 	Connects, StreamErrors uint64
+	// PeersRetired counts destinations whose sender ended idle
+	// (Options.PeerIdleTimeout).
+	PeersRetired uint64
 }
 
 // Transport is a node's Raft transport: the client side towards every peer
@@ -176,7 +190,7 @@ type Transport struct {
 	wg     sync.WaitGroup
 
 	stats struct {
-		batchesSent, sent, dropped, batchesRecv, recv, connects, streamErrs atomic.Uint64
+		batchesSent, sent, dropped, batchesRecv, recv, connects, streamErrs, retired atomic.Uint64
 	}
 }
 
@@ -229,6 +243,7 @@ func (t *Transport) Stats() Stats {
 		MessagesReceived: t.stats.recv.Load(),
 		Connects:         t.stats.connects.Load(),
 		StreamErrors:     t.stats.streamErrs.Load(),
+		PeersRetired:     t.stats.retired.Load(),
 	}
 }
 
@@ -250,23 +265,14 @@ func (t *Transport) Send(to uint64, msgs []*shoalpb.RaftMessage) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	p, err := t.peer(to)
-	if err != nil {
-		t.stats.dropped.Add(uint64(len(msgs)))
-		return err
-	}
-	if err := p.enqueue(msgs); err != nil {
-		t.stats.dropped.Add(uint64(len(msgs)))
-		return fmt.Errorf("transport: to node %d: %w", to, err)
-	}
-	return nil
-}
-
-func (t *Transport) peer(to uint64) (*peer, error) {
+	// The lookup and the enqueue (which does not block) are one critical
+	// section, so that a sender retiring (retire) never leaves messages in
+	// its queue.
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.mu.closed {
-		return nil, ErrClosed
+		t.mu.Unlock()
+		t.stats.dropped.Add(uint64(len(msgs)))
+		return ErrClosed
 	}
 	p := t.mu.peers[to]
 	if p == nil {
@@ -275,7 +281,28 @@ func (t *Transport) peer(to uint64) (*peer, error) {
 		t.wg.Add(1)
 		go p.run()
 	}
-	return p, nil
+	err := p.enqueue(msgs)
+	t.mu.Unlock()
+	if err != nil {
+		t.stats.dropped.Add(uint64(len(msgs)))
+		return fmt.Errorf("transport: to node %d: %w", to, err)
+	}
+	return nil
+}
+
+// retire ends p if nothing was sent to it for PeerIdleTimeout and nothing
+// waits in its queue: it leaves the transport's peers, so that the next
+// Send starts a new one. Called by p's goroutine, which ends if it
+// returns true.
+func (t *Transport) retire(p *peer) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if time.Since(time.Unix(0, p.lastUse.Load())) < t.opts.PeerIdleTimeout || len(p.queue) > 0 || len(p.carry) > 0 {
+		return false
+	}
+	delete(t.mu.peers, p.to)
+	t.stats.retired.Add(1)
+	return true
 }
 
 // RaftStream implements the receiving side of shoalpb.RaftTransportServer.
@@ -400,7 +427,12 @@ type peer struct {
 	downUntil atomic.Int64
 	// queued is the bytes of the batches in queue (batchBytes).
 	queued atomic.Int64
+	// lastUse is the UnixNano time of the last Send to the peer.
+	lastUse atomic.Int64
 }
+
+// errRetired ends a stream whose peer retired idle.
+var errRetired = errors.New("transport: destination idle")
 
 // batchBytes is the size of msgs as QueueBytes counts it.
 func batchBytes(msgs []*shoalpb.RaftMessage) int64 {
@@ -418,7 +450,9 @@ func (p *peer) dequeued(msgs []*shoalpb.RaftMessage) []*shoalpb.RaftMessage {
 }
 
 func (p *peer) enqueue(msgs []*shoalpb.RaftMessage) error {
-	if time.Now().UnixNano() < p.downUntil.Load() {
+	now := time.Now().UnixNano()
+	p.lastUse.Store(now)
+	if now < p.downUntil.Load() {
 		return ErrUnreachable
 	}
 	n := batchBytes(msgs)
@@ -441,7 +475,7 @@ func (p *peer) run() {
 	backoff := p.t.opts.BackoffMin
 	for {
 		worked, err := p.connectAndSend(log)
-		if p.t.ctx.Err() != nil {
+		if p.t.ctx.Err() != nil || errors.Is(err, errRetired) {
 			return
 		}
 		if worked {
@@ -461,6 +495,12 @@ func (p *peer) run() {
 		case <-p.t.ctx.Done():
 			return
 		case <-time.After(wait):
+		}
+		// A destination no longer sent to (a node removed from the
+		// cluster) is not redialled for ever.
+		if p.t.retire(p) {
+			log.Debug("raft sender to peer ended", "idle_for", p.t.opts.PeerIdleTimeout)
+			return
 		}
 		backoff = min(backoff*2, p.t.opts.BackoffMax)
 	}
@@ -513,6 +553,8 @@ func (p *peer) connectAndSend(log *slog.Logger) (worked bool, err error) {
 	}()
 	p.t.stats.connects.Add(1)
 	log.Debug("raft stream open", "addr", addr)
+	idle := time.NewTicker(p.t.opts.PeerIdleTimeout / 2)
+	defer idle.Stop()
 	first := true
 	for {
 		var msgs []*shoalpb.RaftMessage
@@ -525,6 +567,12 @@ func (p *peer) connectAndSend(log *slog.Logger) (worked bool, err error) {
 				default:
 				}
 				return worked, ctx.Err()
+			case <-idle.C:
+				if p.t.retire(p) {
+					log.Debug("raft stream to idle peer closed", "addr", addr)
+					return worked, errRetired
+				}
+				continue
 			case msgs = <-p.queue:
 				p.dequeued(msgs)
 			}

@@ -654,3 +654,70 @@ func TestQueuedBytesBalance(t *testing.T) {
 		t.Fatalf("%d bytes still counted after the queue was drained", n)
 	}
 }
+
+// TestIdlePeerRetires: the sender of a destination nothing is sent to ends
+// after PeerIdleTimeout, whether its stream is open (a live node no shard
+// talks to now) or it is redialling (a node removed from the cluster), and
+// a later Send starts a new one that delivers.
+func TestIdlePeerRetires(t *testing.T) {
+	bk := &book{addrs: map[uint64]string{}}
+	const idle = 200 * time.Millisecond
+	a := startEndpointWith(t, bk, 1, "c", "", func(o *Options) { o.PeerIdleTimeout = idle })
+	b := startEndpoint(t, bk, 2, "c", "")
+	if err := a.t.Send(2, []*shoalpb.RaftMessage{msg(7, 1, 2, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	// Node 3 has no address: its sender redials until it retires.
+	if err := a.t.Send(3, []*shoalpb.RaftMessage{msg(7, 1, 3, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if st := a.t.Stats(); st.PeersRetired != 2 {
+			return fmt.Errorf("%d of 2 idle senders ended: %+v", st.PeersRetired, st)
+		}
+		return nil
+	})
+	a.t.mu.Lock()
+	left := len(a.t.mu.peers)
+	a.t.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d senders left after both retired", left)
+	}
+	if err := a.t.Send(2, []*shoalpb.RaftMessage{msg(7, 1, 2, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if c := b.rec.count(); c != 2 {
+			return fmt.Errorf("received %d of 2", c)
+		}
+		return nil
+	})
+	if st := a.t.Stats(); st.Connects != 2 || st.MessagesDropped != 1 {
+		t.Fatalf("stats %+v: want 2 streams to node 2 and node 3's message dropped", st)
+	}
+}
+
+// TestBusyPeerStays: a destination sent to more often than
+// PeerIdleTimeout keeps its sender and its one stream.
+func TestBusyPeerStays(t *testing.T) {
+	bk := &book{addrs: map[uint64]string{}}
+	const idle = 2 * time.Second
+	a := startEndpointWith(t, bk, 1, "c", "", func(o *Options) { o.PeerIdleTimeout = idle })
+	b := startEndpoint(t, bk, 2, "c", "")
+	const n = 10
+	for i := range n {
+		if err := a.t.Send(2, []*shoalpb.RaftMessage{msg(7, 1, 2, i)}); err != nil {
+			t.Fatal(err)
+		}
+		<-time.After(idle / 20) // the pace of the sends is what the test is about
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if c := b.rec.count(); c != n {
+			return fmt.Errorf("received %d of %d", c, n)
+		}
+		return nil
+	})
+	if st := a.t.Stats(); st.PeersRetired != 0 || st.Connects != 1 {
+		t.Fatalf("stats %+v: a sender sent to every %v retired", st, idle/20)
+	}
+}
