@@ -822,7 +822,12 @@ func (s *Store) ElectionTimeout() time.Duration {
 
 // Serving checks, after a read of the engine, that this node still serves
 // shard: its replica has not been removed (its data may have been deleted
-// under the read). A read must be discarded when it fails.
+// under the read), and has data. The second catches a replica removed and
+// created again, empty, between the read's barrier and its read of the
+// engine: the new one is not removed, but the read found the keys of the
+// old one deleted. (A new replica that got its snapshot in between serves
+// data from after the barrier, which a read may return.) A read must be
+// discarded when it fails.
 func (s *Store) Serving(shard uint64) error {
 	st, err := s.Status(shard)
 	if err != nil {
@@ -830,6 +835,9 @@ func (s *Store) Serving(shard uint64) error {
 	}
 	if st.Removed {
 		return fmt.Errorf("%w: shard %d on node %d", ErrShardRemoved, shard, s.opts.NodeID)
+	}
+	if !st.Initialized {
+		return fmt.Errorf("%w: shard %d's replica on node %d has no data yet", ErrShardNotFound, shard, s.opts.NodeID)
 	}
 	return nil
 }
