@@ -21,7 +21,7 @@ const maxSessionResults = 256
 // (a write that returns the old value, GETDEL or SET with GET, keeps that
 // value): the record is rewritten on every write in the session and sent
 // whole in snapshots, whose messages are at most 64 MiB. Older results
-// beyond it are kept as a small stale-sequence result (trimSession); the
+// beyond it are kept as a small stale-sequence result (trimSessionBytes); the
 // last one whatever its size. Replicated semantics too, as
 // maxSessionResults: a replica of an older build keeps the results whole,
 // so its session record, and what a retry of such a write is told, differ.
@@ -105,11 +105,21 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	s.Results[cmd.Seq] = res
 	s.AckedBelow = max(s.AckedBelow, cmd.AckedBelow)
 	s.LastActiveMs = max(s.LastActiveMs, cmd.NowMs)
-	trimSession(s, cmd.SessionId, cmd.Seq)
+	trimSessionCount(s)
 	// Deterministic: map order must not make replicas store different bytes.
 	sm.buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(sm.buf[:0], s)
 	if err != nil {
 		return nil, fmt.Errorf("encode session %d: %w", cmd.SessionId, err)
+	}
+	// The encoded record holds every result whole, so its size bounds
+	// theirs: only a record this large can need trimSessionBytes, which
+	// sizes each result (that was a third of the cost of a session's
+	// bookkeeping when done on every write).
+	if len(sm.buf) > maxSessionBytes && trimSessionBytes(s, cmd.SessionId, cmd.Seq) {
+		sm.buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(sm.buf[:0], s)
+		if err != nil {
+			return nil, fmt.Errorf("encode session %d: %w", cmd.SessionId, err)
+		}
 	}
 	if err := b.Set(key, sm.buf, nil); err != nil {
 		return nil, err
@@ -118,16 +128,10 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	return res, nil
 }
 
-// trimSession forgets the results the client acknowledged and, beyond
+// trimSessionCount forgets the results the client acknowledged and, beyond
 // maxSessionResults, the oldest ones, raising the acknowledged mark past
-// them so that a late retry is refused instead of applied twice. Beyond
-// maxSessionBytes of results it then replaces the oldest ones, except the
-// result of last (the command just applied), with a small stale-sequence
-// result: a retry of such a write learns it was applied and that its result
-// is gone, and the mark stays where it was, since a sequence below it may
-// not have arrived yet (a session's writes come from many goroutines, in
-// any order).
-func trimSession(s *shoalpb.SessionRecord, sessionID, last uint64) {
+// them so that a late retry is refused instead of applied twice.
+func trimSessionCount(s *shoalpb.SessionRecord) {
 	for seq := range s.Results {
 		if seq < s.AckedBelow {
 			delete(s.Results, seq)
@@ -144,12 +148,22 @@ func trimSession(s *shoalpb.SessionRecord, sessionID, last uint64) {
 		delete(s.Results, oldest)
 		s.AckedBelow = max(s.AckedBelow, oldest+1)
 	}
+}
+
+// trimSessionBytes, beyond maxSessionBytes of results (each sized on its
+// own, proto.Size), replaces the oldest ones, except the result of last
+// (the command just applied), with a small stale-sequence result: a retry
+// of such a write learns it was applied and that its result is gone, and
+// the mark stays where it was, since a sequence below it may not have
+// arrived yet (a session's writes come from many goroutines, in any
+// order). It reports whether it changed s.
+func trimSessionBytes(s *shoalpb.SessionRecord, sessionID, last uint64) bool {
 	size := 0
 	for _, r := range s.Results {
 		size += proto.Size(r)
 	}
 	if size <= maxSessionBytes {
-		return
+		return false
 	}
 	for _, seq := range slices.Sorted(maps.Keys(s.Results)) {
 		r := s.Results[seq]
@@ -163,7 +177,8 @@ func trimSession(s *shoalpb.SessionRecord, sessionID, last uint64) {
 		size += proto.Size(dropped) - proto.Size(r)
 		s.Results[seq] = dropped
 		if size <= maxSessionBytes {
-			return
+			return true
 		}
 	}
+	return true
 }
