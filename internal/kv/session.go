@@ -106,8 +106,9 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	s.AckedBelow = max(s.AckedBelow, cmd.AckedBelow)
 	s.LastActiveMs = max(s.LastActiveMs, cmd.NowMs)
 	trimSessionCount(s)
-	// Deterministic: map order must not make replicas store different bytes.
-	sm.buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(sm.buf[:0], s)
+	// Deterministic: map order must not make replicas store different
+	// bytes (sessionEncoder).
+	sm.buf, err = sm.sessionEnc.appendRecord(sm.buf[:0], s)
 	if err != nil {
 		return nil, fmt.Errorf("encode session %d: %w", cmd.SessionId, err)
 	}
@@ -116,7 +117,7 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	// sizes each result (that was a third of the cost of a session's
 	// bookkeeping when done on every write).
 	if len(sm.buf) > maxSessionBytes && trimSessionBytes(s, cmd.SessionId, cmd.Seq) {
-		sm.buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(sm.buf[:0], s)
+		sm.buf, err = sm.sessionEnc.appendRecord(sm.buf[:0], s)
 		if err != nil {
 			return nil, fmt.Errorf("encode session %d: %w", cmd.SessionId, err)
 		}

@@ -61,6 +61,8 @@ type stateMachine struct {
 	buf []byte
 	// sessions caches session records (session.go).
 	sessions map[uint64]*shoalpb.SessionRecord
+	// sessionEnc encodes session records (applyInSession).
+	sessionEnc sessionEncoder
 	// rows is the node's row cache; ov.written holds the data keys
 	// announced to it (begin) whose batch is not committed yet.
 	rows *RowCache
