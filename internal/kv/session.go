@@ -166,6 +166,7 @@ func trimSessionBytes(s *shoalpb.SessionRecord, sessionID, last uint64) bool {
 	if size <= maxSessionBytes {
 		return false
 	}
+	changed := false
 	for _, seq := range slices.Sorted(maps.Keys(s.Results)) {
 		r := s.Results[seq]
 		if seq == last || r.Error == shoalpb.KVErrorCode_KV_ERROR_STALE_SEQUENCE {
@@ -176,10 +177,10 @@ func trimSessionBytes(s *shoalpb.SessionRecord, sessionID, last uint64) bool {
 			ErrorMessage: fmt.Sprintf("ERR session %d: sequence %d was applied; its result was too large to keep", sessionID, seq),
 		}
 		size += proto.Size(dropped) - proto.Size(r)
-		s.Results[seq] = dropped
+		s.Results[seq], changed = dropped, true
 		if size <= maxSessionBytes {
-			return true
+			break
 		}
 	}
-	return true
+	return changed
 }

@@ -630,6 +630,10 @@ func (r *Replica) applySnapshot(snap *raftpb.Snapshot) error {
 	r.sm = r.store.opts.NewStateMachine(r.desc)
 	wasInitialized := r.initialized
 	r.initialized = true
+	// Published before the slots are: a read that finds the shard by its
+	// slots then finds it initialized when it checks Serving (else it
+	// would fail until this iteration's phase 3).
+	r.publishStatus()
 	r.store.setSlots(r)
 	// Proposals at or below the snapshot may or may not be in it.
 	for idx, p := range r.byIndex {

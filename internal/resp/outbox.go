@@ -3,6 +3,7 @@ package resp
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -45,7 +46,15 @@ type outbox struct {
 	sending bool
 	// err is the first failed write: every later Write returns it.
 	err error
+	// sent counts the bytes the sender has written, so that a
+	// connection ending can tell a slow client from one that stopped
+	// reading (lingerClose).
+	sent atomic.Int64
 }
+
+// sendChunk is how much the sender writes at once, so that sent moves
+// while a large backlog goes out.
+const sendChunk = 64 << 10
 
 // unauthBacklog is the reply backlog of a connection that has not
 // authenticated on a server with a password, so that unknown clients that
@@ -133,7 +142,13 @@ func (o *outbox) send() {
 		buf, o.queue = o.queue, buf[:0]
 		o.cond.Broadcast() // the queue has room again
 		o.mu.Unlock()
-		_, err := o.nc.Write(buf)
+		var err error
+		for rest := buf; len(rest) > 0 && err == nil; {
+			var n int
+			n, err = o.nc.Write(rest[:min(len(rest), sendChunk)])
+			o.sent.Add(int64(n))
+			rest = rest[n:]
+		}
 		o.mu.Lock()
 		if err != nil {
 			o.err = err

@@ -489,8 +489,8 @@ func TestReplyBacklogBound(t *testing.T) {
 // far sooner than the default backlog would let it.
 func TestUnauthenticatedBacklog(t *testing.T) {
 	nc := dialSmallBuffers(t, newBigGetBackend(), resp.Options{Password: "secret"})
-	// Small commands with longer replies: 1 MiB of PING x, each answered
-	// "-NOAUTH Authentication required." (33 bytes for 15).
+	// Commands with longer replies: 1 MiB of PING x (21 bytes), each
+	// answered "-NOAUTH Authentication required." (34 bytes).
 	cmd := "*2\r\n$4\r\nPING\r\n$1\r\nx\r\n"
 	n := (1 << 20) / len(cmd)
 	written := make(chan error, 1)
@@ -512,5 +512,54 @@ func TestUnauthenticatedBacklog(t *testing.T) {
 	}
 	if err := <-written; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestProtocolErrorAfterLargePipeline: a client writes a pipeline whose
+// replies outgrow the sockets, then a malformed command and more bytes
+// than the connection discards after its FIN, before it reads anything. It
+// still gets every reply, then the protocol error, then the end of the
+// connection: the connection discards what follows the error while the
+// replies go out, not only after.
+// A client that reads slowly, for longer than the connection waits for a
+// client that does nothing (lingerTime, 1 s), still gets them all.
+func TestProtocolErrorAfterLargePipeline(t *testing.T) {
+	t.Run("reading at once", func(t *testing.T) { testProtocolErrorAfterLargePipeline(t, 0) })
+	// 64 replies, 30 ms apart: about 2 s.
+	t.Run("reading slowly", func(t *testing.T) { testProtocolErrorAfterLargePipeline(t, 30*time.Millisecond) })
+}
+
+func testProtocolErrorAfterLargePipeline(t *testing.T, pause time.Duration) {
+	nc := dialSmallBuffers(t, newBigGetBackend(), resp.Options{})
+	echo := bytes.Repeat([]byte{'e'}, 64<<10)
+	const n = 64
+	var req bytes.Buffer
+	for range n {
+		fmt.Fprintf(&req, "*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n", len(echo), echo)
+	}
+	req.WriteString("*1\r\n$x\r\n")
+	req.Write(bytes.Repeat([]byte{'j'}, 1<<20)) // over lingerBytes (256 KiB)
+	if _, err := nc.Write(req.Bytes()); err != nil {
+		t.Fatalf("writing the pipeline before reading: %v", err)
+	}
+	br := bufio.NewReader(nc)
+	for i := range n {
+		head, err := br.ReadString('\n')
+		if err != nil || head != "$"+strconv.Itoa(len(echo))+"\r\n" {
+			t.Fatalf("reply %d of %d: %q, %v", i+1, n, head, err)
+		}
+		if _, err := br.Discard(len(echo) + 2); err != nil {
+			t.Fatalf("reply %d: %v", i+1, err)
+		}
+		if pause > 0 {
+			<-time.After(pause) // the client's pace is what the test is about
+		}
+	}
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "-ERR Protocol error") {
+		t.Fatalf("after the replies: %q, %v; want the protocol error", line, err)
+	}
+	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+		t.Fatalf("after the protocol error: %q, %v; want the connection's end", rest, err)
 	}
 }

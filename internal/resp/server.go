@@ -6,9 +6,9 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -491,29 +491,65 @@ const (
 )
 
 // lingerClose ends a connection after a protocol error so that the error
-// reply reaches the client: closing a socket with unread input makes the
-// kernel reset the connection, and a client writing the rest of a pipeline
-// sees the reset before it reads the reply. So it sends FIN once the
-// replies are out, then discards what the client still sends until it
-// closes too. It discards from the start, while the replies go out, since
-// a client that writes a pipeline before it reads would otherwise never
-// read them; and it takes at most lingerTime (reading and writing) and
-// discards at most lingerBytes.
+// reply, and the replies before it, reach the client: closing a socket
+// with unread input makes the kernel reset the connection, and a client
+// writing the rest of a pipeline sees the reset before it reads the
+// replies. So it discards what the client still sends while the replies go
+// out (a client that writes its whole pipeline before it reads would
+// otherwise never read them), then sends FIN and discards at most
+// lingerBytes more until the client closes too. A client that neither
+// reads nor sends for lingerTime is cut off; one that reads slowly gets
+// every reply, since the deadline moves on while they go out.
 func (c *conn) lingerClose() {
-	hc, ok := c.nc.(interface{ CloseWrite() error })
-	if !ok || c.nc.SetDeadline(time.Now().Add(lingerTime)) != nil {
-		c.out.wait()
+	if c.nc.SetDeadline(time.Now().Add(lingerTime)) != nil {
 		return
 	}
+	// finSent: the replies are out and FIN sent; stop: they will not go
+	// out. Until either, a read that times out is retried: the deadline
+	// moves on while replies go out.
+	var finSent, stop atomic.Bool
 	discarded := make(chan struct{})
 	go func() {
 		defer close(discarded)
-		_, _ = io.CopyN(io.Discard, c.nc, lingerBytes)
+		buf := make([]byte, 32<<10)
+		after := 0
+		for {
+			n, err := c.nc.Read(buf)
+			if finSent.Load() {
+				if after += n; after >= lingerBytes {
+					return
+				}
+			}
+			if err != nil && (!errors.Is(err, os.ErrDeadlineExceeded) || finSent.Load() || stop.Load()) {
+				return
+			}
+		}
 	}()
-	if c.out.wait() == nil {
-		_ = hc.CloseWrite()
+	sent := make(chan error, 1)
+	go func() { sent <- c.out.wait() }()
+	tick := time.NewTicker(lingerTime / 4)
+	defer tick.Stop()
+	last := c.out.sent.Load()
+	for {
+		select {
+		case err := <-sent:
+			if hc, ok := c.nc.(interface{ CloseWrite() error }); ok && err == nil {
+				finSent.Store(true)
+				_ = hc.CloseWrite()
+				_ = c.nc.SetDeadline(time.Now().Add(lingerTime))
+			} else {
+				stop.Store(true)
+				_ = c.nc.SetReadDeadline(time.Now())
+			}
+			<-discarded
+			return
+		case <-tick.C:
+			if n := c.out.sent.Load(); n != last {
+				last = n
+				_ = c.nc.SetDeadline(time.Now().Add(lingerTime))
+			}
+		}
 	}
-	<-discarded
 }
 
 // ctx returns the context for a command and the function to call when the

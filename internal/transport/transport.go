@@ -148,6 +148,7 @@ func (o *Options) validate() error {
 	if o.PeerIdleTimeout <= 0 {
 		o.PeerIdleTimeout = 5 * time.Minute
 	}
+	o.PeerIdleTimeout = max(o.PeerIdleTimeout, 2*time.Millisecond) // checked every half of it
 	if o.BackoffMax <= 0 {
 		o.BackoffMax = 2 * time.Second
 	}
