@@ -263,13 +263,19 @@ func startServer(t *testing.T, opts resp.Options) string {
 // ends, and returns the address.
 func startServerOn(t *testing.T, backend resp.Backend, opts resp.Options) string {
 	t.Helper()
+	return startServerWrapped(t, backend, opts, func(l net.Listener) net.Listener { return l })
+}
+
+// startServerWrapped is startServerOn serving on wrap of the listener.
+func startServerWrapped(t *testing.T, backend resp.Backend, opts resp.Options, wrap func(net.Listener) net.Listener) string {
+	t.Helper()
 	srv := resp.NewServer(backend, opts)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(lis) }()
+	go func() { done <- srv.Serve(wrap(lis)) }()
 	t.Cleanup(func() {
 		srv.Close()
 		if err := <-done; err != nil {

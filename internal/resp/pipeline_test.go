@@ -376,20 +376,8 @@ func (l smallBuffers) Accept() (net.Conn, error) {
 // client connection it returns, have socket buffers of sockBuf.
 func dialSmallBuffers(t *testing.T, backend resp.Backend, opts resp.Options) *net.TCPConn {
 	t.Helper()
-	srv := resp.NewServer(backend, opts)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(smallBuffers{lis}) }()
-	t.Cleanup(func() {
-		srv.Close()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	nc, err := net.Dial("tcp", lis.Addr().String())
+	addr := startServerWrapped(t, backend, opts, func(l net.Listener) net.Listener { return smallBuffers{l} })
+	nc, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
