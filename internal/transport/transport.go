@@ -266,6 +266,7 @@ func (t *Transport) Send(to uint64, msgs []*shoalpb.RaftMessage) error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	b := queuedBatch{msgs: msgs, bytes: batchBytes(msgs)} // sized before the lock is taken
 	// The lookup and the enqueue (which does not block) are one critical
 	// section, so that a sender retiring (retire) never leaves messages in
 	// its queue.
@@ -277,12 +278,12 @@ func (t *Transport) Send(to uint64, msgs []*shoalpb.RaftMessage) error {
 	}
 	p := t.mu.peers[to]
 	if p == nil {
-		p = &peer{t: t, to: to, queue: make(chan []*shoalpb.RaftMessage, t.opts.QueueBatches)}
+		p = &peer{t: t, to: to, queue: make(chan queuedBatch, t.opts.QueueBatches)}
 		t.mu.peers[to] = p
 		t.wg.Add(1)
 		go p.run()
 	}
-	err := p.enqueue(msgs)
+	err := p.enqueue(b)
 	t.mu.Unlock()
 	if err != nil {
 		t.stats.dropped.Add(uint64(len(msgs)))
@@ -419,7 +420,7 @@ func (t *Transport) dialOptions() []grpc.DialOption {
 type peer struct {
 	t     *Transport
 	to    uint64
-	queue chan []*shoalpb.RaftMessage
+	queue chan queuedBatch
 	// carry holds messages that did not fit in the last stream message;
 	// only the peer's goroutine touches it.
 	carry []*shoalpb.RaftMessage
@@ -444,28 +445,34 @@ func batchBytes(msgs []*shoalpb.RaftMessage) int64 {
 	return int64(n)
 }
 
-// dequeued accounts for msgs taken off the queue.
-func (p *peer) dequeued(msgs []*shoalpb.RaftMessage) []*shoalpb.RaftMessage {
-	p.queued.Add(-batchBytes(msgs))
-	return msgs
+// queuedBatch is a batch in a peer's queue with its size as QueueBytes
+// counts it (batchBytes), computed once, when Send is given the batch.
+type queuedBatch struct {
+	msgs  []*shoalpb.RaftMessage
+	bytes int64
 }
 
-func (p *peer) enqueue(msgs []*shoalpb.RaftMessage) error {
+// dequeued accounts for b taken off the queue and returns its messages.
+func (p *peer) dequeued(b queuedBatch) []*shoalpb.RaftMessage {
+	p.queued.Add(-b.bytes)
+	return b.msgs
+}
+
+func (p *peer) enqueue(b queuedBatch) error {
 	now := time.Now().UnixNano()
 	p.lastUse.Store(now)
 	if now < p.downUntil.Load() {
 		return ErrUnreachable
 	}
-	n := batchBytes(msgs)
-	if q := p.queued.Add(n); q > int64(p.t.opts.QueueBytes) && q > n {
-		p.queued.Add(-n)
+	if q := p.queued.Add(b.bytes); q > int64(p.t.opts.QueueBytes) && q > b.bytes {
+		p.queued.Add(-b.bytes)
 		return ErrQueueFull
 	}
 	select {
-	case p.queue <- msgs:
+	case p.queue <- b:
 		return nil
 	default:
-		p.queued.Add(-n)
+		p.queued.Add(-b.bytes)
 		return ErrQueueFull
 	}
 }
@@ -512,8 +519,8 @@ func (p *peer) drain() {
 	p.carry = nil
 	for {
 		select {
-		case msgs := <-p.queue:
-			p.t.stats.dropped.Add(uint64(len(p.dequeued(msgs))))
+		case b := <-p.queue:
+			p.t.stats.dropped.Add(uint64(len(p.dequeued(b))))
 		default:
 			return
 		}
@@ -574,8 +581,8 @@ func (p *peer) connectAndSend(log *slog.Logger) (worked bool, err error) {
 					return worked, errRetired
 				}
 				continue
-			case msgs = <-p.queue:
-				p.dequeued(msgs)
+			case b := <-p.queue:
+				msgs = p.dequeued(b)
 			}
 		}
 		b := p.coalesce(msgs)
@@ -621,8 +628,8 @@ func (p *peer) coalesce(msgs []*shoalpb.RaftMessage) *shoalpb.RaftMessageBatch {
 			size += ms
 		}
 		select {
-		case pending = <-p.queue:
-			p.dequeued(pending)
+		case b := <-p.queue:
+			pending = p.dequeued(b)
 		default:
 			return b
 		}

@@ -624,11 +624,12 @@ func TestQueuedBytesBalance(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	p := &peer{t: tr, to: 2, queue: make(chan []*shoalpb.RaftMessage, 8)} // no goroutine takes from it
-	batch := func(i, size int) []*shoalpb.RaftMessage {
+	p := &peer{t: tr, to: 2, queue: make(chan queuedBatch, 8)} // no goroutine takes from it
+	batch := func(i, size int) queuedBatch {
 		m := msg(1, 1, 2, i)
 		m.Message.Entries[0].Data = make([]byte, size)
-		return []*shoalpb.RaftMessage{m}
+		msgs := []*shoalpb.RaftMessage{m}
+		return queuedBatch{msgs: msgs, bytes: batchBytes(msgs)}
 	}
 	for i := range 8 {
 		if err := p.enqueue(batch(i, 64<<10)); err != nil {
@@ -641,7 +642,7 @@ func TestQueuedBytesBalance(t *testing.T) {
 	if err := p.enqueue(batch(9, 2<<20)); !errors.Is(err, ErrQueueFull) {
 		t.Fatalf("enqueue past the byte bound: %v", err)
 	}
-	if want := 8 * batchBytes(batch(0, 64<<10)); p.queued.Load() != want {
+	if want := 8 * batch(0, 64<<10).bytes; p.queued.Load() != want {
 		t.Fatalf("queued %d bytes, want %d", p.queued.Load(), want)
 	}
 	// A stream message of 100 KiB takes one batch and carries the next.
