@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/shoaldb/shoal/internal/keys"
-	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/storage"
 )
 
@@ -86,27 +85,26 @@ const MaxScanPageBytes = 16 << 20
 // ending the page early at MaxScanPageBytes.
 // Like Get it is linearizable unless o.Stale. Expired keys are skipped.
 func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, cursor []byte, limit int, keysOnly bool, o ReadOptions) (ScanResult, error) {
-	noData := func() error {
-		return fmt.Errorf("kv: scan: %w: shard %d's replica here has no data yet", raftstore.ErrShardNotFound, shard)
-	}
-	if st, err := d.store.Status(shard); err == nil && !st.Initialized {
-		return ScanResult{}, noData() // not worth a read barrier: it would wait for the snapshot
+	// A replica without data (waiting for its first snapshot) fails
+	// Serving; not worth a read barrier, which would wait for the snapshot.
+	if err := d.store.Serving(shard); err != nil {
+		return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
 	}
 	if !o.Stale {
 		if err := d.store.ReadIndex(ctx, shard); err != nil {
 			return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
 		}
 	}
+	// Checked again after the barrier: a replica without data has no slots,
+	// and an empty last page would make the caller skip the shard's keys.
+	if err := d.store.Serving(shard); err != nil {
+		return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
+	}
 	// The slots after the barrier: those the replica serves at the read's
 	// index.
 	st, err := d.store.Status(shard)
 	if err != nil {
 		return ScanResult{}, fmt.Errorf("kv: scan: %w", err)
-	}
-	if !st.Initialized {
-		// A replica waiting for its first snapshot has no slots: an empty
-		// last page would make the caller skip the shard's keys.
-		return ScanResult{}, noData()
 	}
 	desc := st.Descriptor
 	startSlot, endSlot = max(startSlot, desc.GetStartSlot()), min(endSlot, desc.GetEndSlot())
