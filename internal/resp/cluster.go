@@ -528,7 +528,10 @@ func cmdInfo(c *conn, a [][]byte) {
 	add("stats",
 		"total_connections_received:"+strconv.FormatInt(c.s.stats.conns.Load(), 10),
 		"total_commands_processed:"+strconv.FormatInt(c.s.stats.commands.Load(), 10),
-		"rejected_connections:"+strconv.FormatInt(c.s.stats.rejected.Load(), 10))
+		"rejected_connections:"+strconv.FormatInt(c.s.stats.rejected.Load(), 10),
+		// Shoal's own: commands a connection stopped reading until its
+		// client read its replies (Options.MaxReplyBacklog).
+		"reply_backlog_waits:"+strconv.FormatInt(c.s.stats.backlogWaits.Load(), 10))
 	add("replication", "role:master", "connected_slaves:0")
 	add("cluster", "cluster_enabled:1")
 	if b.Len() == 0 {

@@ -30,6 +30,9 @@ type outbox struct {
 	// read: Options.MaxReplyBacklog, or unauthBacklog before AUTH. Only
 	// the connection's goroutine uses it.
 	limit int
+	// waits counts the writes that waited at the limit (the server's
+	// INFO reply_backlog_waits).
+	waits *atomic.Int64
 	// direct is the write to the socket that does not wait (writeNow),
 	// made once so that a write costs no allocation; it writes directP and
 	// leaves how much it wrote in directN and its error in directErr.
@@ -66,8 +69,8 @@ const unauthBacklog = 64 << 10
 // queued a large pipeline's replies does not keep the memory.
 const keepQueueCap = 64 << 10
 
-func newOutbox(nc net.Conn, limit int) *outbox {
-	o := &outbox{nc: nc, limit: limit}
+func newOutbox(nc net.Conn, limit int, waits *atomic.Int64) *outbox {
+	o := &outbox{nc: nc, limit: limit, waits: waits}
 	o.cond.L = &o.mu
 	if sc, ok := nc.(syscall.Conn); ok && canWriteNow {
 		if raw, err := sc.SyscallConn(); err == nil {
@@ -102,7 +105,10 @@ func (o *outbox) Write(p []byte) (int, error) {
 	}
 	if o.sending {
 		o.queue = append(o.queue, p...)
-		for len(o.queue) > o.limit && o.err == nil && o.sending {
+		for waited := false; len(o.queue) > o.limit && o.err == nil && o.sending; waited = true {
+			if !waited {
+				o.waits.Add(1)
+			}
 			o.cond.Wait()
 		}
 		err := o.err

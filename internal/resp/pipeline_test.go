@@ -456,12 +456,13 @@ func TestReplyBacklogBound(t *testing.T) {
 		_, err := nc.Write(cmds)
 		written <- err
 	}()
+	waitBacklogWait(t, nc, "")
+	// The connection stopped reading with about 1 MiB of commands taken
+	// (and 256 KiB in the sockets): the 8 MiB write cannot have ended.
 	select {
 	case err := <-written:
 		t.Fatalf("the whole pipeline was taken before any reply was read (write error %v): the backlog is not bounded", err)
-	case <-time.After(time.Second):
-		// Still writing: the connection stopped reading. It cannot
-		// finish before the client reads, however slow the machine.
+	default:
 	}
 	if n := b.gets.Load(); n >= int64(pairs)/2 {
 		t.Fatalf("%d of %d GETs ran before any reply was read", n, pairs)
@@ -469,6 +470,27 @@ func TestReplyBacklogBound(t *testing.T) {
 	readBigPipeline(t, bufio.NewReader(nc), pairs, echo)
 	if err := <-written; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// waitBacklogWait waits until the server nc is connected to counts a
+// connection that stopped reading at its reply backlog (INFO's
+// reply_backlog_waits), asking it on a connection of its own.
+func waitBacklogWait(t *testing.T, nc net.Conn, password string) {
+	t.Helper()
+	rc := redis.NewClient(&redis.Options{Addr: nc.RemoteAddr().String(), Password: password, MaxRetries: -1})
+	defer rc.Close()
+	ctx := ctxFor(t, 20*time.Second)
+	for {
+		info, err := rc.Info(ctx, "stats").Result()
+		if err == nil && !strings.Contains(info, "reply_backlog_waits:0\r\n") && strings.Contains(info, "reply_backlog_waits:") {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no connection stopped at its reply backlog: %v, %q", err, info)
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 }
 
@@ -486,10 +508,14 @@ func TestUnauthenticatedBacklog(t *testing.T) {
 		_, err := nc.Write([]byte(strings.Repeat(cmd, n)))
 		written <- err
 	}()
+	waitBacklogWait(t, nc, "secret")
+	// The connection stopped reading once 64 KiB of replies were queued,
+	// a few hundred KiB into the 1 MiB (what the sockets hold included):
+	// the write cannot have ended.
 	select {
 	case err := <-written:
 		t.Fatalf("1 MiB of unauthenticated commands taken before any reply was read (write error %v): their backlog is not bounded", err)
-	case <-time.After(time.Second):
+	default:
 	}
 	br := bufio.NewReader(nc)
 	for i := range n {

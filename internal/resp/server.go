@@ -148,7 +148,7 @@ type Server struct {
 	cursors   *cursorCache
 	tableOnce sync.Once
 	cmds      map[string]*command
-	stats     struct{ commands, conns, rejected atomic.Int64 }
+	stats     struct{ commands, conns, rejected, backlogWaits atomic.Int64 }
 }
 
 // NewServer returns a server executing commands on backend.
@@ -194,7 +194,7 @@ func (s *Server) Serve(lis net.Listener) error {
 			nc.Close()
 			continue
 		}
-		c := &conn{s: s, nc: nc, id: s.nextID.Add(1), rd: NewReader(nc), out: newOutbox(nc, s.opts.MaxReplyBacklog)}
+		c := &conn{s: s, nc: nc, id: s.nextID.Add(1), rd: NewReader(nc), out: newOutbox(nc, s.opts.MaxReplyBacklog, &s.stats.backlogWaits)}
 		c.wr = NewWriter(c.out)
 		c.authed = s.opts.Password == ""
 		s.conns[c] = struct{}{}
