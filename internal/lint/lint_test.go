@@ -46,6 +46,9 @@ var allowed = map[string][]string{
 	"internal/testlog":          {},
 	"internal/lint":             {},
 	"cmd/shoal":                 {"*"},
+	// A module of its own (a trace reader, docs/benchmarks.md): nothing
+	// of Shoal.
+	"bench/tracewaits": {},
 }
 
 // testOnly packages may be imported only from tests and cmd-free test
