@@ -77,9 +77,10 @@
 #   TRACE=1               take a Go execution trace of every Shoal node
 #                         during each timed workload, to
 #                         $RESULTS_DIR/shoal-TARGET-WORKLOAD.nodeN.trace;
-#                         read with `go tool trace FILE`, or e.g.
-#                         `go tool trace -pprof=sync FILE` for where
-#                         goroutines waited. Costs more than PROFILE.
+#                         read with `go tool trace FILE`, or list the
+#                         long waits with bench/tracewaits (`cd
+#                         bench/tracewaits && go run . -min 25ms FILE`).
+#                         Costs more than PROFILE.
 #   (always, for Shoal)   each node's Raft counters (shoal_raft_*_total on
 #                         /metrics) are read before and after each workload;
 #                         their growth, summed over the nodes and per
