@@ -53,5 +53,8 @@ func (e *sessionEncoder) appendRecord(b []byte, s *shoalpb.SessionRecord) ([]byt
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
 		b = protowire.AppendBytes(b, e.val)
 	}
+	if cap(e.val) > 64<<10 {
+		e.val = nil // a large result (an old value) is not kept for ever
+	}
 	return append(b, s.ProtoReflect().GetUnknown()...), nil
 }
