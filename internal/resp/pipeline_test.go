@@ -451,19 +451,9 @@ func TestReplyBacklogBound(t *testing.T) {
 	b := newBigGetBackend()
 	nc := dialSmallBuffers(t, b, resp.Options{MaxReplyBacklog: 1 << 20})
 	cmds, pairs, echo := bigPipeline()
-	written := make(chan error, 1)
-	go func() {
-		_, err := nc.Write(cmds)
-		written <- err
-	}()
-	waitBacklogWait(t, nc, "")
-	// The connection stopped reading with about 1 MiB of commands taken
-	// (and 256 KiB in the sockets): the 8 MiB write cannot have ended.
-	select {
-	case err := <-written:
-		t.Fatalf("the whole pipeline was taken before any reply was read (write error %v): the backlog is not bounded", err)
-	default:
-	}
+	// The connection stops reading with about 1 MiB of commands taken
+	// (and 256 KiB in the sockets) of 8 MiB.
+	written := writeUntilBacklogWait(t, nc, cmds, "")
 	if n := b.gets.Load(); n >= int64(pairs)/2 {
 		t.Fatalf("%d of %d GETs ran before any reply was read", n, pairs)
 	}
@@ -473,9 +463,27 @@ func TestReplyBacklogBound(t *testing.T) {
 	}
 }
 
-// waitBacklogWait waits until the server nc is connected to counts a
-// connection that stopped reading at its reply backlog (INFO's
-// reply_backlog_waits), asking it on a connection of its own.
+// writeUntilBacklogWait writes p to nc without reading, until the server
+// counts a connection that stopped reading at its reply backlog (INFO's
+// reply_backlog_waits, asked on a connection of its own). The write must
+// still be under way then: p is larger than what the server took before
+// it stopped. The write's error comes on the channel returned.
+func writeUntilBacklogWait(t *testing.T, nc net.Conn, p []byte, password string) <-chan error {
+	t.Helper()
+	written := make(chan error, 1)
+	go func() {
+		_, err := nc.Write(p)
+		written <- err
+	}()
+	waitBacklogWait(t, nc, password)
+	select {
+	case err := <-written:
+		t.Fatalf("the whole pipeline was taken before any reply was read (write error %v): the backlog is not bounded", err)
+	default:
+	}
+	return written
+}
+
 func waitBacklogWait(t *testing.T, nc net.Conn, password string) {
 	t.Helper()
 	rc := redis.NewClient(&redis.Options{Addr: nc.RemoteAddr().String(), Password: password, MaxRetries: -1})
@@ -503,20 +511,9 @@ func TestUnauthenticatedBacklog(t *testing.T) {
 	// answered "-NOAUTH Authentication required." (34 bytes).
 	cmd := "*2\r\n$4\r\nPING\r\n$1\r\nx\r\n"
 	n := (1 << 20) / len(cmd)
-	written := make(chan error, 1)
-	go func() {
-		_, err := nc.Write([]byte(strings.Repeat(cmd, n)))
-		written <- err
-	}()
-	waitBacklogWait(t, nc, "secret")
-	// The connection stopped reading once 64 KiB of replies were queued,
-	// a few hundred KiB into the 1 MiB (what the sockets hold included):
-	// the write cannot have ended.
-	select {
-	case err := <-written:
-		t.Fatalf("1 MiB of unauthenticated commands taken before any reply was read (write error %v): their backlog is not bounded", err)
-	default:
-	}
+	// The connection stops reading once 64 KiB of replies are queued, a
+	// few hundred KiB into the 1 MiB (what the sockets hold included).
+	written := writeUntilBacklogWait(t, nc, []byte(strings.Repeat(cmd, n)), "secret")
 	br := bufio.NewReader(nc)
 	for i := range n {
 		line, err := br.ReadString('\n')
