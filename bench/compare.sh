@@ -55,7 +55,9 @@
 #                         the hottest of 50000 keys gets about 9% of the
 #                         operations)
 #   SYSTEMS="shoal etcd redis"
-#   SHOAL_TARGETS="shoal resp"  how Shoal is driven (Go client, Redis port)
+#   SHOAL_TARGETS="shoal resp"  how Shoal is driven (Go client, Redis port);
+#                         also shoal-unary: the Go client with every request
+#                         its own unary gRPC call (shoal bench --unary)
 #   SHOAL_SHARDS=64       Shoal's shards (a power of two)
 #   SHOAL_NODES=3         `shoal node` processes (1..79)
 #   SHOAL_REPLICAS=3      replicas per shard; default min(3, SHOAL_NODES)
@@ -339,7 +341,7 @@ phases() {
     # shellcheck disable=SC2086
     client=$( {
       TIMEFORMAT='%3U %3S'
-      time timeout -k 10 $((PHASE_SECONDS + 600)) "$SHOAL" bench --target "$target" $flags $cflags \
+      time timeout -k 10 $((PHASE_SECONDS + 600)) "$SHOAL" bench --target "${target%-unary}" $flags $cflags \
         --workload "$w" --records "$RECORDS" --concurrency "$CONCURRENCY" --pipeline "$pipe" --value-size "$VALUE_SIZE" \
         --distribution "$DISTRIBUTION" --duration "${PHASE_SECONDS}s" --json >"$json" 2>"$json.progress" || true
     } 2>&1 | awk '{print $1 + $2}')
@@ -476,6 +478,7 @@ run_shoal() {
   for t in $SHOAL_TARGETS; do
     case $t in
       shoal) phases shoal shoal "--master 127.0.0.1:$mport" "${spids[@]}" ;;
+      shoal-unary) phases shoal shoal-unary "--master 127.0.0.1:$mport --unary" "${spids[@]}" ;;
       resp) phases shoal resp "--endpoints $(
         IFS=,
         echo "${resp[*]}"

@@ -62,6 +62,7 @@ type options struct {
 	stale          bool
 	noSession      bool
 	forward        bool
+	noBatching     bool
 	logger         *slog.Logger
 }
 
@@ -133,6 +134,13 @@ func WithoutSession() Option { return func(o *options) { o.noSession = true } }
 // leader, instead of routing by the shard table. Default: direct routing.
 func WithForwarding() Option { return func(o *options) { o.forward = true } }
 
+// WithoutCommandBatching sends every request as its own unary gRPC call.
+// Default: requests to a node (all but Scan) share one KV.BatchCommands
+// stream, and those in flight together share its messages, which costs
+// the client and the node less CPU per request than a unary call each;
+// a node that does not serve the stream gets unary calls.
+func WithoutCommandBatching() Option { return func(o *options) { o.noBatching = true } }
+
 // WithLogger sets the client's logger. Default: discarded.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
@@ -145,8 +153,11 @@ type Client struct {
 
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
+	kvs    map[string]shoalpb.KVClient
 	closed bool
 
+	// ctx ends at Close, and with it the watch and the batchers' streams.
+	ctx  context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 }
@@ -165,7 +176,8 @@ func Open(ctx context.Context, masterAddrs []string, opts ...Option) (*Client, e
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{opts: o, masters: m, routes: newRouteCache(), conns: map[string]*grpc.ClientConn{}}
+	c := &Client{opts: o, masters: m, routes: newRouteCache(), conns: map[string]*grpc.ClientConn{}, kvs: map[string]shoalpb.KVClient{}}
+	c.ctx, c.stop = context.WithCancel(context.Background())
 	if !o.noSession {
 		var b [8]byte
 		if _, err := rand.Read(b[:]); err != nil {
@@ -176,6 +188,7 @@ func Open(ctx context.Context, masterAddrs []string, opts ...Option) (*Client, e
 	for {
 		t, err := m.GetRoutes(ctx)
 		if err != nil {
+			c.stop()
 			m.Close()
 			return nil, fmt.Errorf("shoal: open: %w", err)
 		}
@@ -185,15 +198,14 @@ func Open(ctx context.Context, masterAddrs []string, opts ...Option) (*Client, e
 		}
 		select {
 		case <-ctx.Done():
+			c.stop()
 			m.Close()
 			return nil, fmt.Errorf("shoal: open: the cluster has not placed its shards yet: %w", ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	wctx, cancel := context.WithCancel(context.Background())
-	c.stop = cancel
 	c.wg.Add(1)
-	go c.watch(wctx)
+	go c.watch(c.ctx)
 	return c, nil
 }
 
@@ -222,6 +234,7 @@ func (c *Client) Close() error {
 		conn.Close()
 		delete(c.conns, a)
 	}
+	clear(c.kvs)
 	c.mu.Unlock()
 	return c.masters.Close()
 }
@@ -264,15 +277,20 @@ func (c *Client) kvClient(addr string) (shoalpb.KVClient, error) {
 	if c.closed {
 		return nil, ErrClosed
 	}
-	if conn := c.conns[addr]; conn != nil {
-		return shoalpb.NewKVClient(conn), nil
+	if kc := c.kvs[addr]; kc != nil {
+		return kc, nil
 	}
 	conn, err := grpc.NewClient(addr, c.opts.dial...)
 	if err != nil {
 		return nil, err
 	}
 	c.conns[addr] = conn
-	return shoalpb.NewKVClient(conn), nil
+	kc := shoalpb.NewKVClient(conn)
+	if !c.opts.noBatching {
+		kc = batchKV{KVClient: kc, b: &batcher{kc: kc, addr: addr, ctx: c.ctx}}
+	}
+	c.kvs[addr] = kc
+	return kc, nil
 }
 
 // call is one attempt of a request against one node.

@@ -1378,11 +1378,528 @@ func (x *ScanResponse) GetCursor() []byte {
 	return nil
 }
 
+// BatchCommandsRequest carries requests of the unary KV methods on one
+// long-lived stream (KV.BatchCommands): a client with many requests in
+// flight to a node sends those that wait together in one message, instead
+// of one HTTP/2 stream (headers, data, trailers) per request.
+type BatchCommandsRequest struct {
+	state         protoimpl.MessageState          `protogen:"open.v1"`
+	Commands      []*BatchCommandsRequest_Command `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCommandsRequest) Reset() {
+	*x = BatchCommandsRequest{}
+	mi := &file_shoalpb_kv_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCommandsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCommandsRequest) ProtoMessage() {}
+
+func (x *BatchCommandsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_kv_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCommandsRequest.ProtoReflect.Descriptor instead.
+func (*BatchCommandsRequest) Descriptor() ([]byte, []int) {
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *BatchCommandsRequest) GetCommands() []*BatchCommandsRequest_Command {
+	if x != nil {
+		return x.Commands
+	}
+	return nil
+}
+
+// CommandStatus is a failed command's error: the gRPC status code and
+// message the unary method would have ended with, and its detail.
+type CommandStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Detail        *ErrorDetail           `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandStatus) Reset() {
+	*x = CommandStatus{}
+	mi := &file_shoalpb_kv_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandStatus) ProtoMessage() {}
+
+func (x *CommandStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_kv_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandStatus.ProtoReflect.Descriptor instead.
+func (*CommandStatus) Descriptor() ([]byte, []int) {
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CommandStatus) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CommandStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *CommandStatus) GetDetail() *ErrorDetail {
+	if x != nil {
+		return x.Detail
+	}
+	return nil
+}
+
+// BatchCommandsResponse carries results of commands, in the order they
+// finished.
+type BatchCommandsResponse struct {
+	state         protoimpl.MessageState          `protogen:"open.v1"`
+	Results       []*BatchCommandsResponse_Result `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCommandsResponse) Reset() {
+	*x = BatchCommandsResponse{}
+	mi := &file_shoalpb_kv_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCommandsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCommandsResponse) ProtoMessage() {}
+
+func (x *BatchCommandsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_kv_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCommandsResponse.ProtoReflect.Descriptor instead.
+func (*BatchCommandsResponse) Descriptor() ([]byte, []int) {
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *BatchCommandsResponse) GetResults() []*BatchCommandsResponse_Result {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type BatchCommandsRequest_Command struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Names the command's result; unique among the stream's commands in
+	// flight.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The caller's time left, in milliseconds; 0: the node's bound on a
+	// request without a deadline.
+	TimeoutMs int64 `protobuf:"varint,2,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*BatchCommandsRequest_Command_Get
+	//	*BatchCommandsRequest_Command_MultiGet
+	//	*BatchCommandsRequest_Command_Put
+	//	*BatchCommandsRequest_Command_Delete
+	//	*BatchCommandsRequest_Command_CompareAndSet
+	//	*BatchCommandsRequest_Command_Incr
+	//	*BatchCommandsRequest_Command_Batch
+	Request       isBatchCommandsRequest_Command_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCommandsRequest_Command) Reset() {
+	*x = BatchCommandsRequest_Command{}
+	mi := &file_shoalpb_kv_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCommandsRequest_Command) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCommandsRequest_Command) ProtoMessage() {}
+
+func (x *BatchCommandsRequest_Command) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_kv_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCommandsRequest_Command.ProtoReflect.Descriptor instead.
+func (*BatchCommandsRequest_Command) Descriptor() ([]byte, []int) {
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{19, 0}
+}
+
+func (x *BatchCommandsRequest_Command) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BatchCommandsRequest_Command) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *BatchCommandsRequest_Command) GetRequest() isBatchCommandsRequest_Command_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *BatchCommandsRequest_Command) GetGet() *GetRequest {
+	if x != nil {
+		if x, ok := x.Request.(*BatchCommandsRequest_Command_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsRequest_Command) GetMultiGet() *MultiGetRequest {
+	if x != nil {
+		if x, ok := x.Request.(*BatchCommandsRequest_Command_MultiGet); ok {
+			return x.MultiGet
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsRequest_Command) GetPut() *PutRequest {
+	if x != nil {
+		if x, ok := x.Request.(*BatchCommandsRequest_Command_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsRequest_Command) GetDelete() *DeleteRequest {
+	if x != nil {
+		if x, ok := x.Request.(*BatchCommandsRequest_Command_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsRequest_Command) GetCompareAndSet() *CompareAndSetRequest {
+	if x != nil {
+		if x, ok := x.Request.(*BatchCommandsRequest_Command_CompareAndSet); ok {
+			return x.CompareAndSet
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsRequest_Command) GetIncr() *IncrRequest {
+	if x != nil {
+		if x, ok := x.Request.(*BatchCommandsRequest_Command_Incr); ok {
+			return x.Incr
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsRequest_Command) GetBatch() *BatchRequest {
+	if x != nil {
+		if x, ok := x.Request.(*BatchCommandsRequest_Command_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
+type isBatchCommandsRequest_Command_Request interface {
+	isBatchCommandsRequest_Command_Request()
+}
+
+type BatchCommandsRequest_Command_Get struct {
+	Get *GetRequest `protobuf:"bytes,3,opt,name=get,proto3,oneof"`
+}
+
+type BatchCommandsRequest_Command_MultiGet struct {
+	MultiGet *MultiGetRequest `protobuf:"bytes,4,opt,name=multi_get,json=multiGet,proto3,oneof"`
+}
+
+type BatchCommandsRequest_Command_Put struct {
+	Put *PutRequest `protobuf:"bytes,5,opt,name=put,proto3,oneof"`
+}
+
+type BatchCommandsRequest_Command_Delete struct {
+	Delete *DeleteRequest `protobuf:"bytes,6,opt,name=delete,proto3,oneof"`
+}
+
+type BatchCommandsRequest_Command_CompareAndSet struct {
+	CompareAndSet *CompareAndSetRequest `protobuf:"bytes,7,opt,name=compare_and_set,json=compareAndSet,proto3,oneof"`
+}
+
+type BatchCommandsRequest_Command_Incr struct {
+	Incr *IncrRequest `protobuf:"bytes,8,opt,name=incr,proto3,oneof"`
+}
+
+type BatchCommandsRequest_Command_Batch struct {
+	Batch *BatchRequest `protobuf:"bytes,9,opt,name=batch,proto3,oneof"`
+}
+
+func (*BatchCommandsRequest_Command_Get) isBatchCommandsRequest_Command_Request() {}
+
+func (*BatchCommandsRequest_Command_MultiGet) isBatchCommandsRequest_Command_Request() {}
+
+func (*BatchCommandsRequest_Command_Put) isBatchCommandsRequest_Command_Request() {}
+
+func (*BatchCommandsRequest_Command_Delete) isBatchCommandsRequest_Command_Request() {}
+
+func (*BatchCommandsRequest_Command_CompareAndSet) isBatchCommandsRequest_Command_Request() {}
+
+func (*BatchCommandsRequest_Command_Incr) isBatchCommandsRequest_Command_Request() {}
+
+func (*BatchCommandsRequest_Command_Batch) isBatchCommandsRequest_Command_Request() {}
+
+type BatchCommandsResponse_Result struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Set when the command failed; then no response is.
+	Error *CommandStatus `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// Types that are valid to be assigned to Response:
+	//
+	//	*BatchCommandsResponse_Result_Get
+	//	*BatchCommandsResponse_Result_MultiGet
+	//	*BatchCommandsResponse_Result_Put
+	//	*BatchCommandsResponse_Result_Delete
+	//	*BatchCommandsResponse_Result_CompareAndSet
+	//	*BatchCommandsResponse_Result_Incr
+	//	*BatchCommandsResponse_Result_Batch
+	Response      isBatchCommandsResponse_Result_Response `protobuf_oneof:"response"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCommandsResponse_Result) Reset() {
+	*x = BatchCommandsResponse_Result{}
+	mi := &file_shoalpb_kv_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCommandsResponse_Result) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCommandsResponse_Result) ProtoMessage() {}
+
+func (x *BatchCommandsResponse_Result) ProtoReflect() protoreflect.Message {
+	mi := &file_shoalpb_kv_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCommandsResponse_Result.ProtoReflect.Descriptor instead.
+func (*BatchCommandsResponse_Result) Descriptor() ([]byte, []int) {
+	return file_shoalpb_kv_proto_rawDescGZIP(), []int{21, 0}
+}
+
+func (x *BatchCommandsResponse_Result) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *BatchCommandsResponse_Result) GetError() *CommandStatus {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
+func (x *BatchCommandsResponse_Result) GetResponse() isBatchCommandsResponse_Result_Response {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *BatchCommandsResponse_Result) GetGet() *GetResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchCommandsResponse_Result_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsResponse_Result) GetMultiGet() *MultiGetResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchCommandsResponse_Result_MultiGet); ok {
+			return x.MultiGet
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsResponse_Result) GetPut() *PutResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchCommandsResponse_Result_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsResponse_Result) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchCommandsResponse_Result_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsResponse_Result) GetCompareAndSet() *CompareAndSetResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchCommandsResponse_Result_CompareAndSet); ok {
+			return x.CompareAndSet
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsResponse_Result) GetIncr() *IncrResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchCommandsResponse_Result_Incr); ok {
+			return x.Incr
+		}
+	}
+	return nil
+}
+
+func (x *BatchCommandsResponse_Result) GetBatch() *BatchResponse {
+	if x != nil {
+		if x, ok := x.Response.(*BatchCommandsResponse_Result_Batch); ok {
+			return x.Batch
+		}
+	}
+	return nil
+}
+
+type isBatchCommandsResponse_Result_Response interface {
+	isBatchCommandsResponse_Result_Response()
+}
+
+type BatchCommandsResponse_Result_Get struct {
+	Get *GetResponse `protobuf:"bytes,3,opt,name=get,proto3,oneof"`
+}
+
+type BatchCommandsResponse_Result_MultiGet struct {
+	MultiGet *MultiGetResponse `protobuf:"bytes,4,opt,name=multi_get,json=multiGet,proto3,oneof"`
+}
+
+type BatchCommandsResponse_Result_Put struct {
+	Put *PutResponse `protobuf:"bytes,5,opt,name=put,proto3,oneof"`
+}
+
+type BatchCommandsResponse_Result_Delete struct {
+	Delete *DeleteResponse `protobuf:"bytes,6,opt,name=delete,proto3,oneof"`
+}
+
+type BatchCommandsResponse_Result_CompareAndSet struct {
+	CompareAndSet *CompareAndSetResponse `protobuf:"bytes,7,opt,name=compare_and_set,json=compareAndSet,proto3,oneof"`
+}
+
+type BatchCommandsResponse_Result_Incr struct {
+	Incr *IncrResponse `protobuf:"bytes,8,opt,name=incr,proto3,oneof"`
+}
+
+type BatchCommandsResponse_Result_Batch struct {
+	Batch *BatchResponse `protobuf:"bytes,9,opt,name=batch,proto3,oneof"`
+}
+
+func (*BatchCommandsResponse_Result_Get) isBatchCommandsResponse_Result_Response() {}
+
+func (*BatchCommandsResponse_Result_MultiGet) isBatchCommandsResponse_Result_Response() {}
+
+func (*BatchCommandsResponse_Result_Put) isBatchCommandsResponse_Result_Response() {}
+
+func (*BatchCommandsResponse_Result_Delete) isBatchCommandsResponse_Result_Response() {}
+
+func (*BatchCommandsResponse_Result_CompareAndSet) isBatchCommandsResponse_Result_Response() {}
+
+func (*BatchCommandsResponse_Result_Incr) isBatchCommandsResponse_Result_Response() {}
+
+func (*BatchCommandsResponse_Result_Batch) isBatchCommandsResponse_Result_Response() {}
+
 var File_shoalpb_kv_proto protoreflect.FileDescriptor
 
 const file_shoalpb_kv_proto_rawDesc = "" +
 	"\n" +
-	"\x10shoalpb/kv.proto\x12\bshoal.v1\x1a\x15shoalpb/raftmsg.proto\x1a\x15shoalpb/command.proto\"L\n" +
+	"\x10shoalpb/kv.proto\x12\bshoal.v1\x1a\x15shoalpb/raftmsg.proto\x1a\x15shoalpb/command.proto\x1a\x14shoalpb/master.proto\"L\n" +
 	"\aSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -1485,10 +2002,42 @@ const file_shoalpb_kv_proto_rawDesc = "" +
 	"\x06header\x18\x01 \x01(\v2\x18.shoal.v1.ResponseHeaderR\x06header\x12\x12\n" +
 	"\x04keys\x18\x02 \x03(\fR\x04keys\x12\x16\n" +
 	"\x06values\x18\x03 \x03(\fR\x06values\x12\x16\n" +
-	"\x06cursor\x18\x04 \x01(\fR\x06cursor*P\n" +
+	"\x06cursor\x18\x04 \x01(\fR\x06cursor\"\x88\x04\n" +
+	"\x14BatchCommandsRequest\x12B\n" +
+	"\bcommands\x18\x01 \x03(\v2&.shoal.v1.BatchCommandsRequest.CommandR\bcommands\x1a\xab\x03\n" +
+	"\aCommand\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x02 \x01(\x03R\ttimeoutMs\x12(\n" +
+	"\x03get\x18\x03 \x01(\v2\x14.shoal.v1.GetRequestH\x00R\x03get\x128\n" +
+	"\tmulti_get\x18\x04 \x01(\v2\x19.shoal.v1.MultiGetRequestH\x00R\bmultiGet\x12(\n" +
+	"\x03put\x18\x05 \x01(\v2\x14.shoal.v1.PutRequestH\x00R\x03put\x121\n" +
+	"\x06delete\x18\x06 \x01(\v2\x17.shoal.v1.DeleteRequestH\x00R\x06delete\x12H\n" +
+	"\x0fcompare_and_set\x18\a \x01(\v2\x1e.shoal.v1.CompareAndSetRequestH\x00R\rcompareAndSet\x12+\n" +
+	"\x04incr\x18\b \x01(\v2\x15.shoal.v1.IncrRequestH\x00R\x04incr\x12.\n" +
+	"\x05batch\x18\t \x01(\v2\x16.shoal.v1.BatchRequestH\x00R\x05batchB\t\n" +
+	"\arequest\"l\n" +
+	"\rCommandStatus\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12-\n" +
+	"\x06detail\x18\x03 \x01(\v2\x15.shoal.v1.ErrorDetailR\x06detail\"\x9e\x04\n" +
+	"\x15BatchCommandsResponse\x12@\n" +
+	"\aresults\x18\x01 \x03(\v2&.shoal.v1.BatchCommandsResponse.ResultR\aresults\x1a\xc2\x03\n" +
+	"\x06Result\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
+	"\x05error\x18\x02 \x01(\v2\x17.shoal.v1.CommandStatusR\x05error\x12)\n" +
+	"\x03get\x18\x03 \x01(\v2\x15.shoal.v1.GetResponseH\x00R\x03get\x129\n" +
+	"\tmulti_get\x18\x04 \x01(\v2\x1a.shoal.v1.MultiGetResponseH\x00R\bmultiGet\x12)\n" +
+	"\x03put\x18\x05 \x01(\v2\x15.shoal.v1.PutResponseH\x00R\x03put\x122\n" +
+	"\x06delete\x18\x06 \x01(\v2\x18.shoal.v1.DeleteResponseH\x00R\x06delete\x12I\n" +
+	"\x0fcompare_and_set\x18\a \x01(\v2\x1f.shoal.v1.CompareAndSetResponseH\x00R\rcompareAndSet\x12,\n" +
+	"\x04incr\x18\b \x01(\v2\x16.shoal.v1.IncrResponseH\x00R\x04incr\x12/\n" +
+	"\x05batch\x18\t \x01(\v2\x17.shoal.v1.BatchResponseH\x00R\x05batchB\n" +
+	"\n" +
+	"\bresponse*P\n" +
 	"\x0fReadConsistency\x12!\n" +
 	"\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n" +
-	"\x16READ_CONSISTENCY_STALE\x10\x012\xe6\x03\n" +
+	"\x16READ_CONSISTENCY_STALE\x10\x012\xbc\x04\n" +
 	"\x02KV\x122\n" +
 	"\x03Get\x12\x14.shoal.v1.GetRequest\x1a\x15.shoal.v1.GetResponse\x12A\n" +
 	"\bMultiGet\x12\x19.shoal.v1.MultiGetRequest\x1a\x1a.shoal.v1.MultiGetResponse\x122\n" +
@@ -1497,7 +2046,8 @@ const file_shoalpb_kv_proto_rawDesc = "" +
 	"\rCompareAndSet\x12\x1e.shoal.v1.CompareAndSetRequest\x1a\x1f.shoal.v1.CompareAndSetResponse\x125\n" +
 	"\x04Incr\x12\x15.shoal.v1.IncrRequest\x1a\x16.shoal.v1.IncrResponse\x128\n" +
 	"\x05Batch\x12\x16.shoal.v1.BatchRequest\x1a\x17.shoal.v1.BatchResponse\x125\n" +
-	"\x04Scan\x12\x15.shoal.v1.ScanRequest\x1a\x16.shoal.v1.ScanResponseB&Z$github.com/shoaldb/shoal/api/shoalpbb\x06proto3"
+	"\x04Scan\x12\x15.shoal.v1.ScanRequest\x1a\x16.shoal.v1.ScanResponse\x12T\n" +
+	"\rBatchCommands\x12\x1e.shoal.v1.BatchCommandsRequest\x1a\x1f.shoal.v1.BatchCommandsResponse(\x010\x01B&Z$github.com/shoaldb/shoal/api/shoalpbb\x06proto3"
 
 var (
 	file_shoalpb_kv_proto_rawDescOnce sync.Once
@@ -1512,43 +2062,49 @@ func file_shoalpb_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_shoalpb_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_shoalpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_shoalpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_shoalpb_kv_proto_goTypes = []any{
-	(ReadConsistency)(0),          // 0: shoal.v1.ReadConsistency
-	(*Session)(nil),               // 1: shoal.v1.Session
-	(*RequestHeader)(nil),         // 2: shoal.v1.RequestHeader
-	(*ResponseHeader)(nil),        // 3: shoal.v1.ResponseHeader
-	(*GetRequest)(nil),            // 4: shoal.v1.GetRequest
-	(*GetResponse)(nil),           // 5: shoal.v1.GetResponse
-	(*MultiGetRequest)(nil),       // 6: shoal.v1.MultiGetRequest
-	(*MultiGetResponse)(nil),      // 7: shoal.v1.MultiGetResponse
-	(*PutRequest)(nil),            // 8: shoal.v1.PutRequest
-	(*PutResponse)(nil),           // 9: shoal.v1.PutResponse
-	(*DeleteRequest)(nil),         // 10: shoal.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 11: shoal.v1.DeleteResponse
-	(*CompareAndSetRequest)(nil),  // 12: shoal.v1.CompareAndSetRequest
-	(*CompareAndSetResponse)(nil), // 13: shoal.v1.CompareAndSetResponse
-	(*IncrRequest)(nil),           // 14: shoal.v1.IncrRequest
-	(*IncrResponse)(nil),          // 15: shoal.v1.IncrResponse
-	(*BatchRequest)(nil),          // 16: shoal.v1.BatchRequest
-	(*BatchResponse)(nil),         // 17: shoal.v1.BatchResponse
-	(*ScanRequest)(nil),           // 18: shoal.v1.ScanRequest
-	(*ScanResponse)(nil),          // 19: shoal.v1.ScanResponse
-	(*ShardDescriptor)(nil),       // 20: shoal.v1.ShardDescriptor
-	(Condition)(0),                // 21: shoal.v1.Condition
-	(*KVOp)(nil),                  // 22: shoal.v1.KVOp
-	(*KVOpResult)(nil),            // 23: shoal.v1.KVOpResult
+	(ReadConsistency)(0),                 // 0: shoal.v1.ReadConsistency
+	(*Session)(nil),                      // 1: shoal.v1.Session
+	(*RequestHeader)(nil),                // 2: shoal.v1.RequestHeader
+	(*ResponseHeader)(nil),               // 3: shoal.v1.ResponseHeader
+	(*GetRequest)(nil),                   // 4: shoal.v1.GetRequest
+	(*GetResponse)(nil),                  // 5: shoal.v1.GetResponse
+	(*MultiGetRequest)(nil),              // 6: shoal.v1.MultiGetRequest
+	(*MultiGetResponse)(nil),             // 7: shoal.v1.MultiGetResponse
+	(*PutRequest)(nil),                   // 8: shoal.v1.PutRequest
+	(*PutResponse)(nil),                  // 9: shoal.v1.PutResponse
+	(*DeleteRequest)(nil),                // 10: shoal.v1.DeleteRequest
+	(*DeleteResponse)(nil),               // 11: shoal.v1.DeleteResponse
+	(*CompareAndSetRequest)(nil),         // 12: shoal.v1.CompareAndSetRequest
+	(*CompareAndSetResponse)(nil),        // 13: shoal.v1.CompareAndSetResponse
+	(*IncrRequest)(nil),                  // 14: shoal.v1.IncrRequest
+	(*IncrResponse)(nil),                 // 15: shoal.v1.IncrResponse
+	(*BatchRequest)(nil),                 // 16: shoal.v1.BatchRequest
+	(*BatchResponse)(nil),                // 17: shoal.v1.BatchResponse
+	(*ScanRequest)(nil),                  // 18: shoal.v1.ScanRequest
+	(*ScanResponse)(nil),                 // 19: shoal.v1.ScanResponse
+	(*BatchCommandsRequest)(nil),         // 20: shoal.v1.BatchCommandsRequest
+	(*CommandStatus)(nil),                // 21: shoal.v1.CommandStatus
+	(*BatchCommandsResponse)(nil),        // 22: shoal.v1.BatchCommandsResponse
+	(*BatchCommandsRequest_Command)(nil), // 23: shoal.v1.BatchCommandsRequest.Command
+	(*BatchCommandsResponse_Result)(nil), // 24: shoal.v1.BatchCommandsResponse.Result
+	(*ShardDescriptor)(nil),              // 25: shoal.v1.ShardDescriptor
+	(Condition)(0),                       // 26: shoal.v1.Condition
+	(*KVOp)(nil),                         // 27: shoal.v1.KVOp
+	(*KVOpResult)(nil),                   // 28: shoal.v1.KVOpResult
+	(*ErrorDetail)(nil),                  // 29: shoal.v1.ErrorDetail
 }
 var file_shoalpb_kv_proto_depIdxs = []int32{
 	1,  // 0: shoal.v1.RequestHeader.session:type_name -> shoal.v1.Session
 	0,  // 1: shoal.v1.RequestHeader.consistency:type_name -> shoal.v1.ReadConsistency
-	20, // 2: shoal.v1.ResponseHeader.shard:type_name -> shoal.v1.ShardDescriptor
+	25, // 2: shoal.v1.ResponseHeader.shard:type_name -> shoal.v1.ShardDescriptor
 	2,  // 3: shoal.v1.GetRequest.header:type_name -> shoal.v1.RequestHeader
 	3,  // 4: shoal.v1.GetResponse.header:type_name -> shoal.v1.ResponseHeader
 	2,  // 5: shoal.v1.MultiGetRequest.header:type_name -> shoal.v1.RequestHeader
 	3,  // 6: shoal.v1.MultiGetResponse.header:type_name -> shoal.v1.ResponseHeader
 	2,  // 7: shoal.v1.PutRequest.header:type_name -> shoal.v1.RequestHeader
-	21, // 8: shoal.v1.PutRequest.condition:type_name -> shoal.v1.Condition
+	26, // 8: shoal.v1.PutRequest.condition:type_name -> shoal.v1.Condition
 	3,  // 9: shoal.v1.PutResponse.header:type_name -> shoal.v1.ResponseHeader
 	2,  // 10: shoal.v1.DeleteRequest.header:type_name -> shoal.v1.RequestHeader
 	3,  // 11: shoal.v1.DeleteResponse.header:type_name -> shoal.v1.ResponseHeader
@@ -1557,32 +2113,52 @@ var file_shoalpb_kv_proto_depIdxs = []int32{
 	2,  // 14: shoal.v1.IncrRequest.header:type_name -> shoal.v1.RequestHeader
 	3,  // 15: shoal.v1.IncrResponse.header:type_name -> shoal.v1.ResponseHeader
 	2,  // 16: shoal.v1.BatchRequest.header:type_name -> shoal.v1.RequestHeader
-	22, // 17: shoal.v1.BatchRequest.ops:type_name -> shoal.v1.KVOp
+	27, // 17: shoal.v1.BatchRequest.ops:type_name -> shoal.v1.KVOp
 	3,  // 18: shoal.v1.BatchResponse.header:type_name -> shoal.v1.ResponseHeader
-	23, // 19: shoal.v1.BatchResponse.results:type_name -> shoal.v1.KVOpResult
+	28, // 19: shoal.v1.BatchResponse.results:type_name -> shoal.v1.KVOpResult
 	2,  // 20: shoal.v1.ScanRequest.header:type_name -> shoal.v1.RequestHeader
 	3,  // 21: shoal.v1.ScanResponse.header:type_name -> shoal.v1.ResponseHeader
-	4,  // 22: shoal.v1.KV.Get:input_type -> shoal.v1.GetRequest
-	6,  // 23: shoal.v1.KV.MultiGet:input_type -> shoal.v1.MultiGetRequest
-	8,  // 24: shoal.v1.KV.Put:input_type -> shoal.v1.PutRequest
-	10, // 25: shoal.v1.KV.Delete:input_type -> shoal.v1.DeleteRequest
-	12, // 26: shoal.v1.KV.CompareAndSet:input_type -> shoal.v1.CompareAndSetRequest
-	14, // 27: shoal.v1.KV.Incr:input_type -> shoal.v1.IncrRequest
-	16, // 28: shoal.v1.KV.Batch:input_type -> shoal.v1.BatchRequest
-	18, // 29: shoal.v1.KV.Scan:input_type -> shoal.v1.ScanRequest
-	5,  // 30: shoal.v1.KV.Get:output_type -> shoal.v1.GetResponse
-	7,  // 31: shoal.v1.KV.MultiGet:output_type -> shoal.v1.MultiGetResponse
-	9,  // 32: shoal.v1.KV.Put:output_type -> shoal.v1.PutResponse
-	11, // 33: shoal.v1.KV.Delete:output_type -> shoal.v1.DeleteResponse
-	13, // 34: shoal.v1.KV.CompareAndSet:output_type -> shoal.v1.CompareAndSetResponse
-	15, // 35: shoal.v1.KV.Incr:output_type -> shoal.v1.IncrResponse
-	17, // 36: shoal.v1.KV.Batch:output_type -> shoal.v1.BatchResponse
-	19, // 37: shoal.v1.KV.Scan:output_type -> shoal.v1.ScanResponse
-	30, // [30:38] is the sub-list for method output_type
-	22, // [22:30] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	23, // 22: shoal.v1.BatchCommandsRequest.commands:type_name -> shoal.v1.BatchCommandsRequest.Command
+	29, // 23: shoal.v1.CommandStatus.detail:type_name -> shoal.v1.ErrorDetail
+	24, // 24: shoal.v1.BatchCommandsResponse.results:type_name -> shoal.v1.BatchCommandsResponse.Result
+	4,  // 25: shoal.v1.BatchCommandsRequest.Command.get:type_name -> shoal.v1.GetRequest
+	6,  // 26: shoal.v1.BatchCommandsRequest.Command.multi_get:type_name -> shoal.v1.MultiGetRequest
+	8,  // 27: shoal.v1.BatchCommandsRequest.Command.put:type_name -> shoal.v1.PutRequest
+	10, // 28: shoal.v1.BatchCommandsRequest.Command.delete:type_name -> shoal.v1.DeleteRequest
+	12, // 29: shoal.v1.BatchCommandsRequest.Command.compare_and_set:type_name -> shoal.v1.CompareAndSetRequest
+	14, // 30: shoal.v1.BatchCommandsRequest.Command.incr:type_name -> shoal.v1.IncrRequest
+	16, // 31: shoal.v1.BatchCommandsRequest.Command.batch:type_name -> shoal.v1.BatchRequest
+	21, // 32: shoal.v1.BatchCommandsResponse.Result.error:type_name -> shoal.v1.CommandStatus
+	5,  // 33: shoal.v1.BatchCommandsResponse.Result.get:type_name -> shoal.v1.GetResponse
+	7,  // 34: shoal.v1.BatchCommandsResponse.Result.multi_get:type_name -> shoal.v1.MultiGetResponse
+	9,  // 35: shoal.v1.BatchCommandsResponse.Result.put:type_name -> shoal.v1.PutResponse
+	11, // 36: shoal.v1.BatchCommandsResponse.Result.delete:type_name -> shoal.v1.DeleteResponse
+	13, // 37: shoal.v1.BatchCommandsResponse.Result.compare_and_set:type_name -> shoal.v1.CompareAndSetResponse
+	15, // 38: shoal.v1.BatchCommandsResponse.Result.incr:type_name -> shoal.v1.IncrResponse
+	17, // 39: shoal.v1.BatchCommandsResponse.Result.batch:type_name -> shoal.v1.BatchResponse
+	4,  // 40: shoal.v1.KV.Get:input_type -> shoal.v1.GetRequest
+	6,  // 41: shoal.v1.KV.MultiGet:input_type -> shoal.v1.MultiGetRequest
+	8,  // 42: shoal.v1.KV.Put:input_type -> shoal.v1.PutRequest
+	10, // 43: shoal.v1.KV.Delete:input_type -> shoal.v1.DeleteRequest
+	12, // 44: shoal.v1.KV.CompareAndSet:input_type -> shoal.v1.CompareAndSetRequest
+	14, // 45: shoal.v1.KV.Incr:input_type -> shoal.v1.IncrRequest
+	16, // 46: shoal.v1.KV.Batch:input_type -> shoal.v1.BatchRequest
+	18, // 47: shoal.v1.KV.Scan:input_type -> shoal.v1.ScanRequest
+	20, // 48: shoal.v1.KV.BatchCommands:input_type -> shoal.v1.BatchCommandsRequest
+	5,  // 49: shoal.v1.KV.Get:output_type -> shoal.v1.GetResponse
+	7,  // 50: shoal.v1.KV.MultiGet:output_type -> shoal.v1.MultiGetResponse
+	9,  // 51: shoal.v1.KV.Put:output_type -> shoal.v1.PutResponse
+	11, // 52: shoal.v1.KV.Delete:output_type -> shoal.v1.DeleteResponse
+	13, // 53: shoal.v1.KV.CompareAndSet:output_type -> shoal.v1.CompareAndSetResponse
+	15, // 54: shoal.v1.KV.Incr:output_type -> shoal.v1.IncrResponse
+	17, // 55: shoal.v1.KV.Batch:output_type -> shoal.v1.BatchResponse
+	19, // 56: shoal.v1.KV.Scan:output_type -> shoal.v1.ScanResponse
+	22, // 57: shoal.v1.KV.BatchCommands:output_type -> shoal.v1.BatchCommandsResponse
+	49, // [49:58] is the sub-list for method output_type
+	40, // [40:49] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_shoalpb_kv_proto_init() }
@@ -1592,13 +2168,32 @@ func file_shoalpb_kv_proto_init() {
 	}
 	file_shoalpb_raftmsg_proto_init()
 	file_shoalpb_command_proto_init()
+	file_shoalpb_master_proto_init()
+	file_shoalpb_kv_proto_msgTypes[22].OneofWrappers = []any{
+		(*BatchCommandsRequest_Command_Get)(nil),
+		(*BatchCommandsRequest_Command_MultiGet)(nil),
+		(*BatchCommandsRequest_Command_Put)(nil),
+		(*BatchCommandsRequest_Command_Delete)(nil),
+		(*BatchCommandsRequest_Command_CompareAndSet)(nil),
+		(*BatchCommandsRequest_Command_Incr)(nil),
+		(*BatchCommandsRequest_Command_Batch)(nil),
+	}
+	file_shoalpb_kv_proto_msgTypes[23].OneofWrappers = []any{
+		(*BatchCommandsResponse_Result_Get)(nil),
+		(*BatchCommandsResponse_Result_MultiGet)(nil),
+		(*BatchCommandsResponse_Result_Put)(nil),
+		(*BatchCommandsResponse_Result_Delete)(nil),
+		(*BatchCommandsResponse_Result_CompareAndSet)(nil),
+		(*BatchCommandsResponse_Result_Incr)(nil),
+		(*BatchCommandsResponse_Result_Batch)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shoalpb_kv_proto_rawDesc), len(file_shoalpb_kv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

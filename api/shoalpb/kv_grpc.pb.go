@@ -29,6 +29,7 @@ const (
 	KV_Incr_FullMethodName          = "/shoal.v1.KV/Incr"
 	KV_Batch_FullMethodName         = "/shoal.v1.KV/Batch"
 	KV_Scan_FullMethodName          = "/shoal.v1.KV/Scan"
+	KV_BatchCommands_FullMethodName = "/shoal.v1.KV/BatchCommands"
 )
 
 // KVClient is the client API for KV service.
@@ -47,6 +48,10 @@ type KVClient interface {
 	Incr(ctx context.Context, in *IncrRequest, opts ...grpc.CallOption) (*IncrResponse, error)
 	Batch(ctx context.Context, in *BatchRequest, opts ...grpc.CallOption) (*BatchResponse, error)
 	Scan(ctx context.Context, in *ScanRequest, opts ...grpc.CallOption) (*ScanResponse, error)
+	// BatchCommands runs the commands of every message it receives at once,
+	// each as its unary method would (routing, forwarding, errors), and
+	// sends their results as they finish, several to a message.
+	BatchCommands(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchCommandsRequest, BatchCommandsResponse], error)
 }
 
 type kVClient struct {
@@ -137,6 +142,19 @@ func (c *kVClient) Scan(ctx context.Context, in *ScanRequest, opts ...grpc.CallO
 	return out, nil
 }
 
+func (c *kVClient) BatchCommands(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchCommandsRequest, BatchCommandsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_BatchCommands_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BatchCommandsRequest, BatchCommandsResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_BatchCommandsClient = grpc.BidiStreamingClient[BatchCommandsRequest, BatchCommandsResponse]
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -153,6 +171,10 @@ type KVServer interface {
 	Incr(context.Context, *IncrRequest) (*IncrResponse, error)
 	Batch(context.Context, *BatchRequest) (*BatchResponse, error)
 	Scan(context.Context, *ScanRequest) (*ScanResponse, error)
+	// BatchCommands runs the commands of every message it receives at once,
+	// each as its unary method would (routing, forwarding, errors), and
+	// sends their results as they finish, several to a message.
+	BatchCommands(grpc.BidiStreamingServer[BatchCommandsRequest, BatchCommandsResponse]) error
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -186,6 +208,9 @@ func (UnimplementedKVServer) Batch(context.Context, *BatchRequest) (*BatchRespon
 }
 func (UnimplementedKVServer) Scan(context.Context, *ScanRequest) (*ScanResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Scan not implemented")
+}
+func (UnimplementedKVServer) BatchCommands(grpc.BidiStreamingServer[BatchCommandsRequest, BatchCommandsResponse]) error {
+	return status.Error(codes.Unimplemented, "method BatchCommands not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -352,6 +377,13 @@ func _KV_Scan_Handler(srv interface{}, ctx context.Context, dec func(interface{}
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_BatchCommands_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KVServer).BatchCommands(&grpc.GenericServerStream[BatchCommandsRequest, BatchCommandsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_BatchCommandsServer = grpc.BidiStreamingServer[BatchCommandsRequest, BatchCommandsResponse]
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -392,6 +424,13 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KV_Scan_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "BatchCommands",
+			Handler:       _KV_BatchCommands_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "shoalpb/kv.proto",
 }

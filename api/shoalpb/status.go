@@ -80,3 +80,27 @@ func MayBeServed(err error) bool {
 	}
 	return false
 }
+
+// CommandStatusOf returns the status a BatchCommands result carries for
+// err: the code, message and detail a unary method would have ended with.
+func CommandStatusOf(err error) *CommandStatus {
+	st := status.Convert(err)
+	return &CommandStatus{Code: int32(st.Code()), Message: st.Message(), Detail: DetailOf(err)}
+}
+
+// Err returns the error the command's unary method would have returned:
+// the same code, message and detail, so that DetailOf and MayBeServed read
+// it alike.
+func (s *CommandStatus) Err() error {
+	code := codes.Code(s.GetCode())
+	if code == codes.OK {
+		// A result must not read as success without a response.
+		code = codes.Unknown
+	}
+	if d := s.GetDetail(); d != nil {
+		if st, err := status.New(code, s.GetMessage()).WithDetails(d); err == nil {
+			return st.Err()
+		}
+	}
+	return status.Error(code, s.GetMessage())
+}

@@ -162,6 +162,8 @@ type benchFlags struct {
 	respClient string
 	// cpuProfile names a file for the load generator's own CPU profile.
 	cpuProfile string
+	// unary turns off the Go client's command batching.
+	unary bool
 }
 
 func newBenchCmd() *cobra.Command {
@@ -228,6 +230,7 @@ for scripts.`,
 	fl.IntVar(&b.o.Ops, "ops", 0, "stop after this many operations (0: run for --duration)")
 	fl.StringVar(&b.dist, "distribution", "uniform", "key distribution: uniform or zipfian")
 	fl.Float64Var(&b.o.Rate, "rate", 0, "open loop: send this many operations per second in all, and count each one's latency from its scheduled start, so that stalls show in every operation they delay (0: closed loop, each client sends when its last answer came)")
+	fl.BoolVar(&b.unary, "unary", false, "shoal: send every request as its own unary gRPC call, not over the node's BatchCommands stream (client.WithoutCommandBatching), to measure what batching saves")
 	fl.StringVar(&b.cpuProfile, "cpu-profile", "", "write the load generator's own CPU profile (pprof) to this file, to see what driving the target costs")
 	return cmd
 }
@@ -260,6 +263,9 @@ func runBench(ctx context.Context, f *clientFlags, b *benchFlags, out, errw io.W
 	}
 	if o.Pipeline > 1 && b.target != "resp" {
 		return fmt.Errorf("--pipeline %d: only --target resp pipelines; the Go client and etcd's KV API send one request per call (raise --concurrency instead)", o.Pipeline)
+	}
+	if b.unary && b.target != "shoal" {
+		return fmt.Errorf("--unary is for --target shoal (the Go client), not %s", b.target)
 	}
 	if b.target != "shoal" && b.target != "resp" && b.target != "etcd" {
 		return fmt.Errorf("--target %q: want shoal, resp or etcd", b.target)
@@ -365,7 +371,11 @@ func openBenchTarget(ctx context.Context, f *clientFlags, b *benchFlags, concurr
 	if b.endpoints != "" {
 		return nil, nil, errors.New("--endpoints is for --target resp and etcd; the Go client finds the nodes through --master")
 	}
-	c, err := client.Open(octx, f.addrs())
+	var opts []client.Option
+	if b.unary {
+		opts = append(opts, client.WithoutCommandBatching())
+	}
+	c, err := client.Open(octx, f.addrs(), opts...)
 	if err != nil {
 		return nil, nil, err
 	}

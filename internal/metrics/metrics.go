@@ -120,6 +120,13 @@ func (g *GRPC) Unary() grpc.UnaryServerInterceptor {
 	}
 }
 
+// Observe records one request of method (its bare name, as "Get") that
+// was not served as its own unary call: a command of a KV.BatchCommands
+// stream. It counts as the unary call would have.
+func (g *GRPC) Observe(method string, err error, d time.Duration) {
+	g.r.observe(method, status.Code(err).String(), d)
+}
+
 // Commands counts and times Redis commands by name and result (ok or the
 // error's first word): shoal_resp_commands_total and
 // shoal_resp_commands_seconds.

@@ -13,6 +13,7 @@ import (
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
 	"github.com/shoaldb/shoal/internal/kv"
+	"github.com/shoaldb/shoal/internal/metrics"
 	"github.com/shoaldb/shoal/internal/raftstore"
 	"github.com/shoaldb/shoal/internal/transport"
 )
@@ -28,6 +29,9 @@ type kvService struct {
 	n *Node
 	// peers are the connections to other nodes, for forwarding.
 	peers transport.Conns
+	// metrics records the commands of BatchCommands streams as their
+	// unary methods (which the server's interceptor records); nil: none.
+	metrics *metrics.GRPC
 }
 
 // target is where a request for key goes.

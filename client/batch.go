@@ -1,0 +1,319 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// maxCommandBatchBytes is about how much one BatchCommands message
+// carries: the requests waiting when the stream is free to send go in one
+// message up to this size (a single larger request goes alone, within
+// MaxMessageBytes as a unary call would be).
+const maxCommandBatchBytes = 1 << 20
+
+// errNoBatching says a node does not serve KV.BatchCommands (an older
+// version): nothing was sent, and the call goes as a unary one.
+var errNoBatching = errors.New("shoal: node does not batch commands")
+
+// batchKV is the KVClient of one node that sends Get, MultiGet, Put,
+// Delete, CompareAndSet, Incr and Batch over the node's BatchCommands
+// stream: requests in flight together share its messages, where unary
+// calls would each cost an HTTP/2 stream (headers, data and trailers both
+// ways, and the work of each in gRPC). Scan, and every call to a node
+// that does not serve the stream, go as unary calls. Each method returns
+// what the unary call would: the node's response, or an error with the
+// same status code, message and detail.
+type batchKV struct {
+	shoalpb.KVClient
+	b *batcher
+}
+
+func (k batchKV) Get(ctx context.Context, in *shoalpb.GetRequest, opts ...grpc.CallOption) (*shoalpb.GetResponse, error) {
+	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Get{Get: in}})
+	if errors.Is(err, errNoBatching) {
+		return k.KVClient.Get(ctx, in, opts...)
+	}
+	return result(r, err, r.GetGet())
+}
+
+func (k batchKV) MultiGet(ctx context.Context, in *shoalpb.MultiGetRequest, opts ...grpc.CallOption) (*shoalpb.MultiGetResponse, error) {
+	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_MultiGet{MultiGet: in}})
+	if errors.Is(err, errNoBatching) {
+		return k.KVClient.MultiGet(ctx, in, opts...)
+	}
+	return result(r, err, r.GetMultiGet())
+}
+
+func (k batchKV) Put(ctx context.Context, in *shoalpb.PutRequest, opts ...grpc.CallOption) (*shoalpb.PutResponse, error) {
+	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: in}})
+	if errors.Is(err, errNoBatching) {
+		return k.KVClient.Put(ctx, in, opts...)
+	}
+	return result(r, err, r.GetPut())
+}
+
+func (k batchKV) Delete(ctx context.Context, in *shoalpb.DeleteRequest, opts ...grpc.CallOption) (*shoalpb.DeleteResponse, error) {
+	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Delete{Delete: in}})
+	if errors.Is(err, errNoBatching) {
+		return k.KVClient.Delete(ctx, in, opts...)
+	}
+	return result(r, err, r.GetDelete())
+}
+
+func (k batchKV) CompareAndSet(ctx context.Context, in *shoalpb.CompareAndSetRequest, opts ...grpc.CallOption) (*shoalpb.CompareAndSetResponse, error) {
+	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_CompareAndSet{CompareAndSet: in}})
+	if errors.Is(err, errNoBatching) {
+		return k.KVClient.CompareAndSet(ctx, in, opts...)
+	}
+	return result(r, err, r.GetCompareAndSet())
+}
+
+func (k batchKV) Incr(ctx context.Context, in *shoalpb.IncrRequest, opts ...grpc.CallOption) (*shoalpb.IncrResponse, error) {
+	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Incr{Incr: in}})
+	if errors.Is(err, errNoBatching) {
+		return k.KVClient.Incr(ctx, in, opts...)
+	}
+	return result(r, err, r.GetIncr())
+}
+
+func (k batchKV) Batch(ctx context.Context, in *shoalpb.BatchRequest, opts ...grpc.CallOption) (*shoalpb.BatchResponse, error) {
+	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Batch{Batch: in}})
+	if errors.Is(err, errNoBatching) {
+		return k.KVClient.Batch(ctx, in, opts...)
+	}
+	return result(r, err, r.GetBatch())
+}
+
+// result is a command's response of type R, or its error.
+func result[R proto.Message](r *shoalpb.BatchCommandsResponse_Result, err error, resp R) (R, error) {
+	var zero R
+	switch {
+	case err != nil:
+		return zero, err
+	case r.GetError() != nil:
+		return zero, r.GetError().Err()
+	case !resp.ProtoReflect().IsValid():
+		return zero, status.Errorf(codes.Internal, "BatchCommands: result %d carries no %s", r.GetId(), resp.ProtoReflect().Descriptor().Name())
+	}
+	return resp, nil
+}
+
+// batcher sends one node's commands over a BatchCommands stream, opened at
+// the first command and again after the stream breaks.
+type batcher struct {
+	kc   shoalpb.KVClient
+	addr string
+	// ctx ends with the Client, and with it every stream.
+	ctx context.Context
+
+	mu          sync.Mutex
+	stream      *commandStream
+	unsupported bool
+	nextID      uint64
+}
+
+// commandStream is one BatchCommands stream: commands queue until its
+// sender takes them, results go to the commands' waiters by id.
+type commandStream struct {
+	b *batcher
+	// wake has a token when queue has commands for the sender.
+	wake chan struct{}
+
+	mu      sync.Mutex
+	queue   []*pendingCommand
+	waiting map[uint64]*pendingCommand
+	// err is set once the stream has broken: no command is taken after.
+	err error
+}
+
+type pendingCommand struct {
+	ctx  context.Context
+	cmd  *shoalpb.BatchCommandsRequest_Command
+	done chan struct{}
+	res  *shoalpb.BatchCommandsResponse_Result
+	err  error
+}
+
+// call sends cmd and waits for its result, or for ctx to end (then it
+// returns the status a unary call would: DeadlineExceeded or Canceled).
+func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) (*shoalpb.BatchCommandsResponse_Result, error) {
+	b.mu.Lock()
+	if b.unsupported {
+		b.mu.Unlock()
+		return nil, errNoBatching
+	}
+	if b.ctx.Err() != nil {
+		b.mu.Unlock()
+		return nil, ErrClosed
+	}
+	b.nextID++
+	cmd.Id = b.nextID
+	p := &pendingCommand{ctx: ctx, cmd: cmd, done: make(chan struct{})}
+	s := b.stream
+	if s != nil {
+		s.mu.Lock()
+		if s.err != nil {
+			// Broken, and not yet replaced (fail takes b.mu after
+			// setting err): a new stream takes the command, which must
+			// not get the old stream's error, as if it had gone out.
+			s.mu.Unlock()
+			s = nil
+		}
+	}
+	if s == nil {
+		s = &commandStream{b: b, wake: make(chan struct{}, 1), waiting: map[uint64]*pendingCommand{}}
+		b.stream = s
+		s.mu.Lock()
+		go s.run()
+	}
+	s.queue = append(s.queue, p)
+	s.waiting[cmd.Id] = p
+	s.mu.Unlock()
+	b.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case <-p.done:
+		return p.res, p.err
+	case <-ctx.Done():
+		s.mu.Lock()
+		delete(s.waiting, cmd.Id)
+		s.mu.Unlock()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// run opens the stream, then sends queued commands until it breaks; a
+// receiver delivers the results.
+func (s *commandStream) run() {
+	ctx, cancel := context.WithCancel(s.b.ctx)
+	defer cancel()
+	stream, err := s.b.kc.BatchCommands(ctx)
+	if err != nil {
+		// Nothing went out: a dial failure reads as such ("while
+		// dialing"), so that a write is not taken for ambiguous.
+		s.fail(err)
+		return
+	}
+	recvDone := make(chan struct{})
+	go func() {
+		defer close(recvDone)
+		s.receive(stream)
+	}()
+	for {
+		select {
+		case <-s.wake:
+		case <-recvDone:
+			return
+		}
+		for {
+			req := s.take()
+			if req == nil {
+				break
+			}
+			if err := stream.Send(req); err != nil {
+				// The receiver learns why from Recv, and fails every
+				// command waiting.
+				cancel()
+				<-recvDone
+				return
+			}
+		}
+	}
+}
+
+// take returns the next message of queued commands (nil when none is
+// queued), dropping those whose callers gave up before they went out.
+func (s *commandStream) take() *shoalpb.BatchCommandsRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var req *shoalpb.BatchCommandsRequest
+	size := 0
+	n := 0
+	for ; n < len(s.queue) && size < maxCommandBatchBytes; n++ {
+		p := s.queue[n]
+		if p.ctx.Err() != nil {
+			continue
+		}
+		if d, ok := p.ctx.Deadline(); ok {
+			p.cmd.TimeoutMs = max(1, time.Until(d).Milliseconds())
+		}
+		if req == nil {
+			req = &shoalpb.BatchCommandsRequest{}
+		}
+		req.Commands = append(req.Commands, p.cmd)
+		size += proto.Size(p.cmd)
+	}
+	clear(s.queue[:n])
+	s.queue = s.queue[n:]
+	if len(s.queue) == 0 {
+		s.queue = nil
+	}
+	if req == nil && len(s.queue) > 0 {
+		return s.take()
+	}
+	return req
+}
+
+// receive delivers results until the stream ends, then fails the commands
+// still waiting.
+func (s *commandStream) receive(stream shoalpb.KV_BatchCommandsClient) {
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) == codes.Unimplemented {
+				s.b.mu.Lock()
+				s.b.unsupported = true
+				s.b.mu.Unlock()
+				s.fail(errNoBatching)
+				return
+			}
+			// The commands may have been served: Unavailable without
+			// "while dialing" says so (shoalpb.MayBeServed).
+			s.fail(status.Errorf(codes.Unavailable, "BatchCommands stream to %s ended: %v", s.b.addr, err))
+			return
+		}
+		s.mu.Lock()
+		for _, r := range resp.Results {
+			if p := s.waiting[r.GetId()]; p != nil {
+				delete(s.waiting, r.GetId())
+				p.res = r
+				close(p.done)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// fail ends the stream: every command waiting gets err, and the next
+// command opens a new stream.
+func (s *commandStream) fail(err error) {
+	s.mu.Lock()
+	s.err = err
+	for id, p := range s.waiting {
+		delete(s.waiting, id)
+		p.err = err
+		close(p.done)
+	}
+	s.queue = nil
+	s.mu.Unlock()
+	s.b.mu.Lock()
+	if s.b.stream == s {
+		s.b.stream = nil
+	}
+	s.b.mu.Unlock()
+}
+
+func (b *batcher) String() string { return fmt.Sprintf("batcher(%s)", b.addr) }

@@ -1,0 +1,261 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// scriptedKV is a KV server whose BatchCommands does what a test needs
+// (the client's handling of the stream is what these tests are about; the
+// real node's side is tested in internal/node). Get answers unary calls.
+type scriptedKV struct {
+	shoalpb.UnimplementedKVServer
+	unaryGets atomic.Int64
+	streams   atomic.Int64
+	batch     func(n int64, stream shoalpb.KV_BatchCommandsServer) error
+}
+
+func (s *scriptedKV) Get(_ context.Context, in *shoalpb.GetRequest) (*shoalpb.GetResponse, error) {
+	s.unaryGets.Add(1)
+	return &shoalpb.GetResponse{Found: true, Value: in.Key}, nil
+}
+
+func (s *scriptedKV) BatchCommands(stream shoalpb.KV_BatchCommandsServer) error {
+	if s.batch == nil {
+		return status.Error(codes.Unimplemented, "method BatchCommands not implemented")
+	}
+	return s.batch(s.streams.Add(1), stream)
+}
+
+// echoGets answers every Get command with the key as its value.
+func echoGets(stream shoalpb.KV_BatchCommandsServer) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return nil
+		}
+		resp := &shoalpb.BatchCommandsResponse{}
+		for _, c := range req.Commands {
+			resp.Results = append(resp.Results, &shoalpb.BatchCommandsResponse_Result{Id: c.Id,
+				Response: &shoalpb.BatchCommandsResponse_Result_Get{Get: &shoalpb.GetResponse{Found: true, Value: c.GetGet().GetKey()}}})
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+// startScripted serves srv on loopback and returns a batching KVClient of
+// it.
+func startScripted(t *testing.T, srv *scriptedKV) batchKV {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	shoalpb.RegisterKVServer(gs, srv)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	return dialBatchKV(t, lis.Addr().String())
+}
+
+func dialBatchKV(t *testing.T, addr string) batchKV {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, DefaultDialOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	kc := shoalpb.NewKVClient(conn)
+	return batchKV{KVClient: kc, b: &batcher{kc: kc, addr: addr, ctx: ctx}}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// A node without BatchCommands (an older version) gets unary calls: the
+// first call learns it from the stream, and goes unary itself.
+func TestBatchFallsBackToUnary(t *testing.T) {
+	srv := &scriptedKV{}
+	kc := startScripted(t, srv)
+	for i, key := range []string{"a", "b"} {
+		resp, err := kc.Get(testCtx(t), &shoalpb.GetRequest{Key: []byte(key)})
+		if err != nil || string(resp.GetValue()) != key {
+			t.Fatalf("get %d: %v, %v", i, resp, err)
+		}
+	}
+	if n := srv.unaryGets.Load(); n != 2 {
+		t.Fatalf("the server served %d unary Gets, want 2", n)
+	}
+	if n := srv.streams.Load(); n != 0 {
+		t.Fatalf("%d streams were served", n)
+	}
+}
+
+// A stream that breaks fails the commands waiting on it as a broken
+// connection fails a unary call (Unavailable, may have been served), and
+// the next command opens a new stream.
+func TestBatchStreamBreaks(t *testing.T) {
+	srv := &scriptedKV{batch: func(n int64, stream shoalpb.KV_BatchCommandsServer) error {
+		if n == 1 {
+			if _, err := stream.Recv(); err != nil {
+				return err
+			}
+			return status.Error(codes.Internal, "scripted failure")
+		}
+		return echoGets(stream)
+	}}
+	kc := startScripted(t, srv)
+	_, err := kc.Get(testCtx(t), &shoalpb.GetRequest{Key: []byte("a")})
+	if status.Code(err) != codes.Unavailable || !shoalpb.MayBeServed(err) {
+		t.Fatalf("get on a stream that broke: %v (code %v), want Unavailable that may have been served", err, status.Code(err))
+	}
+	resp, err := kc.Get(testCtx(t), &shoalpb.GetRequest{Key: []byte("b")})
+	if err != nil || string(resp.GetValue()) != "b" {
+		t.Fatalf("get after the break: %v, %v", resp, err)
+	}
+	if n := srv.streams.Load(); n != 2 {
+		t.Fatalf("%d streams, want 2", n)
+	}
+	if n := srv.unaryGets.Load(); n != 0 {
+		t.Fatalf("%d unary Gets, want none", n)
+	}
+}
+
+// A command's error comes back as the unary call's would: code, message
+// and detail.
+func TestBatchCommandError(t *testing.T) {
+	want := shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, ShardId: 7, LeaderId: 2, LeaderAddr: "127.0.0.2:1"}, "not the leader")
+	srv := &scriptedKV{batch: func(_ int64, stream shoalpb.KV_BatchCommandsServer) error {
+		req, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		return stream.Send(&shoalpb.BatchCommandsResponse{Results: []*shoalpb.BatchCommandsResponse_Result{
+			{Id: req.Commands[0].Id, Error: shoalpb.CommandStatusOf(want)},
+		}})
+	}}
+	kc := startScripted(t, srv)
+	_, err := kc.Put(testCtx(t), &shoalpb.PutRequest{Key: []byte("a"), Value: []byte("v")})
+	d := shoalpb.DetailOf(err)
+	if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != "not the leader" ||
+		d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER || d.GetLeaderId() != 2 || d.GetLeaderAddr() != "127.0.0.2:1" || d.GetShardId() != 7 {
+		t.Fatalf("put: %v, detail %v; want %v", err, d, want)
+	}
+}
+
+// A caller whose context ends stops waiting with the status a unary call
+// would end with, and its command leaves the stream's table.
+func TestBatchCallerDeadline(t *testing.T) {
+	srv := &scriptedKV{batch: func(_ int64, stream shoalpb.KV_BatchCommandsServer) error {
+		for { // answers nothing
+			if _, err := stream.Recv(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+	}}
+	kc := startScripted(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := kc.Get(ctx, &shoalpb.GetRequest{Key: []byte("a")})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("get past its deadline: %v", err)
+	}
+	kc.b.mu.Lock()
+	s := kc.b.stream
+	kc.b.mu.Unlock()
+	// The sender drops the command from its queue if it had not sent it
+	// yet (the stream was still opening): poll for that.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		s.mu.Lock()
+		waiting, queued := len(s.waiting), len(s.queue)
+		s.mu.Unlock()
+		if waiting == 0 && queued == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d commands waiting and %d queued after the caller left", waiting, queued)
+		}
+		runtime.Gosched()
+	}
+}
+
+// A node that cannot be reached fails the command as a unary call to it
+// would: Unavailable while dialing, which says the request never went
+// out (so a write is not ambiguous).
+func TestBatchDialFailure(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	kc := dialBatchKV(t, addr)
+	_, err = kc.Put(testCtx(t), &shoalpb.PutRequest{Key: []byte("a"), Value: []byte("v")})
+	if status.Code(err) != codes.Unavailable || shoalpb.MayBeServed(err) {
+		t.Fatalf("put to a closed port: %v; want Unavailable that was not served", err)
+	}
+}
+
+// The commands queued when the sender looks go out in one message, but
+// those whose callers left, and no more than about maxCommandBatchBytes.
+func TestBatchTake(t *testing.T) {
+	s := &commandStream{waiting: map[uint64]*pendingCommand{}}
+	live := context.Background()
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	soon, cancelSoon := context.WithTimeout(context.Background(), time.Hour)
+	defer cancelSoon()
+	add := func(ctx context.Context, id uint64, value int) {
+		s.queue = append(s.queue, &pendingCommand{ctx: ctx, cmd: &shoalpb.BatchCommandsRequest_Command{Id: id,
+			Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: &shoalpb.PutRequest{Key: []byte("k"), Value: make([]byte, value)}}}})
+	}
+	add(live, 1, 10)
+	add(gone, 2, 10)
+	add(soon, 3, 10)
+	add(live, 4, maxCommandBatchBytes)
+	add(live, 5, 10)
+	ids := func(req *shoalpb.BatchCommandsRequest) (out []uint64) {
+		for _, c := range req.GetCommands() {
+			out = append(out, c.Id)
+		}
+		return out
+	}
+	first := s.take()
+	if got := ids(first); len(got) != 3 || got[0] != 1 || got[1] != 3 || got[2] != 4 {
+		t.Fatalf("first message carries %v, want [1 3 4]", got)
+	}
+	if ms := first.Commands[1].TimeoutMs; ms < 59*60*1000 || ms > 60*60*1000 {
+		t.Fatalf("command 3 carries a timeout of %d ms, want about an hour", ms)
+	}
+	if ms := first.Commands[0].TimeoutMs; ms != 0 {
+		t.Fatalf("command 1, without a deadline, carries a timeout of %d ms", ms)
+	}
+	if got := ids(s.take()); len(got) != 1 || got[0] != 5 {
+		t.Fatalf("second message carries %v, want [5]", got)
+	}
+	if req := s.take(); req != nil {
+		t.Fatalf("third message %v, want none", req)
+	}
+}

@@ -1,0 +1,167 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+)
+
+// maxStreamCommands bounds the commands of one BatchCommands stream that
+// run at once; the stream reads no more until one finishes, and gRPC's
+// flow control then holds the client back.
+const maxStreamCommands = 4096
+
+// maxResultBatchBytes is about how much a BatchCommands response carries:
+// results that finished together go in one message up to this size (a
+// single larger result goes alone, within the message limit as a unary
+// answer would be).
+const maxResultBatchBytes = 1 << 20
+
+type commandResult = shoalpb.BatchCommandsResponse_Result
+
+// BatchCommands implements shoalpb.KVServer: each command runs on its own
+// goroutine through the unary method it names, so it is routed, forwarded,
+// bounded and answered exactly as that call would be, and its result goes
+// back as soon as it is ready, with any others ready by then. It returns
+// once the client ends the stream (or the connection ends) and every
+// command it started has finished: Stop relies on that (WaitForHandlers)
+// before it closes what the commands use.
+func (s *kvService) BatchCommands(stream shoalpb.KV_BatchCommandsServer) error {
+	ctx := stream.Context()
+	results := make(chan *commandResult, 256)
+	sent := make(chan error, 1)
+	go func() { sent <- sendResults(stream, results) }()
+	slots := make(chan struct{}, maxStreamCommands)
+	var running sync.WaitGroup
+	var recvErr error
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			recvErr = err
+			break
+		}
+		for _, cmd := range req.Commands {
+			slots <- struct{}{}
+			running.Add(1)
+			go func() {
+				defer running.Done()
+				results <- s.runCommand(ctx, cmd)
+				<-slots
+			}()
+		}
+	}
+	running.Wait()
+	close(results)
+	sendErr := <-sent
+	if errors.Is(recvErr, io.EOF) {
+		return sendErr
+	}
+	return recvErr
+}
+
+// sendResults sends what the commands return, batching those that are
+// ready together, until results is closed. After a failed send it only
+// drains results, so that no command waits on it, and returns the error.
+func sendResults(stream shoalpb.KV_BatchCommandsServer, results <-chan *commandResult) error {
+	var failed error
+	for r := range results {
+		if failed != nil {
+			continue
+		}
+		resp := &shoalpb.BatchCommandsResponse{Results: []*commandResult{r}}
+		size := proto.Size(r)
+	more:
+		for size < maxResultBatchBytes {
+			select {
+			case r, ok := <-results:
+				if !ok {
+					break more
+				}
+				resp.Results = append(resp.Results, r)
+				size += proto.Size(r)
+			default:
+				break more
+			}
+		}
+		failed = stream.Send(resp)
+	}
+	return failed
+}
+
+// runCommand runs one command through its unary method, with the caller's
+// time left (or maxKVRequestTime, as boundKVRequests gives a unary call
+// without a deadline), and records it as that method.
+func (s *kvService) runCommand(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) *commandResult {
+	timeout := maxKVRequestTime
+	if ms := cmd.GetTimeoutMs(); ms > 0 {
+		timeout = time.Duration(ms) * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	res := &commandResult{Id: cmd.GetId()}
+	var method string
+	var err error
+	switch r := cmd.GetRequest().(type) {
+	case *shoalpb.BatchCommandsRequest_Command_Get:
+		method = "Get"
+		var resp *shoalpb.GetResponse
+		if resp, err = s.Get(ctx, r.Get); err == nil {
+			res.Response = &shoalpb.BatchCommandsResponse_Result_Get{Get: resp}
+		}
+	case *shoalpb.BatchCommandsRequest_Command_MultiGet:
+		method = "MultiGet"
+		var resp *shoalpb.MultiGetResponse
+		if resp, err = s.MultiGet(ctx, r.MultiGet); err == nil {
+			res.Response = &shoalpb.BatchCommandsResponse_Result_MultiGet{MultiGet: resp}
+		}
+	case *shoalpb.BatchCommandsRequest_Command_Put:
+		method = "Put"
+		var resp *shoalpb.PutResponse
+		if resp, err = s.Put(ctx, r.Put); err == nil {
+			res.Response = &shoalpb.BatchCommandsResponse_Result_Put{Put: resp}
+		}
+	case *shoalpb.BatchCommandsRequest_Command_Delete:
+		method = "Delete"
+		var resp *shoalpb.DeleteResponse
+		if resp, err = s.Delete(ctx, r.Delete); err == nil {
+			res.Response = &shoalpb.BatchCommandsResponse_Result_Delete{Delete: resp}
+		}
+	case *shoalpb.BatchCommandsRequest_Command_CompareAndSet:
+		method = "CompareAndSet"
+		var resp *shoalpb.CompareAndSetResponse
+		if resp, err = s.CompareAndSet(ctx, r.CompareAndSet); err == nil {
+			res.Response = &shoalpb.BatchCommandsResponse_Result_CompareAndSet{CompareAndSet: resp}
+		}
+	case *shoalpb.BatchCommandsRequest_Command_Incr:
+		method = "Incr"
+		var resp *shoalpb.IncrResponse
+		if resp, err = s.Incr(ctx, r.Incr); err == nil {
+			res.Response = &shoalpb.BatchCommandsResponse_Result_Incr{Incr: resp}
+		}
+	case *shoalpb.BatchCommandsRequest_Command_Batch:
+		method = "Batch"
+		var resp *shoalpb.BatchResponse
+		if resp, err = s.Batch(ctx, r.Batch); err == nil {
+			res.Response = &shoalpb.BatchCommandsResponse_Result_Batch{Batch: resp}
+		}
+	default:
+		method = "BatchCommands"
+		err = shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_INVALID},
+			"BatchCommands: a command without a request, or of a kind this node does not know")
+	}
+	if err != nil {
+		// A handler's plain error reads as Unknown, as gRPC would send it.
+		res.Error = shoalpb.CommandStatusOf(err)
+	}
+	if s.metrics != nil {
+		s.metrics.Observe(method, err, time.Since(start))
+	}
+	return res
+}

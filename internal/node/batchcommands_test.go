@@ -1,0 +1,138 @@
+package node_test
+
+import (
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoaldb/shoal/api/shoalpb"
+	tc "github.com/shoaldb/shoal/internal/testcluster"
+)
+
+// TestBatchCommands drives a node's BatchCommands stream by hand: each
+// command is answered by id with what its unary method answers (results,
+// forwarding to leaders on other nodes, errors with their code, message
+// and detail), a command without a request is refused, the commands count
+// in the request metrics as their methods, and the stream ends cleanly
+// once the client has sent all and every answer is out.
+func TestBatchCommands(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 8, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c.Nodes[0].Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	kc := shoalpb.NewKVClient(conn)
+	stream, err := kc.BatchCommands(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// exchange sends cmds in one message and collects their results by id.
+	exchange := func(cmds ...*shoalpb.BatchCommandsRequest_Command) map[uint64]*shoalpb.BatchCommandsResponse_Result {
+		t.Helper()
+		if err := stream.Send(&shoalpb.BatchCommandsRequest{Commands: cmds}); err != nil {
+			t.Fatal(err)
+		}
+		got := map[uint64]*shoalpb.BatchCommandsResponse_Result{}
+		for len(got) < len(cmds) {
+			resp, err := stream.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range resp.Results {
+				if got[r.Id] != nil {
+					t.Fatalf("result %d twice", r.Id)
+				}
+				got[r.Id] = r
+			}
+		}
+		return got
+	}
+	// Eight keys: over eight shards, most led by the other nodes.
+	keys := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+	var puts []*shoalpb.BatchCommandsRequest_Command
+	for i, k := range keys {
+		puts = append(puts, &shoalpb.BatchCommandsRequest_Command{Id: uint64(i + 1), TimeoutMs: 10000,
+			Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: &shoalpb.PutRequest{Key: []byte(k), Value: []byte("v-" + k)}}})
+	}
+	puts = append(puts, &shoalpb.BatchCommandsRequest_Command{Id: 100})
+	got := exchange(puts...)
+	for i := range keys {
+		if r := got[uint64(i+1)]; r.GetError() != nil || !r.GetPut().GetApplied() {
+			t.Fatalf("put %q: %v", keys[i], r)
+		}
+	}
+	if r := got[100]; r.GetError().GetDetail().GetCode() != shoalpb.ErrorCode_ERROR_CODE_INVALID || codes.Code(r.GetError().GetCode()) != codes.InvalidArgument {
+		t.Fatalf("empty command: %v", r)
+	}
+
+	var gets []*shoalpb.BatchCommandsRequest_Command
+	for i, k := range keys {
+		gets = append(gets, &shoalpb.BatchCommandsRequest_Command{Id: uint64(i + 1),
+			Request: &shoalpb.BatchCommandsRequest_Command_Get{Get: &shoalpb.GetRequest{Key: []byte(k)}}})
+	}
+	incr := &shoalpb.IncrRequest{Key: []byte("a"), Delta: 1}
+	gets = append(gets, &shoalpb.BatchCommandsRequest_Command{Id: 200,
+		Request: &shoalpb.BatchCommandsRequest_Command_Incr{Incr: proto.Clone(incr).(*shoalpb.IncrRequest)}})
+	got = exchange(gets...)
+	for i, k := range keys {
+		if r := got[uint64(i+1)]; r.GetError() != nil || !r.GetGet().GetFound() || string(r.GetGet().GetValue()) != "v-"+k {
+			t.Fatalf("get %q: %v", k, r)
+		}
+	}
+	// The same failure as a unary call: code, message and detail.
+	_, unaryErr := kc.Incr(ctx, incr)
+	batched := got[200].GetError().Err()
+	if shoalpb.DetailOf(unaryErr).GetCode() != shoalpb.ErrorCode_ERROR_CODE_NOT_INTEGER ||
+		status.Code(batched) != status.Code(unaryErr) || status.Convert(batched).Message() != status.Convert(unaryErr).Message() ||
+		!proto.Equal(shoalpb.DetailOf(batched), shoalpb.DetailOf(unaryErr)) {
+		t.Fatalf("INCR of a non-integer: batched %v, unary %v", batched, unaryErr)
+	}
+
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after CloseSend: %v, want the stream's end", err)
+	}
+
+	// The commands count as their methods, as unary calls do.
+	families, err := c.Nodes[0].Node().Metrics().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "shoal_grpc_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			var method, code string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "method":
+					method = l.GetValue()
+				case "code":
+					code = l.GetValue()
+				}
+			}
+			counts[method+" "+code] += m.GetCounter().GetValue()
+		}
+	}
+	// Forwarded Puts count on the leaders too, as unary ones: node 1's
+	// own count is at least the batch's.
+	if counts["Put OK"] < float64(len(keys)) || counts["Get OK"] < float64(len(keys)) || counts["BatchCommands InvalidArgument"] != 1 {
+		t.Fatalf("node 1's request counts: %v", counts)
+	}
+}
