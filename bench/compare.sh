@@ -362,14 +362,14 @@ phases() {
       fail "$system via $target, workload $w: no result"
     fi
     # other_cpu_s: what the rest of the machine used meanwhile (noise).
-    jq -r --arg s "$system" --arg cpu "$((after - before))" --arg busy "$((busy1 - busy0))" --arg tck "$CLK_TCK" \
+    jq -r --arg s "$system" --arg t "$target" --arg cpu "$((after - before))" --arg busy "$((busy1 - busy0))" --arg tck "$CLK_TCK" \
       --arg client "$client" '
       ($tck | tonumber) as $tck
       | (($cpu | tonumber) / $tck) as $c
       | ($client | tonumber) as $cl
       | ([(($busy | tonumber) / $tck) - $c - $cl, 0] | max) as $other
       | def r2: . * 100 | round / 100;
-      [$s, .target, .workload, .ops, .errors, (.seconds | r2), (.ops_per_sec | round),
+      [$s, $t, .workload, .ops, .errors, (.seconds | r2), (.ops_per_sec | round),
        (.all.p50_ms | r2), (.all.p99_ms | r2), (.all.p999_ms | r2), ($c | r2),
        (if .ops > 0 then ($c / .ops * 1000 * 1000 | round / 1000) else 0 end), ($cl | r2), ($other | r2)] | @tsv' "$json" |
       tee -a "$results"

@@ -15,22 +15,25 @@ import (
 	"github.com/shoaldb/shoal/api/shoalpb"
 )
 
-// maxCommandBatchBytes is about how much one BatchCommands message
-// carries: the requests waiting when the stream is free to send go in one
-// message up to this size (a single larger request goes alone, within
-// MaxMessageBytes as a unary call would be).
+// maxCommandBatchBytes bounds one BatchCommands message: the requests
+// waiting when the stream is free to send go in one message up to this
+// size. A larger request goes as a unary call, so that it meets the
+// message limit (MaxMessageBytes, or the caller's dial options) and its
+// error as it always did, alone.
 const maxCommandBatchBytes = 1 << 20
 
-// errNoBatching says a node does not serve KV.BatchCommands (an older
-// version): nothing was sent, and the call goes as a unary one.
-var errNoBatching = errors.New("shoal: node does not batch commands")
+// errUnary says a command goes as a unary call: the node does not serve
+// KV.BatchCommands (an older version), or the command is over
+// maxCommandBatchBytes. Nothing was sent.
+var errUnary = errors.New("shoal: request goes unary")
 
 // batchKV is the KVClient of one node that sends Get, MultiGet, Put,
 // Delete, CompareAndSet, Incr and Batch over the node's BatchCommands
 // stream: requests in flight together share its messages, where unary
 // calls would each cost an HTTP/2 stream (headers, data and trailers both
-// ways, and the work of each in gRPC). Scan, and every call to a node
-// that does not serve the stream, go as unary calls. Each method returns
+// ways, and the work of each in gRPC). Scan, requests over
+// maxCommandBatchBytes, and every call to a node that does not serve the
+// stream go as unary calls. Each method returns
 // what the unary call would: the node's response, or an error with the
 // same status code, message and detail.
 type batchKV struct {
@@ -40,7 +43,7 @@ type batchKV struct {
 
 func (k batchKV) Get(ctx context.Context, in *shoalpb.GetRequest, opts ...grpc.CallOption) (*shoalpb.GetResponse, error) {
 	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Get{Get: in}})
-	if errors.Is(err, errNoBatching) {
+	if errors.Is(err, errUnary) {
 		return k.KVClient.Get(ctx, in, opts...)
 	}
 	return result(r, err, r.GetGet())
@@ -48,7 +51,7 @@ func (k batchKV) Get(ctx context.Context, in *shoalpb.GetRequest, opts ...grpc.C
 
 func (k batchKV) MultiGet(ctx context.Context, in *shoalpb.MultiGetRequest, opts ...grpc.CallOption) (*shoalpb.MultiGetResponse, error) {
 	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_MultiGet{MultiGet: in}})
-	if errors.Is(err, errNoBatching) {
+	if errors.Is(err, errUnary) {
 		return k.KVClient.MultiGet(ctx, in, opts...)
 	}
 	return result(r, err, r.GetMultiGet())
@@ -56,7 +59,7 @@ func (k batchKV) MultiGet(ctx context.Context, in *shoalpb.MultiGetRequest, opts
 
 func (k batchKV) Put(ctx context.Context, in *shoalpb.PutRequest, opts ...grpc.CallOption) (*shoalpb.PutResponse, error) {
 	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: in}})
-	if errors.Is(err, errNoBatching) {
+	if errors.Is(err, errUnary) {
 		return k.KVClient.Put(ctx, in, opts...)
 	}
 	return result(r, err, r.GetPut())
@@ -64,7 +67,7 @@ func (k batchKV) Put(ctx context.Context, in *shoalpb.PutRequest, opts ...grpc.C
 
 func (k batchKV) Delete(ctx context.Context, in *shoalpb.DeleteRequest, opts ...grpc.CallOption) (*shoalpb.DeleteResponse, error) {
 	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Delete{Delete: in}})
-	if errors.Is(err, errNoBatching) {
+	if errors.Is(err, errUnary) {
 		return k.KVClient.Delete(ctx, in, opts...)
 	}
 	return result(r, err, r.GetDelete())
@@ -72,7 +75,7 @@ func (k batchKV) Delete(ctx context.Context, in *shoalpb.DeleteRequest, opts ...
 
 func (k batchKV) CompareAndSet(ctx context.Context, in *shoalpb.CompareAndSetRequest, opts ...grpc.CallOption) (*shoalpb.CompareAndSetResponse, error) {
 	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_CompareAndSet{CompareAndSet: in}})
-	if errors.Is(err, errNoBatching) {
+	if errors.Is(err, errUnary) {
 		return k.KVClient.CompareAndSet(ctx, in, opts...)
 	}
 	return result(r, err, r.GetCompareAndSet())
@@ -80,7 +83,7 @@ func (k batchKV) CompareAndSet(ctx context.Context, in *shoalpb.CompareAndSetReq
 
 func (k batchKV) Incr(ctx context.Context, in *shoalpb.IncrRequest, opts ...grpc.CallOption) (*shoalpb.IncrResponse, error) {
 	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Incr{Incr: in}})
-	if errors.Is(err, errNoBatching) {
+	if errors.Is(err, errUnary) {
 		return k.KVClient.Incr(ctx, in, opts...)
 	}
 	return result(r, err, r.GetIncr())
@@ -88,7 +91,7 @@ func (k batchKV) Incr(ctx context.Context, in *shoalpb.IncrRequest, opts ...grpc
 
 func (k batchKV) Batch(ctx context.Context, in *shoalpb.BatchRequest, opts ...grpc.CallOption) (*shoalpb.BatchResponse, error) {
 	r, err := k.b.call(ctx, &shoalpb.BatchCommandsRequest_Command{Request: &shoalpb.BatchCommandsRequest_Command_Batch{Batch: in}})
-	if errors.Is(err, errNoBatching) {
+	if errors.Is(err, errUnary) {
 		return k.KVClient.Batch(ctx, in, opts...)
 	}
 	return result(r, err, r.GetBatch())
@@ -137,8 +140,10 @@ type commandStream struct {
 }
 
 type pendingCommand struct {
-	ctx  context.Context
-	cmd  *shoalpb.BatchCommandsRequest_Command
+	ctx context.Context
+	cmd *shoalpb.BatchCommandsRequest_Command
+	// size is cmd's encoded size.
+	size int
 	done chan struct{}
 	res  *shoalpb.BatchCommandsResponse_Result
 	err  error
@@ -147,10 +152,14 @@ type pendingCommand struct {
 // call sends cmd and waits for its result, or for ctx to end (then it
 // returns the status a unary call would: DeadlineExceeded or Canceled).
 func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) (*shoalpb.BatchCommandsResponse_Result, error) {
+	size := proto.Size(cmd)
+	if size > maxCommandBatchBytes {
+		return nil, errUnary
+	}
 	b.mu.Lock()
 	if b.unsupported {
 		b.mu.Unlock()
-		return nil, errNoBatching
+		return nil, errUnary
 	}
 	if b.ctx.Err() != nil {
 		b.mu.Unlock()
@@ -158,7 +167,7 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 	}
 	b.nextID++
 	cmd.Id = b.nextID
-	p := &pendingCommand{ctx: ctx, cmd: cmd, done: make(chan struct{})}
+	p := &pendingCommand{ctx: ctx, cmd: cmd, size: size, done: make(chan struct{})}
 	s := b.stream
 	if s != nil {
 		s.mu.Lock()
@@ -234,18 +243,22 @@ func (s *commandStream) run() {
 	}
 }
 
-// take returns the next message of queued commands (nil when none is
-// queued), dropping those whose callers gave up before they went out.
+// take returns the next message of queued commands, at most
+// maxCommandBatchBytes (nil when none is queued), dropping those whose
+// callers gave up before they went out.
 func (s *commandStream) take() *shoalpb.BatchCommandsRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var req *shoalpb.BatchCommandsRequest
 	size := 0
 	n := 0
-	for ; n < len(s.queue) && size < maxCommandBatchBytes; n++ {
+	for ; n < len(s.queue); n++ {
 		p := s.queue[n]
 		if p.ctx.Err() != nil {
 			continue
+		}
+		if req != nil && size+p.size > maxCommandBatchBytes {
+			break
 		}
 		if d, ok := p.ctx.Deadline(); ok {
 			p.cmd.TimeoutMs = max(1, time.Until(d).Milliseconds())
@@ -254,15 +267,12 @@ func (s *commandStream) take() *shoalpb.BatchCommandsRequest {
 			req = &shoalpb.BatchCommandsRequest{}
 		}
 		req.Commands = append(req.Commands, p.cmd)
-		size += proto.Size(p.cmd)
+		size += p.size
 	}
 	clear(s.queue[:n])
 	s.queue = s.queue[n:]
 	if len(s.queue) == 0 {
 		s.queue = nil
-	}
-	if req == nil && len(s.queue) > 0 {
-		return s.take()
 	}
 	return req
 }
@@ -277,7 +287,7 @@ func (s *commandStream) receive(stream shoalpb.KV_BatchCommandsClient) {
 				s.b.mu.Lock()
 				s.b.unsupported = true
 				s.b.mu.Unlock()
-				s.fail(errNoBatching)
+				s.fail(errUnary)
 				return
 			}
 			// The commands may have been served: Unavailable without

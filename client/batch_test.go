@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
 )
@@ -23,8 +24,14 @@ import (
 type scriptedKV struct {
 	shoalpb.UnimplementedKVServer
 	unaryGets atomic.Int64
+	unaryPuts atomic.Int64
 	streams   atomic.Int64
 	batch     func(n int64, stream shoalpb.KV_BatchCommandsServer) error
+}
+
+func (s *scriptedKV) Put(_ context.Context, in *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
+	s.unaryPuts.Add(1)
+	return &shoalpb.PutResponse{Applied: true}, nil
 }
 
 func (s *scriptedKV) Get(_ context.Context, in *shoalpb.GetRequest) (*shoalpb.GetResponse, error) {
@@ -218,8 +225,27 @@ func TestBatchDialFailure(t *testing.T) {
 	}
 }
 
+// A request over maxCommandBatchBytes goes as a unary call, alone, so that
+// it meets the message limit as it always did; smaller ones are batched.
+func TestBatchLargeRequestGoesUnary(t *testing.T) {
+	srv := &scriptedKV{batch: func(_ int64, stream shoalpb.KV_BatchCommandsServer) error { return echoGets(stream) }}
+	kc := startScripted(t, srv)
+	if _, err := kc.Put(testCtx(t), &shoalpb.PutRequest{Key: []byte("a"), Value: make([]byte, maxCommandBatchBytes)}); err != nil {
+		t.Fatal(err)
+	}
+	if n, m := srv.unaryPuts.Load(), srv.streams.Load(); n != 1 || m != 0 {
+		t.Fatalf("%d unary Puts and %d streams, want 1 and none", n, m)
+	}
+	if resp, err := kc.Get(testCtx(t), &shoalpb.GetRequest{Key: []byte("b")}); err != nil || string(resp.GetValue()) != "b" {
+		t.Fatalf("get: %v, %v", resp, err)
+	}
+	if n, m := srv.unaryGets.Load(), srv.streams.Load(); n != 0 || m != 1 {
+		t.Fatalf("%d unary Gets and %d streams, want none and 1", n, m)
+	}
+}
+
 // The commands queued when the sender looks go out in one message, but
-// those whose callers left, and no more than about maxCommandBatchBytes.
+// those whose callers left, and no more than maxCommandBatchBytes.
 func TestBatchTake(t *testing.T) {
 	s := &commandStream{waiting: map[uint64]*pendingCommand{}}
 	live := context.Background()
@@ -227,15 +253,21 @@ func TestBatchTake(t *testing.T) {
 	cancel()
 	soon, cancelSoon := context.WithTimeout(context.Background(), time.Hour)
 	defer cancelSoon()
-	add := func(ctx context.Context, id uint64, value int) {
-		s.queue = append(s.queue, &pendingCommand{ctx: ctx, cmd: &shoalpb.BatchCommandsRequest_Command{Id: id,
-			Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: &shoalpb.PutRequest{Key: []byte("k"), Value: make([]byte, value)}}}})
+	put := func(id uint64, value int) *shoalpb.BatchCommandsRequest_Command {
+		return &shoalpb.BatchCommandsRequest_Command{Id: id,
+			Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: &shoalpb.PutRequest{Key: []byte("k"), Value: make([]byte, value)}}}
 	}
-	add(live, 1, 10)
-	add(gone, 2, 10)
-	add(soon, 3, 10)
-	add(live, 4, maxCommandBatchBytes)
-	add(live, 5, 10)
+	add := func(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) {
+		s.queue = append(s.queue, &pendingCommand{ctx: ctx, cmd: cmd, size: proto.Size(cmd)})
+	}
+	add(live, put(1, 10))
+	add(gone, put(2, 10))
+	add(soon, put(3, 10))
+	// 4 fits in a message alone (maxCommandBatchBytes less 8 bytes), not
+	// after 1 and 3.
+	over := proto.Size(put(4, maxCommandBatchBytes)) - maxCommandBatchBytes
+	add(live, put(4, maxCommandBatchBytes-over-8))
+	add(live, put(5, 0))
 	ids := func(req *shoalpb.BatchCommandsRequest) (out []uint64) {
 		for _, c := range req.GetCommands() {
 			out = append(out, c.Id)
@@ -243,8 +275,8 @@ func TestBatchTake(t *testing.T) {
 		return out
 	}
 	first := s.take()
-	if got := ids(first); len(got) != 3 || got[0] != 1 || got[1] != 3 || got[2] != 4 {
-		t.Fatalf("first message carries %v, want [1 3 4]", got)
+	if got := ids(first); len(got) != 2 || got[0] != 1 || got[1] != 3 {
+		t.Fatalf("first message carries %v, want [1 3]", got)
 	}
 	if ms := first.Commands[1].TimeoutMs; ms < 59*60*1000 || ms > 60*60*1000 {
 		t.Fatalf("command 3 carries a timeout of %d ms, want about an hour", ms)
@@ -252,8 +284,12 @@ func TestBatchTake(t *testing.T) {
 	if ms := first.Commands[0].TimeoutMs; ms != 0 {
 		t.Fatalf("command 1, without a deadline, carries a timeout of %d ms", ms)
 	}
-	if got := ids(s.take()); len(got) != 1 || got[0] != 5 {
-		t.Fatalf("second message carries %v, want [5]", got)
+	second := s.take()
+	if got := ids(second); len(got) != 2 || got[0] != 4 || got[1] != 5 {
+		t.Fatalf("second message carries %v, want [4 5]", got)
+	}
+	if n := proto.Size(second); n > maxCommandBatchBytes+16 {
+		t.Fatalf("second message is %d bytes, over the bound of %d", n, maxCommandBatchBytes)
 	}
 	if req := s.take(); req != nil {
 		t.Fatalf("third message %v, want none", req)

@@ -7,9 +7,12 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/transport"
 )
 
 // maxStreamCommands bounds the commands of one BatchCommands stream that
@@ -17,11 +20,15 @@ import (
 // flow control then holds the client back.
 const maxStreamCommands = 4096
 
-// maxResultBatchBytes is about how much a BatchCommands response carries:
-// results that finished together go in one message up to this size (a
-// single larger result goes alone, within the message limit as a unary
-// answer would be).
+// maxResultBatchBytes bounds a BatchCommands response: results that
+// finished together go in one message up to this size; a larger result
+// goes alone.
 const maxResultBatchBytes = 1 << 20
+
+// maxResultBytes is the largest result a response carries: the message
+// limit, less room for the response around it. A larger one is answered
+// RESOURCE_EXHAUSTED, as gRPC fails a unary answer over the limit.
+const maxResultBytes = transport.MaxMessageBytes - 1<<10
 
 type commandResult = shoalpb.BatchCommandsResponse_Result
 
@@ -70,26 +77,44 @@ func (s *kvService) BatchCommands(stream shoalpb.KV_BatchCommandsServer) error {
 // drains results, so that no command waits on it, and returns the error.
 func sendResults(stream shoalpb.KV_BatchCommandsServer, results <-chan *commandResult) error {
 	var failed error
+	var next *commandResult
+	nextSize := 0
+	take := func(r *commandResult) {
+		next, nextSize = r, proto.Size(r)
+		if nextSize > maxResultBytes {
+			next = &commandResult{Id: r.Id, Error: shoalpb.CommandStatusOf(status.Errorf(codes.ResourceExhausted,
+				"BatchCommands: the result is %d bytes, over the limit of %d", nextSize, maxResultBytes))}
+			nextSize = proto.Size(next)
+		}
+	}
 	for r := range results {
 		if failed != nil {
 			continue
 		}
-		resp := &shoalpb.BatchCommandsResponse{Results: []*commandResult{r}}
-		size := proto.Size(r)
-	more:
-		for size < maxResultBatchBytes {
-			select {
-			case r, ok := <-results:
-				if !ok {
+		take(r)
+		for next != nil && failed == nil {
+			resp := &shoalpb.BatchCommandsResponse{Results: []*commandResult{next}}
+			size := nextSize
+			next = nil
+		more:
+			for {
+				select {
+				case r, ok := <-results:
+					if !ok {
+						break more
+					}
+					if take(r); size+nextSize > maxResultBatchBytes {
+						break more // next goes in the following message
+					}
+					resp.Results = append(resp.Results, next)
+					size += nextSize
+					next = nil
+				default:
 					break more
 				}
-				resp.Results = append(resp.Results, r)
-				size += proto.Size(r)
-			default:
-				break more
 			}
+			failed = stream.Send(resp)
 		}
-		failed = stream.Send(resp)
 	}
 	return failed
 }
