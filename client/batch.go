@@ -3,13 +3,16 @@ package client
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
@@ -32,8 +35,9 @@ var errUnary = errors.New("shoal: request goes unary")
 // stream: requests in flight together share its messages, where unary
 // calls would each cost an HTTP/2 stream (headers, data and trailers both
 // ways, and the work of each in gRPC). Scan, requests over
-// maxCommandBatchBytes, and every call to a node that does not serve the
-// stream go as unary calls. Each method returns
+// maxCommandBatchBytes, those a stream that ended had not sent, and every
+// call to a node that does not serve the stream go as unary calls. Each
+// method returns
 // what the unary call would: the node's response, or an error with the
 // same status code, message and detail.
 type batchKV struct {
@@ -119,11 +123,21 @@ type batcher struct {
 	// ctx ends with the Client, and with it every stream.
 	ctx context.Context
 
-	mu          sync.Mutex
-	stream      *commandStream
-	unsupported bool
-	nextID      uint64
+	mu     sync.Mutex
+	stream *commandStream
+	// unaryUntil is set when the node said it does not serve
+	// BatchCommands: until then commands go unary, then the stream is
+	// tried again (the node may have been upgraded).
+	unaryUntil time.Time
+	nextID     uint64
+	closed     bool
+	// streams counts the streams' goroutines, for close.
+	streams sync.WaitGroup
 }
+
+// retryBatchingAfter is how long a node that does not serve BatchCommands
+// gets unary calls before the stream is tried again.
+const retryBatchingAfter = time.Minute
 
 // commandStream is one BatchCommands stream: commands queue until its
 // sender takes them, results go to the commands' waiters by id.
@@ -139,35 +153,59 @@ type commandStream struct {
 	err error
 }
 
+// pendingCommand is a command between its caller and its result. It holds
+// the command encoded (by the caller, before it queued it), so that
+// nothing the caller owns is read after call returns: a caller that gives
+// up may reuse its request and buffers at once, as after a unary call.
 type pendingCommand struct {
 	ctx context.Context
-	cmd *shoalpb.BatchCommandsRequest_Command
-	// size is cmd's encoded size.
-	size int
-	done chan struct{}
-	res  *shoalpb.BatchCommandsResponse_Result
-	err  error
+	// frame is the command as a field of BatchCommandsRequest, in
+	// protobuf's wire format: tag, length, message.
+	frame []byte
+	// taken is set when the sender took the command for a message: from
+	// then on it may have reached the node.
+	taken bool
+	done  chan struct{}
+	res   *shoalpb.BatchCommandsResponse_Result
+	err   error
 }
 
 // call sends cmd and waits for its result, or for ctx to end (then it
 // returns the status a unary call would: DeadlineExceeded or Canceled).
+// It returns errUnary, having sent nothing, for a command the caller
+// should send as a unary call.
 func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) (*shoalpb.BatchCommandsResponse_Result, error) {
-	size := proto.Size(cmd)
-	if size > maxCommandBatchBytes {
-		return nil, errUnary
-	}
 	b.mu.Lock()
-	if b.unsupported {
-		b.mu.Unlock()
-		return nil, errUnary
-	}
-	if b.ctx.Err() != nil {
+	if b.closed || b.ctx.Err() != nil {
 		b.mu.Unlock()
 		return nil, ErrClosed
 	}
+	if !b.unaryUntil.IsZero() {
+		if time.Now().Before(b.unaryUntil) {
+			b.mu.Unlock()
+			return nil, errUnary
+		}
+		b.unaryUntil = time.Time{}
+	}
 	b.nextID++
 	cmd.Id = b.nextID
-	p := &pendingCommand{ctx: ctx, cmd: cmd, size: size, done: make(chan struct{})}
+	b.mu.Unlock()
+	if d, ok := ctx.Deadline(); ok {
+		cmd.TimeoutMs = max(1, time.Until(d).Milliseconds())
+	}
+	frame, err := encodeCommand(cmd)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "BatchCommands: encoding a command: %v", err)
+	}
+	if len(frame) > maxCommandBatchBytes {
+		return nil, errUnary
+	}
+	p := &pendingCommand{ctx: ctx, frame: frame, done: make(chan struct{})}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, ErrClosed
+	}
 	s := b.stream
 	if s != nil {
 		s.mu.Lock()
@@ -182,6 +220,7 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 	if s == nil {
 		s = &commandStream{b: b, wake: make(chan struct{}, 1), waiting: map[uint64]*pendingCommand{}}
 		b.stream = s
+		b.streams.Add(1)
 		s.mu.Lock()
 		go s.run()
 	}
@@ -204,16 +243,61 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 	}
 }
 
+// encodeCommand returns cmd as a field of BatchCommandsRequest.
+func encodeCommand(cmd *shoalpb.BatchCommandsRequest_Command) ([]byte, error) {
+	n := proto.Size(cmd)
+	frame := make([]byte, 0, 1+protowire.SizeVarint(uint64(n))+n)
+	frame = protowire.AppendTag(frame, 1, protowire.BytesType)
+	frame = protowire.AppendVarint(frame, uint64(n))
+	return proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(frame, cmd)
+}
+
+// close ends the batcher's streams and waits for their goroutines.
+func (b *batcher) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.streams.Wait()
+}
+
+// encodedCommands is a BatchCommandsRequest in protobuf's wire format: the
+// frames of its commands, which batchCodec sends as they are.
+type encodedCommands [][]byte
+
+// batchCodec sends encodedCommands as they are, and everything else (the
+// responses) through gRPC's proto codec.
+type batchCodec struct{ proto encoding.CodecV2 }
+
+func (batchCodec) Name() string { return grpcproto.Name }
+
+func (c batchCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if e, ok := v.(*encodedCommands); ok {
+		out := make(mem.BufferSlice, len(*e))
+		for i, f := range *e {
+			out[i] = mem.SliceBuffer(f)
+		}
+		return out, nil
+	}
+	return c.proto.Marshal(v)
+}
+
+func (c batchCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
+
 // run opens the stream, then sends queued commands until it breaks; a
 // receiver delivers the results.
 func (s *commandStream) run() {
+	defer s.b.streams.Done()
 	ctx, cancel := context.WithCancel(s.b.ctx)
 	defer cancel()
-	stream, err := s.b.kc.BatchCommands(ctx)
+	// The stream's messages are bounded here, not by the caller's dial
+	// options: a result over a smaller limit would end the stream for
+	// every command on it, where a unary call fails alone.
+	stream, err := s.b.kc.BatchCommands(ctx, grpc.ForceCodecV2(batchCodec{encoding.GetCodecV2(grpcproto.Name)}),
+		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes))
 	if err != nil {
-		// Nothing went out: a dial failure reads as such ("while
-		// dialing"), so that a write is not taken for ambiguous.
-		s.fail(err)
+		// Nothing went out: every command goes unary, and meets the
+		// dial failure (or not) as a unary call would.
+		s.fail(errUnary)
 		return
 	}
 	recvDone := make(chan struct{})
@@ -228,11 +312,11 @@ func (s *commandStream) run() {
 			return
 		}
 		for {
-			req := s.take()
-			if req == nil {
+			msg := s.take()
+			if msg == nil {
 				break
 			}
-			if err := stream.Send(req); err != nil {
+			if err := stream.SendMsg(msg); err != nil {
 				// The receiver learns why from Recv, and fails every
 				// command waiting.
 				cancel()
@@ -246,10 +330,10 @@ func (s *commandStream) run() {
 // take returns the next message of queued commands, at most
 // maxCommandBatchBytes (nil when none is queued), dropping those whose
 // callers gave up before they went out.
-func (s *commandStream) take() *shoalpb.BatchCommandsRequest {
+func (s *commandStream) take() *encodedCommands {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var req *shoalpb.BatchCommandsRequest
+	var msg encodedCommands
 	size := 0
 	n := 0
 	for ; n < len(s.queue); n++ {
@@ -257,24 +341,22 @@ func (s *commandStream) take() *shoalpb.BatchCommandsRequest {
 		if p.ctx.Err() != nil {
 			continue
 		}
-		if req != nil && size+p.size > maxCommandBatchBytes {
+		if len(msg) > 0 && size+len(p.frame) > maxCommandBatchBytes {
 			break
 		}
-		if d, ok := p.ctx.Deadline(); ok {
-			p.cmd.TimeoutMs = max(1, time.Until(d).Milliseconds())
-		}
-		if req == nil {
-			req = &shoalpb.BatchCommandsRequest{}
-		}
-		req.Commands = append(req.Commands, p.cmd)
-		size += p.size
+		p.taken = true
+		msg = append(msg, p.frame)
+		size += len(p.frame)
 	}
 	clear(s.queue[:n])
 	s.queue = s.queue[n:]
 	if len(s.queue) == 0 {
 		s.queue = nil
 	}
-	return req
+	if len(msg) == 0 {
+		return nil
+	}
+	return &msg
 }
 
 // receive delivers results until the stream ends, then fails the commands
@@ -284,14 +366,15 @@ func (s *commandStream) receive(stream shoalpb.KV_BatchCommandsClient) {
 		resp, err := stream.Recv()
 		if err != nil {
 			if status.Code(err) == codes.Unimplemented {
+				// The node ran none of them.
 				s.b.mu.Lock()
-				s.b.unsupported = true
+				s.b.unaryUntil = time.Now().Add(retryBatchingAfter)
 				s.b.mu.Unlock()
 				s.fail(errUnary)
 				return
 			}
-			// The commands may have been served: Unavailable without
-			// "while dialing" says so (shoalpb.MayBeServed).
+			// The commands sent may have been served: Unavailable
+			// without "while dialing" says so (shoalpb.MayBeServed).
 			s.fail(status.Errorf(codes.Unavailable, "BatchCommands stream to %s ended: %v", s.b.addr, err))
 			return
 		}
@@ -307,14 +390,18 @@ func (s *commandStream) receive(stream shoalpb.KV_BatchCommandsClient) {
 	}
 }
 
-// fail ends the stream: every command waiting gets err, and the next
-// command opens a new stream.
-func (s *commandStream) fail(err error) {
+// fail ends the stream: every command waiting that the sender took gets
+// sent, the others (never sent) errUnary, and the next command opens a new
+// stream.
+func (s *commandStream) fail(sent error) {
 	s.mu.Lock()
-	s.err = err
+	s.err = sent
 	for id, p := range s.waiting {
 		delete(s.waiting, id)
-		p.err = err
+		p.err = errUnary
+		if p.taken {
+			p.err = sent
+		}
 		close(p.done)
 	}
 	s.queue = nil
@@ -325,5 +412,3 @@ func (s *commandStream) fail(err error) {
 	}
 	s.b.mu.Unlock()
 }
-
-func (b *batcher) String() string { return fmt.Sprintf("batcher(%s)", b.addr) }

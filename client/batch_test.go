@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -192,19 +191,48 @@ func TestBatchCallerDeadline(t *testing.T) {
 	kc.b.mu.Lock()
 	s := kc.b.stream
 	kc.b.mu.Unlock()
-	// The sender drops the command from its queue if it had not sent it
-	// yet (the stream was still opening): poll for that.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		s.mu.Lock()
-		waiting, queued := len(s.waiting), len(s.queue)
-		s.mu.Unlock()
-		if waiting == 0 && queued == 0 {
-			break
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.waiting) != 0 {
+		t.Fatalf("%d commands waiting after their callers left", len(s.waiting))
+	}
+}
+
+// A command carries its caller's time left, which bounds it on the node;
+// one without a deadline carries none (the node's default bound applies).
+func TestBatchCarriesDeadline(t *testing.T) {
+	got := make(chan int64, 2)
+	srv := &scriptedKV{batch: func(_ int64, stream shoalpb.KV_BatchCommandsServer) error {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				return nil
+			}
+			resp := &shoalpb.BatchCommandsResponse{}
+			for _, c := range req.Commands {
+				got <- c.TimeoutMs
+				resp.Results = append(resp.Results, &shoalpb.BatchCommandsResponse_Result{Id: c.Id,
+					Response: &shoalpb.BatchCommandsResponse_Result_Get{Get: &shoalpb.GetResponse{}}})
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d commands waiting and %d queued after the caller left", waiting, queued)
-		}
-		runtime.Gosched()
+	}}
+	kc := startScripted(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := kc.Get(ctx, &shoalpb.GetRequest{Key: []byte("a")}); err != nil {
+		t.Fatal(err)
+	}
+	if ms := <-got; ms <= 4000 || ms > 5000 {
+		t.Fatalf("a command with 5 s left carried %d ms", ms)
+	}
+	if _, err := kc.Get(context.Background(), &shoalpb.GetRequest{Key: []byte("b")}); err != nil {
+		t.Fatal(err)
+	}
+	if ms := <-got; ms != 0 {
+		t.Fatalf("a command without a deadline carried %d ms", ms)
 	}
 }
 
@@ -251,47 +279,81 @@ func TestBatchTake(t *testing.T) {
 	live := context.Background()
 	gone, cancel := context.WithCancel(context.Background())
 	cancel()
-	soon, cancelSoon := context.WithTimeout(context.Background(), time.Hour)
-	defer cancelSoon()
 	put := func(id uint64, value int) *shoalpb.BatchCommandsRequest_Command {
 		return &shoalpb.BatchCommandsRequest_Command{Id: id,
 			Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: &shoalpb.PutRequest{Key: []byte("k"), Value: make([]byte, value)}}}
 	}
 	add := func(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) {
-		s.queue = append(s.queue, &pendingCommand{ctx: ctx, cmd: cmd, size: proto.Size(cmd)})
+		frame, err := encodeCommand(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.queue = append(s.queue, &pendingCommand{ctx: ctx, frame: frame})
 	}
 	add(live, put(1, 10))
 	add(gone, put(2, 10))
-	add(soon, put(3, 10))
-	// 4 fits in a message alone (maxCommandBatchBytes less 8 bytes), not
+	add(live, put(3, 10))
+	// 4 fits in a message alone (maxCommandBatchBytes less 16 bytes), not
 	// after 1 and 3.
-	over := proto.Size(put(4, maxCommandBatchBytes)) - maxCommandBatchBytes
-	add(live, put(4, maxCommandBatchBytes-over-8))
+	frame, _ := encodeCommand(put(4, maxCommandBatchBytes))
+	add(live, put(4, maxCommandBatchBytes-(len(frame)-maxCommandBatchBytes)-16))
 	add(live, put(5, 0))
-	ids := func(req *shoalpb.BatchCommandsRequest) (out []uint64) {
-		for _, c := range req.GetCommands() {
-			out = append(out, c.Id)
+	// decode reads a message as the node does, and returns its ids.
+	decode := func(msg *encodedCommands) (ids []uint64) {
+		t.Helper()
+		var b []byte
+		for _, f := range *msg {
+			b = append(b, f...)
 		}
-		return out
+		if len(b) > maxCommandBatchBytes {
+			t.Fatalf("a message of %d bytes, over %d", len(b), maxCommandBatchBytes)
+		}
+		var req shoalpb.BatchCommandsRequest
+		if err := proto.Unmarshal(b, &req); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range req.Commands {
+			ids = append(ids, c.Id)
+		}
+		return ids
 	}
-	first := s.take()
-	if got := ids(first); len(got) != 2 || got[0] != 1 || got[1] != 3 {
+	if got := decode(s.take()); len(got) != 2 || got[0] != 1 || got[1] != 3 {
 		t.Fatalf("first message carries %v, want [1 3]", got)
 	}
-	if ms := first.Commands[1].TimeoutMs; ms < 59*60*1000 || ms > 60*60*1000 {
-		t.Fatalf("command 3 carries a timeout of %d ms, want about an hour", ms)
-	}
-	if ms := first.Commands[0].TimeoutMs; ms != 0 {
-		t.Fatalf("command 1, without a deadline, carries a timeout of %d ms", ms)
-	}
-	second := s.take()
-	if got := ids(second); len(got) != 2 || got[0] != 4 || got[1] != 5 {
+	if got := decode(s.take()); len(got) != 2 || got[0] != 4 || got[1] != 5 {
 		t.Fatalf("second message carries %v, want [4 5]", got)
 	}
-	if n := proto.Size(second); n > maxCommandBatchBytes+16 {
-		t.Fatalf("second message is %d bytes, over the bound of %d", n, maxCommandBatchBytes)
+	if msg := s.take(); msg != nil {
+		t.Fatalf("third message %v, want none", msg)
 	}
-	if req := s.take(); req != nil {
-		t.Fatalf("third message %v, want none", req)
+}
+
+// A stream that ends fails the commands it sent as possibly served, and
+// those it had not sent with errUnary, so that they go as unary calls
+// rather than read as ambiguous.
+func TestBatchFailSentAndQueued(t *testing.T) {
+	b := &batcher{}
+	s := &commandStream{b: b, waiting: map[uint64]*pendingCommand{}}
+	b.stream = s
+	sentCmd := &pendingCommand{ctx: context.Background(), done: make(chan struct{})}
+	queued := &pendingCommand{ctx: context.Background(), done: make(chan struct{})}
+	s.waiting[1], s.waiting[2] = sentCmd, queued
+	s.queue = []*pendingCommand{sentCmd, queued}
+	s.mu.Lock()
+	s.queue = s.queue[1:]
+	sentCmd.taken = true
+	s.mu.Unlock()
+	broken := status.Error(codes.Unavailable, "stream ended")
+	s.fail(broken)
+	<-sentCmd.done
+	<-queued.done
+	if sentCmd.err != broken || !shoalpb.MayBeServed(sentCmd.err) {
+		t.Fatalf("a sent command got %v", sentCmd.err)
+	}
+	if !errors.Is(queued.err, errUnary) {
+		t.Fatalf("a command never sent got %v, want errUnary", queued.err)
+	}
+	if b.stream != nil || len(s.queue) != 0 || len(s.waiting) != 0 {
+		t.Fatalf("after fail: stream %v, %d queued, %d waiting", b.stream, len(s.queue), len(s.waiting))
 	}
 }

@@ -230,6 +230,11 @@ func (c *Client) Close() error {
 	c.stop()
 	c.wg.Wait()
 	c.mu.Lock()
+	for _, kc := range c.kvs {
+		if b, ok := kc.(batchKV); ok {
+			b.b.close()
+		}
+	}
 	for a, conn := range c.conns {
 		conn.Close()
 		delete(c.conns, a)

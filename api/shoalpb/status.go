@@ -85,7 +85,9 @@ func MayBeServed(err error) bool {
 // err: the code, message and detail a unary method would have ended with.
 func CommandStatusOf(err error) *CommandStatus {
 	st := status.Convert(err)
-	return &CommandStatus{Code: int32(st.Code()), Message: st.Message(), Detail: DetailOf(err)}
+	// A message that is not UTF-8 would fail to encode, and with it the
+	// whole response.
+	return &CommandStatus{Code: int32(st.Code()), Message: strings.ToValidUTF8(st.Message(), "\uFFFD"), Detail: DetailOf(err)}
 }
 
 // Err returns the error the command's unary method would have returned:

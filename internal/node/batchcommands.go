@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -17,8 +18,7 @@ import (
 )
 
 // maxStreamCommands bounds the commands of one BatchCommands stream that
-// run at once; the stream reads no more until one finishes, and gRPC's
-// flow control then holds the client back.
+// run at once; one more is answered OVERLOADED.
 const maxStreamCommands = 4096
 
 // maxResultBatchBytes bounds a BatchCommands response: results that
@@ -33,44 +33,88 @@ const maxResultBytes = transport.MaxMessageBytes - 1<<10
 
 type commandResult = shoalpb.BatchCommandsResponse_Result
 
-// maxIdleCommandWorkers bounds the goroutines a BatchCommands stream keeps
-// waiting for its next command; one that finishes a command with as many
-// waiting already ends.
-const maxIdleCommandWorkers = 64
+// maxIdleCommandWorkers bounds the goroutines a node keeps waiting for the
+// next command of any BatchCommands stream; one that finishes a command
+// with as many waiting already ends.
+const maxIdleCommandWorkers = 256
+
+// commandWorkers are the goroutines that run BatchCommands' commands, for
+// every stream of the node. One that finishes a command waits for the
+// next (up to maxIdleCommandWorkers of them), rather than each command
+// getting a new goroutine: a new goroutine's stack grows through the
+// whole call path of a request, which cost 9% of a node's CPU under reads
+// when every command had one.
+type commandWorkers struct {
+	work      chan commandJob
+	idle      atomic.Int32
+	closeOnce sync.Once
+}
+
+func newCommandWorkers() *commandWorkers { return &commandWorkers{work: make(chan commandJob)} }
+
+// commandJob is one command of a stream.
+type commandJob struct {
+	ctx context.Context
+	cmd *shoalpb.BatchCommandsRequest_Command
+	run *streamRun
+}
+
+// streamRun is what a stream's commands share: where their results go, the
+// slots that bound how many run, and the count of those running.
+type streamRun struct {
+	results chan *commandResult
+	slots   chan struct{}
+	running sync.WaitGroup
+}
+
+// start runs j on an idle worker, or on a new one.
+func (w *commandWorkers) start(s *kvService, j commandJob) {
+	select {
+	case w.work <- j:
+	default:
+		go w.loop(s, j)
+	}
+}
+
+func (w *commandWorkers) loop(s *kvService, j commandJob) {
+	for {
+		j.run.results <- s.runCommand(j.ctx, j.cmd)
+		<-j.run.slots
+		j.run.running.Done()
+		if w.idle.Add(1) > maxIdleCommandWorkers {
+			w.idle.Add(-1)
+			return
+		}
+		var ok bool
+		j, ok = <-w.work
+		w.idle.Add(-1)
+		if !ok {
+			return
+		}
+	}
+}
+
+// close ends the idle workers. No stream may start commands after: the
+// node closes them once its server has stopped, and with it every
+// BatchCommands handler.
+func (w *commandWorkers) close() { w.closeOnce.Do(func() { close(w.work) }) }
 
 // BatchCommands implements shoalpb.KVServer: each command runs on a
-// goroutine of its own through the unary method it names, so it is
-// routed, forwarded, bounded and answered exactly as that call would be,
-// and its result goes back as soon as it is ready, with any others ready
-// by then. The goroutines wait for the stream's next commands once done
-// (up to maxIdleCommandWorkers of them): a new goroutine's stack grows
-// through the whole call path of a request, which cost 9% of a node's CPU
-// under reads when every command had a new one. It returns once the
+// goroutine of its own (commandWorkers) through the unary method it names,
+// so it is routed, forwarded, bounded and answered exactly as that call
+// would be, and its result goes back as soon as it is ready, with any
+// others ready by then. A command beyond maxStreamCommands running on the
+// stream is answered OVERLOADED at once (the client backs off and retries),
+// so that commands stuck on one shard (say, one without a quorum) do not
+// hold up the stream's commands for other shards. It returns once the
 // client ends the stream (or the connection ends) and every command it
 // started has finished: Stop relies on that (WaitForHandlers) before it
 // closes what the commands use.
 func (s *kvService) BatchCommands(stream shoalpb.KV_BatchCommandsServer) error {
 	ctx := stream.Context()
-	results := make(chan *commandResult, 256)
+	run := &streamRun{results: make(chan *commandResult, 256), slots: make(chan struct{}, s.streamCommands)}
 	sent := make(chan error, 1)
-	go func() { sent <- sendResults(stream, results) }()
-	slots := make(chan struct{}, maxStreamCommands)
-	work := make(chan *shoalpb.BatchCommandsRequest_Command)
-	var idle atomic.Int32
-	var running sync.WaitGroup
-	worker := func(cmd *shoalpb.BatchCommandsRequest_Command) {
-		defer running.Done()
-		for ok := true; ok; {
-			results <- s.runCommand(ctx, cmd)
-			<-slots
-			if idle.Add(1) > maxIdleCommandWorkers {
-				idle.Add(-1)
-				return
-			}
-			cmd, ok = <-work
-			idle.Add(-1)
-		}
-	}
+	go func() { sent <- sendResults(stream, run.results) }()
 	var recvErr error
 	for {
 		req, err := stream.Recv()
@@ -79,18 +123,21 @@ func (s *kvService) BatchCommands(stream shoalpb.KV_BatchCommandsServer) error {
 			break
 		}
 		for _, cmd := range req.Commands {
-			slots <- struct{}{}
 			select {
-			case work <- cmd:
+			case run.slots <- struct{}{}:
 			default:
-				running.Add(1)
-				go worker(cmd)
+				err := shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_OVERLOADED},
+					fmt.Sprintf("node %d: %d commands of this stream running already", s.n.cfg.NodeID, s.streamCommands))
+				s.observe(commandMethod(cmd), err, 0)
+				run.results <- &commandResult{Id: cmd.GetId(), Error: shoalpb.CommandStatusOf(err)}
+				continue
 			}
+			run.running.Add(1)
+			s.workers.start(s, commandJob{ctx: ctx, cmd: cmd, run: run})
 		}
 	}
-	close(work)
-	running.Wait()
-	close(results)
+	run.running.Wait()
+	close(run.results)
 	sendErr := <-sent
 	if errors.Is(recvErr, io.EOF) {
 		return sendErr
@@ -99,7 +146,8 @@ func (s *kvService) BatchCommands(stream shoalpb.KV_BatchCommandsServer) error {
 }
 
 // sendResults sends what the commands return, batching those that are
-// ready together, until results is closed. After a failed send it only
+// ready together, until results is closed. A failed send ends the stream
+// (gRPC sends the client its status, and Recv fails), so after one it only
 // drains results, so that no command waits on it, and returns the error.
 func sendResults(stream shoalpb.KV_BatchCommandsServer, results <-chan *commandResult) error {
 	var failed error
@@ -157,53 +205,44 @@ func (s *kvService) runCommand(ctx context.Context, cmd *shoalpb.BatchCommandsRe
 	defer cancel()
 	start := time.Now()
 	res := &commandResult{Id: cmd.GetId()}
-	var method string
 	var err error
 	switch r := cmd.GetRequest().(type) {
 	case *shoalpb.BatchCommandsRequest_Command_Get:
-		method = "Get"
 		var resp *shoalpb.GetResponse
 		if resp, err = s.Get(ctx, r.Get); err == nil {
 			res.Response = &shoalpb.BatchCommandsResponse_Result_Get{Get: resp}
 		}
 	case *shoalpb.BatchCommandsRequest_Command_MultiGet:
-		method = "MultiGet"
 		var resp *shoalpb.MultiGetResponse
 		if resp, err = s.MultiGet(ctx, r.MultiGet); err == nil {
 			res.Response = &shoalpb.BatchCommandsResponse_Result_MultiGet{MultiGet: resp}
 		}
 	case *shoalpb.BatchCommandsRequest_Command_Put:
-		method = "Put"
 		var resp *shoalpb.PutResponse
 		if resp, err = s.Put(ctx, r.Put); err == nil {
 			res.Response = &shoalpb.BatchCommandsResponse_Result_Put{Put: resp}
 		}
 	case *shoalpb.BatchCommandsRequest_Command_Delete:
-		method = "Delete"
 		var resp *shoalpb.DeleteResponse
 		if resp, err = s.Delete(ctx, r.Delete); err == nil {
 			res.Response = &shoalpb.BatchCommandsResponse_Result_Delete{Delete: resp}
 		}
 	case *shoalpb.BatchCommandsRequest_Command_CompareAndSet:
-		method = "CompareAndSet"
 		var resp *shoalpb.CompareAndSetResponse
 		if resp, err = s.CompareAndSet(ctx, r.CompareAndSet); err == nil {
 			res.Response = &shoalpb.BatchCommandsResponse_Result_CompareAndSet{CompareAndSet: resp}
 		}
 	case *shoalpb.BatchCommandsRequest_Command_Incr:
-		method = "Incr"
 		var resp *shoalpb.IncrResponse
 		if resp, err = s.Incr(ctx, r.Incr); err == nil {
 			res.Response = &shoalpb.BatchCommandsResponse_Result_Incr{Incr: resp}
 		}
 	case *shoalpb.BatchCommandsRequest_Command_Batch:
-		method = "Batch"
 		var resp *shoalpb.BatchResponse
 		if resp, err = s.Batch(ctx, r.Batch); err == nil {
 			res.Response = &shoalpb.BatchCommandsResponse_Result_Batch{Batch: resp}
 		}
 	default:
-		method = "BatchCommands"
 		err = shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_INVALID},
 			"BatchCommands: a command without a request, or of a kind this node does not know")
 	}
@@ -211,8 +250,34 @@ func (s *kvService) runCommand(ctx context.Context, cmd *shoalpb.BatchCommandsRe
 		// A handler's plain error reads as Unknown, as gRPC would send it.
 		res.Error = shoalpb.CommandStatusOf(err)
 	}
-	if s.metrics != nil {
-		s.metrics.Observe(method, err, time.Since(start))
-	}
+	s.observe(commandMethod(cmd), err, time.Since(start))
 	return res
+}
+
+// observe records a command in the request metrics, as its unary method.
+func (s *kvService) observe(method string, err error, d time.Duration) {
+	if s.metrics != nil {
+		s.metrics.Observe(method, err, d)
+	}
+}
+
+// commandMethod is the unary method a command names, for the metrics.
+func commandMethod(cmd *shoalpb.BatchCommandsRequest_Command) string {
+	switch cmd.GetRequest().(type) {
+	case *shoalpb.BatchCommandsRequest_Command_Get:
+		return "Get"
+	case *shoalpb.BatchCommandsRequest_Command_MultiGet:
+		return "MultiGet"
+	case *shoalpb.BatchCommandsRequest_Command_Put:
+		return "Put"
+	case *shoalpb.BatchCommandsRequest_Command_Delete:
+		return "Delete"
+	case *shoalpb.BatchCommandsRequest_Command_CompareAndSet:
+		return "CompareAndSet"
+	case *shoalpb.BatchCommandsRequest_Command_Incr:
+		return "Incr"
+	case *shoalpb.BatchCommandsRequest_Command_Batch:
+		return "Batch"
+	}
+	return "BatchCommands"
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoaldb/shoal/api/shoalpb"
+	"github.com/shoaldb/shoal/internal/node"
 	tc "github.com/shoaldb/shoal/internal/testcluster"
 )
 
@@ -59,7 +60,8 @@ func TestBatchCommands(t *testing.T) {
 		}
 		return got
 	}
-	// Eight keys: over eight shards, most led by the other nodes.
+	// Eight keys, over several of the eight shards: node 1 leads only
+	// some, and forwards the others' writes.
 	keys := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
 	var puts []*shoalpb.BatchCommandsRequest_Command
 	for i, k := range keys {
@@ -134,5 +136,61 @@ func TestBatchCommands(t *testing.T) {
 	// own count is at least the batch's.
 	if counts["Put OK"] < float64(len(keys)) || counts["Get OK"] < float64(len(keys)) || counts["BatchCommands InvalidArgument"] != 1 {
 		t.Fatalf("node 1's request counts: %v", counts)
+	}
+}
+
+// TestBatchCommandsOverloaded: a command beyond the stream's limit of
+// commands running is answered OVERLOADED at once, while those running
+// (writes to a shard that lost its quorum) hold their slots.
+func TestBatchCommandsOverloaded(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.Leader(c.Shards[0].ShardId)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.SetStreamCommandLimit(leader.Node(), 2)
+	for _, n := range c.Nodes {
+		if n != leader {
+			n.Stop()
+		}
+	}
+	conn, err := grpc.NewClient(leader.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := shoalpb.NewKVClient(conn).BatchCommands(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &shoalpb.BatchCommandsRequest{}
+	for id := uint64(1); id <= 3; id++ {
+		req.Commands = append(req.Commands, &shoalpb.BatchCommandsRequest_Command{Id: id, TimeoutMs: 1000,
+			Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: &shoalpb.PutRequest{Key: []byte("k"), Value: []byte("v")}}})
+	}
+	if err := stream.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]*shoalpb.BatchCommandsResponse_Result{}
+	for len(got) < 3 {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range resp.Results {
+			got[r.Id] = r
+		}
+	}
+	if d := got[3].GetError().GetDetail(); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_OVERLOADED {
+		t.Fatalf("the third command: %v, want OVERLOADED", got[3])
+	}
+	for id := uint64(1); id <= 2; id++ {
+		if r := got[id]; r.GetError() == nil || r.GetError().GetDetail().GetCode() == shoalpb.ErrorCode_ERROR_CODE_OVERLOADED {
+			t.Fatalf("command %d, a write without a quorum: %v", id, r)
+		}
 	}
 }

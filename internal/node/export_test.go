@@ -15,3 +15,7 @@ func AwaitLeader(ctx context.Context, n *Node, shard uint64, until *time.Time) b
 
 // SetRoutes gives the node's route cache t, as the master's watch would.
 func SetRoutes(n *Node, t *shoalpb.RouteTable) { n.routes.update(t) }
+
+// SetStreamCommandLimit sets how many commands of a BatchCommands stream
+// run at once (maxStreamCommands).
+func SetStreamCommandLimit(n *Node, limit int) { n.kvsvc.streamCommands = limit }

@@ -32,6 +32,10 @@ type kvService struct {
 	// metrics records the commands of BatchCommands streams as their
 	// unary methods (which the server's interceptor records); nil: none.
 	metrics *metrics.GRPC
+	// workers run the commands of BatchCommands streams, at most
+	// streamCommands of a stream at once (maxStreamCommands).
+	workers        *commandWorkers
+	streamCommands int
 }
 
 // target is where a request for key goes.

@@ -419,7 +419,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	// (a stale read, a scan) would otherwise still be reading it.
 	n.server = grpc.NewServer(append(transport.ServerOptions(), grpc.ChainUnaryInterceptor(grpcMetrics.Unary(), boundKVRequests), grpc.WaitForHandlers(true))...)
 	n.transport.Register(n.server)
-	n.kvsvc = &kvService{n: n, metrics: grpcMetrics}
+	n.kvsvc = &kvService{n: n, metrics: grpcMetrics, workers: newCommandWorkers(), streamCommands: maxStreamCommands}
 	n.kvsvc.peers.Dialer = cfg.Dialer
 	shoalpb.RegisterKVServer(n.server, n.kvsvc)
 	shoalpb.RegisterNodeAdminServer(n.server, &adminService{n: n})
@@ -632,6 +632,7 @@ func (n *Node) Stop() error {
 			n.resp.Close()
 		}
 		n.server.Stop()
+		n.kvsvc.workers.close()
 		n.kvsvc.peers.Close()
 		n.transport.Close()
 		n.kv.Close()

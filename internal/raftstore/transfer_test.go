@@ -149,9 +149,15 @@ func TestProposalDuringCompletedTransferNamesNewLeader(t *testing.T) {
 	if errors.Is(err, raftstore.ErrAmbiguous) {
 		t.Fatalf("held write failed as ambiguous, but it was never proposed: %v", err)
 	}
-	st, serr := s.target.Store().Status(1)
-	if serr != nil || st.Role != raftstore.RoleLeader {
-		t.Fatalf("the target is %v (%v) after the transfer", st.Role, serr)
+	// The target publishes its status after sending the messages that
+	// told the old leader it leads (see TestTransferWaitsForLaggingTarget).
+	if err := tc.WaitFor(ctx, func() error {
+		if st, serr := s.target.Store().Status(1); serr != nil || st.Role != raftstore.RoleLeader {
+			return fmt.Errorf("the target is %v (%v) after the transfer", st.Role, serr)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if v, _, rerr := readAt(ctx, s.target, 1, []byte("k")); rerr != nil || v != "v0" {
 		t.Fatalf("read on the new leader: %q, %v; want v0 (the held write failed, so it must not be there)", v, rerr)
@@ -236,8 +242,16 @@ func TestTransferWaitsForLaggingTarget(t *testing.T) {
 	if err := <-transfer; err != nil {
 		t.Fatalf("transfer after the target came back: %v", err)
 	}
-	if st, err := target.Store().Status(1); err != nil || st.Role != raftstore.RoleLeader {
-		t.Fatalf("target is %v (%v) after the transfer", st.Role, err)
+	// TransferLeader returned once the old leader heard from the target
+	// as leader; the target publishes its own status after it has sent
+	// those messages, so it may still read as a candidate for a moment.
+	if err := tc.WaitFor(ctx, func() error {
+		if st, err := target.Store().Status(1); err != nil || st.Role != raftstore.RoleLeader {
+			return fmt.Errorf("target is %v (%v) after the transfer", st.Role, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if v, _, err := readAt(ctx, target, 1, []byte("k")); err != nil || v != "w19" {
 		t.Fatalf("read on the new leader: %q, %v; want w19", v, err)
