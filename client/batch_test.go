@@ -46,7 +46,10 @@ func (s *scriptedKV) BatchCommands(stream shoalpb.KV_BatchCommandsServer) error 
 }
 
 // echoGets answers every Get command with the key as its value.
-func echoGets(stream shoalpb.KV_BatchCommandsServer) error {
+func echoGets(stream shoalpb.KV_BatchCommandsServer) error { return echoGetsNoting(stream, nil) }
+
+// echoGetsNoting is echoGets that passes every command to note first.
+func echoGetsNoting(stream shoalpb.KV_BatchCommandsServer, note func(*shoalpb.BatchCommandsRequest_Command)) error {
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -54,6 +57,9 @@ func echoGets(stream shoalpb.KV_BatchCommandsServer) error {
 		}
 		resp := &shoalpb.BatchCommandsResponse{}
 		for _, c := range req.Commands {
+			if note != nil {
+				note(c)
+			}
 			resp.Results = append(resp.Results, &shoalpb.BatchCommandsResponse_Result{Id: c.Id,
 				Response: &shoalpb.BatchCommandsResponse_Result_Get{Get: &shoalpb.GetResponse{Found: true, Value: c.GetGet().GetKey()}}})
 		}
@@ -203,21 +209,7 @@ func TestBatchCallerDeadline(t *testing.T) {
 func TestBatchCarriesDeadline(t *testing.T) {
 	got := make(chan int64, 2)
 	srv := &scriptedKV{batch: func(_ int64, stream shoalpb.KV_BatchCommandsServer) error {
-		for {
-			req, err := stream.Recv()
-			if err != nil {
-				return nil
-			}
-			resp := &shoalpb.BatchCommandsResponse{}
-			for _, c := range req.Commands {
-				got <- c.TimeoutMs
-				resp.Results = append(resp.Results, &shoalpb.BatchCommandsResponse_Result{Id: c.Id,
-					Response: &shoalpb.BatchCommandsResponse_Result_Get{Get: &shoalpb.GetResponse{}}})
-			}
-			if err := stream.Send(resp); err != nil {
-				return err
-			}
-		}
+		return echoGetsNoting(stream, func(c *shoalpb.BatchCommandsRequest_Command) { got <- c.TimeoutMs })
 	}}
 	kc := startScripted(t, srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
