@@ -159,9 +159,11 @@ type commandStream struct {
 // up may reuse its request and buffers at once, as after a unary call.
 type pendingCommand struct {
 	ctx context.Context
-	// frame is the command as a field of BatchCommandsRequest, in
-	// protobuf's wire format: tag, length, message.
-	frame []byte
+	// body is the command in protobuf's wire format, without its
+	// timeout_ms: the sender adds that, from ctx's deadline at the time
+	// it sends, in front of body as the frame's head (fields may come in
+	// any order), with the frame's tag and length.
+	body []byte
 	// taken is set when the sender took the command for a message: from
 	// then on it may have reached the node.
 	taken bool
@@ -190,17 +192,14 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 	b.nextID++
 	cmd.Id = b.nextID
 	b.mu.Unlock()
-	if d, ok := ctx.Deadline(); ok {
-		cmd.TimeoutMs = max(1, time.Until(d).Milliseconds())
-	}
-	frame, err := encodeCommand(cmd)
+	body, err := proto.MarshalOptions{}.Marshal(cmd)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "BatchCommands: encoding a command: %v", err)
 	}
-	if len(frame) > maxCommandBatchBytes {
+	if len(body)+maxFrameHead > maxCommandBatchBytes {
 		return nil, errUnary
 	}
-	p := &pendingCommand{ctx: ctx, frame: frame, done: make(chan struct{})}
+	p := &pendingCommand{ctx: ctx, body: body, done: make(chan struct{})}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -243,13 +242,25 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 	}
 }
 
-// encodeCommand returns cmd as a field of BatchCommandsRequest.
-func encodeCommand(cmd *shoalpb.BatchCommandsRequest_Command) ([]byte, error) {
-	n := proto.Size(cmd)
-	frame := make([]byte, 0, 1+protowire.SizeVarint(uint64(n))+n)
-	frame = protowire.AppendTag(frame, 1, protowire.BytesType)
-	frame = protowire.AppendVarint(frame, uint64(n))
-	return proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(frame, cmd)
+// maxFrameHead bounds a frame's head: its tag and length (1 and up to 5
+// bytes) and the timeout_ms field (1 and up to 10).
+const maxFrameHead = 16
+
+// appendFrameHead appends the head of body's frame in a
+// BatchCommandsRequest to buf: the field's tag and length, then the
+// command's timeout_ms field (none when timeoutMs is 0); body follows it.
+func appendFrameHead(buf []byte, body []byte, timeoutMs int64) []byte {
+	var tm int
+	if timeoutMs > 0 {
+		tm = 1 + protowire.SizeVarint(uint64(timeoutMs))
+	}
+	buf = protowire.AppendTag(buf, 1, protowire.BytesType)
+	buf = protowire.AppendVarint(buf, uint64(tm+len(body)))
+	if timeoutMs > 0 {
+		buf = protowire.AppendTag(buf, 2, protowire.VarintType)
+		buf = protowire.AppendVarint(buf, uint64(timeoutMs))
+	}
+	return buf
 }
 
 // close ends the batcher's streams and waits for their goroutines.
@@ -261,7 +272,8 @@ func (b *batcher) close() {
 }
 
 // encodedCommands is a BatchCommandsRequest in protobuf's wire format: the
-// frames of its commands, which batchCodec sends as they are.
+// frames of its commands (each a head and a body), which batchCodec sends
+// as they are.
 type encodedCommands [][]byte
 
 // batchCodec sends encodedCommands as they are, and everything else (the
@@ -329,24 +341,36 @@ func (s *commandStream) run() {
 
 // take returns the next message of queued commands, at most
 // maxCommandBatchBytes (nil when none is queued), dropping those whose
-// callers gave up before they went out.
+// callers gave up before they went out. Each command carries its caller's
+// time left as of now.
 func (s *commandStream) take() *encodedCommands {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var msg encodedCommands
+	var heads []byte
 	size := 0
 	n := 0
+	now := time.Now()
 	for ; n < len(s.queue); n++ {
 		p := s.queue[n]
 		if p.ctx.Err() != nil {
 			continue
 		}
-		if len(msg) > 0 && size+len(p.frame) > maxCommandBatchBytes {
+		if len(msg) > 0 && size+maxFrameHead+len(p.body) > maxCommandBatchBytes {
 			break
 		}
+		if heads == nil {
+			heads = make([]byte, 0, maxFrameHead*(len(s.queue)-n))
+		}
+		var timeoutMs int64
+		if d, ok := p.ctx.Deadline(); ok {
+			timeoutMs = max(1, d.Sub(now).Milliseconds())
+		}
+		at := len(heads)
+		heads = appendFrameHead(heads, p.body, timeoutMs)
 		p.taken = true
-		msg = append(msg, p.frame)
-		size += len(p.frame)
+		msg = append(msg, heads[at:len(heads):len(heads)], p.body)
+		size += len(heads) - at + len(p.body)
 	}
 	clear(s.queue[:n])
 	s.queue = s.queue[n:]

@@ -265,33 +265,39 @@ func TestBatchLargeRequestGoesUnary(t *testing.T) {
 }
 
 // The commands queued when the sender looks go out in one message, but
-// those whose callers left, and no more than maxCommandBatchBytes.
+// those whose callers left, and no more than maxCommandBatchBytes; each
+// carries its caller's time left as the sender takes it.
 func TestBatchTake(t *testing.T) {
 	s := &commandStream{waiting: map[uint64]*pendingCommand{}}
 	live := context.Background()
 	gone, cancel := context.WithCancel(context.Background())
 	cancel()
+	hour, cancelHour := context.WithTimeout(context.Background(), time.Hour)
+	defer cancelHour()
 	put := func(id uint64, value int) *shoalpb.BatchCommandsRequest_Command {
 		return &shoalpb.BatchCommandsRequest_Command{Id: id,
 			Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: &shoalpb.PutRequest{Key: []byte("k"), Value: make([]byte, value)}}}
 	}
-	add := func(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) {
-		frame, err := encodeCommand(cmd)
+	body := func(cmd *shoalpb.BatchCommandsRequest_Command) []byte {
+		b, err := proto.Marshal(cmd)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.queue = append(s.queue, &pendingCommand{ctx: ctx, frame: frame})
+		return b
+	}
+	add := func(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) {
+		s.queue = append(s.queue, &pendingCommand{ctx: ctx, body: body(cmd)})
 	}
 	add(live, put(1, 10))
 	add(gone, put(2, 10))
-	add(live, put(3, 10))
-	// 4 fits in a message alone (maxCommandBatchBytes less 16 bytes), not
-	// after 1 and 3.
-	frame, _ := encodeCommand(put(4, maxCommandBatchBytes))
-	add(live, put(4, maxCommandBatchBytes-(len(frame)-maxCommandBatchBytes)-16))
+	add(hour, put(3, 10))
+	// 4 is near the largest command call batches: it fits in a message
+	// alone, not after 1 and 3; 5 fits after it.
+	over := len(body(put(4, maxCommandBatchBytes))) - maxCommandBatchBytes
+	add(live, put(4, maxCommandBatchBytes-3*maxFrameHead-over))
 	add(live, put(5, 0))
-	// decode reads a message as the node does, and returns its ids.
-	decode := func(msg *encodedCommands) (ids []uint64) {
+	// decode reads a message as the node does.
+	decode := func(msg *encodedCommands) []*shoalpb.BatchCommandsRequest_Command {
 		t.Helper()
 		var b []byte
 		for _, f := range *msg {
@@ -304,16 +310,25 @@ func TestBatchTake(t *testing.T) {
 		if err := proto.Unmarshal(b, &req); err != nil {
 			t.Fatal(err)
 		}
-		for _, c := range req.Commands {
+		return req.Commands
+	}
+	first := decode(s.take())
+	if len(first) != 2 || first[0].Id != 1 || first[1].Id != 3 || len(first[0].GetPut().GetValue()) != 10 {
+		t.Fatalf("first message carries %v, want commands 1 and 3", first)
+	}
+	if ms := first[1].TimeoutMs; ms < 59*60*1000 || ms > 60*60*1000 {
+		t.Fatalf("command 3, with an hour left, carries a timeout of %d ms", ms)
+	}
+	if ms := first[0].TimeoutMs; ms != 0 {
+		t.Fatalf("command 1, without a deadline, carries a timeout of %d ms", ms)
+	}
+	second := decode(s.take())
+	if len(second) != 2 || second[0].Id != 4 || second[1].Id != 5 {
+		var ids []uint64
+		for _, c := range second {
 			ids = append(ids, c.Id)
 		}
-		return ids
-	}
-	if got := decode(s.take()); len(got) != 2 || got[0] != 1 || got[1] != 3 {
-		t.Fatalf("first message carries %v, want [1 3]", got)
-	}
-	if got := decode(s.take()); len(got) != 2 || got[0] != 4 || got[1] != 5 {
-		t.Fatalf("second message carries %v, want [4 5]", got)
+		t.Fatalf("second message carries commands %v, want 4 and 5", ids)
 	}
 	if msg := s.take(); msg != nil {
 		t.Fatalf("third message %v, want none", msg)

@@ -67,7 +67,10 @@ type options struct {
 }
 
 // WithDialOptions sets the gRPC dial options for masters and nodes.
-// Default: DefaultDialOptions.
+// Default: DefaultDialOptions. Stream interceptors among them see the
+// messages the client sends on a node's KV.BatchCommands stream already
+// encoded (not as proto messages); one that needs proto messages wants
+// WithoutCommandBatching too.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dial = opts }
 }
@@ -363,6 +366,14 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 				if err == nil {
 					c.routes.learn(h.ShardId, rh)
 					return nil
+				}
+				if errors.Is(err, ErrClosed) {
+					// Closed under the call, before it went out: this
+					// attempt did nothing, and there is no retrying.
+					if write && mayHaveApplied {
+						return fmt.Errorf("%w: %w", ErrAmbiguous, err)
+					}
+					return err
 				}
 			}
 		}
