@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -122,6 +123,8 @@ type batcher struct {
 	addr string
 	// ctx ends with the Client, and with it every stream.
 	ctx context.Context
+	// nextID names the batcher's commands.
+	nextID atomic.Uint64
 
 	mu     sync.Mutex
 	stream *commandStream
@@ -129,7 +132,6 @@ type batcher struct {
 	// BatchCommands: until then commands go unary, then the stream is
 	// tried again (the node may have been upgraded).
 	unaryUntil time.Time
-	nextID     uint64
 	closed     bool
 	// streams counts the streams' goroutines, for close.
 	streams sync.WaitGroup
@@ -177,6 +179,15 @@ type pendingCommand struct {
 // It returns errUnary, having sent nothing, for a command the caller
 // should send as a unary call.
 func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) (*shoalpb.BatchCommandsResponse_Result, error) {
+	cmd.Id = b.nextID.Add(1)
+	body, err := proto.MarshalOptions{}.Marshal(cmd)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "BatchCommands: encoding a command: %v", err)
+	}
+	if len(body)+maxFrameHead > maxCommandBatchBytes {
+		return nil, errUnary
+	}
+	p := &pendingCommand{ctx: ctx, body: body, done: make(chan struct{})}
 	b.mu.Lock()
 	if b.closed || b.ctx.Err() != nil {
 		b.mu.Unlock()
@@ -188,22 +199,6 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 			return nil, errUnary
 		}
 		b.unaryUntil = time.Time{}
-	}
-	b.nextID++
-	cmd.Id = b.nextID
-	b.mu.Unlock()
-	body, err := proto.MarshalOptions{}.Marshal(cmd)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "BatchCommands: encoding a command: %v", err)
-	}
-	if len(body)+maxFrameHead > maxCommandBatchBytes {
-		return nil, errUnary
-	}
-	p := &pendingCommand{ctx: ctx, body: body, done: make(chan struct{})}
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil, ErrClosed
 	}
 	s := b.stream
 	if s != nil {

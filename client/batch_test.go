@@ -344,12 +344,10 @@ func TestBatchFailSentAndQueued(t *testing.T) {
 	b.stream = s
 	sentCmd := &pendingCommand{ctx: context.Background(), done: make(chan struct{})}
 	queued := &pendingCommand{ctx: context.Background(), done: make(chan struct{})}
-	s.waiting[1], s.waiting[2] = sentCmd, queued
-	s.queue = []*pendingCommand{sentCmd, queued}
-	s.mu.Lock()
-	s.queue = s.queue[1:]
+	// As take leaves them: the first sent, the second still queued.
 	sentCmd.taken = true
-	s.mu.Unlock()
+	s.waiting[1], s.waiting[2] = sentCmd, queued
+	s.queue = []*pendingCommand{queued}
 	broken := status.Error(codes.Unavailable, "stream ended")
 	s.fail(broken)
 	<-sentCmd.done

@@ -155,8 +155,7 @@ type Client struct {
 	session *sessionTracker
 
 	mu     sync.Mutex
-	conns  map[string]*grpc.ClientConn
-	kvs    map[string]shoalpb.KVClient
+	nodes  map[string]nodeConn
 	closed bool
 
 	// ctx ends at Close, and with it the watch and the batchers' streams.
@@ -179,7 +178,7 @@ func Open(ctx context.Context, masterAddrs []string, opts ...Option) (*Client, e
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{opts: o, masters: m, routes: newRouteCache(), conns: map[string]*grpc.ClientConn{}, kvs: map[string]shoalpb.KVClient{}}
+	c := &Client{opts: o, masters: m, routes: newRouteCache(), nodes: map[string]nodeConn{}}
 	c.ctx, c.stop = context.WithCancel(context.Background())
 	if !o.noSession {
 		var b [8]byte
@@ -233,16 +232,13 @@ func (c *Client) Close() error {
 	c.stop()
 	c.wg.Wait()
 	c.mu.Lock()
-	for _, kc := range c.kvs {
-		if b, ok := kc.(batchKV); ok {
-			b.b.close()
+	for a, n := range c.nodes {
+		if n.batch != nil {
+			n.batch.close()
 		}
+		n.conn.Close()
+		delete(c.nodes, a)
 	}
-	for a, conn := range c.conns {
-		conn.Close()
-		delete(c.conns, a)
-	}
-	clear(c.kvs)
 	c.mu.Unlock()
 	return c.masters.Close()
 }
@@ -285,20 +281,29 @@ func (c *Client) kvClient(addr string) (shoalpb.KVClient, error) {
 	if c.closed {
 		return nil, ErrClosed
 	}
-	if kc := c.kvs[addr]; kc != nil {
-		return kc, nil
+	if n, ok := c.nodes[addr]; ok {
+		return n.kv, nil
 	}
 	conn, err := grpc.NewClient(addr, c.opts.dial...)
 	if err != nil {
 		return nil, err
 	}
-	c.conns[addr] = conn
-	kc := shoalpb.NewKVClient(conn)
+	n := nodeConn{conn: conn, kv: shoalpb.NewKVClient(conn)}
 	if !c.opts.noBatching {
-		kc = batchKV{KVClient: kc, b: &batcher{kc: kc, addr: addr, ctx: c.ctx}}
+		n.batch = &batcher{kc: n.kv, addr: addr, ctx: c.ctx}
+		n.kv = batchKV{KVClient: n.kv, b: n.batch}
 	}
-	c.kvs[addr] = kc
-	return kc, nil
+	c.nodes[addr] = n
+	return n.kv, nil
+}
+
+// nodeConn is the client's connection to one node.
+type nodeConn struct {
+	conn *grpc.ClientConn
+	// kv sends the node's KV requests: through batch unless the client
+	// batches none (WithoutCommandBatching; batch is nil then).
+	kv    shoalpb.KVClient
+	batch *batcher
 }
 
 // call is one attempt of a request against one node.
