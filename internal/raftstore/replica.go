@@ -105,6 +105,9 @@ type Replica struct {
 	// justProposed are the proposals handed to Raft in this phase; each
 	// must get an index from this Ready or has been dropped by Raft.
 	justProposed []*proposal
+	// proposeRun is propose's scratch list of the data proposals to hand
+	// Raft together.
+	proposeRun []*proposal
 	// heldProps are proposals that reached this leader while it was
 	// handing its leadership over (Raft refuses proposals then). They wait
 	// for the transfer to end: proposed if this replica still leads
@@ -855,6 +858,11 @@ func (r *Replica) onSoftState(ss *raft.SoftState) {
 	r.log.Debug("raft state", "role", roleOf(ss.RaftState), "leader", ss.Lead)
 }
 
+// propose hands props to Raft in order. The data proposals between two
+// configuration changes go as one MsgProp, so that the leader appends them
+// together and sends each follower one append for all of them (and gets
+// one answer): etcd raft broadcasts after every MsgProp it steps, so a
+// MsgProp each would cost an append and an answer per proposal.
 func (r *Replica) propose(props []*proposal) {
 	if len(props) == 0 {
 		return
@@ -862,6 +870,7 @@ func (r *Replica) propose(props []*proposal) {
 	// Proposals go straight to heldProps while a transfer runs, without
 	// asking Raft (which would refuse each, and log it).
 	transferring := r.state == raft.StateLeader && r.transferee != 0 && r.refreshTransferee() != 0
+	run := r.proposeRun[:0]
 	for _, p := range props {
 		if err := p.ctx.Err(); err != nil {
 			p.finish(result{err: timeoutError(err)})
@@ -875,32 +884,103 @@ func (r *Replica) propose(props []*proposal) {
 			r.hold(p)
 			continue
 		}
+		if p.cc != nil {
+			transferring = r.proposeData(run, transferring)
+			run = run[:0]
+			if transferring {
+				r.hold(p)
+				continue
+			}
+			transferring = r.proposeOne(p, transferring)
+			continue
+		}
+		run = append(run, p)
+	}
+	r.proposeData(run, transferring)
+	clear(run)
+	r.proposeRun = run[:0]
+}
+
+// proposeData hands run, data proposals, to Raft as one MsgProp. If Raft
+// refuses it (a leadership transfer began, or the uncommitted log is
+// full), each goes on its own, as proposeOne decides. It returns whether a
+// leadership transfer runs.
+func (r *Replica) proposeData(run []*proposal, transferring bool) bool {
+	if transferring {
+		for _, p := range run {
+			r.hold(p)
+		}
+		return true
+	}
+	// A new slice each time: Raft may keep it as its unstable log.
+	ents := make([]*raftpb.Entry, 0, len(run))
+	submitted := run[:0]
+	for _, p := range run {
 		if !p.submit() {
 			continue // its waiter gave up, and was told nothing was applied
 		}
-		var err error
-		if p.cc != nil {
-			err = r.raw.ProposeConfChange(p.cc)
-		} else {
-			err = r.raw.Propose(p.data)
-		}
-		if err != nil {
-			p.unsubmit() // Raft has no entry of it
-			if r.refreshTransferee() != 0 {
-				// Raft refuses proposals while it hands leadership
-				// over (a transfer a follower asked for): wait for it
-				// to end.
-				transferring = true
-				r.hold(p)
-			} else {
-				p.finish(result{err: fmt.Errorf("%w: shard %d: %v", ErrOverloaded, r.shardID, err)})
-			}
-			continue
-		}
-		r.proposals[p.id] = p
-		r.justProposed = append(r.justProposed, p)
-		r.store.stats.proposals.Add(1)
+		submitted = append(submitted, p)
+		ents = append(ents, &raftpb.Entry{Data: p.data})
 	}
+	switch len(submitted) {
+	case 0:
+		return false
+	case 1:
+		submitted[0].unsubmit()
+		return r.proposeOne(submitted[0], false)
+	}
+	err := r.raw.Step(&raftpb.Message{Type: raftpb.MsgProp.Enum(), From: &r.replicaID, Entries: ents})
+	if err != nil {
+		for _, p := range submitted {
+			p.unsubmit()
+		}
+		for _, p := range submitted {
+			transferring = r.proposeOne(p, transferring)
+		}
+		return transferring
+	}
+	for _, p := range submitted {
+		r.proposed(p)
+	}
+	return false
+}
+
+// proposeOne hands p alone to Raft, or holds it while a leadership
+// transfer runs; it returns whether one runs.
+func (r *Replica) proposeOne(p *proposal, transferring bool) bool {
+	if transferring {
+		r.hold(p)
+		return true
+	}
+	if !p.submit() {
+		return false // its waiter gave up, and was told nothing was applied
+	}
+	var err error
+	if p.cc != nil {
+		err = r.raw.ProposeConfChange(p.cc)
+	} else {
+		err = r.raw.Propose(p.data)
+	}
+	if err != nil {
+		p.unsubmit() // Raft has no entry of it
+		if r.refreshTransferee() != 0 {
+			// Raft refuses proposals while it hands leadership over (a
+			// transfer a follower asked for): wait for it to end.
+			r.hold(p)
+			return true
+		}
+		p.finish(result{err: fmt.Errorf("%w: shard %d: %v", ErrOverloaded, r.shardID, err)})
+		return false
+	}
+	r.proposed(p)
+	return false
+}
+
+// proposed records p, which Raft took.
+func (r *Replica) proposed(p *proposal) {
+	r.proposals[p.id] = p
+	r.justProposed = append(r.justProposed, p)
+	r.store.stats.proposals.Add(1)
 }
 
 // hold keeps p until the leadership transfer in flight ends (heldProps),
