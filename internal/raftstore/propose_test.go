@@ -139,10 +139,10 @@ func TestProposalsShareAnAppend(t *testing.T) {
 	}
 }
 
-// TestRefusedProposalsGoAlone checks that when Raft refuses the proposals
-// of an iteration together (here: they would overflow the uncommitted
-// log's budget), each is offered alone, so that those that fit are still
-// proposed and only the rest fail as overloaded.
+// TestRefusedProposalsGoAlone checks that when Raft refuses a group of
+// proposals taken together (here: they would overflow what is left of
+// the uncommitted log's budget), each is offered alone, so that those that
+// fit are still proposed and only the rest fail as overloaded.
 func TestRefusedProposalsGoAlone(t *testing.T) {
 	p := startParkedLeader(t, func(o *raftstore.Options) {
 		o.MaxUncommittedBytes = 64 << 10
@@ -156,12 +156,15 @@ func TestRefusedProposalsGoAlone(t *testing.T) {
 	p.c.Net.Isolate(p.leader.ID, p.c.NodeIDs())
 	const n = 8
 	errs := make(chan error, n+1)
-	p.park(ctx, t, tc.PutCmd([]byte("k"), []byte("parks the loop")), time.Second, errs)
+	// The parking proposal takes 36 KiB of the 64 KiB budget.
+	p.park(ctx, t, tc.PutCmd([]byte("k"), make([]byte, 36<<10)), time.Second, errs)
 	cmds := make([][]byte, n)
 	for i := range cmds {
 		cmds[i] = tc.PutCmd(fmt.Appendf(nil, "big%d", i), make([]byte, 12<<10))
 	}
-	// Together 96 KiB: over the budget. Alone, the first four or so fit.
+	// The first five (60 KiB) fit the budget and go as one group, which
+	// Raft refuses: with the 36 KiB already there they would overflow it.
+	// Alone, the first two fit; the rest are refused.
 	p.queue(ctx, t, cmds, time.Second, errs)
 	p.unpark()
 	var proposed, overloaded int

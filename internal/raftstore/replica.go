@@ -105,9 +105,10 @@ type Replica struct {
 	// justProposed are the proposals handed to Raft in this phase; each
 	// must get an index from this Ready or has been dropped by Raft.
 	justProposed []*proposal
-	// proposeRun is propose's scratch list of the data proposals to hand
-	// Raft together.
-	proposeRun []*proposal
+	// proposeRun and proposeEnts are propose's scratch lists of the data
+	// proposals to hand Raft together and of their entries.
+	proposeRun  []*proposal
+	proposeEnts []*raftpb.Entry
 	// heldProps are proposals that reached this leader while it was
 	// handing its leadership over (Raft refuses proposals then). They wait
 	// for the transfer to end: proposed if this replica still leads
@@ -859,10 +860,11 @@ func (r *Replica) onSoftState(ss *raft.SoftState) {
 }
 
 // propose hands props to Raft in order. The data proposals between two
-// configuration changes go as one MsgProp, so that the leader appends them
-// together and sends each follower one append for all of them (and gets
-// one answer): etcd raft broadcasts after every MsgProp it steps, so a
-// MsgProp each would cost an append and an answer per proposal.
+// configuration changes go as few MsgProps as MaxUncommittedBytes allows
+// (one, unless they are large), so that the leader appends them together
+// and sends each follower one append for them and gets one answer: etcd
+// raft sends an append after every MsgProp it steps, so a MsgProp each
+// would cost an append and an answer per proposal.
 func (r *Replica) propose(props []*proposal) {
 	if len(props) == 0 {
 		return
@@ -885,64 +887,91 @@ func (r *Replica) propose(props []*proposal) {
 			continue
 		}
 		if p.cc != nil {
-			transferring = r.proposeData(run, transferring)
+			transferring = r.proposeData(run)
+			clear(run)
 			run = run[:0]
-			if transferring {
-				r.hold(p)
-				continue
-			}
 			transferring = r.proposeOne(p, transferring)
 			continue
 		}
 		run = append(run, p)
 	}
-	r.proposeData(run, transferring)
+	r.proposeData(run)
 	clear(run)
 	r.proposeRun = run[:0]
 }
 
-// proposeData hands run, data proposals, to Raft as one MsgProp. If Raft
-// refuses it (a leadership transfer began, or the uncommitted log is
-// full), each goes on its own, as proposeOne decides. It returns whether a
-// leadership transfer runs.
-func (r *Replica) proposeData(run []*proposal, transferring bool) bool {
-	if transferring {
-		for _, p := range run {
-			r.hold(p)
+// proposeData hands run, data proposals, to Raft in order: as one MsgProp
+// each group of them whose payload fits MaxUncommittedBytes, so that a
+// batch cannot take the uncommitted log further past its bound than one
+// proposal could. A group Raft refuses (a leadership transfer began, or
+// the uncommitted log is nearly full) is offered one by one, as
+// proposeSubmitted decides for each. It returns whether a leadership
+// transfer runs; the proposals after it are held.
+func (r *Replica) proposeData(run []*proposal) (transferring bool) {
+	budget := r.store.opts.MaxUncommittedBytes
+	for len(run) > 0 {
+		if transferring {
+			for _, p := range run {
+				r.hold(p)
+			}
+			return true
 		}
-		return true
+		n := fitting(run, budget)
+		transferring = r.proposeGroup(run[:n])
+		run = run[n:]
 	}
-	// A new slice each time: Raft may keep it as its unstable log.
-	ents := make([]*raftpb.Entry, 0, len(run))
-	submitted := run[:0]
-	for _, p := range run {
-		if !p.submit() {
-			continue // its waiter gave up, and was told nothing was applied
-		}
-		submitted = append(submitted, p)
+	return transferring
+}
+
+// fitting returns how many of the first proposals of run fit budget bytes
+// of payload together: at least one, as Raft accepts any one proposal
+// into an empty uncommitted log.
+func fitting(run []*proposal, budget uint64) int {
+	n, size := 1, uint64(len(run[0].data))
+	for n < len(run) && size+uint64(len(run[n].data)) <= budget {
+		size += uint64(len(run[n].data))
+		n++
+	}
+	return n
+}
+
+// proposeGroup hands group to Raft as one MsgProp; see proposeData.
+func (r *Replica) proposeGroup(group []*proposal) (transferring bool) {
+	submitted := group[:0]
+	for _, p := range group {
+		if p.submit() {
+			submitted = append(submitted, p)
+		} // else its waiter gave up, and was told nothing was applied
+	}
+	if len(submitted) == 1 {
+		return r.proposeSubmitted(submitted[0])
+	}
+	if len(submitted) == 0 {
+		return false
+	}
+	// Raft copies the entries it appends: the slice is scratch.
+	ents := r.proposeEnts[:0]
+	for _, p := range submitted {
 		ents = append(ents, &raftpb.Entry{Data: p.data})
 	}
-	switch len(submitted) {
-	case 0:
-		return false
-	case 1:
-		submitted[0].unsubmit()
-		return r.proposeOne(submitted[0], false)
-	}
 	err := r.raw.Step(&raftpb.Message{Type: raftpb.MsgProp.Enum(), From: &r.replicaID, Entries: ents})
-	if err != nil {
+	clear(ents)
+	r.proposeEnts = ents[:0]
+	if err == nil {
 		for _, p := range submitted {
-			p.unsubmit()
+			r.proposed(p)
 		}
-		for _, p := range submitted {
-			transferring = r.proposeOne(p, transferring)
-		}
-		return transferring
+		return false
 	}
 	for _, p := range submitted {
-		r.proposed(p)
+		if transferring {
+			p.unsubmit()
+			r.hold(p)
+			continue
+		}
+		transferring = r.proposeSubmitted(p)
 	}
-	return false
+	return transferring
 }
 
 // proposeOne hands p alone to Raft, or holds it while a leadership
@@ -955,24 +984,31 @@ func (r *Replica) proposeOne(p *proposal, transferring bool) bool {
 	if !p.submit() {
 		return false // its waiter gave up, and was told nothing was applied
 	}
+	return r.proposeSubmitted(p)
+}
+
+// proposeSubmitted hands p, submitted, alone to Raft. If Raft refuses it,
+// p waits for the leadership transfer that runs (the result is true), or
+// fails as overloaded.
+func (r *Replica) proposeSubmitted(p *proposal) (transferring bool) {
 	var err error
 	if p.cc != nil {
 		err = r.raw.ProposeConfChange(p.cc)
 	} else {
 		err = r.raw.Propose(p.data)
 	}
-	if err != nil {
-		p.unsubmit() // Raft has no entry of it
-		if r.refreshTransferee() != 0 {
-			// Raft refuses proposals while it hands leadership over (a
-			// transfer a follower asked for): wait for it to end.
-			r.hold(p)
-			return true
-		}
-		p.finish(result{err: fmt.Errorf("%w: shard %d: %v", ErrOverloaded, r.shardID, err)})
+	if err == nil {
+		r.proposed(p)
 		return false
 	}
-	r.proposed(p)
+	p.unsubmit() // Raft has no entry of it
+	if r.refreshTransferee() != 0 {
+		// Raft refuses proposals while it hands leadership over (a
+		// transfer a follower asked for): wait for it to end.
+		r.hold(p)
+		return true
+	}
+	p.finish(result{err: fmt.Errorf("%w: shard %d: %v", ErrOverloaded, r.shardID, err)})
 	return false
 }
 
