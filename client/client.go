@@ -111,10 +111,19 @@ const DefaultAttemptTimeout = time.Second
 // answer in time (frozen, cut off, overloaded) is left for another replica,
 // which names the current leader, instead of holding the request until its
 // deadline. A write retried this way is still applied once (the client
-// session). 0 lets one attempt use the whole deadline. Default
-// DefaultAttemptTimeout.
+// session). A large request gets d again per MiB of its keys and values:
+// one given up on while it is still replicated would be sent again, and
+// its copy would add as much work again. 0 lets one attempt use the whole
+// deadline. Default DefaultAttemptTimeout.
 func WithAttemptTimeout(d time.Duration) Option {
 	return func(o *options) { o.attemptTimeout = d }
+}
+
+// attemptFor is the bound of one attempt of a request of size bytes; see
+// WithAttemptTimeout.
+func (o *options) attemptFor(size int) time.Duration {
+	d := o.attemptTimeout
+	return d + time.Duration(int64(d)*int64(size)>>20)
 }
 
 // WithMaxBackoff caps the wait between retries while a shard has no
@@ -311,7 +320,10 @@ type call func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeade
 
 // do runs a request for a key in slot until it succeeds, fails for good,
 // or ctx ends; see the package doc for how it retries.
-func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error {
+//
+// size is the request's keys and values in bytes; it lengthens each
+// attempt's bound (WithAttemptTimeout).
+func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f call) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.opts.defaultTimeout)
@@ -363,7 +375,7 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, f call) error 
 				var rh *shoalpb.ResponseHeader
 				actx, cancel := ctx, context.CancelFunc(func() {})
 				if c.opts.attemptTimeout > 0 {
-					actx, cancel = context.WithTimeout(ctx, c.opts.attemptTimeout)
+					actx, cancel = context.WithTimeout(ctx, c.opts.attemptFor(size))
 				}
 				sent = true
 				rh, err = f(actx, kc, h)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/shoaldb/shoal/api/shoalpb"
 	"github.com/shoaldb/shoal/internal/keys"
 )
@@ -59,7 +61,7 @@ type Item struct {
 // Get returns key's value and whether it exists.
 func (c *Client) Get(ctx context.Context, key []byte) (Item, bool, error) {
 	var resp *shoalpb.GetResponse
-	err := c.do(ctx, keys.Slot(key), false, func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
+	err := c.do(ctx, keys.Slot(key), false, len(key), func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
 		var err error
 		resp, err = kc.Get(ctx, &shoalpb.GetRequest{Header: h, Key: key})
 		return resp.GetHeader(), err
@@ -82,7 +84,7 @@ func (c *Client) Put(ctx context.Context, key, value []byte, opts ...PutOption) 
 		o(req)
 	}
 	var resp *shoalpb.PutResponse
-	err := c.do(ctx, keys.Slot(key), true, func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
+	err := c.do(ctx, keys.Slot(key), true, len(key)+len(value), func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
 		req.Header = h
 		var err error
 		resp, err = kc.Put(ctx, req)
@@ -97,7 +99,7 @@ func (c *Client) Put(ctx context.Context, key, value []byte, opts ...PutOption) 
 // Delete deletes key and reports whether it existed.
 func (c *Client) Delete(ctx context.Context, key []byte) (bool, error) {
 	var resp *shoalpb.DeleteResponse
-	err := c.do(ctx, keys.Slot(key), true, func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
+	err := c.do(ctx, keys.Slot(key), true, len(key), func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
 		var err error
 		resp, err = kc.Delete(ctx, &shoalpb.DeleteRequest{Header: h, Key: key})
 		return resp.GetHeader(), err
@@ -113,7 +115,7 @@ func (c *Client) Delete(ctx context.Context, key []byte) (bool, error) {
 func (c *Client) CompareAndSet(ctx context.Context, key, expected, value []byte) (bool, error) {
 	req := &shoalpb.CompareAndSetRequest{Key: key, Expected: expected, ExpectAbsent: expected == nil, Value: value}
 	var resp *shoalpb.CompareAndSetResponse
-	err := c.do(ctx, keys.Slot(key), true, func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
+	err := c.do(ctx, keys.Slot(key), true, len(key)+len(expected)+len(value), func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
 		req.Header = h
 		var err error
 		resp, err = kc.CompareAndSet(ctx, req)
@@ -128,7 +130,7 @@ func (c *Client) CompareAndSet(ctx context.Context, key, expected, value []byte)
 // Incr adds delta to the integer at key (0 if absent) and returns the sum.
 func (c *Client) Incr(ctx context.Context, key []byte, delta int64) (int64, error) {
 	var resp *shoalpb.IncrResponse
-	err := c.do(ctx, keys.Slot(key), true, func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
+	err := c.do(ctx, keys.Slot(key), true, len(key), func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
 		var err error
 		resp, err = kc.Incr(ctx, &shoalpb.IncrRequest{Header: h, Key: key, Delta: delta})
 		return resp.GetHeader(), err
@@ -168,8 +170,12 @@ func (c *Client) Batch(ctx context.Context, ops ...*Op) ([]*shoalpb.KVOpResult, 
 	if err != nil {
 		return nil, err
 	}
+	size := 0
+	for _, op := range ops {
+		size += proto.Size(op)
+	}
 	var resp *shoalpb.BatchResponse
-	err = c.do(ctx, keys.Slot(key), true, func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
+	err = c.do(ctx, keys.Slot(key), true, size, func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
 		var err error
 		resp, err = kc.Batch(ctx, &shoalpb.BatchRequest{Header: h, Ops: ops})
 		return resp.GetHeader(), err
@@ -253,7 +259,7 @@ func (s *Scanner) fetch() {
 	d := s.shards[0]
 	start, end := max(d.StartSlot, s.opts.StartSlot), min(d.EndSlot, s.opts.EndSlot)
 	var resp *shoalpb.ScanResponse
-	err := s.c.do(s.ctx, uint16(start), false, func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
+	err := s.c.do(s.ctx, uint16(start), false, 0, func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeader) (*shoalpb.ResponseHeader, error) {
 		var err error
 		resp, err = kc.Scan(ctx, &shoalpb.ScanRequest{Header: h, StartSlot: start, EndSlot: end, Cursor: s.cursor,
 			Limit: s.opts.PageSize, KeysOnly: s.opts.KeysOnly})
