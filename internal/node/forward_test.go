@@ -39,7 +39,10 @@ func TestForwardToUnreachableLeaderIsNotAmbiguous(t *testing.T) {
 // 8 MiB; gRPC's default limit is 4): a read, and a write returning the old
 // value, served by the leader through a follower.
 func TestForwardLargeAnswers(t *testing.T) {
-	ctx, leader, follower := leaderAndFollower(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	_, leader, follower := leaderAndFollower(t, tc.Options{Nodes: 3, Shards: 1, Replicas: 3})
+	// 36 MiB written to three replicas and 30 read back: under the race
+	// detector on two cores that took 13-24 s, and once over the usual 30.
+	ctx := ctxFor(t, 90*time.Second)
 	big := bytes.Repeat([]byte("v"), 6<<20)
 	if _, err := kvClient(t, leader.Addr).Put(ctx, &shoalpb.PutRequest{Key: []byte("k"), Value: big}); err != nil {
 		t.Fatal(err)
