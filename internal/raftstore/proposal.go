@@ -140,3 +140,15 @@ type readBatch struct {
 	term     uint64
 	issuedAt time.Time
 }
+
+// entry returns p's log entry: its command, or its configuration change.
+func (p *proposal) entry() (*raftpb.Entry, error) {
+	if p.cc == nil {
+		return &raftpb.Entry{Data: p.data}, nil
+	}
+	typ, data, err := raftpb.MarshalConfChange(p.cc)
+	if err != nil {
+		return nil, err
+	}
+	return &raftpb.Entry{Type: typ.Enum(), Data: data}, nil
+}

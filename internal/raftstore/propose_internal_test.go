@@ -1,16 +1,20 @@
 package raftstore
 
-import "testing"
+import (
+	"testing"
+
+	"go.etcd.io/raft/v3/raftpb"
+)
 
 // TestFitting checks how proposals are grouped into one MsgProp: as many
 // as fit the uncommitted log's budget, and never none.
 func TestFitting(t *testing.T) {
-	props := func(sizes ...int) []*proposal {
-		ps := make([]*proposal, len(sizes))
+	ents := func(sizes ...int) []*raftpb.Entry {
+		es := make([]*raftpb.Entry, len(sizes))
 		for i, n := range sizes {
-			ps[i] = &proposal{data: make([]byte, n)}
+			es[i] = &raftpb.Entry{Data: make([]byte, n)}
 		}
-		return ps
+		return es
 	}
 	for _, tt := range []struct {
 		sizes  []int
@@ -25,7 +29,7 @@ func TestFitting(t *testing.T) {
 		{[]int{5, 50, 1}, 10, 1}, // a group stops at the first that does not fit
 		{[]int{0, 0, 7}, 7, 3},
 	} {
-		if got := fitting(props(tt.sizes...), tt.budget); got != tt.want {
+		if got := fitting(ents(tt.sizes...), tt.budget); got != tt.want {
 			t.Errorf("fitting(%v, %d) = %d, want %d", tt.sizes, tt.budget, got, tt.want)
 		}
 	}

@@ -105,7 +105,7 @@ type Replica struct {
 	// justProposed are the proposals handed to Raft in this phase; each
 	// must get an index from this Ready or has been dropped by Raft.
 	justProposed []*proposal
-	// proposeRun and proposeEnts are propose's scratch lists of the data
+	// proposeRun and proposeEnts are propose's scratch lists of the
 	// proposals to hand Raft together and of their entries.
 	proposeRun  []*proposal
 	proposeEnts []*raftpb.Entry
@@ -859,12 +859,13 @@ func (r *Replica) onSoftState(ss *raft.SoftState) {
 	r.log.Debug("raft state", "role", roleOf(ss.RaftState), "leader", ss.Lead)
 }
 
-// propose hands props to Raft in order. The data proposals between two
-// configuration changes go as few MsgProps as MaxUncommittedBytes allows
-// (one, unless they are large), so that the leader appends them together
-// and sends each follower one append for them and gets one answer: etcd
-// raft sends an append after every MsgProp it steps, so a MsgProp each
-// would cost an append and an answer per proposal.
+// propose hands props to Raft in order, as few MsgProps as
+// MaxUncommittedBytes allows (one, unless they are large), so that the
+// leader appends them together and sends each follower one append for
+// them and gets one answer: etcd raft sends an append after every MsgProp
+// it steps, so a MsgProp each would cost an append and an answer per
+// proposal. A configuration change is an entry like the others: Raft
+// checks each in a MsgProp as it would alone.
 func (r *Replica) propose(props []*proposal) {
 	if len(props) == 0 {
 		return
@@ -872,7 +873,7 @@ func (r *Replica) propose(props []*proposal) {
 	// Proposals go straight to heldProps while a transfer runs, without
 	// asking Raft (which would refuse each, and log it).
 	transferring := r.state == raft.StateLeader && r.transferee != 0 && r.refreshTransferee() != 0
-	run := r.proposeRun[:0]
+	group, ents := r.proposeRun[:0], r.proposeEnts[:0]
 	for _, p := range props {
 		if err := p.ctx.Err(); err != nil {
 			p.finish(result{err: timeoutError(err)})
@@ -886,121 +887,72 @@ func (r *Replica) propose(props []*proposal) {
 			r.hold(p)
 			continue
 		}
-		if p.cc != nil {
-			transferring = r.proposeData(run)
-			clear(run)
-			run = run[:0]
-			transferring = r.proposeOne(p, transferring)
+		e, err := p.entry()
+		if err != nil {
+			p.finish(result{err: fmt.Errorf("%w: shard %d: %v", ErrOverloaded, r.shardID, err)})
 			continue
 		}
-		run = append(run, p)
+		if !p.submit() {
+			continue // its waiter gave up, and was told nothing was applied
+		}
+		group, ents = append(group, p), append(ents, e)
 	}
-	r.proposeData(run)
-	clear(run)
-	r.proposeRun = run[:0]
-}
-
-// proposeData hands run, data proposals, to Raft in order: as one MsgProp
-// each group of them whose payload fits MaxUncommittedBytes, so that a
-// batch cannot take the uncommitted log further past its bound than one
-// proposal could. A group Raft refuses (a leadership transfer began, or
-// the uncommitted log is nearly full) is offered one by one, as
-// proposeSubmitted decides for each. It returns whether a leadership
-// transfer runs; the proposals after it are held.
-func (r *Replica) proposeData(run []*proposal) (transferring bool) {
-	budget := r.store.opts.MaxUncommittedBytes
-	for len(run) > 0 {
+	for rest, rents := group, ents; len(rest) > 0; {
 		if transferring {
-			for _, p := range run {
+			for _, p := range rest {
+				p.unsubmit()
 				r.hold(p)
 			}
-			return true
+			break
 		}
-		n := fitting(run, budget)
-		transferring = r.proposeGroup(run[:n])
-		run = run[n:]
+		n := fitting(rents, r.store.opts.MaxUncommittedBytes)
+		transferring = r.proposeGroup(rest[:n], rents[:n])
+		rest, rents = rest[n:], rents[n:]
 	}
-	return transferring
+	clear(group)
+	clear(ents)
+	r.proposeRun, r.proposeEnts = group[:0], ents[:0]
 }
 
-// fitting returns how many of the first proposals of run fit budget bytes
-// of payload together: at least one, as Raft accepts any one proposal
-// into an empty uncommitted log.
-func fitting(run []*proposal, budget uint64) int {
-	n, size := 1, uint64(len(run[0].data))
-	for n < len(run) && size+uint64(len(run[n].data)) <= budget {
-		size += uint64(len(run[n].data))
+// fitting returns how many of the first entries of ents fit budget bytes
+// of payload together, so that one MsgProp cannot take the uncommitted log
+// further past its bound than one proposal could: at least one, as Raft
+// accepts any one proposal into an empty uncommitted log.
+func fitting(ents []*raftpb.Entry, budget uint64) int {
+	n, size := 1, uint64(len(ents[0].GetData()))
+	for n < len(ents) && size+uint64(len(ents[n].GetData())) <= budget {
+		size += uint64(len(ents[n].GetData()))
 		n++
 	}
 	return n
 }
 
-// proposeGroup hands group to Raft as one MsgProp; see proposeData.
-func (r *Replica) proposeGroup(group []*proposal) (transferring bool) {
-	submitted := group[:0]
-	for _, p := range group {
-		if p.submit() {
-			submitted = append(submitted, p)
-		} // else its waiter gave up, and was told nothing was applied
-	}
-	if len(submitted) == 1 {
-		return r.proposeSubmitted(submitted[0])
-	}
-	if len(submitted) == 0 {
-		return false
-	}
-	// Raft copies the entries it appends: the slice is scratch.
-	ents := r.proposeEnts[:0]
-	for _, p := range submitted {
-		ents = append(ents, &raftpb.Entry{Data: p.data})
-	}
+// proposeGroup hands group, submitted, to Raft as one MsgProp of their
+// entries ents (Raft copies what it appends). A group Raft refuses (a
+// leadership transfer began, or the uncommitted log is nearly full) is
+// offered one by one; one proposal Raft refuses waits for the leadership
+// transfer that runs, or fails as overloaded. It returns whether a
+// transfer runs.
+func (r *Replica) proposeGroup(group []*proposal, ents []*raftpb.Entry) (transferring bool) {
 	err := r.raw.Step(&raftpb.Message{Type: raftpb.MsgProp.Enum(), From: &r.replicaID, Entries: ents})
-	clear(ents)
-	r.proposeEnts = ents[:0]
 	if err == nil {
-		for _, p := range submitted {
+		for _, p := range group {
 			r.proposed(p)
 		}
 		return false
 	}
-	for _, p := range submitted {
-		if transferring {
-			p.unsubmit()
-			r.hold(p)
-			continue
+	if len(group) > 1 {
+		for i, p := range group {
+			if transferring {
+				p.unsubmit()
+				r.hold(p)
+				continue
+			}
+			transferring = r.proposeGroup(group[i:i+1], ents[i:i+1])
 		}
-		transferring = r.proposeSubmitted(p)
+		return transferring
 	}
-	return transferring
-}
-
-// proposeOne hands p alone to Raft, or holds it while a leadership
-// transfer runs; it returns whether one runs.
-func (r *Replica) proposeOne(p *proposal, transferring bool) bool {
-	if transferring {
-		r.hold(p)
-		return true
-	}
-	if !p.submit() {
-		return false // its waiter gave up, and was told nothing was applied
-	}
-	return r.proposeSubmitted(p)
-}
-
-// proposeSubmitted hands p, submitted, alone to Raft. If Raft refuses it,
-// p waits for the leadership transfer that runs (the result is true), or
-// fails as overloaded.
-func (r *Replica) proposeSubmitted(p *proposal) (transferring bool) {
-	var err error
-	if p.cc != nil {
-		err = r.raw.ProposeConfChange(p.cc)
-	} else {
-		err = r.raw.Propose(p.data)
-	}
-	if err == nil {
-		r.proposed(p)
-		return false
-	}
+	p := group[0]
 	p.unsubmit() // Raft has no entry of it
 	if r.refreshTransferee() != 0 {
 		// Raft refuses proposals while it hands leadership over (a
