@@ -1,8 +1,10 @@
 package kv
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"testing"
 
@@ -104,15 +106,39 @@ func checkSessionCache(t testing.TB, sm raftstore.StateMachine, r storage.Reader
 	if !ok {
 		return
 	}
+	total := 0
 	for id, cached := range ksm.sessions {
 		stored := &shoalpb.SessionRecord{}
 		found, err := storage.GetProto(r, keys.SessionKey(ksm.shard, id), stored)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !found || !proto.Equal(cached, stored) {
-			t.Fatalf("session %d: cached %v, stored (found %v) %v", id, cached, found, stored)
+		if !found || !proto.Equal(cached.rec, stored) {
+			t.Fatalf("session %d: cached %v, stored (found %v) %v", id, cached.rec, found, stored)
 		}
+		// The cached encodings of its results make the stored bytes.
+		raw, _, err := storage.Get(r, keys.SessionKey(ksm.shard, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e sessionEncoder
+		enc, err := e.append(nil, cached.rec, maps.Clone(cached.enc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(enc, raw) {
+			t.Fatalf("session %d: from its cached result encodings\n%x\nstored\n%x", id, enc, raw)
+		}
+		if len(cached.enc) > len(cached.rec.Results) {
+			t.Fatalf("session %d: %d result encodings kept for %d results", id, len(cached.enc), len(cached.rec.Results))
+		}
+		if cached.counted != len(cached.rec.Results) {
+			t.Fatalf("session %d: counted %d results, holds %d", id, cached.counted, len(cached.rec.Results))
+		}
+		total += cached.counted
+	}
+	if total != ksm.cachedResults || total > maxCachedShardResults {
+		t.Fatalf("cached records hold %d results, counted %d (bound %d)", total, ksm.cachedResults, maxCachedShardResults)
 	}
 }
 

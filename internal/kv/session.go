@@ -28,24 +28,49 @@ const maxSessionResults = 256
 const maxSessionBytes = 4 << 20
 
 // The state machine keeps up to maxCachedSessions session records of its
-// shard decoded in memory, those holding at most maxCachedResults results,
-// so that a write in a session does not read and decode its record from
-// Pebble (in a profile of Go client writes that was about 8% of the nodes'
-// CPU). Worst case, about 64 × 16 small results per shard.
+// shard decoded in memory, each with the encoding of its results, so that
+// a write in a session neither reads and decodes its record from Pebble
+// (in a profile of Go client writes that was about 8% of the nodes' CPU)
+// nor encodes every result the record holds again (6%). A record holding
+// more than maxCachedResults results or encoded in more than
+// maxCachedRecordBytes is not kept, nor more than maxCachedShardResults
+// results over the shard's cached records: worst case, about 1024 small
+// results per shard, as when the bound was 64 sessions of 16. A client's session keeps a result per write in flight,
+// so 64 concurrent writes over 8 shards hold about 8-25 in each record.
 const (
-	maxCachedSessions = 64
-	maxCachedResults  = 16
+	maxCachedSessions     = 64
+	maxCachedResults      = 64
+	maxCachedShardResults = 1024
+	maxCachedRecordBytes  = 16 << 10
 )
 
+// cachedSession is a session record as the apply batch holds it, with
+// the encoding of its results (sessionEncoder.appendRecord).
+type cachedSession struct {
+	rec *shoalpb.SessionRecord
+	// enc holds, by sequence, the encoded map entry of the result it was
+	// made from; an entry whose result is no longer the record's is
+	// stale and made again.
+	enc map[uint64]encodedResult
+	// counted is what this record adds to stateMachine.cachedResults.
+	counted int
+}
+
+type encodedResult struct {
+	res   *shoalpb.KVCommandResult
+	entry []byte
+}
+
 // session returns the record of session id as the batch b holds it: from
-// the cache, else read from b. The caller may change it and must then
-// write it to b and pass it to cacheSession, or drop it from the cache.
-func (sm *stateMachine) session(b *storage.Batch, id uint64) (*shoalpb.SessionRecord, error) {
+// the cache, else read from b. The caller may change its record and must
+// then write it to b and pass it to cacheSession, or drop it from the
+// cache.
+func (sm *stateMachine) session(b *storage.Batch, id uint64) (*cachedSession, error) {
 	if s, ok := sm.sessions[id]; ok {
 		return s, nil
 	}
-	s := &shoalpb.SessionRecord{}
-	if _, err := storage.GetProto(b, keys.SessionKey(sm.shard, id), s); err != nil {
+	s := &cachedSession{rec: &shoalpb.SessionRecord{}}
+	if _, err := storage.GetProto(b, keys.SessionKey(sm.shard, id), s.rec); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -57,21 +82,32 @@ func (sm *stateMachine) session(b *storage.Batch, id uint64) (*shoalpb.SessionRe
 // it commits, Pebble) holds for its session. Every write of a session
 // record goes through here and every delete through uncacheSession; a
 // snapshot replaces the state machine, and with it the cache.
-func (sm *stateMachine) cacheSession(id uint64, s *shoalpb.SessionRecord) {
-	if len(s.Results) > maxCachedResults {
-		delete(sm.sessions, id)
+//
+// size is the length of the record's encoding.
+func (sm *stateMachine) cacheSession(id uint64, s *cachedSession, size int) {
+	sm.uncacheSession(id)
+	n := len(s.rec.Results)
+	if n > maxCachedResults || size > maxCachedRecordBytes {
 		return
 	}
-	if _, ok := sm.sessions[id]; !ok && len(sm.sessions) >= maxCachedSessions {
+	if len(sm.sessions) >= maxCachedSessions || sm.cachedResults+n > maxCachedShardResults {
 		clear(sm.sessions)
+		sm.cachedResults = 0
 	}
 	if sm.sessions == nil {
-		sm.sessions = make(map[uint64]*shoalpb.SessionRecord)
+		sm.sessions = make(map[uint64]*cachedSession)
 	}
+	s.counted = n
+	sm.cachedResults += n
 	sm.sessions[id] = s
 }
 
-func (sm *stateMachine) uncacheSession(id uint64) { delete(sm.sessions, id) }
+func (sm *stateMachine) uncacheSession(id uint64) {
+	if s, ok := sm.sessions[id]; ok {
+		sm.cachedResults -= s.counted
+		delete(sm.sessions, id)
+	}
+}
 
 // applyInSession applies cmd at most once per (session_id, seq): a retry
 // gets the first result back, a sequence the client already acknowledged is
@@ -79,10 +115,11 @@ func (sm *stateMachine) uncacheSession(id uint64) { delete(sm.sessions, id) }
 // session record, written in the same batch as the command's effects.
 func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand) (*shoalpb.KVCommandResult, error) {
 	key := keys.SessionKey(sm.shard, cmd.SessionId)
-	s, err := sm.session(b, cmd.SessionId)
+	cs, err := sm.session(b, cmd.SessionId)
 	if err != nil {
 		return nil, err
 	}
+	s := cs.rec
 	if cmd.Seq < s.AckedBelow {
 		return &shoalpb.KVCommandResult{
 			Error: shoalpb.KVErrorCode_KV_ERROR_STALE_SEQUENCE,
@@ -108,7 +145,7 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	trimSessionCount(s)
 	// Deterministic: map order must not make replicas store different
 	// bytes (sessionEncoder).
-	sm.buf, err = sm.sessionEnc.appendRecord(sm.buf[:0], s)
+	sm.buf, err = sm.sessionEnc.appendCached(sm.buf[:0], cs)
 	if err != nil {
 		return nil, fmt.Errorf("encode session %d: %w", cmd.SessionId, err)
 	}
@@ -117,7 +154,7 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	// sizes each result (that was a third of the cost of a session's
 	// bookkeeping when done on every write).
 	if len(sm.buf) > maxSessionBytes && trimSessionBytes(s, cmd.SessionId, cmd.Seq) {
-		sm.buf, err = sm.sessionEnc.appendRecord(sm.buf[:0], s)
+		sm.buf, err = sm.sessionEnc.appendCached(sm.buf[:0], cs)
 		if err != nil {
 			return nil, fmt.Errorf("encode session %d: %w", cmd.SessionId, err)
 		}
@@ -125,7 +162,7 @@ func (sm *stateMachine) applyInSession(b *storage.Batch, cmd *shoalpb.KVCommand)
 	if err := b.Set(key, sm.buf, nil); err != nil {
 		return nil, err
 	}
-	sm.cacheSession(cmd.SessionId, s)
+	sm.cacheSession(cmd.SessionId, cs, len(sm.buf))
 	return res, nil
 }
 

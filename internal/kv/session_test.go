@@ -266,3 +266,44 @@ func TestSessionCacheMatchesUncached(t *testing.T) {
 		t.Fatalf("%d sessions cached; want 1..%d", n, maxCachedSessions)
 	}
 }
+
+// TestSessionCacheBounds fills the session cache past each of its bounds:
+// results per record, bytes per record, and results over the shard.
+// checkSessionCache (after every batch) holds the cache to what is stored
+// and to maxCachedShardResults.
+func TestSessionCacheBounds(t *testing.T) {
+	h := newHarness(t, allSlots())
+	sm := h.sm.(*stateMachine)
+	// Many results, never acknowledged: the 65th uncaches the record.
+	for seq := range uint64(maxCachedResults + 1) {
+		h.one(inSession(1, seq, 0, cmdAt(t0, putOp("a", "v"))))
+		if _, ok := sm.sessions[1]; ok != (seq < maxCachedResults) {
+			t.Fatalf("after %d results: cached %v", seq+1, ok)
+		}
+	}
+	// A large result (the old value) keeps its record out of the cache.
+	h.one(inSession(2, 0, 0, cmdAt(t0, putOp("b", strings.Repeat("x", maxCachedRecordBytes)))))
+	if _, ok := sm.sessions[2]; !ok {
+		t.Fatal("a small record was not cached")
+	}
+	h.one(inSession(2, 1, 0, cmdAt(t0, putOp("b", "small", returnOld))))
+	if _, ok := sm.sessions[2]; ok {
+		t.Fatalf("a record of more than %d bytes was cached", maxCachedRecordBytes)
+	}
+	// Sessions of up to maxCachedResults results each, more in all than
+	// the shard keeps: the cache starts over rather than grow.
+	most := 0
+	for id := uint64(10); id < 10+2*maxCachedShardResults/maxCachedResults; id++ {
+		for seq := range uint64(maxCachedResults) {
+			h.one(inSession(id, seq, 0, cmdAt(t0, putOp("c", "v"))))
+			most = max(most, sm.cachedResults)
+		}
+	}
+	if most <= maxCachedShardResults-maxCachedResults || sm.cachedResults > maxCachedShardResults {
+		t.Fatalf("cached results peaked at %d, now %d; want close to %d, never above", most, sm.cachedResults, maxCachedShardResults)
+	}
+	// A retry is still answered from the record, cached or not.
+	if r := h.one(inSession(10, 3, 0, cmdAt(t0, putOp("c", "again", returnOld)))); r.Error != 0 || r.Results[0].Value != nil {
+		t.Fatalf("retry: %v", r)
+	}
+}

@@ -25,6 +25,36 @@ type sessionEncoder struct {
 
 // appendRecord appends the encoding of s to b.
 func (e *sessionEncoder) appendRecord(b []byte, s *shoalpb.SessionRecord) ([]byte, error) {
+	return e.append(b, s, nil)
+}
+
+// appendCached appends the encoding of cs's record to b, encoding only
+// the results whose map entries cs does not hold yet, and keeps those.
+func (e *sessionEncoder) appendCached(b []byte, cs *cachedSession) ([]byte, error) {
+	if cs.enc == nil {
+		cs.enc = make(map[uint64]encodedResult, len(cs.rec.Results))
+	}
+	b, err := e.append(b, cs.rec, cs.enc)
+	if err != nil {
+		return nil, err
+	}
+	// Forget the entries of results the record dropped (trimSessionCount).
+	if len(cs.enc) > len(cs.rec.Results) {
+		for seq := range cs.enc {
+			if _, ok := cs.rec.Results[seq]; !ok {
+				delete(cs.enc, seq)
+			}
+		}
+	}
+	return b, nil
+}
+
+// append appends the encoding of s to b, taking each result's map entry
+// from enc where it holds one for that very result, and adding to enc
+// those it makes (if enc is not nil). Results are not changed once in a
+// record (trimSessionBytes replaces them), so an entry made once stays
+// their encoding.
+func (e *sessionEncoder) append(b []byte, s *shoalpb.SessionRecord, enc map[uint64]encodedResult) ([]byte, error) {
 	if s.AckedBelow != 0 {
 		b = protowire.AppendTag(b, 1, protowire.VarintType)
 		b = protowire.AppendVarint(b, s.AckedBelow)
@@ -39,12 +69,18 @@ func (e *sessionEncoder) appendRecord(b []byte, s *shoalpb.SessionRecord) ([]byt
 	}
 	slices.Sort(e.seqs)
 	for _, seq := range e.seqs {
+		r := s.Results[seq]
+		if c, ok := enc[seq]; ok && c.res == r {
+			b = append(b, c.entry...)
+			continue
+		}
 		var err error
-		if e.val, err = (proto.MarshalOptions{Deterministic: true}).MarshalAppend(e.val[:0], s.Results[seq]); err != nil {
+		if e.val, err = (proto.MarshalOptions{Deterministic: true}).MarshalAppend(e.val[:0], r); err != nil {
 			return nil, err
 		}
 		// A map entry: its key (field 1) and value (field 2), both
 		// always written.
+		at := len(b)
 		size := protowire.SizeTag(1) + protowire.SizeVarint(seq) + protowire.SizeTag(2) + protowire.SizeBytes(len(e.val))
 		b = protowire.AppendTag(b, 3, protowire.BytesType)
 		b = protowire.AppendVarint(b, uint64(size))
@@ -52,6 +88,9 @@ func (e *sessionEncoder) appendRecord(b []byte, s *shoalpb.SessionRecord) ([]byt
 		b = protowire.AppendVarint(b, seq)
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
 		b = protowire.AppendBytes(b, e.val)
+		if enc != nil {
+			enc[seq] = encodedResult{res: r, entry: slices.Clone(b[at:])}
+		}
 	}
 	if cap(e.val) > 64<<10 {
 		e.val = nil // a large result (an old value) is not kept for ever

@@ -60,7 +60,9 @@ type stateMachine struct {
 	ov  overlay
 	buf []byte
 	// sessions caches session records (session.go).
-	sessions map[uint64]*shoalpb.SessionRecord
+	sessions map[uint64]*cachedSession
+	// cachedResults is the results the cached records hold in all.
+	cachedResults int
 	// sessionEnc encodes session records (applyInSession).
 	sessionEnc sessionEncoder
 	// rows is the node's row cache; ov.written holds the data keys
