@@ -324,10 +324,25 @@ type call func(ctx context.Context, kc shoalpb.KVClient, h *shoalpb.RequestHeade
 // size is the request's keys and values in bytes; it lengthens each
 // attempt's bound (WithAttemptTimeout).
 func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f call) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.opts.defaultTimeout)
-		defer cancel()
+	// The request's bound: ctx's deadline, else the default timeout. A
+	// context carrying the default one (a timer) is made only if the first
+	// attempt does not settle the request; that attempt's own context
+	// carries the bound until then.
+	deadline, bounded := ctx.Deadline()
+	var release context.CancelFunc
+	if !bounded {
+		deadline = time.Now().Add(c.opts.defaultTimeout)
+		defer func() {
+			if release != nil {
+				release()
+			}
+		}()
+	}
+	bound := func() {
+		if !bounded {
+			ctx, release = context.WithDeadline(ctx, deadline)
+			bounded = true
+		}
 	}
 	var sess *shoalpb.Session
 	if write && c.session != nil {
@@ -338,7 +353,7 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 	backoff := 2 * time.Millisecond
 	var last error
 	mayHaveApplied := false
-	exclude := map[string]bool{}
+	var exclude map[string]bool // made at the first node excluded
 	// silent holds the nodes that let an attempt time out, and when: a
 	// replica naming one of them as leader is, for a while, more likely
 	// stale (the leader froze or was cut off and the others have not
@@ -357,6 +372,7 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 			// Every node of the shard failed to answer: start over with the
 			// freshest table.
 			clear(exclude)
+			bound()
 			c.refresh(ctx)
 			rt, addr, _ = c.routes.target(slot, c.opts.forward, exclude)
 		}
@@ -373,13 +389,21 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 			var kc shoalpb.KVClient
 			if kc, err = c.kvClient(addr); err == nil {
 				var rh *shoalpb.ResponseHeader
-				actx, cancel := ctx, context.CancelFunc(func() {})
+				actx, cancel := ctx, context.CancelFunc(nil)
+				d := deadline
 				if c.opts.attemptTimeout > 0 {
-					actx, cancel = context.WithTimeout(ctx, c.opts.attemptFor(size))
+					if t := time.Now().Add(c.opts.attemptFor(size)); t.Before(d) {
+						d = t
+					}
+				}
+				if d.Before(deadline) || !bounded {
+					actx, cancel = context.WithDeadline(ctx, d)
 				}
 				sent = true
 				rh, err = f(actx, kc, h)
-				cancel()
+				if cancel != nil {
+					cancel()
+				}
 				if err == nil {
 					c.routes.learn(h.ShardId, rh)
 					return nil
@@ -395,6 +419,10 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 			}
 		}
 		last = err
+		bound()
+		if exclude == nil {
+			exclude = map[string]bool{}
+		}
 		d := shoalpb.DetailOf(err)
 		if write && (d.GetAmbiguous() || d == nil && sent && shoalpb.MayBeServed(err)) {
 			// The node said the write may yet be applied (it was in the

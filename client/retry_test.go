@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -351,4 +352,45 @@ func TestWrongClusterAsksAnotherReplica(t *testing.T) {
 			t.Fatalf("a request named cluster %v, want the table's c", id)
 		}
 	}
+}
+
+// TestRequestBounds: a request whose context has no deadline ends at the
+// client's default timeout (WithDefaultTimeout), and an attempt at a node
+// that does not answer ends at the attempt timeout (WithAttemptTimeout),
+// after which another replica serves the write.
+func TestRequestBounds(t *testing.T) {
+	stuck := make(chan struct{})
+	var once sync.Once
+	thaw := func() { once.Do(func() { close(stuck) }) }
+	t.Cleanup(thaw)
+	// Without its bounds a request would wait for this, then succeed:
+	// the test fails instead of hanging.
+	time.AfterFunc(8*time.Second, thaw)
+	frozen := &scriptedNode{put: func(int64) error { <-stuck; return nil }}
+	frozenAddr := serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, frozen) })
+	t.Run("default timeout", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := openOneShard(ctx, t, []string{frozenAddr}, client.WithDefaultTimeout(300*time.Millisecond), client.WithAttemptTimeout(time.Minute))
+		start := time.Now()
+		_, err := c.Put(context.Background(), []byte("k"), []byte("v"))
+		if took := time.Since(start); !errors.Is(err, client.ErrTimeout) || took < 300*time.Millisecond || took > 5*time.Second {
+			t.Fatalf("Put with no deadline against a frozen node: %v after %v; want ErrTimeout after about 300ms", err, took)
+		}
+	})
+	t.Run("attempt timeout", func(t *testing.T) {
+		other := &scriptedNode{put: func(int64) error { return nil }}
+		addrs := []string{frozenAddr, serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, other) })}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := openOneShard(ctx, t, addrs, client.WithDefaultTimeout(time.Minute), client.WithAttemptTimeout(200*time.Millisecond))
+		start := time.Now()
+		applied, err := c.Put(context.Background(), []byte("k"), []byte("v"))
+		if took := time.Since(start); err != nil || !applied || took > 5*time.Second {
+			t.Fatalf("Put with the leader frozen: %v, %v after %v; want it served by the other replica", applied, err, took)
+		}
+		if other.calls.Load() == 0 {
+			t.Fatal("the other replica saw no attempt")
+		}
+	})
 }
