@@ -50,7 +50,7 @@ func (s *scriptedNode) Put(_ context.Context, req *shoalpb.PutRequest) (*shoalpb
 	return &shoalpb.PutResponse{Header: &shoalpb.ResponseHeader{}, Applied: true}, nil
 }
 
-func serve(t *testing.T, register func(*grpc.Server)) string {
+func serve(t testing.TB, register func(*grpc.Server)) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -66,7 +66,7 @@ func serve(t *testing.T, register func(*grpc.Server)) string {
 // openOneShard opens a client on a fake master whose route table has one
 // shard, all slots, with a voter on each of the nodes at addrs (node i+1 at
 // addrs[i]); it names node 1 the leader.
-func openOneShard(ctx context.Context, t *testing.T, addrs []string, opts ...client.Option) *client.Client {
+func openOneShard(ctx context.Context, t testing.TB, addrs []string, opts ...client.Option) *client.Client {
 	t.Helper()
 	desc := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: keys.SlotCount, Epoch: 1}
 	table := &shoalpb.RouteTable{ClusterId: "c", Version: 1, Shards: []*shoalpb.ShardRoute{{Shard: desc, LeaderReplica: 1}}}
