@@ -394,3 +394,53 @@ func TestRequestBounds(t *testing.T) {
 		}
 	})
 }
+
+// TestClose: a request in flight when the client closes returns at once
+// with ErrClosed (with ErrAmbiguous for a write the node may have
+// applied), and every request after Close fails with ErrClosed without
+// reaching a node.
+func TestClose(t *testing.T) {
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck) })
+	inCall := make(chan struct{}, 1)
+	node := &scriptedNode{put: func(n int64) error {
+		if n == 1 {
+			inCall <- struct{}{}
+			<-stuck
+		}
+		return nil
+	}}
+	addr := serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, node) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := openOneShard(ctx, t, []string{addr})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Put(ctx, []byte("k"), []byte("v"))
+		errc <- err
+	}()
+	<-inCall
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, client.ErrClosed) || !errors.Is(err, client.ErrAmbiguous) {
+			t.Fatalf("Put in flight at Close: %v; want ErrClosed and ErrAmbiguous", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Put in flight at Close did not return")
+	}
+	if _, err := c.Put(ctx, []byte("k"), []byte("v")); !errors.Is(err, client.ErrClosed) || errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("Put after Close: %v; want ErrClosed alone", err)
+	}
+	if _, _, err := c.Get(ctx, []byte("k")); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("Get after Close: %v; want ErrClosed", err)
+	}
+	if n := node.calls.Load(); n != 1 {
+		t.Fatalf("the node saw %d calls; want the one in flight", n)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
