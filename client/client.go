@@ -44,7 +44,7 @@ var (
 	// earlier attempt of the write may have been); deletes are still
 	// accepted, and writes are again once space is freed.
 	ErrDiskFull = errors.New("shoal: disk full")
-	// ErrClosed: the client is closed.
+	// ErrClosed: the client (or the MasterConn) is closed.
 	ErrClosed = errors.New("shoal: client closed")
 )
 

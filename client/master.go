@@ -41,6 +41,8 @@ type MasterConn struct {
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	leader string
+	// closed is set by Close: no connection is made after it.
+	closed bool
 }
 
 // DialMasters returns a connection to the masters at addrs. It does not
@@ -55,10 +57,11 @@ func DialMasters(addrs []string, opts ...grpc.DialOption) (*MasterConn, error) {
 	return &MasterConn{addrs: addrs, opts: opts, conns: map[string]*grpc.ClientConn{}}, nil
 }
 
-// Close closes every connection.
+// Close closes every connection. Calls after it fail with ErrClosed.
 func (m *MasterConn) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = true
 	var err error
 	for a, c := range m.conns {
 		if cerr := c.Close(); err == nil {
@@ -72,6 +75,9 @@ func (m *MasterConn) Close() error {
 func (m *MasterConn) conn(addr string) (*grpc.ClientConn, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
 	if c := m.conns[addr]; c != nil {
 		return c, nil
 	}
@@ -108,7 +114,7 @@ func (m *MasterConn) setLeader(addr string) {
 // Call runs f against the leader master: it follows NOT_LEADER answers,
 // moves on from masters that cannot be reached, and backs off between
 // rounds, until f succeeds, fails with an error that retrying cannot fix,
-// or ctx ends.
+// ctx ends, or m is closed (ErrClosed).
 func (m *MasterConn) Call(ctx context.Context, f func(ctx context.Context, c shoalpb.MasterClient) error) error {
 	backoff := 20 * time.Millisecond
 	var last error
@@ -123,6 +129,9 @@ func (m *MasterConn) Call(ctx context.Context, f func(ctx context.Context, c sho
 			}
 			tried[addr] = true
 			conn, err := m.conn(addr)
+			if errors.Is(err, ErrClosed) {
+				return err
+			}
 			if err != nil {
 				last = err
 				continue

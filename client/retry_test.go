@@ -413,13 +413,19 @@ func TestClose(t *testing.T) {
 	addr := serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, node) })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := openOneShard(ctx, t, []string{addr})
+	// The attempt must still be in flight at Close, however slow the
+	// machine.
+	c := openOneShard(ctx, t, []string{addr}, client.WithAttemptTimeout(time.Minute))
 	errc := make(chan error, 1)
 	go func() {
 		_, err := c.Put(ctx, []byte("k"), []byte("v"))
 		errc <- err
 	}()
-	<-inCall
+	select {
+	case <-inCall:
+	case err := <-errc:
+		t.Fatalf("Put returned before it reached the node: %v", err)
+	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -33,10 +33,12 @@ const maxSessionBytes = 4 << 20
 // (in a profile of Go client writes that was about 8% of the nodes' CPU)
 // nor encodes every result the record holds again (6%). A record holding
 // more than maxCachedResults results or encoded in more than
-// maxCachedRecordBytes is not kept, nor more than maxCachedShardResults
-// results over the shard's cached records: worst case, about 1024 small
-// results per shard, as when the bound was 64 sessions of 16. A client's session keeps a result per write in flight,
-// so 64 concurrent writes over 8 shards hold about 8-25 in each record.
+// maxCachedRecordBytes is not kept, and no more than maxCachedShardResults
+// results over the shard's records: each is held twice (decoded and
+// encoded), so a shard's cache holds at most about 1024 results, and at
+// most 64 × 16 KiB of encodings however large its results are. A client's
+// session keeps a result per write in flight, so 64 concurrent writes
+// over 8 shards leave about 8-25 in each record.
 const (
 	maxCachedSessions     = 64
 	maxCachedResults      = 64
@@ -45,7 +47,7 @@ const (
 )
 
 // cachedSession is a session record as the apply batch holds it, with
-// the encoding of its results (sessionEncoder.appendRecord).
+// the encoding of its results (sessionEncoder.appendCached).
 type cachedSession struct {
 	rec *shoalpb.SessionRecord
 	// enc holds, by sequence, the encoded map entry of the result it was
@@ -90,9 +92,14 @@ func (sm *stateMachine) cacheSession(id uint64, s *cachedSession, size int) {
 	if n > maxCachedResults || size > maxCachedRecordBytes {
 		return
 	}
-	if len(sm.sessions) >= maxCachedSessions || sm.cachedResults+n > maxCachedShardResults {
-		clear(sm.sessions)
-		sm.cachedResults = 0
+	// Make room by dropping other records (any: the cache only saves
+	// work, it never changes what is stored).
+	for evict, c := range sm.sessions {
+		if len(sm.sessions) < maxCachedSessions && sm.cachedResults+n <= maxCachedShardResults {
+			break
+		}
+		sm.cachedResults -= c.counted
+		delete(sm.sessions, evict)
 	}
 	if sm.sessions == nil {
 		sm.sessions = make(map[uint64]*cachedSession)

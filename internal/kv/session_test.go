@@ -291,16 +291,23 @@ func TestSessionCacheBounds(t *testing.T) {
 		t.Fatalf("a record of more than %d bytes was cached", maxCachedRecordBytes)
 	}
 	// Sessions of up to maxCachedResults results each, more in all than
-	// the shard keeps: the cache starts over rather than grow.
-	most := 0
-	for id := uint64(10); id < 10+2*maxCachedShardResults/maxCachedResults; id++ {
+	// the shard keeps: the cache drops records rather than grow.
+	// Once full, it drops as few as it must: a new session costs the
+	// others one record, not their places.
+	const full = maxCachedShardResults / maxCachedResults
+	most, fewest := 0, maxCachedSessions
+	for id := uint64(10); id < 10+2*full; id++ {
 		for seq := range uint64(maxCachedResults) {
 			h.one(inSession(id, seq, 0, cmdAt(t0, putOp("c", "v"))))
 			most = max(most, sm.cachedResults)
+			if id >= 10+full {
+				fewest = min(fewest, len(sm.sessions))
+			}
 		}
 	}
-	if most <= maxCachedShardResults-maxCachedResults || sm.cachedResults > maxCachedShardResults {
-		t.Fatalf("cached results peaked at %d, now %d; want close to %d, never above", most, sm.cachedResults, maxCachedShardResults)
+	if most <= maxCachedShardResults-maxCachedResults || sm.cachedResults > maxCachedShardResults || fewest < full-1 {
+		t.Fatalf("cached results peaked at %d, now %d, want close to %d, never above; %d records cached at the fewest, want %d or more",
+			most, sm.cachedResults, maxCachedShardResults, fewest, full-1)
 	}
 	// A retry is still answered from the record, cached or not.
 	if r := h.one(inSession(10, 3, 0, cmdAt(t0, putOp("c", "again", returnOld)))); r.Error != 0 || r.Results[0].Value != nil {

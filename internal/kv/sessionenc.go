@@ -31,6 +31,12 @@ func (e *sessionEncoder) appendRecord(b []byte, s *shoalpb.SessionRecord) ([]byt
 // appendCached appends the encoding of cs's record to b, encoding only
 // the results whose map entries cs does not hold yet, and keeps those.
 func (e *sessionEncoder) appendCached(b []byte, cs *cachedSession) ([]byte, error) {
+	if len(cs.rec.Results) > maxCachedResults {
+		// Not to be cached (cacheSession): keeping its encodings would
+		// only copy them.
+		cs.enc = nil
+		return e.append(b, cs.rec, nil)
+	}
 	if cs.enc == nil {
 		cs.enc = make(map[uint64]encodedResult, len(cs.rec.Results))
 	}
