@@ -151,6 +151,10 @@ type commandStream struct {
 	mu      sync.Mutex
 	queue   []*pendingCommand
 	waiting map[uint64]*pendingCommand
+	// peak is the most commands waiting at once since waiting was made:
+	// a Go map keeps its size after a burst, so once the burst is over
+	// (none waiting) a map grown past shrinkWaitingAt is made again.
+	peak int
 	// err is set once the stream has broken: no command is taken after.
 	err error
 }
@@ -220,6 +224,7 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 	}
 	s.queue = append(s.queue, p)
 	s.waiting[cmd.Id] = p
+	s.peak = max(s.peak, len(s.waiting))
 	s.mu.Unlock()
 	b.mu.Unlock()
 	select {
@@ -231,7 +236,7 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 		return p.res, p.err
 	case <-ctx.Done():
 		s.mu.Lock()
-		delete(s.waiting, cmd.Id)
+		s.forget(cmd.Id)
 		s.mu.Unlock()
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
@@ -400,12 +405,24 @@ func (s *commandStream) receive(stream shoalpb.KV_BatchCommandsClient) {
 		s.mu.Lock()
 		for _, r := range resp.Results {
 			if p := s.waiting[r.GetId()]; p != nil {
-				delete(s.waiting, r.GetId())
+				s.forget(r.GetId())
 				p.res = r
 				close(p.done)
 			}
 		}
 		s.mu.Unlock()
+	}
+}
+
+// shrinkWaitingAt is the peak of commands waiting on a stream beyond which
+// its map is made again once none waits (commandStream.peak).
+const shrinkWaitingAt = 1024
+
+// forget drops command id from those waiting; s.mu is held.
+func (s *commandStream) forget(id uint64) {
+	delete(s.waiting, id)
+	if len(s.waiting) == 0 && s.peak > shrinkWaitingAt {
+		s.waiting, s.peak = map[uint64]*pendingCommand{}, 0
 	}
 }
 
