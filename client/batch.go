@@ -223,8 +223,7 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 		go s.run()
 	}
 	s.queue = append(s.queue, p)
-	s.waiting[cmd.Id] = p
-	s.peak = max(s.peak, len(s.waiting))
+	s.await(cmd.Id, p)
 	s.mu.Unlock()
 	b.mu.Unlock()
 	select {
@@ -417,6 +416,12 @@ func (s *commandStream) receive(stream shoalpb.KV_BatchCommandsClient) {
 // shrinkWaitingAt is the peak of commands waiting on a stream beyond which
 // its map is made again once none waits (commandStream.peak).
 const shrinkWaitingAt = 1024
+
+// await adds p, command id, to those waiting; s.mu is held.
+func (s *commandStream) await(id uint64, p *pendingCommand) {
+	s.waiting[id] = p
+	s.peak = max(s.peak, len(s.waiting))
+}
 
 // forget drops command id from those waiting; s.mu is held.
 func (s *commandStream) forget(id uint64) {

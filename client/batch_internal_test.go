@@ -13,8 +13,7 @@ func TestWaitingShrinksAfterBurst(t *testing.T) {
 	addr := func() uintptr { return uintptr(reflect.ValueOf(s.waiting).UnsafePointer()) }
 	burst := func(n uint64) {
 		for id := range n {
-			s.waiting[id] = &pendingCommand{}
-			s.peak = max(s.peak, len(s.waiting))
+			s.await(id, &pendingCommand{})
 		}
 	}
 	burst(shrinkWaitingAt)

@@ -54,8 +54,6 @@ type cachedSession struct {
 	// made from; an entry whose result is no longer the record's is
 	// stale and made again.
 	enc map[uint64]encodedResult
-	// counted is what this record adds to stateMachine.cachedResults.
-	counted int
 }
 
 type encodedResult struct {
@@ -89,29 +87,40 @@ func (sm *stateMachine) session(b *storage.Batch, id uint64) (*cachedSession, er
 func (sm *stateMachine) cacheSession(id uint64, s *cachedSession, size int) {
 	sm.uncacheSession(id)
 	n := len(s.rec.Results)
-	if n > maxCachedResults || size > maxCachedRecordBytes {
+	if !cacheable(n, size) {
 		return
 	}
-	// Make room by dropping other records (any: the cache only saves
-	// work, it never changes what is stored).
-	for evict, c := range sm.sessions {
-		if len(sm.sessions) < maxCachedSessions && sm.cachedResults+n <= maxCachedShardResults {
-			break
+	full := func() bool {
+		return len(sm.sessions) >= maxCachedSessions || sm.cachedResults+n > maxCachedShardResults
+	}
+	if full() {
+		// Make room by dropping other records (any: the cache only saves
+		// work, it never changes what is stored).
+		for evict, c := range sm.sessions {
+			sm.cachedResults -= len(c.rec.Results)
+			delete(sm.sessions, evict)
+			if !full() {
+				break
+			}
 		}
-		sm.cachedResults -= c.counted
-		delete(sm.sessions, evict)
 	}
 	if sm.sessions == nil {
 		sm.sessions = make(map[uint64]*cachedSession)
 	}
-	s.counted = n
 	sm.cachedResults += n
 	sm.sessions[id] = s
 }
 
+// cacheable reports whether a record of n results, size bytes encoded,
+// may be cached.
+func cacheable(n, size int) bool { return n <= maxCachedResults && size <= maxCachedRecordBytes }
+
+// uncacheSession drops session id's record from the cache. A record is
+// not changed while it is cached (applyInSession drops it first), so its
+// len(Results) stays what it added to cachedResults.
 func (sm *stateMachine) uncacheSession(id uint64) {
 	if s, ok := sm.sessions[id]; ok {
-		sm.cachedResults -= s.counted
+		sm.cachedResults -= len(s.rec.Results)
 		delete(sm.sessions, id)
 	}
 }

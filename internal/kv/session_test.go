@@ -313,4 +313,22 @@ func TestSessionCacheBounds(t *testing.T) {
 	if r := h.one(inSession(10, 3, 0, cmdAt(t0, putOp("c", "again", returnOld)))); r.Error != 0 || r.Results[0].Value != nil {
 		t.Fatalf("retry: %v", r)
 	}
+	// A record that comes back into a full cache with many results at
+	// once (an uncached one of 70, acknowledged down to 41) makes room for
+	// all of them: several small records go.
+	for seq := range uint64(70) {
+		h.one(inSession(100, seq, 0, cmdAt(t0, putOp("d", "v"))))
+	}
+	for id := uint64(200); id < 200+maxCachedSessions; id++ {
+		for seq := range uint64(maxCachedShardResults / maxCachedSessions) {
+			h.one(inSession(id, seq, 0, cmdAt(t0, putOp("d", "v"))))
+		}
+	}
+	if sm.cachedResults != maxCachedShardResults {
+		t.Fatalf("%d results cached; want the cache full (%d)", sm.cachedResults, maxCachedShardResults)
+	}
+	h.one(inSession(100, 70, 30, cmdAt(t0, putOp("d", "v"))))
+	if c, ok := sm.sessions[100]; !ok || len(c.rec.Results) != 41 {
+		t.Fatalf("the record of 41 results was not cached (%v)", ok)
+	}
 }

@@ -23,15 +23,10 @@ type sessionEncoder struct {
 	val  []byte
 }
 
-// appendRecord appends the encoding of s to b.
-func (e *sessionEncoder) appendRecord(b []byte, s *shoalpb.SessionRecord) ([]byte, error) {
-	return e.append(b, s, nil)
-}
-
 // appendCached appends the encoding of cs's record to b, encoding only
 // the results whose map entries cs does not hold yet, and keeps those.
 func (e *sessionEncoder) appendCached(b []byte, cs *cachedSession) ([]byte, error) {
-	if len(cs.rec.Results) > maxCachedResults {
+	if !cacheable(len(cs.rec.Results), 0) {
 		// Not to be cached (cacheSession): keeping its encodings would
 		// only copy them.
 		cs.enc = nil

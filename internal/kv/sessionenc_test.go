@@ -61,7 +61,7 @@ func TestSessionEncoderMatchesProto(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := e.appendRecord([]byte("prefix"), s)
+		got, err := e.append([]byte("prefix"), s, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +88,7 @@ func BenchmarkSessionRecordEncode(b *testing.B) {
 	var e sessionEncoder
 	b.Run("own", func(b *testing.B) {
 		for b.Loop() {
-			buf, _ = e.appendRecord(buf[:0], s)
+			buf, _ = e.append(buf[:0], s, nil)
 		}
 	})
 }
