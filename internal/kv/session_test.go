@@ -315,7 +315,10 @@ func TestSessionCacheBounds(t *testing.T) {
 	}
 	// A record that comes back into a full cache with many results at
 	// once (an uncached one of 70, acknowledged down to 41) makes room for
-	// all of them: several small records go.
+	// all of them: several small records go. A fresh state machine, so
+	// that the cache fills without evicting (which records go is random).
+	h = newHarness(t, allSlots())
+	sm = h.sm.(*stateMachine)
 	for seq := range uint64(70) {
 		h.one(inSession(100, seq, 0, cmdAt(t0, putOp("d", "v"))))
 	}
@@ -328,7 +331,7 @@ func TestSessionCacheBounds(t *testing.T) {
 		t.Fatalf("%d results cached; want the cache full (%d)", sm.cachedResults, maxCachedShardResults)
 	}
 	h.one(inSession(100, 70, 30, cmdAt(t0, putOp("d", "v"))))
-	if c, ok := sm.sessions[100]; !ok || len(c.rec.Results) != 41 {
-		t.Fatalf("the record of 41 results was not cached (%v)", ok)
+	if c, ok := sm.sessions[100]; !ok || len(c.rec.Results) != 41 || len(sm.sessions) != maxCachedSessions-2 {
+		t.Fatalf("the record of 41 results cached: %v, with %d records; want it and %d others", ok, len(sm.sessions), maxCachedSessions-3)
 	}
 }
