@@ -61,6 +61,9 @@ type Options struct {
 	// these options.
 	RESP     bool
 	RESPOpts resp.Options
+	// HTTP serves HTTP (/healthz, /status, /metrics, /debug/pprof/) on
+	// every node, on Node.HTTPAddr.
+	HTTP bool
 	// DiskReserveBytes is every node's node.Config.DiskReserveBytes, except
 	// that 0 turns the reserve off: tests that are not about disk space
 	// must not depend on the free space of the machine they run on.
@@ -135,6 +138,8 @@ type Node struct {
 	Addr string
 	// RESPAddr is where the node serves the Redis protocol (Options.RESP).
 	RESPAddr string
+	// HTTPAddr is where the node serves HTTP (Options.HTTP).
+	HTTPAddr string
 	c        *Cluster
 	dir      string
 	fs       vfs.FS
@@ -293,6 +298,18 @@ func (n *Node) start() error {
 		}
 		n.RESPAddr = rl.Addr().String()
 		cfg.RESPListener, cfg.RESP = rl, c.opts.RESPOpts
+	}
+	if c.opts.HTTP {
+		hl, err := listen(n.HTTPAddr)
+		if err != nil {
+			lis.Close()
+			if cfg.RESPListener != nil {
+				cfg.RESPListener.Close()
+			}
+			return err
+		}
+		n.HTTPAddr = hl.Addr().String()
+		cfg.HTTPListener = hl
 	}
 	if c.opts.Masters > 0 {
 		cfg.Masters = c.MasterAddrs()
