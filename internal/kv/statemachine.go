@@ -143,10 +143,25 @@ func (sm *stateMachine) applyCommand(b *storage.Batch, data []byte) (*shoalpb.KV
 	return sm.execute(b, cmd)
 }
 
+// maxResultBytes bounds the values one command's results carry (old
+// values, GETEX's, a failed CAS's current one): a command past it fails
+// with TOO_LARGE and applies nothing. Without it a small command of many
+// ops each returning one large value (GETEX of an 8 MiB key, 100,000
+// times) made every replica allocate its results, and, being in the log,
+// did so again at every restart; and a session record, which keeps a
+// command's result whole, could outgrow the 64 MiB a snapshot message
+// takes. It is part of the replicated semantics (every replica must fail
+// such a command alike), so changing it is a format change.
+const maxResultBytes = 16 << 20
+
+// msgResultsTooLarge is the error of a command past maxResultBytes.
+const msgResultsTooLarge = "ERR the values this command returns exceed 16 MiB"
+
 // execute applies cmd's ops all or nothing: they are staged in the overlay
 // and written to b only if every one succeeds.
 func (sm *stateMachine) execute(b *storage.Batch, cmd *shoalpb.KVCommand) (*shoalpb.KVCommandResult, error) {
-	res := &shoalpb.KVCommandResult{Results: make([]*shoalpb.KVOpResult, 0, len(cmd.Ops))}
+	res := &shoalpb.KVCommandResult{Results: make([]*shoalpb.KVOpResult, 0, min(len(cmd.Ops), 1024))}
+	returned := 0
 	for i, op := range cmd.Ops {
 		r, err := sm.applyOp(b, cmd, op)
 		if oe, ok := err.(opError); ok {
@@ -154,6 +169,9 @@ func (sm *stateMachine) execute(b *storage.Batch, cmd *shoalpb.KVCommand) (*shoa
 		}
 		if err != nil {
 			return nil, err
+		}
+		if returned += len(r.Value); returned > maxResultBytes {
+			return failed(opError{code: shoalpb.KVErrorCode_KV_ERROR_TOO_LARGE, msg: msgResultsTooLarge}, i), nil
 		}
 		res.Results = append(res.Results, r)
 	}

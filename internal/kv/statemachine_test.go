@@ -527,6 +527,7 @@ func TestApplyDeleteExpiredRemovesOrphanedIndexEntry(t *testing.T) {
 }
 
 func TestApplyAtomicCommand(t *testing.T) {
+	big6 := strings.Repeat("v", 6<<20)
 	runOpCases(t, []opCase{{
 		name:     "a failed op discards earlier ops",
 		setup:    []*shoalpb.KVCommand{cmdAt(t0, putOp("s", "text"))},
@@ -551,11 +552,32 @@ func TestApplyAtomicCommand(t *testing.T) {
 		wantData:  map[string]stored{"a": {"2", t0 + 7}},
 		wantIndex: []indexEntry{{"a", t0 + 7}},
 	}, {
+		// Three GETEX of a 6 MiB value return 18 MiB: the command fails at
+		// the third, and none of their expiries is applied.
+		name:  "results past 16 MiB fail the command",
+		setup: []*shoalpb.KVCommand{cmdAt(t0, putOp("big", big6))},
+		cmd: cmdAt(t0, getexOp("big", t0+5), putOp("a", "1"), getexOp("big", t0+6), getexOp("big", t0+7),
+			getexOp("big", t0+8)),
+		want:     fail(errTooLarge, msgResultsTooLarge, 3),
+		wantData: map[string]stored{"big": {big6, 0}},
+	}, {
+		name:      "results up to 16 MiB are returned",
+		setup:     []*shoalpb.KVCommand{cmdAt(t0, putOp("big", big6))},
+		cmd:       cmdAt(t0, getexOp("big", t0+5), getexOp("big", t0+6)),
+		want:      ok(opRes(true, true, big6, 0), opRes(true, true, big6, 0)),
+		wantData:  map[string]stored{"big": {big6, t0 + 6}},
+		wantIndex: []indexEntry{{"big", t0 + 6}},
+	}, {
 		name:     "an empty op fails the command",
 		cmd:      cmdAt(t0, putOp("a", "1"), &shoalpb.KVOp{}),
 		want:     fail(errInvalid, "ERR malformed command: empty or unknown op", 1),
 		wantData: nil,
 	}})
+}
+
+// getexOp is GETEX key PXAT at: the value returned, the expiry set.
+func getexOp(key string, at int64) *shoalpb.KVOp {
+	return &shoalpb.KVOp{Op: &shoalpb.KVOp_Expire{Expire: &shoalpb.ExpireOp{Key: []byte(key), ExpireAtMs: at, ReturnValue: true}}}
 }
 
 func TestApplyCommandsShareTheBatch(t *testing.T) {
