@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -235,9 +237,41 @@ func (b *batcher) call(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Co
 		return p.res, p.err
 	case <-ctx.Done():
 		s.mu.Lock()
+		if _, ok := s.waiting[cmd.Id]; !ok {
+			// Its result, or the stream's end, came as the caller gave
+			// up (p.done is closed): that stands, but a command the
+			// stream did not send is not sent unary now.
+			s.mu.Unlock()
+			if errors.Is(p.err, errUnary) {
+				return nil, fmt.Errorf("%w: %w", errNotSent, status.FromContextError(ctx.Err()).Err())
+			}
+			return p.res, p.err
+		}
 		s.forget(cmd.Id)
+		taken := p.taken
+		if !taken {
+			s.unqueue(p)
+		}
 		s.mu.Unlock()
-		return nil, status.FromContextError(ctx.Err()).Err()
+		err := status.FromContextError(ctx.Err()).Err()
+		if !taken {
+			return nil, fmt.Errorf("%w: %w", errNotSent, err)
+		}
+		return nil, err
+	}
+}
+
+// errNotSent wraps the error of a command whose caller gave up while it
+// was still queued: it never went out.
+var errNotSent = errors.New("shoal: request not sent")
+
+// unqueue drops p, which the sender has not taken, from the queue; s.mu
+// is held. A caller that gives up takes its command out at once, so that
+// a sender stalled on a node (a full flow-control window, a stream still
+// opening) does not keep every abandoned command's body meanwhile.
+func (s *commandStream) unqueue(p *pendingCommand) {
+	if i := slices.Index(s.queue, p); i >= 0 {
+		s.queue = slices.Delete(s.queue, i, i+1)
 	}
 }
 
@@ -432,14 +466,20 @@ func (s *commandStream) forget(id uint64) {
 }
 
 // fail ends the stream: every command waiting that the sender took gets
-// sent, the others (never sent) errUnary, and the next command opens a new
-// stream.
+// sent, the others (never sent) errUnary, or ErrClosed once the client is
+// closing, and the next command opens a new stream.
 func (s *commandStream) fail(sent error) {
+	// Commands not sent go unary, unless the client is closing: then they
+	// end with ErrClosed rather than go out, unary, after Close.
+	unsent := errUnary
+	if s.b.ctx.Err() != nil {
+		unsent = ErrClosed
+	}
 	s.mu.Lock()
 	s.err = sent
 	for id, p := range s.waiting {
 		delete(s.waiting, id)
-		p.err = errUnary
+		p.err = unsent
 		if p.taken {
 			p.err = sent
 		}

@@ -337,28 +337,42 @@ func TestBatchTake(t *testing.T) {
 
 // A stream that ends fails the commands it sent as possibly served, and
 // those it had not sent with errUnary, so that they go as unary calls
-// rather than read as ambiguous.
+// rather than read as ambiguous; with ErrClosed once the client is
+// closing, so that none goes out after Close.
 func TestBatchFailSentAndQueued(t *testing.T) {
-	b := &batcher{}
-	s := &commandStream{b: b, waiting: map[uint64]*pendingCommand{}}
-	b.stream = s
-	sentCmd := &pendingCommand{ctx: context.Background(), done: make(chan struct{})}
-	queued := &pendingCommand{ctx: context.Background(), done: make(chan struct{})}
-	// As take leaves them: the first sent, the second still queued.
-	sentCmd.taken = true
-	s.waiting[1], s.waiting[2] = sentCmd, queued
-	s.queue = []*pendingCommand{queued}
-	broken := status.Error(codes.Unavailable, "stream ended")
-	s.fail(broken)
-	<-sentCmd.done
-	<-queued.done
-	if sentCmd.err != broken || !shoalpb.MayBeServed(sentCmd.err) {
-		t.Fatalf("a sent command got %v", sentCmd.err)
-	}
-	if !errors.Is(queued.err, errUnary) {
-		t.Fatalf("a command never sent got %v, want errUnary", queued.err)
-	}
-	if b.stream != nil || len(s.queue) != 0 || len(s.waiting) != 0 {
-		t.Fatalf("after fail: stream %v, %d queued, %d waiting", b.stream, len(s.queue), len(s.waiting))
+	closing, closeClient := context.WithCancel(context.Background())
+	closeClient()
+	for _, tc := range []struct {
+		name       string
+		client     context.Context
+		wantUnsent error
+	}{
+		{"client open", context.Background(), errUnary},
+		{"client closing", closing, ErrClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &batcher{ctx: tc.client}
+			s := &commandStream{b: b, waiting: map[uint64]*pendingCommand{}}
+			b.stream = s
+			sentCmd := &pendingCommand{ctx: context.Background(), done: make(chan struct{})}
+			queued := &pendingCommand{ctx: context.Background(), done: make(chan struct{})}
+			// As take leaves them: the first sent, the second still queued.
+			sentCmd.taken = true
+			s.waiting[1], s.waiting[2] = sentCmd, queued
+			s.queue = []*pendingCommand{queued}
+			broken := status.Error(codes.Unavailable, "stream ended")
+			s.fail(broken)
+			<-sentCmd.done
+			<-queued.done
+			if sentCmd.err != broken || !shoalpb.MayBeServed(sentCmd.err) {
+				t.Fatalf("a sent command got %v", sentCmd.err)
+			}
+			if !errors.Is(queued.err, tc.wantUnsent) {
+				t.Fatalf("a command never sent got %v, want %v", queued.err, tc.wantUnsent)
+			}
+			if b.stream != nil || len(s.queue) != 0 || len(s.waiting) != 0 {
+				t.Fatalf("after fail: stream %v, %d queued, %d waiting", b.stream, len(s.queue), len(s.waiting))
+			}
+		})
 	}
 }

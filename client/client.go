@@ -26,15 +26,18 @@ var (
 	ErrNotInteger = errors.New("shoal: value is not an integer or out of range")
 	// ErrOverflow: the increment would overflow.
 	ErrOverflow = errors.New("shoal: increment or decrement would overflow")
-	// ErrTooLarge: the key or value is larger than the cluster accepts.
+	// ErrTooLarge: the key or value is larger than the cluster accepts, or
+	// the values a batch returns exceed 16 MiB (nothing was applied).
 	ErrTooLarge = errors.New("shoal: key or value too large")
 	// ErrCrossShard: a batch's keys are in more than one shard. Use hash tags
 	// ({...}) to keep keys together.
 	ErrCrossShard = errors.New("shoal: keys in more than one shard")
 	// ErrInvalid: the request is malformed.
 	ErrInvalid = errors.New("shoal: invalid request")
-	// ErrTimeout: the context ended before the request succeeded. For a
-	// write, ErrAmbiguous says whether it may have been applied.
+	// ErrTimeout: the context ended before the request succeeded; the
+	// error wraps the context's (context.DeadlineExceeded or Canceled)
+	// and the last attempt's. For a write, ErrAmbiguous says whether it
+	// may have been applied.
 	ErrTimeout = errors.New("shoal: timed out")
 	// ErrAmbiguous: a write may or may not have been applied, and retrying
 	// could not settle it (no session, or the deadline passed).
@@ -347,8 +350,8 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 	var sess *shoalpb.Session
 	if write && c.session != nil {
 		seq, acked := c.session.begin()
-		defer c.session.end(seq)
 		sess = &shoalpb.Session{Id: c.session.id, Seq: seq, AckedBelow: acked}
+		defer func() { c.session.end(sess.Seq) }()
 	}
 	backoff := 2 * time.Millisecond
 	var last error
@@ -399,11 +402,13 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 				if d.Before(deadline) || !bounded {
 					actx, cancel = context.WithDeadline(ctx, d)
 				}
-				sent = true
 				rh, err = f(actx, kc, h)
 				if cancel != nil {
 					cancel()
 				}
+				// A command the caller gave up on while it was still
+				// queued for the node's stream never left.
+				sent = !errors.Is(err, errNotSent)
 				if err == nil {
 					c.routes.learn(h.ShardId, rh)
 					return nil
@@ -432,7 +437,7 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 			mayHaveApplied = true
 			if sess == nil {
 				if ctx.Err() != nil {
-					return fmt.Errorf("%w, %w: %w", ErrTimeout, ErrAmbiguous, err)
+					return timedOut(ctx, true, err)
 				}
 				return fmt.Errorf("%w: %w", ErrAmbiguous, err)
 			}
@@ -464,6 +469,20 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 			// which names the new leader once there is one.
 			exclude[addr] = true
 			c.routes.forgetLeader(slot)
+		case shoalpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:
+			if !write || sess == nil || mayHaveApplied {
+				return c.final(d, err)
+			}
+			// The shard's acknowledged mark passed this sequence while it
+			// waited to be retried (a shard forgets the oldest of a
+			// session's results past 256 and raises its mark past them),
+			// so the shard refuses it now and at any later apply. No
+			// attempt of it may have been applied: the write goes again
+			// under a new sequence.
+			c.session.end(sess.Seq)
+			seq, acked := c.session.begin()
+			sess = &shoalpb.Session{Id: c.session.id, Seq: seq, AckedBelow: acked}
+			retryNow = true
 		case shoalpb.ErrorCode_ERROR_CODE_OVERLOADED:
 		case shoalpb.ErrorCode_ERROR_CODE_TIMEOUT, shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE:
 			exclude[addr] = true
@@ -498,10 +517,7 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 			return c.final(d, err)
 		}
 		if ctx.Err() != nil {
-			if write && mayHaveApplied {
-				return fmt.Errorf("%w, %w: %w", ErrTimeout, ErrAmbiguous, last)
-			}
-			return fmt.Errorf("%w: %w", ErrTimeout, last)
+			return timedOut(ctx, write && mayHaveApplied, last)
 		}
 		if retryNow && immediate < maxImmediateRetries {
 			immediate++
@@ -510,10 +526,23 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 		immediate = 0
 		select {
 		case <-ctx.Done():
+			// Not another attempt: one with no time left would fail
+			// before it went out, yet read as a write that may have.
+			return timedOut(ctx, write && mayHaveApplied, last)
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, c.opts.maxBackoff)
 	}
+}
+
+// timedOut is the error of a request whose context ended after its last
+// attempt failed with last: ErrTimeout (and ErrAmbiguous when an attempt
+// may have been applied), the context's error and last.
+func timedOut(ctx context.Context, ambiguous bool, last error) error {
+	if ambiguous {
+		return fmt.Errorf("%w, %w, %w: %w", ErrTimeout, ErrAmbiguous, context.Cause(ctx), last)
+	}
+	return fmt.Errorf("%w, %w: %w", ErrTimeout, context.Cause(ctx), last)
 }
 
 // maxImmediateRetries is how many retries in a row a request sends without
@@ -535,8 +564,9 @@ func (c *Client) final(d *shoalpb.ErrorDetail, err error) error {
 	case shoalpb.ErrorCode_ERROR_CODE_DISK_FULL:
 		return fmt.Errorf("%w: %w", ErrDiskFull, err)
 	case shoalpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE:
-		// The write's sequence was already settled: it was applied, but its
-		// result is gone.
+		// The write's sequence was already settled, after an attempt that
+		// may have been applied: it was, and its result is gone, or the
+		// shard's mark passed it first.
 		return fmt.Errorf("%w: %w", ErrAmbiguous, err)
 	case shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER:
 		return fmt.Errorf("%w: %w", ErrWrongCluster, err)

@@ -39,11 +39,18 @@ type scriptedNode struct {
 	calls atomic.Int64
 	// cluster is the cluster ID of the last request.
 	cluster atomic.Pointer[string]
+
+	mu sync.Mutex
+	// seqs are the session sequences of the requests, in order.
+	seqs []uint64
 }
 
 func (s *scriptedNode) Put(_ context.Context, req *shoalpb.PutRequest) (*shoalpb.PutResponse, error) {
 	id := req.GetHeader().GetClusterId()
 	s.cluster.Store(&id)
+	s.mu.Lock()
+	s.seqs = append(s.seqs, req.GetHeader().GetSession().GetSeq())
+	s.mu.Unlock()
 	if err := s.put(s.calls.Add(1)); err != nil {
 		return nil, err
 	}
@@ -448,5 +455,80 @@ func TestClose(t *testing.T) {
 	}
 	if err := c.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// TestStaleSequenceAfterRefusals: a shard refuses a write's sequence as
+// stale once its acknowledged mark has passed it (it forgets the oldest of
+// a session's results past 256). If every earlier attempt was refused
+// unapplied, the write never ran and never will: the client sends it
+// again under a new sequence, instead of reporting an outcome it does not
+// know. After an attempt that may have been applied, it is ambiguous.
+func TestStaleSequenceAfterRefusals(t *testing.T) {
+	stale := shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_STALE_SEQUENCE}, "sequence below the acknowledged mark")
+	for _, tc := range []struct {
+		name          string
+		first         error
+		wantAmbiguous bool
+		wantCalls     int64
+	}{
+		{"refused unapplied", shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_OVERLOADED}, "overloaded"), false, 3},
+		{"maybe applied", shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_TIMEOUT, Ambiguous: true}, "timed out"), true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			node := &scriptedNode{}
+			node.put = func(n int64) error {
+				switch n {
+				case 1:
+					return tc.first
+				case 2:
+					return stale
+				}
+				return nil
+			}
+			addr := serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, node) })
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c := openOneShard(ctx, t, []string{addr})
+			_, err := c.Put(ctx, []byte("k"), []byte("v"))
+			if errors.Is(err, client.ErrAmbiguous) != tc.wantAmbiguous || !tc.wantAmbiguous && err != nil {
+				t.Fatalf("Put: %v; want ambiguous %v", err, tc.wantAmbiguous)
+			}
+			node.mu.Lock()
+			defer node.mu.Unlock()
+			if int64(len(node.seqs)) != tc.wantCalls {
+				t.Fatalf("the node saw sequences %v, want %d attempts", node.seqs, tc.wantCalls)
+			}
+			if s := node.seqs; s[0] == 0 || s[1] != s[0] || len(s) > 2 && s[2] <= s[1] {
+				t.Fatalf("sequences %v: want a retry under the same one, then a new one", s)
+			}
+		})
+	}
+}
+
+// TestTimeoutAfterRefusals: a write refused unapplied until its deadline
+// passed (during a backoff) times out, not ambiguous: no attempt is made
+// with no time left, which would fail before it left yet read as one that
+// may have been served. The error says the context's and the last
+// refusal.
+func TestTimeoutAfterRefusals(t *testing.T) {
+	node := &scriptedNode{put: func(int64) error {
+		return shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_OVERLOADED}, "overloaded")
+	}}
+	addr := serve(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, node) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := openOneShard(ctx, t, []string{addr})
+	pctx, pcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer pcancel()
+	_, err := c.Put(pctx, []byte("k"), []byte("v"))
+	if !errors.Is(err, client.ErrTimeout) || errors.Is(err, client.ErrAmbiguous) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Put: %v; want ErrTimeout and context.DeadlineExceeded, not ErrAmbiguous", err)
+	}
+	if d := shoalpb.DetailOf(err); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_OVERLOADED {
+		t.Fatalf("Put: %v; want the last refusal (OVERLOADED) in the error", err)
+	}
+	if node.calls.Load() < 2 {
+		t.Fatalf("%d attempts: the test shows nothing without a retry", node.calls.Load())
 	}
 }

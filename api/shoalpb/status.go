@@ -70,11 +70,15 @@ func DetailOf(err error) *ErrorDetail {
 // when the connection broke with the call in flight (the server may have
 // applied it), with DeadlineExceeded or Canceled when the caller stopped
 // waiting, and with Internal or Unknown when a stream broke oddly. Only a
-// failure to dial says for sure the call never left.
+// failure to dial says for sure the call never left. ResourceExhausted is
+// a served call when the answer was larger than the caller takes ("received
+// message larger than max"), not when the request was.
 func MayBeServed(err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable:
 		return !strings.Contains(strings.ToLower(status.Convert(err).Message()), "while dialing")
+	case codes.ResourceExhausted:
+		return strings.Contains(status.Convert(err).Message(), "received message larger than max")
 	case codes.DeadlineExceeded, codes.Canceled, codes.Internal, codes.Unknown:
 		return true
 	}

@@ -145,6 +145,15 @@ func (s *kvService) BatchCommands(stream shoalpb.KV_BatchCommandsServer) error {
 	return recvErr
 }
 
+// isWriteResult reports whether r answers a write.
+func isWriteResult(r *commandResult) bool {
+	switch r.GetResponse().(type) {
+	case *shoalpb.BatchCommandsResponse_Result_Get, *shoalpb.BatchCommandsResponse_Result_MultiGet:
+		return false
+	}
+	return r.GetResponse() != nil
+}
+
 // sendResults sends what the commands return, batching those that are
 // ready together, until results is closed. A failed send ends the stream
 // (gRPC sends the client its status, and Recv fails), so after one it only
@@ -156,8 +165,13 @@ func sendResults(stream shoalpb.KV_BatchCommandsServer, results <-chan *commandR
 	take := func(r *commandResult) {
 		next, nextSize = r, proto.Size(r)
 		if nextSize > maxResultBytes {
-			next = &commandResult{Id: r.Id, Error: shoalpb.CommandStatusOf(status.Errorf(codes.ResourceExhausted,
-				"BatchCommands: the result is %d bytes, over the limit of %d", nextSize, maxResultBytes))}
+			msg := fmt.Sprintf("BatchCommands: the result is %d bytes, over the limit of %d", nextSize, maxResultBytes)
+			err := status.Error(codes.ResourceExhausted, msg)
+			if isWriteResult(r) {
+				// The write was applied; only its answer is lost.
+				err = shoalpb.StatusError(&shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_TOO_LARGE, Ambiguous: true}, msg)
+			}
+			next = &commandResult{Id: r.Id, Error: shoalpb.CommandStatusOf(err)}
 			nextSize = proto.Size(next)
 		}
 	}

@@ -50,7 +50,25 @@ func TestSendResultsBatchesWithinLimits(t *testing.T) {
 		t.Fatalf("messages carry %v, want [[1 2] [3] [4 5]]", got)
 	}
 	last := s.sent[2].Results[1]
-	if codes.Code(last.GetError().GetCode()) != codes.ResourceExhausted || last.GetGet() != nil {
-		t.Fatalf("result over the message limit: %v", last.GetError())
+	if codes.Code(last.GetError().GetCode()) != codes.ResourceExhausted || last.GetGet() != nil || last.GetError().GetDetail() != nil {
+		t.Fatalf("read result over the message limit: %v", last.GetError())
+	}
+}
+
+// A write's result over the message limit says the write was applied and
+// its answer lost: TOO_LARGE, ambiguous, so that the client neither runs
+// it again without a session nor reports a plain failure.
+func TestSendResultsOversizedWrite(t *testing.T) {
+	results := make(chan *commandResult, 1)
+	results <- &commandResult{Id: 1, Response: &shoalpb.BatchCommandsResponse_Result_Put{
+		Put: &shoalpb.PutResponse{Applied: true, Old: make([]byte, transport.MaxMessageBytes)}}}
+	close(results)
+	var s sentResponses
+	if err := sendResults(&s, results); err != nil {
+		t.Fatal(err)
+	}
+	d := s.sent[0].Results[0].GetError().GetDetail()
+	if d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_TOO_LARGE || !d.GetAmbiguous() {
+		t.Fatalf("write result over the message limit: %v, want TOO_LARGE, ambiguous", s.sent[0].Results[0].GetError())
 	}
 }
