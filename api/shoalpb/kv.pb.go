@@ -436,9 +436,13 @@ func (x *GetResponse) GetExpireAtMs() int64 {
 
 // MultiGetRequest reads keys of one shard as of one moment.
 type MultiGetRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Keys          [][]byte               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Keys   [][]byte               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Answer found and expire_at_ms only, not the values (EXISTS): the
+	// node does not read the values out. A node of an older build ignores
+	// it and answers the values too.
+	ExistsOnly    bool `protobuf:"varint,3,opt,name=exists_only,json=existsOnly,proto3" json:"exists_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -485,6 +489,13 @@ func (x *MultiGetRequest) GetKeys() [][]byte {
 		return x.Keys
 	}
 	return nil
+}
+
+func (x *MultiGetRequest) GetExistsOnly() bool {
+	if x != nil {
+		return x.ExistsOnly
+	}
+	return false
 }
 
 type MultiGetResponse struct {
@@ -1929,10 +1940,12 @@ const file_shoalpb_kv_proto_rawDesc = "" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12 \n" +
 	"\fexpire_at_ms\x18\x04 \x01(\x03R\n" +
-	"expireAtMs\"V\n" +
+	"expireAtMs\"w\n" +
 	"\x0fMultiGetRequest\x12/\n" +
 	"\x06header\x18\x01 \x01(\v2\x17.shoal.v1.RequestHeaderR\x06header\x12\x12\n" +
-	"\x04keys\x18\x02 \x03(\fR\x04keys\"\x94\x01\n" +
+	"\x04keys\x18\x02 \x03(\fR\x04keys\x12\x1f\n" +
+	"\vexists_only\x18\x03 \x01(\bR\n" +
+	"existsOnly\"\x94\x01\n" +
 	"\x10MultiGetResponse\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.shoal.v1.ResponseHeaderR\x06header\x12\x14\n" +
 	"\x05found\x18\x02 \x03(\bR\x05found\x12\x16\n" +

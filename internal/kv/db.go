@@ -73,6 +73,9 @@ type ReadOptions struct {
 	// Stale skips the ReadIndex barrier: the read sees this replica's state,
 	// which may lag the leader's. By default reads are linearizable.
 	Stale bool
+	// ExistsOnly makes MultiGet answer whether each key exists (and its
+	// expiry) without reading its value out: EXISTS. Other reads ignore it.
+	ExistsOnly bool
 }
 
 // Session identifies a write in a client session so that it applies at most

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -690,4 +691,49 @@ func startDBWithoutShards(t *testing.T) *env {
 		eng.Close()
 	})
 	return &env{db: db, store: store, eng: eng}
+}
+
+// MultiGet reads a key named several times once, its positions sharing
+// the value; with ExistsOnly it copies no value out; an answer past
+// MaxMultiGetBytes, positions counted, fails with ErrTooLarge.
+func TestMultiGetRepeatedKeys(t *testing.T) {
+	e := startDB(t, kv.Options{})
+	ctx := context.Background()
+	big := bytes.Repeat([]byte("v"), 6<<20)
+	if _, err := e.db.Put(ctx, []byte("{t}big"), big, kv.PutOptions{TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.db.Put(ctx, []byte("{t}small"), []byte("s"), kv.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ks := [][]byte{[]byte("{t}big"), []byte("{t}small"), []byte("{t}big"), []byte("{t}gone")}
+	vals, found, err := e.db.MultiGet(ctx, ks, kv.ReadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(found, []bool{true, true, true, false}) || !bytes.Equal(vals[0].Data, big) || string(vals[1].Data) != "s" {
+		t.Fatalf("found %v, values of %d and %q bytes", found, len(vals[0].Data), vals[1].Data)
+	}
+	if &vals[2].Data[0] != &vals[0].Data[0] {
+		t.Fatal("a key named twice was read (and copied) twice")
+	}
+	wantAt := e.clock.Now().Add(time.Hour).UnixMilli()
+	if vals[2].ExpireAt.UnixMilli() != wantAt {
+		t.Fatalf("second position's expiry %v, want %d", vals[2].ExpireAt, wantAt)
+	}
+	vals, found, err = e.db.MultiGet(ctx, ks, kv.ReadOptions{ExistsOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(found, []bool{true, true, true, false}) || vals[0].Data != nil || vals[1].Data != nil ||
+		vals[0].ExpireAt.UnixMilli() != wantAt {
+		t.Fatalf("exists only: found %v, values %d and %d bytes, expiry %v", found, len(vals[0].Data), len(vals[1].Data), vals[0].ExpireAt)
+	}
+	many := slices.Repeat([][]byte{[]byte("{t}big")}, kv.MaxMultiGetBytes/len(big)+1)
+	if _, _, err := e.db.MultiGet(ctx, many, kv.ReadOptions{}); !errors.Is(err, kv.ErrTooLarge) {
+		t.Fatalf("MultiGet of %d × 6 MiB: %v, want ErrTooLarge", len(many), err)
+	}
+	if _, found, err := e.db.MultiGet(ctx, many, kv.ReadOptions{ExistsOnly: true}); err != nil || !found[len(many)-1] {
+		t.Fatalf("exists only of %d × 6 MiB: %v, %v", len(many), found, err)
+	}
 }

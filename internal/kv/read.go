@@ -21,6 +21,16 @@ func Get(r storage.Reader, slot uint16, key []byte, nowMs int64) (value []byte, 
 	return decodeLive(key, raw, nowMs)
 }
 
+// exists reports whether key, which lives in slot, is live in r as of
+// nowMs, and its expiry, without copying its value.
+func exists(r storage.Reader, slot uint16, key []byte, nowMs int64) (expireAtMs int64, found bool, err error) {
+	err = storage.View(r, keys.DataKey(slot, key), func(raw []byte) error {
+		_, expireAtMs, found, err = decodeLive(key, raw, nowMs)
+		return err
+	})
+	return expireAtMs, found, err
+}
+
 // decodeLive decodes key's stored record raw as of nowMs.
 func decodeLive(key, raw []byte, nowMs int64) (value []byte, expireAtMs int64, found bool, err error) {
 	v, at, err := DecodeValue(raw)
@@ -165,10 +175,20 @@ func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, 
 	return res, nil
 }
 
+// MaxMultiGetBytes bounds the values one MultiGet answers, a value named
+// twice counted twice: the answer must fit a gRPC message (64 MiB), and
+// the front end builds its reply whole.
+const MaxMultiGetBytes = 48 << 20
+
 // MultiGet reads several keys of one shard as of one moment: after one
 // ReadIndex barrier (unless o.Stale), from one engine snapshot, so a
 // command that wrote several of them is seen whole or not at all. Keys in
-// different shards fail with ErrCrossShard.
+// different shards fail with ErrCrossShard. A key named more than once is
+// read once, and its positions share one value: EXISTS or MGET of one 8
+// MiB key named a thousand times must not copy it a thousand times. With
+// o.ExistsOnly no value is copied out at all (Value.Data is nil). An
+// answer whose values, each position counted, exceed MaxMultiGetBytes
+// fails with ErrTooLarge.
 func (d *DB) MultiGet(ctx context.Context, ks [][]byte, o ReadOptions) ([]Value, []bool, error) {
 	if len(ks) == 0 {
 		return nil, nil, nil
@@ -191,14 +211,39 @@ func (d *DB) MultiGet(ctx context.Context, ks [][]byte, o ReadOptions) ([]Value,
 	defer snap.Close()
 	now := d.nowMs()
 	vals, found := make([]Value, len(ks)), make([]bool, len(ks))
+	var first map[string]int // a key's first position, when named twice
+	if len(ks) > 1 {
+		first = make(map[string]int, len(ks))
+	}
+	size := 0
 	for i, k := range ks {
-		v, at, ok, err := Get(snap, keys.Slot(k), k, now)
+		if first != nil {
+			if j, ok := first[string(k)]; ok {
+				vals[i], found[i] = vals[j], found[j]
+				if size += len(vals[i].Data); size > MaxMultiGetBytes {
+					return nil, nil, fmt.Errorf("kv: mget: %w: the values answered exceed %d bytes", ErrTooLarge, MaxMultiGetBytes)
+				}
+				continue
+			}
+			first[string(k)] = i
+		}
+		var v []byte
+		var at int64
+		var ok bool
+		if o.ExistsOnly {
+			at, ok, err = exists(snap, keys.Slot(k), k, now)
+		} else {
+			v, at, ok, err = Get(snap, keys.Slot(k), k, now)
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("kv: mget: %w", err)
 		}
 		vals[i], found[i] = Value{Data: v}, ok
 		if at != 0 {
 			vals[i].ExpireAt = time.UnixMilli(at)
+		}
+		if size += len(v); size > MaxMultiGetBytes {
+			return nil, nil, fmt.Errorf("kv: mget: %w: the values answered exceed %d bytes", ErrTooLarge, MaxMultiGetBytes)
 		}
 	}
 	if err := d.store.Serving(shard); err != nil {

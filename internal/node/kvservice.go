@@ -532,7 +532,9 @@ func (s *kvService) MultiGet(ctx context.Context, req *shoalpb.MultiGetRequest) 
 	return serve(ctx, s, h, keys.Slot(req.Keys[0]), false,
 		func(c shoalpb.KVClient) (*shoalpb.MultiGetResponse, error) { return c.MultiGet(ctx, req) },
 		func(shard uint64) (*shoalpb.MultiGetResponse, error) {
-			vals, found, err := s.n.kv.MultiGet(ctx, req.Keys, readOptions(h))
+			o := readOptions(h)
+			o.ExistsOnly = req.ExistsOnly
+			vals, found, err := s.n.kv.MultiGet(ctx, req.Keys, o)
 			if err != nil {
 				return nil, err
 			}

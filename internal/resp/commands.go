@@ -912,6 +912,16 @@ func cmdMGet(c *conn, a [][]byte) {
 	ctx, cancel := c.ctx()
 	defer cancel()
 	resp, err := c.s.backend.MultiGet(ctx, &shoalpb.MultiGetRequest{Header: c.header(), Keys: a[1:]})
+	if shoalpb.DetailOf(err).GetCode() == shoalpb.ErrorCode_ERROR_CODE_TOO_LARGE {
+		// Not a value over the limit (what TOO_LARGE says otherwise): the
+		// answer, "the values answered exceed … bytes".
+		msg := errMessage(err)
+		if i := strings.Index(msg, "the values answered"); i >= 0 {
+			msg = msg[i:]
+		}
+		c.wr.Error("ERR MGET: " + msg)
+		return
+	}
 	if err != nil {
 		c.fail(err)
 		return
@@ -968,7 +978,7 @@ func cmdDel(c *conn, a [][]byte) {
 func cmdExists(c *conn, a [][]byte) {
 	ctx, cancel := c.ctx()
 	defer cancel()
-	resp, err := c.s.backend.MultiGet(ctx, &shoalpb.MultiGetRequest{Header: c.header(), Keys: a[1:]})
+	resp, err := c.s.backend.MultiGet(ctx, &shoalpb.MultiGetRequest{Header: c.header(), Keys: a[1:], ExistsOnly: true})
 	if err != nil {
 		c.fail(err)
 		return

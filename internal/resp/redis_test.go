@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -527,6 +528,18 @@ func TestPipelineAndLargeValues(t *testing.T) {
 	}
 	if _, err := rc.Get(ctx, "bigger").Result(); !errors.Is(err, redis.Nil) {
 		t.Fatalf("oversized value was stored: %v", err)
+	}
+	// A key named many times is read once; EXISTS reads no value; an
+	// MGET answer over 48 MiB is refused, not built.
+	if n, err := rc.Exists(ctx, slices.Repeat([]string{"big"}, 1000)...).Result(); err != nil || n != 1000 {
+		t.Fatalf("EXISTS of an 8 MiB key, 1000 times: %d, %v", n, err)
+	}
+	if v, err := rc.MGet(ctx, "big", "big").Result(); err != nil || len(v) != 2 || v[1] != big {
+		t.Fatalf("MGET big big: %d values, %v", len(v), err)
+	}
+	_, err = rc.MGet(ctx, slices.Repeat([]string{"big"}, 7)...).Result()
+	if err == nil || !strings.HasPrefix(err.Error(), "ERR MGET: the values answered exceed") {
+		t.Fatalf("MGET of 56 MiB: %v", err)
 	}
 }
 

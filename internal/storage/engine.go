@@ -208,6 +208,20 @@ func Get(r Reader, key []byte) ([]byte, bool, error) {
 	return out, true, nil
 }
 
+// View calls f with the value of key in r, if it exists, without copying
+// it: f must not keep the slice.
+func View(r Reader, key []byte, f func(v []byte) error) error {
+	v, closer, err := r.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("storage: get: %w", err)
+	}
+	defer closer.Close()
+	return f(v)
+}
+
 // GetProto reads key from r into m and reports whether it exists.
 func GetProto(r Reader, key []byte, m proto.Message) (bool, error) {
 	v, closer, err := r.Get(key)
