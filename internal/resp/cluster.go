@@ -414,7 +414,11 @@ func cmdScan(c *conn, a [][]byte) {
 		}
 		switch strings.ToLower(string(a[i])) {
 		case "count":
-			if count, err = strconv.Atoi(string(a[i+1])); err != nil || count < 1 {
+			if count, err = strconv.Atoi(string(a[i+1])); err != nil {
+				c.wr.Error(errNotInt)
+				return
+			}
+			if count < 1 {
 				c.wr.Error(errSyntax)
 				return
 			}

@@ -230,7 +230,8 @@ func (c *conn) fail(err error) {
 		// A keyless one (SCAN, DBSIZE, ...) that met a shard moving
 		// away is asked to try again.
 		if addr := c.s.leaderAddr(c.slot, d.GetLeaderId()); addr != "" && c.keyed {
-			c.wr.Error(fmt.Sprintf("MOVED %d %s", c.slot, addr))
+			host, port := splitAddr(addr)
+			c.wr.Error(fmt.Sprintf("MOVED %d %s:%d", c.slot, host, port))
 			return
 		}
 		c.wr.Error(errTryAgain)
@@ -432,7 +433,8 @@ func (c *conn) describe() string {
 
 func cmdCommand(c *conn, a [][]byte) {
 	table := c.s.table()
-	if len(a) == 1 {
+	// COMMAND, and COMMAND INFO without names (Redis 7): every command.
+	if len(a) == 1 || len(a) == 2 && strings.EqualFold(string(a[1]), "info") {
 		names := make([]string, 0, len(table))
 		for n := range table {
 			names = append(names, n)
@@ -554,6 +556,10 @@ type expiry struct {
 	keepTTL     bool
 	persist     bool
 	set         bool
+	// opt is the option that set it: "ex", "px", "exat" or "pxat". As in
+	// Redis, an option may come again (the last one counts), but two
+	// different ones conflict.
+	opt string
 }
 
 // maxRelativeTTLMs is the longest TTL sent as relative (PutRequest.ttl_ms,
@@ -587,16 +593,16 @@ func parseExpiry(opt string, v []byte, cmd string) (expiry, string) {
 			return expiry{}, invalid
 		}
 		if ms > maxRelativeTTLMs {
-			return expiry{atMs: now + ms, set: true}, ""
+			return expiry{atMs: now + ms, set: true, opt: opt}, ""
 		}
-		return expiry{ttlMs: ms, set: true}, ""
+		return expiry{ttlMs: ms, set: true, opt: opt}, ""
 	case "exat":
 		if n > math.MaxInt64/1000 {
 			return expiry{}, invalid
 		}
-		return expiry{atMs: n * 1000, set: true}, ""
+		return expiry{atMs: n * 1000, set: true, opt: opt}, ""
 	default: // pxat
-		return expiry{atMs: n, set: true}, ""
+		return expiry{atMs: n, set: true, opt: opt}, ""
 	}
 }
 
@@ -608,24 +614,25 @@ func cmdSet(c *conn, a [][]byte) {
 		opt := strings.ToLower(string(a[i]))
 		switch opt {
 		case "nx", "xx":
-			if req.Condition != shoalpb.Condition_CONDITION_NONE {
+			cond := shoalpb.Condition_CONDITION_NOT_EXISTS
+			if opt == "xx" {
+				cond = shoalpb.Condition_CONDITION_EXISTS
+			}
+			if req.Condition != shoalpb.Condition_CONDITION_NONE && req.Condition != cond {
 				c.wr.Error(errSyntax)
 				return
 			}
-			req.Condition = shoalpb.Condition_CONDITION_NOT_EXISTS
-			if opt == "xx" {
-				req.Condition = shoalpb.Condition_CONDITION_EXISTS
-			}
+			req.Condition = cond
 		case "get":
 			withGet = true
 		case "keepttl":
-			if exp.set || exp.keepTTL {
+			if exp.set {
 				c.wr.Error(errSyntax)
 				return
 			}
 			exp.keepTTL = true
 		case "ex", "px", "exat", "pxat":
-			if exp.set || exp.keepTTL || i+1 >= len(a) {
+			if exp.set && exp.opt != opt || exp.keepTTL || i+1 >= len(a) {
 				c.wr.Error(errSyntax)
 				return
 			}
@@ -713,13 +720,13 @@ func cmdGetEx(c *conn, a [][]byte) {
 		opt := strings.ToLower(string(a[i]))
 		switch opt {
 		case "persist":
-			if exp.set || exp.persist {
+			if exp.set {
 				c.wr.Error(errSyntax)
 				return
 			}
 			exp.persist = true
 		case "ex", "px", "exat", "pxat":
-			if exp.set || exp.persist || i+1 >= len(a) {
+			if exp.set && exp.opt != opt || exp.persist || i+1 >= len(a) {
 				c.wr.Error(errSyntax)
 				return
 			}

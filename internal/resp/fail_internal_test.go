@@ -22,7 +22,7 @@ func (b topologyBackend) ShardOf(uint16) uint64 { return 1 }
 // it must not.
 func TestFailWordsRedirections(t *testing.T) {
 	topo := Topology{Self: 1, Shards: []ShardInfo{{ID: 1, Start: 0, End: 16384, Leader: 1}}, Nodes: map[uint64]NodeInfo{
-		1: {RESPAddr: "127.0.0.1:7001", Up: true}, 2: {RESPAddr: "127.0.0.2:7002", Up: true},
+		1: {RESPAddr: "127.0.0.1:7001", Up: true}, 2: {RESPAddr: "127.0.0.2:7002", Up: true}, 3: {RESPAddr: "[::1]:7003", Up: true},
 	}}
 	s := NewServer(topologyBackend{t: topo}, Options{})
 	for _, tt := range []struct {
@@ -33,6 +33,10 @@ func TestFailWordsRedirections(t *testing.T) {
 	}{
 		{"not leader, names node 2", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 2}, false,
 			"-MOVED 42 127.0.0.2:7002\r\n"},
+		// As Redis words an IPv6 address, without brackets: clients split
+		// at the last colon.
+		{"not leader, names an IPv6 node", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 3}, false,
+			"-MOVED 42 ::1:7003\r\n"},
 		// The write was in the log of a leader that lost its place: it may
 		// still be applied, and a client sent elsewhere would run it again.
 		{"not leader, ambiguous", &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, LeaderId: 2, Ambiguous: true}, false,

@@ -217,6 +217,13 @@ func TestErrorsAsRedisWordsThem(t *testing.T) {
 		{[]any{"incr", "str"}, "ERR value is not an integer or out of range"},
 		{[]any{"get"}, "ERR wrong number of arguments for 'get' command"},
 		{[]any{"set", "k", "v", "nx", "xx"}, "ERR syntax error"},
+		// Two different expiry options conflict (the same one twice does
+		// not: below).
+		{[]any{"set", "k", "v", "ex", "1", "px", "5"}, "ERR syntax error"},
+		{[]any{"set", "k", "v", "keepttl", "ex", "5"}, "ERR syntax error"},
+		{[]any{"getex", "str", "persist", "ex", "5"}, "ERR syntax error"},
+		{[]any{"scan", "0", "count", "abc"}, "ERR value is not an integer or out of range"},
+		{[]any{"scan", "0", "count", "0"}, "ERR syntax error"},
 		{[]any{"set", "k", "v", "ex", "0"}, "ERR invalid expire time in 'set' command"},
 		{[]any{"set", "k", "v", "ex", "x"}, "ERR value is not an integer or out of range"},
 		// Overflowing once added to the current time, as Redis checks.
@@ -235,6 +242,22 @@ func TestErrorsAsRedisWordsThem(t *testing.T) {
 	}
 	if v, err := rc.Get(ctx, "str").Result(); err != nil || v != "abc" {
 		t.Fatalf("after the refused GETEX: %q, %v; the key must be untouched", v, err)
+	}
+	// An option given twice is taken, as Redis 7 takes it: the last
+	// expiry counts.
+	for _, args := range [][]any{
+		{"set", "dup", "v", "nx", "nx"},
+		{"set", "dup", "v", "ex", "1", "ex", "1000"},
+		{"set", "dup", "v", "keepttl", "keepttl", "xx", "xx"},
+		{"getex", "dup", "persist", "persist"},
+		{"getex", "dup", "px", "5", "px", "2000000"},
+	} {
+		if err := rc.Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	if d, err := rc.PTTL(ctx, "dup").Result(); err != nil || d < 1000*time.Second || d > 2000*time.Second {
+		t.Fatalf("PTTL after the repeated options: %v, %v; want the last, 2000 s", d, err)
 	}
 	// TTLs longer than a Go duration holds (292 years) are kept, as Redis
 	// keeps them: a relative TTL of 18446744074 s once wrapped to 291 ms.

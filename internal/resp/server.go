@@ -74,6 +74,10 @@ type Options struct {
 	CommandTimeout time.Duration
 	// IdleTimeout closes connections idle this long; 0 keeps them.
 	IdleTimeout time.Duration
+	// CloseTimeout bounds how long Close lets connections finish the
+	// commands they are running and send their replies before it closes
+	// them. Default 2s.
+	CloseTimeout time.Duration
 	// MaxConns bounds concurrent connections. Default 10000.
 	MaxConns int
 	// MaxPipelined bounds the commands of one connection's pipeline that
@@ -114,6 +118,9 @@ func (o *Options) ensureDefaults() {
 	if o.CommandTimeout <= 0 {
 		o.CommandTimeout = 10 * time.Second
 	}
+	if o.CloseTimeout <= 0 {
+		o.CloseTimeout = 2 * time.Second
+	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = 10000
 	}
@@ -143,6 +150,12 @@ type Server struct {
 	conns  map[*conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+	// closing is set by Close before it interrupts the connections'
+	// reads: a connection checks it after it sets its read deadline, so
+	// either it sees it or Close's deadline comes after its own.
+	closing atomic.Bool
+	// done is closed by Close.
+	done chan struct{}
 
 	nextID    atomic.Int64
 	cursors   *cursorCache
@@ -155,7 +168,7 @@ type Server struct {
 func NewServer(backend Backend, opts Options) *Server {
 	opts.ensureDefaults()
 	return &Server{opts: opts, backend: backend, log: opts.Logger.With("component", "resp"), started: time.Now(),
-		conns: map[*conn]struct{}{}, cursors: newCursorCache(10000, 10*time.Minute)}
+		conns: map[*conn]struct{}{}, cursors: newCursorCache(10000, 10*time.Minute), done: make(chan struct{})}
 }
 
 // Serve accepts connections on lis until Close, which closes lis. On a
@@ -169,6 +182,7 @@ func (s *Server) Serve(lis net.Listener) error {
 	}
 	s.lis = lis
 	s.mu.Unlock()
+	var backoff time.Duration
 	for {
 		nc, err := lis.Accept()
 		if err != nil {
@@ -178,12 +192,19 @@ func (s *Server) Serve(lis net.Listener) error {
 			if closed {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			// Anything else may pass (out of file descriptors, a
+			// connection reset before it was accepted): keep accepting,
+			// backing off, as net/http does. Returning would leave the
+			// port open with nobody accepting.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed, retrying", "err", err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.done:
 			}
-			return err
+			continue
 		}
+		backoff = 0
 		s.mu.Lock()
 		if s.closed || len(s.conns) >= s.opts.MaxConns {
 			s.mu.Unlock()
@@ -205,18 +226,44 @@ func (s *Server) Serve(lis net.Listener) error {
 	}
 }
 
-// Close stops accepting, closes every connection and waits for them.
+// Close stops accepting and ends every connection: each stops reading
+// commands, finishes those it is running and sends their replies, then
+// closes; after Options.CloseTimeout those left are closed at once. A
+// write that was applied keeps its reply: a client that saw the
+// connection close instead would send the write again (go-redis retries
+// on EOF). Commands read but not started get no reply.
 func (s *Server) Close() error {
 	s.mu.Lock()
-	s.closed = true
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
 	if s.lis != nil {
 		s.lis.Close()
 	}
+	s.closing.Store(true)
+	now := time.Now()
+	for c := range s.conns {
+		c.nc.SetReadDeadline(now)
+		c.nc.SetWriteDeadline(now.Add(s.opts.CloseTimeout))
+	}
+	s.mu.Unlock()
+	finished := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		return nil
+	case <-time.After(s.opts.CloseTimeout):
+	}
+	s.mu.Lock()
 	for c := range s.conns {
 		c.nc.Close()
 	}
 	s.mu.Unlock()
-	s.wg.Wait()
+	<-finished
 	return nil
 }
 
@@ -296,6 +343,11 @@ func (c *conn) serve() {
 	for {
 		if t := c.s.opts.IdleTimeout; t > 0 {
 			c.nc.SetReadDeadline(time.Now().Add(t))
+		}
+		if c.s.closing.Load() {
+			// Close: no new command (the deferred drain answers those
+			// running).
+			return
 		}
 		lim := c.s.opts.Limits
 		c.out.limit = c.s.opts.MaxReplyBacklog
