@@ -178,3 +178,10 @@ func (o *outbox) wait() error {
 	}
 	return o.err
 }
+
+// busy reports whether replies are queued for the sender.
+func (o *outbox) busy() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.sending
+}

@@ -156,6 +156,8 @@ type Server struct {
 	closing atomic.Bool
 	// done is closed by Close.
 	done chan struct{}
+	// stallTimeout is replyStall, shorter in tests.
+	stallTimeout time.Duration
 
 	nextID    atomic.Int64
 	cursors   *cursorCache
@@ -168,7 +170,8 @@ type Server struct {
 func NewServer(backend Backend, opts Options) *Server {
 	opts.ensureDefaults()
 	return &Server{opts: opts, backend: backend, log: opts.Logger.With("component", "resp"), started: time.Now(),
-		conns: map[*conn]struct{}{}, cursors: newCursorCache(10000, 10*time.Minute), done: make(chan struct{})}
+		conns: map[*conn]struct{}{}, cursors: newCursorCache(10000, 10*time.Minute), done: make(chan struct{}),
+		stallTimeout: replyStall}
 }
 
 // Serve accepts connections on lis until Close, which closes lis. On a
@@ -332,8 +335,9 @@ func (c *conn) serve() {
 			c.cmdCancel()
 		}
 		// What was flushed reaches the client before the socket closes
-		// (a QUIT's +OK, an error before a protocol error's close).
-		c.out.wait()
+		// (a QUIT's +OK, an error before a protocol error's close), as
+		// long as the client reads it.
+		c.awaitOut(c.s.stallTimeout)
 		c.nc.Close()
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
@@ -603,6 +607,38 @@ func (c *conn) lingerClose() {
 		}
 	}
 }
+
+// awaitOut waits for the replies queued to reach the socket while the
+// client reads them: the write deadline moves on while bytes go out, and a
+// client that takes nothing for stall is given up. A connection ending
+// after its client closed its side, or stopped reading, would otherwise
+// wait for ever with its queued replies (up to MaxReplyBacklog).
+func (c *conn) awaitOut(stall time.Duration) {
+	if !c.out.busy() {
+		return
+	}
+	_ = c.nc.SetWriteDeadline(time.Now().Add(stall))
+	sent := make(chan error, 1)
+	go func() { sent <- c.out.wait() }()
+	tick := time.NewTicker(stall / 4)
+	defer tick.Stop()
+	last := c.out.sent.Load()
+	for {
+		select {
+		case <-sent:
+			return
+		case <-tick.C:
+			if n := c.out.sent.Load(); n != last {
+				last = n
+				_ = c.nc.SetWriteDeadline(time.Now().Add(stall))
+			}
+		}
+	}
+}
+
+// replyStall is how long a connection that ends waits for its client to
+// read any of its queued replies before it gives them up.
+const replyStall = 10 * time.Second
 
 // ctx returns the context for a command and the function to call when the
 // command is done. Its deadline is at least CommandTimeout away and at most
