@@ -446,6 +446,41 @@ func TestDBSweeperRemovesIdleSessions(t *testing.T) {
 	}
 }
 
+// More sessions gone idle than one look removes (SweepBatch per round,
+// maxSweepRounds rounds) are removed by the next sweeps, not one batch per
+// SessionTTL/16: the fake clock does not move, so no new look is due.
+func TestDBSweeperRemovesIdleSessionBacklog(t *testing.T) {
+	e := startDB(t, kv.Options{SweepInterval: 5 * time.Millisecond, SessionTTL: time.Minute, SweepBatch: 4})
+	ctx := testCtx(t)
+	k := []byte(keyInShard(1, "s"))
+	const idle = 100 // over the 8 rounds × 4 of one sweep
+	for id := uint64(1); id <= idle; id++ {
+		if _, err := e.db.IncrBy(ctx, k, 1, kv.WriteOptions{Session: &kv.Session{ID: id, Seq: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.clock.Advance(2 * time.Minute)
+	if _, err := e.db.IncrBy(ctx, k, 1, kv.WriteOptions{Session: &kv.Session{ID: idle + 1, Seq: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() error {
+		it, err := e.eng.NewIter(keys.SessionSpan(1))
+		if err != nil {
+			return err
+		}
+		defer it.Close()
+		var left []uint64
+		for ok := it.First(); ok; ok = it.Next() {
+			_, id, _ := keys.DecodeSessionKey(it.Key())
+			left = append(left, id)
+		}
+		if !slices.Equal(left, []uint64{idle + 1}) {
+			return fmt.Errorf("%d sessions stored, want only the active one", len(left))
+		}
+		return nil
+	})
+}
+
 func TestDBTooLarge(t *testing.T) {
 	e := startDB(t, kv.Options{Limits: kv.Limits{MaxKeyBytes: 8, MaxValueBytes: 16}})
 	ctx := testCtx(t)
@@ -735,5 +770,53 @@ func TestMultiGetRepeatedKeys(t *testing.T) {
 	}
 	if _, found, err := e.db.MultiGet(ctx, many, kv.ReadOptions{ExistsOnly: true}); err != nil || !found[len(many)-1] {
 		t.Fatalf("exists only of %d × 6 MiB: %v, %v", len(many), found, err)
+	}
+}
+
+// A scan page ends after 10,000 expired records not yet swept, with a
+// cursor and maybe no key, rather than walk them all: the next page goes
+// on after them.
+func TestScanBoundsSkippedExpiredRecords(t *testing.T) {
+	e := startDB(t, kv.Options{})
+	ctx := context.Background()
+	expireAt := e.clock.Now().Add(time.Second).UnixMilli()
+	const expiring = 10500
+	for i := 0; i < expiring; i += 500 {
+		var ops []*shoalpb.KVOp
+		for j := i; j < i+500; j++ {
+			ops = append(ops, &shoalpb.KVOp{Op: &shoalpb.KVOp_Put{Put: &shoalpb.PutOp{
+				Key: fmt.Appendf(nil, "{s}a%05d", j), Value: []byte("v"), ExpireAtMs: expireAt}}})
+		}
+		if _, err := e.db.Exec(ctx, ops, kv.WriteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.db.Put(ctx, []byte("{s}b"), []byte("live"), kv.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(2 * time.Second)
+	slot := keys.Slot([]byte("{s}"))
+	shard, err := e.store.ShardBySlot(slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pages [][]string
+	var cursor []byte
+	for {
+		page, err := e.db.Scan(ctx, shard, uint32(slot), uint32(slot)+1, cursor, 1000, false, kv.ReadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ks []string
+		for _, k := range page.Keys {
+			ks = append(ks, string(k))
+		}
+		pages = append(pages, ks)
+		if cursor = page.Cursor; cursor == nil {
+			break
+		}
+	}
+	if len(pages) != 2 || len(pages[0]) != 0 || !slices.Equal(pages[1], []string{"{s}b"}) {
+		t.Fatalf("pages %v; want an empty one after 10,000 expired records, then the live key", pages)
 	}
 }

@@ -54,11 +54,16 @@
 // Sequences below the session's acknowledged mark are refused as stale. A
 // session keeps at most 256 results; when a client never
 // acknowledges, the oldest are dropped and the mark raised past them, so a
-// late retry of one is refused rather than applied twice. Past 4 MiB of
+// late retry of one is refused rather than applied twice (the Go client
+// sends a write refused so after attempts that were all refused unapplied
+// again under a new sequence). A command's results carry at most 16 MiB of
+// values (more fails it, TOO_LARGE, applying nothing). Past 4 MiB of
 // results (old values returned by GETDEL and the like), the oldest but the
 // one just applied are replaced by a small stale-sequence result, the mark
 // left alone. The sweeper removes
-// sessions idle for longer than Options.SessionTTL. The state machine keeps
+// sessions idle for longer than Options.SessionTTL, looking for them every
+// SessionTTL/16 and, while it finds full batches, at every sweep until it
+// has read them all. The state machine keeps
 // a few small session records decoded (session.go); a cached record is
 // always exactly the one its apply batch holds.
 //

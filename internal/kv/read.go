@@ -89,10 +89,15 @@ const MaxScanLimit = 10000
 // thousand 8 MiB values would not fit.
 const MaxScanPageBytes = 16 << 20
 
+// maxScanSkipped ends a scan page after this many expired records not
+// yet swept, so that a page's work is bounded however many there are.
+const maxScanSkipped = 10000
+
 // Scan returns up to limit live keys (and values unless keysOnly) of the
 // local replica of shard whose slots are in [startSlot, endSlot), in slot
 // order then key order, after cursor (from a previous page; nil to start),
-// ending the page early at MaxScanPageBytes.
+// ending the page early at MaxScanPageBytes, or after 10,000 expired
+// records it skipped (a page may then hold no key, and has a cursor).
 // Like Get it is linearizable unless o.Stale. Expired keys are skipped.
 func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, cursor []byte, limit int, keysOnly bool, o ReadOptions) (ScanResult, error) {
 	// A replica without data (waiting for its first snapshot) fails
@@ -141,9 +146,9 @@ func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, 
 	defer it.Close()
 	now := d.nowMs()
 	var res ScanResult
-	size := 0
+	size, skipped := 0, 0
 	for ok := it.First(); ok; ok = it.Next() {
-		if len(res.Keys) == limit || size >= MaxScanPageBytes {
+		if len(res.Keys) == limit || size >= MaxScanPageBytes || skipped >= maxScanSkipped {
 			res.Cursor = append([]byte(nil), res.lastKey...)
 			break
 		}
@@ -152,6 +157,10 @@ func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, 
 			return ScanResult{}, fmt.Errorf("kv: scan: %q: %w", it.Key(), err)
 		}
 		if expired(at, now) {
+			// Resume after it: a page past maxScanSkipped of them ends
+			// here, maybe with no key (as a Redis SCAN page may).
+			skipped++
+			res.lastKey = append(res.lastKey[:0], it.Key()...)
 			continue
 		}
 		_, k, err := keys.DecodeDataKey(it.Key())

@@ -25,7 +25,8 @@ const (
 	// sessionSweepsPerTTL is how many times per SessionTTL idle sessions are
 	// looked for, rather than at every sweep: it reads every session record.
 	// An idle session so outlives SessionTTL by at most SessionTTL/16 plus
-	// one SweepInterval.
+	// one SweepInterval, unless more sessions went idle than the sweeps
+	// remove (see sweeper.sessionsFrom).
 	sessionSweepsPerTTL = 16
 )
 
@@ -35,11 +36,18 @@ type sweeper struct {
 	// lastSessionSweep is when idle sessions were last looked for, by the
 	// DB's clock.
 	lastSessionSweep time.Time
+	// sessionsFrom holds, for each shard whose last look for idle sessions
+	// stopped at a full batch in its last round, the session ID to go on
+	// from: that shard looks again at the next sweep, not SessionTTL/16
+	// later, so that a backlog of idle sessions (short-lived clients each
+	// leave one per shard they wrote to) is removed at up to SweepBatch
+	// per round instead of growing without bound.
+	sessionsFrom map[uint64]uint64
 }
 
 func (d *DB) runSweeper(ctx context.Context) {
 	defer close(d.sweeperDone)
-	s := &sweeper{d: d}
+	s := &sweeper{d: d, sessionsFrom: map[uint64]uint64{}}
 	t := time.NewTicker(d.opts.SweepInterval)
 	defer t.Stop()
 	for {
@@ -64,10 +72,17 @@ func (s *sweeper) sweep(ctx context.Context) {
 			return
 		}
 		if st.Role != raftstore.RoleLeader {
+			delete(s.sessionsFrom, st.ShardID)
 			continue
 		}
 		if err := s.sweepShard(ctx, st.Descriptor, sessions); err != nil {
 			s.report(st.ShardID, err)
+		}
+	}
+	// Shards this node no longer holds.
+	for shard := range s.sessionsFrom {
+		if _, err := s.d.store.Status(shard); err != nil {
+			delete(s.sessionsFrom, shard)
 		}
 	}
 }
@@ -92,28 +107,47 @@ func (s *sweeper) report(shard uint64, err error) {
 }
 
 // sweepShard proposes deletes of the shard's expired keys, in batches of
-// up to SweepBatch, and of its idle sessions when asked to.
+// up to SweepBatch, and of its idle sessions when asked to or when its
+// last look stopped at a full batch (sessionsFrom).
 func (s *sweeper) sweepShard(ctx context.Context, desc *shoalpb.ShardDescriptor, sessions bool) error {
 	limit := s.d.opts.SweepBatch
+	shard := desc.ShardId
+	from, pending := s.sessionsFrom[shard]
+	withSessions := sessions || pending
+	if sessions {
+		from = 0 // a new look starts from the first session
+	}
 	for round := 0; round < maxSweepRounds; round++ {
 		nowMs := s.d.nowMs()
-		op, err := s.collect(desc, nowMs, sessions && round == 0)
+		op, next, err := s.collect(desc, nowMs, withSessions, from)
 		if err != nil {
 			return err
 		}
-		if len(op.Keys) == 0 && len(op.IdleSessions) == 0 {
+		if withSessions {
+			// Go on from next in the next round, or at the next sweep if
+			// this was the last round; next is 0 once the look is done.
+			withSessions, from = next != 0, next
+			if withSessions {
+				s.sessionsFrom[shard] = next
+			} else {
+				delete(s.sessionsFrom, shard)
+			}
+		}
+		if len(op.Keys) == 0 && len(op.IdleSessions) == 0 && !withSessions {
 			return nil
 		}
-		cmd := &shoalpb.KVCommand{NowMs: nowMs, Ops: []*shoalpb.KVOp{
-			{Op: &shoalpb.KVOp_DeleteExpired{DeleteExpired: op}},
-		}}
-		pctx, cancel := context.WithTimeout(ctx, sweepProposeTimeout)
-		_, err = s.d.propose(pctx, desc.ShardId, cmd, nil)
-		cancel()
-		if err != nil {
-			return err
+		if len(op.Keys) > 0 || len(op.IdleSessions) > 0 {
+			cmd := &shoalpb.KVCommand{NowMs: nowMs, Ops: []*shoalpb.KVOp{
+				{Op: &shoalpb.KVOp_DeleteExpired{DeleteExpired: op}},
+			}}
+			pctx, cancel := context.WithTimeout(ctx, sweepProposeTimeout)
+			_, err = s.d.propose(pctx, shard, cmd, nil)
+			cancel()
+			if err != nil {
+				return err
+			}
 		}
-		if len(op.Keys) < limit {
+		if len(op.Keys) < limit && !withSessions {
 			return nil
 		}
 	}
@@ -121,23 +155,24 @@ func (s *sweeper) sweepShard(ctx context.Context, desc *shoalpb.ShardDescriptor,
 }
 
 // collect finds, on a snapshot of the engine, up to SweepBatch keys of the
-// shard that expired at or before nowMs, and its sessions idle for longer
-// than SessionTTL when withSessions is set.
-func (s *sweeper) collect(desc *shoalpb.ShardDescriptor, nowMs int64, withSessions bool) (*shoalpb.DeleteExpiredOp, error) {
+// shard that expired at or before nowMs and, when withSessions is set, up
+// to SweepBatch of its sessions idle for longer than SessionTTL, looking
+// from session ID from on. next is the session ID to go on from when the
+// look stopped at a full batch, else 0.
+func (s *sweeper) collect(desc *shoalpb.ShardDescriptor, nowMs int64, withSessions bool, from uint64) (op *shoalpb.DeleteExpiredOp, next uint64, err error) {
 	snap := s.d.store.Engine().NewSnapshot()
 	defer snap.Close()
-	op := &shoalpb.DeleteExpiredOp{}
-	var err error
+	op = &shoalpb.DeleteExpiredOp{}
 	if op.Keys, err = s.expiredKeys(snap, desc, nowMs); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if withSessions {
 		op.SessionsIdleBeforeMs = nowMs - s.d.opts.SessionTTL.Milliseconds()
-		if op.IdleSessions, err = s.idleSessions(snap, desc.ShardId, op.SessionsIdleBeforeMs); err != nil {
-			return nil, err
+		if op.IdleSessions, next, err = s.idleSessions(snap, desc.ShardId, op.SessionsIdleBeforeMs, from); err != nil {
+			return nil, 0, err
 		}
 	}
-	return op, nil
+	return op, next, nil
 }
 
 // expiredKeys scans the shard's expiry index. Entries are ordered by slot,
@@ -194,31 +229,39 @@ func (s *sweeper) checkIndexed(r storage.Reader, slot uint16, key []byte, at int
 	return nil
 }
 
-// idleSessions returns up to SweepBatch sessions of shard last active
-// before idleBeforeMs.
-func (s *sweeper) idleSessions(r storage.Reader, shard uint64, idleBeforeMs int64) ([]uint64, error) {
-	it, err := storage.NewIter(r, keys.SessionSpan(shard))
+// idleSessions returns up to SweepBatch sessions of shard, from session ID
+// from on, last active before idleBeforeMs, and the ID to go on from when
+// it stopped at SweepBatch (0 when it read them all).
+func (s *sweeper) idleSessions(r storage.Reader, shard uint64, idleBeforeMs int64, from uint64) ([]uint64, uint64, error) {
+	span := keys.SessionSpan(shard)
+	if from > 0 {
+		span.Start = keys.SessionKey(shard, from)
+	}
+	it, err := storage.NewIter(r, span)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer it.Close()
 	var out []uint64
-	for ok := it.First(); ok && len(out) < s.d.opts.SweepBatch; ok = it.Next() {
+	for ok := it.First(); ok; ok = it.Next() {
 		_, id, err := keys.DecodeSessionKey(it.Key())
 		if err != nil {
-			return nil, err
+			return nil, 0, err
+		}
+		if len(out) == s.d.opts.SweepBatch {
+			return out, id, nil
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		var rec shoalpb.SessionRecord
 		if err := proto.Unmarshal(v, &rec); err != nil {
-			return nil, fmt.Errorf("session %d: %w", id, err)
+			return nil, 0, fmt.Errorf("session %d: %w", id, err)
 		}
 		if rec.LastActiveMs < idleBeforeMs {
 			out = append(out, id)
 		}
 	}
-	return out, it.Error()
+	return out, 0, it.Error()
 }

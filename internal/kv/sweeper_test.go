@@ -93,15 +93,26 @@ func TestSweeperCollectsIdleSessions(t *testing.T) {
 		h.one(inSession(id, 0, 0, cmdAt(t0+int64(id)*10, putOp("k", "v"))))
 	}
 	s := &sweeper{d: &DB{opts: Options{SweepBatch: 10}, log: discardLogger()}}
-	got, err := s.idleSessions(h.eng.Reader(), 1, t0+30)
+	got, next, err := s.idleSessions(h.eng.Reader(), 1, t0+30, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got, []uint64{1, 2}) {
-		t.Fatalf("idle sessions %v, want [1 2]", got)
+	if !slices.Equal(got, []uint64{1, 2}) || next != 0 {
+		t.Fatalf("idle sessions %v, go on from %d; want [1 2], done", got, next)
 	}
-	if got, _ := s.idleSessions(h.eng.Reader(), 2, t0+1000); len(got) != 0 {
+	if got, _, _ := s.idleSessions(h.eng.Reader(), 2, t0+1000, 0); len(got) != 0 {
 		t.Fatalf("another shard's sessions: %v", got)
+	}
+	// A full batch says where to go on from; going on from there finds
+	// the rest.
+	s.d.opts.SweepBatch = 2
+	got, next, _ = s.idleSessions(h.eng.Reader(), 1, t0+1000, 0)
+	if !slices.Equal(got, []uint64{1, 2}) || next != 3 {
+		t.Fatalf("idle sessions %v, go on from %d; want [1 2], from 3", got, next)
+	}
+	got, next, _ = s.idleSessions(h.eng.Reader(), 1, t0+1000, next)
+	if !slices.Equal(got, []uint64{3, 4}) || next != 0 {
+		t.Fatalf("going on: %v, go on from %d; want [3 4], done", got, next)
 	}
 }
 
