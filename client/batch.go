@@ -123,8 +123,10 @@ func result[R proto.Message](r *shoalpb.BatchCommandsResponse_Result, err error,
 type batcher struct {
 	kc   shoalpb.KVClient
 	addr string
-	// ctx ends with the Client, and with it every stream.
-	ctx context.Context
+	// ctx ends with the Client or at close (cancel), and with it every
+	// stream.
+	ctx    context.Context
+	cancel context.CancelFunc
 	// nextID names the batcher's commands.
 	nextID atomic.Uint64
 
@@ -301,6 +303,9 @@ func (b *batcher) close() {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
+	if b.cancel != nil {
+		b.cancel()
+	}
 	b.streams.Wait()
 }
 
@@ -466,8 +471,9 @@ func (s *commandStream) forget(id uint64) {
 }
 
 // fail ends the stream: every command waiting that the sender took gets
-// sent, the others (never sent) errUnary, or ErrClosed once the client is
-// closing, and the next command opens a new stream.
+// sent, the others (never sent) errUnary, or ErrClosed once the batcher is
+// closing (the client closes, or no longer has the node in its table), and
+// the next command opens a new stream.
 func (s *commandStream) fail(sent error) {
 	// Commands not sent go unary, unless the client is closing: then they
 	// end with ErrClosed rather than go out, unary, after Close.

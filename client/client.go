@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -167,8 +168,11 @@ type Client struct {
 	session *sessionTracker
 
 	mu     sync.Mutex
-	nodes  map[string]nodeConn
+	nodes  map[string]*nodeConn
 	closed bool
+	// refreshing is closed when the route fetch in flight (refresh) ends;
+	// nil when none is.
+	refreshing chan struct{}
 
 	// ctx ends at Close, and with it the watch and the batchers' streams.
 	ctx  context.Context
@@ -190,7 +194,7 @@ func Open(ctx context.Context, masterAddrs []string, opts ...Option) (*Client, e
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{opts: o, masters: m, routes: newRouteCache(), nodes: map[string]nodeConn{}}
+	c := &Client{opts: o, masters: m, routes: newRouteCache(), nodes: map[string]*nodeConn{}}
 	c.ctx, c.stop = context.WithCancel(context.Background())
 	if !o.noSession {
 		var b [8]byte
@@ -245,10 +249,7 @@ func (c *Client) Close() error {
 	c.wg.Wait()
 	c.mu.Lock()
 	for a, n := range c.nodes {
-		if n.batch != nil {
-			n.batch.close()
-		}
-		n.conn.Close()
+		n.close()
 		delete(c.nodes, a)
 	}
 	c.mu.Unlock()
@@ -273,6 +274,7 @@ func (c *Client) watch(ctx context.Context) {
 					return err
 				}
 				c.routes.replace(t)
+				c.pruneNodes()
 			}
 		})
 		if ctx.Err() != nil {
@@ -287,35 +289,95 @@ func (c *Client) watch(ctx context.Context) {
 	}
 }
 
-func (c *Client) kvClient(addr string) (shoalpb.KVClient, error) {
+// kvClient returns the KV client of the node at addr, connecting to it
+// the first time, for one attempt: the caller calls release when the
+// attempt is over.
+func (c *Client) kvClient(addr string) (kv shoalpb.KVClient, release func(), err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
-	if n, ok := c.nodes[addr]; ok {
-		return n.kv, nil
+	n, ok := c.nodes[addr]
+	if !ok {
+		conn, err := grpc.NewClient(addr, c.opts.dial...)
+		if err != nil {
+			return nil, nil, err
+		}
+		n = &nodeConn{addr: addr, conn: conn, kv: shoalpb.NewKVClient(conn)}
+		if !c.opts.noBatching {
+			bctx, cancel := context.WithCancel(c.ctx)
+			n.batch = &batcher{kc: n.kv, addr: addr, ctx: bctx, cancel: cancel}
+			n.kv = batchKV{KVClient: n.kv, b: n.batch}
+		}
+		c.nodes[addr] = n
 	}
-	conn, err := grpc.NewClient(addr, c.opts.dial...)
-	if err != nil {
-		return nil, err
-	}
-	n := nodeConn{conn: conn, kv: shoalpb.NewKVClient(conn)}
-	if !c.opts.noBatching {
-		n.batch = &batcher{kc: n.kv, addr: addr, ctx: c.ctx}
-		n.kv = batchKV{KVClient: n.kv, b: n.batch}
-	}
-	c.nodes[addr] = n
-	return n.kv, nil
+	n.inUse.Add(1)
+	n.retired.Store(false) // in use again (a leader hint named it)
+	return n.kv, func() {
+		if n.inUse.Add(-1) == 0 && n.retired.Load() {
+			c.closeRetired(n)
+		}
+	}, nil
 }
 
 // nodeConn is the client's connection to one node.
 type nodeConn struct {
+	addr string
 	conn *grpc.ClientConn
 	// kv sends the node's KV requests: through batch unless the client
 	// batches none (WithoutCommandBatching; batch is nil then).
 	kv    shoalpb.KVClient
 	batch *batcher
+	// inUse counts the attempts using the connection; retired is set once
+	// the route table no longer names its address. The connection closes
+	// when both hold: closing it under an attempt would make a write that
+	// went out read as possibly applied.
+	inUse   atomic.Int64
+	retired atomic.Bool
+}
+
+// pruneNodes retires the connections to addresses the route table no
+// longer names (a node removed, or moved to another address): each closes
+// once no attempt uses it, so that a client outliving many nodes does not
+// keep a connection, and a stream with its goroutines, to each.
+func (c *Client) pruneNodes() {
+	known := c.routes.addrs()
+	var unused []*nodeConn
+	c.mu.Lock()
+	for addr, n := range c.nodes {
+		if known[addr] {
+			continue
+		}
+		n.retired.Store(true)
+		if n.inUse.Load() == 0 {
+			delete(c.nodes, addr)
+			unused = append(unused, n)
+		}
+	}
+	c.mu.Unlock()
+	for _, n := range unused {
+		n.close()
+	}
+}
+
+// closeRetired closes n if it is retired, unused and still the client's.
+func (c *Client) closeRetired(n *nodeConn) {
+	c.mu.Lock()
+	if c.nodes[n.addr] != n || !n.retired.Load() || n.inUse.Load() != 0 {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.nodes, n.addr)
+	c.mu.Unlock()
+	n.close()
+}
+
+func (n *nodeConn) close() {
+	if n.batch != nil {
+		n.batch.close()
+	}
+	n.conn.Close()
 }
 
 // call is one attempt of a request against one node.
@@ -390,7 +452,8 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 				h.Consistency = shoalpb.ReadConsistency_READ_CONSISTENCY_STALE
 			}
 			var kc shoalpb.KVClient
-			if kc, err = c.kvClient(addr); err == nil {
+			var release func()
+			if kc, release, err = c.kvClient(addr); err == nil {
 				var rh *shoalpb.ResponseHeader
 				actx, cancel := ctx, context.CancelFunc(nil)
 				d := deadline
@@ -403,6 +466,7 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 					actx, cancel = context.WithDeadline(ctx, d)
 				}
 				rh, err = f(actx, kc, h)
+				release()
 				if cancel != nil {
 					cancel()
 				}
@@ -574,11 +638,43 @@ func (c *Client) final(d *shoalpb.ErrorDetail, err error) error {
 	return fmt.Errorf("%w: %w", ErrInvalid, err)
 }
 
-// refresh fetches the shard table from the masters now.
+// refresh fetches the shard table from the masters now, and waits for it
+// (or for ctx). Requests that need it at once share one fetch: during an
+// election every request whose replicas all failed asks, and each used to
+// send the masters a GetRoutes of its own.
 func (c *Client) refresh(ctx context.Context) {
-	rctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	done := c.refreshing
+	if done == nil {
+		done = make(chan struct{})
+		c.refreshing = done
+		c.wg.Add(1)
+		go c.fetchRoutes(done)
+	}
+	c.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// fetchRoutes is refresh's shared fetch, bounded by a second and by the
+// client's life, not by any one caller's context: a caller that gives up
+// does not end it for the others.
+func (c *Client) fetchRoutes(done chan struct{}) {
+	defer c.wg.Done()
+	rctx, cancel := context.WithTimeout(c.ctx, time.Second)
 	if t, err := c.masters.GetRoutes(rctx); err == nil {
 		c.routes.replace(t)
+		c.pruneNodes()
 	}
+	cancel()
+	c.mu.Lock()
+	c.refreshing = nil
+	c.mu.Unlock()
+	close(done)
 }

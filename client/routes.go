@@ -183,6 +183,17 @@ func (r *routeCache) setLeader(slot uint16, node uint64, addr string) bool {
 }
 
 // addrOf returns the address of node, or "" if it is unknown.
+// addrs returns the node addresses the client knows.
+func (r *routeCache) addrs() map[string]bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make(map[string]bool, len(r.nodes))
+	for _, a := range r.nodes {
+		out[a] = true
+	}
+	return out
+}
+
 func (r *routeCache) addrOf(node uint64) string {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
