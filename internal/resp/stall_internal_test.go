@@ -38,7 +38,9 @@ func TestEndedConnectionGivesUpUnreadReplies(t *testing.T) {
 		}
 	}
 	nc.(*net.TCPConn).CloseWrite()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		s.mu.Lock()
 		n := len(s.conns)
@@ -46,9 +48,10 @@ func TestEndedConnectionGivesUpUnreadReplies(t *testing.T) {
 		if n == 0 {
 			return
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline:
 			t.Fatalf("%d connection(s) still open 20 s after their client stopped reading", n)
+		case <-tick.C:
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
