@@ -52,6 +52,21 @@ func serveOn(t *testing.T, register func(*grpc.Server)) string {
 	return lis.Addr().String()
 }
 
+// openWith opens a client on master, closed when the test ends, and
+// returns it with a context for the test.
+func openWith(t *testing.T, master shoalpb.MasterServer) (context.Context, *Client) {
+	t.Helper()
+	addr := serveOn(t, func(s *grpc.Server) { shoalpb.RegisterMasterServer(s, master) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	c, err := Open(ctx, []string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return ctx, c
+}
+
 // oneShardTable is a table of one shard, all slots, led by node 1 at
 // addrs[0], with a voter on each node.
 func oneShardTable(version uint64, addrs ...string) *shoalpb.RouteTable {
@@ -70,16 +85,7 @@ func oneShardTable(version uint64, addrs ...string) *shoalpb.RouteTable {
 func TestConnectionsToDepartedNodesClose(t *testing.T) {
 	a := serveOn(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, okNode{}) })
 	b := serveOn(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, okNode{}) })
-	master := serveOn(t, func(s *grpc.Server) {
-		shoalpb.RegisterMasterServer(s, &tableMaster{table: oneShardTable(1, b, a)})
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := Open(ctx, []string{master})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c := openWith(t, &tableMaster{table: oneShardTable(1, b, a)})
 	if _, err := c.Put(ctx, []byte("k"), []byte("v")); err != nil {
 		t.Fatal(err)
 	}
@@ -140,14 +146,7 @@ func (m *gatedMaster) GetRoutes(ctx context.Context, r *shoalpb.GetRoutesRequest
 func TestRefreshIsShared(t *testing.T) {
 	a := serveOn(t, func(s *grpc.Server) { shoalpb.RegisterKVServer(s, okNode{}) })
 	m := &gatedMaster{tableMaster: tableMaster{table: oneShardTable(1, a)}, waiting: make(chan struct{}, 16)}
-	master := serveOn(t, func(s *grpc.Server) { shoalpb.RegisterMasterServer(s, m) })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := Open(ctx, []string{master})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c := openWith(t, m)
 	gate := make(chan struct{})
 	m.gate.Store(&gate)
 	before := m.calls.Load()

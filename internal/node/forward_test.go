@@ -144,15 +144,7 @@ func leaderAndFollower(t *testing.T, opts tc.Options) (context.Context, *tc.Node
 // node of another cluster refuses it, and the caller hears UNAVAILABLE,
 // not a write applied to the other cluster's data.
 func TestForwardNamesThisCluster(t *testing.T) {
-	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 3, Shards: 1, Replicas: 3})
-	ctx := ctxFor(t, 60*time.Second)
-	if err := c.WaitPlaced(ctx); err != nil {
-		t.Fatal(err)
-	}
-	st, err := c.ClusterState()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, c, st := startPlaced(t, tc.Options{Masters: 1, Nodes: 3, Shards: 1, Replicas: 3})
 	shard := st.Routes.Shards[0].Shard.ShardId
 	other := tc.Start(t, tc.Options{Nodes: 1, Shards: 1, Replicas: 1})
 	if err := other.WaitForLeaders(ctx); err != nil {
@@ -161,6 +153,7 @@ func TestForwardNamesThisCluster(t *testing.T) {
 	// A follower whose table gives the leader's node the other cluster's
 	// address, as if the leader had moved and its address been reused.
 	var leader, follower *tc.Node
+	var err error
 	if err := tc.WaitFor(ctx, func() error {
 		if leader, err = c.Leader(shard); err != nil {
 			return err
@@ -192,4 +185,21 @@ func TestForwardNamesThisCluster(t *testing.T) {
 	if err != nil || got.GetFound() {
 		t.Fatalf("the other cluster's node: found %v, %v; want the forwarded put refused", got.GetFound(), err)
 	}
+}
+
+// startPlaced starts a cluster in master mode with opts, waits until the
+// master has placed every shard, and returns a context for the test, the
+// cluster and the master's state then.
+func startPlaced(t *testing.T, opts tc.Options) (context.Context, *tc.Cluster, *shoalpb.ClusterState) {
+	t.Helper()
+	c := tc.Start(t, opts)
+	ctx := ctxFor(t, 60*time.Second)
+	if err := c.WaitPlaced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.ClusterState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, c, st
 }

@@ -57,15 +57,7 @@ func kvClient(t *testing.T, addr string) shoalpb.KVClient {
 // away) answers SHARD_NOT_HERE, so that the client refreshes its table,
 // not NOT_LEADER naming itself, which sends the client straight back.
 func TestStaleRouteNamingThisNode(t *testing.T) {
-	c := tc.Start(t, tc.Options{Masters: 1, Nodes: 4, Shards: 4, Replicas: 3})
-	ctx := ctxFor(t, 60*time.Second)
-	if err := c.WaitPlaced(ctx); err != nil {
-		t.Fatal(err)
-	}
-	st, err := c.ClusterState()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, c, st := startPlaced(t, tc.Options{Masters: 1, Nodes: 4, Shards: 4, Replicas: 3})
 	var n *tc.Node
 	var shard *shoalpb.ShardDescriptor
 	for _, rt := range st.Routes.Shards {
@@ -101,7 +93,7 @@ func TestStaleRouteNamingThisNode(t *testing.T) {
 	}
 	node.SetRoutes(n.Node(), table)
 	key := keyInSlots(shard.StartSlot, shard.EndSlot)
-	_, err = kvClient(t, n.Addr).Get(ctx, &shoalpb.GetRequest{Key: key})
+	_, err := kvClient(t, n.Addr).Get(ctx, &shoalpb.GetRequest{Key: key})
 	if d := shoalpb.DetailOf(err); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE || d.GetLeaderId() != 0 {
 		t.Fatalf("get on node %d, named the leader of shard %d by its stale table: %v (leader hint %d), want SHARD_NOT_HERE",
 			n.ID, shard.ShardId, err, d.GetLeaderId())

@@ -42,17 +42,7 @@ func (b *heldBackend) Put(ctx context.Context, _ *shoalpb.PutRequest) (*shoalpb.
 func TestCloseAnswersCommandsInFlight(t *testing.T) {
 	b := &heldBackend{entered: make(chan struct{}, 1), release: make(chan struct{})}
 	srv := resp.NewServer(b, resp.Options{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	nc, err := net.Dial("tcp", lis.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc, served := serveOne(t, srv)
 	nc.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := io.WriteString(nc, "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n"); err != nil {
 		t.Fatal(err)
@@ -84,10 +74,11 @@ func TestCloseAnswersCommandsInFlight(t *testing.T) {
 	}
 }
 
-// A connection whose client does not read is closed CloseTimeout after
-// Close, which then returns.
-func TestCloseTimeout(t *testing.T) {
-	srv := resp.NewServer(noBackend{}, resp.Options{CloseTimeout: 100 * time.Millisecond})
+// serveOne serves srv on a loopback port, which the test closes, and
+// returns a connection to it (closed when the test ends) and what Serve
+// returns.
+func serveOne(t *testing.T, srv *resp.Server) (net.Conn, <-chan error) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +89,15 @@ func TestCloseTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(func() { nc.Close() })
+	return nc, served
+}
+
+// A connection whose client does not read is closed CloseTimeout after
+// Close, which then returns.
+func TestCloseTimeout(t *testing.T) {
+	srv := resp.NewServer(noBackend{}, resp.Options{CloseTimeout: 100 * time.Millisecond})
+	nc, served := serveOne(t, srv)
 	// Replies the client never reads, more than the socket buffers hold
 	// (the connection queues them, so it goes on reading), then a PING
 	// whose reply waits behind them.
