@@ -289,20 +289,19 @@ func (c *Client) watch(ctx context.Context) {
 	}
 }
 
-// kvClient returns the KV client of the node at addr, connecting to it
-// the first time, for one attempt: the caller calls release when the
-// attempt is over.
-func (c *Client) kvClient(addr string) (kv shoalpb.KVClient, release func(), err error) {
+// node returns the connection to the node at addr, made the first time,
+// for one attempt: the caller calls release when the attempt is over.
+func (c *Client) node(addr string) (*nodeConn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil, nil, ErrClosed
+		return nil, ErrClosed
 	}
 	n, ok := c.nodes[addr]
 	if !ok {
 		conn, err := grpc.NewClient(addr, c.opts.dial...)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		n = &nodeConn{addr: addr, conn: conn, kv: shoalpb.NewKVClient(conn)}
 		if !c.opts.noBatching {
@@ -314,11 +313,14 @@ func (c *Client) kvClient(addr string) (kv shoalpb.KVClient, release func(), err
 	}
 	n.inUse.Add(1)
 	n.retired.Store(false) // in use again (a leader hint named it)
-	return n.kv, func() {
-		if n.inUse.Add(-1) == 0 && n.retired.Load() {
-			c.closeRetired(n)
-		}
-	}, nil
+	return n, nil
+}
+
+// release ends an attempt's use of n (node).
+func (c *Client) release(n *nodeConn) {
+	if n.inUse.Add(-1) == 0 && n.retired.Load() {
+		c.closeRetired(n)
+	}
 }
 
 // nodeConn is the client's connection to one node.
@@ -451,9 +453,8 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 			if c.opts.stale {
 				h.Consistency = shoalpb.ReadConsistency_READ_CONSISTENCY_STALE
 			}
-			var kc shoalpb.KVClient
-			var release func()
-			if kc, release, err = c.kvClient(addr); err == nil {
+			var n *nodeConn
+			if n, err = c.node(addr); err == nil {
 				var rh *shoalpb.ResponseHeader
 				actx, cancel := ctx, context.CancelFunc(nil)
 				d := deadline
@@ -465,8 +466,8 @@ func (c *Client) do(ctx context.Context, slot uint16, write bool, size int, f ca
 				if d.Before(deadline) || !bounded {
 					actx, cancel = context.WithDeadline(ctx, d)
 				}
-				rh, err = f(actx, kc, h)
-				release()
+				rh, err = f(actx, n.kv, h)
+				c.release(n)
 				if cancel != nil {
 					cancel()
 				}

@@ -96,7 +96,7 @@ func TestConnectionsToDepartedNodesClose(t *testing.T) {
 		t.Fatal("no connection to the leader after a put")
 	}
 	// An attempt in flight on b when b leaves the table.
-	_, release, err := c.kvClient(b)
+	inFlight, err := c.node(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestConnectionsToDepartedNodesClose(t *testing.T) {
 	if st := nb.conn.GetState(); st == connectivity.Shutdown {
 		t.Fatal("a connection was closed under an attempt")
 	}
-	release()
+	c.release(inFlight)
 	c.mu.Lock()
 	_, kept := c.nodes[b]
 	c.mu.Unlock()

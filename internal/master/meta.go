@@ -35,8 +35,19 @@ var (
 )
 
 // keepFinished is how many finished operators the meta group keeps for
-// operators of the cluster to look at.
+// operators of the cluster to look at: the last to finish.
 const keepFinished = 64
+
+// finishOrder orders finished operators by when they finished, then ID.
+func finishOrder(a, b *shoalpb.Operator) int {
+	if a.FinishedMs != b.FinishedMs {
+		if a.FinishedMs < b.FinishedMs {
+			return -1
+		}
+		return 1
+	}
+	return cmpU64(a.Id, b.Id)
+}
 
 func nodeKey(id uint64) []byte  { return metaKey(fmt.Sprintf("%s%020d", nodePrefix, id)) }
 func routeKey(id uint64) []byte { return metaKey(fmt.Sprintf("%s%020d", routePref, id)) }
@@ -72,7 +83,7 @@ type metaState struct {
 		// they were given, so a retried registration finds its node.
 		tokens map[string]uint64
 		// ops are the operators in flight, by ID; finished the
-		// keepFinished finished ones with the highest IDs, in ID order.
+		// keepFinished last finished, in finish order (finishOrder).
 		ops        map[uint64]*shoalpb.Operator
 		finished   []*shoalpb.Operator
 		scheduling *shoalpb.SetSchedulingRequest
@@ -165,6 +176,7 @@ func (m *metaState) load() error {
 	}); err != nil {
 		return err
 	}
+	slices.SortFunc(finished, finishOrder)
 	sched := &shoalpb.SetSchedulingRequest{}
 	if _, err := storage.GetProto(r, schedulingKey, sched); err != nil {
 		return err
@@ -207,8 +219,12 @@ func (m *metaState) notifyLocked() {
 	m.mu.changed = make(chan struct{})
 }
 
-// stateMachine adapts metaState to raftstore.StateMachine.
-type stateMachine struct{ m *metaState }
+// stateMachine adapts metaState to raftstore.StateMachine. m is nil when
+// the metadata could not be loaded, and loadErr says why.
+type stateMachine struct {
+	m       *metaState
+	loadErr error
+}
 
 // newStateMachine is the meta group's raftstore.Options.NewStateMachine:
 // the state it applies to is the master's single metaState, reloaded from
@@ -216,8 +232,9 @@ type stateMachine struct{ m *metaState }
 // after a snapshot).
 func (m *metaState) newStateMachine(*shoalpb.ShardDescriptor) raftstore.StateMachine {
 	if err := m.load(); err != nil {
-		// The store cannot go on with unreadable metadata; Apply reports it.
-		return stateMachine{m: nil}
+		// The store cannot go on with unreadable metadata; Apply reports
+		// it, with why.
+		return stateMachine{loadErr: err}
 	}
 	return stateMachine{m: m}
 }
@@ -225,7 +242,7 @@ func (m *metaState) newStateMachine(*shoalpb.ShardDescriptor) raftstore.StateMac
 // Apply implements raftstore.StateMachine.
 func (sm stateMachine) Apply(b *storage.Batch, cmds []raftstore.Command) ([]any, error) {
 	if sm.m == nil {
-		return nil, fmt.Errorf("master: metadata could not be loaded")
+		return nil, fmt.Errorf("master: metadata could not be loaded: %w", sm.loadErr)
 	}
 	out := make([]any, len(cmds))
 	for i, c := range cmds {
@@ -517,10 +534,12 @@ func (m *metaState) updateOperatorLocked(b *storage.Batch, u *shoalpb.UpdateOper
 		if err := b.SetProto(doneKey(op.Id), op); err != nil {
 			return nil, err
 		}
-		// In ID order, the order load() reads them back in: operators
-		// finish out of order, and a master that restarted or took a
-		// snapshot must trim the same ones as its peers.
-		i, _ := slices.BinarySearchFunc(m.mu.finished, op.Id, func(f *shoalpb.Operator, id uint64) int { return cmpU64(f.Id, id) })
+		// In finish order (finished_ms, then ID), as load() sorts them:
+		// the oldest finished goes first, so that an operator that ran
+		// long is not trimmed as it finishes for having a low ID, and a
+		// master that restarted or took a snapshot trims the same ones as
+		// its peers (finished_ms is the command's time, the same on all).
+		i, _ := slices.BinarySearchFunc(m.mu.finished, op, finishOrder)
 		m.mu.finished = slices.Insert(m.mu.finished, i, op)
 		for len(m.mu.finished) > keepFinished {
 			if err := b.Delete(doneKey(m.mu.finished[0].Id), nil); err != nil {
@@ -735,7 +754,9 @@ func (m *metaState) operators() (inFlight, finished []*shoalpb.Operator) {
 		inFlight = append(inFlight, op)
 	}
 	slices.SortFunc(inFlight, func(a, b *shoalpb.Operator) int { return cmpU64(a.Id, b.Id) })
-	return inFlight, slices.Clone(m.mu.finished)
+	finished = slices.Clone(m.mu.finished)
+	slices.SortFunc(finished, func(a, b *shoalpb.Operator) int { return cmpU64(a.Id, b.Id) })
+	return inFlight, finished
 }
 
 // operator returns an operator in flight or recently finished, nil if

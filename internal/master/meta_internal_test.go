@@ -16,9 +16,10 @@ import (
 // TestFinishedOperatorsAsLoaded: the finished operators a master keeps in
 // memory, and so the ones it trims from the meta group's engine, are what
 // load() rebuilds from that engine, whatever order the operators finish
-// in. They were kept in finish order while load() reads them in ID order,
+// in. They were kept in finish order while load() read them in ID order,
 // so a master that had restarted or installed a snapshot trimmed other
-// records than its peers, and their engines diverged.
+// records than its peers, and their engines diverged; then in ID order,
+// so an operator with a low ID that finished last was dropped at once.
 func TestFinishedOperatorsAsLoaded(t *testing.T) {
 	eng, m := openMeta(t)
 	const n = 3 * keepFinished
@@ -51,7 +52,17 @@ func TestFinishedOperatorsAsLoaded(t *testing.T) {
 		if live, loaded := opIDs(m.mu.finished), opIDs(reloaded.mu.finished); !slices.Equal(live, loaded) {
 			t.Fatalf("after %d finished: kept %v in memory, %v on the engine", k+1, live, loaded)
 		}
+		// The last keepFinished to finish are kept, whatever their IDs:
+		// one that ran long is not dropped as it finishes.
+		if want := ids[max(0, k+1-keepFinished) : k+1]; !sameIDs(opIDs(m.mu.finished), want) {
+			t.Fatalf("after %d finished: kept %v, want the last %d to finish %v", k+1, opIDs(m.mu.finished), len(want), want)
+		}
 	}
+}
+
+// sameIDs reports whether a and b hold the same IDs, in any order.
+func sameIDs(a, b []uint64) bool {
+	return slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b)))
 }
 
 // openMeta opens an empty meta state on an engine in memory.

@@ -124,10 +124,13 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 			if op.RollingBack {
 				outcome = "rolled back"
 			}
-			s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: outcome})
-			s.opsFinished.WithLabelValues(op.Kind.Name(), strings.ReplaceAll(outcome, " ", "-")).Inc()
-			s.log.Info("operator finished", "op", op.Id, "shard", op.ShardId, "kind", op.Kind.Name(), "outcome", outcome,
-				"took", time.Since(time.UnixMilli(op.CreatedMs)).Round(time.Millisecond))
+			// Counted and logged only once recorded: a leader that lost its
+			// place leaves the operator to the next, which finishes it.
+			if s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: outcome}) {
+				s.opsFinished.WithLabelValues(op.Kind.Name(), strings.ReplaceAll(outcome, " ", "-")).Inc()
+				s.log.Info("operator finished", "op", op.Id, "shard", op.ShardId, "kind", op.Kind.Name(), "outcome", outcome,
+					"took", time.Since(time.UnixMilli(op.CreatedMs)).Round(time.Millisecond))
+			}
 			return
 		}
 		reason := r.abortReason()
@@ -164,9 +167,10 @@ func (s *Server) execute(ctx context.Context, r *runner) {
 				reason += ": " + last
 			}
 			if op.RollingBack {
-				s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: "failed: rollback " + reason})
-				s.opsFinished.WithLabelValues(op.Kind.Name(), "failed").Inc()
-				s.log.Error("operator rollback failed", "op", op.Id, "shard", op.ShardId, "reason", reason)
+				if s.updateOperator(ctx, op, &shoalpb.UpdateOperator{Id: op.Id, Current: op.Current, Outcome: "failed: rollback " + reason}) {
+					s.opsFinished.WithLabelValues(op.Kind.Name(), "failed").Inc()
+					s.log.Error("operator rollback failed", "op", op.Id, "shard", op.ShardId, "reason", reason)
+				}
 				return
 			}
 			s.rollback(ctx, op, reason)
@@ -244,7 +248,7 @@ func (s *Server) rollback(ctx context.Context, op *shoalpb.Operator, reason stri
 // updateOperator proposes u for op as the runner last read it, retrying
 // until it is recorded, refused (op moved on: the runner reads it again) or
 // ctx ends.
-func (s *Server) updateOperator(ctx context.Context, op *shoalpb.Operator, u *shoalpb.UpdateOperator) {
+func (s *Server) updateOperator(ctx context.Context, op *shoalpb.Operator, u *shoalpb.UpdateOperator) (applied bool) {
 	u.ExpectCurrent, u.ExpectRollingBack = op.Current, op.RollingBack
 	for ctx.Err() == nil {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -255,13 +259,14 @@ func (s *Server) updateOperator(ctx context.Context, op *shoalpb.Operator, u *sh
 			if err != nil {
 				s.log.Warn("operator update refused", "op", u.Id, "err", err)
 			}
-			return
+			return err == nil
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	return false
 }
 
 func (s *Server) updateRoutes(ctx context.Context, rt ...*shoalpb.ShardRoute) {
@@ -419,7 +424,9 @@ func (s *Server) snapshot() schedule.Snapshot {
 			seen, ok := s.lmu.lastSeen[n.ID]
 			if !ok {
 				seen = time.Now()
-				s.lmu.lastSeen[n.ID] = seen
+				if s.lmu.lastSeen != nil { // nil until leading sets it up
+					s.lmu.lastSeen[n.ID] = seen
+				}
 			}
 			n.Silent = time.Since(seen) > s.cfg.NodeDownAfter
 		}

@@ -349,8 +349,12 @@ func (s *Server) TransferShardLeader(ctx context.Context, req *shoalpb.TransferS
 
 // startAdmin plans an administrator's operator and records it.
 func (s *Server) startAdmin(ctx context.Context, plan func(schedule.Snapshot) (*shoalpb.Operator, error)) (*shoalpb.Operator, error) {
-	if err := s.requireLeader(); err != nil {
-		return nil, s.toStatus(err)
+	// leading, not only the Raft role: a leader's memory (last heartbeats,
+	// shard stats) is set up for its term there, and a request that came
+	// before the leader's first tick found it missing, or left from an
+	// earlier term.
+	if !s.leading() {
+		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_NOT_LEADER, "master %d is not the leader", s.cfg.ID))
 	}
 	if !s.meta.placed() {
 		return nil, s.toStatus(coded(shoalpb.ErrorCode_ERROR_CODE_NOT_BOOTSTRAPPED, "the shards are not placed yet"))

@@ -526,8 +526,7 @@ func (r *Replica) destroy(reason error) error {
 	r.mu.Lock()
 	r.mu.gone = true
 	r.mu.Unlock()
-	r.failAll(reason)
-	r.discardSnapshots(0)
+	r.failAll(reason) // and discards its received snapshots
 	r.log.Info("replica removed", "epoch", r.desc.Epoch, "reason", reason)
 	r.publishStatus()
 	return nil

@@ -72,8 +72,13 @@ type Replica struct {
 	confState   *raftpb.ConfState
 	leader      uint64
 	state       raft.StateType
-	term        uint64
-	ticks       int
+	// softState is the role the last Ready's SoftState gave: state may be
+	// refreshed in between (before proposals and reads), and onSoftState
+	// compares with this one, so that a replica that won its election in
+	// the phase that refreshed state is still seen to become leader.
+	softState raft.StateType
+	term      uint64
+	ticks     int
 	// campaignAt, when positive, is the tick at which a freshly bootstrapped
 	// replica campaigns, so the shard gets the leader its placement names
 	// instead of waiting for a randomized election timeout.
@@ -538,7 +543,10 @@ func (r *Replica) phase1(w *worker) error {
 	}
 	for _, m := range msgs {
 		r.step(w, m)
-		if m.Quiesce {
+		// Not with reads taken in this phase: they go out below, and a
+		// quiet replica would not ask again for one whose request was lost
+		// (retryReads runs on ticks).
+		if m.Quiesce && len(reads) == 0 {
 			r.maybeQuiesceFollower(m)
 		}
 	}
@@ -695,6 +703,10 @@ func (r *Replica) step(w *worker, m *shoalpb.RaftMessage) {
 		r.senders[from] = m.FromNode
 	}
 	switch m.Message.GetType() {
+	case raftpb.MsgReadIndex:
+		if r.readIndexTooEarly() {
+			return // the replica asks again (ReadRetryTicks)
+		}
 	case raftpb.MsgTransferLeader:
 		r.revokeLease()
 	case raftpb.MsgVote, raftpb.MsgPreVote:
@@ -713,6 +725,25 @@ func (r *Replica) step(w *worker, m *shoalpb.RaftMessage) {
 		// A follower asked for a transfer: Raft may run one now.
 		r.refreshTransferee()
 	}
+}
+
+// readIndexTooEarly reports whether this replica leads as its shard's only
+// voter and has not committed an entry of its term yet. etcd raft answers
+// another replica's ReadIndex (a learner's) at once with its commit index
+// then, before the check it makes with more voters; after a power loss that
+// index can be below a write this leader acknowledged before it, and the
+// learner would serve a read without it. onSoftState covers this leader's
+// own reads the same way.
+func (r *Replica) readIndexTooEarly() bool {
+	if len(r.confState.Voters) != 1 || len(r.confState.VotersOutgoing) != 0 {
+		return false
+	}
+	st := r.raw.BasicStatus()
+	if st.RaftState != raft.StateLeader {
+		return false
+	}
+	t, err := r.storage.Term(st.GetCommit())
+	return err != nil || t != st.GetTerm()
 }
 
 func (r *Replica) inDescriptor(replicaID uint64) bool {
@@ -826,9 +857,9 @@ func (r *Replica) hasInput() bool {
 }
 
 func (r *Replica) onSoftState(ss *raft.SoftState) {
-	prev := r.state
+	prev := r.softState
 	wasLeader := prev == raft.StateLeader
-	r.leader, r.state = ss.Lead, ss.RaftState
+	r.leader, r.state, r.softState = ss.Lead, ss.RaftState, ss.RaftState
 	if ss.RaftState != raft.StateLeader {
 		r.lease.Store(nil)
 	}
@@ -1329,8 +1360,10 @@ func (r *Replica) serveReads() {
 	r.waitingReads = keep
 }
 
-// failAll completes every waiter with err. Only called once the loop has
-// stopped.
+// failAll completes every waiter with err and deletes the files of the
+// snapshots received for the replica. Only called where the replica's loop
+// work cannot run concurrently: once the loop has stopped, or by the
+// worker destroying the replica.
 func (r *Replica) failAll(err error) {
 	err = fmt.Errorf("%w: shard %d", err, r.shardID)
 	r.mu.Lock()
@@ -1343,6 +1376,9 @@ func (r *Replica) failAll(err error) {
 	for _, in := range snaps {
 		r.store.removeAll(in.dir)
 	}
+	// And those already stepped into Raft (the loop, which owns them, has
+	// stopped).
+	r.discardSnapshots(0)
 	for _, p := range props {
 		p.finish(result{err: err})
 	}

@@ -351,6 +351,7 @@ func (s *Store) loadReplicas() error {
 		return err
 	}
 	defer it.Close()
+	var removed []*Replica
 	for ok := it.First(); ok; ok = it.Next() {
 		shard, err := keys.DecodeReplicaStateKey(it.Key())
 		if err != nil {
@@ -368,8 +369,24 @@ func (s *Store) loadReplicas() error {
 			return err
 		}
 		s.addReplicaLocked(r)
+		if !r.inDescriptor(r.replicaID) {
+			removed = append(removed, r)
+		}
 	}
-	return it.Error()
+	if err := it.Error(); err != nil {
+		return err
+	}
+	// A replica whose own removal it applied is destroyed at the end of
+	// that iteration; a node that stopped in between (a crash, a failed
+	// phase) comes back with it, in a configuration without it: nobody
+	// would ever send it anything, and it would serve its frozen data to
+	// stale reads for good. It goes now.
+	for _, r := range removed {
+		if err := r.destroy(fmt.Errorf("%w: its removal was applied before the node stopped", ErrShardRemoved)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Start runs the store's loop, workers and ticker.

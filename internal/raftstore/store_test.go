@@ -365,3 +365,62 @@ func TestEntryCacheTrimmed(t *testing.T) {
 	}
 	t.Logf("entry caches held %d bytes right after 2000 writes of 1 KiB, 0 after a tick", peak)
 }
+
+// A replica whose own removal was applied, but which the node stopped
+// before destroying (a crash, or a failed phase, between the two), is
+// destroyed when the store loads it: data, Raft state, a tombstone. It
+// came back in a configuration without it, which nobody would ever tell
+// it about again, and served its frozen data to stale reads.
+func TestRemovedReplicaDestroyedAtLoad(t *testing.T) {
+	eng, err := storage.Open(storage.Options{Dir: "/db", FS: vfs.NewMem()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	open := func() *raftstore.Store {
+		s, err := raftstore.NewStore(raftstore.Options{NodeID: 1, Engine: eng,
+			Transport: &countingTransport{calls: map[uint64]int{}, msgs: map[uint64]int{}}, NewStateMachine: tc.NewRegisterSM})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	desc := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: keys.SlotCount, Epoch: 1,
+		Replicas: []*shoalpb.ReplicaDescriptor{{NodeId: 1, ReplicaId: 1}}}
+	if err := s.BootstrapReplica(desc); err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	waitLeader(ctxFor(t, 30*time.Second), t, s, 1)
+	s.Stop()
+	// What the apply batch of the removal left: the replica's state with a
+	// configuration without it, and its data.
+	data := keys.DataKey(7, []byte("k"))
+	b := eng.NewBatch()
+	without := &shoalpb.ShardDescriptor{ShardId: 1, StartSlot: 0, EndSlot: keys.SlotCount, Epoch: 2,
+		Replicas: []*shoalpb.ReplicaDescriptor{{NodeId: 2, ReplicaId: 2}}}
+	if err := b.SetProto(keys.ReplicaStateKey(1), &shoalpb.LocalReplicaState{ReplicaId: 1, Shard: without}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Set(data, []byte("frozen"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(true); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+
+	s = open()
+	defer s.Stop()
+	if _, err := s.Status(1); !errors.Is(err, raftstore.ErrShardNotFound) {
+		t.Fatalf("status of the removed replica after the restart: %v, want ErrShardNotFound", err)
+	}
+	var st shoalpb.LocalReplicaState
+	if ok, err := storage.GetProto(eng.Reader(), keys.ReplicaStateKey(1), &st); err != nil || !ok || !st.Tombstone {
+		t.Fatalf("replica state %v (found %v, %v), want a tombstone", &st, ok, err)
+	}
+	if _, ok, err := eng.Get(data); err != nil || ok {
+		t.Fatalf("the removed replica's data: found %v, %v; want it deleted", ok, err)
+	}
+}

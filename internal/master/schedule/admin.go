@@ -45,6 +45,9 @@ func MoveReplica(s Snapshot, shard, from, to uint64) (*shoalpb.Operator, error) 
 	case !c.keepsQuorum(sh.Desc, leaving, true):
 		v, h := c.voters(sh.Desc)
 		return nil, refused("shard %d has %d of %d voters on live nodes: the move could not commit (it would wait out its step timeout and roll back); bring its nodes back first", shard, h, v)
+	case c.zoneCounts(sh.Desc, leaving)[c.nodes[to].Zone]+1 > c.zoneLimit:
+		// Placement would move a replica out of the zone again.
+		return nil, refused("zone %q would hold more than %d of shard %d's replicas", c.nodes[to].Zone, c.zoneLimit, shard)
 	}
 	m := move{sh: sh, kind: shoalpb.OperatorKind_OPERATOR_KIND_ADMIN, from: leaving, to: to,
 		reason: fmt.Sprintf("administrator: move shard %d from node %d to node %d", shard, from, to)}

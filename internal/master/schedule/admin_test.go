@@ -56,3 +56,20 @@ func threeVoters(nodes int) Snapshot {
 	}
 	return snap
 }
+
+// An administrator's move that would put two of a shard's replicas in one
+// zone while the zones can hold one each is refused: placement would move
+// one out again, a second copy of the shard for nothing. Within a zone it
+// is planned.
+func TestMoveReplicaKeepsZones(t *testing.T) {
+	snap := threeVoters(4)
+	for i, z := range []string{"a", "b", "c", "a"} {
+		snap.Nodes[i].Zone = z
+	}
+	if _, err := MoveReplica(snap, 1, 3, 4); err == nil || !strings.Contains(err.Error(), `zone "a" would hold more than 1`) {
+		t.Fatalf("move from zone c to a second replica in zone a: %v, want refused", err)
+	}
+	if _, err := MoveReplica(snap, 1, 1, 4); err != nil {
+		t.Fatalf("move within zone a: %v", err)
+	}
+}

@@ -35,8 +35,10 @@ func (c *cluster) repair() {
 }
 
 // repairShard plans one repair of a shard with v voters: replace a voter
-// on a lost node, else add a missing voter, else replace a learner on a
-// lost node.
+// on a lost node, else add a missing voter, else remove a learner on a
+// lost node (a learner outside an operator is one a rollback left, which
+// placement would remove anyway: copying it elsewhere first would stream
+// a snapshot for nothing).
 func (c *cluster) repairShard(sh *shard, v int) {
 	r, why := c.lostReplica(sh)
 	switch {
@@ -48,7 +50,7 @@ func (c *cluster) repairShard(sh *shard, v int) {
 		c.relocate(sh, nil, shoalpb.OperatorKind_OPERATOR_KIND_REPAIR,
 			fmt.Sprintf("%d voters, replication factor %d", v, c.rf), true)
 	case r != nil:
-		c.relocate(sh, r, shoalpb.OperatorKind_OPERATOR_KIND_REPAIR, why, true)
+		c.shed(sh, r, shoalpb.OperatorKind_OPERATOR_KIND_REPAIR, why)
 	}
 }
 
