@@ -764,6 +764,20 @@ func TestMultiGetRepeatedKeys(t *testing.T) {
 		vals[0].ExpireAt.UnixMilli() != wantAt {
 		t.Fatalf("exists only: found %v, values %d and %d bytes, expiry %v", found, len(vals[0].Data), len(vals[1].Data), vals[0].ExpireAt)
 	}
+	// A long list (positions found through a map rather than by
+	// comparison): the key named again at the end shares its value too.
+	long := [][]byte{[]byte("{t}big")}
+	for i := range 20 {
+		long = append(long, fmt.Appendf(nil, "{t}none%d", i))
+	}
+	long = append(long, []byte("{t}small"), []byte("{t}big"))
+	vals, found, err = e.db.MultiGet(ctx, long, kv.ReadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := len(long) - 1; !found[0] || !found[last-1] || found[1] || &vals[last].Data[0] != &vals[0].Data[0] {
+		t.Fatalf("long list: found %v; want the key named twice read once", found)
+	}
 	many := slices.Repeat([][]byte{[]byte("{t}big")}, kv.MaxMultiGetBytes/len(big)+1)
 	if _, _, err := e.db.MultiGet(ctx, many, kv.ReadOptions{}); !errors.Is(err, kv.ErrTooLarge) {
 		t.Fatalf("MultiGet of %d × 6 MiB: %v, want ErrTooLarge", len(many), err)

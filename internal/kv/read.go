@@ -184,6 +184,39 @@ func (d *DB) Scan(ctx context.Context, shard uint64, startSlot, endSlot uint32, 
 	return res, nil
 }
 
+// keyPositions finds the first position of a key named more than once in
+// a list: by comparing with the keys before it in a short list (no
+// allocation), through a map in a long one.
+type keyPositions struct{ m map[string]int }
+
+// shortKeyList is the longest list searched without a map.
+const shortKeyList = 16
+
+func newKeyPositions(n int) keyPositions {
+	if n <= shortKeyList {
+		return keyPositions{}
+	}
+	return keyPositions{m: make(map[string]int, n)}
+}
+
+// first returns the first position before i of ks[i], or -1 (and then
+// remembers i as its first).
+func (p keyPositions) first(ks [][]byte, i int) int {
+	if p.m == nil {
+		for j := range i {
+			if bytes.Equal(ks[j], ks[i]) {
+				return j
+			}
+		}
+		return -1
+	}
+	if j, ok := p.m[string(ks[i])]; ok {
+		return j
+	}
+	p.m[string(ks[i])] = i
+	return -1
+}
+
 // MaxMultiGetBytes bounds the values one MultiGet answers, a value named
 // twice counted twice: the answer must fit a gRPC message (64 MiB), and
 // the front end builds its reply whole.
@@ -220,21 +253,15 @@ func (d *DB) MultiGet(ctx context.Context, ks [][]byte, o ReadOptions) ([]Value,
 	defer snap.Close()
 	now := d.nowMs()
 	vals, found := make([]Value, len(ks)), make([]bool, len(ks))
-	var first map[string]int // a key's first position, when named twice
-	if len(ks) > 1 {
-		first = make(map[string]int, len(ks))
-	}
+	seen := newKeyPositions(len(ks))
 	size := 0
 	for i, k := range ks {
-		if first != nil {
-			if j, ok := first[string(k)]; ok {
-				vals[i], found[i] = vals[j], found[j]
-				if size += len(vals[i].Data); size > MaxMultiGetBytes {
-					return nil, nil, fmt.Errorf("kv: mget: %w: the values answered exceed %d bytes", ErrTooLarge, MaxMultiGetBytes)
-				}
-				continue
+		if j := seen.first(ks, i); j >= 0 {
+			vals[i], found[i] = vals[j], found[j]
+			if size += len(vals[i].Data); size > MaxMultiGetBytes {
+				return nil, nil, fmt.Errorf("kv: mget: %w: the values answered exceed %d bytes", ErrTooLarge, MaxMultiGetBytes)
 			}
-			first[string(k)] = i
+			continue
 		}
 		var v []byte
 		var at int64
