@@ -27,8 +27,11 @@ var (
 	ErrNotInteger = errors.New("shoal: value is not an integer or out of range")
 	// ErrOverflow: the increment would overflow.
 	ErrOverflow = errors.New("shoal: increment or decrement would overflow")
-	// ErrTooLarge: the key or value is larger than the cluster accepts, or
-	// the values a batch returns exceed 16 MiB (nothing was applied).
+	// ErrTooLarge: the key or value is larger than the cluster accepts, the
+	// values a batch would return exceed 16 MiB (then nothing was
+	// applied), or a read's answer exceeds its limit (48 MiB of values for
+	// a MultiGet). With ErrAmbiguous: a write was applied but its answer
+	// was too large to send.
 	ErrTooLarge = errors.New("shoal: key or value too large")
 	// ErrCrossShard: a batch's keys are in more than one shard. Use hash tags
 	// ({...}) to keep keys together.
@@ -36,9 +39,10 @@ var (
 	// ErrInvalid: the request is malformed.
 	ErrInvalid = errors.New("shoal: invalid request")
 	// ErrTimeout: the context ended before the request succeeded; the
-	// error wraps the context's (context.DeadlineExceeded or Canceled)
-	// and the last attempt's. For a write, ErrAmbiguous says whether it
-	// may have been applied.
+	// error wraps the context's cause (context.DeadlineExceeded or
+	// Canceled unless the caller gave another) and the last attempt's
+	// error. For a write, ErrAmbiguous says whether it may have been
+	// applied.
 	ErrTimeout = errors.New("shoal: timed out")
 	// ErrAmbiguous: a write may or may not have been applied, and retrying
 	// could not settle it (no session, or the deadline passed).
@@ -311,8 +315,10 @@ func (c *Client) node(addr string) (*nodeConn, error) {
 		}
 		c.nodes[addr] = n
 	}
+	// A retired connection still serves this attempt; it closes after the
+	// last, and a later attempt makes a new one if the address is named
+	// again.
 	n.inUse.Add(1)
-	n.retired.Store(false) // in use again (a leader hint named it)
 	return n, nil
 }
 

@@ -151,13 +151,16 @@ func TestRefreshIsShared(t *testing.T) {
 	m.gate.Store(&gate)
 	before := m.calls.Load()
 	var wg sync.WaitGroup
+	start := make(chan struct{})
 	for range 10 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			<-start // all at once: the fetch gives up after a second
 			c.refresh(ctx)
 		}()
 	}
+	close(start)
 	<-m.waiting // one fetch is in flight
 	// Every caller is inside refresh, so each finds that fetch (it cannot
 	// end before the gate opens).

@@ -522,11 +522,13 @@ func TestTimeoutAfterRefusals(t *testing.T) {
 	pctx, pcancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer pcancel()
 	_, err := c.Put(pctx, []byte("k"), []byte("v"))
-	if !errors.Is(err, client.ErrTimeout) || errors.Is(err, client.ErrAmbiguous) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Put: %v; want ErrTimeout and context.DeadlineExceeded, not ErrAmbiguous", err)
+	if !errors.Is(err, client.ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Put: %v; want ErrTimeout and context.DeadlineExceeded", err)
 	}
-	if d := shoalpb.DetailOf(err); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_OVERLOADED {
-		t.Fatalf("Put: %v; want the last refusal (OVERLOADED) in the error", err)
+	// The deadline passes in a backoff, unless a slow machine had an
+	// attempt out as it passed: that one may have been served.
+	if refused := shoalpb.DetailOf(err).GetCode() == shoalpb.ErrorCode_ERROR_CODE_OVERLOADED; refused == errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("Put: %v; want the last refusal (OVERLOADED) and not ErrAmbiguous, or an attempt cut short and ErrAmbiguous", err)
 	}
 	if node.calls.Load() < 2 {
 		t.Fatalf("%d attempts: the test shows nothing without a retry", node.calls.Load())

@@ -182,7 +182,6 @@ func (r *routeCache) setLeader(slot uint16, node uint64, addr string) bool {
 	return true
 }
 
-// addrOf returns the address of node, or "" if it is unknown.
 // addrs returns the node addresses the client knows.
 func (r *routeCache) addrs() map[string]bool {
 	r.mu.RLock()
@@ -194,6 +193,7 @@ func (r *routeCache) addrs() map[string]bool {
 	return out
 }
 
+// addrOf returns the address of node, or "" if it is unknown.
 func (r *routeCache) addrOf(node uint64) string {
 	r.mu.RLock()
 	defer r.mu.RUnlock()

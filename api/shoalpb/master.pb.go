@@ -3596,8 +3596,14 @@ type RunStepRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	ShardId uint64                 `protobuf:"varint,1,opt,name=shard_id,json=shardId,proto3" json:"shard_id,omitempty"`
 	// The epoch of the descriptor the step was planned on.
-	Epoch         uint64        `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Step          *OperatorStep `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	Epoch uint64        `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Step  *OperatorStep `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	// The cluster and the node the master meant: a node of another cluster
+	// at the address (reused) refuses with WRONG_CLUSTER, another node of
+	// this cluster with UNKNOWN_NODE, before touching a shard. Empty or 0
+	// (an older master): not checked.
+	ClusterId     string `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	NodeId        uint64 `protobuf:"varint,5,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3651,6 +3657,20 @@ func (x *RunStepRequest) GetStep() *OperatorStep {
 		return x.Step
 	}
 	return nil
+}
+
+func (x *RunStepRequest) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *RunStepRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
 }
 
 type RunStepResponse struct {
@@ -3970,11 +3990,14 @@ const file_shoalpb_master_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x0f \x01(\tR\tlastError\x12\x15\n" +
 	"\x06eta_ms\x18\x10 \x01(\x03R\x05etaMs\x12'\n" +
-	"\x0fabort_requested\x18\x11 \x01(\tR\x0eabortRequested\"m\n" +
+	"\x0fabort_requested\x18\x11 \x01(\tR\x0eabortRequested\"\xa5\x01\n" +
 	"\x0eRunStepRequest\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12*\n" +
-	"\x04step\x18\x03 \x01(\v2\x16.shoal.v1.OperatorStepR\x04step\"=\n" +
+	"\x04step\x18\x03 \x01(\v2\x16.shoal.v1.OperatorStepR\x04step\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x04 \x01(\tR\tclusterId\x12\x17\n" +
+	"\anode_id\x18\x05 \x01(\x04R\x06nodeId\"=\n" +
 	"\x0fRunStepResponse\x12*\n" +
 	"\x05route\x18\x01 \x01(\v2\x14.shoal.v1.ShardRouteR\x05route*\x80\x01\n" +
 	"\tNodeState\x12\x1a\n" +

@@ -70,15 +70,16 @@ func DetailOf(err error) *ErrorDetail {
 // when the connection broke with the call in flight (the server may have
 // applied it), with DeadlineExceeded or Canceled when the caller stopped
 // waiting, and with Internal or Unknown when a stream broke oddly. Only a
-// failure to dial says for sure the call never left. ResourceExhausted is
-// a served call when the answer was larger than the caller takes ("received
-// message larger than max"), not when the request was.
+// failure to dial says for sure the call never left. ResourceExhausted
+// without a detail reads as not served: gRPC words a request over the
+// server's limit (never run) as it words an answer over the caller's
+// ("received message larger than max"), and the first is the common one;
+// a node answering a write whose result is over the limit says so with
+// an ambiguous detail.
 func MayBeServed(err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable:
 		return !strings.Contains(strings.ToLower(status.Convert(err).Message()), "while dialing")
-	case codes.ResourceExhausted:
-		return strings.Contains(status.Convert(err).Message(), "received message larger than max")
 	case codes.DeadlineExceeded, codes.Canceled, codes.Internal, codes.Unknown:
 		return true
 	}

@@ -526,7 +526,14 @@ func (m *metaState) updateOperatorLocked(b *storage.Batch, u *shoalpb.UpdateOper
 		op.Reason += "; rolling back: " + u.LastError
 	}
 	if u.Outcome != "" {
+		// After the last to finish, by a millisecond at least: a new
+		// leader's clock may be behind the old one's, and keeping the
+		// last keepFinished to finish (finishOrder) must not trim the one
+		// finishing now.
 		op.Outcome, op.FinishedMs = u.Outcome, now
+		if n := len(m.mu.finished); n > 0 {
+			op.FinishedMs = max(now, m.mu.finished[n-1].FinishedMs+1)
+		}
 		if err := b.Delete(opKey(op.Id), nil); err != nil {
 			return nil, err
 		}

@@ -325,6 +325,7 @@ func (s *Server) runStep(ctx context.Context, rt *shoalpb.ShardRoute, step *shoa
 		}
 		resp, err := shoalpb.NewNodeAdminClient(conn).RunStep(ctx, &shoalpb.RunStepRequest{
 			ShardId: rt.Shard.ShardId, Epoch: rt.Shard.Epoch, Step: step,
+			ClusterId: s.meta.cluster().GetClusterId(), NodeId: id,
 		})
 		if err == nil {
 			return resp.Route, nil

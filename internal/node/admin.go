@@ -25,6 +25,14 @@ const catchUpPoll = 20 * time.Millisecond
 // effect is already there succeeds without doing anything, so the master
 // may resend a step whose answer it lost.
 func (a *adminService) RunStep(ctx context.Context, req *shoalpb.RunStepRequest) (*shoalpb.RunStepResponse, error) {
+	if c := req.GetClusterId(); c != "" && c != a.n.cfg.ClusterID {
+		return nil, a.n.kvsvc.toStatus(&routeError{detail: &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER},
+			msg: fmt.Sprintf("node %d is in cluster %q, not %q", a.n.cfg.NodeID, a.n.cfg.ClusterID, c)})
+	}
+	if id := req.GetNodeId(); id != 0 && id != a.n.cfg.NodeID {
+		return nil, a.n.kvsvc.toStatus(&routeError{detail: &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE},
+			msg: fmt.Sprintf("this is node %d, not node %d", a.n.cfg.NodeID, id)})
+	}
 	st := a.n.store
 	shard := req.ShardId
 	err := func() error {

@@ -212,7 +212,9 @@ func sendResults(stream shoalpb.KV_BatchCommandsServer, results <-chan *commandR
 // without a deadline), and records it as that method.
 func (s *kvService) runCommand(ctx context.Context, cmd *shoalpb.BatchCommandsRequest_Command) *commandResult {
 	timeout := maxKVRequestTime
-	if ms := cmd.GetTimeoutMs(); ms > 0 {
+	if ms := cmd.GetTimeoutMs(); ms > 0 && ms < int64(maxKVRequestTime/time.Millisecond) {
+		// Longer ones get maxKVRequestTime, as a unary call does (and
+		// one past 292 years would wrap).
 		timeout = time.Duration(ms) * time.Millisecond
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)

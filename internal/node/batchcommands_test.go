@@ -3,6 +3,7 @@ package node_test
 import (
 	"errors"
 	"io"
+	"math"
 	"testing"
 	"time"
 
@@ -77,6 +78,23 @@ func TestBatchCommands(t *testing.T) {
 	}
 	if r := got[100]; r.GetError().GetDetail().GetCode() != shoalpb.ErrorCode_ERROR_CODE_INVALID || codes.Code(r.GetError().GetCode()) != codes.InvalidArgument {
 		t.Fatalf("empty command: %v", r)
+	}
+	// A time left past what a duration holds is taken as the longest a
+	// request runs (it wrapped, and the put timed out at once); a
+	// condition this build does not know is refused, not taken for none.
+	got = exchange(
+		&shoalpb.BatchCommandsRequest_Command{Id: 1, TimeoutMs: math.MaxInt64,
+			Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: &shoalpb.PutRequest{Key: []byte("long"), Value: []byte("v")}}},
+		&shoalpb.BatchCommandsRequest_Command{Id: 2,
+			Request: &shoalpb.BatchCommandsRequest_Command_Put{Put: &shoalpb.PutRequest{Key: []byte("cond"), Value: []byte("v"), Condition: 99}}})
+	if r := got[1]; r.GetError() != nil || !r.GetPut().GetApplied() {
+		t.Fatalf("put with the longest time left: %v", r)
+	}
+	if r := got[2]; r.GetError().GetDetail().GetCode() != shoalpb.ErrorCode_ERROR_CODE_INVALID {
+		t.Fatalf("put with an unknown condition: %v, want INVALID", r)
+	}
+	if g, err := kc.Get(ctx, &shoalpb.GetRequest{Key: []byte("cond")}); err != nil || g.GetFound() {
+		t.Fatalf("the put with an unknown condition wrote: found %v, %v", g.GetFound(), err)
 	}
 
 	var gets []*shoalpb.BatchCommandsRequest_Command

@@ -23,32 +23,50 @@ func TestStopEndsHTTPRequests(t *testing.T) {
 		body   int
 		err    error
 	}
-	done := make(chan answer, 1)
-	go func() {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.HTTPAddr+"/debug/pprof/profile?seconds=60", nil)
-		if err != nil {
-			done <- answer{err: err}
-			return
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			done <- answer{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		done <- answer{status: resp.StatusCode, body: len(b), err: err}
-	}()
 	// The profile runs in this process: once it has started, another
-	// cannot.
-	if err := tc.WaitFor(ctx, func() error {
-		if err := pprof.StartCPUProfile(io.Discard); err == nil {
-			pprof.StopCPUProfile()
-			return errors.New("no profile running yet")
+	// cannot, which is how the test knows the request is in flight. The
+	// probe's own profile, started and stopped at once, can make the
+	// node's fail to start (500 at once): then the request is sent again.
+	var done chan answer
+	for {
+		done = make(chan answer, 1)
+		go func() {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.HTTPAddr+"/debug/pprof/profile?seconds=60", nil)
+			if err != nil {
+				done <- answer{err: err}
+				return
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				done <- answer{err: err}
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			done <- answer{status: resp.StatusCode, body: len(b), err: err}
+		}()
+		var early *answer
+		if err := tc.WaitFor(ctx, func() error {
+			select {
+			case a := <-done:
+				early = &a
+				return nil
+			default:
+			}
+			if err := pprof.StartCPUProfile(io.Discard); err == nil {
+				pprof.StopCPUProfile()
+				return errors.New("no profile running yet")
+			}
+			return nil
+		}); err != nil {
+			t.Fatal("the node's CPU profile did not start")
 		}
-		return nil
-	}); err != nil {
-		t.Fatal("the node's CPU profile did not start")
+		if early == nil {
+			break
+		}
+		if early.status != http.StatusInternalServerError {
+			t.Fatalf("profile request ended before the stop: status %d, %v", early.status, early.err)
+		}
 	}
 	start := time.Now()
 	n.Stop()

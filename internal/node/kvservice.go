@@ -384,10 +384,15 @@ func (s *kvService) Put(ctx context.Context, req *shoalpb.PutRequest) (*shoalpb.
 		func(shard uint64) (*shoalpb.PutResponse, error) {
 			var cond kv.Condition
 			switch req.Condition {
+			case shoalpb.Condition_CONDITION_NONE:
 			case shoalpb.Condition_CONDITION_NOT_EXISTS:
 				cond = kv.IfNotExists
 			case shoalpb.Condition_CONDITION_EXISTS:
 				cond = kv.IfExists
+			default:
+				// One this build does not know (a newer client's) is not
+				// taken for none: that would write unconditionally.
+				return nil, fmt.Errorf("%w: unknown condition %d", kv.ErrInvalid, req.Condition)
 			}
 			d, err := ttl(req.TtlMs)
 			if err != nil {

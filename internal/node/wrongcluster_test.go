@@ -109,3 +109,42 @@ func keyInSlots(start, end uint32) []byte {
 		}
 	}
 }
+
+// A step of an operator meant for another cluster's node, or another node
+// of this cluster, that reaches this node (an address reused) is refused
+// before it touches a shard: WRONG_CLUSTER, UNKNOWN_NODE.
+func TestRunStepRefusesOtherClusterOrNode(t *testing.T) {
+	c := tc.Start(t, tc.Options{Nodes: 1, Shards: 1, Replicas: 1})
+	ctx := ctxFor(t, 30*time.Second)
+	if err := c.WaitForLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c.Nodes[0].Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	admin := shoalpb.NewNodeAdminClient(conn)
+	st, err := c.Nodes[0].Store().Status(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remove := &shoalpb.OperatorStep{Step: &shoalpb.OperatorStep_RemoveReplica{RemoveReplica: &shoalpb.RemoveReplicaStep{ReplicaId: st.ReplicaID}}}
+	for _, tt := range []struct {
+		cluster string
+		node    uint64
+		want    shoalpb.ErrorCode
+	}{
+		{"another", c.Nodes[0].ID, shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER},
+		{"testcluster", c.Nodes[0].ID + 1, shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE},
+	} {
+		_, err := admin.RunStep(ctx, &shoalpb.RunStepRequest{ShardId: 1, Epoch: st.Descriptor.GetEpoch(), Step: remove,
+			ClusterId: tt.cluster, NodeId: tt.node})
+		if d := shoalpb.DetailOf(err); d.GetCode() != tt.want {
+			t.Fatalf("step for cluster %q, node %d: %v, want %v", tt.cluster, tt.node, err, tt.want)
+		}
+	}
+	if after, err := c.Nodes[0].Store().Status(1); err != nil || after.Descriptor.GetEpoch() != st.Descriptor.GetEpoch() {
+		t.Fatalf("the shard after the refused steps: %v, %v; want it untouched", after.Descriptor, err)
+	}
+}

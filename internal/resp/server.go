@@ -195,10 +195,13 @@ func (s *Server) Serve(lis net.Listener) error {
 			if closed {
 				return nil
 			}
+			if errors.Is(err, net.ErrClosed) {
+				return err // closed by its owner, not by Close
+			}
 			// Anything else may pass (out of file descriptors, a
 			// connection reset before it was accepted): keep accepting,
-			// backing off, as net/http does. Returning would leave the
-			// port open with nobody accepting.
+			// backing off, as net/http does for such errors. Returning
+			// would leave the port open with nobody accepting.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 			s.log.Warn("accept failed, retrying", "err", err, "in", backoff)
 			select {
@@ -331,6 +334,9 @@ type pipelined struct {
 func (c *conn) serve() {
 	defer func() {
 		c.drain()
+		// The replies of what ran go out: a command answered into the
+		// buffer in a pipeline is flushed only once the pipeline is read.
+		c.wr.Flush()
 		if c.cmdCancel != nil {
 			c.cmdCancel()
 		}
@@ -576,7 +582,10 @@ func (c *conn) lingerClose() {
 					return
 				}
 			}
-			if err != nil && (!errors.Is(err, os.ErrDeadlineExceeded) || finSent.Load() || stop.Load()) {
+			// A deadline that passed is retried (the deadline moves on
+			// while replies go out), unless the server is closing: it set
+			// every read deadline to now, which would make this spin.
+			if err != nil && (!errors.Is(err, os.ErrDeadlineExceeded) || finSent.Load() || stop.Load() || c.s.closing.Load()) {
 				return
 			}
 		}
