@@ -30,12 +30,7 @@ func TestBatchCommands(t *testing.T) {
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(c.Nodes[0].Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	kc := shoalpb.NewKVClient(conn)
+	kc := kvClient(t, c.Nodes[0].Addr)
 	stream, err := kc.BatchCommands(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -43,13 +43,20 @@ func TestKVRefusesOtherCluster(t *testing.T) {
 // to the nodes' 64 MiB, closed when the test ends.
 func kvClient(t *testing.T, addr string) shoalpb.KVClient {
 	t.Helper()
+	return shoalpb.NewKVClient(dialNode(t, addr))
+}
+
+// dialNode connects to the node at addr, taking answers up to the nodes'
+// 64 MiB; the connection is closed when the test ends.
+func dialNode(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return shoalpb.NewKVClient(conn)
+	return conn
 }
 
 // A node without a replica of a slot whose route table, behind, names
@@ -119,12 +126,7 @@ func TestRunStepRefusesOtherClusterOrNode(t *testing.T) {
 	if err := c.WaitForLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(c.Nodes[0].Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	admin := shoalpb.NewNodeAdminClient(conn)
+	admin := shoalpb.NewNodeAdminClient(dialNode(t, c.Nodes[0].Addr))
 	st, err := c.Nodes[0].Store().Status(1)
 	if err != nil {
 		t.Fatal(err)
