@@ -227,6 +227,17 @@ func (c *routeCache) update(t *shoalpb.RouteTable) {
 	}
 }
 
+// tableAddrs returns the node addresses the current table names.
+func (c *routeCache) tableAddrs() map[string]bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]bool, len(c.table.GetNodes()))
+	for _, n := range c.table.GetNodes() {
+		out[n.Addr] = true
+	}
+	return out
+}
+
 func (c *routeCache) version() uint64 {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -303,7 +314,13 @@ func (n *Node) heartbeatLoop() {
 				n.log.Info("heartbeats resumed")
 			}
 			failing = false
-			n.routes.update(resp.Routes)
+			if resp.Routes != nil {
+				n.routes.update(resp.Routes)
+				// Forwarding connections to nodes the table no longer
+				// names close once no forward uses them.
+				named := n.routes.tableAddrs()
+				n.kvsvc.peers.Keep(func(addr string) bool { return named[addr] })
+			}
 			n.setExhausted(resp.DiskExhaustedNodes)
 			n.doWork(ctx, resp.Work)
 		}

@@ -42,8 +42,10 @@ type kvService struct {
 type target struct {
 	shard uint64
 	// forward is the client of the node to forward to; nil (and no
-	// error): this node executes it.
+	// error): this node executes it. release ends the use of its
+	// connection (transport.Conns.Acquire).
 	forward shoalpb.KVClient
+	release func()
 	// electing, with a NO_LEADER error, says the shard's replica here
 	// serves the slot and has no leader yet: serve may wait for one.
 	electing bool
@@ -113,13 +115,13 @@ func (s *kvService) toLeader(h *shoalpb.RequestHeader, shard, leader uint64) (ta
 	if h.ClusterId == "" {
 		h.ClusterId = s.n.cfg.ClusterID
 	}
-	conn, err := s.peers.Get(addr)
+	conn, release, err := s.peers.Acquire(addr)
 	if err != nil {
 		return target{}, &routeError{detail: &shoalpb.ErrorDetail{Code: shoalpb.ErrorCode_ERROR_CODE_UNAVAILABLE, ShardId: shard},
 			msg: fmt.Sprintf("forwarding to node %d, shard %d's leader: %v", leader, shard, err)}
 	}
 	h.Hops++
-	return target{shard: shard, forward: shoalpb.NewKVClient(conn)}, nil
+	return target{shard: shard, forward: shoalpb.NewKVClient(conn), release: release}, nil
 }
 
 // forwardError gives a forwarded request's failure without the leader's
@@ -293,6 +295,7 @@ func serve[R any](ctx context.Context, s *kvService, h *shoalpb.RequestHeader, s
 		switch {
 		case err == nil && t.forward != nil:
 			resp, err = forward(t.forward)
+			t.release()
 			return resp, s.toStatus(forwardError(err, write))
 		case err == nil:
 			if resp, err = local(t.shard); err == nil || !electing(err) {

@@ -13,39 +13,111 @@ import (
 // Conns pools client connections to other servers' gRPC services (the KV
 // service a node forwards to, the node service the master drives), one per
 // address, made on first use. The zero value is ready; Close closes them all.
+//
+// Connections taken with Acquire are counted while in use, so that Keep
+// can close those to addresses no longer wanted without cutting a call
+// short: a forwarded write cut off would read as possibly applied.
 type Conns struct {
 	// Dialer, if set, opens the connections (to dial from a chosen local
 	// address). Set it before the first Get.
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 
 	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	conns map[string]*pooledConn
+}
+
+type pooledConn struct {
+	addr string
+	conn *grpc.ClientConn
+	// inUse counts the Acquires not yet released; retired is set by Keep
+	// for an address no longer wanted: the connection closes with its
+	// last release. Both under Conns.mu.
+	inUse   int
+	retired bool
 }
 
 // Get returns the connection to addr, dialling it (lazily) the first time.
 func (p *Conns) Get(addr string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if c := p.conns[addr]; c != nil {
-		return c, nil
+	pc, err := p.getLocked(addr)
+	if err != nil {
+		return nil, err
+	}
+	return pc.conn, nil
+}
+
+func (p *Conns) getLocked(addr string) (*pooledConn, error) {
+	if pc := p.conns[addr]; pc != nil {
+		return pc, nil
 	}
 	c, err := grpc.NewClient(addr, baseDialOptions(p.Dialer)...)
 	if err != nil {
 		return nil, err
 	}
 	if p.conns == nil {
-		p.conns = map[string]*grpc.ClientConn{}
+		p.conns = map[string]*pooledConn{}
 	}
-	p.conns[addr] = c
-	return c, nil
+	pc := &pooledConn{addr: addr, conn: c}
+	p.conns[addr] = pc
+	return pc, nil
+}
+
+// Acquire returns the connection to addr, as Get, for one use: the caller
+// calls release once the use is over.
+func (p *Conns) Acquire(addr string) (conn *grpc.ClientConn, release func(), err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pc, err := p.getLocked(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	pc.inUse++
+	return pc.conn, func() { p.release(pc) }, nil
+}
+
+func (p *Conns) release(pc *pooledConn) {
+	p.mu.Lock()
+	pc.inUse--
+	done := pc.inUse == 0 && pc.retired && p.conns[pc.addr] == pc
+	if done {
+		delete(p.conns, pc.addr)
+	}
+	p.mu.Unlock()
+	if done {
+		pc.conn.Close()
+	}
+}
+
+// Keep closes the connections to the addresses wanted does not want, each
+// once no Acquire uses it; a later Get or Acquire dials again. A
+// connection handed out by Get is not counted: call Keep only on a pool
+// whose users Acquire.
+func (p *Conns) Keep(wanted func(addr string) bool) {
+	var unused []*grpc.ClientConn
+	p.mu.Lock()
+	for a, pc := range p.conns {
+		if wanted(a) {
+			continue
+		}
+		pc.retired = true
+		if pc.inUse == 0 {
+			delete(p.conns, a)
+			unused = append(unused, pc.conn)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range unused {
+		c.Close()
+	}
 }
 
 // Close closes every connection.
 func (p *Conns) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for a, c := range p.conns {
-		c.Close()
+	for a, pc := range p.conns {
+		pc.conn.Close()
 		delete(p.conns, a)
 	}
 }
