@@ -355,6 +355,7 @@ func (c *Client) pruneNodes() {
 	c.mu.Lock()
 	for addr, n := range c.nodes {
 		if known[addr] {
+			n.retired.Store(false) // named again before its last use ended
 			continue
 		}
 		n.retired.Store(true)

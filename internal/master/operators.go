@@ -331,9 +331,15 @@ func (s *Server) runStep(ctx context.Context, rt *shoalpb.ShardRoute, step *shoa
 			return resp.Route, nil
 		}
 		last = err
-		if d := shoalpb.DetailOf(err); d.GetCode() != shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE || ctx.Err() != nil {
-			return nil, err
+		// Another replica may run it: this node has none, or the address
+		// is another node's now (of this cluster or another).
+		switch shoalpb.DetailOf(err).GetCode() {
+		case shoalpb.ErrorCode_ERROR_CODE_SHARD_NOT_HERE, shoalpb.ErrorCode_ERROR_CODE_UNKNOWN_NODE, shoalpb.ErrorCode_ERROR_CODE_WRONG_CLUSTER:
+			if ctx.Err() == nil {
+				continue
+			}
 		}
+		return nil, err
 	}
 	if last == nil {
 		last = fmt.Errorf("no live node holds a voter of shard %d", rt.Shard.ShardId)

@@ -294,8 +294,10 @@ func serve[R any](ctx context.Context, s *kvService, h *shoalpb.RequestHeader, s
 		t, err := s.route(h, slot, write)
 		switch {
 		case err == nil && t.forward != nil:
-			resp, err = forward(t.forward)
-			t.release()
+			func() {
+				defer t.release()
+				resp, err = forward(t.forward)
+			}()
 			return resp, s.toStatus(forwardError(err, write))
 		case err == nil:
 			if resp, err = local(t.shard); err == nil || !electing(err) {

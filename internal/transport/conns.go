@@ -98,6 +98,7 @@ func (p *Conns) Keep(wanted func(addr string) bool) {
 	p.mu.Lock()
 	for a, pc := range p.conns {
 		if wanted(a) {
+			pc.retired = false // wanted again before its last use ended
 			continue
 		}
 		pc.retired = true

@@ -44,4 +44,16 @@ func TestConnsKeep(t *testing.T) {
 	if again.GetState() == connectivity.Shutdown {
 		t.Fatal("a wanted connection was closed")
 	}
+	// One dropped while in use and wanted again before the use ends stays
+	// open after it.
+	c, release, err := p.Acquire("127.0.0.1:3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Keep(func(string) bool { return false })
+	p.Keep(func(string) bool { return true })
+	release()
+	if c.GetState() == connectivity.Shutdown {
+		t.Fatal("a connection wanted again was closed after its use")
+	}
 }
