@@ -590,28 +590,36 @@ func (c *conn) lingerClose() {
 			}
 		}
 	}()
+	err := c.waitSent(lingerTime, c.nc.SetDeadline)
+	if hc, ok := c.nc.(interface{ CloseWrite() error }); ok && err == nil {
+		finSent.Store(true)
+		_ = hc.CloseWrite()
+		_ = c.nc.SetDeadline(time.Now().Add(lingerTime))
+	} else {
+		stop.Store(true)
+		_ = c.nc.SetReadDeadline(time.Now())
+	}
+	<-discarded
+}
+
+// waitSent waits for the replies queued to reach the socket and returns
+// the first write error; while bytes go out it moves the deadline (set)
+// to window from now, every window/4, so a client that reads slowly is
+// waited for and one that takes nothing for window is given up.
+func (c *conn) waitSent(window time.Duration, set func(time.Time) error) error {
 	sent := make(chan error, 1)
 	go func() { sent <- c.out.wait() }()
-	tick := time.NewTicker(lingerTime / 4)
+	tick := time.NewTicker(window / 4)
 	defer tick.Stop()
 	last := c.out.sent.Load()
 	for {
 		select {
 		case err := <-sent:
-			if hc, ok := c.nc.(interface{ CloseWrite() error }); ok && err == nil {
-				finSent.Store(true)
-				_ = hc.CloseWrite()
-				_ = c.nc.SetDeadline(time.Now().Add(lingerTime))
-			} else {
-				stop.Store(true)
-				_ = c.nc.SetReadDeadline(time.Now())
-			}
-			<-discarded
-			return
+			return err
 		case <-tick.C:
 			if n := c.out.sent.Load(); n != last {
 				last = n
-				_ = c.nc.SetDeadline(time.Now().Add(lingerTime))
+				_ = set(time.Now().Add(window))
 			}
 		}
 	}
@@ -627,22 +635,7 @@ func (c *conn) awaitOut(stall time.Duration) {
 		return
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(stall))
-	sent := make(chan error, 1)
-	go func() { sent <- c.out.wait() }()
-	tick := time.NewTicker(stall / 4)
-	defer tick.Stop()
-	last := c.out.sent.Load()
-	for {
-		select {
-		case <-sent:
-			return
-		case <-tick.C:
-			if n := c.out.sent.Load(); n != last {
-				last = n
-				_ = c.nc.SetWriteDeadline(time.Now().Add(stall))
-			}
-		}
-	}
+	_ = c.waitSent(stall, c.nc.SetWriteDeadline)
 }
 
 // replyStall is how long a connection that ends waits for its client to
